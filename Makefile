@@ -1,0 +1,45 @@
+# OpenMFA: `make run` starts the whole system; `make test` checks everything.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install tools lint typecheck pytest bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
+	  echo "error: cannot create a virtualenv; on Debian: apt-get install python3-venv" >&2; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(STAMP)
+
+## run: venv, install, migrate the database, serve on http://127.0.0.1:8080
+run: $(STAMP)
+	$(BIN)/openmfa db upgrade
+	$(BIN)/openmfa run
+
+## tools: the Debian tools the tests talk to (installed with apt-get when root)
+tools:
+	@bash .ci/install-tools
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP) tools
+	$(BIN)/pytest --cov --cov-branch --cov-report=term:skip-covered
+
+## test: ruff, mypy --strict and the whole pytest suite
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/totp_gateway.py
+	$(BIN)/python bench/wakeup.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

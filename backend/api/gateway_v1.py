@@ -1,0 +1,137 @@
+"""The gateway API (``/gateway/v1``): what the RADIUS bridge and other gateways call.
+
+Authenticated with a bearer API token (``openmfa token create NAME``).
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from backend.api.http import json_response, parse_json, read_body, services_of
+from backend.api.schemas import (
+    Authentication,
+    CodeRequest,
+    CodeResponse,
+    SignInContextBody,
+    StartRequest,
+    VerifyRequest,
+    VerifyResponse,
+)
+from backend.errors import AuthenticationRequired, BadRequest
+from backend.logs import request_id_var
+from backend.services.challenges import ChallengeView
+from backend.services.context import Actor, SignInContext
+from backend.services.tokens import ApiTokenRecord
+
+
+async def _gateway(request: Request) -> ApiTokenRecord:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationRequired("send the API token as 'Authorization: Bearer <token>'")
+    record = await services_of(request).tokens.authenticate(token.strip())
+    client = request.client.host if request.client else ""
+    request.state.actor = Actor(f"gateway:{record.name}", client, request_id_var.get())
+    return record
+
+
+def _context(body: SignInContextBody) -> SignInContext:
+    return SignInContext(body.client_name, body.client_ip, body.nas_identifier, body.display)
+
+
+def _authentication(view: ChallengeView) -> Authentication:
+    return Authentication(
+        id=view.id,
+        user=view.user_name,
+        method="push" if view.method == "push" else "otp",
+        state=view.state.value,
+        created_at=view.created_at,
+        expires_at=view.expires_at,
+        answered_at=view.answered_at,
+        number=view.number,
+    )
+
+
+async def start_authentication(request: Request) -> Response:
+    """Start a push (or code) authentication; idempotent per ``idempotency_key``."""
+    token = await _gateway(request)
+    payload = parse_json(await read_body(request), StartRequest)
+    request.state.user_name = payload.user.casefold()
+    view = await services_of(request).challenges.start(
+        request.state.actor,
+        payload.user,
+        payload.method,
+        _context(payload.context),
+        token_id=token.id,
+        idempotency_key=payload.idempotency_key,
+    )
+    return json_response(_authentication(view), status_code=201)
+
+
+async def get_authentication(request: Request) -> Response:
+    """The state; with ``?wait=N`` hold until it is final or N seconds pass."""
+    await _gateway(request)
+    services = services_of(request)
+    raw_wait = request.query_params.get("wait", "0")
+    limit = services.settings.long_poll_max_seconds
+    try:
+        wait = float(raw_wait)
+    except ValueError:
+        raise BadRequest("wait is a number of seconds") from None
+    if not 0 <= wait <= limit:
+        raise BadRequest(f"wait is from 0 to {limit} seconds")
+    view = await services.challenges.wait(request.path_params["auth_id"], wait)
+    return json_response(_authentication(view))
+
+
+async def submit_code(request: Request) -> Response:
+    """Answer a pending authentication with a code from the app (challenge mode)."""
+    await _gateway(request)
+    payload = parse_json(await read_body(request), CodeRequest)
+    view, result = await services_of(request).challenges.verify_code(
+        request.state.actor, request.path_params["auth_id"], payload.code
+    )
+    return json_response(
+        CodeResponse(
+            result="accept" if result.accepted else "reject",
+            reason=result.reason,
+            authentication=_authentication(view),
+        )
+    )
+
+
+async def cancel_authentication(request: Request) -> Response:
+    """The gateway gave up waiting."""
+    await _gateway(request)
+    view = await services_of(request).challenges.cancel(
+        request.state.actor, request.path_params["auth_id"]
+    )
+    return json_response(_authentication(view))
+
+
+async def verify_otp(request: Request) -> Response:
+    """Check a code for a user in one call (OTP mode; the hot path)."""
+    await _gateway(request)
+    payload = parse_json(await read_body(request), VerifyRequest)
+    request.state.user_name = payload.user.casefold()
+    result = await services_of(request).otp.verify(
+        request.state.actor, payload.user, payload.code, _context(payload.context)
+    )
+    return json_response(
+        VerifyResponse(
+            result="accept" if result.accepted else "reject",
+            reason=result.reason,
+            user=result.user_name,
+        )
+    )
+
+
+routes = [
+    Route("/gateway/v1/authentications", start_authentication, methods=["POST"]),
+    Route("/gateway/v1/authentications/{auth_id}", get_authentication, methods=["GET"]),
+    Route("/gateway/v1/authentications/{auth_id}/code", submit_code, methods=["POST"]),
+    Route("/gateway/v1/authentications/{auth_id}/cancel", cancel_authentication, methods=["POST"]),
+    Route("/gateway/v1/otp/verify", verify_otp, methods=["POST"]),
+]

@@ -1,0 +1,67 @@
+"""Helpers every endpoint uses: bounded body reading, JSON validation, the services handle."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from backend.errors import BadRequest, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from backend.services import Services
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def services_of(request: Request) -> Services:
+    """The container the lifespan opened."""
+    services: Services = request.app.state.services
+    return services
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw body, refusing more than ``max_body_bytes`` without reading it all."""
+    limit = services_of(request).settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body may have at most {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"the body may have at most {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request.state.body = body
+    return body
+
+
+def parse_json(body: bytes, model: type[ModelT]) -> ModelT:
+    """Validate a JSON body; the error names each bad field."""
+    if not body:
+        raise BadRequest("a JSON body is required")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise BadRequest(f"invalid JSON body: {problems}") from exc
+
+
+def json_response(model: BaseModel, status_code: int = 200) -> JSONResponse:
+    """Serialise a response model."""
+    return JSONResponse(model.model_dump(mode="json"), status_code=status_code)
+
+
+def target_of(request: Request) -> str:
+    """Path and query exactly as sent: what the app signed."""
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    query = request.scope.get("query_string", b"")
+    target = raw_path.decode("latin-1")
+    return target + ("?" + query.decode("latin-1") if query else "")

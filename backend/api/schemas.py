@@ -1,0 +1,138 @@
+"""Request and response bodies of the app and gateway APIs (also the OpenAPI schemas)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- app API ----------------------------------------------------------------------------------
+
+
+class ActivateRequest(Body):
+    code: str = Field(min_length=1, max_length=128)
+    public_key: str = Field(description="raw 32-byte Ed25519 public key, base64url", max_length=64)
+    platform: Literal["ios", "android", "reference"]
+    push_token: str | None = Field(default=None, max_length=512)
+    name: str = Field(default="", max_length=128)
+    pin: str | None = Field(default=None, max_length=16)
+
+
+class TotpParameters(Body):
+    secret: str = Field(description="base32 seed for offline codes; shown once")
+    algorithm: Literal["SHA1"] = "SHA1"
+    digits: int = 6
+    period: int = 30
+
+
+class ActivateResponse(Body):
+    device_id: str
+    user: str
+    totp: TotpParameters
+    require_pin: bool
+    has_pin: bool
+
+
+class DeviceChallenge(Body):
+    id: str
+    state: str
+    display: str
+    client_name: str
+    client_ip: str
+    nas_identifier: str
+    created_at: datetime
+    expires_at: datetime
+    number_required: bool = Field(description="the approval must carry the number shown at sign-in")
+
+
+class ChallengeList(Body):
+    challenges: list[DeviceChallenge]
+
+
+class AnswerRequest(Body):
+    answer: Literal["approve", "deny", "fraud"]
+    pin: str | None = Field(default=None, max_length=16)
+    number: int | None = Field(default=None, ge=0, le=99)
+
+
+class AnswerResponse(Body):
+    id: str
+    state: str
+
+
+class PushTokenRequest(Body):
+    push_token: str | None = Field(max_length=512)
+
+
+# -- gateway API ------------------------------------------------------------------------------
+
+
+class SignInContextBody(Body):
+    client_name: str = Field(default="", max_length=128)
+    client_ip: str = Field(default="", max_length=64)
+    nas_identifier: str = Field(default="", max_length=128)
+    display: str = Field(default="", max_length=256)
+
+
+class StartRequest(Body):
+    user: str = Field(min_length=1, max_length=128)
+    method: Literal["push", "otp", "auto"] = "auto"
+    context: SignInContextBody = SignInContextBody()
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
+
+
+class Authentication(Body):
+    id: str
+    user: str
+    method: Literal["push", "otp"]
+    state: Literal["pending", "approved", "denied", "fraud", "expired", "cancelled"]
+    created_at: datetime
+    expires_at: datetime
+    answered_at: datetime | None
+    number: int | None = Field(description="number to show at sign-in when number matching is on")
+
+
+class CodeRequest(Body):
+    code: str = Field(min_length=1, max_length=16)
+
+
+class CodeResponse(Body):
+    result: Literal["accept", "reject"]
+    reason: str
+    authentication: Authentication
+
+
+class VerifyRequest(Body):
+    user: str = Field(min_length=1, max_length=128)
+    code: str = Field(min_length=1, max_length=16)
+    context: SignInContextBody = SignInContextBody()
+
+
+class VerifyResponse(Body):
+    result: Literal["accept", "reject"]
+    reason: str
+    user: str
+
+
+# -- shared -----------------------------------------------------------------------------------
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    request_id: str = ""
+
+
+class Health(Body):
+    status: Literal["ok", "unavailable"]
+    detail: str = ""

@@ -1,0 +1,43 @@
+"""``create_app(settings)``: routes, middleware, error handlers and the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+
+from backend.api import app_v1, gateway_v1, health, openapi
+from backend.api.middleware import RequestIdMiddleware
+from backend.api.problems import http_error, openmfa_error, unexpected_error
+from backend.config import Settings
+from backend.errors import OpenMFAError
+from backend.services import Services
+from backend.services.context import Clock
+from backend.store.tables import now
+
+
+def create_app(settings: Settings, clock: Clock = now) -> Starlette:
+    """The backend's ASGI application. Resources open in the lifespan, not at import."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = await Services.open(settings, clock=clock)
+        app.state.services = services
+        try:
+            yield
+        finally:
+            await services.close()
+
+    return Starlette(
+        routes=[*health.routes, *openapi.routes, *app_v1.routes, *gateway_v1.routes],
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={
+            OpenMFAError: openmfa_error,
+            HTTPException: http_error,
+            Exception: unexpected_error,
+        },
+        lifespan=lifespan,
+    )

@@ -1,0 +1,1 @@
+"""The ``openmfa`` command line."""

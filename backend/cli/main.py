@@ -1,0 +1,308 @@
+"""``openmfa``: run the server, administer it, and act as a reference authenticator.
+
+Commands that touch the database open the same :class:`Services` the server uses, on the same
+``OPENMFA_HOME``, so they work while the server runs and it sees their changes at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from backend import __version__
+from backend.authenticator.client import AuthenticatorError
+from backend.cli import admin, device
+from backend.config import Settings, load_settings
+from backend.errors import OpenMFAError
+from backend.services import Services
+from backend.services.context import Actor
+
+AdminCommand = Callable[[Services, argparse.Namespace, Actor], Awaitable[int]]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openmfa",
+        description="OpenMFA: self-hosted multi-factor authentication "
+        "(push, offline codes, RADIUS).",
+    )
+    parser.add_argument("--version", action="version", version=f"openmfa {__version__}")
+    parser.add_argument(
+        "--home",
+        type=Path,
+        help="data directory (default: $OPENMFA_HOME or ~/.local/share/openmfa)",
+    )
+    parser.add_argument("--config", type=Path, help="settings file (default: HOME/openmfa.toml)")
+    groups = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = groups.add_parser(
+        "run",
+        help="serve the app and gateway APIs",
+        description="Serve the app and gateway APIs until stopped (SIGTERM / Ctrl-C).",
+    )
+    run.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="TCP port (default 8080)")
+    run.set_defaults(handler="run")
+
+    db = groups.add_parser(
+        "db", help="database schema", description="Create or upgrade the database schema."
+    )
+    db_cmds = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_cmds.add_parser("upgrade", help="create or upgrade the schema to this version").set_defaults(
+        handler="db-upgrade"
+    )
+    db_cmds.add_parser("current", help="show the schema version").set_defaults(handler="db-current")
+
+    user = groups.add_parser("user", help="manage users", description="Add, list and change users.")
+    user_cmds = user.add_subparsers(dest="user_command", required=True, metavar="ACTION")
+    add = user_cmds.add_parser(
+        "add", help="add a user", description="Add a user. Names compare case-insensitively."
+    )
+    add.add_argument("name")
+    add.add_argument("--email")
+    add.add_argument("--display-name")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read a local password from standard input"
+    )
+    add.add_argument("--admin", action="store_true", help="make the user an administrator")
+    add.set_defaults(handler=admin.user_add)
+    ls = user_cmds.add_parser("list", help="list users with state, devices and last sign-in")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=admin.user_list)
+    show = user_cmds.add_parser("show", help="one user with their devices")
+    show.add_argument("name")
+    show.set_defaults(handler=admin.user_show)
+    for action, text in (
+        ("disable", "refuse every sign-in"),
+        ("enable", "allow sign-in again"),
+        ("block", "send no more challenges (as after fraud)"),
+        ("unblock", "lift a block"),
+    ):
+        cmd = user_cmds.add_parser(action, help=text)
+        cmd.add_argument("name")
+        if action == "block":
+            cmd.add_argument("--reason", help="shown to administrators")
+        cmd.set_defaults(handler=admin.user_state, reason=None)
+    pw = user_cmds.add_parser("set-password", help="set the local password (from standard input)")
+    pw.add_argument("name")
+    pw.add_argument("--password-stdin", action="store_true", required=True)
+    pw.set_defaults(handler=admin.user_set_password)
+    pin = user_cmds.add_parser("set-pin", help="set the approval PIN (from standard input)")
+    pin.add_argument("name")
+    pin.add_argument("--pin-stdin", action="store_true", required=True)
+    pin.set_defaults(handler=admin.user_set_pin)
+    rm = user_cmds.add_parser("remove-device", help="remove one of the user's devices")
+    rm.add_argument("name")
+    rm.add_argument("device_id")
+    rm.set_defaults(handler=admin.user_remove_device)
+
+    act = groups.add_parser(
+        "activation",
+        help="activate authenticators",
+        description="Create activation codes and QR codes.",
+    )
+    act_cmds = act.add_subparsers(dest="activation_command", required=True, metavar="ACTION")
+    create = act_cmds.add_parser(
+        "create",
+        help="a one-time activation code and QR code",
+        description="Create a one-time activation code for the OpenMFA app, "
+        "or with --oath a TOTP secret for any standard OATH app.",
+    )
+    create.add_argument("name", help="user name")
+    create.add_argument("--qr-png", type=Path, help="write the QR code as PNG")
+    create.add_argument("--qr-svg", type=Path, help="write the QR code as SVG")
+    create.add_argument(
+        "--oath", action="store_true", help="enrol a standard OATH app (otpauth://)"
+    )
+    create.add_argument(
+        "--ttl", type=admin.parse_duration, help="lifetime, e.g. 10m (default: policy)"
+    )
+    create.set_defaults(handler=admin.activation_create)
+
+    policy = groups.add_parser(
+        "policy",
+        help="show and change policies",
+        description="Global policies and per-user overrides.",
+    )
+    pol_cmds = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    pshow = pol_cmds.add_parser("show", help="every key with its value and source")
+    pshow.add_argument("--user")
+    pshow.add_argument("--json", action="store_true")
+    pshow.set_defaults(handler=admin.policy_show)
+    pset = pol_cmds.add_parser("set", help="set KEY to VALUE")
+    pset.add_argument("key")
+    pset.add_argument("value")
+    pset.add_argument("--user", help="override for one user only")
+    pset.set_defaults(handler=admin.policy_set)
+    punset = pol_cmds.add_parser("unset", help="drop a stored value")
+    punset.add_argument("key")
+    punset.add_argument("--user")
+    punset.set_defaults(handler=admin.policy_unset)
+
+    token = groups.add_parser(
+        "token",
+        help="API tokens for gateways",
+        description="Bearer tokens for the gateway API (RADIUS bridges).",
+    )
+    tok_cmds = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    tcreate = tok_cmds.add_parser("create", help="create a token; printed once")
+    tcreate.add_argument("name")
+    tcreate.set_defaults(handler=admin.token_create)
+    tok_cmds.add_parser("list", help="list tokens").set_defaults(handler=admin.token_list)
+    trevoke = tok_cmds.add_parser("revoke", help="revoke a token at once")
+    trevoke.add_argument("name")
+    trevoke.set_defaults(handler=admin.token_revoke)
+
+    aud = groups.add_parser(
+        "audit",
+        help="read the audit trail",
+        description="Audit entries, oldest of the selection first.",
+    )
+    aud.add_argument("--user")
+    aud.add_argument("--since", type=admin.parse_since, help="ISO time or a duration back, e.g. 1h")
+    aud.add_argument("--action", help="e.g. otp.verify, challenge.answer, request.refused")
+    aud.add_argument("--limit", type=int, default=100)
+    aud.add_argument("--json", action="store_true")
+    aud.set_defaults(handler=admin.audit)
+
+    dev = groups.add_parser(
+        "device",
+        help="the reference authenticator (acts like a phone app)",
+        description="A reference authenticator that speaks the app protocol, "
+        "keeping its key in --store.",
+    )
+    dev_cmds = dev.add_subparsers(dest="device_command", required=True, metavar="ACTION")
+
+    def store_arg(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument(
+            "--store", type=Path, required=True, help="JSON file with the device key (mode 0600)"
+        )
+
+    dact = dev_cmds.add_parser("activate", help="activate with an openmfa://activate URI")
+    dact.add_argument("uri")
+    store_arg(dact)
+    dact.add_argument("--name", help="device name shown to the user")
+    dact.add_argument("--platform", default="reference", choices=["reference", "ios", "android"])
+    dact.add_argument("--pin", help="set the approval PIN at activation")
+    dact.add_argument("--push-token")
+    dact.add_argument("--force", action="store_true", help="replace an existing store")
+    dact.set_defaults(device_handler=device.activate)
+    dpend = dev_cmds.add_parser("pending", help="challenges waiting for this device")
+    store_arg(dpend)
+    dpend.add_argument("--json", action="store_true")
+    dpend.set_defaults(device_handler=device.pending)
+    dans = dev_cmds.add_parser("answer", help="approve, deny or report fraud")
+    dans.add_argument("challenge_id")
+    dans.add_argument("answer", choices=["approve", "deny", "fraud"])
+    store_arg(dans)
+    dans.add_argument("--pin")
+    dans.add_argument("--number", type=int, help="the number shown at sign-in")
+    dans.set_defaults(device_handler=device.answer)
+    dcode = dev_cmds.add_parser("code", help="the offline code, as the app shows it")
+    store_arg(dcode)
+    dcode.set_defaults(device_handler=device.code)
+    dwatch = dev_cmds.add_parser("watch", help="answer challenges as they arrive")
+    store_arg(dwatch)
+    dwatch.add_argument("--auto", required=True, choices=["approve", "deny", "fraud"])
+    dwatch.add_argument("--count", type=int, help="stop after this many answers")
+    dwatch.add_argument("--timeout", type=float, help="stop after this many seconds")
+    dwatch.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    dwatch.add_argument("--pin")
+    dwatch.add_argument("--number", type=int)
+    dwatch.set_defaults(device_handler=device.watch)
+    ddeact = dev_cmds.add_parser("deactivate", help="remove this device on the server")
+    store_arg(ddeact)
+    ddeact.set_defaults(device_handler=device.deactivate)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {"home": args.home}
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None):
+        overrides["port"] = args.port
+    return load_settings(args.config, **overrides)
+
+
+async def _run_admin(settings: Settings, handler: AdminCommand, args: argparse.Namespace) -> int:
+    actor = Actor(f"cli:{getpass.getuser()}", "local")
+    services = await Services.open(settings)
+    try:
+        try:
+            return await handler(services, args, actor)
+        except OpenMFAError as exc:
+            await services.audit.record(
+                actor, "cli.refused", exc.type, detail=f"{args.command}: {exc.detail}"
+            )
+            raise
+    finally:
+        await services.close()
+
+
+def _db_upgrade(settings: Settings) -> int:
+    from backend.store import migrations
+
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    migrations.upgrade(settings.resolved_database_url)
+    print(f"database at {migrations.head_revision()}: {settings.resolved_database_url}")
+    return 0
+
+
+async def _db_current(settings: Settings) -> int:
+    from backend.services import open_database
+    from backend.store import migrations
+
+    db = await open_database(settings)
+    try:
+        async with db.read() as conn:
+            print(await migrations.current_revision(conn))
+    finally:
+        await db.dispose()
+    return 0
+
+
+def _banner(settings: Settings) -> None:
+    print(
+        f"OpenMFA {__version__} on http://{settings.host}:{settings.port}\n"
+        f"Data directory: {settings.home}\n"
+        "Next, in another terminal:\n"
+        "  openmfa user add alice --email alice@example.com\n"
+        "  openmfa activation create alice --qr-png alice.png\n"
+        "  openmfa token create vpn-gateway      # API token for a gateway / RADIUS bridge\n"
+        "Stop with Ctrl-C.",
+        flush=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``openmfa`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        if hasattr(args, "device_handler"):
+            return int(args.device_handler(args))
+        settings = _settings(args)
+        if args.handler == "run":
+            from backend.server import serve
+
+            _banner(settings)
+            serve(settings)
+            return 0
+        if args.handler == "db-upgrade":
+            return _db_upgrade(settings)
+        if args.handler == "db-current":
+            return asyncio.run(_db_current(settings))
+        return asyncio.run(_run_admin(settings, args.handler, args))
+    except (OpenMFAError, AuthenticatorError) as exc:
+        print(f"openmfa: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

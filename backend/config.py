@@ -1,0 +1,112 @@
+"""The one settings object: defaults < TOML file < ``OPENMFA_*`` environment < explicit overrides.
+
+The data directory (``OPENMFA_HOME``) holds the SQLite database, the server key and the
+optional ``openmfa.toml``. The server and every ``openmfa`` command resolve it the same way,
+so a command run in a second terminal works on the database the server uses.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from backend.errors import ConfigurationError
+
+ENV_PREFIX = "OPENMFA_"
+CONFIG_FILE_NAME = "openmfa.toml"
+
+
+def default_home() -> Path:
+    """``$XDG_DATA_HOME/openmfa``, falling back to ``~/.local/share/openmfa``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "openmfa"
+
+
+class Settings(BaseModel):
+    """Everything the server and the CLI can be told. Field names map to ``OPENMFA_<NAME>``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    home: Path = Field(default_factory=default_home)
+    database_url: str = ""
+    key_file: Path | None = None
+    public_url: str = "http://127.0.0.1:8080"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    issuer: str = "OpenMFA"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    # OWASP's minimum for argon2id; never the library defaults (64 MiB, p=4), see DESIGN.md.
+    argon2_memory_kib: int = Field(default=19456, ge=19456)
+    argon2_time_cost: int = Field(default=2, ge=2)
+    argon2_parallelism: int = Field(default=1, ge=1)
+    hash_workers: int = Field(default=2, ge=1, le=64)
+    max_body_bytes: int = Field(default=65536, ge=1024)
+    signature_skew_seconds: int = Field(default=300, ge=30, le=3600)
+    long_poll_max_seconds: int = Field(default=60, ge=1, le=600)
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+    sqlite_busy_timeout_ms: int = Field(default=5000, ge=0)
+    db_pool_size: int = Field(default=10, ge=1)
+
+    @field_validator("public_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("public_url must start with http:// or https://")
+        return value.rstrip("/")
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The configured URL, or the SQLite file inside the data directory."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'openmfa.db'}"
+
+    @property
+    def resolved_key_file(self) -> Path:
+        """Where the server key lives (``home/server.key`` unless configured)."""
+        return self.key_file or self.home / "server.key"
+
+    @property
+    def uses_sqlite(self) -> bool:
+        """True for the embedded default."""
+        return self.resolved_database_url.startswith("sqlite")
+
+
+def _from_environment() -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        raw = os.environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = raw
+    return values
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings; a bad file or value raises :class:`ConfigurationError`."""
+    env = _from_environment()
+    home = Path(overrides.get("home") or env.get("home") or default_home())
+    path = config_file or (
+        Path(os.environ[ENV_PREFIX + "CONFIG"])
+        if os.environ.get(ENV_PREFIX + "CONFIG")
+        else home / CONFIG_FILE_NAME
+    )
+    from_file: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            from_file = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigurationError(f"cannot read settings file {path}: {exc}") from exc
+    elif config_file is not None:
+        raise ConfigurationError(f"settings file {path} does not exist")
+    merged = {**from_file, **env, **{k: v for k, v in overrides.items() if v is not None}}
+    merged["home"] = home
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from exc

@@ -1,0 +1,1 @@
+"""Pure domain logic: no I/O, no framework imports. Everything here is a function of its inputs."""

@@ -1,0 +1,141 @@
+"""Policy keys: their types, limits, defaults and meaning.
+
+Policies are stored as text per scope (``global`` or one user); a user's effective policy is
+the defaults, overridden by the global scope, overridden by the user's own values.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from backend.errors import PolicyError
+
+GLOBAL_SCOPE = "global"
+
+
+def user_scope(user_id: int) -> str:
+    """The scope name of one user's overrides."""
+    return f"user:{user_id}"
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"true", "on", "yes", "1"}:
+        return True
+    if lowered in {"false", "off", "no", "0"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.strip())
+        if not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return value
+
+    return parse
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyKey:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    description: str
+
+
+KEYS: dict[str, PolicyKey] = {
+    key.name: key
+    for key in (
+        PolicyKey("require_pin", _parse_bool, False, "approvals must carry the user's PIN"),
+        PolicyKey("pin_min_length", _int_between(4, 12), 4, "shortest PIN accepted"),
+        PolicyKey("pin_max_failures", _int_between(1, 100), 5, "wrong PINs before lockout"),
+        PolicyKey(
+            "pin_lockout_seconds", _int_between(10, 86400), 300, "how long a PIN lockout lasts"
+        ),
+        PolicyKey("otp_max_failures", _int_between(1, 100), 5, "wrong codes before lockout"),
+        PolicyKey(
+            "otp_lockout_seconds", _int_between(10, 86400), 300, "how long a code lockout lasts"
+        ),
+        PolicyKey(
+            "activation_code_ttl_seconds",
+            _int_between(60, 7 * 86400),
+            600,
+            "lifetime of an activation code",
+        ),
+        PolicyKey(
+            "challenge_ttl_seconds",
+            _int_between(10, 600),
+            60,
+            "how long a push waits for an answer",
+        ),
+        PolicyKey(
+            "fraud_blocks_user", _parse_bool, True, "a fraud report blocks the user until unblocked"
+        ),
+        PolicyKey(
+            "number_matching",
+            _parse_bool,
+            False,
+            "approvals must carry the number shown at sign-in",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The effective policy for one user."""
+
+    require_pin: bool
+    pin_min_length: int
+    pin_max_failures: int
+    pin_lockout_seconds: int
+    otp_max_failures: int
+    otp_lockout_seconds: int
+    activation_code_ttl_seconds: int
+    challenge_ttl_seconds: int
+    fraud_blocks_user: bool
+    number_matching: bool
+
+
+def parse_value(key: str, raw: str) -> Any:
+    """Validate one key and value; raises :class:`PolicyError` with the reason."""
+    spec = KEYS.get(key)
+    if spec is None:
+        raise PolicyError(f"unknown policy key {key!r}; known keys: {', '.join(sorted(KEYS))}")
+    try:
+        return spec.parse(raw)
+    except ValueError as exc:
+        raise PolicyError(f"invalid value {raw!r} for {key}: {exc}") from exc
+
+
+def resolve(*layers: Mapping[str, str]) -> Policy:
+    """Defaults overridden by each stored layer in turn (global, then user)."""
+    values = {name: spec.default for name, spec in KEYS.items()}
+    for layer in layers:
+        for key, raw in layer.items():
+            if key in KEYS:
+                values[key] = KEYS[key].parse(raw)
+    return Policy(**values)
+
+
+_TRIVIAL_PINS = {"1234", "4321", "1212", "6969", "1122", "1004", "2000", "2580", "123456"}
+
+
+def check_pin(pin: str, policy: Policy) -> None:
+    """Refuse PINs that are too short, not digits, or trivially guessable."""
+    if not (pin.isascii() and pin.isdigit()):
+        raise PolicyError("a PIN is made of digits only")
+    if len(pin) < policy.pin_min_length:
+        raise PolicyError(f"a PIN has at least {policy.pin_min_length} digits")
+    if len(pin) > 16:
+        raise PolicyError("a PIN has at most 16 digits")
+    same_digit = len(set(pin)) == 1
+    ascending = all(int(b) - int(a) == 1 for a, b in itertools.pairwise(pin))
+    descending = all(int(a) - int(b) == 1 for a, b in itertools.pairwise(pin))
+    if same_digit or ascending or descending or pin in _TRIVIAL_PINS:
+        raise PolicyError("that PIN is too easy to guess")

@@ -1,0 +1,179 @@
+"""One exception tree for the whole backend.
+
+Each error carries a stable ``type`` slug (published as ``https://openmfa.org/problems/<slug>``
+in RFC 9457 problem documents), a short title and the HTTP status it maps to. The mapping to
+HTTP happens in :mod:`backend.api.problems`, to CLI exit codes in :mod:`backend.cli.main`;
+nothing else translates errors. Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class OpenMFAError(Exception):
+    """Base of every error the backend raises on purpose."""
+
+    type: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+    status: ClassVar[int] = 500
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra = extra
+
+
+class ConfigurationError(OpenMFAError):
+    type = "configuration-error"
+    title = "The server is not configured correctly"
+    status = 500
+
+
+class ServerKeyError(OpenMFAError):
+    type = "server-key-error"
+    title = "The server key is missing or does not match the database"
+    status = 503
+
+
+class DatabaseError(OpenMFAError):
+    type = "database-unavailable"
+    title = "The database cannot be used"
+    status = 503
+
+
+class BadRequest(OpenMFAError):
+    type = "invalid-request"
+    title = "The request is malformed"
+    status = 400
+
+
+class PayloadTooLarge(OpenMFAError):
+    type = "payload-too-large"
+    title = "The request body is too large"
+    status = 413
+
+
+class NotFound(OpenMFAError):
+    type = "not-found"
+    title = "No such resource"
+    status = 404
+
+
+class Conflict(OpenMFAError):
+    type = "conflict"
+    title = "The resource already exists or changed meanwhile"
+    status = 409
+
+
+class AuthenticationRequired(OpenMFAError):
+    type = "unauthorized"
+    title = "Missing or invalid credentials"
+    status = 401
+
+
+class BadSignature(AuthenticationRequired):
+    type = "bad-signature"
+    title = "The request signature is missing, malformed or does not verify"
+
+
+class StaleRequest(AuthenticationRequired):
+    type = "stale-request"
+    title = "The request timestamp is outside the accepted window"
+
+
+class ReplayedRequest(AuthenticationRequired):
+    type = "replayed-request"
+    title = "The request nonce was used before"
+
+
+class ActivationCodeInvalid(OpenMFAError):
+    type = "activation-code-invalid"
+    title = "The activation code is unknown, expired or already used"
+    status = 400
+
+
+class ActivationCodeExpired(ActivationCodeInvalid):
+    type = "activation-code-expired"
+    title = "The activation code has expired; generate a new one"
+
+
+class ActivationCodeUsed(ActivationCodeInvalid):
+    type = "activation-code-used"
+    title = "The activation code was already used; generate a new one"
+
+
+class UnknownUser(OpenMFAError):
+    type = "unknown-user"
+    title = "No such user"
+    status = 404
+
+
+class UserNotEnrolled(OpenMFAError):
+    type = "user-not-enrolled"
+    title = "The user has no active authenticator"
+    status = 409
+
+
+class UserDisabled(OpenMFAError):
+    type = "user-disabled"
+    title = "The user is disabled"
+    status = 403
+
+
+class UserBlocked(OpenMFAError):
+    type = "user-blocked"
+    title = "The user is blocked until an administrator unblocks them"
+    status = 403
+
+
+class OtpLocked(OpenMFAError):
+    type = "otp-locked"
+    title = "Too many wrong codes; the one-time codes are locked for a while"
+    status = 429
+
+
+class PinRequired(OpenMFAError):
+    type = "pin-required"
+    title = "This approval needs the PIN"
+    status = 403
+
+
+class WrongPin(OpenMFAError):
+    type = "wrong-pin"
+    title = "The PIN is wrong"
+    status = 403
+
+
+class PinLocked(OpenMFAError):
+    type = "pin-locked"
+    title = "Too many wrong PINs; approvals are locked for a while"
+    status = 429
+
+
+class WrongNumber(OpenMFAError):
+    type = "wrong-number"
+    title = "The number does not match the one shown at sign-in"
+    status = 403
+
+
+class ChallengeExpired(OpenMFAError):
+    type = "challenge-expired"
+    title = "The challenge has expired"
+    status = 410
+
+
+class ChallengeClosed(OpenMFAError):
+    type = "challenge-closed"
+    title = "The challenge was already answered differently or cancelled"
+    status = 409
+
+
+class PolicyError(BadRequest):
+    type = "invalid-policy"
+    title = "Unknown policy key or invalid value"
+
+
+class InvalidName(BadRequest):
+    type = "invalid-name"
+    title = "The name is not allowed"

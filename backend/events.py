@@ -1,0 +1,87 @@
+"""The challenge outcome bus: whoever waits for a challenge wakes the moment it is decided.
+
+Callers use only :class:`OutcomeBus`. The in-process implementation serves the embedded
+default; a PostgreSQL LISTEN/NOTIFY implementation can take its place for several nodes
+without touching callers. The bus remembers recent outcomes so that a waiter that subscribes
+just after the answer was published still returns at once (no lost wake-up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+
+class OutcomeBus(Protocol):
+    """Publish final challenge states; wait for one."""
+
+    async def publish(self, challenge_id: str, state: str) -> None:
+        """Announce that ``challenge_id`` reached final ``state``."""
+
+    async def wait(self, challenge_id: str, within: float) -> str | None:
+        """The final state, or ``None`` if none arrived within ``within`` seconds."""
+
+    async def close(self) -> None:
+        """Wake every waiter with ``None`` and stop."""
+
+
+class InProcessOutcomeBus:
+    """Futures keyed by challenge id, plus a bounded memory of recent outcomes."""
+
+    def __init__(self, remember: int = 10_000, remember_seconds: float = 600.0) -> None:
+        self._waiters: dict[str, set[asyncio.Future[str | None]]] = {}
+        self._recent: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._remember = remember
+        self._remember_seconds = remember_seconds
+        self._closed = False
+
+    async def publish(self, challenge_id: str, state: str) -> None:
+        self._recent[challenge_id] = (state, time.monotonic())
+        self._recent.move_to_end(challenge_id)
+        while len(self._recent) > self._remember:
+            self._recent.popitem(last=False)
+        for future in self._waiters.pop(challenge_id, set()):
+            if not future.done():
+                future.set_result(state)
+
+    def _remembered(self, challenge_id: str) -> str | None:
+        entry = self._recent.get(challenge_id)
+        if entry is None:
+            return None
+        state, at = entry
+        if time.monotonic() - at > self._remember_seconds:
+            del self._recent[challenge_id]
+            return None
+        return state
+
+    async def wait(self, challenge_id: str, within: float) -> str | None:
+        known = self._remembered(challenge_id)
+        if known is not None or self._closed or within <= 0:
+            return known
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(challenge_id, set()).add(future)
+        try:
+            return await asyncio.wait_for(future, within)
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(challenge_id)
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters:
+                    del self._waiters[challenge_id]
+
+    @property
+    def waiting(self) -> int:
+        """How many waiters are parked (for metrics and tests)."""
+        return sum(len(w) for w in self._waiters.values())
+
+    async def close(self) -> None:
+        self._closed = True
+        for waiters in self._waiters.values():
+            for future in waiters:
+                if not future.done():
+                    future.set_result(None)
+        self._waiters.clear()

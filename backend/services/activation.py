@@ -1,0 +1,237 @@
+"""Activation: one-time codes for our app, and enrolment of standard OATH apps."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from urllib.parse import urlencode
+
+from sqlalchemy import insert, select, update
+
+from backend.crypto import SecretBox, new_token, token_digest
+from backend.domain import totp
+from backend.domain.policy import check_pin
+from backend.errors import (
+    ActivationCodeExpired,
+    ActivationCodeInvalid,
+    ActivationCodeUsed,
+    BadRequest,
+    UserBlocked,
+    UserDisabled,
+)
+from backend.passwords import PasswordHasher
+from backend.services.audit import AuditLog
+from backend.services.context import Actor, Clock
+from backend.services.devices import PLATFORMS, check_push_token
+from backend.store.database import Database
+from backend.store.queries import UserRecord, effective_policy, load_user, load_user_by_id
+from backend.store.tables import activation_codes_t, devices_t, users_t
+
+ACTIVATION_SCHEME = "openmfa://activate"
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationOffer:
+    """What the user is shown: the code as text and the URI inside the QR code."""
+
+    user_name: str
+    code: str
+    uri: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OathEnrollment:
+    """A standard OATH token; its otpauth URI (holding the seed) is shown exactly once."""
+
+    user_name: str
+    device_id: str
+    seed: str
+    uri: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActivatedDevice:
+    """What the app receives once: its id and the seed for offline codes."""
+
+    device_id: str
+    user_name: str
+    seed: str
+    require_pin: bool
+    has_pin: bool
+
+
+def new_device_id() -> str:
+    """Random, URL-safe, not guessable."""
+    return "dev_" + secrets.token_urlsafe(16)
+
+
+def _check_can_enrol(user: UserRecord) -> None:
+    if user.disabled:
+        raise UserDisabled()
+    if user.blocked:
+        raise UserBlocked()
+
+
+class ActivationService:
+    """Issues activation codes and turns them into devices."""
+
+    def __init__(
+        self,
+        db: Database,
+        box: SecretBox,
+        hasher: PasswordHasher,
+        audit: AuditLog,
+        clock: Clock,
+        public_url: str,
+        issuer: str,
+    ) -> None:
+        self._db = db
+        self._box = box
+        self._hasher = hasher
+        self._audit = audit
+        self._clock = clock
+        self._public_url = public_url
+        self._issuer = issuer
+
+    def activation_uri(self, code: str) -> str:
+        """``openmfa://activate?url=<backend>&code=<code>``: all an app needs to activate."""
+        return f"{ACTIVATION_SCHEME}?{urlencode({'url': self._public_url, 'code': code})}"
+
+    async def create_code(
+        self, actor: Actor, user_name: str, ttl_seconds: int | None = None
+    ) -> ActivationOffer:
+        """A single-use code (160 bits, stored hashed) that expires after the policy's lifetime."""
+        if ttl_seconds is not None and not 60 <= ttl_seconds <= 7 * 86400:
+            raise BadRequest("an activation code lives from 1 minute to 7 days")
+        code = new_token()
+        now = self._clock()
+        async with self._db.write() as conn:
+            user = await load_user(conn, user_name)
+            _check_can_enrol(user)
+            if ttl_seconds is None:
+                ttl_seconds = (await effective_policy(conn, user.id)).activation_code_ttl_seconds
+            expires_at = now + timedelta(seconds=ttl_seconds)
+            await conn.execute(
+                insert(activation_codes_t).values(
+                    user_id=user.id,
+                    code_hash=token_digest(code),
+                    created_at=now,
+                    expires_at=expires_at,
+                )
+            )
+            await self._audit.add(
+                conn,
+                actor,
+                "activation.create",
+                "ok",
+                user.name_key,
+                f"expires {expires_at.isoformat()}",
+            )
+        return ActivationOffer(user.name, code, self.activation_uri(code), expires_at)
+
+    async def enrol_oath(self, actor: Actor, user_name: str, name: str = "") -> OathEnrollment:
+        """A pending OATH token; it becomes active with the first accepted code."""
+        seed = totp.new_seed()
+        device_id = new_device_id()
+        async with self._db.write() as conn:
+            user = await load_user(conn, user_name)
+            _check_can_enrol(user)
+            await conn.execute(
+                insert(devices_t).values(
+                    id=device_id,
+                    user_id=user.id,
+                    kind="oath",
+                    name=name[:128] or "OATH app",
+                    platform="",
+                    seed_enc=self._box.seal(seed.encode(), f"seed:{device_id}"),
+                    state="pending",
+                    created_at=self._clock(),
+                )
+            )
+            await self._audit.add(conn, actor, "oath.enrol", "ok", user.name_key, device_id)
+        uri = totp.otpauth_uri(seed, user.name, self._issuer)
+        return OathEnrollment(user.name, device_id, seed, uri)
+
+    async def activate(
+        self,
+        actor: Actor,
+        code: str,
+        public_key: bytes,
+        platform: str,
+        push_token: str | None = None,
+        name: str = "",
+        pin: str | None = None,
+    ) -> ActivatedDevice:
+        """Redeem an activation code: create the (pending) device and hand out its seed."""
+        if platform not in PLATFORMS:
+            raise BadRequest(f"platform must be one of {', '.join(PLATFORMS)}")
+        if len(public_key) != 32:
+            raise BadRequest("public_key must be a raw 32-byte Ed25519 key")
+        push_token = check_push_token(push_token)
+        if len(name) > 128:
+            raise BadRequest("the device name has at most 128 characters")
+        if len(code) > 128:
+            raise ActivationCodeInvalid("unknown activation code")
+        now = self._clock()
+        digest = token_digest(code)
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(activation_codes_t).where(activation_codes_t.c.code_hash == digest)
+                )
+            ).first()
+            if row is None:
+                raise ActivationCodeInvalid("unknown activation code")
+            user = await load_user_by_id(conn, row.user_id)
+            policy = await effective_policy(conn, user.id)
+        if row.used_at is not None:
+            raise ActivationCodeUsed()
+        if row.expires_at <= now:
+            raise ActivationCodeExpired()
+        _check_can_enrol(user)
+        pin_hash = None
+        if pin is not None:
+            check_pin(pin, policy)
+            pin_hash = await self._hasher.hash(pin)
+        seed = totp.new_seed()
+        device_id = new_device_id()
+        async with self._db.write() as conn:
+            claimed = await conn.execute(
+                update(activation_codes_t)
+                .where(activation_codes_t.c.id == row.id, activation_codes_t.c.used_at.is_(None))
+                .values(used_at=now, device_id=device_id)
+            )
+            if claimed.rowcount != 1:
+                raise ActivationCodeUsed()
+            await conn.execute(
+                insert(devices_t).values(
+                    id=device_id,
+                    user_id=user.id,
+                    kind="app",
+                    name=name or f"{platform} device",
+                    platform=platform,
+                    public_key=public_key,
+                    push_token=push_token,
+                    seed_enc=self._box.seal(seed.encode(), f"seed:{device_id}"),
+                    state="pending",
+                    created_at=now,
+                )
+            )
+            if pin_hash is not None:
+                await conn.execute(
+                    update(users_t)
+                    .where(users_t.c.id == user.id)
+                    .values(pin_hash=pin_hash, pin_failures=0, pin_locked_until=None)
+                )
+            await self._audit.add(
+                conn, actor, "device.activate", "ok", user.name_key, f"{device_id} {platform}"
+            )
+        return ActivatedDevice(
+            device_id=device_id,
+            user_name=user.name,
+            seed=seed,
+            require_pin=policy.require_pin,
+            has_pin=pin_hash is not None or user.has_pin,
+        )

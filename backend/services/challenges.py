@@ -1,0 +1,492 @@
+"""Challenges: started by a gateway, answered by a device (or a code), awaited by the gateway.
+
+The state rules live in :mod:`backend.domain.challenge`; this service loads, decides with them,
+and persists with a conditional UPDATE (``WHERE state = 'pending'``) so that of two racing
+answers exactly one wins and the other is judged again against what was stored.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from backend.domain.challenge import (
+    Answer,
+    Answered,
+    Cancelled,
+    ChallengeState,
+    ChallengeStatus,
+    Event,
+    Tick,
+    apply,
+)
+from backend.errors import (
+    BadRequest,
+    ChallengeExpired,
+    Conflict,
+    NotFound,
+    PinRequired,
+    UserNotEnrolled,
+    WrongNumber,
+)
+from backend.events import OutcomeBus
+from backend.services.audit import AuditLog
+from backend.services.context import Actor, Clock, SignInContext
+from backend.services.devices import LIVE_STATES, DeviceRecord
+from backend.services.otp import OtpResult, OtpService, check_may_sign_in
+from backend.services.users import UserService
+from backend.store.database import Database
+from backend.store.queries import effective_policy, load_user, load_user_by_id
+from backend.store.tables import challenges_t, devices_t, fraud_reports_t, users_t
+
+METHODS = ("push", "otp", "auto")
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeView:
+    """A challenge as the gateway sees it (the device view leaves out ``number``)."""
+
+    id: str
+    user_name: str
+    method: str
+    state: ChallengeState
+    created_at: datetime
+    expires_at: datetime
+    answered_at: datetime | None
+    number: int | None
+    client_name: str
+    client_ip: str
+    nas_identifier: str
+    display: str
+
+
+def _view(row: Any, user_name: str) -> ChallengeView:
+    return ChallengeView(
+        id=row.id,
+        user_name=user_name,
+        method=row.method,
+        state=ChallengeState(row.state),
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        answered_at=row.answered_at,
+        number=row.number,
+        client_name=row.client_name,
+        client_ip=row.client_ip,
+        nas_identifier=row.nas_identifier,
+        display=row.display,
+    )
+
+
+def _check_context(context: SignInContext) -> None:
+    for field, value, limit in (
+        ("client_name", context.client_name, 128),
+        ("client_ip", context.client_ip, 64),
+        ("nas_identifier", context.nas_identifier, 128),
+        ("display", context.display, 256),
+    ):
+        if len(value) > limit:
+            raise BadRequest(f"{field} has at most {limit} characters")
+
+
+def _display(context: SignInContext) -> str:
+    if context.display:
+        return context.display
+    where = context.client_name or "a gateway"
+    return f"Sign-in to {where}" + (f" from {context.client_ip}" if context.client_ip else "")
+
+
+class ChallengeService:
+    """Start, answer, cancel and await challenges."""
+
+    def __init__(
+        self,
+        db: Database,
+        bus: OutcomeBus,
+        users: UserService,
+        otp: OtpService,
+        audit: AuditLog,
+        clock: Clock,
+    ) -> None:
+        self._db = db
+        self._bus = bus
+        self._users = users
+        self._otp = otp
+        self._audit = audit
+        self._clock = clock
+
+    # -- gateway side -------------------------------------------------------------------------
+
+    async def start(
+        self,
+        actor: Actor,
+        user_name: str,
+        method: str,
+        context: SignInContext,
+        token_id: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> ChallengeView:
+        """Begin an authentication. A repeated ``idempotency_key`` returns the first one."""
+        if method not in METHODS:
+            raise BadRequest(f"method must be one of {', '.join(METHODS)}")
+        _check_context(context)
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 128:
+            raise BadRequest("idempotency_key has 1 to 128 characters")
+        if idempotency_key is not None:
+            existing = await self._find_idempotent(token_id, idempotency_key)
+            if existing is not None:
+                return existing
+        now = self._clock()
+        challenge_id = "ch_" + secrets.token_urlsafe(16)
+        try:
+            async with self._db.write() as conn:
+                user = await load_user(conn, user_name)
+                check_may_sign_in(user)
+                kinds = {
+                    row.kind
+                    for row in (
+                        await conn.execute(
+                            select(devices_t.c.kind).where(
+                                devices_t.c.user_id == user.id, devices_t.c.state.in_(LIVE_STATES)
+                            )
+                        )
+                    ).all()
+                }
+                if not kinds:
+                    raise UserNotEnrolled()
+                if method == "auto":
+                    method = "push" if "app" in kinds else "otp"
+                if method == "push" and "app" not in kinds:
+                    raise UserNotEnrolled(
+                        "the user has no device that can answer a push; ask for a code"
+                    )
+                policy = await effective_policy(conn, user.id)
+                number = (
+                    secrets.randbelow(90) + 10
+                    if policy.number_matching and method == "push"
+                    else None
+                )
+                await conn.execute(
+                    insert(challenges_t).values(
+                        id=challenge_id,
+                        user_id=user.id,
+                        method=method,
+                        state=ChallengeState.PENDING.value,
+                        created_at=now,
+                        expires_at=now + timedelta(seconds=policy.challenge_ttl_seconds),
+                        number=number,
+                        client_name=context.client_name,
+                        client_ip=context.client_ip,
+                        nas_identifier=context.nas_identifier,
+                        display=_display(context),
+                        token_id=token_id,
+                        idempotency_key=idempotency_key,
+                    )
+                )
+                await self._audit.add(
+                    conn,
+                    actor,
+                    "auth.start",
+                    "ok",
+                    user.name_key,
+                    f"{challenge_id} {method} {context.client_name} {context.client_ip}".strip(),
+                )
+        except IntegrityError:
+            # Two copies of the same request raced; the other one created it.
+            if idempotency_key is not None:
+                existing = await self._find_idempotent(token_id, idempotency_key)
+                if existing is not None:
+                    return existing
+            raise
+        return await self.get(challenge_id)
+
+    async def _find_idempotent(self, token_id: int | None, key: str) -> ChallengeView | None:
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(challenges_t.c.id).where(
+                        challenges_t.c.token_id == token_id, challenges_t.c.idempotency_key == key
+                    )
+                )
+            ).first()
+        return None if row is None else await self.get(row.id)
+
+    async def get(self, challenge_id: str) -> ChallengeView:
+        """The current state, expiring the challenge if its time is up."""
+        async with self._db.read() as conn:
+            row, user_name = await _load(conn, challenge_id)
+        view = _view(row, user_name)
+        if view.state is ChallengeState.PENDING and self._clock() >= view.expires_at:
+            return await self._settle(Actor("system"), challenge_id, Tick(self._clock()))
+        return view
+
+    async def wait(self, challenge_id: str, within: float) -> ChallengeView:
+        """Long-poll: return as soon as the challenge is final, or after ``within`` seconds."""
+        view = await self.get(challenge_id)
+        if view.state.is_final or within <= 0:
+            return view
+        remaining = (view.expires_at - self._clock()).total_seconds()
+        await self._bus.wait(challenge_id, max(0.0, min(within, remaining)))
+        return await self.get(challenge_id)
+
+    async def cancel(self, actor: Actor, challenge_id: str) -> ChallengeView:
+        """The gateway gave up (user closed the dialog, timeout on its side)."""
+        return await self._settle(actor, challenge_id, Cancelled(self._clock()))
+
+    async def verify_code(
+        self, actor: Actor, challenge_id: str, code: str
+    ) -> tuple[ChallengeView, OtpResult]:
+        """Answer a pending challenge with a code instead of a push (RADIUS challenge mode)."""
+        async with self._db.write() as conn:
+            row, _ = await _load(conn, challenge_id, lock=True)
+            user = await load_user_by_id(conn, row.user_id)
+            status = ChallengeStatus(ChallengeState(row.state), row.expires_at, row.answered_by)
+            apply(status, Answered(Answer.APPROVE, "otp", self._clock()))  # refuses if closed
+            result = await self._otp.verify_in(
+                conn, actor, user, code, SignInContext(row.client_name, row.client_ip)
+            )
+        if result.accepted:
+            return await self._settle(
+                actor, challenge_id, Answered(Answer.APPROVE, "otp", self._clock())
+            ), result
+        return await self.get(challenge_id), result
+
+    # -- device side ----------------------------------------------------------------------------
+
+    async def pending_for_device(self, device: DeviceRecord) -> list[ChallengeView]:
+        """Push challenges waiting for this device's user (also the polling path)."""
+        now = self._clock()
+        async with self._db.read() as conn:
+            user_name = (await load_user_by_id(conn, device.user_id)).name
+            rows = (
+                await conn.execute(
+                    select(challenges_t)
+                    .where(
+                        challenges_t.c.user_id == device.user_id,
+                        challenges_t.c.state == ChallengeState.PENDING.value,
+                        challenges_t.c.method == "push",
+                        challenges_t.c.expires_at > now,
+                    )
+                    .order_by(challenges_t.c.created_at)
+                )
+            ).all()
+        return [_view(row, user_name) for row in rows]
+
+    async def get_for_device(self, device: DeviceRecord, challenge_id: str) -> ChallengeView:
+        """One challenge of the device's user; anyone else's is :class:`NotFound`."""
+        view = await self.get(challenge_id)
+        async with self._db.read() as conn:
+            row, _ = await _load(conn, challenge_id)
+        if row.user_id != device.user_id or row.method != "push":
+            raise NotFound("no such challenge")
+        return view
+
+    async def answer(
+        self,
+        actor: Actor,
+        device: DeviceRecord,
+        challenge_id: str,
+        answer: Answer,
+        pin: str | None = None,
+        number: int | None = None,
+    ) -> ChallengeView:
+        """Approve, deny or report fraud. Approval may need the PIN and the matching number."""
+        async with self._db.read() as conn:
+            row, _ = await _load(conn, challenge_id)
+            if row.user_id != device.user_id or row.method != "push":
+                raise NotFound("no such challenge")
+            user = await load_user_by_id(conn, row.user_id)
+            policy = await effective_policy(conn, user.id)
+        event = Answered(answer, device.id, self._clock())
+        status = ChallengeStatus(ChallengeState(row.state), row.expires_at, row.answered_by)
+        if not apply(status, event).changed:
+            return await self.get(challenge_id)  # the same answer again: idempotent
+        if answer is Answer.APPROVE:
+            if row.number is not None and number != row.number:
+                await self._settle(
+                    actor, challenge_id, Answered(Answer.DENY, device.id, self._clock()), device
+                )
+                raise WrongNumber()
+            if policy.require_pin:
+                if not pin:
+                    raise PinRequired()
+                await self._users.verify_pin(actor, user, pin)
+        return await self._settle(
+            actor, challenge_id, Answered(answer, device.id, self._clock()), device
+        )
+
+    # -- shared -------------------------------------------------------------------------------
+
+    async def _settle(
+        self, actor: Actor, challenge_id: str, event: Event, device: DeviceRecord | None = None
+    ) -> ChallengeView:
+        """Apply ``event`` and persist it; publish the outcomes once committed."""
+        published: list[tuple[str, str]] = []
+        late = False
+        async with self._db.write() as conn:
+            row, user_name = await _load(conn, challenge_id, lock=True)
+            status = ChallengeStatus(ChallengeState(row.state), row.expires_at, row.answered_by)
+            if (
+                isinstance(event, Answered)
+                and status.state is ChallengeState.PENDING
+                and (event.at >= status.expires_at)
+            ):
+                # Too late: record the expiry (committed), then refuse below.
+                await self._persist(conn, challenge_id, {"state": ChallengeState.EXPIRED.value})
+                await self._audit.add(
+                    conn, actor, "challenge.answer", "expired", user_name, challenge_id
+                )
+                published.append((challenge_id, ChallengeState.EXPIRED.value))
+                late = True
+            else:
+                transition = apply(status, event)  # raises to refuse; nothing written yet
+                if transition.changed:
+                    values: dict[str, object] = {"state": transition.status.state.value}
+                    if isinstance(event, Answered):
+                        values |= {"answered_at": event.at, "answered_by": event.by}
+                    await self._persist(conn, challenge_id, values)
+                    published.append((challenge_id, transition.status.state.value))
+                    published += await self._after_transition(
+                        conn, actor, row, user_name, transition.status.state, event, device
+                    )
+        for published_id, state in published:
+            await self._bus.publish(published_id, state)
+        if late:
+            raise ChallengeExpired("the challenge expired before it was answered")
+        return await self.get(challenge_id)
+
+    async def _persist(
+        self, conn: AsyncConnection, challenge_id: str, values: dict[str, object]
+    ) -> None:
+        # The write transaction holds the lock (BEGIN IMMEDIATE on SQLite, the row's lock on
+        # PostgreSQL after _load), so the pending check cannot lose a race; it guards anyway.
+        done = await conn.execute(
+            update(challenges_t)
+            .where(
+                challenges_t.c.id == challenge_id,
+                challenges_t.c.state == ChallengeState.PENDING.value,
+            )
+            .values(**values)
+        )
+        if done.rowcount != 1:
+            raise Conflict("the challenge changed meanwhile; try again")
+
+    async def _after_transition(
+        self,
+        conn: AsyncConnection,
+        actor: Actor,
+        row: Any,
+        user_name: str,
+        state: ChallengeState,
+        event: Event,
+        device: DeviceRecord | None,
+    ) -> list[tuple[str, str]]:
+        """Side effects of a transition; returns further outcomes to publish."""
+        now = self._clock()
+        if isinstance(event, Tick):
+            await self._audit.add(conn, actor, "challenge.expire", "expired", user_name, row.id)
+            return []
+        if isinstance(event, Cancelled):
+            await self._audit.add(conn, actor, "challenge.cancel", state.value, user_name, row.id)
+            return []
+        if device is not None:
+            # The first answered push is the round trip that makes a device active.
+            await conn.execute(
+                update(devices_t)
+                .where(devices_t.c.id == device.id)
+                .values(last_used_at=now, state="active")
+            )
+            await conn.execute(
+                update(devices_t)
+                .where(devices_t.c.id == device.id, devices_t.c.activated_at.is_(None))
+                .values(activated_at=now)
+            )
+        if state is ChallengeState.APPROVED:
+            await conn.execute(
+                update(users_t).where(users_t.c.id == row.user_id).values(last_sign_in_at=now)
+            )
+        await self._audit.add(
+            conn, actor, "challenge.answer", state.value, user_name, f"{row.id} by {event.by}"
+        )
+        if state is ChallengeState.FRAUD:
+            return await self._report_fraud(conn, actor, row, user_name, device)
+        return []
+
+    async def _report_fraud(
+        self,
+        conn: AsyncConnection,
+        actor: Actor,
+        row: Any,
+        user_name: str,
+        device: DeviceRecord | None,
+    ) -> list[tuple[str, str]]:
+        """Record the report; block the user and cancel their other challenges if policy says so."""
+        cancelled: list[tuple[str, str]] = []
+        await conn.execute(
+            insert(fraud_reports_t).values(
+                user_id=row.user_id,
+                challenge_id=row.id,
+                device_id=device.id if device else None,
+                client_name=row.client_name,
+                client_ip=row.client_ip,
+                state="open",
+                created_at=self._clock(),
+            )
+        )
+        policy = await effective_policy(conn, row.user_id)
+        if policy.fraud_blocks_user:
+            await conn.execute(
+                update(users_t)
+                .where(users_t.c.id == row.user_id)
+                .values(blocked=True, blocked_reason=f"fraud reported on {row.id}")
+            )
+            others = (
+                await conn.execute(
+                    update(challenges_t)
+                    .where(
+                        challenges_t.c.user_id == row.user_id,
+                        challenges_t.c.state == ChallengeState.PENDING.value,
+                    )
+                    .values(state=ChallengeState.CANCELLED.value)
+                    .returning(challenges_t.c.id)
+                )
+            ).all()
+            for other in others:
+                cancelled.append((other.id, ChallengeState.CANCELLED.value))
+                await self._audit.add(
+                    conn,
+                    actor,
+                    "challenge.cancel",
+                    "cancelled",
+                    user_name,
+                    f"{other.id} user blocked",
+                )
+        await self._audit.add(
+            conn,
+            actor,
+            "fraud.report",
+            "blocked" if policy.fraud_blocks_user else "recorded",
+            user_name,
+            row.id,
+        )
+        return cancelled
+
+
+async def _load(conn: AsyncConnection, challenge_id: str, lock: bool = False) -> tuple[Any, str]:
+    """The challenge row and its user's name; ``lock`` takes the row lock (PostgreSQL)."""
+    stmt = (
+        select(challenges_t, users_t.c.name)
+        .join(users_t, users_t.c.id == challenges_t.c.user_id)
+        .where(challenges_t.c.id == challenge_id[:64])
+    )
+    if lock:
+        stmt = stmt.with_for_update(of=challenges_t)
+    row = (await conn.execute(stmt)).first()
+    if row is None:
+        raise NotFound("no such challenge")
+    return row, str(row.name)

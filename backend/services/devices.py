@@ -1,0 +1,161 @@
+"""Authenticators: signed-request authentication of app devices, push tokens, removal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from backend.domain import signing
+from backend.errors import BadRequest, BadSignature, NotFound, ReplayedRequest, StaleRequest
+from backend.services.audit import AuditLog
+from backend.services.context import Actor, Clock
+from backend.store.database import Database
+from backend.store.queries import load_user, user_name_of
+from backend.store.tables import devices_t, used_nonces_t
+
+LIVE_STATES = ("pending", "active")
+PLATFORMS = ("ios", "android", "reference")
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    id: str
+    user_id: int
+    kind: str
+    name: str
+    platform: str
+    public_key: bytes | None
+    push_token: str | None
+    state: str
+    created_at: datetime
+    activated_at: datetime | None
+    last_used_at: datetime | None
+
+
+def device_from_row(row: Any) -> DeviceRecord:
+    return DeviceRecord(
+        id=row.id,
+        user_id=row.user_id,
+        kind=row.kind,
+        name=row.name,
+        platform=row.platform,
+        public_key=row.public_key,
+        push_token=row.push_token,
+        state=row.state,
+        created_at=row.created_at,
+        activated_at=row.activated_at,
+        last_used_at=row.last_used_at,
+    )
+
+
+def check_push_token(token: str | None) -> str | None:
+    """Push tokens are opaque printable strings of bounded length."""
+    if token is None or token == "":
+        return None
+    if len(token) > 512 or not token.isascii() or not token.isprintable():
+        raise BadRequest("the push token must be printable ASCII of at most 512 characters")
+    return token
+
+
+class DeviceService:
+    """Looks after devices once they exist; creation is :class:`ActivationService`'s job."""
+
+    def __init__(self, db: Database, audit: AuditLog, clock: Clock, skew_seconds: int) -> None:
+        self._db = db
+        self._audit = audit
+        self._clock = clock
+        self._skew = skew_seconds
+
+    async def authenticate(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> DeviceRecord:
+        """Verify a signed app request; return the device that signed it.
+
+        Checked in order: headers well formed, timestamp within the skew, device known and not
+        removed, signature valid, nonce never seen (remembered until the skew window passes).
+        """
+        signed = signing.parse_headers(headers)
+        now = self._clock()
+        if abs(now.timestamp() - signed.timestamp) > self._skew:
+            raise StaleRequest(f"the device clock is off by more than {self._skew} seconds")
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(select(devices_t).where(devices_t.c.id == signed.device[:64]))
+            ).first()
+        if row is None or row.public_key is None or row.state not in LIVE_STATES:
+            raise BadSignature("unknown or removed device")
+        device = device_from_row(row)
+        message = signing.canonical_request(
+            method, target, str(signed.timestamp), signed.nonce, body
+        )
+        signing.verify(row.public_key, signed.signature, message)
+        try:
+            async with self._db.write() as conn:
+                await conn.execute(
+                    delete(used_nonces_t).where(
+                        used_nonces_t.c.device_id == device.id, used_nonces_t.c.expires_at < now
+                    )
+                )
+                await conn.execute(
+                    insert(used_nonces_t).values(
+                        device_id=device.id,
+                        nonce=signed.nonce,
+                        expires_at=now + timedelta(seconds=2 * self._skew),
+                    )
+                )
+        except IntegrityError as exc:
+            raise ReplayedRequest() from exc
+        return device
+
+    async def get(self, device_id: str) -> DeviceRecord:
+        """One device by id."""
+        async with self._db.read() as conn:
+            row = (await conn.execute(select(devices_t).where(devices_t.c.id == device_id))).first()
+        if row is None:
+            raise NotFound("no such device")
+        return device_from_row(row)
+
+    async def list_for_user(
+        self, user_name: str, include_removed: bool = False
+    ) -> list[DeviceRecord]:
+        """A user's authenticators, oldest first."""
+        async with self._db.read() as conn:
+            user = await load_user(conn, user_name)
+            stmt = select(devices_t).where(devices_t.c.user_id == user.id)
+            if not include_removed:
+                stmt = stmt.where(devices_t.c.state.in_(LIVE_STATES))
+            rows = (await conn.execute(stmt.order_by(devices_t.c.created_at))).all()
+        return [device_from_row(row) for row in rows]
+
+    async def update_push_token(
+        self, actor: Actor, device: DeviceRecord, token: str | None
+    ) -> None:
+        """Replace (or clear) the device's push token."""
+        token = check_push_token(token)
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(devices_t).where(devices_t.c.id == device.id).values(push_token=token)
+            )
+            user = await user_name_of(conn, device.user_id)
+            await self._audit.add(conn, actor, "device.push_token", "ok", user, device.id)
+
+    async def remove(self, actor: Actor, device_id: str, user_name: str | None = None) -> None:
+        """Mark a device removed: it can no longer sign requests or produce accepted codes."""
+        async with self._db.write() as conn:
+            stmt = update(devices_t).where(
+                devices_t.c.id == device_id, devices_t.c.state.in_(LIVE_STATES)
+            )
+            if user_name is not None:
+                stmt = stmt.where(devices_t.c.user_id == (await load_user(conn, user_name)).id)
+            row = (
+                await conn.execute(stmt.values(state="removed").returning(devices_t.c.user_id))
+            ).first()
+            if row is None:
+                raise NotFound("no such device (or it was already removed)")
+            await self._audit.add(
+                conn, actor, "device.remove", "ok", await user_name_of(conn, row.user_id), device_id
+            )

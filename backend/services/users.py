@@ -1,0 +1,203 @@
+"""Users: accounts, state (active / disabled / blocked), password and PIN."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from backend.domain.names import user_key
+from backend.domain.policy import check_pin
+from backend.errors import BadRequest, Conflict, PinLocked, WrongPin
+from backend.passwords import PasswordHasher
+from backend.services.audit import AuditLog
+from backend.services.context import Actor, Clock
+from backend.store.database import Database
+from backend.store.queries import UserRecord, effective_policy, load_user, user_from_row
+from backend.store.tables import devices_t, users_t
+
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class UserSummary:
+    user: UserRecord
+    active_devices: int
+    pending_devices: int
+
+
+def check_password(password: str) -> None:
+    """Length rules for local passwords."""
+    if len(password) < MIN_PASSWORD:
+        raise BadRequest(f"a password has at least {MIN_PASSWORD} characters")
+    if len(password) > MAX_PASSWORD:
+        raise BadRequest(f"a password has at most {MAX_PASSWORD} characters")
+
+
+class UserService:
+    """Create, list and change users; every change audited."""
+
+    def __init__(self, db: Database, hasher: PasswordHasher, audit: AuditLog, clock: Clock) -> None:
+        self._db = db
+        self._hasher = hasher
+        self._audit = audit
+        self._clock = clock
+
+    async def add(
+        self,
+        actor: Actor,
+        name: str,
+        email: str = "",
+        display_name: str = "",
+        password: str | None = None,
+        is_admin: bool = False,
+    ) -> UserRecord:
+        """Create a user; :class:`Conflict` if the name (in any case) exists."""
+        key = user_key(name)
+        if len(email) > 320 or (email and "@" not in email):
+            raise BadRequest("the e-mail address is not valid")
+        if len(display_name) > 256:
+            raise BadRequest("the display name has at most 256 characters")
+        password_hash = None
+        if password is not None:
+            check_password(password)
+            password_hash = await self._hasher.hash(password)
+        try:
+            async with self._db.write() as conn:
+                await conn.execute(
+                    insert(users_t).values(
+                        name_key=key,
+                        name=name,
+                        display_name=display_name,
+                        email=email,
+                        is_admin=is_admin,
+                        password_hash=password_hash,
+                        created_at=self._clock(),
+                    )
+                )
+                await self._audit.add(
+                    conn, actor, "user.add", "ok", key, "admin" if is_admin else ""
+                )
+                return await load_user(conn, name)
+        except IntegrityError as exc:
+            raise Conflict(f"a user named {name!r} already exists") from exc
+
+    async def get(self, name: str) -> UserRecord:
+        """One user; :class:`UnknownUser` if there is none."""
+        async with self._db.read() as conn:
+            return await load_user(conn, name)
+
+    async def list(self) -> list[UserSummary]:
+        """All users with their device counts, by name."""
+        active = func.count(devices_t.c.id).filter(devices_t.c.state == "active")
+        pending = func.count(devices_t.c.id).filter(devices_t.c.state == "pending")
+        stmt = (
+            select(users_t, active.label("active_devices"), pending.label("pending_devices"))
+            .select_from(users_t.outerjoin(devices_t, devices_t.c.user_id == users_t.c.id))
+            .group_by(users_t.c.id)
+            .order_by(users_t.c.name_key)
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            UserSummary(
+                user_from_row(row), int(row.active_devices or 0), int(row.pending_devices or 0)
+            )
+            for row in rows
+        ]
+
+    async def _change(
+        self, actor: Actor, name: str, action: str, detail: str = "", **values: object
+    ) -> UserRecord:
+        async with self._db.write() as conn:
+            user = await load_user(conn, name)
+            await conn.execute(update(users_t).where(users_t.c.id == user.id).values(**values))
+            await self._audit.add(conn, actor, action, "ok", user.name_key, detail)
+            return await load_user(conn, name)
+
+    async def set_disabled(self, actor: Actor, name: str, disabled: bool) -> UserRecord:
+        """Disable (no sign-in at all) or enable a user."""
+        return await self._change(
+            actor, name, "user.disable" if disabled else "user.enable", disabled=disabled
+        )
+
+    async def set_blocked(
+        self, actor: Actor, name: str, blocked: bool, reason: str = ""
+    ) -> UserRecord:
+        """Block (no new challenges, e.g. after fraud) or unblock a user."""
+        if blocked:
+            return await self._change(
+                actor,
+                name,
+                "user.block",
+                reason,
+                blocked=True,
+                blocked_reason=reason[:256] or "blocked by an administrator",
+            )
+        return await self._change(actor, name, "user.unblock", blocked=False, blocked_reason="")
+
+    async def set_password(self, actor: Actor, name: str, password: str) -> None:
+        """Replace the local password (argon2id)."""
+        check_password(password)
+        password_hash = await self._hasher.hash(password)
+        await self._change(actor, name, "user.set_password", password_hash=password_hash)
+
+    async def set_pin(self, actor: Actor, name: str, pin: str) -> None:
+        """Set the approval PIN after checking it against the user's policy."""
+        async with self._db.read() as conn:
+            user = await load_user(conn, name)
+            policy = await effective_policy(conn, user.id)
+        check_pin(pin, policy)
+        pin_hash = await self._hasher.hash(pin)
+        await self._change(
+            actor, name, "user.set_pin", pin_hash=pin_hash, pin_failures=0, pin_locked_until=None
+        )
+
+    async def verify_pin(self, actor: Actor, user: UserRecord, pin: str | None) -> None:
+        """Check an approval PIN: lockout first, then argon2id; failures counted and committed."""
+        now = self._clock()
+        if user.pin_locked_until is not None and user.pin_locked_until > now:
+            raise PinLocked(
+                f"try again after {user.pin_locked_until.isoformat(timespec='seconds')}"
+            )
+        if user.pin_hash is None:
+            raise WrongPin("no PIN is set for this user; set one first")
+        matches, new_hash = await self._hasher.verify(user.pin_hash, pin or "")
+        async with self._db.write() as conn:
+            if matches:
+                values: dict[str, object] = {"pin_failures": 0, "pin_locked_until": None}
+                if new_hash is not None:
+                    values["pin_hash"] = new_hash
+                await conn.execute(update(users_t).where(users_t.c.id == user.id).values(**values))
+                return
+            policy = await effective_policy(conn, user.id)
+            failures = (
+                await conn.execute(
+                    update(users_t)
+                    .where(users_t.c.id == user.id)
+                    .values(pin_failures=users_t.c.pin_failures + 1)
+                    .returning(users_t.c.pin_failures)
+                )
+            ).scalar_one()
+            locked_until: datetime | None = None
+            if failures >= policy.pin_max_failures:
+                locked_until = now + timedelta(seconds=policy.pin_lockout_seconds)
+                await conn.execute(
+                    update(users_t)
+                    .where(users_t.c.id == user.id)
+                    .values(pin_failures=0, pin_locked_until=locked_until)
+                )
+            await self._audit.add(
+                conn,
+                actor,
+                "pin.verify",
+                "locked" if locked_until else "wrong",
+                user.name_key,
+                f"failures={failures}",
+            )
+        if locked_until is not None:
+            raise PinLocked("too many wrong PINs; approvals are locked for a while")
+        raise WrongPin()

@@ -1,0 +1,1 @@
+"""Storage: SQLModel table definitions, the engine, and the queries the services use."""

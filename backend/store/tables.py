@@ -1,0 +1,199 @@
+"""The schema. Alembic migrations in ``alembic/versions`` create exactly these tables.
+
+Hot paths query these with SQLAlchemy Core (``Table.__table__``) rather than ORM sessions:
+DESIGN.md measured the ORM at ~760 µs per SELECT against ~460 µs for Core. Timestamps are
+stored as timezone-aware UTC (``UtcDateTime``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import Column, Index, LargeBinary, Table, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import DateTime, TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, on SQLite (which has no time zones) and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utc_column(nullable: bool = False, index: bool = False) -> Any:
+    return Field(sa_column=Column(UtcDateTime(), nullable=nullable, index=index))
+
+
+def blob_column(nullable: bool = False) -> Any:
+    return Field(sa_column=Column(LargeBinary(), nullable=nullable))
+
+
+class Meta(SQLModel, table=True):
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=512)
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+    id: int | None = Field(default=None, primary_key=True)
+    name_key: str = Field(max_length=128, unique=True)
+    name: str = Field(max_length=128)
+    display_name: str = Field(default="", max_length=256)
+    email: str = Field(default="", max_length=320)
+    is_admin: bool = False
+    disabled: bool = False
+    blocked: bool = False
+    blocked_reason: str = Field(default="", max_length=256)
+    password_hash: str | None = Field(default=None, max_length=256)
+    pin_hash: str | None = Field(default=None, max_length=256)
+    pin_failures: int = 0
+    pin_locked_until: datetime | None = utc_column(nullable=True)
+    otp_failures: int = 0
+    otp_locked_until: datetime | None = utc_column(nullable=True)
+    last_sign_in_at: datetime | None = utc_column(nullable=True)
+    created_at: datetime = utc_column()
+
+
+class Device(SQLModel, table=True):
+    """An authenticator: our app (``kind=app``, with an Ed25519 key) or a plain OATH token."""
+
+    __tablename__ = "devices"
+    __table_args__ = (Index("ix_devices_user_state", "user_id", "state"),)
+    id: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
+    kind: str = Field(max_length=16)
+    name: str = Field(default="", max_length=128)
+    platform: str = Field(default="", max_length=16)
+    public_key: bytes | None = blob_column(nullable=True)
+    push_token: str | None = Field(default=None, max_length=512)
+    seed_enc: bytes = blob_column()
+    last_step: int | None = None
+    state: str = Field(max_length=16)
+    created_at: datetime = utc_column()
+    activated_at: datetime | None = utc_column(nullable=True)
+    last_used_at: datetime | None = utc_column(nullable=True)
+
+
+class ActivationCode(SQLModel, table=True):
+    __tablename__ = "activation_codes"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
+    code_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = utc_column()
+    expires_at: datetime = utc_column()
+    used_at: datetime | None = utc_column(nullable=True)
+    device_id: str | None = Field(default=None, max_length=64)
+
+
+class Challenge(SQLModel, table=True):
+    """One authentication waiting for an answer (push) or a code (otp)."""
+
+    __tablename__ = "challenges"
+    __table_args__ = (
+        UniqueConstraint("token_id", "idempotency_key", name="uq_challenges_idempotency"),
+        Index("ix_challenges_user_state", "user_id", "state"),
+    )
+    id: str = Field(primary_key=True, max_length=64)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
+    method: str = Field(max_length=16)
+    state: str = Field(max_length=16)
+    created_at: datetime = utc_column()
+    expires_at: datetime = utc_column()
+    answered_at: datetime | None = utc_column(nullable=True)
+    answered_by: str | None = Field(default=None, max_length=64)
+    number: int | None = None
+    client_name: str = Field(default="", max_length=128)
+    client_ip: str = Field(default="", max_length=64)
+    nas_identifier: str = Field(default="", max_length=128)
+    display: str = Field(default="", max_length=256)
+    token_id: int | None = Field(default=None, foreign_key="api_tokens.id")
+    idempotency_key: str | None = Field(default=None, max_length=128)
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_tokens"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, unique=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = utc_column()
+    revoked_at: datetime | None = utc_column(nullable=True)
+
+
+class PolicyValue(SQLModel, table=True):
+    __tablename__ = "policies"
+    scope: str = Field(primary_key=True, max_length=64)
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=256)
+
+
+class FraudReport(SQLModel, table=True):
+    __tablename__ = "fraud_reports"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
+    challenge_id: str = Field(max_length=64)
+    device_id: str | None = Field(default=None, max_length=64)
+    client_name: str = Field(default="", max_length=128)
+    client_ip: str = Field(default="", max_length=64)
+    state: str = Field(default="open", max_length=16)
+    created_at: datetime = utc_column()
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_events"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = utc_column(index=True)
+    actor: str = Field(max_length=128)
+    user_name: str = Field(default="", max_length=128, index=True)
+    source: str = Field(default="", max_length=64)
+    action: str = Field(max_length=64)
+    result: str = Field(max_length=32)
+    detail: str = Field(default="", max_length=1024)
+    request_id: str = Field(default="", max_length=64)
+
+
+class UsedNonce(SQLModel, table=True):
+    __tablename__ = "used_nonces"
+    device_id: str = Field(primary_key=True, max_length=64)
+    nonce: str = Field(primary_key=True, max_length=64)
+    expires_at: datetime = utc_column(index=True)
+
+
+metadata = SQLModel.metadata
+
+
+def now() -> datetime:
+    """The current time, aware UTC (the only clock the store uses by default)."""
+    return datetime.now(UTC)
+
+
+def _table(model: type[SQLModel]) -> Table:
+    return cast(Table, model.__table__)  # type: ignore[attr-defined]
+
+
+# Core handles on the tables, for queries that stay off the ORM.
+meta_t = _table(Meta)
+users_t = _table(User)
+devices_t = _table(Device)
+activation_codes_t = _table(ActivationCode)
+challenges_t = _table(Challenge)
+api_tokens_t = _table(ApiToken)
+policies_t = _table(PolicyValue)
+fraud_reports_t = _table(FraudReport)
+audit_t = _table(AuditEvent)
+used_nonces_t = _table(UsedNonce)

@@ -1,0 +1,150 @@
+"""Shared fixtures: a migrated database (SQLite, and PostgreSQL where one answers), services
+on a fake clock, a live server over real HTTP, and the ``openmfa`` command as a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from backend.config import Settings, load_settings
+from backend.services import Services
+from backend.store import migrations
+from tests.support.clock import FakeClock
+
+PG_ADMIN_URL = os.environ.get(
+    "OPENMFA_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+_pg_reason: str | None = None
+_pg_checked = False
+
+
+def _postgres_unavailable() -> str | None:
+    """Why PostgreSQL tests cannot run here, or ``None`` when they can."""
+    global _pg_checked, _pg_reason
+    if _pg_checked:
+        return _pg_reason
+    _pg_checked = True
+
+    async def probe() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(_plain(PG_ADMIN_URL), timeout=3)
+        await conn.close()
+
+    try:
+        asyncio.run(probe())
+    except Exception as exc:  # any failure means: no usable server here
+        _pg_reason = f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({type(exc).__name__}: {exc})"
+    return _pg_reason
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+    reason = _postgres_unavailable()
+    if reason is not None:
+        print(f"\nSKIP PostgreSQL variant: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    import asyncpg
+
+    name = f"openmfa_test_{secrets.token_hex(4)}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(_plain(PG_ADMIN_URL), timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty database of each kind."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'openmfa.db'}"
+        migrations.upgrade(url)
+        yield url
+        return
+    base: str = request.getfixturevalue("postgres_url")
+    # One schema-fresh database per test: drop and recreate every table through Alembic.
+    _reset_postgres(base)
+    migrations.upgrade(base)
+    yield base
+
+
+def _reset_postgres(url: str) -> None:
+    import asyncpg
+
+    async def reset() -> None:
+        conn = await asyncpg.connect(_plain(url), timeout=5)
+        try:
+            await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        finally:
+            await conn.close()
+
+    asyncio.run(reset())
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Settings on a temporary home, fast argon2 limits kept at OWASP's minimum."""
+    return load_settings(
+        config_file=None,
+        home=tmp_path,
+        database_url=database_url if not database_url.startswith("sqlite") else "",
+        public_url="http://127.0.0.1:8080",
+    )
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def services(settings: Settings, clock: FakeClock) -> AsyncIterator[Services]:
+    opened = await Services.open(settings, clock=clock)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def openmfa(
+    home: Path, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``openmfa`` command against ``home``."""
+    exe = Path(sys.executable).parent / "openmfa"
+    env = {**os.environ, "OPENMFA_HOME": str(home)}
+    result = subprocess.run(
+        [str(exe), *args], input=stdin, capture_output=True, text=True, env=env, timeout=120,
+        check=False,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"openmfa {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"
+        )
+    return result
