@@ -49,12 +49,19 @@ def _plain(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say up front whether the PostgreSQL variants run, and why not."""
+    reason = _postgres_unavailable()
+    if reason is None:
+        return f"PostgreSQL variants: on ({PG_ADMIN_URL})"
+    return f"PostgreSQL variants: SKIPPED - {reason}"
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped afterwards."""
     reason = _postgres_unavailable()
     if reason is not None:
-        print(f"\nSKIP PostgreSQL variant: {reason}", file=sys.stderr)
         pytest.skip(reason)
     import asyncpg
 
@@ -140,7 +147,12 @@ def openmfa(
     exe = Path(sys.executable).parent / "openmfa"
     env = {**os.environ, "OPENMFA_HOME": str(home)}
     result = subprocess.run(
-        [str(exe), *args], input=stdin, capture_output=True, text=True, env=env, timeout=120,
+        [str(exe), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
         check=False,
     )
     if check and result.returncode != 0:
