@@ -11,17 +11,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A challenge reached a final state. Small and plain, so it fits a NOTIFY payload."""
+
+    challenge_id: str
+    state: str
+    answered_at: datetime | None = None
 
 
 class OutcomeBus(Protocol):
     """Publish final challenge states; wait for one."""
 
-    async def publish(self, challenge_id: str, state: str) -> None:
-        """Announce that ``challenge_id`` reached final ``state``."""
+    async def publish(self, outcome: Outcome) -> None:
+        """Announce that a challenge reached its final state."""
 
-    async def wait(self, challenge_id: str, within: float) -> str | None:
-        """The final state, or ``None`` if none arrived within ``within`` seconds."""
+    async def wait(self, challenge_id: str, within: float) -> Outcome | None:
+        """The outcome, or ``None`` if none arrived within ``within`` seconds."""
 
     async def close(self) -> None:
         """Wake every waiter with ``None`` and stop."""
@@ -31,36 +42,36 @@ class InProcessOutcomeBus:
     """Futures keyed by challenge id, plus a bounded memory of recent outcomes."""
 
     def __init__(self, remember: int = 10_000, remember_seconds: float = 600.0) -> None:
-        self._waiters: dict[str, set[asyncio.Future[str | None]]] = {}
-        self._recent: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._waiters: dict[str, set[asyncio.Future[Outcome | None]]] = {}
+        self._recent: OrderedDict[str, tuple[Outcome, float]] = OrderedDict()
         self._remember = remember
         self._remember_seconds = remember_seconds
         self._closed = False
 
-    async def publish(self, challenge_id: str, state: str) -> None:
-        self._recent[challenge_id] = (state, time.monotonic())
-        self._recent.move_to_end(challenge_id)
+    async def publish(self, outcome: Outcome) -> None:
+        self._recent[outcome.challenge_id] = (outcome, time.monotonic())
+        self._recent.move_to_end(outcome.challenge_id)
         while len(self._recent) > self._remember:
             self._recent.popitem(last=False)
-        for future in self._waiters.pop(challenge_id, set()):
+        for future in self._waiters.pop(outcome.challenge_id, set()):
             if not future.done():
-                future.set_result(state)
+                future.set_result(outcome)
 
-    def _remembered(self, challenge_id: str) -> str | None:
+    def _remembered(self, challenge_id: str) -> Outcome | None:
         entry = self._recent.get(challenge_id)
         if entry is None:
             return None
-        state, at = entry
+        outcome, at = entry
         if time.monotonic() - at > self._remember_seconds:
             del self._recent[challenge_id]
             return None
-        return state
+        return outcome
 
-    async def wait(self, challenge_id: str, within: float) -> str | None:
+    async def wait(self, challenge_id: str, within: float) -> Outcome | None:
         known = self._remembered(challenge_id)
         if known is not None or self._closed or within <= 0:
             return known
-        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Outcome | None] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(challenge_id, set()).add(future)
         try:
             return await asyncio.wait_for(future, within)

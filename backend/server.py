@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 from types import FrameType
 
@@ -12,6 +13,7 @@ from starlette.applications import Starlette
 from backend.app import create_app
 from backend.config import Settings
 from backend.logs import configure_logging
+from backend.services import Services
 
 
 class _Server(uvicorn.Server):
@@ -34,6 +36,11 @@ class _Server(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            # uvicorn re-raises captured signals once it has shut down, so the process would
+            # die of SIGTERM (status 143 / -15). SIGTERM is how service managers stop us on
+            # purpose: after the clean shutdown, exit 0 instead.
+            self._captured_signals = [s for s in self._captured_signals if s != sig]
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._close_bus)
 
@@ -41,6 +48,18 @@ class _Server(uvicorn.Server):
         services = getattr(self._app.state, "services", None)
         if services is not None and self._closing is None:
             self._closing = asyncio.get_running_loop().create_task(services.bus.close())
+
+
+def check_startup(settings: Settings) -> None:
+    """Open and close the services once, so a missing schema or server key is reported as a
+    plain :class:`~backend.errors.OpenMFAError` (one clear line from the CLI) before uvicorn
+    starts, instead of as a lifespan traceback and exit status 3."""
+
+    async def check() -> None:
+        services = await Services.open(settings)
+        await services.close()
+
+    asyncio.run(check())
 
 
 def serve(settings: Settings) -> None:

@@ -39,6 +39,7 @@ async def _signed_device(request: Request) -> tuple[DeviceRecord, bytes]:
         request.method, target_of(request), dict(request.headers), body
     )
     request.state.actor = Actor(f"device:{device.id}", _client(request), request_id_var.get())
+    request.state.user_name = device.user_name  # so refusals from here on name the user
     return device, body
 
 

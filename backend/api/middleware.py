@@ -7,8 +7,10 @@ import re
 import secrets
 import time
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend.api.problems import unexpected_error
 from backend.logs import request_id_var
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -31,16 +33,27 @@ class RequestIdMiddleware:
         started = time.perf_counter()
         status = 500
 
+        responded = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
                 status = message["status"]
+                responded = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if responded:
+                raise
+            # A bug escaped the handler. Answer here, while the request id is still set:
+            # Starlette's outermost error middleware would answer after it was reset, with
+            # no id in the log line, the problem document or the X-Request-ID header.
+            response = await unexpected_error(Request(scope, receive), exc)
+            await response(scope, receive, send_with_id)
         finally:
             log.info(
                 "%s %s %s",

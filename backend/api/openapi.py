@@ -121,8 +121,12 @@ OPERATIONS = (
 
 PROBLEM_TYPES = (
     "invalid-request",
+    "invalid-name",
+    "invalid-policy",
     "payload-too-large",
     "not-found",
+    "method-not-allowed",
+    "conflict",
     "unauthorized",
     "bad-signature",
     "stale-request",

@@ -7,6 +7,7 @@ endpoint has to remember to do it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -20,8 +21,14 @@ PROBLEM_BASE = "https://openmfa.org/problems/"
 log = logging.getLogger("openmfa.api")
 
 
-def problem_response(status: int, type_: str, title: str, detail: str) -> JSONResponse:
-    """A problem document with the current request id."""
+def problem_response(
+    status: int,
+    type_: str,
+    title: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """A problem document with the current request id (and any headers the status needs)."""
     body = {
         "type": PROBLEM_BASE + type_,
         "title": title,
@@ -29,15 +36,17 @@ def problem_response(status: int, type_: str, title: str, detail: str) -> JSONRe
         "detail": detail,
         "request_id": request_id_var.get(),
     }
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    extra = dict(headers or {})
     return JSONResponse(
-        body, status_code=status, media_type="application/problem+json", headers=headers
+        body, status_code=status, media_type="application/problem+json", headers=extra or None
     )
 
 
-def request_actor(request: Request) -> Actor:
-    """The actor a handler set after authenticating, or an anonymous one."""
-    actor = getattr(request.state, "actor", None)
+def request_actor(request: Request, error: OpenMFAError | None = None) -> Actor:
+    """The actor known when the error happened, the one a handler set, or an anonymous one."""
+    actor = error.extra.get("actor") if error is not None else None
+    if not isinstance(actor, Actor):
+        actor = getattr(request.state, "actor", None)
     if isinstance(actor, Actor):
         return actor
     client = request.client.host if request.client else ""
@@ -53,7 +62,7 @@ async def openmfa_error(request: Request, exc: Exception) -> Response:
     if services is not None and not isinstance(exc, DatabaseError):
         try:
             await services.audit.record(
-                request_actor(request),
+                request_actor(request, exc),
                 "request.refused",
                 exc.type,
                 user_name=str(getattr(request.state, "user_name", "")),
@@ -61,14 +70,20 @@ async def openmfa_error(request: Request, exc: Exception) -> Response:
             )
         except OpenMFAError:
             log.warning("could not audit a refused request", exc_info=True)
-    return problem_response(exc.status, exc.type, exc.title, exc.detail)
+    headers = None
+    if exc.status == 401:  # RFC 9110: a 401 names the scheme the client should use
+        scheme = "Bearer" if request.url.path.startswith("/gateway/") else "OpenMFA-V1"
+        headers = {"WWW-Authenticate": scheme}
+    return problem_response(exc.status, exc.type, exc.title, exc.detail, headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
-    """Starlette's own 404 / 405 in the same format."""
+    """Starlette's own 404 / 405 in the same format, keeping its headers (405's ``Allow``)."""
     assert isinstance(exc, HTTPException)  # noqa: S101 - registered for this class only
     type_ = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-    return problem_response(exc.status_code, type_, str(exc.detail), str(exc.detail))
+    return problem_response(
+        exc.status_code, type_, str(exc.detail), str(exc.detail), headers=exc.headers
+    )
 
 
 async def unexpected_error(request: Request, exc: Exception) -> Response:

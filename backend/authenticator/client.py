@@ -118,8 +118,14 @@ class AppClient:
         headers = signing.sign_request(key, device_id, method, target, body, int(time.time()))
         if payload is not None:
             headers["content-type"] = "application/json"
-        with self._http(base_url) as http:
-            response = http.request(method, path, content=body, headers=headers)
+        try:
+            with self._http(base_url) as http:
+                response = http.request(method, path, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            raise AuthenticatorError(
+                f"cannot reach the OpenMFA server at {base_url}: {exc or type(exc).__name__}",
+                "unreachable",
+            ) from exc
         _raise_for_problem(response)
         return response
 

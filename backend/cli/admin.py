@@ -8,12 +8,15 @@ import sys
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from backend import qr
 from backend.cli.output import as_json, table, when
 from backend.errors import BadRequest
-from backend.services import Services
-from backend.services.context import Actor
+
+if TYPE_CHECKING:  # the services (SQLAlchemy, Alembic, ...) load only when a command runs,
+    # so that ``--help`` and usage errors answer at once
+    from backend.services import Services
+    from backend.services.context import Actor
 
 _DURATION = re.compile(r"^(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -137,6 +140,10 @@ async def user_state(services: Services, args: argparse.Namespace, actor: Actor)
         user = await services.users.set_blocked(
             actor, args.name, action == "block", args.reason or ""
         )
+    if action in ("disable", "block"):
+        cancelled = await services.challenges.cancel_pending_for_user(actor, user.name, action)
+        if cancelled:
+            print(f"{cancelled} pending sign-in(s) of {user.name} cancelled")
     print(f"user {user.name} is now {user.state}")
     return 0
 
@@ -160,6 +167,8 @@ async def user_remove_device(services: Services, args: argparse.Namespace, actor
 
 
 def _write_qr(data: str, png: Path | None, svg: Path | None) -> None:
+    from backend import qr
+
     if png is not None:
         qr.write_png(data, png)
         print(f"QR code written to {png}")
@@ -171,6 +180,10 @@ def _write_qr(data: str, png: Path | None, svg: Path | None) -> None:
 
 
 async def activation_create(services: Services, args: argparse.Namespace, actor: Actor) -> int:
+    for target in (args.qr_png, args.qr_svg):
+        # Refuse before anything is created: an OATH secret is shown only once.
+        if target is not None and not target.resolve().parent.is_dir():
+            raise BadRequest(f"cannot write {target}: its directory does not exist")
     if args.oath:
         oath = await services.activation.enrol_oath(actor, args.name)
         print(f"OATH token {oath.device_id} for {oath.user_name} (pending until the first code)")
@@ -244,8 +257,8 @@ async def token_revoke(services: Services, args: argparse.Namespace, actor: Acto
 
 async def audit(services: Services, args: argparse.Namespace, actor: Actor) -> int:
     entries = await services.audit.query(args.user, args.since, args.action, args.limit)
-    if args.json:
-        print(as_json([asdict(e) for e in entries]))
+    if args.json:  # oldest first, like the table (and as ``--help`` says)
+        print(as_json([asdict(e) for e in reversed(entries)]))
         return 0
     print(
         table(

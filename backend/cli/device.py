@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from backend.authenticator.client import AppClient, load_store, save_store
+from backend.authenticator.client import AppClient, AuthenticatorError, load_store, save_store
 from backend.cli.output import as_json, table
 
 
@@ -15,9 +15,11 @@ def _client(store: Path) -> AppClient:
 
 
 def activate(args: argparse.Namespace) -> int:
+    # Check the store before redeeming the single-use code, so a bad path wastes no code.
     if args.store.exists() and not args.force:
-        print(f"openmfa: error: {args.store} exists; pass --force to replace it")
-        return 1
+        raise AuthenticatorError(f"{args.store} exists; pass --force to replace it")
+    if not args.store.resolve().parent.is_dir():
+        raise AuthenticatorError(f"cannot write {args.store}: its directory does not exist")
     device = AppClient().activate(
         args.uri, args.name or "", args.platform, args.pin, args.push_token
     )

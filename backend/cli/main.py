@@ -9,19 +9,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backend import __version__
 from backend.authenticator.client import AuthenticatorError
 from backend.cli import admin, device
 from backend.config import Settings, load_settings
 from backend.errors import OpenMFAError
-from backend.services import Services
-from backend.services.context import Actor
 
-AdminCommand = Callable[[Services, argparse.Namespace, Actor], Awaitable[int]]
+if TYPE_CHECKING:  # loaded by the commands that need them, not for ``--help``
+    from backend.services import Services
+    from backend.services.context import Actor
+
+AdminCommand = Callable[["Services", argparse.Namespace, "Actor"], Awaitable[int]]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -230,6 +234,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _run_admin(settings: Settings, handler: AdminCommand, args: argparse.Namespace) -> int:
+    from backend.services import Services
+    from backend.services.context import Actor
+
     actor = Actor(f"cli:{getpass.getuser()}", "local")
     services = await Services.open(settings)
     try:
@@ -279,16 +286,16 @@ def _banner(settings: Settings) -> None:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``openmfa`` console script."""
+def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if hasattr(args, "device_handler"):
             return int(args.device_handler(args))
         settings = _settings(args)
         if args.handler == "run":
-            from backend.server import serve
+            from backend.server import check_startup, serve
 
+            check_startup(settings)
             _banner(settings)
             serve(settings)
             return 0
@@ -302,6 +309,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        raise  # handled in main()
+    except OSError as exc:  # a file the command was told to read or write
+        print(f"openmfa: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``openmfa`` console script."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows up here, not as a warning at exit
+    except BrokenPipeError:
+        # The reader went away (``openmfa audit --json | head``): stop quietly, and keep the
+        # interpreter from failing again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the defaults, overridden by the global scope, overridden by the user's own value
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from backend.errors import PolicyError
 
 GLOBAL_SCOPE = "global"
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,9}")
 
 
 def user_scope(user_id: int) -> str:
@@ -32,10 +34,11 @@ def _parse_bool(raw: str) -> bool:
 
 def _int_between(low: int, high: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        value = int(raw.strip())
-        if not low <= value <= high:
+        # Plain ASCII digits only: int() also takes "1_0" and "٣", and words its own errors.
+        text = raw.strip()
+        if not _WHOLE_NUMBER.fullmatch(text) or not low <= int(text) <= high:
             raise ValueError(f"expected a whole number from {low} to {high}")
-        return value
+        return int(text)
 
     return parse
 
@@ -119,7 +122,13 @@ def resolve(*layers: Mapping[str, str]) -> Policy:
     for layer in layers:
         for key, raw in layer.items():
             if key in KEYS:
-                values[key] = KEYS[key].parse(raw)
+                try:
+                    values[key] = KEYS[key].parse(raw)
+                except ValueError as exc:  # only a hand-edited database gets here
+                    raise PolicyError(
+                        f"the stored value {raw!r} of policy {key} is invalid ({exc}); "
+                        f"fix it with `openmfa policy set {key} VALUE`"
+                    ) from exc
     return Policy(**values)
 
 

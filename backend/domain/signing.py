@@ -29,7 +29,8 @@ HEADER_TIMESTAMP = "x-openmfa-timestamp"
 HEADER_NONCE = "x-openmfa-nonce"
 HEADER_SIGNATURE = "x-openmfa-signature"
 
-_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
 def b64u_encode(data: bytes) -> str:
@@ -38,7 +39,15 @@ def b64u_encode(data: bytes) -> str:
 
 
 def b64u_decode(text: str) -> bytes:
-    """Inverse of :func:`b64u_encode`; raises :class:`BadSignature` on garbage."""
+    """Inverse of :func:`b64u_encode`; raises :class:`BadSignature` on garbage.
+
+    Strict: the decoder in :mod:`base64` silently drops characters outside its alphabet (and
+    takes ``+`` and ``/``), so anything but the base64url alphabet (padding optional) is
+    refused first.
+    """
+    if not _B64URL.fullmatch(text):
+        raise BadSignature("not valid base64url")
+    text = text.rstrip("=")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
@@ -72,7 +81,7 @@ def parse_headers(headers: dict[str, str]) -> SignedHeaders:
     if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
         raise BadSignature("the timestamp header is not a unix time in seconds")
     nonce = headers[HEADER_NONCE]
-    if not _NONCE.match(nonce):
+    if not _NONCE.fullmatch(nonce):  # fullmatch: "$" would let a trailing newline through
         raise BadSignature("the nonce header must be 16-64 base64url characters")
     signature = b64u_decode(headers[HEADER_SIGNATURE])
     if len(signature) != 64:

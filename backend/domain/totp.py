@@ -57,9 +57,14 @@ def matching_step(seed: str, code: str, at: datetime, window: int = 1) -> int | 
 
 
 def otpauth_uri(seed: str, account: str, issuer: str) -> str:
-    """``otpauth://totp/ISSUER:ACCOUNT?...`` in the form Google Authenticator documents."""
+    """``otpauth://totp/ISSUER:ACCOUNT?...`` in the form Google Authenticator documents.
+
+    Everything is percent-encoded as RFC 3986 says (a space is ``%20``, never the ``+`` of
+    form encoding, which strict decoders in apps show literally).
+    """
     label = quote(f"{issuer}:{account}", safe="@:")
     query = urlencode(
-        {"secret": seed, "issuer": issuer, "algorithm": "SHA1", "digits": DIGITS, "period": PERIOD}
+        {"secret": seed, "issuer": issuer, "algorithm": "SHA1", "digits": DIGITS, "period": PERIOD},
+        quote_via=quote,
     )
     return f"otpauth://totp/{label}?{query}"

@@ -78,7 +78,7 @@ class Services:
             users=users,
             policies=PolicyService(db, audit),
             activation=ActivationService(
-                db, box, hasher, audit, clock, settings.public_url, settings.issuer
+                db, box, hasher, audit, clock, settings.resolved_public_url, settings.issuer
             ),
             devices=DeviceService(db, audit, clock, settings.signature_skew_seconds),
             otp=otp,
@@ -101,7 +101,9 @@ async def open_database(settings: Settings) -> Database:
         path = Path(url.split("///", 1)[1]) if "///" in url else None
         if path is not None and not path.exists():
             raise DatabaseError(f"the database {path} does not exist; run `openmfa db upgrade`")
-    db = Database(url, settings.sqlite_busy_timeout_ms, settings.db_pool_size)
+    db = Database(
+        url, settings.sqlite_busy_timeout_ms, settings.db_pool_size, settings.sqlite_synchronous
+    )
     try:
         async with db.read() as conn:
             current = await migrations.current_revision(conn)

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.services.context import Actor, Clock
 from backend.store.database import Database
+from backend.store.fastpath import Tx
 from backend.store.tables import audit_t
 
 
@@ -58,6 +59,30 @@ class AuditLog:
                 detail=_clip(detail, 1024),
                 request_id=actor.request_id[:64],
             )
+        )
+
+    def add_job(
+        self,
+        tx: Tx,
+        actor: Actor,
+        at: datetime,
+        action: str,
+        result: str,
+        user_name: str = "",
+        detail: str = "",
+    ) -> None:
+        """The same row, written by a raw-SQL job (hot paths)."""
+        tx.run(
+            "INSERT INTO audit_events (at, actor, user_name, source, action, result, detail, "
+            "request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            tx.time(at),
+            _clip(actor.name, 128),
+            _clip(user_name, 128),
+            _clip(actor.source, 64),
+            action,
+            result,
+            _clip(detail, 1024),
+            actor.request_id[:64],
         )
 
     async def record(

@@ -8,11 +8,11 @@ answers exactly one wins and the other is judged again against what was stored.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -26,6 +26,7 @@ from backend.domain.challenge import (
     Tick,
     apply,
 )
+from backend.domain.names import user_key
 from backend.errors import (
     BadRequest,
     ChallengeExpired,
@@ -35,7 +36,7 @@ from backend.errors import (
     UserNotEnrolled,
     WrongNumber,
 )
-from backend.events import OutcomeBus
+from backend.events import Outcome, OutcomeBus
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock, SignInContext
 from backend.services.devices import LIVE_STATES, DeviceRecord
@@ -43,7 +44,13 @@ from backend.services.otp import OtpResult, OtpService, check_may_sign_in
 from backend.services.users import UserService
 from backend.store.database import Database
 from backend.store.queries import effective_policy, load_user, load_user_by_id
-from backend.store.tables import challenges_t, devices_t, fraud_reports_t, users_t
+from backend.store.tables import (
+    UtcDateTime,
+    challenges_t,
+    devices_t,
+    fraud_reports_t,
+    users_t,
+)
 
 METHODS = ("push", "otp", "auto")
 
@@ -138,7 +145,7 @@ class ChallengeService:
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 128:
             raise BadRequest("idempotency_key has 1 to 128 characters")
         if idempotency_key is not None:
-            existing = await self._find_idempotent(token_id, idempotency_key)
+            existing = await self._find_idempotent(token_id, idempotency_key, user_name)
             if existing is not None:
                 return existing
         now = self._clock()
@@ -199,13 +206,16 @@ class ChallengeService:
         except IntegrityError:
             # Two copies of the same request raced; the other one created it.
             if idempotency_key is not None:
-                existing = await self._find_idempotent(token_id, idempotency_key)
+                existing = await self._find_idempotent(token_id, idempotency_key, user_name)
                 if existing is not None:
                     return existing
             raise
         return await self.get(challenge_id)
 
-    async def _find_idempotent(self, token_id: int | None, key: str) -> ChallengeView | None:
+    async def _find_idempotent(
+        self, token_id: int | None, key: str, user_name: str
+    ) -> ChallengeView | None:
+        """The authentication this gateway started with ``key``; the key must name the same user."""
         async with self._db.read() as conn:
             row = (
                 await conn.execute(
@@ -214,7 +224,12 @@ class ChallengeService:
                     )
                 )
             ).first()
-        return None if row is None else await self.get(row.id)
+        if row is None:
+            return None
+        existing = await self.get(row.id)
+        if existing.user_name.casefold() != user_key(user_name):
+            raise Conflict("this idempotency_key was already used for another user's sign-in")
+        return existing
 
     async def get(self, challenge_id: str) -> ChallengeView:
         """The current state, expiring the challenge if its time is up."""
@@ -231,30 +246,58 @@ class ChallengeService:
         if view.state.is_final or within <= 0:
             return view
         remaining = (view.expires_at - self._clock()).total_seconds()
-        await self._bus.wait(challenge_id, max(0.0, min(within, remaining)))
-        return await self.get(challenge_id)
+        outcome = await self._bus.wait(challenge_id, max(0.0, min(within, remaining)))
+        if outcome is None:
+            return await self.get(challenge_id)  # time is up: expire it if due
+        # The outcome was committed before it was published; no need to read it back.
+        return replace(view, state=ChallengeState(outcome.state), answered_at=outcome.answered_at)
 
     async def cancel(self, actor: Actor, challenge_id: str) -> ChallengeView:
         """The gateway gave up (user closed the dialog, timeout on its side)."""
         return await self._settle(actor, challenge_id, Cancelled(self._clock()))
 
+    async def cancel_pending_for_user(self, actor: Actor, user_name: str, reason: str) -> int:
+        """End every pending challenge of a user (blocked or disabled); waiters wake at once."""
+        async with self._db.write() as conn:
+            user = await load_user(conn, user_name)
+            rows = (
+                await conn.execute(
+                    update(challenges_t)
+                    .where(
+                        challenges_t.c.user_id == user.id,
+                        challenges_t.c.state == ChallengeState.PENDING.value,
+                    )
+                    .values(state=ChallengeState.CANCELLED.value)
+                    .returning(challenges_t.c.id)
+                )
+            ).all()
+            for row in rows:
+                await self._audit.add(
+                    conn,
+                    actor,
+                    "challenge.cancel",
+                    "cancelled",
+                    user.name_key,
+                    f"{row.id} {reason}",
+                )
+        for row in rows:
+            await self._bus.publish(Outcome(row.id, ChallengeState.CANCELLED.value))
+        return len(rows)
+
     async def verify_code(
         self, actor: Actor, challenge_id: str, code: str
     ) -> tuple[ChallengeView, OtpResult]:
         """Answer a pending challenge with a code instead of a push (RADIUS challenge mode)."""
-        async with self._db.write() as conn:
-            row, _ = await _load(conn, challenge_id, lock=True)
-            user = await load_user_by_id(conn, row.user_id)
-            status = ChallengeStatus(ChallengeState(row.state), row.expires_at, row.answered_by)
-            apply(status, Answered(Answer.APPROVE, "otp", self._clock()))  # refuses if closed
-            result = await self._otp.verify_in(
-                conn, actor, user, code, SignInContext(row.client_name, row.client_ip)
-            )
-        if result.accepted:
-            return await self._settle(
-                actor, challenge_id, Answered(Answer.APPROVE, "otp", self._clock())
-            ), result
-        return await self.get(challenge_id), result
+        view = await self.get(challenge_id)
+        status = ChallengeStatus(view.state, view.expires_at, None)
+        apply(status, Answered(Answer.APPROVE, "otp", self._clock()))  # refuses if closed
+        result = await self._otp.verify(
+            actor, view.user_name, code, SignInContext(view.client_name, view.client_ip)
+        )
+        if not result.accepted:
+            return await self.get(challenge_id), result
+        event = Answered(Answer.APPROVE, "otp", self._clock())
+        return await self._settle(actor, challenge_id, event), result
 
     # -- device side ----------------------------------------------------------------------------
 
@@ -304,9 +347,13 @@ class ChallengeService:
             policy = await effective_policy(conn, user.id)
         event = Answered(answer, device.id, self._clock())
         status = ChallengeStatus(ChallengeState(row.state), row.expires_at, row.answered_by)
+        if status.state is ChallengeState.PENDING and event.at >= status.expires_at:
+            return await self._settle(actor, challenge_id, event, device)  # records it, refuses
         if not apply(status, event).changed:
             return await self.get(challenge_id)  # the same answer again: idempotent
         if answer is Answer.APPROVE:
+            # Blocked or disabled after the push went out: deny and fraud stay possible.
+            check_may_sign_in(user)
             if row.number is not None and number != row.number:
                 await self._settle(
                     actor, challenge_id, Answered(Answer.DENY, device.id, self._clock()), device
@@ -326,10 +373,11 @@ class ChallengeService:
         self, actor: Actor, challenge_id: str, event: Event, device: DeviceRecord | None = None
     ) -> ChallengeView:
         """Apply ``event`` and persist it; publish the outcomes once committed."""
-        published: list[tuple[str, str]] = []
+        published: list[Outcome] = []
         late = False
         async with self._db.write() as conn:
             row, user_name = await _load(conn, challenge_id, lock=True)
+            view = _view(row, user_name)
             status = ChallengeStatus(ChallengeState(row.state), row.expires_at, row.answered_by)
             if (
                 isinstance(event, Answered)
@@ -341,7 +389,7 @@ class ChallengeService:
                 await self._audit.add(
                     conn, actor, "challenge.answer", "expired", user_name, challenge_id
                 )
-                published.append((challenge_id, ChallengeState.EXPIRED.value))
+                published.append(Outcome(challenge_id, ChallengeState.EXPIRED.value))
                 late = True
             else:
                 transition = apply(status, event)  # raises to refuse; nothing written yet
@@ -350,15 +398,19 @@ class ChallengeService:
                     if isinstance(event, Answered):
                         values |= {"answered_at": event.at, "answered_by": event.by}
                     await self._persist(conn, challenge_id, values)
-                    published.append((challenge_id, transition.status.state.value))
+                    answered_at = event.at.astimezone(UTC) if isinstance(event, Answered) else None
+                    view = replace(view, state=transition.status.state, answered_at=answered_at)
+                    published.append(
+                        Outcome(challenge_id, transition.status.state.value, answered_at)
+                    )
                     published += await self._after_transition(
                         conn, actor, row, user_name, transition.status.state, event, device
                     )
-        for published_id, state in published:
-            await self._bus.publish(published_id, state)
+        for outcome in published:
+            await self._bus.publish(outcome)
         if late:
             raise ChallengeExpired("the challenge expired before it was answered")
-        return await self.get(challenge_id)
+        return view
 
     async def _persist(
         self, conn: AsyncConnection, challenge_id: str, values: dict[str, object]
@@ -385,7 +437,7 @@ class ChallengeService:
         state: ChallengeState,
         event: Event,
         device: DeviceRecord | None,
-    ) -> list[tuple[str, str]]:
+    ) -> list[Outcome]:
         """Side effects of a transition; returns further outcomes to publish."""
         now = self._clock()
         if isinstance(event, Tick):
@@ -399,12 +451,14 @@ class ChallengeService:
             await conn.execute(
                 update(devices_t)
                 .where(devices_t.c.id == device.id)
-                .values(last_used_at=now, state="active")
-            )
-            await conn.execute(
-                update(devices_t)
-                .where(devices_t.c.id == device.id, devices_t.c.activated_at.is_(None))
-                .values(activated_at=now)
+                .values(
+                    last_used_at=now,
+                    state="active",
+                    # typed, so the UTC conversion applies inside COALESCE too
+                    activated_at=func.coalesce(
+                        devices_t.c.activated_at, literal(now, UtcDateTime())
+                    ),
+                )
             )
         if state is ChallengeState.APPROVED:
             await conn.execute(
@@ -424,9 +478,9 @@ class ChallengeService:
         row: Any,
         user_name: str,
         device: DeviceRecord | None,
-    ) -> list[tuple[str, str]]:
+    ) -> list[Outcome]:
         """Record the report; block the user and cancel their other challenges if policy says so."""
-        cancelled: list[tuple[str, str]] = []
+        cancelled: list[Outcome] = []
         await conn.execute(
             insert(fraud_reports_t).values(
                 user_id=row.user_id,
@@ -457,7 +511,7 @@ class ChallengeService:
                 )
             ).all()
             for other in others:
-                cancelled.append((other.id, ChallengeState.CANCELLED.value))
+                cancelled.append(Outcome(other.id, ChallengeState.CANCELLED.value))
                 await self._audit.add(
                     conn,
                     actor,

@@ -15,7 +15,7 @@ from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
 from backend.store.database import Database
 from backend.store.queries import load_user, user_name_of
-from backend.store.tables import devices_t, used_nonces_t
+from backend.store.tables import devices_t, used_nonces_t, users_t
 
 LIVE_STATES = ("pending", "active")
 PLATFORMS = ("ios", "android", "reference")
@@ -34,9 +34,10 @@ class DeviceRecord:
     created_at: datetime
     activated_at: datetime | None
     last_used_at: datetime | None
+    user_name: str = ""
 
 
-def device_from_row(row: Any) -> DeviceRecord:
+def device_from_row(row: Any, user_name: str = "") -> DeviceRecord:
     return DeviceRecord(
         id=row.id,
         user_id=row.user_id,
@@ -49,6 +50,7 @@ def device_from_row(row: Any) -> DeviceRecord:
         created_at=row.created_at,
         activated_at=row.activated_at,
         last_used_at=row.last_used_at,
+        user_name=user_name,
     )
 
 
@@ -84,11 +86,15 @@ class DeviceService:
             raise StaleRequest(f"the device clock is off by more than {self._skew} seconds")
         async with self._db.read() as conn:
             row = (
-                await conn.execute(select(devices_t).where(devices_t.c.id == signed.device[:64]))
+                await conn.execute(
+                    select(devices_t, users_t.c.name_key)
+                    .join(users_t, users_t.c.id == devices_t.c.user_id)
+                    .where(devices_t.c.id == signed.device[:64])
+                )
             ).first()
         if row is None or row.public_key is None or row.state not in LIVE_STATES:
             raise BadSignature("unknown or removed device")
-        device = device_from_row(row)
+        device = device_from_row(row, row.name_key)
         message = signing.canonical_request(
             method, target, str(signed.timestamp), signed.nonce, body
         )

@@ -1,28 +1,38 @@
 """Offline codes (TOTP): verification with replay protection and lockout. The hot path.
 
-One write transaction per attempt: read the user and their seeds, compare, then either claim
-the time step with a conditional UPDATE (``last_step < step``: atomic on SQLite and PostgreSQL,
-so two concurrent requests with the same code cannot both win) or count the failure; the audit
-row goes into the same commit, so no answer is given before its record is durable.
+One job per attempt, in one transaction (see :mod:`backend.store.fastpath`): check the gateway
+token, read the user and their seeds, compare, then either claim the time step with a
+conditional UPDATE (``last_step < step``: atomic on SQLite and PostgreSQL, so two concurrent
+requests with the same code cannot both win) or count the failure. The audit row goes into the
+same commit, so no answer is given before its record is durable.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from backend.crypto import SecretBox
+from backend.crypto import SecretBox, token_digest
+from backend.domain import policy as policy_rules
 from backend.domain import totp
-from backend.errors import OtpLocked, UserBlocked, UserDisabled, UserNotEnrolled
+from backend.domain.names import user_key
+from backend.domain.policy import GLOBAL_SCOPE, user_scope
+from backend.errors import (
+    AuthenticationRequired,
+    OpenMFAError,
+    OtpLocked,
+    UnknownUser,
+    UserBlocked,
+    UserDisabled,
+    UserNotEnrolled,
+)
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock, SignInContext
-from backend.services.devices import LIVE_STATES
+from backend.services.tokens import TOKEN_PREFIX
 from backend.store.database import Database
-from backend.store.queries import UserRecord, effective_policy, load_user
-from backend.store.tables import devices_t, users_t
+from backend.store.fastpath import Tx
+from backend.store.queries import UserRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +53,16 @@ def check_may_sign_in(user: UserRecord) -> None:
         raise UserBlocked(user.blocked_reason or None)
 
 
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    actor: Actor
+    user_name: str
+    code: str
+    context: SignInContext
+    now: datetime
+    bearer: str | None
+
+
 class OtpService:
     """Verifies six-digit codes from our app or any OATH app."""
 
@@ -53,91 +73,157 @@ class OtpService:
         self._clock = clock
 
     async def verify(
-        self, actor: Actor, user_name: str, code: str, context: SignInContext
-    ) -> OtpResult:
-        """Check ``code`` for ``user_name``; raises for unknown, disabled, blocked, locked users."""
-        async with self._db.write() as conn:
-            user = await load_user(conn, user_name)
-            return await self.verify_in(conn, actor, user, code, context)
-
-    async def verify_in(
         self,
-        conn: AsyncConnection,
         actor: Actor,
-        user: UserRecord,
+        user_name: str,
         code: str,
         context: SignInContext,
+        bearer: str | None = None,
     ) -> OtpResult:
-        """The same inside the caller's write transaction (challenge answered by code)."""
-        now = self._clock()
-        check_may_sign_in(user)
-        if user.otp_locked_until is not None and user.otp_locked_until > now:
-            raise OtpLocked(
-                f"codes are locked until {user.otp_locked_until.isoformat(timespec='seconds')}"
+        """Check ``code`` for ``user_name``; raises for unknown, disabled, blocked, locked users.
+
+        With ``bearer``, the gateway API token is checked in the same transaction (the gateway
+        API's one-call path); the acting gateway then becomes the audited actor.
+        """
+        key = user_key(user_name)
+        attempt = _Attempt(actor, key, code, context, self._clock(), bearer)
+        return await self._db.run_job(lambda tx: self._verify(tx, attempt))
+
+    def _verify(self, tx: Tx, attempt: _Attempt) -> OtpResult:
+        actor = attempt.actor
+        try:
+            # One round trip for the gateway token, the user and their seeds: on PostgreSQL
+            # each statement is a network round trip, and this is the hot path.
+            rows = tx.all(
+                "SELECT (SELECT name FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL),"
+                " u.id, u.name, u.disabled, u.blocked, u.blocked_reason, u.otp_locked_until,"
+                " d.id, d.seed_enc"
+                " FROM (SELECT 1 AS one) AS base"
+                " LEFT JOIN users AS u ON u.name_key = ?"
+                " LEFT JOIN devices AS d ON d.user_id = u.id AND d.state IN ('pending', 'active')",
+                _bearer_digest(attempt.bearer),
+                attempt.user_name,
             )
-        rows = (
-            await conn.execute(
-                select(devices_t.c.id, devices_t.c.seed_enc).where(
-                    devices_t.c.user_id == user.id, devices_t.c.state.in_(LIVE_STATES)
-                )
-            )
-        ).all()
-        if not rows:
+            if attempt.bearer is not None:
+                if rows[0][0] is None:
+                    raise AuthenticationRequired("unknown or revoked API token")
+                actor = Actor(f"gateway:{rows[0][0]}", actor.source, actor.request_id)
+            return self._verify_user(tx, attempt, actor, rows)
+        except OpenMFAError as exc:
+            exc.extra.setdefault("actor", actor)
+            raise
+
+    def _verify_user(
+        self, tx: Tx, attempt: _Attempt, actor: Actor, rows: list[tuple[Any, ...]]
+    ) -> OtpResult:
+        _, user_id, name, disabled, blocked, blocked_reason, locked_until, _, _ = rows[0]
+        if user_id is None:
+            raise UnknownUser(f"no user named {attempt.user_name!r}")
+        if disabled:
+            raise UserDisabled()
+        if blocked:
+            raise UserBlocked(blocked_reason or None)
+        locked = tx.read_time(locked_until)
+        if locked is not None and locked > attempt.now:
+            raise OtpLocked(f"codes are locked until {locked.isoformat(timespec='seconds')}")
+        devices = [(row[7], row[8]) for row in rows if row[7] is not None]
+        if not devices:
             raise UserNotEnrolled()
-        where = f"{context.client_name} {context.client_ip}".strip()
-        for device_id, seed_enc in rows:
-            seed = self._box.open(seed_enc, f"seed:{device_id}").decode()
-            step = totp.matching_step(seed, code, now)
+        where = f"{attempt.context.client_name} {attempt.context.client_ip}".strip()
+        now = tx.time(attempt.now)
+        for device_id, seed_enc in devices:
+            seed = self._box.open(bytes(seed_enc), f"seed:{device_id}").decode()
+            step = totp.matching_step(seed, attempt.code, attempt.now)
             if step is None:
                 continue
-            claimed = await conn.execute(
-                update(devices_t)
-                .where(
-                    devices_t.c.id == device_id,
-                    or_(devices_t.c.last_step.is_(None), devices_t.c.last_step < step),
-                )
-                .values(last_step=step, last_used_at=now, state="active")
+            claimed = tx.run(
+                "UPDATE devices SET last_step = ?, last_used_at = ?, state = 'active', "
+                "activated_at = COALESCE(activated_at, ?) "
+                "WHERE id = ? AND (last_step IS NULL OR last_step < ?)",
+                step,
+                now,
+                now,
+                device_id,
+                step,
             )
-            if claimed.rowcount != 1:
-                return await self._fail(conn, actor, user, "replayed", where)
-            await conn.execute(
-                update(devices_t)
-                .where(devices_t.c.id == device_id, devices_t.c.activated_at.is_(None))
-                .values(activated_at=now)
+            if claimed != 1:
+                return self._fail(tx, attempt, actor, user_id, name, "replayed", where)
+            tx.run(
+                "UPDATE users SET otp_failures = 0, last_sign_in_at = ? WHERE id = ?", now, user_id
             )
-            await conn.execute(
-                update(users_t)
-                .where(users_t.c.id == user.id)
-                .values(otp_failures=0, last_sign_in_at=now)
+            self._audit.add_job(
+                tx,
+                actor,
+                attempt.now,
+                "otp.verify",
+                "accept",
+                attempt.user_name,
+                f"{device_id} {where}".strip(),
             )
-            await self._audit.add(
-                conn, actor, "otp.verify", "accept", user.name_key, f"{device_id} {where}"
-            )
-            return OtpResult(True, "ok", user.name, device_id)
-        reason = "wrong-code" if totp.is_well_formed(code) else "malformed-code"
-        return await self._fail(conn, actor, user, reason, where)
+            return OtpResult(True, "ok", name, device_id)
+        reason = "wrong-code" if totp.is_well_formed(attempt.code) else "malformed-code"
+        return self._fail(tx, attempt, actor, user_id, name, reason, where)
 
-    async def _fail(
-        self, conn: AsyncConnection, actor: Actor, user: UserRecord, reason: str, where: str
+    def _fail(
+        self,
+        tx: Tx,
+        attempt: _Attempt,
+        actor: Actor,
+        user_id: int,
+        name: str,
+        reason: str,
+        where: str,
     ) -> OtpResult:
-        policy = await effective_policy(conn, user.id)
-        failures = (
-            await conn.execute(
-                update(users_t)
-                .where(users_t.c.id == user.id)
-                .values(otp_failures=users_t.c.otp_failures + 1)
-                .returning(users_t.c.otp_failures)
+        if reason == "replayed":
+            # A code that was valid once is no guess: refuse and audit it, but do not count
+            # it toward the lockout (a user who signs in twice within 30 s would be locked).
+            self._audit.add_job(
+                tx,
+                actor,
+                attempt.now,
+                "otp.verify",
+                "reject",
+                attempt.user_name,
+                f"{reason} {where}".strip(),
             )
-        ).scalar_one()
+            return OtpResult(False, reason, name)
+        row = tx.one(
+            "UPDATE users SET otp_failures = otp_failures + 1 WHERE id = ? RETURNING otp_failures",
+            user_id,
+        )
+        failures = int(row[0]) if row else 0
+        layers: dict[str, dict[str, str]] = {GLOBAL_SCOPE: {}, user_scope(user_id): {}}
+        for scope, key, value in tx.all(
+            "SELECT scope, key, value FROM policies WHERE scope IN (?, ?)",
+            GLOBAL_SCOPE,
+            user_scope(user_id),
+        ):
+            layers[scope][key] = value
+        policy = policy_rules.resolve(*layers.values())
         if failures >= policy.otp_max_failures:
-            locked_until = self._clock() + timedelta(seconds=policy.otp_lockout_seconds)
-            await conn.execute(
-                update(users_t)
-                .where(users_t.c.id == user.id)
-                .values(otp_failures=0, otp_locked_until=locked_until)
+            until = attempt.now + timedelta(seconds=policy.otp_lockout_seconds)
+            tx.run(
+                "UPDATE users SET otp_failures = 0, otp_locked_until = ? WHERE id = ?",
+                tx.time(until),
+                user_id,
             )
             reason = "locked"
-        await self._audit.add(
-            conn, actor, "otp.verify", "reject", user.name_key, f"{reason} {where}"
+        self._audit.add_job(
+            tx,
+            actor,
+            attempt.now,
+            "otp.verify",
+            "reject",
+            attempt.user_name,
+            f"{reason} {where}".strip(),
         )
-        return OtpResult(False, reason, user.name)
+        return OtpResult(False, reason, name)
+
+
+def _bearer_digest(bearer: str | None) -> str | None:
+    """The stored form of a gateway token; ``None`` for a malformed one (which matches none)."""
+    if bearer is None:
+        return None
+    if not bearer.startswith(TOKEN_PREFIX) or len(bearer) > 128:
+        return "malformed"
+    return token_digest(bearer)

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from backend.domain.names import user_key
 from backend.domain.policy import check_pin
-from backend.errors import BadRequest, Conflict, PinLocked, WrongPin
+from backend.errors import BadRequest, Conflict, PinLocked, PinRequired, WrongPin
 from backend.passwords import PasswordHasher
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
@@ -164,7 +164,9 @@ class UserService:
                 f"try again after {user.pin_locked_until.isoformat(timespec='seconds')}"
             )
         if user.pin_hash is None:
-            raise WrongPin("no PIN is set for this user; set one first")
+            raise PinRequired(
+                "approvals need a PIN but none is set; set one (openmfa user set-pin) first"
+            )
         matches, new_hash = await self._hasher.verify(user.pin_hash, pin or "")
         async with self._db.write() as conn:
             if matches:

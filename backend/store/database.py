@@ -1,6 +1,7 @@
 """The async engine and the two kinds of transaction the services use.
 
-SQLite (the embedded default) runs in WAL mode with ``synchronous=NORMAL`` and a busy timeout,
+SQLite (the embedded default) runs in WAL mode (``synchronous`` NORMAL by default, FULL on
+request) with a busy timeout,
 so ``openmfa`` commands can write while the server runs. Write transactions start with
 ``BEGIN IMMEDIATE``: a deferred transaction that reads first and writes later fails at once
 with "database is locked" when another connection wrote in between, while an immediate one
@@ -9,6 +10,7 @@ waits its turn on the busy timeout. PostgreSQL needs none of this.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from backend.errors import DatabaseError
+from backend.store.fastpath import Job, PostgresJobs, SqliteWriter, T
 from backend.store.tables import meta_t
 
 _WRITE = "openmfa_write"
@@ -34,7 +37,9 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
-def create_engine(url: str, busy_timeout_ms: int = 5000, pool_size: int = 10) -> AsyncEngine:
+def create_engine(
+    url: str, busy_timeout_ms: int = 5000, pool_size: int = 10, synchronous: str = "normal"
+) -> AsyncEngine:
     """An async engine with the settings each backend needs."""
     if not url.startswith("sqlite"):
         return create_async_engine(
@@ -52,7 +57,7 @@ def create_engine(url: str, busy_timeout_ms: int = 5000, pool_size: int = 10) ->
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(f"PRAGMA synchronous = {_synchronous(synchronous)}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
@@ -65,12 +70,31 @@ def create_engine(url: str, busy_timeout_ms: int = 5000, pool_size: int = 10) ->
 
 
 class Database:
-    """Owns the engine; hands out read and write transactions."""
+    """Owns the engine; hands out read and write transactions and runs hot-path jobs."""
 
-    def __init__(self, url: str, busy_timeout_ms: int = 5000, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        busy_timeout_ms: int = 5000,
+        pool_size: int = 10,
+        synchronous: str = "normal",
+    ) -> None:
         self.url = url
-        self.engine = create_engine(url, busy_timeout_ms, pool_size)
+        self.engine = create_engine(url, busy_timeout_ms, pool_size, synchronous)
         self._writer = self.engine.execution_options(**{_WRITE: True})
+        # One writer at a time inside this process: SQLite allows one anyway, and waiting on
+        # an asyncio lock is far cheaper than SQLite's busy handler, which sleeps in ms steps.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        path = _sqlite_path(url) if self.is_sqlite else None
+        self._fast: SqliteWriter | None = None
+        self._pg_jobs: PostgresJobs | None = None
+        if path is not None and self._write_lock is not None:
+            self._fast = SqliteWriter(
+                path, busy_timeout_ms, self._write_lock, _synchronous(synchronous)
+            )
+        elif not self.is_sqlite:
+            dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+            self._pg_jobs = PostgresJobs(dsn, pool_size)
 
     @property
     def is_sqlite(self) -> bool:
@@ -89,11 +113,28 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """A transaction that commits when the block ends without an exception."""
+        if self._write_lock is None:
+            async with self._begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self._begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
         try:
             async with self._writer.begin() as conn:
                 yield conn
         except (OperationalError, sqlite3.OperationalError) as exc:
             raise _database_error(exc) from exc
+
+    async def run_job(self, job: Job[T]) -> T:
+        """Run a raw-SQL job in a write transaction of its own (batched on SQLite)."""
+        if self._fast is not None:
+            return await self._fast.run(job)
+        if self._pg_jobs is not None:
+            return await self._pg_jobs.run(job)
+        raise DatabaseError("raw-SQL jobs need a file database (SQLite) or PostgreSQL")
 
     async def get_meta(self, key: str) -> str | None:
         """One value of the ``meta`` table."""
@@ -102,8 +143,18 @@ class Database:
         return None if row is None else str(row[0])
 
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection and the writer thread."""
+        if self._fast is not None:
+            self._fast.close()
+        if self._pg_jobs is not None:
+            await self._pg_jobs.close()
         await self.engine.dispose()
+
+
+def _synchronous(level: str) -> str:
+    if level not in ("normal", "full"):
+        raise ValueError(f"synchronous must be normal or full, not {level!r}")
+    return level.upper()
 
 
 def _database_error(exc: Exception) -> DatabaseError:

@@ -1,0 +1,167 @@
+"""Successful TOTP verifications per second through the gateway API, over real HTTP.
+
+Sets up a fresh data directory with many users (each with an OATH token), starts
+`openmfa run` as its own process pinned to one CPU, and sends /gateway/v1/otp/verify
+requests from a load generator pinned to the other. Every request carries a code that is
+valid and never used before (a user can be accepted at most once per time step, so users x
+steps gives the supply of fresh codes): replay protection is exercised honestly, and every
+accept is a durable write with its audit row.
+
+    python bench/totp_gateway.py [--users 5000] [--connections 32] [--postgres ADMIN_URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.config import load_settings
+from backend.domain import totp
+from backend.services import Services
+from backend.services.context import Actor
+from backend.store import migrations
+from bench._http import build_post, percentile, run_load
+
+ADMIN = Actor("bench")
+
+
+async def _populate(home: Path, database_url: str, users: int) -> tuple[str, dict[str, str]]:
+    settings = load_settings(home=home, database_url=database_url)
+    services = await Services.open(settings)
+    seeds: dict[str, str] = {}
+    try:
+        token = await services.tokens.create(ADMIN, "bench")
+        for i in range(users):
+            name = f"user{i:06d}"
+            await services.users.add(ADMIN, name)
+            seeds[name] = (await services.activation.enrol_oath(ADMIN, name)).seed
+    finally:
+        await services.close()
+    return token, seeds
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _fresh_postgres(admin_url: str) -> str:
+    """Create (or re-create) the database ``openmfa_bench`` next to ``admin_url``'s."""
+    import asyncpg
+
+    async def recreate() -> None:
+        conn = await asyncpg.connect(admin_url.replace("+asyncpg", ""))
+        try:
+            await conn.execute('DROP DATABASE IF EXISTS "openmfa_bench" WITH (FORCE)')
+            await conn.execute('CREATE DATABASE "openmfa_bench"')
+        finally:
+            await conn.close()
+
+    asyncio.run(recreate())
+    return admin_url.rsplit("/", 1)[0] + "/openmfa_bench"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=5000)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--postgres",
+        metavar="ADMIN_URL",
+        help="benchmark PostgreSQL: a database named openmfa_bench is created next to this "
+        "URL's (e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/test) and replaced each run",
+    )
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="openmfa-bench-"))
+    database_url = _fresh_postgres(args.postgres) if args.postgres else ""
+    migrations.upgrade(database_url or f"sqlite+aiosqlite:///{home / 'openmfa.db'}")
+    started = time.perf_counter()
+    token, seeds = asyncio.run(_populate(home, database_url, args.users))
+    print(f"set up {args.users} users with OATH tokens in {time.perf_counter() - started:.1f} s")
+
+    port = _free_port()
+    env = {
+        **os.environ,
+        "OPENMFA_HOME": str(home),
+        "OPENMFA_LOG_LEVEL": "warning",
+        "OPENMFA_DATABASE_URL": database_url,
+    }
+    exe = Path(sys.executable).parent / "openmfa"
+    server = subprocess.Popen(
+        ["taskset", "-c", "0", str(exe), "run", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("server did not become ready")
+            time.sleep(0.1)
+        os.sched_setaffinity(0, {1})
+
+        # Steps s-1, s, s+1 are all inside the +-1 window while the clock stays in step s;
+        # send them in increasing order per user. Wait for a fresh step so the run fits in it.
+        if time.time() % totp.PERIOD > 5:
+            time.sleep(totp.PERIOD - time.time() % totp.PERIOD + 0.2)
+        step = totp.time_step(datetime.now(UTC))
+        headers = {"Authorization": f"Bearer {token}"}
+        requests = [
+            build_post(
+                f"127.0.0.1:{port}",
+                "/gateway/v1/otp/verify",
+                json.dumps({"user": name, "code": totp.code_at_step(seed, s)}).encode(),
+                headers,
+            )
+            for s in (step - 1, step, step + 1)
+            for name, seed in seeds.items()
+        ]
+        result = asyncio.run(run_load("127.0.0.1", port, requests, args.connections, True))
+        if totp.time_step(datetime.now(UTC)) != step:
+            print("warning: the time step changed during the run; some codes fell outside")
+        accepted = sum(b'"accept"' in body for body in result.bodies)
+        rate = accepted / result.seconds
+        kind = "PostgreSQL" if database_url.startswith("postgresql") else "SQLite"
+        print(
+            f"{kind}: {result.sent} requests in {result.seconds:.2f} s over "
+            f"{args.connections} connections; statuses {result.statuses}"
+        )
+        print(
+            f"{kind}: {accepted} successful verifications, {rate:,.0f}/s; latency p50 "
+            f"{percentile(result.latencies, 0.5) * 1000:.1f} ms, p99 "
+            f"{percentile(result.latencies, 0.99) * 1000:.1f} ms"
+        )
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
