@@ -23,8 +23,12 @@ def write_png(data: str, path: Path) -> None:
 
 
 def write_svg(data: str, path: Path) -> None:
-    """Write an SVG QR code of ``data``."""
-    _code(data).make_image(image_factory=qrcode.image.svg.SvgPathImage).save(str(path))
+    """Write an SVG QR code of ``data``, dark modules on a white square.
+
+    The white background is part of the image: a transparent one vanishes on a page with a
+    dark theme and cameras then find no code.
+    """
+    _code(data).make_image(image_factory=qrcode.image.svg.SvgPathFillImage).save(str(path))
 
 
 def png_bytes(data: str) -> bytes:

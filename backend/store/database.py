@@ -1,16 +1,17 @@
 """The async engine and the two kinds of transaction the services use.
 
 SQLite (the embedded default) runs in WAL mode (``synchronous`` NORMAL by default, FULL on
-request) with a busy timeout,
-so ``openmfa`` commands can write while the server runs. Write transactions start with
-``BEGIN IMMEDIATE``: a deferred transaction that reads first and writes later fails at once
-with "database is locked" when another connection wrote in between, while an immediate one
-waits its turn on the busy timeout. PostgreSQL needs none of this.
+request) with a busy timeout, so ``openmfa`` commands can write while the server runs.
+Write transactions start with ``BEGIN IMMEDIATE``: a deferred transaction that reads first
+and writes later fails at once with "database is locked" when another connection wrote in
+between, while an immediate one waits its turn on the busy timeout. PostgreSQL needs none
+of this.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +36,25 @@ def _sqlite_path(url: str) -> Path | None:
     if not database or database == ":memory:":
         return None
     return Path(database)
+
+
+def create_sqlite_file(url: str) -> None:
+    """Create an empty SQLite database file readable by its owner only, if there is none.
+
+    SQLite gives its ``-wal`` and ``-shm`` files the mode of the database file, so the
+    whole database stays private even when the home directory's mode is relaxed later.
+    """
+    path = _sqlite_path(url) if url.startswith("sqlite") else None
+    if path is None or path.exists():
+        return
+    if not path.parent.is_dir():
+        raise DatabaseError(f"the database directory {path.parent} does not exist")
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+def display_url(url: str) -> str:
+    """``url`` with any password masked, for output and logs."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def create_engine(

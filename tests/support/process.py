@@ -1,0 +1,175 @@
+"""The ``openmfa`` command as a subprocess: one-shot commands, and ``openmfa run`` in the
+background on a free loopback port, stopped with SIGTERM (or killed) whatever happens."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+EXE = Path(sys.executable).parent / "openmfa"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (on 127.0.0.1)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+class Cli:
+    """``cli("user", "add", "alice")`` runs ``openmfa`` on ``home`` with extra environment."""
+
+    def __init__(self, home: Path, **env: str) -> None:
+        self.home = home
+        self.env = {**os.environ, "OPENMFA_HOME": str(home), **env}
+
+    def __call__(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(EXE), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"openmfa {' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def fails(self, *args: str, stdin: str | None = None, status: int = 1) -> str:
+        """Run a command that must fail with ``status``; return its stderr.
+
+        Status 1 means an error the command reports itself: one ``openmfa: error:`` line on
+        stderr, no traceback. Status 2 is argparse's bad-usage exit.
+        """
+        result = self(*args, stdin=stdin, check=False)
+        assert result.returncode == status, (args, result.returncode, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, result.stderr
+        if status == 1:
+            assert result.stderr.startswith("openmfa: error: "), result.stderr
+        else:
+            assert "usage: openmfa" in result.stderr, result.stderr
+        return result.stderr
+
+
+class ServerProcess:
+    """``with ServerProcess(home, port, env) as server:`` runs ``openmfa run --port PORT``.
+
+    Its stdout and stderr go to files in ``home`` (read them with :attr:`log`); readiness is
+    ``/healthz`` answering. On leaving the block the process gets SIGTERM and, should it not
+    exit within 15 s, SIGKILL.
+    """
+
+    def __init__(self, home: Path, port: int, env: dict[str, str]) -> None:
+        self.home = home
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = {**os.environ, "OPENMFA_HOME": str(home), **env}
+        self.stdout_path = home / "server.stdout"
+        self.stderr_path = home / "server.stderr"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        """Start and wait until ``/healthz`` answers 200 (bounded)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.process = subprocess.Popen(
+                [str(EXE), "run", "--host", "127.0.0.1", "--port", str(self.port)],
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
+
+        def healthy() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"openmfa run exited {self.process.returncode} during start-up:\n{self.log}"
+                )
+            try:
+                return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, timeout, "openmfa run to answer /healthz")
+
+    @property
+    def log(self) -> str:
+        """Everything the server wrote to stderr so far (its structured log)."""
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def terminate(self, timeout: float = 15) -> int:
+        """SIGTERM and wait for the exit status (``subprocess.TimeoutExpired`` if it hangs)."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        """Make sure the process is gone (SIGTERM, then SIGKILL)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            self.terminate()
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=15)
+
+    def __enter__(self) -> ServerProcess:
+        try:
+            self.start()
+        except BaseException:
+            self.kill()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill()
+
+
+def request_consumed(server_port: int, client_port: int) -> bool:
+    """True once the server side of the loopback connection from ``client_port`` exists and
+    has read everything sent to it (its receive queue is empty), i.e. the server has the
+    request in hand. Reads ``/proc/net/tcp`` (Linux)."""
+    local = f"0100007F:{server_port:04X}"
+    remote = f"0100007F:{client_port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[2] == remote and fields[3] == "01":  # ESTABLISHED
+            rx_queue = int(fields[4].split(":")[1], 16)
+            return rx_queue == 0
+    return False
