@@ -119,7 +119,9 @@ def main() -> None:
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit("server did not become ready")
+                server.kill()
+                _, err = server.communicate(timeout=10)
+                raise SystemExit(f"server did not become ready:\n{err.decode(errors='replace')}")
             time.sleep(0.1)
         os.sched_setaffinity(0, {1})
 
