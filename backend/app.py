@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from backend.api import app_v1, gateway_v1, health, openapi
+from backend.api import app_v1, bridge_v1, gateway_v1, health, openapi
 from backend.api.middleware import RequestIdMiddleware
 from backend.api.problems import http_error, openmfa_error, unexpected_error
 from backend.config import Settings
@@ -32,7 +32,13 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
             await services.close()
 
     return Starlette(
-        routes=[*health.routes, *openapi.routes, *app_v1.routes, *gateway_v1.routes],
+        routes=[
+            *health.routes,
+            *openapi.routes,
+            *app_v1.routes,
+            *gateway_v1.routes,
+            *bridge_v1.routes,
+        ],
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers={
             OpenMFAError: openmfa_error,

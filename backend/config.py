@@ -7,6 +7,7 @@ so a command run in a second terminal works on the database the server uses.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -39,6 +40,9 @@ class Settings(BaseModel):
     public_url: str = ""
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)
+    # RADIUS bridge started by `openmfa run` (UDP); 0 turns it off. Empty host: the HTTP host.
+    radius_port: int = Field(default=1812, ge=0, le=65535)
+    radius_host: str = ""
     issuer: str = "OpenMFA"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
@@ -64,6 +68,17 @@ class Settings(BaseModel):
             raise ValueError("public_url must start with http:// or https://")
         return value.rstrip("/")
 
+    @field_validator("radius_host")
+    @classmethod
+    def _ip_literal(cls, value: str) -> str:
+        # An address literal: a listen address that depends on name resolution would move.
+        if value:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError("radius_host must be an IP address (or empty)") from None
+        return value
+
     @field_validator("issuer")
     @classmethod
     def _plain_issuer(cls, value: str) -> str:
@@ -82,6 +97,11 @@ class Settings(BaseModel):
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def resolved_radius_host(self) -> str:
+        """Where ``openmfa run`` serves RADIUS: ``radius_host``, else the HTTP host."""
+        return self.radius_host or self.host
 
     @property
     def resolved_database_url(self) -> str:

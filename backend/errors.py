@@ -72,6 +72,12 @@ class AuthenticationRequired(OpenMFAError):
     status = 401
 
 
+class Forbidden(OpenMFAError):
+    type = "forbidden"
+    title = "The credentials are valid but may not do this"
+    status = 403
+
+
 class BadSignature(AuthenticationRequired):
     type = "bad-signature"
     title = "The request signature is missing, malformed or does not verify"
@@ -177,3 +183,8 @@ class PolicyError(BadRequest):
 class InvalidName(BadRequest):
     type = "invalid-name"
     title = "The name is not allowed"
+
+
+class InvalidRadiusClient(BadRequest):
+    type = "invalid-radius-client"
+    title = "The RADIUS client settings are not valid"

@@ -1,6 +1,7 @@
 """The gateway API (``/gateway/v1``): what the RADIUS bridge and other gateways call.
 
-Authenticated with a bearer API token (``openmfa token create NAME``).
+Authenticated with a bearer API token (``openmfa token create NAME``). The endpoints only a
+RADIUS bridge may call (scope ``bridge``) are in :mod:`backend.api.bridge_v1`.
 """
 
 from __future__ import annotations
@@ -26,14 +27,17 @@ from backend.services.context import Actor, SignInContext
 from backend.services.tokens import ApiTokenRecord
 
 
-async def _gateway(request: Request) -> ApiTokenRecord:
+async def authenticate_gateway(request: Request, scope: str = "gateway") -> ApiTokenRecord:
+    """The caller's API token (401 without a live one), allowed ``scope`` (403 otherwise)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationRequired("send the API token as 'Authorization: Bearer <token>'")
-    record = await services_of(request).tokens.authenticate(token.strip())
+    tokens = services_of(request).tokens
+    record = await tokens.authenticate(token.strip())
     client = request.client.host if request.client else ""
     request.state.actor = Actor(f"gateway:{record.name}", client, request_id_var.get())
+    tokens.authorize(record, scope)
     return record
 
 
@@ -56,7 +60,7 @@ def _authentication(view: ChallengeView) -> Authentication:
 
 async def start_authentication(request: Request) -> Response:
     """Start a push (or code) authentication; idempotent per ``idempotency_key``."""
-    token = await _gateway(request)
+    token = await authenticate_gateway(request)
     payload = parse_json(await read_body(request), StartRequest)
     request.state.user_name = payload.user.casefold()
     view = await services_of(request).challenges.start(
@@ -72,7 +76,7 @@ async def start_authentication(request: Request) -> Response:
 
 async def get_authentication(request: Request) -> Response:
     """The state; with ``?wait=N`` hold until it is final or N seconds pass."""
-    await _gateway(request)
+    await authenticate_gateway(request)
     services = services_of(request)
     raw_wait = request.query_params.get("wait", "0")
     limit = services.settings.long_poll_max_seconds
@@ -88,7 +92,7 @@ async def get_authentication(request: Request) -> Response:
 
 async def submit_code(request: Request) -> Response:
     """Answer a pending authentication with a code from the app (challenge mode)."""
-    await _gateway(request)
+    await authenticate_gateway(request)
     payload = parse_json(await read_body(request), CodeRequest)
     view, result = await services_of(request).challenges.verify_code(
         request.state.actor, request.path_params["auth_id"], payload.code
@@ -104,7 +108,7 @@ async def submit_code(request: Request) -> Response:
 
 async def cancel_authentication(request: Request) -> Response:
     """The gateway gave up waiting."""
-    await _gateway(request)
+    await authenticate_gateway(request)
     view = await services_of(request).challenges.cancel(
         request.state.actor, request.path_params["auth_id"]
     )
@@ -122,12 +126,19 @@ async def verify_otp(request: Request) -> Response:
     payload = parse_json(await read_body(request), VerifyRequest)
     request.state.user_name = payload.user.casefold()
     client = request.client.host if request.client else ""
-    result = await services_of(request).otp.verify(
-        Actor("gateway:unverified", client, request_id_var.get()),
+    services = services_of(request)
+    bearer: str | None = token.strip()
+    # The in-process bridge's token lives in memory only; the query would not find it.
+    ephemeral = services.tokens.match_ephemeral(token.strip())
+    name = "unverified"
+    if ephemeral is not None:
+        bearer, name = None, ephemeral.name
+    result = await services.otp.verify(
+        Actor(f"gateway:{name}", client, request_id_var.get()),
         payload.user,
         payload.code,
         _context(payload.context),
-        bearer=token.strip(),
+        bearer=bearer,
     )
     return json_response(
         VerifyResponse(

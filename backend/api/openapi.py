@@ -28,6 +28,7 @@ class Operation:
     request: type[BaseModel] | None = None
     security: str | None = None
     query: tuple[tuple[str, str], ...] = ()
+    description: str = ""
 
 
 SIGNED = "deviceSignature"
@@ -115,6 +116,35 @@ OPERATIONS = (
         request=s.VerifyRequest,
         security=BEARER,
     ),
+    Operation(
+        "get",
+        "/gateway/v1/radius/clients",
+        "The RADIUS clients document (token scope bridge)",
+        s.RadiusClients,
+        security=BEARER,
+        description="Holds the shared secrets: tokens of scope gateway get 403 forbidden. "
+        'The ETag is the quoted revision; a request with If-None-Match: "<revision>" of the '
+        "current revision is answered 304 Not Modified with no body.",
+    ),
+    Operation(
+        "post",
+        "/gateway/v1/password/verify",
+        "Check a user's local password (token scope bridge)",
+        s.PasswordVerifyResponse,
+        request=s.PasswordVerifyRequest,
+        security=BEARER,
+        description="Wrong passwords count toward the same lockout as wrong codes "
+        "(otp_max_failures); while locked the answer is 429 otp-locked.",
+    ),
+    Operation(
+        "post",
+        "/gateway/v1/audit",
+        "Record a decision the bridge took alone (token scope bridge)",
+        None,
+        204,
+        s.BridgeAuditRequest,
+        BEARER,
+    ),
     Operation("get", "/healthz", "Liveness", s.Health),
     Operation("get", "/readyz", "Readiness (database reachable)", s.Health),
 )
@@ -123,11 +153,13 @@ PROBLEM_TYPES = (
     "invalid-request",
     "invalid-name",
     "invalid-policy",
+    "invalid-radius-client",
     "payload-too-large",
     "not-found",
     "method-not-allowed",
     "conflict",
     "unauthorized",
+    "forbidden",
     "bad-signature",
     "stale-request",
     "replayed-request",
@@ -193,6 +225,8 @@ def build_document() -> dict[str, Any]:
             },
         }
         entry: dict[str, Any] = {"summary": op.summary, "responses": responses}
+        if op.description:
+            entry["description"] = op.description
         if parameters:
             entry["parameters"] = parameters
         if op.request is not None:

@@ -120,6 +120,71 @@ class VerifyResponse(Body):
     user: str
 
 
+# -- the RADIUS bridge's part of the gateway API (tokens of scope "bridge") -------------------
+
+
+class RadiusUpstream(Body):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    secret: str = Field(description="the upstream server's shared secret, UTF-8")
+    timeout: float = Field(description="seconds")
+
+
+class RadiusUserNames(Body):
+    format: Literal["strip", "keep", "map"]
+    realm_map: dict[str, str] = Field(
+        description="lower-case realm -> template holding {user}, for format map"
+    )
+
+
+class RadiusClient(Body):
+    name: str
+    addresses: list[str] = Field(description="addresses and CIDR networks the client sends from")
+    secret: str = Field(description="the shared secret, UTF-8")
+    mode: Literal["push", "challenge", "otp"]
+    primary: Literal["none", "local", "radius"]
+    upstream: RadiusUpstream | None = Field(description="set for, and only for, primary radius")
+    require_message_authenticator: bool
+    failmode: Literal["secure", "safe"]
+    unenrolled: Literal["reject", "allow"]
+    push_timeout: float = Field(description="seconds, 5 to 600")
+    prompt: str = Field(description="Reply-Message of a challenge, at most 253 bytes of UTF-8")
+    user_names: RadiusUserNames
+    exempt_users: list[str] = Field(description="canonical (lower-case) user names")
+    exempt_networks: list[str] = Field(description="matched against Calling-Station-Id")
+    password_separator: str = Field(description="one character between password and code")
+    reply_attributes: list[tuple[str, str]] = Field(
+        description="[dictionary name, value as text] pairs added to every Access-Accept"
+    )
+
+
+class RadiusClients(Body):
+    revision: str = Field(description="changes whenever any client changes; also the ETag")
+    clients: list[RadiusClient]
+
+
+class PasswordVerifyRequest(Body):
+    user: str = Field(min_length=1, max_length=128)
+    password: str = Field(max_length=1024)
+    context: SignInContextBody = SignInContextBody()
+
+
+class PasswordVerifyResponse(Body):
+    result: Literal["accept", "reject"]
+    reason: Literal["ok", "wrong-password", "no-password"]
+
+
+class BridgeAuditRequest(Body):
+    action: Literal[
+        "radius.exempt_user",
+        "radius.exempt_network",
+        "radius.unenrolled_allowed",
+        "radius.failsafe_accept",
+    ]
+    user: str = Field(default="", max_length=128)
+    detail: str = Field(default="", max_length=1024)
+
+
 # -- shared -----------------------------------------------------------------------------------
 
 

@@ -230,9 +230,12 @@ async def policy_unset(services: Services, args: argparse.Namespace, actor: Acto
 
 
 async def token_create(services: Services, args: argparse.Namespace, actor: Actor) -> int:
-    token = await services.tokens.create(actor, args.name)
+    token = await services.tokens.create(actor, args.name, args.scope)
     print(token)
-    print(f"API token {args.name} created; it is shown only now.", file=sys.stderr)
+    print(
+        f"API token {args.name} (scope {args.scope}) created; it is shown only now.",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -240,8 +243,8 @@ async def token_list(services: Services, args: argparse.Namespace, actor: Actor)
     tokens = await services.tokens.list()
     print(
         table(
-            ["NAME", "CREATED", "REVOKED"],
-            [[t.name, when(t.created_at), when(t.revoked_at)] for t in tokens],
+            ["NAME", "CREATED", "REVOKED", "SCOPE"],
+            [[t.name, when(t.created_at), when(t.revoked_at), t.scope] for t in tokens],
         )
         if tokens
         else "no API tokens; create one with `openmfa token create NAME`"

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from backend import __version__
 from backend.authenticator.client import AuthenticatorError
-from backend.cli import admin, device
+from backend.cli import admin, clients, device
 from backend.config import Settings, load_settings
 from backend.errors import OpenMFAError
 
@@ -50,7 +50,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="TCP port (default 8080)")
+    run.add_argument(
+        "--radius-port",
+        type=int,
+        help="UDP port of the built-in RADIUS bridge (default 1812; 0: off)",
+    )
     run.set_defaults(handler="run")
+
+    # `openmfa radius ...` hands its arguments to the bridge's own parser (radius_bridge.cli),
+    # which also answers --help: the bridge runs without anything from this package.
+    # prefix_chars="\0" makes argparse treat every remaining argument as a plain value.
+    radius = groups.add_parser(
+        "radius",
+        help="run the RADIUS bridge on its own (openmfa radius --help)",
+        add_help=False,
+        prefix_chars="\0",
+    )
+    radius.add_argument("args", nargs=argparse.REMAINDER)
+    radius.set_defaults(handler="radius")
 
     db = groups.add_parser(
         "db", help="database schema", description="Create or upgrade the database schema."
@@ -155,11 +172,20 @@ def _parser() -> argparse.ArgumentParser:
     tok_cmds = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     tcreate = tok_cmds.add_parser("create", help="create a token; printed once")
     tcreate.add_argument("name")
+    tcreate.add_argument(
+        "--scope",
+        choices=["gateway", "bridge"],
+        default="gateway",
+        help="gateway (default): the gateway API; bridge: also RADIUS client secrets, "
+        "local passwords and bridge audit rows (for `openmfa radius`)",
+    )
     tcreate.set_defaults(handler=admin.token_create)
     tok_cmds.add_parser("list", help="list tokens").set_defaults(handler=admin.token_list)
     trevoke = tok_cmds.add_parser("revoke", help="revoke a token at once")
     trevoke.add_argument("name")
     trevoke.set_defaults(handler=admin.token_revoke)
+
+    clients.add_parser(groups)
 
     aud = groups.add_parser(
         "audit",
@@ -230,6 +256,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["host"] = args.host
     if getattr(args, "port", None):
         overrides["port"] = args.port
+    if getattr(args, "radius_port", None) is not None:
+        overrides["radius_port"] = args.radius_port
     return load_settings(args.config, **overrides)
 
 
@@ -277,8 +305,16 @@ async def _db_current(settings: Settings) -> int:
 
 
 def _banner(settings: Settings) -> None:
+    radius_host = settings.resolved_radius_host
+    radius = (
+        f"RADIUS on udp {'[' + radius_host + ']' if ':' in radius_host else radius_host}"
+        f":{settings.radius_port} (add gateways with `openmfa client add`)\n"
+        if settings.radius_port
+        else "RADIUS off (--radius-port 0)\n"
+    )
     print(
         f"OpenMFA {__version__} on http://{settings.host}:{settings.port}\n"
+        f"{radius}"
         f"Data directory: {settings.home}\n"
         "Next, in another terminal:\n"
         "  openmfa user add alice --email alice@example.com\n"
@@ -294,6 +330,10 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         if hasattr(args, "device_handler"):
             return int(args.device_handler(args))
+        if args.handler == "radius":
+            from radius_bridge.cli import main as radius_main
+
+            return radius_main(args.args)
         settings = _settings(args)
         if args.handler == "run":
             from backend.server import check_startup, serve

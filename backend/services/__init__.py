@@ -23,6 +23,7 @@ from backend.services.context import Clock
 from backend.services.devices import DeviceService
 from backend.services.otp import OtpService
 from backend.services.policies import PolicyService
+from backend.services.radius_clients import RadiusClientService
 from backend.services.tokens import ApiTokenService
 from backend.services.users import UserService
 from backend.store import migrations
@@ -46,6 +47,7 @@ class Services:
     otp: OtpService
     challenges: ChallengeService
     tokens: ApiTokenService
+    radius_clients: RadiusClientService
     clock: Clock
 
     @classmethod
@@ -84,6 +86,7 @@ class Services:
             otp=otp,
             challenges=ChallengeService(db, bus, users, otp, audit, clock),
             tokens=ApiTokenService(db, audit, clock),
+            radius_clients=RadiusClientService(db, box, audit, clock),
             clock=clock,
         )
 

@@ -7,7 +7,9 @@ answers exactly one wins and the other is judged again against what was stored.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import weakref
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -126,6 +128,9 @@ class ChallengeService:
         self._otp = otp
         self._audit = audit
         self._clock = clock
+        self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     # -- gateway side -------------------------------------------------------------------------
 
@@ -139,6 +144,26 @@ class ChallengeService:
         idempotency_key: str | None = None,
     ) -> ChallengeView:
         """Begin an authentication. A repeated ``idempotency_key`` returns the first one."""
+        if token_id is None and idempotency_key is not None:
+            # A caller without a token row (the in-process bridge's ephemeral token) is not
+            # covered by the unique (token_id, idempotency_key) constraint: NULLs never clash.
+            # Its token lives in this process only, so a lock here serialises its copies.
+            lock = self._key_locks.setdefault(idempotency_key, asyncio.Lock())
+            async with lock:
+                return await self._start(
+                    actor, user_name, method, context, token_id, idempotency_key
+                )
+        return await self._start(actor, user_name, method, context, token_id, idempotency_key)
+
+    async def _start(
+        self,
+        actor: Actor,
+        user_name: str,
+        method: str,
+        context: SignInContext,
+        token_id: int | None,
+        idempotency_key: str | None,
+    ) -> ChallengeView:
         if method not in METHODS:
             raise BadRequest(f"method must be one of {', '.join(METHODS)}")
         _check_context(context)

@@ -4,22 +4,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from backend.domain.names import user_key
 from backend.domain.policy import check_pin
-from backend.errors import BadRequest, Conflict, PinLocked, PinRequired, WrongPin
+from backend.errors import BadRequest, Conflict, OtpLocked, PinLocked, PinRequired, WrongPin
 from backend.passwords import PasswordHasher
 from backend.services.audit import AuditLog
-from backend.services.context import Actor, Clock
+from backend.services.context import Actor, Clock, SignInContext
+from backend.services.otp import check_may_sign_in
 from backend.store.database import Database
 from backend.store.queries import UserRecord, effective_policy, load_user, user_from_row
 from backend.store.tables import devices_t, users_t
 
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordResult:
+    """``accepted``, or why not: ``wrong-password`` or ``no-password`` (none is set)."""
+
+    accepted: bool
+    reason: Literal["ok", "wrong-password", "no-password"]
+    user_name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,3 +214,76 @@ class UserService:
         if locked_until is not None:
             raise PinLocked("too many wrong PINs; approvals are locked for a while")
         raise WrongPin()
+
+    async def verify_password(
+        self, actor: Actor, name: str, password: str, context: SignInContext | None = None
+    ) -> PasswordResult:
+        """Check a local password (primary authentication ``local`` of a RADIUS client).
+
+        Refuses unknown, disabled, blocked and locked users like a code check does. A wrong
+        password counts toward the same lockout as wrong codes (``otp_max_failures``), so
+        guessing passwords through the bridge is as limited as guessing codes. A right one
+        does *not* reset that count: only a right code does; otherwise an attacker
+        who knows the password could guess codes for ever with ``password,code``.
+        """
+        now = self._clock()
+        where = "" if context is None else f"{context.client_name} {context.client_ip}".strip()
+        async with self._db.read() as conn:
+            user = await load_user(conn, name)
+            row = (
+                await conn.execute(select(users_t.c.password_hash).where(users_t.c.id == user.id))
+            ).first()
+        check_may_sign_in(user)
+        if user.otp_locked_until is not None and user.otp_locked_until > now:
+            raise OtpLocked(
+                "too many wrong passwords or codes; sign-ins are locked until "
+                + user.otp_locked_until.isoformat(timespec="seconds")
+            )
+        stored = None if row is None else row.password_hash
+        if stored is None:
+            await self._audit.record(
+                actor, "password.verify", "reject", user.name_key, f"no-password {where}".strip()
+            )
+            return PasswordResult(False, "no-password", user.name)
+        matches, new_hash = await self._hasher.verify(stored, password)
+        async with self._db.write() as conn:
+            if matches:
+                if new_hash is not None:  # the hashing parameters were raised since
+                    await conn.execute(
+                        update(users_t)
+                        .where(users_t.c.id == user.id, users_t.c.password_hash == stored)
+                        .values(password_hash=new_hash)
+                    )
+                await self._audit.add(
+                    conn, actor, "password.verify", "accept", user.name_key, f"ok {where}".strip()
+                )
+                return PasswordResult(True, "ok", user.name)
+            failures = (
+                await conn.execute(
+                    update(users_t)
+                    .where(users_t.c.id == user.id)
+                    .values(otp_failures=users_t.c.otp_failures + 1)
+                    .returning(users_t.c.otp_failures)
+                )
+            ).scalar_one()
+            policy = await effective_policy(conn, user.id)
+            result = "reject"
+            if failures >= policy.otp_max_failures:
+                await conn.execute(
+                    update(users_t)
+                    .where(users_t.c.id == user.id)
+                    .values(
+                        otp_failures=0,
+                        otp_locked_until=now + timedelta(seconds=policy.otp_lockout_seconds),
+                    )
+                )
+                result = "locked"
+            await self._audit.add(
+                conn,
+                actor,
+                "password.verify",
+                result,
+                user.name_key,
+                f"wrong-password failures={failures} {where}".strip(),
+            )
+        return PasswordResult(False, "wrong-password", user.name)

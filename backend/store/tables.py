@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Column, Index, LargeBinary, Table, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, Table, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -41,6 +41,11 @@ def utc_column(nullable: bool = False, index: bool = False) -> Any:
 
 def blob_column(nullable: bool = False) -> Any:
     return Field(sa_column=Column(LargeBinary(), nullable=nullable))
+
+
+def text_column() -> Any:
+    """Unbounded text; JSON documents that the services encode and decode themselves."""
+    return Field(sa_column=Column(Text(), nullable=False))
 
 
 class Meta(SQLModel, table=True):
@@ -131,8 +136,49 @@ class ApiToken(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=64, unique=True)
     token_hash: str = Field(max_length=64, unique=True)
+    # gateway: the gateway API; bridge: also what only a RADIUS bridge may call (its client
+    # list with the shared secrets, local password checks, the bridge's own audit rows).
+    scope: str = Field(
+        default="gateway", max_length=16, sa_column_kwargs={"server_default": "gateway"}
+    )
     created_at: datetime = utc_column()
     revoked_at: datetime | None = utc_column(nullable=True)
+
+
+class RadiusClient(SQLModel, table=True):
+    """A gateway that sends RADIUS to the bridge, with everything the bridge needs to serve it.
+
+    Secrets are sealed with the server key, bound to the row (``radius-secret:<id>``,
+    ``radius-upstream-secret:<id>``). Lists and maps are JSON text written by
+    :mod:`backend.services.radius_clients`. Every change also bumps the ``meta`` row
+    ``radius_clients_revision`` in the same transaction: bridges poll that cheaply.
+    """
+
+    __tablename__ = "radius_clients"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    name_key: str = Field(max_length=64, unique=True)
+    addresses: str = text_column()
+    secret_enc: bytes = blob_column()
+    mode: str = Field(max_length=16)
+    primary_auth: str = Field(max_length=16)
+    upstream_host: str | None = Field(default=None, max_length=255)
+    upstream_port: int | None = None
+    upstream_timeout: float | None = None
+    upstream_secret_enc: bytes | None = blob_column(nullable=True)
+    require_message_authenticator: bool = True
+    failmode: str = Field(max_length=16)
+    unenrolled: str = Field(max_length=16)
+    push_timeout: float
+    prompt: str = Field(max_length=512)
+    name_format: str = Field(max_length=16)
+    realm_map: str = text_column()
+    exempt_users: str = text_column()
+    exempt_networks: str = text_column()
+    password_separator: str = Field(max_length=8)
+    reply_attributes: str = text_column()
+    created_at: datetime = utc_column()
+    updated_at: datetime = utc_column()
 
 
 class PolicyValue(SQLModel, table=True):
@@ -193,6 +239,7 @@ devices_t = _table(Device)
 activation_codes_t = _table(ActivationCode)
 challenges_t = _table(Challenge)
 api_tokens_t = _table(ApiToken)
+radius_clients_t = _table(RadiusClient)
 policies_t = _table(PolicyValue)
 fraud_reports_t = _table(FraudReport)
 audit_t = _table(AuditEvent)

@@ -89,7 +89,9 @@ class ServerProcess:
         self.home = home
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.env = {**os.environ, "OPENMFA_HOME": str(home), **env}
+        # RADIUS off unless a test asks for it (OPENMFA_RADIUS_PORT in ``env``): servers
+        # running side by side would otherwise all claim UDP 1812.
+        self.env = {**os.environ, "OPENMFA_HOME": str(home), "OPENMFA_RADIUS_PORT": "0", **env}
         self.stdout_path = home / "server.stdout"
         self.stderr_path = home / "server.stderr"
         self.process: subprocess.Popen[bytes] | None = None

@@ -1,0 +1,510 @@
+"""The gateway API as the bridge uses it: performs the flow's effects over HTTP.
+
+One :class:`BackendClient` per bridge, on two :class:`httpx.AsyncClient` pools:
+
+* **short calls** (start, verify, submit, cancel, audit, the clients document) share a small
+  keep-alive pool (``backend_connections``, 64 by default), so the hot OTP path reuses warm
+  connections and never waits behind a held push;
+* **long-polls** (``GET /gateway/v1/authentications/{id}?wait=``) get a pool of their own
+  sized to the most requests the bridge holds (``max_held``, 20,000): the backend holds each
+  long-poll on a connection of its own, so a held push *is* a connection, and sharing the
+  short pool would let 64 held pushes starve every code check.
+
+The transport is injectable: ``httpx.ASGITransport`` when the bridge runs inside
+``openmfa run`` (no sockets, no pool), :class:`~radius_bridge.http11.LeanTransport` over real
+sockets standalone (httpx's own transport costs ~15 times the CPU per request here),
+``httpx.MockTransport`` in tests.
+
+Time: httpx's timeouts bound each *phase* (connect, each read, each write, waiting for a
+pooled connection), not a request as a whole, so a backend that trickles bytes could hold a
+call far past them. Every call here therefore also runs under ``asyncio.timeout_at`` on the
+request's deadline (derived from the client's push timeout): the flow always gets a result by
+then, :class:`~radius_bridge.model.Unavailable` if the backend did not answer.
+
+Results: problem documents whose type is a user-state refusal become
+:class:`~radius_bridge.model.Refused`; 5xx, connection failures and timeouts become
+:class:`~radius_bridge.model.Unavailable` (the failmode applies). A 4xx caused by what the
+user sent is never ``Unavailable`` -- that would let a malformed code reach a fail-safe
+accept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import httpx
+
+from radius_bridge.http11 import LeanTransport
+from radius_bridge.model import (
+    Audit,
+    CancelAuthentication,
+    Checked,
+    Done,
+    Effect,
+    Outcome,
+    Refused,
+    Result,
+    StartAuthentication,
+    Started,
+    SubmitCode,
+    Unavailable,
+    VerifyCode,
+    VerifyPassword,
+    WaitOutcome,
+)
+
+log = logging.getLogger("openmfa.radius.backend")
+
+USER_AGENT = "openmfa-radius-bridge"
+#: Kinds the flow understands as "this user may not sign in now" (``Refused.kind``).
+REFUSED_KINDS = frozenset(
+    {
+        "unknown-user",
+        "user-not-enrolled",
+        "user-disabled",
+        "user-blocked",
+        "otp-locked",
+        "challenge-closed",
+        "challenge-expired",
+        "invalid-name",
+    }
+)
+#: The backend refusing the *bridge* (revoked token, wrong scope): an outage of the bridge's
+#: configuration, not a verdict on the user.
+CREDENTIAL_KINDS = frozenset({"unauthorized", "forbidden"})
+#: The longest code or password the gateway API takes; longer input is rejected here.
+MAX_CODE_CHARS = 16
+#: Extra time on a long-poll beyond the wait the backend was asked for: the backend answers
+#: at ``wait`` seconds, so this only runs out when it is truly stuck or overloaded.
+LONG_POLL_GRACE = 5.0
+#: Idle keep-alive connections are dropped after this long, well below uvicorn's default of
+#: 5 s: when the server closes an idle connection first, the next request on it fails with
+#: "server disconnected" (a known race between client and server keep-alive timers).
+KEEPALIVE_EXPIRY = 2.0
+#: Idempotent calls (start with its idempotency key, long-poll, cancel) are retried after a
+#: connection failure, with these pauses, while the deadline allows. A long-poll keeps
+#: retrying until the deadline, so a backend restarted while pushes are held still answers
+#: them.
+RETRY_PAUSES = (0.1, 0.25, 0.5, 1.0, 2.0)
+START_RETRY_WINDOW = 3.0
+#: A long-poll that comes back this close to the end of the wait ends it.
+WAIT_SLACK = 0.01
+EARLY_ANSWER_PAUSE = 1.0
+
+
+class BackendError(Exception):
+    """The backend could not be used for a non-effect call (the clients document)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClientsDocument:
+    """The clients document as fetched: its revision (the ETag) and the parsed JSON."""
+
+    revision: str
+    data: dict[str, Any]
+
+
+class _Refusal(Exception):
+    """A problem document for a 4xx, to be mapped by the effect that got it."""
+
+    def __init__(self, status: int, kind: str, detail: str) -> None:
+        super().__init__(f"{status} {kind}: {detail}")
+        self.status = status
+        self.kind = kind
+        self.detail = detail
+
+
+class _Down(Exception):
+    """The backend failed (5xx, bad body) or refused the bridge's credential."""
+
+
+_RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
+def _problem(response: httpx.Response) -> tuple[str, str]:
+    """(kind, detail) of a problem document; ``http-<status>`` when the body is not one."""
+    try:
+        body = response.json()
+        kind = str(body.get("type", "")).rsplit("/", 1)[-1]
+        detail = str(body.get("detail") or body.get("title") or "")
+    except (ValueError, AttributeError):
+        kind, detail = "", ""
+    return kind or f"http-{response.status_code}", detail[:300]
+
+
+def _check(response: httpx.Response) -> None:
+    if response.status_code >= 500:
+        kind, detail = _problem(response)
+        raise _Down(f"backend answered {response.status_code} {kind}: {detail}")
+    if response.status_code >= 400:
+        kind, detail = _problem(response)
+        if kind in CREDENTIAL_KINDS or response.status_code == 401:
+            raise _Down(f"the backend refused the bridge's token ({kind}): {detail}")
+        raise _Refusal(response.status_code, kind, detail)
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise _Down(f"backend answered {response.status_code} without a JSON body") from None
+    if not isinstance(body, dict):
+        raise _Down("backend answered with JSON that is not an object")
+    return cast(dict[str, Any], body)
+
+
+class BackendClient:
+    """Carries out effects against the gateway API; see the module docstring."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        http_timeout: float = 10.0,
+        long_poll_seconds: float = 50.0,
+        backend_connections: int = 64,
+        max_long_polls: int = 20_000,
+        on_unavailable: Callable[[str], None] | None = None,
+    ) -> None:
+        headers = {"authorization": f"Bearer {token}", "user-agent": USER_AGENT}
+        self.http_timeout = http_timeout
+        self.long_poll_seconds = long_poll_seconds
+        self._on_unavailable = on_unavailable
+        # pool=None: waiting for a pooled connection is bounded by the request's deadline
+        # (asyncio.timeout_at below), not by a fixed few seconds that would turn a burst of
+        # 10,000 pushes into spurious failures.
+        timeout = httpx.Timeout(http_timeout, pool=None)
+        # Real sockets go through the lean transport (see radius_bridge.http11 for why);
+        # an injected transport (ASGI in-process, a mock) serves both clients.
+        short = transport or LeanTransport(backend_connections, KEEPALIVE_EXPIRY)
+        polls = transport or LeanTransport(max_long_polls, KEEPALIVE_EXPIRY)
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=timeout,
+            transport=short,
+            follow_redirects=False,
+        )
+        self._polls = httpx.AsyncClient(
+            base_url=base_url,
+            headers=headers,
+            timeout=timeout,
+            transport=polls,
+            follow_redirects=False,
+        )
+        # Long-polls on real sockets skip httpx altogether: a held push then costs a
+        # coroutine, a connection and a few hundred bytes instead of httpx's request and
+        # response objects and a dozen more frames (measured: ~4 KB per held request).
+        self._lean = polls if isinstance(polls, LeanTransport) else None
+        url = httpx.URL(base_url)
+        default_port = 443 if url.scheme == "https" else 80
+        self._origin = (url.scheme, url.host, url.port or default_port)
+        self._prefix = url.raw_path.split(b"?", 1)[0].rstrip(b"/")
+        self._poll_head = (
+            f"host: {url.netloc.decode('ascii')}\r\nauthorization: Bearer {token}\r\n"
+            f"user-agent: {USER_AGENT}\r\naccept: application/json\r\n"
+            "accept-encoding: identity\r\n\r\n"
+        ).encode()
+
+    async def aclose(self) -> None:
+        """Close both pools."""
+        await self._http.aclose()
+        await self._polls.aclose()
+
+    # -- effects ----------------------------------------------------------------------------
+
+    async def perform(self, effect: Effect, deadline: float) -> Result:
+        """Carry out ``effect`` and return its result no later than ``deadline``.
+
+        ``deadline`` is in the running loop's clock (``loop.time()``). Never raises for
+        backend trouble: that is :class:`Unavailable`.
+        """
+        loop = asyncio.get_running_loop()
+        name = type(effect).__name__
+        if deadline - loop.time() <= 0:
+            return self._unavailable(name, "no time left before the client's deadline")
+        try:
+            if isinstance(effect, WaitOutcome):
+                # Bounded inside (below the deadline), and the hot state of a held push:
+                # one frame and one timer fewer per held request.
+                return await self._wait(effect, deadline)
+            async with asyncio.timeout_at(deadline):
+                return await self._dispatch(effect, deadline)
+        except (TimeoutError, httpx.TimeoutException):
+            return self._unavailable(name, "the backend did not answer in time")
+        except httpx.HTTPError as exc:
+            return self._unavailable(name, f"{type(exc).__name__}: {exc}")
+        except _Down as exc:
+            return self._unavailable(name, str(exc))
+
+    def _unavailable(self, effect: str, detail: str) -> Unavailable:
+        log.warning("backend unavailable for %s: %s", effect, detail, extra={"effect": effect})
+        if self._on_unavailable is not None:
+            self._on_unavailable(effect)
+        return Unavailable(detail)
+
+    async def _dispatch(self, effect: Effect, deadline: float) -> Result:
+        if isinstance(effect, StartAuthentication):
+            return await self._start(effect, deadline)
+        if isinstance(effect, WaitOutcome):
+            return await self._wait(effect, deadline)
+        if isinstance(effect, SubmitCode):
+            return await self._submit(effect)
+        if isinstance(effect, VerifyCode):
+            return await self._verify_code(effect)
+        if isinstance(effect, VerifyPassword):
+            return await self._verify_password(effect)
+        if isinstance(effect, CancelAuthentication):
+            return await self._cancel(effect, deadline)
+        if isinstance(effect, Audit):
+            return await self._audit(effect)
+        raise TypeError(f"the backend client does not perform {type(effect).__name__}")
+
+    async def _short(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        """One short call, bounded by ``http_timeout`` as a whole."""
+        async with asyncio.timeout(self.http_timeout):
+            response = await self._http.request(method, path, json=body)
+        _check(response)
+        return response
+
+    async def _retrying(
+        self,
+        call: Callable[[], Awaitable[httpx.Response]],
+        deadline: float,
+        window: float | None,
+    ) -> httpx.Response:
+        """``call()`` again after a connection failure (idempotent calls only)."""
+        loop = asyncio.get_running_loop()
+        stop = deadline if window is None else min(deadline, loop.time() + window)
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except _RETRYABLE as exc:
+                pause = RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)]
+                if loop.time() + pause >= stop:
+                    raise
+                log.debug("retrying after %s", type(exc).__name__)
+                attempt += 1
+                await asyncio.sleep(pause)
+
+    async def _start(self, effect: StartAuthentication, deadline: float) -> Result:
+        body = {
+            "user": effect.user,
+            "method": effect.method,
+            "idempotency_key": effect.idempotency_key,
+            "context": {
+                "client_name": effect.client_name[:128],
+                "client_ip": (effect.client_ip or "")[:64],
+                "nas_identifier": (effect.nas_identifier or "")[:128],
+            },
+        }
+        try:
+            # The idempotency key makes a repeat of a start that did reach the backend
+            # return the same authentication: retrying cannot push twice.
+            response = await self._retrying(
+                lambda: self._short("POST", "/gateway/v1/authentications", body),
+                deadline,
+                START_RETRY_WINDOW,
+            )
+        except _Refusal as exc:
+            return self._refused(exc, "start")
+        data = _json(response)
+        method: Literal["push", "otp"] = "otp" if data.get("method") == "otp" else "push"
+        number = data.get("number")
+        return Started(
+            authentication_id=str(data["id"]),
+            method=method,
+            state=str(data.get("state", "pending")),
+            number=number if isinstance(number, int) else None,
+        )
+
+    async def _wait(self, effect: WaitOutcome, deadline: float) -> Result:
+        """Long-poll in slices of at most ``long_poll_seconds`` until the authentication is
+        final or ``effect.seconds`` (the flow's own push deadline) have passed.
+
+        The last slice asks the backend to answer exactly at the end, so the flow sees the
+        time run out on its clock and rejects on timeout; no tight loop of empty polls near
+        the end. Should the answer be late (a busy backend), the wait still ends at most
+        ``LONG_POLL_GRACE`` later with the last state seen: a backend that answered before
+        and is merely slow is "not answered yet", not an outage. Only a backend that never
+        answered during this wait is :class:`Unavailable` (and the failmode applies).
+        Connection failures are retried until the end, so a backend restarted while pushes
+        are held still answers them.
+        """
+        loop = asyncio.get_running_loop()
+        end = loop.time() + max(0.0, effect.seconds)
+        path = f"/gateway/v1/authentications/{effect.authentication_id}"
+        state = "pending"
+        reached = False
+        attempt = 0
+        try:
+            # Strictly inside perform()'s bound on the deadline, so this one fires first
+            # and the last state seen is returned.
+            async with asyncio.timeout_at(min(deadline - 0.05, end + LONG_POLL_GRACE)):
+                while True:
+                    wait = min(self.long_poll_seconds, max(0.0, end - loop.time()))
+                    asked = loop.time()
+                    try:
+                        state = await self._poll(path, wait)
+                    except _RETRYABLE:
+                        pause = RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)]
+                        if loop.time() + pause >= end:
+                            raise
+                        attempt += 1
+                        await asyncio.sleep(pause)
+                        continue
+                    except _Refusal as exc:
+                        if exc.status == 404:  # gone (a backend whose data was reset)
+                            return Outcome("expired")
+                        return self._refused(exc, "wait")
+                    attempt = 0
+                    reached = True
+                    if state != "pending" or loop.time() >= end - WAIT_SLACK:
+                        return Outcome(state)
+                    if wait >= 1.0 and loop.time() - asked < wait / 2:
+                        # "Still pending" long before the wait was up: a backend shutting
+                        # down wakes its waiters early. Pause instead of polling in a loop.
+                        await asyncio.sleep(min(EARLY_ANSWER_PAUSE, end - loop.time()))
+        except TimeoutError:
+            if reached:
+                return Outcome(state)
+            raise
+
+    async def _poll(self, path: str, wait: float) -> str:
+        """One ``GET ...?wait=`` (bounded by the caller): the state it reports."""
+        target = f"{path}?wait={wait:.3f}"
+        if self._lean is None:
+            response = await self._polls.get(
+                target, timeout=httpx.Timeout(self.http_timeout, read=None, pool=None)
+            )
+            _check(response)
+            return str(_json(response).get("state", "pending"))
+        request = b"GET " + self._prefix + target.encode() + b" HTTP/1.1\r\n" + self._poll_head
+        status, headers, body = await self._lean.exchange(
+            self._origin, request, "GET", self.http_timeout, None, self.http_timeout
+        )
+        if status != 200:
+            _check(httpx.Response(status, headers=headers, content=body))
+        try:
+            data = json.loads(body)
+        except ValueError:
+            raise _Down("backend answered a long-poll without a JSON body") from None
+        return str(data.get("state", "pending")) if isinstance(data, dict) else "pending"
+
+    async def _submit(self, effect: SubmitCode) -> Result:
+        if not effect.code or len(effect.code) > MAX_CODE_CHARS:
+            return Checked(False, "malformed-code")
+        try:
+            # Not retried: a code that reached the backend is spent (replay protection), so
+            # a blind second try could turn an accept into "replayed".
+            response = await self._short(
+                "POST",
+                f"/gateway/v1/authentications/{effect.authentication_id}/code",
+                {"code": effect.code},
+            )
+        except _Refusal as exc:
+            return self._refused(exc, "submit")
+        data = _json(response)
+        return Checked(data.get("result") == "accept", str(data.get("reason", "")))
+
+    async def _verify_code(self, effect: VerifyCode) -> Result:
+        if not effect.code or len(effect.code) > MAX_CODE_CHARS:
+            return Checked(False, "malformed-code")
+        try:
+            response = await self._short(
+                "POST", "/gateway/v1/otp/verify", {"user": effect.user, "code": effect.code}
+            )
+        except _Refusal as exc:
+            return self._refused(exc, "verify")
+        data = _json(response)
+        return Checked(data.get("result") == "accept", str(data.get("reason", "")))
+
+    async def _verify_password(self, effect: VerifyPassword) -> Result:
+        try:
+            response = await self._short(
+                "POST",
+                "/gateway/v1/password/verify",
+                {"user": effect.user, "password": effect.password},
+            )
+        except _Refusal as exc:
+            return self._refused(exc, "password")
+        data = _json(response)
+        return Checked(data.get("result") == "accept", str(data.get("reason", "")))
+
+    async def _cancel(self, effect: CancelAuthentication, deadline: float) -> Result:
+        path = f"/gateway/v1/authentications/{effect.authentication_id}/cancel"
+        # A refusal means it was answered or expired already: nothing left to cancel.
+        with contextlib.suppress(_Refusal):
+            await self._retrying(lambda: self._short("POST", path), deadline, START_RETRY_WINDOW)
+        return Done()
+
+    async def _audit(self, effect: Audit) -> Result:
+        try:
+            await self._short(
+                "POST",
+                "/gateway/v1/audit",
+                {"action": effect.action, "user": effect.user, "detail": effect.detail[:500]},
+            )
+        except _Refusal as exc:
+            log.error("the backend refused an audit record: %s %s", exc.kind, exc.detail)
+        return Done()
+
+    @staticmethod
+    def _refused(exc: _Refusal, where: str) -> Result:
+        if exc.kind in REFUSED_KINDS:
+            return Refused(cast(Any, exc.kind), exc.detail)
+        if where in ("submit", "verify", "password"):
+            # The backend found the input unusable (too long, bad characters): a wrong code.
+            return Checked(False, exc.kind)
+        # Any other refusal is still a refusal: reject, never the failmode.
+        log.warning("backend refused %s: %s %s", where, exc.status, exc.kind)
+        return Refused("invalid-name", f"{exc.kind}: {exc.detail}")
+
+    # -- the clients document -----------------------------------------------------------------
+
+    async def fetch_clients(self, etag: str | None) -> ClientsDocument | None:
+        """The clients document, or ``None`` when it has not changed since ``etag``.
+
+        Raises :class:`BackendError` when the backend cannot be used.
+        """
+        headers = {"if-none-match": f'"{etag}"'} if etag else {}
+        try:
+            async with asyncio.timeout(self.http_timeout):
+                response = await self._http.get("/gateway/v1/radius/clients", headers=headers)
+        except (TimeoutError, httpx.HTTPError) as exc:
+            raise BackendError(f"cannot fetch the RADIUS clients: {type(exc).__name__}") from exc
+        if response.status_code == 304:
+            return None
+        if response.status_code != 200:
+            kind, detail = _problem(response)
+            raise BackendError(
+                f"fetching the RADIUS clients: {response.status_code} {kind}: {detail}"
+            )
+        try:
+            data = response.json()
+        except json.JSONDecodeError as exc:
+            raise BackendError("the RADIUS clients document is not JSON") from exc
+        if not isinstance(data, dict):
+            raise BackendError("the RADIUS clients document is not a JSON object")
+        revision = str(data.get("revision") or response.headers.get("etag", "").strip('"'))
+        return ClientsDocument(revision, cast(dict[str, Any], data))
+
+
+def monotonic_deadline(seconds: float) -> float:
+    """A deadline ``seconds`` from now in the running loop's clock."""
+    try:
+        return asyncio.get_running_loop().time() + seconds
+    except RuntimeError:
+        return time.monotonic() + seconds

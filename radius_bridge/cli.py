@@ -1,0 +1,155 @@
+"""``openmfa radius``: the bridge on its own host.
+
+    openmfa radius --backend https://mfa.example.com --token-file bridge.token \\
+        [--listen HOST:PORT ...] [--clients-file FILE] [--metrics-listen HOST:PORT]
+
+Needs only its own settings; gets the RADIUS clients from the backend (or a file) and
+imports nothing from the backend package. SIGTERM or Ctrl-C stop it cleanly (exit status 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from radius_bridge.config import BridgeConfigError, BridgeSettings, load_bridge_settings
+
+PROG = "openmfa radius"
+_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``openmfa radius`` arguments (also for ``--help``)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Serve RADIUS for gateways (VPN, RD Gateway via NPS, Wi-Fi) and relay each "
+        "sign-in to the OpenMFA backend's gateway API. Every option can also be set as "
+        "OPENMFA_BRIDGE_<OPTION> (e.g. OPENMFA_BRIDGE_BACKEND, OPENMFA_BRIDGE_TOKEN).",
+    )
+    parser.add_argument("--backend", metavar="URL", help="the OpenMFA server, https://...")
+    parser.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding an API token of scope bridge (mode 0600); or set OPENMFA_BRIDGE_TOKEN",
+    )
+    parser.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="UDP address to serve RADIUS on; repeat for several (IPv6 as [::]:1812). "
+        "Default: 0.0.0.0:1812 and [::]:1812",
+    )
+    parser.add_argument(
+        "--clients-file",
+        type=Path,
+        metavar="FILE",
+        help="read RADIUS clients from this JSON file instead of the backend "
+        "(re-read when it changes)",
+    )
+    parser.add_argument(
+        "--refresh-seconds",
+        type=float,
+        metavar="S",
+        help="how often the client list is re-read (default 5)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics",
+    )
+    parser.add_argument(
+        "--http-timeout", type=float, metavar="S", help="longest backend call (default 10)"
+    )
+    parser.add_argument(
+        "--max-held",
+        type=int,
+        metavar="N",
+        help="requests in progress at once; more are dropped (default 20000)",
+    )
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["json", "text"])
+    return parser
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and the record's extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """Structured lines on stderr (the bridge's own setup: it cannot use the backend's)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonLines() if fmt == "json" else logging.Formatter("%(levelname)-7s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    quiet_libraries()
+
+
+def quiet_libraries() -> None:
+    """httpx logs every request at INFO: thousands of lines a second on a busy bridge."""
+    for name in ("httpx", "httpcore", "uvicorn.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def settings_from(args: argparse.Namespace) -> BridgeSettings:
+    """Settings from parsed arguments plus ``OPENMFA_BRIDGE_*``."""
+    return load_bridge_settings(
+        backend_url=args.backend,
+        token_file=args.token_file,
+        listen=args.listen,
+        clients_file=args.clients_file,
+        refresh_seconds=args.refresh_seconds,
+        http_timeout=args.http_timeout,
+        metrics_listen=args.metrics_listen,
+        max_held=args.max_held,
+        log_level=args.log_level,
+        log_format=args.log_format,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the standalone bridge until SIGTERM / SIGINT; the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except BridgeConfigError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 1
+    configure_logging(settings.log_level, settings.log_format)
+    from radius_bridge.server import StartupError, run
+
+    try:
+        run(settings)
+    except StartupError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

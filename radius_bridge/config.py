@@ -1,0 +1,259 @@
+"""The bridge's own settings: where the backend is, the credential, where to listen.
+
+Standalone (``openmfa radius``) they come from the command line and ``OPENMFA_BRIDGE_*``
+environment variables; inside ``openmfa run`` the backend builds them directly. Nothing here
+imports the backend: a bridge on its own host needs only this.
+
+Every bad value is reported as one :class:`BridgeConfigError` naming the setting, never with
+the token in it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "OPENMFA_BRIDGE_"
+DEFAULT_PORT = 1812
+#: Both address families on the standard port, as FreeRADIUS listens by default. When a
+#: default address cannot be bound (a host without IPv6), the bridge warns and goes on with
+#: the others; an address the operator named must bind or the bridge does not start.
+DEFAULT_LISTEN = ("0.0.0.0:1812", "[::]:1812")
+
+
+class BridgeConfigError(Exception):
+    """A setting is missing or invalid. The message names it and never holds a secret."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """One UDP socket to serve RADIUS on."""
+
+    host: str
+    port: int
+
+    @property
+    def family_v6(self) -> bool:
+        """True for an IPv6 address."""
+        return ":" in self.host
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if self.family_v6 else f"{self.host}:{self.port}"
+
+
+def parse_host_port(text: str, what: str, default_port: int | None = None) -> ListenAddress:
+    """``HOST:PORT``, ``[V6]:PORT`` (or a bare host when ``default_port`` is given).
+
+    HOST must be an IP address literal: a listen address that depends on name resolution
+    changes under the operator's feet.
+    """
+    raw = text.strip()
+    host, port_text = raw, ""
+    if raw.startswith("["):
+        end = raw.find("]")
+        if end < 0:
+            raise BridgeConfigError(f"{what}: {text!r} lacks the closing ']'")
+        host, rest = raw[1:end], raw[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise BridgeConfigError(f"{what}: {text!r} is not [ADDRESS]:PORT")
+        port_text = rest[1:]
+    elif raw.count(":") == 1:
+        host, port_text = raw.split(":")
+    elif raw.count(":") > 1:
+        raise BridgeConfigError(
+            f"{what}: write an IPv6 address in brackets with its port, e.g. [::1]:1812"
+        )
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise BridgeConfigError(f"{what}: {host!r} is not an IP address") from None
+    if not port_text:
+        if default_port is None:
+            raise BridgeConfigError(f"{what}: {text!r} needs a port (HOST:PORT)")
+        port = default_port
+    else:
+        if not port_text.isdigit():
+            raise BridgeConfigError(f"{what}: port {port_text!r} is not a number")
+        port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise BridgeConfigError(f"{what}: port {port} is outside 0-65535")
+    return ListenAddress(str(address), port)
+
+
+def _number(
+    raw: str | float | int, what: str, low: float, high: float, integer: bool = False
+) -> float:
+    try:
+        value = float(raw) if not integer else int(str(raw))
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise BridgeConfigError(f"{what}: {raw!r} is not {kind}") from None
+    if not low <= value <= high:
+        raise BridgeConfigError(f"{what}: {value:g} is outside {low:g}-{high:g}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSettings:
+    """Everything a bridge is told. ``token`` is kept out of ``repr``.
+
+    * ``backend_url``: where the gateway API lives (``https://mfa.example.com``).
+    * ``token``: a bearer token with scope ``bridge``.
+    * ``listen``: UDP addresses (IPv4 and IPv6; several allowed).
+    * ``clients_file``: read the RADIUS clients from this JSON file (the clients document)
+      instead of fetching them from the backend.
+    * ``refresh_seconds``: how often the clients are re-read (ETag / mtime), so changes take
+      effect within seconds.
+    * ``http_timeout``: the longest any single short backend call may take (long-polls are
+      bounded by the client's push timeout instead).
+    * ``long_poll_seconds``: the slice of one long-poll; must not exceed the backend's
+      ``long_poll_max_seconds`` (60 by default) nor the idle timeout of a proxy in between
+      (60 s is common). Each held push re-polls once per slice, so longer is cheaper.
+    * ``metrics_listen``: serve ``/metrics`` here (standalone only).
+    * ``max_held``: requests in progress at once; beyond, new requests are dropped (the
+      gateway retransmits) instead of letting memory grow without bound.
+    * ``backend_connections``: the pool for short calls (start, verify, submit, cancel,
+      audit, clients). Long-polls have their own pool of up to ``max_held`` connections.
+    """
+
+    backend_url: str
+    token: str = field(repr=False)
+    listen: tuple[ListenAddress, ...] = ()
+    listen_is_default: bool = False
+    clients_file: Path | None = None
+    refresh_seconds: float = 5.0
+    http_timeout: float = 10.0
+    long_poll_seconds: float = 50.0
+    metrics_listen: ListenAddress | None = None
+    max_held: int = 20_000
+    backend_connections: int = 64
+    receive_buffer_bytes: int = 4 * 1024 * 1024
+    log_level: str = "info"
+    log_format: str = "json"
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.backend_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise BridgeConfigError(
+                f"backend URL {self.backend_url!r} must start with http:// or https://"
+            )
+        if not self.token or any(c.isspace() for c in self.token) or len(self.token) > 512:
+            raise BridgeConfigError("the bridge token is empty or malformed")
+        if not self.listen:
+            raise BridgeConfigError("at least one listen address is needed")
+        if len(set(self.listen)) != len(self.listen):
+            raise BridgeConfigError("a listen address is given twice")
+        _number(self.refresh_seconds, "refresh seconds", 0.1, 3600)
+        _number(self.http_timeout, "HTTP timeout", 0.5, 120)
+        _number(self.long_poll_seconds, "long-poll seconds", 1, 600)
+        _number(self.max_held, "max held requests", 1, 1_000_000, integer=True)
+        _number(self.backend_connections, "backend connections", 1, 10_000, integer=True)
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise BridgeConfigError(f"log level {self.log_level!r}: debug, info, warning, error")
+        if self.log_format not in ("json", "text"):
+            raise BridgeConfigError(f"log format {self.log_format!r}: json or text")
+
+    @property
+    def base_url(self) -> str:
+        """The backend URL without a trailing slash."""
+        return self.backend_url.rstrip("/")
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path`` (surrounding whitespace dropped). The file must be private."""
+    try:
+        info = path.stat()
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BridgeConfigError(f"token file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BridgeConfigError(f"cannot read token file {path}: {exc}") from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        # A bridge token can start authentications for any user: keep it like a key.
+        raise BridgeConfigError(
+            f"token file {path} is readable by others; chmod 600 it (mode "
+            f"{stat.S_IMODE(info.st_mode):04o})"
+        )
+    token = text.strip()
+    if not token:
+        raise BridgeConfigError(f"token file {path} is empty")
+    return token
+
+
+def load_bridge_settings(
+    *,
+    backend_url: str | None = None,
+    token_file: Path | None = None,
+    listen: Sequence[str] = (),
+    clients_file: Path | None = None,
+    refresh_seconds: float | None = None,
+    http_timeout: float | None = None,
+    long_poll_seconds: float | None = None,
+    metrics_listen: str | None = None,
+    max_held: int | None = None,
+    log_level: str | None = None,
+    log_format: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> BridgeSettings:
+    """Arguments win over ``OPENMFA_BRIDGE_*`` variables, which win over the defaults.
+
+    The token comes from ``token_file`` (``--token-file`` / ``OPENMFA_BRIDGE_TOKEN_FILE``)
+    or from ``OPENMFA_BRIDGE_TOKEN``; never from the command line, where ``ps`` shows it.
+    """
+    env = os.environ if environ is None else environ
+
+    def pick(value: object, name: str) -> str | None:
+        if value is not None:
+            return str(value)
+        return env.get(ENV_PREFIX + name) or None
+
+    url = pick(backend_url, "BACKEND")
+    if not url:
+        raise BridgeConfigError("the backend URL is required (--backend or OPENMFA_BRIDGE_BACKEND)")
+    token_path = pick(token_file, "TOKEN_FILE")
+    if token_path:
+        token = read_token_file(Path(token_path))
+    elif env.get(ENV_PREFIX + "TOKEN"):
+        token = env[ENV_PREFIX + "TOKEN"].strip()
+    else:
+        raise BridgeConfigError(
+            "a bridge token is required (--token-file FILE or OPENMFA_BRIDGE_TOKEN)"
+        )
+    listen_texts = list(listen)
+    if not listen_texts and env.get(ENV_PREFIX + "LISTEN"):
+        listen_texts = [t for t in env[ENV_PREFIX + "LISTEN"].replace(",", " ").split() if t]
+    is_default = not listen_texts
+    addresses = tuple(
+        parse_host_port(t, "listen address", DEFAULT_PORT) for t in (listen_texts or DEFAULT_LISTEN)
+    )
+    clients_text = pick(clients_file, "CLIENTS_FILE")
+    metrics_text = pick(metrics_listen, "METRICS_LISTEN")
+
+    def number(arg: float | None, env_name: str, default: float) -> float:
+        raw = pick(arg, env_name)
+        return (
+            default if raw is None else _number(raw, env_name.lower().replace("_", " "), -1e9, 1e9)
+        )
+
+    held = pick(max_held, "MAX_HELD")
+    return BridgeSettings(
+        backend_url=url,
+        token=token,
+        listen=addresses,
+        listen_is_default=is_default,
+        clients_file=Path(clients_text) if clients_text else None,
+        refresh_seconds=number(refresh_seconds, "REFRESH_SECONDS", 5.0),
+        http_timeout=number(http_timeout, "HTTP_TIMEOUT", 10.0),
+        long_poll_seconds=number(long_poll_seconds, "LONG_POLL_SECONDS", 50.0),
+        metrics_listen=parse_host_port(metrics_text, "metrics address") if metrics_text else None,
+        max_held=20_000
+        if held is None
+        else int(_number(held, "max held requests", 1, 1_000_000, integer=True)),
+        log_level=(pick(log_level, "LOG_LEVEL") or "info").lower(),
+        log_format=(pick(log_format, "LOG_FORMAT") or "json").lower(),
+    )

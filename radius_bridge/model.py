@@ -1,0 +1,303 @@
+"""The bridge's vocabulary: RADIUS client settings, and the effects, results and decisions
+that pass between the sans-IO flow (:mod:`radius_bridge.protocol.flow`) and the asyncio
+layer that carries them out.
+
+The flow never does I/O. It *yields* an effect (``StartAuthentication``...), the runner
+performs it (HTTP to the backend, UDP to an upstream RADIUS server) and sends the result back
+in; at the end the flow returns a :data:`Decision`. Tests drive the flow with results of
+their choosing, no sockets needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Literal
+
+Network = IPv4Network | IPv6Network
+Address = IPv4Address | IPv6Address
+Mode = Literal["push", "challenge", "otp"]
+Primary = Literal["none", "local", "radius"]
+FailMode = Literal["secure", "safe"]
+Unenrolled = Literal["reject", "allow"]
+NameFormat = Literal["strip", "keep", "map"]
+
+DEFAULT_PROMPT = "Approve the sign-in on your phone, or type the code from the app"
+
+
+# -- per-client settings (fetched from the backend, or read from a file) ----------------------
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The RADIUS server that checks passwords when ``primary`` is ``radius``."""
+
+    host: str
+    port: int
+    secret: bytes
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class NameRule:
+    """How the User-Name a gateway sends becomes an OpenMFA user name.
+
+    ``strip``: ``CONTOSO\\alice`` and ``alice@contoso.com`` become ``alice``. ``keep``: as
+    sent. ``map``: a realm listed in ``realm_map`` is rewritten with its template (``{user}``
+    is the bare name, e.g. ``partner.example -> "{user}.partner"``); other realms are stripped.
+    """
+
+    format: NameFormat = "strip"
+    realm_map: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Everything the bridge knows about one RADIUS client (a gateway)."""
+
+    name: str
+    networks: tuple[Network, ...]
+    secret: bytes
+    mode: Mode = "push"
+    primary: Primary = "none"
+    upstream: Upstream | None = None
+    require_message_authenticator: bool = True
+    failmode: FailMode = "secure"
+    unenrolled: Unenrolled = "reject"
+    push_timeout: float = 55.0
+    prompt: str = DEFAULT_PROMPT
+    user_names: NameRule = field(default_factory=NameRule)
+    exempt_users: frozenset[str] = frozenset()  # normalised, lower case
+    exempt_networks: tuple[Network, ...] = ()  # matched against Calling-Station-Id
+    password_separator: str = ","  # noqa: S105 - a separator, not a password
+    reply_attributes: tuple[tuple[str, str], ...] = ()  # ("Filter-Id", "vpn-users"), ...
+
+
+# -- what the flow sees of an Access-Request ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One reply attribute by dictionary name, value as the dictionary types it."""
+
+    name: str
+    value: str | int | bytes
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    """A verified, decoded Access-Request (Message-Authenticator already checked)."""
+
+    client: ClientConfig
+    source: tuple[str, int]
+    identifier: int
+    authenticator: bytes
+    user_name: str  # as sent
+    user: str  # normalised by the client's NameRule
+    password: bytes | None  # User-Password, decrypted; None when absent
+    state: bytes | None  # State attribute of a challenge answer
+    calling_station_id: str | None = None
+    nas_identifier: str | None = None
+    nas_ip_address: str | None = None
+    raw: bytes = b""  # the datagram, for forwarding upstream
+    proxy_state: tuple[bytes, ...] = ()  # Proxy-State values, copied back in order (RFC 2865)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Same for every retransmission of this request, different for every new one."""
+        nas = self.nas_identifier or self.nas_ip_address or self.source[0]
+        return f"{self.client.name}/{nas}/{self.authenticator.hex()}"
+
+
+# -- effects the flow yields, and their results ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyPassword:
+    """Primary ``local``: check the user's OpenMFA password (argon2id, in the backend)."""
+
+    user: str
+    password: str
+
+
+@dataclass(frozen=True)
+class UpstreamAuthenticate:
+    """Primary ``radius``: forward User-Name and password to the upstream server."""
+
+    user_name: str
+    password: bytes
+
+
+@dataclass(frozen=True)
+class StartAuthentication:
+    """Start (or join) a second-factor authentication in the backend."""
+
+    user: str
+    method: Literal["push", "otp", "auto"]
+    idempotency_key: str
+    client_name: str
+    client_ip: str | None
+    nas_identifier: str | None
+
+
+@dataclass(frozen=True)
+class WaitOutcome:
+    """Long-poll the authentication until it is final or ``seconds`` have passed."""
+
+    authentication_id: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class SubmitCode:
+    """The user typed a code in answer to a challenge."""
+
+    authentication_id: str
+    code: str
+
+
+@dataclass(frozen=True)
+class VerifyCode:
+    """A code that came with the password (``password,code``) or in otp mode."""
+
+    user: str
+    code: str
+
+
+@dataclass(frozen=True)
+class CancelAuthentication:
+    """The flow gave up on a pending authentication (push timeout)."""
+
+    authentication_id: str
+
+
+@dataclass(frozen=True)
+class Audit:
+    """A decision the backend must record because the bridge made it alone."""
+
+    action: Literal[
+        "radius.exempt_user",
+        "radius.exempt_network",
+        "radius.unenrolled_allowed",
+        "radius.failsafe_accept",
+    ]
+    user: str
+    detail: str
+
+
+Effect = (
+    VerifyPassword
+    | UpstreamAuthenticate
+    | StartAuthentication
+    | WaitOutcome
+    | SubmitCode
+    | VerifyCode
+    | CancelAuthentication
+    | Audit
+)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Result of ``VerifyPassword``, ``VerifyCode`` and ``SubmitCode``."""
+
+    accepted: bool
+    reason: str  # backend's reason: ok, wrong-code, replayed, wrong-password, ...
+
+
+@dataclass(frozen=True)
+class UpstreamAnswer:
+    """Result of ``UpstreamAuthenticate``: accepted or not, and what it granted."""
+
+    accepted: bool
+    attributes: tuple[Attribute, ...] = ()  # Class, Filter-Id, Framed-*, VSAs to copy back
+    reply_message: str | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    """Result of ``StartAuthentication``."""
+
+    authentication_id: str
+    method: Literal["push", "otp"]
+    state: str  # pending, or already final for a repeated idempotency key
+    number: int | None  # number matching: show it to the user
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The backend refused the user (result of Start/Verify/Submit effects)."""
+
+    kind: Literal[
+        "unknown-user",
+        "user-not-enrolled",
+        "user-disabled",
+        "user-blocked",
+        "otp-locked",
+        "challenge-closed",
+        "challenge-expired",
+        "invalid-name",
+    ]
+    detail: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Result of ``WaitOutcome``: the state now (``pending`` if the wait ran out)."""
+
+    state: str
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """The backend or upstream did not answer in time, or answered 5xx: apply the failmode."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """Result of effects that return nothing (``Audit``, ``CancelAuthentication``)."""
+
+
+Result = Checked | UpstreamAnswer | Started | Refused | Outcome | Unavailable | Done
+
+
+# -- decisions ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Accept:
+    attributes: tuple[Attribute, ...] = ()
+    reason: str = "ok"
+
+
+@dataclass(frozen=True)
+class Reject:
+    reason: str  # for the log and metrics: wrong-password, denied, timeout, blocked, ...
+    reply_message: str | None = None
+
+
+@dataclass(frozen=True)
+class ChallengeRound:
+    """What the request answering a Challenge continues. The core records it under the
+    Challenge's State when the Challenge is sent, bound to the client and user."""
+
+    authentication_id: str | None  # the backend authentication; None: check with VerifyCode
+    method: Literal["push", "otp"]  # push: an empty answer waits for the phone
+    number: int | None = None  # number matching: shown again when asking once more
+    attributes: tuple[Attribute, ...] = ()  # granted in the first round, for the final Accept
+    attempts: int = 0  # wrong or empty answers so far
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """Answer Access-Challenge; the next request must carry ``state``."""
+
+    state: bytes
+    reply_message: str
+    reason: str = "challenge"
+    next_round: ChallengeRound | None = None  # None: the State is not recorded
+
+
+Decision = Accept | Reject | Challenge

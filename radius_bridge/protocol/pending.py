@@ -1,0 +1,112 @@
+"""Pushes in flight, per (client, user), so a *new* request joins a pending push.
+
+Retransmissions of one request are absorbed by :mod:`.dedup`. Some gateways (old
+AnyConnect clients, users pressing "connect" twice) instead send a new Access-Request, with
+a new Identifier, for the same user while the phone still shows the first push. That
+request joins the pending push rather than sending a second one: two pushes for one sign-in
+train people to approve whatever pops up. A request joins only after its own primary
+authentication succeeded, so joining never skips the password, and only when it comes from
+the same end-user address (Calling-Station-Id) as the request that started the push:
+otherwise someone holding the password elsewhere could ride on the user's own approval.
+
+Each flow waiting on a push *holds* it; the last holder to give up cancels it in the
+backend. The entry ends when the push is final, when its time is up, or when the map is
+full (oldest first; the worst case is a second push).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+DEFAULT_MAX_ENTRIES: Final = 100_000
+
+
+@dataclass(slots=True)
+class PendingPush:
+    """One push the backend has sent and nobody has answered yet."""
+
+    client: str
+    user: str  # casefolded
+    authentication_id: str
+    number: int | None  # number matching: the number to show
+    expires_at: float
+    holders: int = 0  # flows waiting on it right now
+    origin: str | None = None  # Calling-Station-Id of the request that started it
+
+
+class PendingPushes:
+    """The registry; explicit clock."""
+
+    def __init__(self, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, str], PendingPush] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def holders(self) -> int:
+        """Flows waiting on a push right now, over all entries."""
+        return sum(entry.holders for entry in self._entries.values())
+
+    def find(self, client: str, user: str, now: float) -> PendingPush | None:
+        """The pending push of ``user`` at ``client`` that may still be joined."""
+        key = (client, user.casefold())
+        entry = self._entries.get(key)
+        if entry is not None and entry.expires_at <= now:
+            del self._entries[key]
+            return None
+        return entry
+
+    def joinable(
+        self, client: str, user: str, now: float, origin: str | None
+    ) -> PendingPush | None:
+        """The pending push a new request from ``origin`` (its Calling-Station-Id) may join:
+        same client, same user, same end-user address."""
+        entry = self.find(client, user, now)
+        if entry is None or entry.origin != origin:
+            return None
+        return entry
+
+    def add(
+        self,
+        client: str,
+        user: str,
+        authentication_id: str,
+        number: int | None,
+        expires_at: float,
+        origin: str | None = None,
+    ) -> PendingPush:
+        """Register a push just started (replacing any older entry for the same user)."""
+        key = (client, user.casefold())
+        self._entries.pop(key, None)
+        if len(self._entries) >= self.max_entries:
+            del self._entries[next(iter(self._entries))]
+        entry = PendingPush(client, key[1], authentication_id, number, expires_at, 0, origin)
+        self._entries[key] = entry
+        return entry
+
+    def hold(self, entry: PendingPush) -> None:
+        """A flow starts waiting on ``entry``."""
+        entry.holders += 1
+
+    def release(self, entry: PendingPush) -> bool:
+        """A flow stops waiting on ``entry``. True if no flow waits on it any more (the
+        caller may then cancel the push)."""
+        entry.holders = max(0, entry.holders - 1)
+        return entry.holders == 0
+
+    def remove(self, entry: PendingPush) -> None:
+        """Forget ``entry`` (the push is final or cancelled) if it is still the registered
+        one; a newer push for the same user stays."""
+        key = (entry.client, entry.user)
+        if self._entries.get(key) is entry:
+            del self._entries[key]
+
+    def expire(self, now: float) -> None:
+        """Drop entries whose time is up and that no flow waits on."""
+        for key in [k for k, e in self._entries.items() if e.expires_at <= now and not e.holders]:
+            del self._entries[key]

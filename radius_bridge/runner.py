@@ -1,0 +1,532 @@
+"""The bridge at run time: UDP sockets -> sans-IO core -> one task per request -> backend.
+
+:class:`Bridge` owns the pieces and their life cycle:
+
+* the :class:`~radius_bridge.protocol.core.BridgeCore` (client table, duplicates, States,
+  pending pushes), fed synchronously from every socket's ``datagram_received``;
+* one asyncio task per new Access-Request, driving the core's flow generator: each effect
+  the flow yields is performed by the :class:`~radius_bridge.backend_client.BackendClient`
+  (HTTP) or the :class:`~radius_bridge.upstream.UpstreamClient` (RADIUS), the result sent
+  back in, and the final decision encoded by ``core.finish`` and sent to the source;
+* the client table, re-read every ``refresh_seconds`` from the backend (ETag) or from the
+  clients file (when its mtime / size changes); the last good table stays in use when the
+  backend is down or the file is broken, so a backend restart changes nothing for gateways.
+
+Bounds: at most ``max_held`` requests in progress; a new one beyond that is dropped (counted
+as ``overload``; the gateway retransmits). A held request costs its task, the flow's
+generator frame and, standalone, one long-poll on its own backend connection (see
+:mod:`radius_bridge.backend_client` for the pools).
+
+Shutdown (:meth:`Bridge.stop`): new datagrams are ignored at once, so nothing new begins. Requests
+waiting for a phone are **not answered**: they are cancelled and left to the gateway's
+retransmission. Answering would mean rejecting a sign-in the user may be approving right now
+or, with failmode ``safe``, accepting it without the second factor because of a planned
+restart. Instead the pending authentication stays in the backend, and a retransmission that
+reaches the restarted bridge carries the same Request Authenticator, hence the same
+idempotency key: it rejoins that authentication, and an approval given meanwhile counts.
+Requests busy with a short call (a code check, the password) get ``stop_grace`` seconds to
+finish and send their answer, since a code spent in the backend but never answered would be
+"replayed" on retry; then the sockets close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from radius_bridge.backend_client import BackendClient, BackendError
+from radius_bridge.clients import (
+    ClientList,
+    ClientsError,
+    ClientTable,
+    parse_clients,
+    parse_clients_json,
+)
+from radius_bridge.config import BridgeSettings, ListenAddress
+from radius_bridge.metrics import BridgeMetrics
+from radius_bridge.model import (
+    Accept,
+    AccessRequest,
+    Audit,
+    Challenge,
+    Decision,
+    Done,
+    Effect,
+    Reject,
+    Result,
+    Unavailable,
+    UpstreamAuthenticate,
+    WaitOutcome,
+)
+from radius_bridge.protocol.core import Absorbed, Begin, BridgeCore, Drop, Send
+from radius_bridge.transport import Peer, RadiusProtocol, listen, make_socket
+from radius_bridge.upstream import UpstreamClient
+
+log = logging.getLogger("openmfa.radius")
+decisions_log = logging.getLogger("openmfa.radius.decision")
+
+#: Beyond the push timeout, what a request may still spend on the calls around the wait
+#: (primary authentication, starting the push): a hard cap against a runaway, never the
+#: normal way a request ends (the flow bounds the wait; each call has its own timeout).
+EXTRA_TIME = 15.0
+#: Undelivered audit records in flight at most; beyond, they go to the log only.
+MAX_AUDIT_TASKS = 1000
+#: Seconds between housekeeping rounds (expired States, duplicates, pushes).
+HOUSEKEEPING_SECONDS = 5.0
+#: Log lines about dropped datagrams at most per minute, whatever the core allows per source.
+DROP_LOG_BUDGET = 30
+
+
+@dataclass(slots=True)
+class _Held:
+    """A request in progress: what shutdown needs to know about it."""
+
+    request: AccessRequest
+    task: asyncio.Task[None] | None = None
+    waiting: bool = False  # in a long-poll for the phone (safe to cancel at shutdown)
+
+
+class StartupError(Exception):
+    """The bridge could not start (a listen address cannot be bound)."""
+
+
+class Bridge:
+    """A running RADIUS bridge; ``await start()`` ... ``await stop()``."""
+
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        metrics: BridgeMetrics | None = None,
+        core: BridgeCore | None = None,
+        clock: Callable[[], float] | None = None,
+        stop_grace: float = 2.0,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or BridgeMetrics()
+        self.core = core or BridgeCore(ClientTable(()))
+        self._clock_override = clock
+        self.stop_grace = stop_grace
+        self.backend = BackendClient(
+            settings.base_url,
+            settings.token,
+            transport=transport,
+            http_timeout=settings.http_timeout,
+            long_poll_seconds=settings.long_poll_seconds,
+            backend_connections=settings.backend_connections,
+            max_long_polls=settings.max_held,
+            on_unavailable=self._count_unavailable,
+        )
+        self.upstream = UpstreamClient(dictionary=self.core.dictionary)
+        self.endpoints: list[RadiusProtocol] = []
+        self.revision: str | None = None
+        self.client_errors: tuple[str, ...] = ()
+        self._held: dict[int, _Held] = {}
+        self._audits: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self._file_stamp: tuple[int, int, int] | None = None
+        self._drop_log_window = (0.0, 0)
+        self._failing_since: float | None = None
+        self._failure_logged = 0.0
+        self.table_loaded = asyncio.Event()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def clock(self) -> float:
+        """The core's and the flows' clock (the loop's monotonic clock unless overridden)."""
+        if self._clock_override is not None:
+            return self._clock_override()
+        assert self._loop is not None  # noqa: S101 - only called while running
+        return self._loop.time()
+
+    async def start(self, sockets: dict[ListenAddress, Any] | None = None) -> None:
+        """Bind the listen addresses (or use pre-bound ``sockets``), load the client table
+        once, and start refreshing it. Raises :class:`StartupError` if nothing can bind."""
+        self._loop = asyncio.get_running_loop()
+        await self._bind(sockets or {})
+        await self.refresh_clients()
+        self._background.append(asyncio.create_task(self._refresh_loop(), name="radius-refresh"))
+        self._background.append(
+            asyncio.create_task(self._housekeeping_loop(), name="radius-housekeeping")
+        )
+        log.info(
+            "RADIUS bridge listening on %s",
+            ", ".join(str(e.bound) for e in self.endpoints),
+            extra={"listen": [str(e.bound) for e in self.endpoints]},
+        )
+
+    async def _bind(self, sockets: dict[ListenAddress, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        failures: list[str] = []
+        for address in self.settings.listen:
+            try:
+                sock = sockets.get(address)
+                if sock is not None:
+                    _, protocol = await loop.create_datagram_endpoint(
+                        lambda a=address: RadiusProtocol(self, a),  # type: ignore[misc]
+                        sock=sock,
+                    )
+                else:
+                    protocol = await listen(address, self, self.settings.receive_buffer_bytes)
+            except OSError as exc:
+                if self.settings.listen_is_default:
+                    # A default address (IPv6 on a host without it): go on with the others.
+                    log.warning("not listening on %s: %s", address, exc.strerror or exc)
+                    failures.append(f"{address}: {exc.strerror or exc}")
+                    continue
+                await self._close_endpoints()
+                raise StartupError(
+                    f"cannot listen for RADIUS on UDP {address}: {exc.strerror or exc}"
+                ) from exc
+            self.endpoints.append(protocol)
+        if not self.endpoints:
+            raise StartupError("cannot listen for RADIUS: " + "; ".join(failures))
+
+    async def _close_endpoints(self) -> None:
+        for endpoint in self.endpoints:
+            endpoint.close()
+        self.endpoints.clear()
+
+    async def stop(self) -> None:
+        """Stop (see the module docstring for what happens to held requests)."""
+        if self._stopping:
+            return
+        # New datagrams are ignored from here on; the sockets stay open until the busy
+        # requests below have sent their answers.
+        self._stopping = True
+        for task in self._background:
+            task.cancel()
+        # Long-polls first: cancelling them is always safe (see the module docstring).
+        for held in list(self._held.values()):
+            if held.waiting and held.task is not None:
+                held.task.cancel()
+        busy = [h.task for h in self._held.values() if h.task is not None and not h.task.done()]
+        if busy:
+            _, late = await asyncio.wait(busy, timeout=self.stop_grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+        await self._close_endpoints()
+        if self._audits:
+            await asyncio.wait(self._audits, timeout=self.stop_grace)
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.backend.aclose()
+        await self.upstream.aclose()
+        log.info("RADIUS bridge stopped")
+
+    @property
+    def held(self) -> int:
+        """Requests in progress now."""
+        return len(self._held)
+
+    # -- datagrams ------------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, peer: Peer, endpoint: RadiusProtocol) -> None:
+        """Called by each socket for each datagram: classify, then act (never awaits)."""
+        arrived = time.perf_counter()
+        if self._stopping:
+            return
+        out = self.core.receive(data, peer, self.clock())
+        if isinstance(out, Begin):
+            request = out.request
+            if len(self._held) >= self.settings.max_held:
+                self.core.abandon(request)
+                self.metrics.drops.labels("overload").inc()
+                self._log_drop(f"more than {self.settings.max_held} requests in progress")
+                return
+            held = _Held(request)
+            key = id(held)
+            self._held[key] = held
+            self.metrics.held.set(len(self._held))
+            held.task = asyncio.get_running_loop().create_task(
+                self._decide(held, key, endpoint, peer, arrived)
+            )
+        elif isinstance(out, Send):
+            endpoint.send(out.data, peer)
+            if out.reason == "status-server":
+                self.metrics.requests.labels(self._client_name(peer), "status").inc()
+            else:
+                self.metrics.duplicates.labels("cached").inc()
+        elif isinstance(out, Absorbed):
+            self.metrics.duplicates.labels("absorbed").inc()
+        elif isinstance(out, Drop):
+            self.metrics.drops.labels(out.reason).inc()
+            if out.reason == "bad-message-authenticator":
+                self.metrics.wrong_secret.labels(self._client_name(peer)).inc()
+            if out.log:
+                self._log_drop(out.detail, out.reason)
+
+    def _client_name(self, peer: Peer) -> str:
+        client = self.core.clients.match(peer[0])
+        return client.name if client is not None else "unknown"
+
+    def _log_drop(self, detail: str, reason: str = "overload") -> None:
+        # The core limits lines per source; this caps them overall, so spoofed sources from a
+        # whole network cannot flood the log either.
+        now = time.monotonic()
+        start, count = self._drop_log_window
+        if now - start >= 60:
+            start, count = now, 0
+        if count < DROP_LOG_BUDGET:
+            log.warning("dropped a RADIUS datagram: %s", detail, extra={"reason": reason})
+        self._drop_log_window = (start, count + 1)
+
+    # -- one request --------------------------------------------------------------------------
+
+    async def _decide(
+        self, held: _Held, key: int, endpoint: RadiusProtocol, peer: Peer, arrived: float
+    ) -> None:
+        request = held.request
+        client = request.client
+        loop = asyncio.get_running_loop()
+        upstream_time = client.upstream.timeout if client.upstream is not None else 0.0
+        deadline = (
+            loop.time()
+            + client.push_timeout
+            + 2 * self.settings.http_timeout
+            + upstream_time
+            + EXTRA_TIME
+        )
+        flow = self.core.authenticate(request, self.clock)
+        decision: Decision | None = None
+        try:
+            result: Result | None = None
+            while True:
+                try:
+                    effect = flow.send(result)  # type: ignore[arg-type]
+                except StopIteration as stop:
+                    decision = stop.value
+                    break
+                if isinstance(effect, UpstreamAuthenticate | Audit):
+                    result = await self._perform(effect, request, deadline)
+                else:
+                    # Directly, not through _perform: one frame less per held request.
+                    held.waiting = isinstance(effect, WaitOutcome)
+                    result = await self.backend.perform(effect, deadline)
+                    held.waiting = False
+        except asyncio.CancelledError:
+            flow.close()  # releases the flow's hold on a pending push
+            self.core.abandon(request)
+            raise
+        except Exception:
+            log.exception("the decision flow failed", extra={"client": client.name})
+            flow.close()
+            decision = Reject("internal-error")
+        finally:
+            self._held.pop(key, None)
+            self.metrics.held.set(len(self._held))
+        assert decision is not None  # noqa: S101 - set on every path that gets here
+        try:
+            data = self.core.finish(request, decision, self.clock())
+        except Exception:
+            # Never expected (the core turns encoding problems into a Reject); if it does
+            # happen, the retransmission must start over rather than be absorbed.
+            log.exception("encoding the answer failed", extra={"client": client.name})
+            self.core.abandon(request)
+            return
+        endpoint.send(data, peer)
+        self._record(request, decision, arrived, data)
+
+    async def _perform(self, effect: Effect, request: AccessRequest, deadline: float) -> Result:
+        if isinstance(effect, UpstreamAuthenticate):
+            upstream = request.client.upstream
+            if upstream is None:
+                return Unavailable("primary radius without an upstream server")
+            return await self.upstream.authenticate(
+                upstream, effect.user_name, effect.password, deadline
+            )
+        if isinstance(effect, Audit):
+            # Fire and forget: an exemption or a fail-safe accept must not wait on (or fail
+            # with) the backend it is reported to.
+            self._send_audit(effect, request)
+            return Done()
+        return await self.backend.perform(effect, deadline)
+
+    def _send_audit(self, effect: Audit, request: AccessRequest) -> None:
+        if len(self._audits) >= MAX_AUDIT_TASKS:
+            self._audit_lost(effect, "too many audit records in flight")
+            return
+        loop = asyncio.get_running_loop()
+
+        async def deliver() -> None:
+            result = await self.backend.perform(
+                effect, loop.time() + 3 * self.settings.http_timeout
+            )
+            if isinstance(result, Unavailable):
+                self._audit_lost(effect, result.detail)
+
+        task = loop.create_task(deliver())
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
+
+    @staticmethod
+    def _audit_lost(effect: Audit, why: str) -> None:
+        # The log line is then the only record: it carries everything the audit row would.
+        log.error(
+            "audit record not delivered to the backend (%s): %s %s: %s",
+            why,
+            effect.action,
+            effect.user,
+            effect.detail,
+            extra={"action": effect.action, "user": effect.user},
+        )
+
+    def _record(
+        self, request: AccessRequest, decision: Decision, arrived: float, data: bytes
+    ) -> None:
+        took = time.perf_counter() - arrived
+        if isinstance(decision, Accept):
+            kind = "accept"
+        elif isinstance(decision, Challenge):
+            kind = "challenge"
+        else:
+            kind = "reject"
+        # The wire says what was sent (an Accept whose attributes could not be encoded went
+        # out as a Reject).
+        sent = {2: "accept", 3: "reject", 11: "challenge"}.get(data[0], kind)
+        self.metrics.requests.labels(request.client.name, sent).inc()
+        self.metrics.latency.labels(sent).observe(took)
+        decisions_log.info(
+            "%s %s for %s at %s: %s",
+            "RADIUS",
+            sent,
+            request.user or request.user_name,
+            request.client.name,
+            decision.reason,
+            extra={
+                "client": request.client.name,
+                "peer": request.source[0],
+                "user": request.user or request.user_name,
+                "decision": sent,
+                "reason": decision.reason,
+                "latency_ms": round(took * 1000, 1),
+            },
+        )
+
+    def _count_unavailable(self, effect: str) -> None:
+        self.metrics.backend_errors.labels(effect).inc()
+
+    # -- the client table ------------------------------------------------------------------------
+
+    async def refresh_clients(self) -> bool:
+        """Re-read the client list once; True when a new table was installed."""
+        try:
+            if self.settings.clients_file is not None:
+                loaded = self._read_clients_file()
+            else:
+                document = await self.backend.fetch_clients(self.revision)
+                loaded = None if document is None else parse_clients(document.data)
+        except (BackendError, ClientsError, OSError) as exc:
+            self.metrics.client_refresh_failures.inc()
+            now = time.monotonic()
+            # The first failure, then one line a minute: a backend down for an hour must
+            # not write 720 identical lines.
+            if self._failing_since is None or now - self._failure_logged >= 60:
+                self._failure_logged = now
+                level = logging.WARNING if self.table_loaded.is_set() else logging.ERROR
+                log.log(
+                    level,
+                    "cannot refresh the RADIUS clients (%s); %s",
+                    exc,
+                    "keeping the last good list"
+                    if self.table_loaded.is_set()
+                    else "no clients yet: every request is dropped",
+                )
+            if self._failing_since is None:
+                self._failing_since = now
+            return False
+        if self._failing_since is not None:
+            log.info(
+                "the RADIUS client list can be read again (after %.0f s)",
+                time.monotonic() - self._failing_since,
+            )
+            self._failing_since = None
+        self.metrics.client_table_age.set(time.time())
+        if loaded is None:
+            return False
+        self._install(loaded)
+        return True
+
+    def _read_clients_file(self) -> ClientList | None:
+        path = self.settings.clients_file
+        assert path is not None  # noqa: S101 - only called with a file configured
+        info = os.stat(path)
+        stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+        if stamp == self._file_stamp:
+            return None
+        # Noted before parsing: a broken file is reported once, not on every refresh, and
+        # read again once it changes.
+        self._file_stamp = stamp
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        return parse_clients_json(text)
+
+    def _install(self, loaded: ClientList) -> None:
+        self.core.clients = loaded.table
+        self.revision = loaded.revision
+        self.metrics.clients.set(len(loaded.clients))
+        if loaded.errors != self.client_errors:
+            for error in loaded.errors:
+                log.error("RADIUS client left out: %s", error)
+        self.client_errors = loaded.errors
+        for client in loaded.clients:
+            if not client.require_message_authenticator:
+                log.warning(
+                    "RADIUS client %s does not require Message-Authenticator: it is open to "
+                    "BlastRADIUS (CVE-2024-3596) forgeries",
+                    client.name,
+                )
+        log.info(
+            "RADIUS client list loaded: %d clients (revision %s)",
+            len(loaded.clients),
+            loaded.revision,
+            extra={"clients": len(loaded.clients), "revision": loaded.revision},
+        )
+        self.table_loaded.set()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.refresh_seconds)
+            try:
+                await self.refresh_clients()
+            except Exception:  # a bug must not stop refreshing for good
+                log.exception("refreshing the RADIUS clients failed")
+
+    async def _housekeeping_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            self.core.expire(self.clock())
+
+
+def bind_sockets(settings: BridgeSettings) -> dict[ListenAddress, Any]:
+    """Bind every listen address now (before an event loop runs), so ``openmfa run`` can
+    refuse to start with one clear message when a port is taken. Raises StartupError."""
+    bound: dict[ListenAddress, Any] = {}
+    for address in settings.listen:
+        try:
+            bound[address] = make_socket(address, settings.receive_buffer_bytes)
+        except OSError as exc:
+            for sock in bound.values():
+                sock.close()
+            raise StartupError(
+                f"cannot listen for RADIUS on UDP {address}: {exc.strerror or exc}"
+            ) from exc
+    return bound
+
+
+async def close_quietly(bridge: Bridge) -> None:
+    """Stop ``bridge``, logging instead of raising (shutdown paths)."""
+    with contextlib.suppress(Exception):
+        await bridge.stop()

@@ -1,0 +1,285 @@
+"""A RADIUS bridge for interop tests: the real :class:`~radius_bridge.runner.Bridge` on its own
+event loop in a background thread, talking real HTTP to a backend and real UDP to clients.
+
+``with BridgeThread(settings) as bridge:`` binds the sockets, loads the client list and
+serves until the block ends. The test thread reads the bridge's state (client revision,
+held requests, metrics) to wait on observable conditions, and can move the bridge's clock
+(``advance``) to let States expire without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import httpx
+
+from radius_bridge.config import BridgeSettings, ListenAddress
+from radius_bridge.runner import Bridge
+from radius_bridge.server import loop_factory
+from tests.support.process import wait_for
+
+if TYPE_CHECKING:
+    from backend.authenticator.client import AppClient
+
+T = TypeVar("T")
+DICTIONARY = Path(__file__).resolve().parents[2] / "radius_bridge" / "dictionary"
+
+
+class BridgeThread:
+    """A started bridge on a loop of its own (uvloop when installed, as in production)."""
+
+    def __init__(
+        self,
+        settings: BridgeSettings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        stop_grace: float = 2.0,
+    ) -> None:
+        self.settings = settings
+        self.loop = loop_factory()()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._transport = transport
+        self._stop_grace = stop_grace
+        self._offset = 0.0
+        self._bridge: Bridge | None = None
+        self._stopped = False
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def __enter__(self) -> BridgeThread:
+        self._thread.start()
+        try:
+            self._bridge = self.run(self._make())
+            self.run(self._bridge.start())
+        except BaseException:
+            self._close_loop()
+            raise
+        return self
+
+    async def _make(self) -> Bridge:
+        return Bridge(
+            self.settings,
+            transport=self._transport,
+            clock=self._clock,
+            stop_grace=self._stop_grace,
+        )
+
+    def _clock(self) -> float:
+        return self.loop.time() + self._offset
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.stop()
+        finally:
+            self._close_loop()
+
+    def stop(self) -> None:
+        """Stop the bridge (held requests are left unanswered, as on SIGTERM)."""
+        if self._bridge is not None and not self._stopped:
+            self._stopped = True
+            self.run(self._bridge.stop())
+
+    def _close_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run ``coro`` on the bridge's loop; its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    # -- what tests look at ---------------------------------------------------------------------
+
+    @property
+    def bridge(self) -> Bridge:
+        assert self._bridge is not None, "use BridgeThread as a context manager"
+        return self._bridge
+
+    def port(self, family: int = socket.AF_INET) -> int:
+        """The UDP port bound for the first listen address of ``family``."""
+        for endpoint in self.bridge.endpoints:
+            if endpoint.address.family_v6 == (family == socket.AF_INET6):
+                return endpoint.bound.port
+        raise LookupError("no listen address of that family")
+
+    @property
+    def revision(self) -> str | None:
+        """The revision of the client list in use."""
+        return self.bridge.revision
+
+    @property
+    def held(self) -> int:
+        """Requests in progress."""
+        return self.bridge.held
+
+    def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float:
+        """A sample of the bridge's registry (0 when it was never touched)."""
+        value = self.bridge.metrics.registry.get_sample_value(name, dict(labels or {}))
+        return 0.0 if value is None else value
+
+    def advance(self, seconds: float) -> None:
+        """Move the bridge's clock (States, pending pushes, duplicate cache) forward."""
+        self._offset += seconds
+
+    def refresh(self) -> bool:
+        """Re-read the client list now (as the periodic refresh does)."""
+        return self.run(self.bridge.refresh_clients())
+
+
+def bridge_settings(
+    backend_url: str,
+    token: str,
+    listen: tuple[str, ...] = ("127.0.0.1",),
+    **extra: Any,
+) -> BridgeSettings:
+    """Settings for a test bridge: ephemeral ports, a fast client refresh."""
+    values: dict[str, Any] = {
+        "refresh_seconds": 0.2,
+        "http_timeout": 5.0,
+        "long_poll_seconds": 25.0,
+        "max_held": 1000,
+        "receive_buffer_bytes": 1 << 20,
+    }
+    values.update(extra)
+    return BridgeSettings(
+        backend_url=backend_url,
+        token=token,
+        listen=tuple(ListenAddress(host, 0) for host in listen),
+        **values,
+    )
+
+
+# -- a backend and a bridge together ------------------------------------------------------------
+
+
+class RadiusLab:
+    """A live backend (:class:`~tests.support.api.ApiHarness`, real HTTP on loopback) and a
+    bridge (:class:`BridgeThread`) fetching its clients from it with a bridge-scope token.
+
+    ``lab.client(name, address, mode=...)`` adds or changes a RADIUS client through the
+    backend's service and waits until the bridge uses the new client list; ``lab.user``
+    enrols a user with the reference authenticator; ``lab.pyrad(source)`` is a pyrad client
+    sending from a loopback address of the test's choosing.
+    """
+
+    def __init__(self, home: Path, listen: tuple[str, ...] = ("127.0.0.1",)) -> None:
+        from backend.config import load_settings
+        from backend.store import migrations
+        from tests.support.api import ApiHarness
+        from tests.support.clock import FakeClock
+
+        migrations.upgrade(f"sqlite+aiosqlite:///{home / 'openmfa.db'}")
+        self.api = ApiHarness(
+            load_settings(config_file=None, home=home, public_url="http://127.0.0.1:8080"),
+            FakeClock(),
+        )
+        self._listen = listen
+        self._clients: set[str] = set()
+        self._pyrad: list[Any] = []
+        self.bridge: BridgeThread
+        self.token = ""
+
+    def __enter__(self) -> RadiusLab:
+        from tests.support.api import ADMIN
+
+        self.api.__enter__()
+        try:
+            self.token = self.api.run(self.api.services.tokens.create(ADMIN, "lab", scope="bridge"))
+            self.bridge = BridgeThread(bridge_settings(self.api.url, self.token, self._listen))
+            self.bridge.__enter__()
+        except BaseException:
+            self.api.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.bridge.__exit__(exc_type, exc, tb)
+        finally:
+            self.api.__exit__(exc_type, exc, tb)
+
+    @property
+    def port(self) -> int:
+        return self.bridge.port()
+
+    def client(self, name: str, addresses: Sequence[str], secret: str, **changes: Any) -> None:
+        """Add client ``name`` or change it to these settings; return once the bridge uses
+        the resulting client list (bounded wait on its revision)."""
+        from backend.domain.radius import ClientChanges
+        from tests.support.api import ADMIN
+
+        service = self.api.services.radius_clients
+        wanted = ClientChanges(addresses=list(addresses), secret=secret, **changes)
+        if name in self._clients:
+            self.api.run(service.update(ADMIN, name, wanted))
+        else:
+            self.api.run(service.add(ADMIN, name, wanted))
+            self._clients.add(name)
+        revision = self.api.run(service.revision())
+        wait_for(
+            lambda: self.bridge.revision == revision, 10, f"the bridge to load revision {revision}"
+        )
+
+    def user(self, name: str, password: str | None = None, enrol: bool = True) -> AppClient | None:
+        """A user (with a local password when given) and, with ``enrol``, an activated
+        reference authenticator."""
+        from tests.support.api import ADMIN
+
+        self.api.add_user(name)
+        if password is not None:
+            self.api.run(self.api.services.users.set_password(ADMIN, name, password))
+        return self.api.device(name) if enrol else None
+
+    def audit(self, user: str, action: str) -> list[Any]:
+        """Audit rows of ``user`` with ``action``, newest first."""
+        return self.api.run(self.api.services.audit.query(user_name=user, action=action))
+
+    def pyrad(self, source: str, secret: str, timeout: float = 10, retries: int = 1) -> Any:
+        """A pyrad client bound to ``source``, talking to the bridge, requiring signed
+        replies (Message-Authenticator) like a patched gateway does."""
+        from pyrad.client import Client
+
+        family = socket.AF_INET6 if ":" in source else socket.AF_INET
+        server = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        client = Client(
+            server=server,
+            authport=self.bridge.port(family),
+            secret=secret.encode(),
+            dict=pyrad_dictionary(),
+            retries=retries,
+            timeout=timeout,
+            enforce_ma=True,
+        )
+        client.bind((source, 0))
+        self._pyrad.append(client)
+        return client
+
+    def close_pyrad_clients(self) -> None:
+        """Close the sockets of every pyrad client made so far (pyrad never does)."""
+        for client in self._pyrad:
+            client._CloseSocket()
+        self._pyrad.clear()
+
+
+@functools.cache
+def pyrad_dictionary() -> Any:
+    """The bridge's own dictionary file, loaded by pyrad."""
+    from pyrad.dictionary import Dictionary
+
+    return Dictionary(str(DICTIONARY))

@@ -1,0 +1,346 @@
+"""The bridge's gateway-API client against fake backends (``httpx.MockTransport``).
+
+What is checked here is the mapping the failmode depends on: which answers are a verdict on
+the user (Refused / a rejected code) and which are an outage (Unavailable), and that no call
+outlives its deadline whatever the backend does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+
+from radius_bridge.backend_client import BackendClient, BackendError
+from radius_bridge.model import (
+    Audit,
+    CancelAuthentication,
+    Checked,
+    Done,
+    Outcome,
+    Refused,
+    StartAuthentication,
+    Started,
+    SubmitCode,
+    Unavailable,
+    VerifyCode,
+    VerifyPassword,
+    WaitOutcome,
+)
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+PROBLEM = "https://openmfa.org/problems/"
+
+
+def problem(status: int, kind: str, detail: str = "no") -> httpx.Response:
+    return httpx.Response(
+        status,
+        json={"type": PROBLEM + kind, "title": kind, "status": status, "detail": detail},
+        headers={"content-type": "application/problem+json"},
+    )
+
+
+def client(handler: Handler, **kwargs: float) -> BackendClient:
+    return BackendClient(
+        "http://backend.test",
+        "omfa_test-token",
+        transport=httpx.MockTransport(handler),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def deadline(seconds: float) -> float:
+    return asyncio.get_running_loop().time() + seconds
+
+
+START = StartAuthentication("alice", "push", "asa1/nas/00", "asa1", "10.0.0.1", "nas")
+
+
+async def test_start_sends_the_contract_body_and_token() -> None:
+    seen: list[httpx.Request] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            201, json={"id": "ch_1", "method": "push", "state": "pending", "number": 42}
+        )
+
+    backend = client(handler)
+    result = await backend.perform(START, deadline(5))
+    await backend.aclose()
+    assert result == Started("ch_1", "push", "pending", 42)
+    (request,) = seen
+    assert request.url.path == "/gateway/v1/authentications"
+    assert request.headers["authorization"] == "Bearer omfa_test-token"
+    assert json.loads(request.content) == {
+        "user": "alice",
+        "method": "push",
+        "idempotency_key": "asa1/nas/00",
+        "context": {"client_name": "asa1", "client_ip": "10.0.0.1", "nas_identifier": "nas"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (403, "user-blocked"),
+        (403, "user-disabled"),
+        (404, "unknown-user"),
+        (409, "user-not-enrolled"),
+        (429, "otp-locked"),
+    ],
+)
+async def test_user_state_problems_are_refusals(status: int, kind: str) -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return problem(status, kind, "nope")
+
+    backend = client(handler)
+    result = await backend.perform(START, deadline(5))
+    await backend.aclose()
+    assert result == Refused(kind, "nope")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "respond",
+    [
+        lambda: problem(503, "database-unavailable"),
+        lambda: httpx.Response(502, text="bad gateway"),
+        lambda: problem(401, "unauthorized"),  # revoked bridge token
+        lambda: problem(403, "forbidden"),  # a token of scope gateway
+        lambda: httpx.Response(200, text="<html>not json</html>"),
+    ],
+)
+async def test_outages_and_credential_problems_are_unavailable(
+    respond: Callable[[], httpx.Response],
+) -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return respond()
+
+    backend = client(handler)
+    for effect in (START, VerifyCode("alice", "123456"), SubmitCode("ch_1", "123456")):
+        assert isinstance(await backend.perform(effect, deadline(5)), Unavailable)
+    await backend.aclose()
+
+
+async def test_bad_input_from_the_user_is_a_rejected_code_never_an_outage() -> None:
+    calls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return problem(400, "invalid-request", "code: too long")
+
+    backend = client(handler)
+    # Too long for the API: refused without a call.
+    assert await backend.perform(VerifyCode("alice", "1" * 17), deadline(5)) == Checked(
+        False, "malformed-code"
+    )
+    assert calls == 0
+    # The backend refusing the input is a wrong code, not Unavailable (failmode safe would
+    # otherwise accept it).
+    assert await backend.perform(VerifyCode("alice", "12a456"), deadline(5)) == Checked(
+        False, "invalid-request"
+    )
+    assert await backend.perform(SubmitCode("ch_1", "12a456"), deadline(5)) == Checked(
+        False, "invalid-request"
+    )
+    start = await backend.perform(START, deadline(5))
+    assert isinstance(start, Refused)
+    await backend.aclose()
+
+
+async def test_code_and_password_results() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if request.url.path == "/gateway/v1/otp/verify":
+            ok = body["code"] == "123456"
+            return httpx.Response(
+                200,
+                json={"result": "accept" if ok else "reject", "reason": "ok" if ok else "wrong"},
+            )
+        if request.url.path == "/gateway/v1/password/verify":
+            ok = body["password"] == "pw"
+            return httpx.Response(
+                200,
+                json={
+                    "result": "accept" if ok else "reject",
+                    "reason": "ok" if ok else "wrong-password",
+                },
+            )
+        return problem(409, "challenge-closed")
+
+    backend = client(handler)
+    assert await backend.perform(VerifyCode("a", "123456"), deadline(5)) == Checked(True, "ok")
+    assert await backend.perform(VerifyCode("a", "654321"), deadline(5)) == Checked(False, "wrong")
+    assert await backend.perform(VerifyPassword("a", "pw"), deadline(5)) == Checked(True, "ok")
+    assert await backend.perform(VerifyPassword("a", "x"), deadline(5)) == Checked(
+        False, "wrong-password"
+    )
+    assert await backend.perform(SubmitCode("ch_1", "123456"), deadline(5)) == Refused(
+        "challenge-closed", "no"
+    )
+    await backend.aclose()
+
+
+async def test_a_backend_that_never_answers_cannot_hold_a_call_past_its_deadline() -> None:
+    never = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await never.wait()  # a hung backend (accepts, never answers)
+        raise AssertionError("unreachable")
+
+    backend = client(handler, http_timeout=30.0)
+    loop = asyncio.get_running_loop()
+    for effect in (
+        START,
+        VerifyCode("alice", "123456"),
+        WaitOutcome("ch_1", 30.0),
+        CancelAuthentication("ch_1"),
+    ):
+        began = loop.time()
+        result = await backend.perform(effect, deadline(0.3))
+        took = loop.time() - began
+        assert isinstance(result, Unavailable), effect
+        assert took < 1.0, (effect, took)
+    await backend.aclose()
+
+
+async def test_long_poll_runs_in_slices_and_returns_the_final_state() -> None:
+    waits: list[float] = []
+    polls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal polls
+        polls += 1
+        wait = float(request.url.params["wait"])
+        waits.append(wait)
+        if polls < 3:
+            await asyncio.sleep(wait)  # the backend holds the poll for the whole wait
+            return httpx.Response(200, json={"id": "ch_1", "state": "pending"})
+        return httpx.Response(200, json={"id": "ch_1", "state": "approved"})
+
+    backend = client(handler, long_poll_seconds=0.2)
+    result = await backend.perform(WaitOutcome("ch_1", 30.0), deadline(30))
+    await backend.aclose()
+    assert result == Outcome("approved")
+    assert waits == [0.2, 0.2, 0.2]  # never more than the slice
+
+
+async def test_a_push_nobody_answers_is_pending_not_an_outage() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(float(request.url.params["wait"]))
+        return httpx.Response(200, json={"id": "ch_1", "state": "pending"})
+
+    backend = client(handler, long_poll_seconds=25.0)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    # The wait runs to its end: the result is "pending" (the flow rejects on timeout),
+    # never Unavailable, which could turn into a fail-safe accept.
+    result = await backend.perform(WaitOutcome("ch_1", 1.6), deadline(30))
+    took = loop.time() - began
+    await backend.aclose()
+    assert result == Outcome("pending")
+    assert 1.6 <= took < 2.0  # the whole wait, in one slice, and no more
+
+
+async def test_a_long_poll_survives_a_backend_restart() -> None:
+    down = 2
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal down
+        if down:
+            down -= 1
+            raise httpx.ConnectError("connection refused")
+        return httpx.Response(200, json={"id": "ch_1", "state": "approved"})
+
+    backend = client(handler)
+    result = await backend.perform(WaitOutcome("ch_1", 10.0), deadline(10))
+    await backend.aclose()
+    assert result == Outcome("approved")
+    assert down == 0
+
+
+async def test_a_backend_that_answers_late_is_still_pending_not_an_outage() -> None:
+    polls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal polls
+        polls += 1
+        if polls == 1:
+            return httpx.Response(200, json={"id": "ch_1", "state": "pending"})
+        await asyncio.Event().wait()  # the second poll never comes back
+        raise AssertionError("unreachable")
+
+    backend = client(handler, long_poll_seconds=0.2)
+    result = await backend.perform(WaitOutcome("ch_1", 0.5), deadline(1.0))
+    await backend.aclose()
+    assert result == Outcome("pending")
+
+
+async def test_a_backend_down_for_the_whole_wait_is_unavailable() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused")
+
+    backend = client(handler)
+    assert isinstance(await backend.perform(WaitOutcome("ch_1", 0.5), deadline(0.5)), Unavailable)
+    assert isinstance(await backend.perform(START, deadline(0.5)), Unavailable)
+    await backend.aclose()
+
+
+async def test_a_vanished_authentication_is_expired() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return problem(404, "not-found")
+
+    backend = client(handler)
+    assert await backend.perform(WaitOutcome("ch_x", 5.0), deadline(5)) == Outcome("expired")
+    assert await backend.perform(CancelAuthentication("ch_x"), deadline(5)) == Done()
+    await backend.aclose()
+
+
+async def test_audit_posts_the_action() -> None:
+    bodies: list[dict[str, str]] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(204)
+
+    backend = client(handler)
+    effect = Audit("radius.exempt_user", "svc-backup", "client asa1")
+    assert await backend.perform(effect, deadline(5)) == Done()
+    await backend.aclose()
+    assert bodies == [
+        {"action": "radius.exempt_user", "user": "svc-backup", "detail": "client asa1"}
+    ]
+
+
+async def test_clients_document_uses_the_etag() -> None:
+    seen: list[str | None] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("if-none-match"))
+        if request.headers.get("if-none-match") == '"r1"':
+            return httpx.Response(304, headers={"etag": '"r1"'})
+        return httpx.Response(200, json={"revision": "r1", "clients": []}, headers={"etag": '"r1"'})
+
+    backend = client(handler)
+    document = await backend.fetch_clients(None)
+    assert document is not None
+    assert (document.revision, document.data["clients"]) == ("r1", [])
+    assert await backend.fetch_clients("r1") is None
+    assert seen == [None, '"r1"']
+    await backend.aclose()
+
+
+async def test_clients_document_errors_raise() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return problem(403, "forbidden", "scope gateway")
+
+    backend = client(handler)
+    with pytest.raises(BackendError, match="403 forbidden"):
+        await backend.fetch_clients(None)
+    await backend.aclose()

@@ -1,0 +1,150 @@
+"""The standalone bridge's settings: arguments over environment over defaults, and one clear
+message for every bad value (never the token)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from radius_bridge.config import (
+    DEFAULT_LISTEN,
+    BridgeConfigError,
+    ListenAddress,
+    load_bridge_settings,
+    parse_host_port,
+)
+
+
+def token_file(tmp_path: Path, text: str = "omfa_secret-token\n", mode: int = 0o600) -> Path:
+    path = tmp_path / "bridge.token"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:1812", ListenAddress("127.0.0.1", 1812)),
+        ("0.0.0.0:0", ListenAddress("0.0.0.0", 0)),  # noqa: S104 - parsed, not bound
+        ("[::1]:1812", ListenAddress("::1", 1812)),
+        ("[::]:18120", ListenAddress("::", 18120)),
+        ("[2001:db8::1]", ListenAddress("2001:db8::1", 1812)),
+        ("10.0.0.1", ListenAddress("10.0.0.1", 1812)),
+    ],
+)
+def test_listen_addresses(text: str, expected: ListenAddress) -> None:
+    assert parse_host_port(text, "listen address", 1812) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("::1:1812", "IPv6 address in brackets"),
+        ("radius.example:1812", "is not an IP address"),
+        ("127.0.0.1:x", "is not a number"),
+        ("127.0.0.1:70000", "outside 0-65535"),
+        ("[::1", "closing ']'"),
+    ],
+)
+def test_bad_listen_addresses(text: str, message: str) -> None:
+    with pytest.raises(BridgeConfigError, match=message):
+        parse_host_port(text, "listen address", 1812)
+
+
+def test_arguments_win_over_the_environment(tmp_path: Path) -> None:
+    env = {
+        "OPENMFA_BRIDGE_BACKEND": "http://env.example",
+        "OPENMFA_BRIDGE_TOKEN": "omfa_from-env",
+        "OPENMFA_BRIDGE_LISTEN": "127.0.0.1:1, [::1]:2",
+        "OPENMFA_BRIDGE_REFRESH_SECONDS": "7",
+    }
+    from_env = load_bridge_settings(environ=env)
+    assert from_env.backend_url == "http://env.example"
+    assert from_env.token == "omfa_from-env"
+    assert from_env.listen == (ListenAddress("127.0.0.1", 1), ListenAddress("::1", 2))
+    assert from_env.refresh_seconds == 7
+    assert not from_env.listen_is_default
+
+    argued = load_bridge_settings(
+        backend_url="https://mfa.example/",
+        token_file=token_file(tmp_path),
+        listen=["[::1]:1812"],
+        refresh_seconds=2,
+        environ=env,
+    )
+    assert argued.base_url == "https://mfa.example"
+    assert argued.token == "omfa_secret-token"
+    assert argued.listen == (ListenAddress("::1", 1812),)
+    assert argued.refresh_seconds == 2
+    assert "omfa_secret-token" not in repr(argued)
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = load_bridge_settings(
+        backend_url="http://127.0.0.1:8080", token_file=token_file(tmp_path), environ={}
+    )
+    assert [str(a) for a in settings.listen] == list(DEFAULT_LISTEN)
+    assert settings.listen_is_default
+    assert (settings.refresh_seconds, settings.max_held, settings.long_poll_seconds) == (
+        5.0,
+        20_000,
+        50.0,
+    )
+    assert settings.clients_file is None
+    assert settings.metrics_listen is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "env", "message"),
+    [
+        ({}, {}, "backend URL is required"),
+        ({"backend_url": "ftp://x"}, {"OPENMFA_BRIDGE_TOKEN": "t"}, "must start with http"),
+        ({"backend_url": "http://x"}, {}, "a bridge token is required"),
+        (
+            {"backend_url": "http://x", "refresh_seconds": 0},
+            {"OPENMFA_BRIDGE_TOKEN": "t"},
+            "refresh seconds",
+        ),
+        (
+            {"backend_url": "http://x", "metrics_listen": "localhost:9000"},
+            {"OPENMFA_BRIDGE_TOKEN": "t"},
+            "metrics address",
+        ),
+        (
+            {"backend_url": "http://x", "listen": ["127.0.0.1:1", "127.0.0.1:1"]},
+            {"OPENMFA_BRIDGE_TOKEN": "t"},
+            "given twice",
+        ),
+        (
+            {"backend_url": "http://x"},
+            {"OPENMFA_BRIDGE_TOKEN": "t", "OPENMFA_BRIDGE_MAX_HELD": "lots"},
+            "not a whole number",
+        ),
+        (
+            {"backend_url": "http://x", "log_format": "xml"},
+            {"OPENMFA_BRIDGE_TOKEN": "t"},
+            "json or text",
+        ),
+    ],
+)
+def test_bad_settings_are_named(
+    kwargs: dict[str, object], env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(BridgeConfigError, match=message):
+        load_bridge_settings(environ=env, **kwargs)  # type: ignore[arg-type]
+
+
+def test_token_files_must_be_private_and_not_empty(tmp_path: Path) -> None:
+    with pytest.raises(BridgeConfigError, match="chmod 600") as readable:
+        load_bridge_settings(
+            backend_url="http://x", token_file=token_file(tmp_path, mode=0o644), environ={}
+        )
+    assert "omfa_secret-token" not in str(readable.value)
+    with pytest.raises(BridgeConfigError, match="is empty"):
+        load_bridge_settings(
+            backend_url="http://x", token_file=token_file(tmp_path, "\n"), environ={}
+        )
+    with pytest.raises(BridgeConfigError, match="does not exist"):
+        load_bridge_settings(backend_url="http://x", token_file=tmp_path / "nope", environ={})
