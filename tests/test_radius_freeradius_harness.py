@@ -478,8 +478,9 @@ def test_proxy_passes_retransmissions_on_and_delivers_a_late_challenge() -> None
     assert reply.code == "Access-Challenge", reply.output
     assert reply.get("Reply-Message") == "Type the code"
     assert reply.octets("State") == state
-    assert reply.output.count("Sent Access-Request") == 3
-    assert len(home.received) == 3
+    # On a loaded machine the answer to the third copy may cross a fourth one in flight.
+    assert reply.output.count("Sent Access-Request") >= 3
+    assert len(home.received) >= 3
     first = home.received[0]
     for copy in home.received[1:]:
         # A retransmission, not a new request: same Id, same authenticator, same bytes.
