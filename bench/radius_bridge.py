@@ -16,6 +16,12 @@ in this process) and FreeRADIUS float. Figures printed:
 (d) FreeRADIUS 3.2 PAP on the same machine, same run, driven by the same load generator and
     by radclient, as the ceiling of RADIUS handling here.
 
+Held pushes long-poll in slices of ``--long-poll-seconds`` (default 600, with the backend's
+``long_poll_max_seconds`` raised to match): one HTTP request per held push for its whole life.
+With the bridge's default 50-s slices each held push re-polls every 50 s, and the backend's
+cost per re-poll (two ORM reads) then limits how fast it can start further pushes while
+thousands are held.
+
     python bench/radius_bridge.py [--users 10000] [--home DIR] [--skip-freeradius]
 
 Setting up 10,000 users with an app each takes a few minutes (the ORM path, ~28 ms a user);
@@ -158,6 +164,7 @@ def http_ok(url: str) -> bool:
 @dataclass
 class Processes:
     home: Path
+    long_poll: float = 600.0
     backend_port: int = field(default_factory=free_port)
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -171,6 +178,7 @@ class Processes:
             "OPENMFA_HOME": str(self.home),
             "OPENMFA_LOG_LEVEL": "warning",
             "OPENMFA_RADIUS_PORT": "0",
+            "OPENMFA_LONG_POLL_MAX_SECONDS": str(int(self.long_poll)),
         }
         log = (self.home / "backend.log").open("wb")
         process = subprocess.Popen(
@@ -207,6 +215,7 @@ class Processes:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            env={**os.environ, "OPENMFA_BRIDGE_LONG_POLL_SECONDS": str(self.long_poll)},
         )
         self.started.append(process)
         wait_until(
@@ -680,12 +689,20 @@ def main() -> None:
     parser.add_argument("--answers", type=int, default=300, help="answers timed for (c)")
     parser.add_argument("--pap-requests", type=int, default=100_000)
     parser.add_argument("--skip-freeradius", action="store_true")
+    parser.add_argument("--only-codes", action="store_true", help="run (a) only")
+    parser.add_argument(
+        "--long-poll-seconds",
+        type=float,
+        default=600.0,
+        help="long-poll slice for (b): the backend's long_poll_max_seconds is raised to match "
+        "(600: one request per held push for its whole life; 50 is the bridge's default)",
+    )
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="openmfa-radius-bench-"))
     data = prepare(home, args.users)
     devices: dict[str, list[str]] = dict(list(data["devices"].items())[: args.users])
-    procs = Processes(home)
+    procs = Processes(home, long_poll=args.long_poll_seconds)
     factory: Any
     try:
         import uvloop
@@ -699,21 +716,27 @@ def main() -> None:
         # (a)
         udp, metrics_port = free_port(socket.SOCK_DGRAM), free_port()
         bridge = procs.start_bridge(data["token"], udp, metrics_port)
+        backend_pid = procs.started[0].pid
         cpu_before = cpu_seconds(bridge.pid)
+        backend_before = cpu_seconds(backend_pid)
         with asyncio.Runner(loop_factory=factory) as runner:
             run = runner.run(bench_codes(udp, devices, args.window))
         cpu = cpu_seconds(bridge.pid) - cpu_before
+        backend_cpu = cpu_seconds(backend_pid) - backend_before
         accepts = run.codes.get(codec.ACCESS_ACCEPT, 0)
         print(
             f"(a) password,code: {run.sent} requests in {run.seconds:.2f} s, {args.window} in "
             f"flight; {accepts} accepted = {accepts / run.seconds:,.0f}/s; replies by code "
             f"{run.codes}, lost {run.lost}, retransmitted {run.retransmitted}; latency p50 "
             f"{_ms(run.latencies, 0.5)}, p99 "
-            f"{_ms(run.latencies, 0.99)}; bridge CPU {cpu / max(1, run.sent) * 1e6:.0f} µs "
-            "per request",
+            f"{_ms(run.latencies, 0.99)}; CPU per request: bridge "
+            f"{cpu / max(1, run.sent) * 1e6:.0f} µs, backend "
+            f"{backend_cpu / max(1, run.sent) * 1e6:.0f} µs",
             flush=True,
         )
         procs.stop(bridge)
+        if args.only_codes:
+            return
 
         # (b) and (c), on a fresh bridge process so its RSS starts clean
         udp, metrics_port = free_port(socket.SOCK_DGRAM), free_port()

@@ -102,6 +102,7 @@ def main() -> None:
         "OPENMFA_HOME": str(home),
         "OPENMFA_LOG_LEVEL": "warning",
         "OPENMFA_DATABASE_URL": database_url,
+        "OPENMFA_RADIUS_PORT": "0",  # UDP 1812 may be taken; this bench needs only HTTP
     }
     exe = Path(sys.executable).parent / "openmfa"
     server = subprocess.Popen(
