@@ -178,8 +178,6 @@ def check_startup(settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     """Serve until stopped. Blocking."""
     configure_logging(settings.log_level, settings.log_format)
-    for name in ("httpx", "httpcore"):  # one INFO line per request: the bridge makes many
-        logging.getLogger(name).setLevel(logging.WARNING)
     app = create_app(settings)
     # Each gateway long-poll (and each request the built-in bridge holds, standalone
     # bridges' long-polls included) is a connection: allow as many as the system does.

@@ -43,6 +43,7 @@ import httpx
 
 from radius_bridge.http11 import LeanTransport
 from radius_bridge.model import (
+    REFUSED_KINDS,
     Audit,
     CancelAuthentication,
     Checked,
@@ -50,6 +51,7 @@ from radius_bridge.model import (
     Effect,
     Outcome,
     Refused,
+    RefusedKind,
     Result,
     StartAuthentication,
     Started,
@@ -63,19 +65,6 @@ from radius_bridge.model import (
 log = logging.getLogger("openmfa.radius.backend")
 
 USER_AGENT = "openmfa-radius-bridge"
-#: Kinds the flow understands as "this user may not sign in now" (``Refused.kind``).
-REFUSED_KINDS = frozenset(
-    {
-        "unknown-user",
-        "user-not-enrolled",
-        "user-disabled",
-        "user-blocked",
-        "otp-locked",
-        "challenge-closed",
-        "challenge-expired",
-        "invalid-name",
-    }
-)
 #: The backend refusing the *bridge* (revoked token, wrong scope): an outage of the bridge's
 #: configuration, not a verdict on the user.
 CREDENTIAL_KINDS = frozenset({"unauthorized", "forbidden"})
@@ -187,19 +176,15 @@ class BackendClient:
         # an injected transport (ASGI in-process, a mock) serves both clients.
         short = transport or LeanTransport(backend_connections, KEEPALIVE_EXPIRY)
         polls = transport or LeanTransport(max_long_polls, KEEPALIVE_EXPIRY)
-        self._http = httpx.AsyncClient(
-            base_url=base_url,
-            headers=headers,
-            timeout=timeout,
-            transport=short,
-            follow_redirects=False,
-        )
-        self._polls = httpx.AsyncClient(
-            base_url=base_url,
-            headers=headers,
-            timeout=timeout,
-            transport=polls,
-            follow_redirects=False,
+        self._http, self._polls = (
+            httpx.AsyncClient(
+                base_url=base_url,
+                headers=headers,
+                timeout=timeout,
+                transport=pool,
+                follow_redirects=False,
+            )
+            for pool in (short, polls)
         )
         # Long-polls on real sockets skip httpx altogether: a held push then costs a
         # coroutine, a connection and a few hundred bytes instead of httpx's request and
@@ -464,7 +449,7 @@ class BackendClient:
     @staticmethod
     def _refused(exc: _Refusal, where: str) -> Result:
         if exc.kind in REFUSED_KINDS:
-            return Refused(cast(Any, exc.kind), exc.detail)
+            return Refused(cast(RefusedKind, exc.kind), exc.detail)
         if where in ("submit", "verify", "password"):
             # The backend found the input unusable (too long, bad characters): a wrong code.
             return Checked(False, exc.kind)

@@ -10,17 +10,16 @@ imports nothing from the backend package. SIGTERM or Ctrl-C stop it cleanly (exi
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from radius_bridge.config import BridgeConfigError, BridgeSettings, load_bridge_settings
 
 PROG = "openmfa radius"
-_STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+#: Installs the log handler given (level, format): the caller's one logging setup, since the
+#: bridge imports nothing from the backend package.
+LoggingSetup = Callable[[str, str], None]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,42 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class JsonLines(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and the record's extras."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
-
-
-def configure_logging(level: str, fmt: str) -> None:
-    """Structured lines on stderr (the bridge's own setup: it cannot use the backend's)."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonLines() if fmt == "json" else logging.Formatter("%(levelname)-7s %(name)s: %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    quiet_libraries()
-
-
-def quiet_libraries() -> None:
-    """httpx logs every request at INFO: thousands of lines a second on a busy bridge."""
-    for name in ("httpx", "httpcore", "uvicorn.access"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def settings_from(args: argparse.Namespace) -> BridgeSettings:
     """Settings from parsed arguments plus ``OPENMFA_BRIDGE_*``."""
     return load_bridge_settings(
@@ -130,7 +93,7 @@ def settings_from(args: argparse.Namespace) -> BridgeSettings:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None, configure_logging: LoggingSetup) -> int:
     """Run the standalone bridge until SIGTERM / SIGINT; the exit status."""
     args = build_parser().parse_args(argv)
     try:
@@ -149,7 +112,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

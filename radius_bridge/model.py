@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Literal
+from typing import Literal, get_args
 
 Network = IPv4Network | IPv6Network
 Address = IPv4Address | IPv6Address
@@ -224,20 +224,25 @@ class Started:
     number: int | None  # number matching: show it to the user
 
 
+RefusedKind = Literal[
+    "unknown-user",
+    "user-not-enrolled",
+    "user-disabled",
+    "user-blocked",
+    "otp-locked",
+    "challenge-closed",
+    "challenge-expired",
+    "invalid-name",
+]
+#: The backend's problem types the flow understands as "this user may not sign in now".
+REFUSED_KINDS: frozenset[str] = frozenset(get_args(RefusedKind))
+
+
 @dataclass(frozen=True)
 class Refused:
     """The backend refused the user (result of Start/Verify/Submit effects)."""
 
-    kind: Literal[
-        "unknown-user",
-        "user-not-enrolled",
-        "user-disabled",
-        "user-blocked",
-        "otp-locked",
-        "challenge-closed",
-        "challenge-expired",
-        "invalid-name",
-    ]
+    kind: RefusedKind
     detail: str
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,6 +14,7 @@ from backend.config import Settings
 from backend.domain import totp
 from tests.support.api import ADMIN, ApiHarness, assert_problem, harness
 from tests.support.clock import FakeClock
+from tests.support.process import wait_for
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 START = "/gateway/v1/authentications"
@@ -23,15 +24,6 @@ VERIFY = "/gateway/v1/otp/verify"
 @pytest.fixture
 def api(settings: Settings, clock: FakeClock) -> Iterator[ApiHarness]:
     yield from harness(settings, clock)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll an observable condition with a deadline (not a sleep standing in for one)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.002)
 
 
 def waiting(api: ApiHarness) -> int:
@@ -177,7 +169,7 @@ def test_long_poll_returns_as_soon_as_the_device_answers(api: ApiHarness) -> Non
 
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()
-    wait_until(lambda: waiting(api) == 1)
+    wait_for(lambda: waiting(api) == 1, 10, "the long-poll to park", every=0.002)
     answered = time.monotonic()
     assert phone.answer(auth_id, "deny") == "denied"
     thread.join(timeout=10)

@@ -131,7 +131,6 @@ def test_push_is_held_until_the_phone_approves(
     lab.client("radclient", ["127.0.0.1"], SECRET, mode="push", primary="none")
     user = name_of(request)
     device = lab.user(user)
-    assert device is not None
     # RD Gateway via NPS: only User-Name, the password was checked by NPS.
     reply: Future[Any] = pool.submit(radclient, lab.port, SECRET, {"User-Name": user}, timeout=30)
     challenge_id = one_pending(device)
@@ -157,7 +156,6 @@ def test_push_denied_on_the_phone_is_rejected_with_a_message(
     lab.client("radclient", ["127.0.0.1"], SECRET, mode="push", primary="none")
     user = name_of(request)
     device = lab.user(user)
-    assert device is not None
     reply = pool.submit(radclient, lab.port, SECRET, {"User-Name": user}, timeout=30)
     device.answer(one_pending(device), "deny")
     answer = reply.result(timeout=30)
@@ -171,7 +169,6 @@ def test_retransmissions_while_a_push_is_pending_make_one_push_and_one_answer(
     lab.client(name_of(request), [source], SECRET, mode="push", primary="none")
     user = name_of(request)
     device = lab.user(user)
-    assert device is not None
     client = lab.pyrad(source, SECRET)
     datagram = access_request(client, user, NAS_Identifier="asa").RequestPacket()
     absorbed = lab.bridge.metric("openmfa_radius_duplicates_total", {"outcome": "absorbed"})
@@ -210,7 +207,6 @@ def test_a_new_request_for_a_user_with_a_pending_push_joins_it(
     lab.client(name_of(request), [source], SECRET, mode="push", primary="none")
     user = name_of(request)
     device = lab.user(user)
-    assert device is not None
     first_try = pool.submit(
         lab.pyrad(source, SECRET, timeout=30).SendPacket,
         access_request(lab.pyrad(source, SECRET), user),
@@ -236,7 +232,6 @@ def test_challenge_mode_with_the_code_from_the_app(
     name = name_of(request)
     lab.client(name, [source], SECRET, mode="challenge", primary="local")
     device = lab.user(name, password=PASSWORD)
-    assert device is not None
     client = lab.pyrad(source, SECRET)
     first_round = client.SendPacket(access_request(client, name, PASSWORD))
     assert first_round.code == CHALLENGE
@@ -257,7 +252,6 @@ def test_challenge_mode_with_an_empty_answer_waits_for_the_push(
     name = name_of(request)
     lab.client(name, [source], SECRET, mode="challenge", primary="local")
     device = lab.user(name, password=PASSWORD)
-    assert device is not None
     client = lab.pyrad(source, SECRET, timeout=30)
     state = first(client.SendPacket(access_request(client, name, PASSWORD)), "State")
     challenge_id = one_pending(device)
@@ -274,7 +268,6 @@ def test_wrong_code_then_right_code(
     name = name_of(request)
     lab.client(name, [source], SECRET, mode="challenge", primary="local")
     device = lab.user(name, password=PASSWORD)
-    assert device is not None
     client = lab.pyrad(source, SECRET)
     state = first(client.SendPacket(access_request(client, name, PASSWORD)), "State")
     right = device.code()
@@ -294,7 +287,6 @@ def test_otp_mode_asks_for_the_code(
     name = name_of(request)
     lab.client(name, [source], SECRET, mode="otp", primary="local")
     device = lab.user(name, password=PASSWORD)
-    assert device is not None
     client = lab.pyrad(source, SECRET)
     asked = client.SendPacket(access_request(client, name, PASSWORD))
     assert asked.code == CHALLENGE
@@ -313,7 +305,6 @@ def test_password_comma_code_in_one_round_in_every_mode(
     name = name_of(request)
     lab.client(name, [source], SECRET, mode=mode, primary="local")
     device = lab.user(name, password=PASSWORD)
-    assert device is not None
     client = lab.pyrad(source, SECRET)
     answer = client.SendPacket(access_request(client, name, f"{PASSWORD},{device.code()}"))
     assert answer.code == ACCEPT
@@ -328,7 +319,6 @@ def test_expired_and_replayed_states_are_rejected(
     name = name_of(request)
     lab.client(name, [source], SECRET, mode="otp", primary="local")
     device = lab.user(name, password=PASSWORD)
-    assert device is not None
     client = lab.pyrad(source, SECRET)
     state = first(client.SendPacket(access_request(client, name, PASSWORD)), "State")
     assert (
@@ -354,7 +344,6 @@ def test_a_blocked_user_is_rejected_at_once_without_a_push(
     name = name_of(request)
     lab.client(name, [source], SECRET, mode="push", primary="none")
     device = lab.user(name)
-    assert device is not None
     lab.api.run(lab.api.services.users.set_blocked(ADMIN, name, True, "lost phone"))
     client = lab.pyrad(source, SECRET)
     began = time.monotonic()
@@ -372,7 +361,7 @@ def test_unenrolled_user_per_the_client_policy(
 ) -> None:
     name = name_of(request)
     lab.client(name, [source], SECRET, mode="push", primary="local", unenrolled=policy)
-    lab.user(name, password=PASSWORD, enrol=False)
+    lab.unenrolled_user(name, password=PASSWORD)
     client = lab.pyrad(source, SECRET)
     answer = client.SendPacket(access_request(client, name, PASSWORD))
     if policy == "reject":
@@ -396,7 +385,6 @@ def test_exempt_user_skips_the_second_factor_and_is_audited(
     name = name_of(request)
     lab.client(name, [source], SECRET, mode="push", primary="local", exempt_users=[name])
     device = lab.user(name, password=PASSWORD)
-    assert device is not None
     client = lab.pyrad(source, SECRET)
     assert client.SendPacket(access_request(client, name, PASSWORD)).code == ACCEPT
     assert device.pending() == []
@@ -515,7 +503,6 @@ def test_proxy_state_is_copied_back_in_order(
     name = name_of(request)
     lab.client(name, [source], SECRET, mode="otp", primary="local")
     device = lab.user(name, password=PASSWORD)
-    assert device is not None
     client = lab.pyrad(source, SECRET)
     packet = access_request(client, name, f"{PASSWORD},{device.code()}")
     packet.AddAttribute("Proxy-State", b"nps-1")
@@ -531,7 +518,6 @@ def test_client_changes_apply_without_a_restart(
     name = name_of(request)
     lab.client(name, [source], SECRET, mode="push", primary="local")
     device = lab.user(name, password=PASSWORD)
-    assert device is not None
     old = lab.pyrad(source, SECRET, timeout=0.5)
     # Push mode: the code in the password field still works in one round.
     assert old.SendPacket(access_request(old, name, f"{PASSWORD},{device.code()}")).code == ACCEPT
@@ -563,7 +549,6 @@ def test_a_restarted_bridge_rejoins_the_held_push_on_retransmission(
     name = name_of(request)
     lab.client(name, [source], SECRET, mode="push", primary="none")
     device = lab.user(name)
-    assert device is not None
     udp = free_udp_port()
     settings = bridge_settings(lab.api.url, lab.token, listen=("127.0.0.1",))
     settings = replace(settings, listen=(ListenAddress("127.0.0.1", udp),))
@@ -601,7 +586,6 @@ def test_requests_beyond_the_limit_are_dropped_not_queued(
     device = lab.user(name)
     other = f"{name}-2"
     lab.user(other)
-    assert device is not None
     settings = bridge_settings(lab.api.url, lab.token, max_held=1)
     with BridgeThread(settings) as small:
         client = lab.pyrad(source, SECRET, timeout=30)

@@ -331,9 +331,10 @@ def _main(argv: Sequence[str] | None) -> int:
         if hasattr(args, "device_handler"):
             return int(args.device_handler(args))
         if args.handler == "radius":
+            from backend.logs import configure_logging
             from radius_bridge.cli import main as radius_main
 
-            return radius_main(args.args)
+            return radius_main(args.args, configure_logging)
         settings = _settings(args)
         if args.handler == "run":
             from backend.server import check_startup, serve

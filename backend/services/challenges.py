@@ -285,29 +285,32 @@ class ChallengeService:
         """End every pending challenge of a user (blocked or disabled); waiters wake at once."""
         async with self._db.write() as conn:
             user = await load_user(conn, user_name)
-            rows = (
-                await conn.execute(
-                    update(challenges_t)
-                    .where(
-                        challenges_t.c.user_id == user.id,
-                        challenges_t.c.state == ChallengeState.PENDING.value,
-                    )
-                    .values(state=ChallengeState.CANCELLED.value)
-                    .returning(challenges_t.c.id)
+            cancelled = await self._cancel_pending(conn, actor, user.id, user.name_key, reason)
+        for outcome in cancelled:
+            await self._bus.publish(outcome)
+        return len(cancelled)
+
+    async def _cancel_pending(
+        self, conn: AsyncConnection, actor: Actor, user_id: int, user_name: str, reason: str
+    ) -> list[Outcome]:
+        """Cancel the user's pending challenges inside ``conn``'s transaction, audited; the
+        outcomes to publish once it commits."""
+        rows = (
+            await conn.execute(
+                update(challenges_t)
+                .where(
+                    challenges_t.c.user_id == user_id,
+                    challenges_t.c.state == ChallengeState.PENDING.value,
                 )
-            ).all()
-            for row in rows:
-                await self._audit.add(
-                    conn,
-                    actor,
-                    "challenge.cancel",
-                    "cancelled",
-                    user.name_key,
-                    f"{row.id} {reason}",
-                )
+                .values(state=ChallengeState.CANCELLED.value)
+                .returning(challenges_t.c.id)
+            )
+        ).all()
         for row in rows:
-            await self._bus.publish(Outcome(row.id, ChallengeState.CANCELLED.value))
-        return len(rows)
+            await self._audit.add(
+                conn, actor, "challenge.cancel", "cancelled", user_name, f"{row.id} {reason}"
+            )
+        return [Outcome(row.id, ChallengeState.CANCELLED.value) for row in rows]
 
     async def verify_code(
         self, actor: Actor, challenge_id: str, code: str
@@ -524,27 +527,9 @@ class ChallengeService:
                 .where(users_t.c.id == row.user_id)
                 .values(blocked=True, blocked_reason=f"fraud reported on {row.id}")
             )
-            others = (
-                await conn.execute(
-                    update(challenges_t)
-                    .where(
-                        challenges_t.c.user_id == row.user_id,
-                        challenges_t.c.state == ChallengeState.PENDING.value,
-                    )
-                    .values(state=ChallengeState.CANCELLED.value)
-                    .returning(challenges_t.c.id)
-                )
-            ).all()
-            for other in others:
-                cancelled.append(Outcome(other.id, ChallengeState.CANCELLED.value))
-                await self._audit.add(
-                    conn,
-                    actor,
-                    "challenge.cancel",
-                    "cancelled",
-                    user_name,
-                    f"{other.id} user blocked",
-                )
+            cancelled += await self._cancel_pending(
+                conn, actor, row.user_id, user_name, "user blocked"
+            )
         await self._audit.add(
             conn,
             actor,

@@ -174,39 +174,9 @@ class OtpService:
         reason: str,
         where: str,
     ) -> OtpResult:
-        if reason == "replayed":
-            # A code that was valid once is no guess: refuse and audit it, but do not count
-            # it toward the lockout (a user who signs in twice within 30 s would be locked).
-            self._audit.add_job(
-                tx,
-                actor,
-                attempt.now,
-                "otp.verify",
-                "reject",
-                attempt.user_name,
-                f"{reason} {where}".strip(),
-            )
-            return OtpResult(False, reason, name)
-        row = tx.one(
-            "UPDATE users SET otp_failures = otp_failures + 1 WHERE id = ? RETURNING otp_failures",
-            user_id,
-        )
-        failures = int(row[0]) if row else 0
-        layers: dict[str, dict[str, str]] = {GLOBAL_SCOPE: {}, user_scope(user_id): {}}
-        for scope, key, value in tx.all(
-            "SELECT scope, key, value FROM policies WHERE scope IN (?, ?)",
-            GLOBAL_SCOPE,
-            user_scope(user_id),
-        ):
-            layers[scope][key] = value
-        policy = policy_rules.resolve(*layers.values())
-        if failures >= policy.otp_max_failures:
-            until = attempt.now + timedelta(seconds=policy.otp_lockout_seconds)
-            tx.run(
-                "UPDATE users SET otp_failures = 0, otp_locked_until = ? WHERE id = ?",
-                tx.time(until),
-                user_id,
-            )
+        # A code that was valid once is no guess: refuse and audit it, but do not count it
+        # toward the lockout (a user who signs in twice within 30 s would be locked).
+        if reason != "replayed" and _count_failure(tx, attempt.now, user_id):
             reason = "locked"
         self._audit.add_job(
             tx,
@@ -218,6 +188,31 @@ class OtpService:
             f"{reason} {where}".strip(),
         )
         return OtpResult(False, reason, name)
+
+
+def _count_failure(tx: Tx, now: datetime, user_id: int) -> bool:
+    """Count a wrong code toward the user's lockout; True when it locks the user now."""
+    row = tx.one(
+        "UPDATE users SET otp_failures = otp_failures + 1 WHERE id = ? RETURNING otp_failures",
+        user_id,
+    )
+    failures = int(row[0]) if row else 0
+    layers: dict[str, dict[str, str]] = {GLOBAL_SCOPE: {}, user_scope(user_id): {}}
+    for scope, key, value in tx.all(
+        "SELECT scope, key, value FROM policies WHERE scope IN (?, ?)",
+        GLOBAL_SCOPE,
+        user_scope(user_id),
+    ):
+        layers[scope][key] = value
+    policy = policy_rules.resolve(*layers.values())
+    if failures < policy.otp_max_failures:
+        return False
+    tx.run(
+        "UPDATE users SET otp_failures = 0, otp_locked_until = ? WHERE id = ?",
+        tx.time(now + timedelta(seconds=policy.otp_lockout_seconds)),
+        user_id,
+    )
+    return True
 
 
 def _bearer_digest(bearer: str | None) -> str | None:

@@ -236,15 +236,19 @@ class RadiusLab:
             lambda: self.bridge.revision == revision, 10, f"the bridge to load revision {revision}"
         )
 
-    def user(self, name: str, password: str | None = None, enrol: bool = True) -> AppClient | None:
-        """A user (with a local password when given) and, with ``enrol``, an activated
-        reference authenticator."""
+    def user(self, name: str, password: str | None = None) -> AppClient:
+        """A user (with a local password when given) with an activated reference
+        authenticator."""
+        self.unenrolled_user(name, password)
+        return self.api.device(name)
+
+    def unenrolled_user(self, name: str, password: str | None = None) -> None:
+        """A user (with a local password when given) with no device and no token."""
         from tests.support.api import ADMIN
 
         self.api.add_user(name)
         if password is not None:
             self.api.run(self.api.services.users.set_password(ADMIN, name, password))
-        return self.api.device(name) if enrol else None
 
     def audit(self, user: str, action: str) -> list[Any]:
         """Audit rows of ``user`` with ``action``, newest first."""

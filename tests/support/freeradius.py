@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -51,7 +50,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from tests.support.process import wait_for
+from tests.support.process import stop_process, wait_for
 
 AttributeValue = str | int | bytes
 """A value for :func:`radclient` and the users file: text (quoted for you; FreeRADIUS
@@ -511,17 +510,9 @@ server proxy {{
 
     def stop(self, timeout: float = 10) -> int | None:
         """SIGTERM, then SIGKILL if it has not exited within ``timeout``; its exit status."""
-        process = self.process
-        if process is None:
+        if self.process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=timeout)
-        return process.returncode
+        return stop_process(self.process, timeout)
 
     def running(self) -> bool:
         """True while the process is alive."""
