@@ -61,6 +61,38 @@ class Settings(BaseModel):
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     db_pool_size: int = Field(default=10, ge=1)
 
+    # -- push (docs/push.md). A transport left unconfigured is reported at start; its
+    # devices are served by polling. --
+    # APNs, token-based: the team's .p8 key, its key id, the team id and the app's bundle id.
+    apns_key_file: Path | None = None
+    apns_key_id: str = ""
+    apns_team_id: str = ""
+    apns_topic: str = ""
+    apns_sandbox: bool = False
+    # Another APNs endpoint (https://host:port) and a CA file to trust for it: for tests and
+    # for a relay; empty means Apple's own endpoint with the system's trust store.
+    apns_url: str = ""
+    apns_ca_file: Path | None = None
+    # FCM HTTP v1: the service-account JSON of the Firebase project (its token_uri is used as is).
+    fcm_service_account_file: Path | None = None
+    fcm_url: str = ""  # another endpoint base than https://fcm.googleapis.com (tests, relays)
+    fcm_ca_file: Path | None = None
+    fcm_workers: int = Field(default=4, ge=1, le=64)  # threads for the synchronous FCM client
+    push_concurrency: int = Field(default=200, ge=1, le=10000)  # sends in flight at once
+
+    # -- fraud e-mail (docs/security.md) --
+    smtp_host: str = ""  # empty: no e-mail is sent (reports are still stored and audited)
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_username: str = ""
+    smtp_password_file: Path | None = None
+    smtp_ca_file: Path | None = None
+    mail_from: str = ""
+    fraud_notify_to: str = ""  # the support address that gets fraud reports
+
+    # -- context shown with a challenge --
+    geoip_database: Path | None = None  # a MaxMind-format City database (GeoLite2-City.mmdb)
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

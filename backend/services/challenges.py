@@ -39,6 +39,7 @@ from backend.errors import (
     WrongNumber,
 )
 from backend.events import Outcome, OutcomeBus
+from backend.push.base import PushNotifier
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock, SignInContext
 from backend.services.devices import LIVE_STATES, DeviceRecord
@@ -121,8 +122,10 @@ class ChallengeService:
         otp: OtpService,
         audit: AuditLog,
         clock: Clock,
+        push: PushNotifier | None = None,
     ) -> None:
         self._db = db
+        self._push = push
         self._bus = bus
         self._users = users
         self._otp = otp
@@ -235,6 +238,8 @@ class ChallengeService:
                 if existing is not None:
                     return existing
             raise
+        if method == "push" and self._push is not None:
+            self._push.challenge_started(challenge_id)
         return await self.get(challenge_id)
 
     async def _find_idempotent(

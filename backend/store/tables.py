@@ -93,6 +93,11 @@ class Device(SQLModel, table=True):
     created_at: datetime = utc_column()
     activated_at: datetime | None = utc_column(nullable=True)
     last_used_at: datetime | None = utc_column(nullable=True)
+    # What the last push said about ``push_token``: "" (none tried), "ok" or "invalid" (the
+    # service called the token dead; the device is served by polling until it sends a new one).
+    push_status: str = Field(default="", max_length=16, sa_column_kwargs={"server_default": ""})
+    push_error: str = Field(default="", max_length=128, sa_column_kwargs={"server_default": ""})
+    push_status_at: datetime | None = utc_column(nullable=True)
 
 
 class ActivationCode(SQLModel, table=True):
@@ -113,6 +118,7 @@ class Challenge(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("token_id", "idempotency_key", name="uq_challenges_idempotency"),
         Index("ix_challenges_user_state", "user_id", "state"),
+        Index("ix_challenges_user_created", "user_id", "created_at"),
     )
     id: str = Field(primary_key=True, max_length=64)
     user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
@@ -177,6 +183,10 @@ class RadiusClient(SQLModel, table=True):
     exempt_networks: str = text_column()
     password_separator: str = Field(max_length=8)
     reply_attributes: str = text_column()
+    # Number matching for this gateway: "policy" (the user's policy decides), "on" or "off".
+    number_matching: str = Field(
+        default="policy", max_length=16, sa_column_kwargs={"server_default": "policy"}
+    )
     created_at: datetime = utc_column()
     updated_at: datetime = utc_column()
 
@@ -190,6 +200,7 @@ class PolicyValue(SQLModel, table=True):
 
 class FraudReport(SQLModel, table=True):
     __tablename__ = "fraud_reports"
+    __table_args__ = (Index("ix_fraud_reports_state", "state"),)
     id: int | None = Field(default=None, primary_key=True)
     user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
     challenge_id: str = Field(max_length=64)
@@ -198,6 +209,14 @@ class FraudReport(SQLModel, table=True):
     client_ip: str = Field(default="", max_length=64)
     state: str = Field(default="open", max_length=16)
     created_at: datetime = utc_column()
+    # The e-mail to the support address: none (not configured), pending, sent or failed.
+    notify_state: str = Field(
+        default="none", max_length=16, sa_column_kwargs={"server_default": "none"}
+    )
+    notify_attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    notified_at: datetime | None = utc_column(nullable=True)
+    reviewed_at: datetime | None = utc_column(nullable=True)
+    reviewed_by: str = Field(default="", max_length=128, sa_column_kwargs={"server_default": ""})
 
 
 class AuditEvent(SQLModel, table=True):
