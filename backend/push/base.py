@@ -19,7 +19,7 @@ from typing import Protocol
 class PushOutcome(StrEnum):
     DELIVERED = "delivered"  # the service accepted the message
     RETRY = "retry"  # 429, 5xx, timeout or connection failure: worth another attempt
-    INVALID_TOKEN = "invalid-token"  # the token is dead (BadDeviceToken, UNREGISTERED, ...)
+    INVALID_TOKEN = "invalid-token"  # noqa: S105  # the token is dead (BadDeviceToken, ...)
     FAILED = "failed"  # any other refusal (bad request, bad credentials): do not retry
 
 

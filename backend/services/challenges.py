@@ -39,6 +39,7 @@ from backend.errors import (
     WrongNumber,
 )
 from backend.events import Outcome, OutcomeBus
+from backend.notify.base import FraudNotifier
 from backend.push.base import PushNotifier
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock, SignInContext
@@ -123,9 +124,11 @@ class ChallengeService:
         audit: AuditLog,
         clock: Clock,
         push: PushNotifier | None = None,
+        fraud_notifier: FraudNotifier | None = None,
     ) -> None:
         self._db = db
         self._push = push
+        self._fraud_notifier = fraud_notifier
         self._bus = bus
         self._users = users
         self._otp = otp
@@ -407,6 +410,7 @@ class ChallengeService:
     ) -> ChallengeView:
         """Apply ``event`` and persist it; publish the outcomes once committed."""
         published: list[Outcome] = []
+        reports: list[int] = []
         late = False
         async with self._db.write() as conn:
             row, user_name = await _load(conn, challenge_id, lock=True)
@@ -437,10 +441,13 @@ class ChallengeService:
                         Outcome(challenge_id, transition.status.state.value, answered_at)
                     )
                     published += await self._after_transition(
-                        conn, actor, row, user_name, transition.status.state, event, device
+                        conn, actor, row, user_name, transition.status.state, event, device, reports
                     )
         for outcome in published:
             await self._bus.publish(outcome)
+        if self._fraud_notifier is not None:
+            for report_id in reports:
+                self._fraud_notifier.report_filed(report_id)
         if late:
             raise ChallengeExpired("the challenge expired before it was answered")
         return view
@@ -470,8 +477,10 @@ class ChallengeService:
         state: ChallengeState,
         event: Event,
         device: DeviceRecord | None,
+        reports: list[int],
     ) -> list[Outcome]:
-        """Side effects of a transition; returns further outcomes to publish."""
+        """Side effects of a transition; returns further outcomes to publish and adds the ids
+        of fraud reports it filed to ``reports``."""
         now = self._clock()
         if isinstance(event, Tick):
             await self._audit.add(conn, actor, "challenge.expire", "expired", user_name, row.id)
@@ -501,7 +510,9 @@ class ChallengeService:
             conn, actor, "challenge.answer", state.value, user_name, f"{row.id} by {event.by}"
         )
         if state is ChallengeState.FRAUD:
-            return await self._report_fraud(conn, actor, row, user_name, device)
+            report_id, cancelled = await self._report_fraud(conn, actor, row, user_name, device)
+            reports.append(report_id)
+            return cancelled
         return []
 
     async def _report_fraud(
@@ -511,11 +522,14 @@ class ChallengeService:
         row: Any,
         user_name: str,
         device: DeviceRecord | None,
-    ) -> list[Outcome]:
-        """Record the report; block the user and cancel their other challenges if policy says so."""
+    ) -> tuple[int, list[Outcome]]:
+        """Record the report; block the user and cancel their other challenges if policy says so.
+
+        Returns the report's id and the cancelled challenges' outcomes."""
         cancelled: list[Outcome] = []
-        await conn.execute(
-            insert(fraud_reports_t).values(
+        inserted = await conn.execute(
+            insert(fraud_reports_t)
+            .values(
                 user_id=row.user_id,
                 challenge_id=row.id,
                 device_id=device.id if device else None,
@@ -524,7 +538,9 @@ class ChallengeService:
                 state="open",
                 created_at=self._clock(),
             )
+            .returning(fraud_reports_t.c.id)
         )
+        report_id = int(inserted.scalar_one())
         policy = await effective_policy(conn, row.user_id)
         if policy.fraud_blocks_user:
             await conn.execute(
@@ -543,7 +559,7 @@ class ChallengeService:
             user_name,
             row.id,
         )
-        return cancelled
+        return report_id, cancelled
 
 
 async def _load(conn: AsyncConnection, challenge_id: str, lock: bool = False) -> tuple[Any, str]:

@@ -1,0 +1,1 @@
+"""Telling people: e-mail to the support address when a user reports fraud."""
