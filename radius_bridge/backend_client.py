@@ -455,7 +455,7 @@ class BackendClient:
             return Checked(False, exc.kind)
         # Any other refusal is still a refusal: reject, never the failmode.
         log.warning("backend refused %s: %s %s", where, exc.status, exc.kind)
-        return Refused("invalid-name", f"{exc.kind}: {exc.detail}")
+        return Refused("refused", f"{exc.kind}: {exc.detail}")
 
     # -- the clients document -----------------------------------------------------------------
 

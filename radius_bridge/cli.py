@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(re-read when it changes)",
     )
     parser.add_argument(
+        "--clients-cache",
+        type=Path,
+        metavar="FILE",
+        help="keep the last client list from the backend in this file (encrypted), to serve "
+        "from it when the bridge starts while the backend is down",
+    )
+    parser.add_argument(
         "--refresh-seconds",
         type=float,
         metavar="S",
@@ -84,6 +91,7 @@ def settings_from(args: argparse.Namespace) -> BridgeSettings:
         token_file=args.token_file,
         listen=args.listen,
         clients_file=args.clients_file,
+        clients_cache=args.clients_cache,
         refresh_seconds=args.refresh_seconds,
         http_timeout=args.http_timeout,
         metrics_listen=args.metrics_listen,

@@ -107,6 +107,9 @@ class BridgeSettings:
     * ``listen``: UDP addresses (IPv4 and IPv6; several allowed).
     * ``clients_file``: read the RADIUS clients from this JSON file (the clients document)
       instead of fetching them from the backend.
+    * ``clients_cache``: keep the last clients document fetched from the backend in this file
+      (sealed with a key derived from the token), and serve from it when the bridge starts
+      while the backend cannot be reached (see :mod:`radius_bridge.cache`).
     * ``refresh_seconds``: how often the clients are re-read (ETag / mtime), so changes take
       effect within seconds.
     * ``http_timeout``: the longest any single short backend call may take (long-polls are
@@ -126,6 +129,7 @@ class BridgeSettings:
     listen: tuple[ListenAddress, ...] = ()
     listen_is_default: bool = False
     clients_file: Path | None = None
+    clients_cache: Path | None = None
     refresh_seconds: float = 5.0
     http_timeout: float = 10.0
     long_poll_seconds: float = 50.0
@@ -148,6 +152,11 @@ class BridgeSettings:
             raise BridgeConfigError("at least one listen address is needed")
         if len(set(self.listen)) != len(self.listen):
             raise BridgeConfigError("a listen address is given twice")
+        if self.clients_cache is not None and self.clients_file is not None:
+            raise BridgeConfigError(
+                "a clients cache only keeps what the backend sends; with a clients file "
+                "there is nothing to cache (drop one of the two)"
+            )
         _number(self.refresh_seconds, "refresh seconds", 0.1, 3600)
         _number(self.http_timeout, "HTTP timeout", 0.5, 120)
         _number(self.long_poll_seconds, "long-poll seconds", 1, 600)
@@ -191,6 +200,7 @@ def load_bridge_settings(
     token_file: Path | None = None,
     listen: Sequence[str] = (),
     clients_file: Path | None = None,
+    clients_cache: Path | None = None,
     refresh_seconds: float | None = None,
     http_timeout: float | None = None,
     long_poll_seconds: float | None = None,
@@ -232,6 +242,7 @@ def load_bridge_settings(
         parse_host_port(t, "listen address", DEFAULT_PORT) for t in (listen_texts or DEFAULT_LISTEN)
     )
     clients_text = pick(clients_file, "CLIENTS_FILE")
+    cache_text = pick(clients_cache, "CLIENTS_CACHE")
     metrics_text = pick(metrics_listen, "METRICS_LISTEN")
 
     def number(arg: float | None, env_name: str, default: float) -> float:
@@ -247,6 +258,7 @@ def load_bridge_settings(
         listen=addresses,
         listen_is_default=is_default,
         clients_file=Path(clients_text) if clients_text else None,
+        clients_cache=Path(cache_text) if cache_text else None,
         refresh_seconds=number(refresh_seconds, "REFRESH_SECONDS", 5.0),
         http_timeout=number(http_timeout, "HTTP_TIMEOUT", 10.0),
         long_poll_seconds=number(long_poll_seconds, "LONG_POLL_SECONDS", 50.0),

@@ -233,6 +233,11 @@ RefusedKind = Literal[
     "challenge-closed",
     "challenge-expired",
     "invalid-name",
+    "push-limited",
+    "number-matching-unavailable",
+    # Any other 4xx: the backend said no for a reason this bridge does not know (a newer
+    # backend). Still a refusal, so a reject, never the failmode.
+    "refused",
 ]
 #: The backend's problem types the flow understands as "this user may not sign in now".
 REFUSED_KINDS: frozenset[str] = frozenset(get_args(RefusedKind))

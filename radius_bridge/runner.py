@@ -43,6 +43,7 @@ from typing import Any
 import httpx
 
 from radius_bridge.backend_client import BackendClient, BackendError
+from radius_bridge.cache import CachedDocument, CacheError, ClientsCache
 from radius_bridge.clients import (
     ClientList,
     ClientsError,
@@ -127,6 +128,11 @@ class Bridge:
             on_unavailable=self._count_unavailable,
         )
         self.upstream = UpstreamClient(dictionary=self.core.dictionary)
+        self.cache = (
+            None
+            if settings.clients_cache is None
+            else ClientsCache(settings.clients_cache, settings.token)
+        )
         self.endpoints: list[RadiusProtocol] = []
         self.revision: str | None = None
         self.client_errors: tuple[str, ...] = ()
@@ -155,7 +161,8 @@ class Bridge:
         once, and start refreshing it. Raises :class:`StartupError` if nothing can bind."""
         self._loop = asyncio.get_running_loop()
         await self._bind(sockets or {})
-        await self.refresh_clients()
+        if not await self.refresh_clients() and not self.table_loaded.is_set():
+            self._load_cache()
         self._background.append(asyncio.create_task(self._refresh_loop(), name="radius-refresh"))
         self._background.append(
             asyncio.create_task(self._housekeeping_loop(), name="radius-housekeeping")
@@ -428,6 +435,8 @@ class Bridge:
             else:
                 document = await self.backend.fetch_clients(self.revision)
                 loaded = None if document is None else parse_clients(document.data)
+                if document is not None:  # parsed: a document the bridge cannot use is not kept
+                    self._save_cache(CachedDocument(document.revision, document.data))
         except (BackendError, ClientsError, OSError) as exc:
             self.metrics.client_refresh_failures.inc()
             now = time.monotonic()
@@ -458,6 +467,35 @@ class Bridge:
             return False
         self._install(loaded)
         return True
+
+    def _save_cache(self, document: CachedDocument) -> None:
+        if self.cache is None:
+            return
+        try:
+            self.cache.save(document)
+        except CacheError as exc:
+            log.warning("%s; a restart while the backend is down will find no clients", exc)
+
+    def _load_cache(self) -> None:
+        """Serve from the cached client list until the backend can be reached."""
+        if self.cache is None:
+            return
+        try:
+            cached = self.cache.load()
+            if cached is None:
+                return
+            loaded = parse_clients(cached.data)
+        except (CacheError, ClientsError) as exc:
+            log.warning("the RADIUS clients cache cannot be used: %s", exc)
+            return
+        log.warning(
+            "the backend cannot be reached: serving the cached RADIUS client list "
+            "(revision %s) until it can",
+            cached.revision,
+        )
+        self._install(loaded)
+        # Keep asking for changes since that revision; the backend's list replaces it.
+        self.revision = cached.revision
 
     def _read_clients_file(self) -> ClientList | None:
         path = self.settings.clients_file

@@ -31,7 +31,7 @@ from radius_bridge.protocol import packet as codec
 from tests.support.api import ADMIN
 from tests.support.bridge import BridgeThread, RadiusLab, bridge_settings
 from tests.support.freeradius import free_udp_port, radclient, radclient_binary
-from tests.support.process import wait_for
+from tests.support.process import free_port, wait_for
 
 needs_radclient = pytest.mark.skipif(
     radclient_binary() is None, reason="radclient not installed (apt-get install freeradius-utils)"
@@ -652,3 +652,39 @@ def test_a_clients_file_is_read_again_when_it_changes(
         assert status_server("file-secret-2") == ACCEPT  # the last good list stays
         write("f3", "file-secret-3")
         wait_for(lambda: bridge.revision == "f3", 10, "the fixed file to be read")
+
+
+def test_a_bridge_restarted_while_the_backend_is_down_serves_from_its_clients_cache(
+    lab: RadiusLab, source: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """--clients-cache: the list fetched from the backend is kept (sealed) on disk; a bridge
+    that starts while the backend is down serves from it instead of dropping everything."""
+    name = name_of(request)
+    secret = f"{name}-cache-secret"
+    lab.client(name, [source], secret)
+    cache = tmp_path / "clients.cache"
+
+    def status_server(bridge: BridgeThread) -> int | None:
+        client = lab.pyrad(source, secret, timeout=0.5)
+        client.authport = bridge.port()
+        try:
+            reply = client.SendPacket(client.CreateAuthPacket(code=pyrad_packet.StatusServer))
+        except Timeout:
+            return None
+        return int(reply.code)
+
+    with BridgeThread(bridge_settings(lab.api.url, lab.token, clients_cache=cache)) as bridge:
+        assert status_server(bridge) == ACCEPT
+        revision = bridge.revision
+    assert cache.stat().st_mode & 0o777 == 0o600
+    assert secret.encode() not in cache.read_bytes()  # sealed, not a copy of the secrets
+
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    with BridgeThread(bridge_settings(unreachable, lab.token, clients_cache=cache)) as bridge:
+        assert bridge.revision == revision
+        assert status_server(bridge) == ACCEPT
+
+    # The key comes from the token: a cache saved under another token is not trusted.
+    with BridgeThread(bridge_settings(unreachable, "omfa_other", clients_cache=cache)) as bridge:
+        assert bridge.revision is None
+        assert status_server(bridge) is None

@@ -93,6 +93,8 @@ async def test_start_sends_the_contract_body_and_token() -> None:
         (404, "unknown-user"),
         (409, "user-not-enrolled"),
         (429, "otp-locked"),
+        (429, "push-limited"),
+        (409, "number-matching-unavailable"),
     ],
 )
 async def test_user_state_problems_are_refusals(status: int, kind: str) -> None:
@@ -103,6 +105,18 @@ async def test_user_state_problems_are_refusals(status: int, kind: str) -> None:
     result = await backend.perform(START, deadline(5))
     await backend.aclose()
     assert result == Refused(kind, "nope")  # type: ignore[arg-type]
+
+
+async def test_a_refusal_this_bridge_does_not_know_is_still_a_refusal() -> None:
+    # A newer backend may refuse for a reason this bridge has never heard of: that must be a
+    # reject (never the failmode, which could accept on the primary factor alone).
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return problem(422, "some-new-reason", "nope")
+
+    backend = client(handler)
+    result = await backend.perform(START, deadline(5))
+    await backend.aclose()
+    assert result == Refused("refused", "some-new-reason: nope")
 
 
 @pytest.mark.parametrize(

@@ -123,6 +123,11 @@ def test_defaults(tmp_path: Path) -> None:
             "not a whole number",
         ),
         (
+            {"backend_url": "http://x", "clients_file": Path("c.json")},
+            {"OPENMFA_BRIDGE_TOKEN": "t", "OPENMFA_BRIDGE_CLIENTS_CACHE": "c.cache"},
+            "nothing to cache",
+        ),
+        (
             {"backend_url": "http://x", "log_format": "xml"},
             {"OPENMFA_BRIDGE_TOKEN": "t"},
             "json or text",

@@ -392,7 +392,9 @@ def test_join_with_number_answers_a_challenge() -> None:
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [("user-blocked", "blocked"), ("user-disabled", "disabled"), ("otp-locked", "locked"),
-     ("invalid-name", "invalid-name"), ("challenge-closed", "cancelled")],
+     ("invalid-name", "invalid-name"), ("challenge-closed", "cancelled"),
+     ("push-limited", "push-limited"), ("number-matching-unavailable", "number-matching"),
+     ("refused", "denied")],
 )  # fmt: skip
 def test_refused_users_rejected_at_once_without_push(kind: str, reason: str) -> None:
     env = Env()

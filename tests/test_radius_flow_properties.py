@@ -41,7 +41,8 @@ from tests.test_radius_flow import Env, make_client, make_request
 PASSWORD_TEXT = "Sup3r-s3cret"
 CODE = "482913"
 REFUSALS = ["unknown-user", "user-not-enrolled", "user-disabled", "user-blocked", "otp-locked",
-            "challenge-closed", "challenge-expired", "invalid-name"]  # fmt: skip
+            "challenge-closed", "challenge-expired", "invalid-name", "push-limited",
+            "number-matching-unavailable", "refused"]  # fmt: skip
 STATES = ["pending", "approved", "denied", "fraud", "expired", "cancelled"]
 
 any_result: st.SearchStrategy[Result] = st.one_of(

@@ -63,6 +63,13 @@ class Tx(Protocol):
 Job = Callable[[Tx], T]
 
 
+def required(value: datetime | None, column: str) -> datetime:
+    """A timestamp read from a NOT NULL column (``read_time`` allows NULL in general)."""
+    if value is None:
+        raise DatabaseError(f"{column} is NULL in the database; it never should be")
+    return value
+
+
 class SqliteTx:
     """A job's view of the writer thread's sqlite3 connection."""
 

@@ -111,6 +111,8 @@ MESSAGES: Final[dict[str, str]] = {
     "locked": "Too many wrong codes. Try again later",
     "backend-unavailable": "Sign-in service unavailable. Try again later",
     "invalid-state": "Sign-in expired or already used. Start again",
+    "push-limited": "Too many sign-in requests. Use the code from your app",
+    "number-matching": "This sign-in needs number matching, which this gateway cannot show",
 }
 
 _FINAL: Final[dict[str, str]] = {
@@ -126,6 +128,9 @@ _REFUSED: Final[dict[str, str]] = {
     "invalid-name": "invalid-name",
     "challenge-expired": "timeout",
     "challenge-closed": "cancelled",
+    "push-limited": "push-limited",
+    "number-matching-unavailable": "number-matching",
+    "refused": "denied",
 }
 
 
