@@ -294,6 +294,8 @@ class BackendClient:
                 "client_ip": (effect.client_ip or "")[:64],
                 "nas_identifier": (effect.nas_identifier or "")[:128],
             },
+            "number_matching": effect.number_matching,
+            "can_show_number": effect.can_show_number,
         }
         try:
             # The idempotency key makes a repeat of a start that did reach the backend

@@ -26,6 +26,7 @@ from radius_bridge.model import (
     NameFormat,
     NameRule,
     Network,
+    NumberMatching,
     Primary,
     Unenrolled,
     Upstream,
@@ -142,6 +143,9 @@ def parse_client(entry: object, *, dictionary: Dictionary | None = None) -> Clie
     if len(separator) != 1 or separator.isdigit():
         raise ClientError("password_separator: must be one character, not a digit")
     reply_attributes = _reply_attributes(fields.get("reply_attributes"), dictionary)
+    number_matching = cast(
+        NumberMatching, _choice(fields, "number_matching", get_args(NumberMatching), "policy")
+    )
     return ClientConfig(
         name=name,
         networks=networks,
@@ -159,6 +163,7 @@ def parse_client(entry: object, *, dictionary: Dictionary | None = None) -> Clie
         exempt_networks=exempt_networks,
         password_separator=separator,
         reply_attributes=reply_attributes,
+        number_matching=number_matching,
     )
 
 

@@ -21,6 +21,7 @@ Primary = Literal["none", "local", "radius"]
 FailMode = Literal["secure", "safe"]
 Unenrolled = Literal["reject", "allow"]
 NameFormat = Literal["strip", "keep", "map"]
+NumberMatching = Literal["policy", "on", "off"]
 
 DEFAULT_PROMPT = "Approve the sign-in on your phone, or type the code from the app"
 
@@ -71,6 +72,18 @@ class ClientConfig:
     exempt_networks: tuple[Network, ...] = ()  # matched against Calling-Station-Id
     password_separator: str = ","  # noqa: S105 - a separator, not a password
     reply_attributes: tuple[tuple[str, str], ...] = ()  # ("Filter-Id", "vpn-users"), ...
+    number_matching: NumberMatching = "policy"  # "policy": the user's policy decides
+
+    @property
+    def number_matching_override(self) -> bool | None:
+        """What the start request says about number matching (``None``: the user's policy)."""
+        return None if self.number_matching == "policy" else self.number_matching == "on"
+
+    @property
+    def can_show_number(self) -> bool:
+        """Only a challenge's Reply-Message can show the number; push mode answers only
+        Accept or Reject (RD Gateway through NPS shows no text)."""
+        return self.mode != "push"
 
 
 # -- what the flow sees of an Access-Request ----------------------------------------------------
@@ -138,6 +151,8 @@ class StartAuthentication:
     client_name: str
     client_ip: str | None
     nas_identifier: str | None
+    number_matching: bool | None = None  # the client's override; None: the user's policy
+    can_show_number: bool = True
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,8 @@ async def test_start_sends_the_contract_body_and_token() -> None:
         "method": "push",
         "idempotency_key": "asa1/nas/00",
         "context": {"client_name": "asa1", "client_ip": "10.0.0.1", "nas_identifier": "nas"},
+        "number_matching": None,
+        "can_show_number": True,
     }
 
 

@@ -37,6 +37,7 @@ FULL: dict[str, Any] = {
     "exempt_networks": ["192.0.2.0/24"],
     "password_separator": "|",
     "reply_attributes": [["Filter-Id", "vpn-users"], ["Class", "vpn"], ["Session-Timeout", 3600]],
+    "number_matching": "on",
     "some_future_field": {"ignored": True},
 }
 
@@ -68,6 +69,7 @@ def test_full_client() -> None:
             ("Class", "vpn"),
             ("Session-Timeout", "3600"),
         ),
+        number_matching="on",
     )
 
 
@@ -138,6 +140,7 @@ def test_minimal_client_gets_safe_defaults() -> None:
         ({"reply_attributes": [["Filter-Idd", "x"]]}, "Filter-Idd: unknown attribute"),
         ({"reply_attributes": [["Session-Timeout", "soon"]]}, "Session-Timeout"),
         ({"reply_attributes": [["Framed-IP-Address", "10.0.0"]]}, "Framed-IP-Address"),
+        ({"number_matching": "yes"}, "number_matching: must be one of policy, on, off"),
     ],
 )  # fmt: skip
 def test_bad_field_named_in_error(change: dict[str, Any], message: str) -> None:

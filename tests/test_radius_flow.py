@@ -236,8 +236,28 @@ def test_push_without_password_approved() -> None:
         client_name="asa1",
         client_ip="203.0.113.7",
         nas_identifier="asa1-nas",
+        number_matching=None,
+        can_show_number=False,  # push mode answers only Accept / Reject: no text to show
     )
     assert len(env.pushes) == 0  # final: nobody can join it any more
+
+
+@pytest.mark.parametrize(
+    ("mode", "setting", "override", "can_show"),
+    [("push", "policy", None, False), ("push", "on", True, False),
+     ("challenge", "off", False, True), ("challenge", "policy", None, True)],
+)  # fmt: skip
+def test_the_start_request_says_whether_the_gateway_can_show_a_number(
+    mode: str, setting: str, override: bool | None, can_show: bool
+) -> None:
+    env = Env()
+    client = make_client(mode=mode, number_matching=setting, primary="none")
+    _, effects = drive(
+        env.flow(make_request(client)), [(StartAuthentication, Refused("refused", "x"))]
+    )
+    start = effects[0]
+    assert isinstance(start, StartAuthentication)
+    assert (start.number_matching, start.can_show_number) == (override, can_show)
 
 
 @pytest.mark.parametrize(

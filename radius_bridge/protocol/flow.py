@@ -333,6 +333,8 @@ class _Flow:
             client_name=client.name,
             client_ip=None if calling is None else str(calling),
             nas_identifier=self.request.nas_identifier or self.request.nas_ip_address,
+            number_matching=client.number_matching_override,
+            can_show_number=client.can_show_number,
         )
         if isinstance(result, Started):
             if result.state != "pending":
