@@ -163,6 +163,22 @@ class WrongNumber(OpenMFAError):
     status = 403
 
 
+class PushLimited(OpenMFAError):
+    """The push-fatigue guard stopped pushes for the user; a code still works."""
+
+    type = "push-limited"
+    title = "Too many push sign-ins; use a code from the app for now"
+    status = 429
+
+
+class NumberMatchingUnavailable(OpenMFAError):
+    """Number matching applies, the gateway cannot show the number, and policy refuses."""
+
+    type = "number-matching-unavailable"
+    title = "Number matching is required but this gateway cannot show the number"
+    status = 409
+
+
 class ChallengeExpired(OpenMFAError):
     type = "challenge-expired"
     title = "The challenge has expired"

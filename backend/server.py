@@ -20,6 +20,7 @@ from backend.app import create_app
 from backend.config import Settings
 from backend.errors import ConfigurationError
 from backend.logs import configure_logging
+from backend.push.factory import push_summary
 from backend.services import Services
 
 if TYPE_CHECKING:  # the bridge is imported only when RADIUS is on
@@ -164,12 +165,12 @@ class _Radius:
 
 
 def check_startup(settings: Settings) -> None:
-    """Open and close the services once, so a missing schema or server key is reported as a
-    plain :class:`~backend.errors.OpenMFAError` (one clear line from the CLI) before uvicorn
-    starts, instead of as a lifespan traceback and exit status 3."""
+    """Open and close the services once, so a missing schema or server key, or a bad push
+    key file, is reported as a plain :class:`~backend.errors.OpenMFAError` (one clear line
+    from the CLI) before uvicorn starts, instead of as a lifespan traceback and exit status 3."""
 
     async def check() -> None:
-        services = await Services.open(settings)
+        services = await Services.open(settings, push=True, notify=False)
         await services.close()
 
     asyncio.run(check())
@@ -178,6 +179,8 @@ def check_startup(settings: Settings) -> None:
 def serve(settings: Settings) -> None:
     """Serve until stopped. Blocking."""
     configure_logging(settings.log_level, settings.log_format)
+    for line in push_summary(settings):  # which devices get pushes, which poll
+        log.info(line)
     app = create_app(settings)
     # Each gateway long-poll (and each request the built-in bridge holds, standalone
     # bridges' long-polls included) is a connection: allow as many as the system does.

@@ -52,6 +52,9 @@ async def run(home: Path, waiters: int) -> None:
     try:
         await services.users.add(ADMIN, "alice")
         await services.policies.set(ADMIN, "challenge_ttl_seconds", "600")
+        # One user with a thousand pushes at once: the fatigue guard would stop the fourth.
+        for key in ("push_limit", "push_max_unanswered", "deny_limit_per_device"):
+            await services.policies.set(ADMIN, key, "0")
         offer = await services.activation.create_code(ADMIN, "alice")
         key = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         activated = await services.activation.activate(ADMIN, offer.code, key, "reference")

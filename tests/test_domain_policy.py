@@ -32,6 +32,11 @@ def test_defaults() -> None:
         challenge_ttl_seconds=60,
         fraud_blocks_user=True,
         number_matching=False,
+        number_matching_fallback="refuse",
+        push_limit=3,
+        push_limit_window_seconds=300,
+        push_max_unanswered=3,
+        deny_limit_per_device=3,
     )
     assert resolve() == expected
 

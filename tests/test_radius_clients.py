@@ -385,6 +385,7 @@ async def test_round_trip_and_the_document_of_the_contract(services: Services) -
             "exempt_networks": ["192.0.2.0/24"],
             "password_separator": "|",
             "reply_attributes": [["Filter-Id", "vpn-users"], ["Tunnel-Type:1", "VLAN"]],
+            "number_matching": "policy",
         },
         {
             "name": "rdgw",
@@ -403,6 +404,7 @@ async def test_round_trip_and_the_document_of_the_contract(services: Services) -
             "exempt_networks": [],
             "password_separator": ",",
             "reply_attributes": [],
+            "number_matching": "policy",
         },
     ]
     # The document is what the API serves: it validates against the published schema.

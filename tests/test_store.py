@@ -163,6 +163,9 @@ async def test_a_code_of_an_earlier_step_is_refused_after_a_later_one(
 async def test_racing_answers_make_exactly_one_transition(services: Services, rounds: int) -> None:
     """Two devices of one user answer the same push at once: approve against deny."""
     await services.users.add(ADMIN, "alice")
+    # More pushes (and denies) in a row than the push-fatigue guard allows by default.
+    for key in ("push_limit", "push_max_unanswered", "deny_limit_per_device"):
+        await services.policies.set(ADMIN, key, "0", "alice")
     phone = await app_device(services, "alice")
     tablet = await app_device(services, "alice")
 

@@ -12,6 +12,7 @@ from backend.api.schemas import (
     ActivateResponse,
     AnswerRequest,
     AnswerResponse,
+    ChallengeContext,
     ChallengeList,
     DeviceChallenge,
     PushTokenRequest,
@@ -24,6 +25,7 @@ from backend.logs import request_id_var
 from backend.services.challenges import ChallengeView
 from backend.services.context import Actor
 from backend.services.devices import DeviceRecord
+from backend.services.geoip import GeoIp
 
 ACTIVATION_DEVICE = "activation"
 
@@ -43,7 +45,10 @@ async def _signed_device(request: Request) -> tuple[DeviceRecord, bytes]:
     return device, body
 
 
-def _device_view(view: ChallengeView) -> DeviceChallenge:
+def _device_view(view: ChallengeView, geoip: GeoIp | None) -> DeviceChallenge:
+    """What the app may know about a challenge: never the number to match (the user reads
+    it at the sign-in and types it, which is the point), never a secret."""
+    location = geoip.locate(view.client_ip) if geoip is not None else None
     return DeviceChallenge(
         id=view.id,
         state=view.state.value,
@@ -54,6 +59,14 @@ def _device_view(view: ChallengeView) -> DeviceChallenge:
         created_at=view.created_at,
         expires_at=view.expires_at,
         number_required=view.number is not None,
+        context=ChallengeContext(
+            client_name=view.client_name,
+            client_ip=view.client_ip,
+            nas_identifier=view.nas_identifier,
+            time=view.created_at,
+            city=(location.city or None) if location else None,
+            country=(location.country or None) if location else None,
+        ),
     )
 
 
@@ -101,17 +114,17 @@ async def activate(request: Request) -> Response:
 async def list_challenges(request: Request) -> Response:
     """Pending challenges for this device's user (also the polling path)."""
     device, _ = await _signed_device(request)
-    views = await services_of(request).challenges.pending_for_device(device)
-    return json_response(ChallengeList(challenges=[_device_view(v) for v in views]))
+    services = services_of(request)
+    views = await services.challenges.pending_for_device(device)
+    return json_response(ChallengeList(challenges=[_device_view(v, services.geoip) for v in views]))
 
 
 async def get_challenge(request: Request) -> Response:
     """One challenge with its context."""
     device, _ = await _signed_device(request)
-    view = await services_of(request).challenges.get_for_device(
-        device, request.path_params["challenge_id"]
-    )
-    return json_response(_device_view(view))
+    services = services_of(request)
+    view = await services.challenges.get_for_device(device, request.path_params["challenge_id"])
+    return json_response(_device_view(view, services.geoip))
 
 
 async def answer_challenge(request: Request) -> Response:

@@ -70,6 +70,8 @@ async def start_authentication(request: Request) -> Response:
         _context(payload.context),
         token_id=token.id,
         idempotency_key=payload.idempotency_key,
+        number_matching=payload.number_matching,
+        can_show_number=payload.can_show_number,
     )
     return json_response(_authentication(view), status_code=201)
 

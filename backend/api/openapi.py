@@ -175,6 +175,8 @@ PROBLEM_TYPES = (
     "wrong-pin",
     "pin-locked",
     "wrong-number",
+    "push-limited",
+    "number-matching-unavailable",
     "challenge-expired",
     "challenge-closed",
     "database-unavailable",

@@ -39,16 +39,32 @@ class ActivateResponse(Body):
     has_pin: bool
 
 
+class ChallengeContext(Body):
+    """Where and when the sign-in happens, for the user to judge whether it is theirs."""
+
+    client_name: str = Field(description="the application or gateway (may be empty)")
+    client_ip: str = Field(description="the address the sign-in comes from (may be empty)")
+    nas_identifier: str = Field(description="the gateway's NAS-Identifier (may be empty)")
+    time: datetime = Field(description="when the sign-in started (the challenge's created_at)")
+    city: str | None = Field(
+        description="from the server's offline GeoIP database; null when unknown or not set up"
+    )
+    country: str | None = Field(
+        description="from the server's offline GeoIP database; null when unknown or not set up"
+    )
+
+
 class DeviceChallenge(Body):
     id: str
     state: str
     display: str
-    client_name: str
-    client_ip: str
-    nas_identifier: str
+    client_name: str = Field(description="same as context.client_name (kept for older apps)")
+    client_ip: str = Field(description="same as context.client_ip (kept for older apps)")
+    nas_identifier: str = Field(description="same as context.nas_identifier (kept for older apps)")
     created_at: datetime
     expires_at: datetime
     number_required: bool = Field(description="the approval must carry the number shown at sign-in")
+    context: ChallengeContext
 
 
 class ChallengeList(Body):
@@ -85,6 +101,19 @@ class StartRequest(Body):
     method: Literal["push", "otp", "auto"] = "auto"
     context: SignInContextBody = SignInContextBody()
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=128)
+    # Strict: a security switch takes JSON true / false only, not "yes" or 1.
+    number_matching: bool | None = Field(
+        default=None,
+        strict=True,
+        description="number matching for this gateway: true or false overrides the user's "
+        "policy, null (default) follows it",
+    )
+    can_show_number: bool = Field(
+        default=True,
+        strict=True,
+        description="false when the gateway cannot display the number (RADIUS push mode); "
+        "the policy number_matching_fallback then decides",
+    )
 
 
 class Authentication(Body):
@@ -155,6 +184,9 @@ class RadiusClient(Body):
     password_separator: str = Field(description="one character between password and code")
     reply_attributes: list[tuple[str, str]] = Field(
         description="[dictionary name, value as text] pairs added to every Access-Accept"
+    )
+    number_matching: Literal["policy", "on", "off"] = Field(
+        description="policy: the user's policy decides; on / off: this gateway overrides it"
     )
 
 

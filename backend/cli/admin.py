@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from backend.cli.guard import guard_lines
 from backend.cli.output import as_json, table, when
 from backend.errors import BadRequest
 
@@ -116,13 +117,22 @@ async def user_show(services: Services, args: argparse.Namespace, actor: Actor) 
     )
     if user.otp_locked_until and user.otp_locked_until > services.clock():
         print(f"codes locked:  until {when(user.otp_locked_until)}")
+    print("\n".join(guard_lines(await services.challenges.guard_state(user.name))))
     print()
     if devices:
         print(
             table(
-                ["DEVICE", "KIND", "NAME", "STATE", "ACTIVATED", "LAST USED"],
+                ["DEVICE", "KIND", "NAME", "STATE", "ACTIVATED", "LAST USED", "DELIVERY"],
                 [
-                    [d.id, d.kind, d.name, d.state, when(d.activated_at), when(d.last_used_at)]
+                    [
+                        d.id,
+                        d.kind,
+                        d.name,
+                        d.state,
+                        when(d.activated_at),
+                        when(d.last_used_at),
+                        d.push_summary,
+                    ]
                     for d in devices
                 ],
             )
@@ -144,6 +154,13 @@ async def user_state(services: Services, args: argparse.Namespace, actor: Actor)
         cancelled = await services.challenges.cancel_pending_for_user(actor, user.name, action)
         if cancelled:
             print(f"{cancelled} pending sign-in(s) of {user.name} cancelled")
+    if action == "unblock":
+        # Unblocking says the account is safe again: its open fraud reports are dealt with
+        # (and would otherwise keep the user's pushes muted).
+        reviewed = await services.fraud.review_open_for_user(actor, user.name, "on unblock")
+        if reviewed:
+            numbers = ", ".join(str(i) for i in reviewed)
+            print(f"open fraud report(s) {numbers} of {user.name} marked reviewed")
     print(f"user {user.name} is now {user.state}")
     return 0
 

@@ -179,6 +179,13 @@ def _setting_options(cmd: argparse.ArgumentParser, new: bool) -> None:
         help=f"character between password and code in one field (default "
         f"{radius.DEFAULT_SEPARATOR!r})",
     )
+    cmd.add_argument(
+        "--number-matching",
+        choices=radius.NUMBER_MATCHING,
+        help="number matching for this gateway: policy (the user's policy decides), on, or off "
+        "(e.g. RD Gateway in push mode, which cannot show the number)"
+        + (" (default policy)" if new else keep),
+    )
     replies = cmd.add_mutually_exclusive_group()
     replies.add_argument(
         "--reply-attribute",
@@ -239,6 +246,7 @@ def _changes(args: argparse.Namespace) -> radius.ClientChanges:
         exempt_networks=listed("exempt_networks"),
         password_separator=args.separator,
         reply_attributes=listed("reply_attributes"),
+        number_matching=args.number_matching,
     )
 
 
@@ -265,6 +273,13 @@ def _warnings(
     if changes.upstream_secret is not None and record.upstream and record.upstream.secret_short:
         size = record.upstream.secret_bytes
         _warn(f"the upstream secret of {record.name} is short ({size} bytes)")
+    touched = changed is None or bool({"number_matching", "mode"} & changed)
+    if touched and record.number_matching == "on" and record.mode == "push":
+        _warn(
+            f"{record.name} is in push mode, where the gateway cannot show the number: the "
+            "policy number_matching_fallback decides (refuse, the default, refuses its push "
+            "sign-ins; approve lets them through without a number). See docs/security.md."
+        )
     turned_off = changed is None or "require_message_authenticator" in changed
     if turned_off and not record.require_message_authenticator:
         _warn(
@@ -341,6 +356,7 @@ def describe(record: RadiusClientRecord) -> dict[str, Any]:
         "exempt_networks": list(record.exempt_networks),
         "password_separator": record.password_separator,
         "reply_attributes": [list(pair) for pair in record.reply_attributes],
+        "number_matching": record.number_matching,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
     }
@@ -375,6 +391,14 @@ async def client_list(services: Services, args: argparse.Namespace, actor: Actor
         )
     )
     return 0
+
+
+def _number_matching_text(record: RadiusClientRecord) -> str:
+    if record.number_matching == "policy":
+        return "policy (the user's policy decides)"
+    if record.number_matching == "on" and record.mode == "push":
+        return "on (push mode cannot show the number: number_matching_fallback applies)"
+    return record.number_matching
 
 
 def _secret_text(size: int, short: bool) -> str:
@@ -416,6 +440,7 @@ async def client_show(services: Services, args: argparse.Namespace, actor: Actor
         ("exempt networks", ", ".join(r.exempt_networks) or "-"),
         ("password separator", r.password_separator),
         ("reply attributes", "; ".join(f"{n}={v}" for n, v in r.reply_attributes) or "-"),
+        ("number matching", _number_matching_text(r)),
         ("created", when(r.created_at)),
         ("changed", when(r.updated_at)),
     ]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from backend import __version__
 from backend.authenticator.client import AuthenticatorError
-from backend.cli import admin, clients, device
+from backend.cli import admin, clients, device, fraud
 from backend.config import Settings, load_settings
 from backend.errors import OpenMFAError
 
@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         ("disable", "refuse every sign-in"),
         ("enable", "allow sign-in again"),
         ("block", "send no more challenges (as after fraud)"),
-        ("unblock", "lift a block"),
+        ("unblock", "lift a block; marks the user's open fraud reports reviewed"),
     ):
         cmd = user_cmds.add_parser(action, help=text)
         cmd.add_argument("name")
@@ -186,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     trevoke.set_defaults(handler=admin.token_revoke)
 
     clients.add_parser(groups)
+    fraud.add_parser(groups)
 
     aud = groups.add_parser(
         "audit",
@@ -266,7 +267,8 @@ async def _run_admin(settings: Settings, handler: AdminCommand, args: argparse.N
     from backend.services.context import Actor
 
     actor = Actor(f"cli:{getpass.getuser()}", "local")
-    services = await Services.open(settings)
+    # No command here starts a push challenge: no push connections, no key files read.
+    services = await Services.open(settings, push=False, notify=False)
     try:
         try:
             return await handler(services, args, actor)

@@ -15,6 +15,8 @@ from typing import Any
 from backend.errors import PolicyError
 
 GLOBAL_SCOPE = "global"
+#: ``number_matching_fallback``: what a push becomes when the gateway cannot show the number.
+NUMBER_MATCHING_FALLBACKS = ("refuse", "approve")
 _WHOLE_NUMBER = re.compile(r"-?[0-9]{1,9}")
 
 
@@ -30,6 +32,16 @@ def _parse_bool(raw: str) -> bool:
     if lowered in {"false", "off", "no", "0"}:
         return False
     raise ValueError("expected true or false")
+
+
+def _one_of(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        lowered = raw.strip().lower()
+        if lowered not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return lowered
+
+    return parse
 
 
 def _int_between(low: int, high: int) -> Callable[[str], int]:
@@ -85,6 +97,37 @@ KEYS: dict[str, PolicyKey] = {
             False,
             "approvals must carry the number shown at sign-in",
         ),
+        PolicyKey(
+            "number_matching_fallback",
+            _one_of(*NUMBER_MATCHING_FALLBACKS),
+            "refuse",
+            "number matching where the gateway cannot show it: refuse, or approve without it",
+        ),
+        # The push-fatigue guard (backend.domain.fatigue); 0 turns a limit off.
+        PolicyKey(
+            "push_limit",
+            _int_between(0, 10000),
+            3,
+            "pushes per user per window; then codes only (0: no limit)",
+        ),
+        PolicyKey(
+            "push_limit_window_seconds",
+            _int_between(10, 86400),
+            300,
+            "the window the push-fatigue limits count in",
+        ),
+        PolicyKey(
+            "push_max_unanswered",
+            _int_between(0, 10000),
+            3,
+            "denied or unanswered pushes per window before pushes stop (0: no limit)",
+        ),
+        PolicyKey(
+            "deny_limit_per_device",
+            _int_between(0, 10000),
+            3,
+            "denies from one device per window before pushes stop (0: no limit)",
+        ),
     )
 }
 
@@ -103,6 +146,11 @@ class Policy:
     challenge_ttl_seconds: int
     fraud_blocks_user: bool
     number_matching: bool
+    number_matching_fallback: str
+    push_limit: int
+    push_limit_window_seconds: int
+    push_max_unanswered: int
+    deny_limit_per_device: int
 
 
 def parse_value(key: str, raw: str) -> Any:

@@ -29,6 +29,8 @@ PRIMARIES = ("none", "local", "radius")
 FAILMODES = ("secure", "safe")
 UNENROLLED = ("reject", "allow")
 NAME_FORMATS = ("strip", "keep", "map")
+#: Number matching per client: the user's policy decides, or this gateway forces it on / off.
+NUMBER_MATCHING = ("policy", "on", "off")
 #: What a bridge may record through ``POST /gateway/v1/audit``: decisions it takes alone.
 BRIDGE_AUDIT_ACTIONS = (
     "radius.exempt_user",
@@ -311,6 +313,7 @@ class ClientSettings:
     exempt_networks: tuple[str, ...] = ()
     password_separator: str = DEFAULT_SEPARATOR
     reply_attributes: tuple[tuple[str, str], ...] = ()
+    number_matching: str = "policy"
 
     def __repr__(self) -> str:  # keep secrets out of tracebacks and debug output
         return f"ClientSettings(mode={self.mode!r}, primary={self.primary!r}, ...)"
@@ -342,6 +345,7 @@ class ClientChanges:
     exempt_networks: Sequence[str] | None = None
     password_separator: str | None = None
     reply_attributes: Sequence[str] | None = None
+    number_matching: str | None = None
 
     def __repr__(self) -> str:
         given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
@@ -432,6 +436,7 @@ def merge(current: ClientSettings | None, changes: ClientChanges) -> ClientSetti
             if changes.reply_attributes is None
             else tuple(parse_reply_attribute(a) for a in changes.reply_attributes)
         ),
+        number_matching=_pick(changes.number_matching, current.number_matching),
     )
 
 
@@ -499,6 +504,7 @@ def normalise(settings: ClientSettings) -> ClientSettings:
         exempt_networks=exempt_networks,
         password_separator=check_separator(settings.password_separator),
         reply_attributes=replies,
+        number_matching=check_choice(settings.number_matching, NUMBER_MATCHING, "number-matching"),
     )
 
 

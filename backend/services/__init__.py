@@ -6,6 +6,7 @@ work on the same database with the same rules.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +16,17 @@ from backend.config import Settings
 from backend.crypto import SecretBox, key_fingerprint, load_or_create_key
 from backend.errors import DatabaseError, ServerKeyError
 from backend.events import InProcessOutcomeBus, OutcomeBus
+from backend.notify import fraud as fraud_mail
 from backend.passwords import PasswordHasher
+from backend.push.dispatcher import PushDispatcher, close_transports
+from backend.push.factory import build_transports
 from backend.services.activation import ActivationService
 from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService
-from backend.services.context import Clock
+from backend.services.context import Actor, Clock
 from backend.services.devices import DeviceService
+from backend.services.fraud import FraudService
+from backend.services.geoip import GeoIp
 from backend.services.otp import OtpService
 from backend.services.policies import PolicyService
 from backend.services.radius_clients import RadiusClientService
@@ -31,6 +37,7 @@ from backend.store.database import Database
 from backend.store.tables import meta_t, now
 
 KEY_ID = "server_key_id"
+log = logging.getLogger("openmfa.services")
 
 
 @dataclass(slots=True)
@@ -48,18 +55,48 @@ class Services:
     challenges: ChallengeService
     tokens: ApiTokenService
     radius_clients: RadiusClientService
+    fraud: FraudService
     clock: Clock
+    # None where push is off (CLI commands): see Services.open's ``push``.
+    push: PushDispatcher | None = None
+    # None where fraud mail is off (CLI commands, see Services.open's ``notify``) or not set up.
+    fraud_mailer: fraud_mail.FraudMailer | None = None
+    geoip: GeoIp | None = None  # None without settings.geoip_database
 
     @classmethod
     async def open(
-        cls, settings: Settings, clock: Clock = now, bus: OutcomeBus | None = None
+        cls,
+        settings: Settings,
+        clock: Clock = now,
+        bus: OutcomeBus | None = None,
+        push: bool = True,
+        notify: bool = True,
     ) -> Services:
-        """Connect, check the schema and the server key, and build every service."""
-        db = await open_database(settings)
+        """Connect, check the schema and the server key, and build every service.
+
+        ``push``: build the push transports and dispatcher (a bad key file raises
+        :class:`~backend.errors.ConfigurationError` here). ``openmfa`` commands other than
+        ``run`` pass False: they start no challenges, so they open no push connections.
+
+        ``notify``: run the fraud-mail worker, which also resends the reports an earlier
+        process left pending; ``openmfa`` commands other than ``run`` pass False. The mail and
+        GeoIP settings are checked either way (:class:`~backend.errors.ConfigurationError`).
+        """
+        mail = fraud_mail.configure(settings)
+        geoip = GeoIp.open(settings.geoip_database)
+        try:
+            db = await open_database(settings)
+        except BaseException:
+            if geoip is not None:
+                geoip.close()
+            raise
         try:
             box = SecretBox(await _server_key(db, settings.resolved_key_file))
+            transports = await build_transports(settings) if push else None
         except BaseException:
             await db.dispose()
+            if geoip is not None:
+                geoip.close()
             raise
         hasher = PasswordHasher(
             settings.argon2_memory_kib,
@@ -71,7 +108,40 @@ class Services:
         audit = AuditLog(db, clock)
         users = UserService(db, hasher, audit, clock)
         otp = OtpService(db, box, audit, clock)
-        return cls(
+        dispatcher = (
+            PushDispatcher(
+                db,
+                audit,
+                clock,
+                Actor("system:push"),
+                transports,
+                settings.push_concurrency,
+                drain_seconds=settings.shutdown_grace_seconds,  # sends in flight at shutdown
+            )
+            if transports is not None
+            else None
+        )
+        mailer = (
+            fraud_mail.FraudMailer(
+                db,
+                audit,
+                clock,
+                mail,
+                issuer=settings.issuer,
+                geoip=geoip,
+                close_grace=settings.shutdown_grace_seconds,
+            )
+            if notify and mail is not None
+            else None
+        )
+        if notify:
+            log.info(fraud_mail.status_line(settings, mail))
+            if geoip is not None:
+                log.info("sign-in locations from %s (%s)", geoip.path, geoip.database_type)
+        challenges = ChallengeService(
+            db, bus, users, otp, audit, clock, push=dispatcher, fraud_notifier=mailer
+        )
+        services = cls(
             settings=settings,
             db=db,
             bus=bus,
@@ -84,16 +154,34 @@ class Services:
             ),
             devices=DeviceService(db, audit, clock, settings.signature_skew_seconds),
             otp=otp,
-            challenges=ChallengeService(db, bus, users, otp, audit, clock),
+            challenges=challenges,
             tokens=ApiTokenService(db, audit, clock),
             radius_clients=RadiusClientService(db, box, audit, clock),
+            fraud=FraudService(db, audit, clock, challenges),
             clock=clock,
+            push=dispatcher,
+            fraud_mailer=mailer,
+            geoip=geoip,
         )
+        if mailer is not None:
+            try:
+                await mailer.start()
+            except BaseException:
+                await services.close()
+                raise
+        return services
 
     async def close(self) -> None:
-        """Wake waiters, stop the hash pool, close the database."""
+        """Finish pushes in flight, wake waiters, stop the hash pool, close the database."""
+        if self.push is not None:
+            await self.push.close()  # records its last attempts: the database is still open
+            await close_transports(self.push.transports)
+        if self.fraud_mailer is not None:
+            await self.fraud_mailer.close()  # bounded; unsent reports stay pending
         await self.bus.close()
         self.hasher.close()
+        if self.geoip is not None:
+            self.geoip.close()
         await self.db.dispose()
 
 

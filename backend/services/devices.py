@@ -35,6 +35,24 @@ class DeviceRecord:
     activated_at: datetime | None
     last_used_at: datetime | None
     user_name: str = ""
+    # What the last push said about push_token: "" (not tried yet), "ok" or "invalid" (the
+    # service called it dead: the device is served by polling until the app sends a new one).
+    push_status: str = ""
+    push_error: str = ""
+    push_status_at: datetime | None = None
+
+    @property
+    def push_summary(self) -> str:
+        """How challenges reach this device, in a few words for users and admins."""
+        if self.kind != "app":
+            return "-"
+        if not self.push_token:
+            return "polling (no push token)"
+        if self.push_status == "invalid":
+            return f"polling (push token invalid: {self.push_error or 'refused'})"
+        if self.push_status == "ok":
+            return "push ok"
+        return "push (not tried yet)"
 
 
 def device_from_row(row: Any, user_name: str = "") -> DeviceRecord:
@@ -51,6 +69,9 @@ def device_from_row(row: Any, user_name: str = "") -> DeviceRecord:
         activated_at=row.activated_at,
         last_used_at=row.last_used_at,
         user_name=user_name,
+        push_status=row.push_status,
+        push_error=row.push_error,
+        push_status_at=row.push_status_at,
     )
 
 
@@ -140,11 +161,14 @@ class DeviceService:
     async def update_push_token(
         self, actor: Actor, device: DeviceRecord, token: str | None
     ) -> None:
-        """Replace (or clear) the device's push token."""
+        """Replace (or clear) the device's push token; its push status starts afresh."""
         token = check_push_token(token)
         async with self._db.write() as conn:
             await conn.execute(
-                update(devices_t).where(devices_t.c.id == device.id).values(push_token=token)
+                update(devices_t)
+                .where(devices_t.c.id == device.id)
+                # A new token has not been tried: an "invalid" mark was about the old one.
+                .values(push_token=token, push_status="", push_error="", push_status_at=None)
             )
             user = await user_name_of(conn, device.user_id)
             await self._audit.add(conn, actor, "device.push_token", "ok", user, device.id)

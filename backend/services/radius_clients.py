@@ -84,6 +84,7 @@ class RadiusClientRecord:
     exempt_networks: tuple[str, ...]
     password_separator: str
     reply_attributes: tuple[tuple[str, str], ...]
+    number_matching: str
     created_at: datetime
     updated_at: datetime
 
@@ -126,6 +127,7 @@ def _record(client_id: int, name: str, s: ClientSettings, row: Any) -> RadiusCli
         exempt_networks=s.exempt_networks,
         password_separator=s.password_separator,
         reply_attributes=s.reply_attributes,
+        number_matching=s.number_matching,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
@@ -157,6 +159,7 @@ def _document_entry(name: str, s: ClientSettings) -> dict[str, Any]:
         "exempt_networks": list(s.exempt_networks),
         "password_separator": s.password_separator,
         "reply_attributes": [list(pair) for pair in s.reply_attributes],
+        "number_matching": s.number_matching,
     }
 
 
@@ -199,6 +202,7 @@ class RadiusClientService:
             exempt_networks=tuple(json.loads(row.exempt_networks)),
             password_separator=row.password_separator,
             reply_attributes=tuple((n, v) for n, v in json.loads(row.reply_attributes)),
+            number_matching=row.number_matching,
         )
 
     async def _row(self, conn: AsyncConnection, name: str) -> Any:
@@ -382,6 +386,7 @@ class RadiusClientService:
             "exempt_networks": json.dumps(list(s.exempt_networks)),
             "password_separator": s.password_separator,
             "reply_attributes": json.dumps([list(p) for p in s.reply_attributes]),
+            "number_matching": s.number_matching,
         }
         if client_id is not None:
             values.update(self._sealed(client_id, s))

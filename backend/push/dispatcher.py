@@ -1,0 +1,415 @@
+"""Deliver push challenges: pick a transport per device, send concurrently, retry, record.
+
+:class:`PushDispatcher` is the :class:`~backend.push.base.PushNotifier` the challenge service
+calls once a push challenge has committed. ``challenge_started`` only queues the id and
+returns; everything else happens in tracked background tasks:
+
+* A *loader* task reads every queued challenge with its user's eligible devices in one
+  SQLAlchemy Core statement (``WHERE id IN (...)``). Ids that arrive while a load runs form
+  the next batch, so a burst of a thousand starts costs a handful of queries, not a thousand.
+* Each (challenge, device) pair gets a *send* task of its own, so a slow push service or one
+  slow device never holds up another device's push. Sends in flight are bounded per transport
+  (``push_concurrency`` shared out between the configured transports), so one stalled service
+  cannot take every slot either.
+* RETRY results are retried with exponential backoff (0.5 s, 1 s, 2 s ... capped, at least the
+  service's ``Retry-After``) while the challenge is pending and the next attempt would still
+  land before it expires. INVALID_TOKEN marks the device's token invalid (the device is then
+  served by polling until the app sends a new token). DELIVERED records ``push_status = "ok"``
+  when it was not already.
+* Every attempt is audited (``push.send``). Audit rows and device updates are written by a
+  *journal* task as raw-SQL jobs (:meth:`backend.store.database.Database.run_job`), many
+  attempts per transaction, so recording never slows a send down.
+
+Eligible devices (docs/push.md): ``kind = 'app'``, state pending or active, a push token, a
+push status other than ``invalid``, and a platform with a configured transport (``ios`` →
+APNs, ``android`` → FCM). Every other device is served by polling the app API's pending list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Awaitable, Coroutine, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, select
+
+from backend.domain.challenge import ChallengeState
+from backend.push.base import PushMessage, PushOutcome, PushResult, PushTransport
+from backend.store.database import Database
+from backend.store.fastpath import Tx
+from backend.store.tables import challenges_t, devices_t, users_t
+
+if TYPE_CHECKING:  # push sits below the services; they hand it what it needs
+    from backend.services.audit import AuditLog
+    from backend.services.context import Actor, Clock
+
+log = logging.getLogger("openmfa.push")
+
+LIVE_STATES = ("pending", "active")  # as backend.services.devices.LIVE_STATES
+PLATFORM_TRANSPORT = {"ios": "apns", "android": "fcm"}
+MAX_BATCH = 500  # challenge ids per load query (keeps the IN list well under any limit)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delays between attempts: ``initial * 2**n`` up to ``cap`` seconds."""
+
+    initial: float = 0.5
+    cap: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """The wait before attempt ``attempt + 1`` (``attempt`` counts from 0)."""
+        base = min(self.cap, self.initial * float(2 ** min(attempt, 32)))
+        if retry_after is not None and math.isfinite(retry_after) and retry_after > base:
+            return retry_after
+        return base
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """One push to send: a challenge for one device through one transport."""
+
+    challenge_id: str
+    display: str
+    expires_at: datetime
+    user_key: str
+    device_id: str
+    token: str
+    transport: str
+    push_status: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """A finished attempt, waiting in the journal to be written."""
+
+    target: _Target
+    result: PushResult
+    milliseconds: float
+    at: datetime
+
+
+class PushDispatcher:
+    """Implements :class:`backend.push.base.PushNotifier`."""
+
+    def __init__(
+        self,
+        db: Database,
+        audit: AuditLog,
+        clock: Clock,
+        actor: Actor,
+        transports: Mapping[str, PushTransport],
+        concurrency: int = 200,
+        backoff: Backoff | None = None,
+        send_timeout: float = 30.0,
+        drain_seconds: float = 5.0,
+    ) -> None:
+        self._db = db
+        self._audit = audit
+        self._clock = clock
+        self._actor = actor  # who the audit rows name
+        self._transports = dict(transports)
+        # A share of the concurrency per transport: a stalled service fills only its own
+        # slots, and the others keep sending.
+        share = max(1, concurrency // max(1, len(self._transports)))
+        self._slots = {name: asyncio.Semaphore(share) for name in self._transports}
+        self._backoff = backoff or Backoff()
+        self._send_timeout = send_timeout
+        self._drain_seconds = drain_seconds
+        self._queue: list[str] = []
+        self._loader: asyncio.Task[None] | None = None
+        self._journal: list[_Attempt] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = asyncio.Event()
+        self._closed = False
+        self.counts: Counter[str] = Counter()  # attempts per outcome, for metrics and tests
+
+    @property
+    def transports(self) -> dict[str, PushTransport]:
+        """The configured transports by name ("apns", "fcm")."""
+        return dict(self._transports)
+
+    # -- PushNotifier -----------------------------------------------------------------------
+
+    def challenge_started(self, challenge_id: str) -> None:
+        """Queue the challenge for delivery and return at once."""
+        if self._closed or not self._transports:
+            return  # nothing could be sent: every device is served by polling
+        self._queue.append(challenge_id)
+        if self._loader is None or self._loader.done():
+            self._loader = self._spawn(self._load_queued())
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def wait_idle(self) -> None:
+        """Return once every queued challenge has been sent (or given up) and recorded."""
+        while self._tasks or (self._writer is not None and not self._writer.done()):
+            await asyncio.wait({*self._tasks, *([self._writer] if self._writer else [])})
+
+    async def close(self) -> None:
+        """Stop taking challenges; let sends in flight finish for up to ``drain_seconds``
+        (backoff waits end at once), cancel what is left, and write the journal."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()
+        if self._tasks:
+            _, late = await asyncio.wait(set(self._tasks), timeout=self._drain_seconds)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("push: %d send(s) still running at shutdown were cancelled", len(late))
+                await asyncio.wait(late)
+        # No send runs any more, so no new journal writer starts: finish the one running (a
+        # database write, bounded by the database's own timeouts), then write what is left.
+        if self._writer is not None:
+            await asyncio.wait({self._writer})
+        await self._write_journal()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- loading ----------------------------------------------------------------------------
+
+    async def _load_queued(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            try:
+                targets = await self._load(batch)
+            except Exception:
+                # The challenges stay pending and reachable by polling; say so and go on.
+                log.exception("push: could not load %d challenge(s) to deliver", len(batch))
+                continue
+            for target in targets:
+                self._spawn(self._deliver(target))
+
+    async def _load(self, challenge_ids: list[str]) -> list[_Target]:
+        """The challenges that are still pending, each with its user's eligible devices."""
+        c, d, u = challenges_t.c, devices_t.c, users_t.c
+        stmt = (
+            select(
+                c.id,
+                c.display,
+                c.expires_at,
+                c.state,
+                u.name_key,
+                d.id.label("device_id"),
+                d.platform,
+                d.push_token,
+                d.push_status,
+            )
+            .join(users_t, u.id == c.user_id)
+            .join(
+                devices_t,
+                and_(
+                    d.user_id == c.user_id,
+                    d.kind == "app",
+                    d.state.in_(LIVE_STATES),
+                    d.push_token.is_not(None),
+                    d.push_status != "invalid",
+                    d.platform.in_([p for p, t in PLATFORM_TRANSPORT.items() if t in self._slots]),
+                ),
+            )
+            .where(c.id.in_(challenge_ids), c.state == ChallengeState.PENDING.value)
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        now = self._clock()
+        return [
+            _Target(
+                challenge_id=row.id,
+                display=row.display,
+                expires_at=row.expires_at,
+                user_key=row.name_key,
+                device_id=row.device_id,
+                token=row.push_token,
+                transport=PLATFORM_TRANSPORT[row.platform],
+                push_status=row.push_status,
+            )
+            for row in rows
+            if row.expires_at > now and row.push_token
+        ]
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def _deliver(self, target: _Target) -> None:
+        """Send to one device, retrying while it is worth it; record every attempt."""
+        attempt = 0
+        while True:
+            result = await self._attempt(target)
+            if result is None or result.outcome is not PushOutcome.RETRY:
+                return
+            delay = self._backoff.delay(attempt, result.retry_after)
+            attempt += 1
+            remaining = (target.expires_at - self._clock()).total_seconds()
+            if delay >= remaining:
+                log.info(
+                    "push: giving up on %s for device %s: the next attempt would come after "
+                    "the challenge expires",
+                    target.challenge_id,
+                    target.device_id,
+                )
+                return
+            if await self._closing_within(delay):
+                return
+            if not await self._still_pending(target.challenge_id):
+                return
+
+    async def _attempt(self, target: _Target) -> PushResult | None:
+        """One send, recorded; None when the challenge expired while waiting for a slot."""
+        transport = self._transports[target.transport]
+        message = PushMessage(target.challenge_id, target.token, target.display, target.expires_at)
+        async with self._slots[target.transport]:
+            # Never wait on a send beyond the challenge's life: its answer would be moot.
+            remaining = (target.expires_at - self._clock()).total_seconds()
+            if remaining <= 0:
+                log.info(
+                    "push: %s expired before its push to device %s could go out",
+                    target.challenge_id,
+                    target.device_id,
+                )
+                return None
+            started = time.perf_counter()
+            try:
+                result = await self._send(
+                    transport, message, target, min(self._send_timeout, remaining)
+                )
+            except asyncio.CancelledError:
+                # Shutting down past the drain bound: the attempt is still on record.
+                cut = PushResult(PushOutcome.FAILED, reason="cancelled-at-shutdown")
+                self._note(target, cut, started)
+                raise
+        self._note(target, result, started)
+        return result
+
+    def _note(self, target: _Target, result: PushResult, started: float) -> None:
+        """Put an attempt in the journal and make sure a writer is on its way."""
+        elapsed = (time.perf_counter() - started) * 1000
+        self.counts[result.outcome.value] += 1
+        self._journal.append(_Attempt(target, result, elapsed, self._clock()))
+        if self._writer is None or self._writer.done():
+            # Not one of the tracked tasks: close() cancels late sends, never the recording.
+            self._writer = asyncio.get_running_loop().create_task(self._write_journal())
+
+    async def _send(
+        self, transport: PushTransport, message: PushMessage, target: _Target, bound: float
+    ) -> PushResult:
+        try:
+            async with asyncio.timeout(bound) as deadline:
+                return await transport.send(message)
+        except TimeoutError:
+            if deadline.expired():
+                return PushResult(PushOutcome.RETRY, reason="timeout")
+            return _broken(transport, target)
+        except Exception:
+            return _broken(transport, target)
+
+    async def _closing_within(self, seconds: float) -> bool:
+        """Wait ``seconds``; True at once if the dispatcher is closing."""
+        try:
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _still_pending(self, challenge_id: str) -> bool:
+        """One primary-key read before a retry: answered or cancelled challenges get no more."""
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(challenges_t.c.state, challenges_t.c.expires_at).where(
+                        challenges_t.c.id == challenge_id
+                    )
+                )
+            ).first()
+        return (
+            row is not None
+            and row.state == ChallengeState.PENDING.value
+            and row.expires_at > self._clock()
+        )
+
+    # -- recording --------------------------------------------------------------------------
+
+    async def _write_journal(self) -> None:
+        while self._journal:
+            batch, self._journal = self._journal, []
+            try:
+                await self._db.run_job(functools.partial(self._record, batch=batch))
+            except Exception:
+                log.exception("push: could not record %d push attempt(s)", len(batch))
+
+    def _record(self, tx: Tx, batch: list[_Attempt]) -> None:
+        for item in batch:
+            target, result = item.target, item.result
+            reason = result.reason or (str(result.status) if result.status else "-")
+            self._audit.add_job(
+                tx,
+                self._actor,
+                item.at,
+                "push.send",
+                result.outcome.value,
+                target.user_key,
+                f"{target.challenge_id} {target.device_id} {target.transport} "
+                f"{round(item.milliseconds)}ms {reason}",
+            )
+            if result.outcome is PushOutcome.INVALID_TOKEN:
+                # Only the token we sent to: a token the app replaced meanwhile is untouched.
+                marked = tx.run(
+                    "UPDATE devices SET push_status = 'invalid', push_error = ?, "
+                    "push_status_at = ? WHERE id = ? AND push_token = ? "
+                    "AND push_status <> 'invalid'",
+                    reason[:128],
+                    tx.time(item.at),
+                    target.device_id,
+                    target.token,
+                )
+                if marked:
+                    self._audit.add_job(
+                        tx,
+                        self._actor,
+                        item.at,
+                        "push.token_invalid",
+                        "invalid",
+                        target.user_key,
+                        f"{target.device_id} {target.transport} {reason}",
+                    )
+            elif result.outcome is PushOutcome.DELIVERED and target.push_status != "ok":
+                tx.run(
+                    "UPDATE devices SET push_status = 'ok', push_error = '', push_status_at = ? "
+                    "WHERE id = ? AND push_token = ? AND push_status <> 'ok'",
+                    tx.time(item.at),
+                    target.device_id,
+                    target.token,
+                )
+
+
+def _broken(transport: PushTransport, target: _Target) -> PushResult:
+    """A transport raised where it should have returned a result: a bug, logged, not retried."""
+    log.exception(
+        "push: the %s transport failed unexpectedly on %s for device %s",
+        transport.name,
+        target.challenge_id,
+        target.device_id,
+    )
+    return PushResult(PushOutcome.FAILED, reason="transport-error")
+
+
+async def close_transports(transports: Mapping[str, PushTransport]) -> None:
+    """Close every transport; one that fails to close is logged and the rest still close."""
+    closing: list[Awaitable[None]] = [t.close() for t in transports.values()]
+    for name, outcome in zip(
+        transports, await asyncio.gather(*closing, return_exceptions=True), strict=True
+    ):
+        if isinstance(outcome, BaseException):
+            log.error("push: closing the %s transport failed: %r", name, outcome)
