@@ -6,16 +6,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
 
 from backend.domain import signing
 from backend.errors import BadRequest, BadSignature, NotFound, ReplayedRequest, StaleRequest
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
 from backend.store.database import Database
+from backend.store.fastpath import Row, Tx, required
 from backend.store.queries import load_user, user_name_of
-from backend.store.tables import devices_t, used_nonces_t, users_t
+from backend.store.tables import devices_t
 
 LIVE_STATES = ("pending", "active")
 PLATFORMS = ("ios", "android", "reference")
@@ -75,6 +75,35 @@ def device_from_row(row: Any, user_name: str = "") -> DeviceRecord:
     )
 
 
+_DEVICE_SQL = (
+    "SELECT d.id, d.user_id, d.kind, d.name, d.platform, d.public_key, d.push_token, d.state, "
+    "d.created_at, d.activated_at, d.last_used_at, d.push_status, d.push_error, "
+    "d.push_status_at, u.name_key "
+    "FROM devices d JOIN users u ON u.id = d.user_id WHERE d.id = ?"
+)
+
+
+def _device_from_tuple(tx: Tx, row: Row) -> DeviceRecord:
+    """A :data:`_DEVICE_SQL` row as a record."""
+    return DeviceRecord(
+        id=row[0],
+        user_id=row[1],
+        kind=row[2],
+        name=row[3],
+        platform=row[4],
+        public_key=bytes(row[5]),
+        push_token=row[6],
+        state=row[7],
+        created_at=required(tx.read_time(row[8]), "devices.created_at"),
+        activated_at=tx.read_time(row[9]),
+        last_used_at=tx.read_time(row[10]),
+        user_name=row[14],
+        push_status=row[11],
+        push_error=row[12],
+        push_status_at=tx.read_time(row[13]),
+    )
+
+
 def check_push_token(token: str | None) -> str | None:
     """Push tokens are opaque printable strings of bounded length."""
     if token is None or token == "":
@@ -105,38 +134,37 @@ class DeviceService:
         now = self._clock()
         if abs(now.timestamp() - signed.timestamp) > self._skew:
             raise StaleRequest(f"the device clock is off by more than {self._skew} seconds")
-        async with self._db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(devices_t, users_t.c.name_key)
-                    .join(users_t, users_t.c.id == devices_t.c.user_id)
-                    .where(devices_t.c.id == signed.device[:64])
-                )
-            ).first()
-        if row is None or row.public_key is None or row.state not in LIVE_STATES:
-            raise BadSignature("unknown or removed device")
-        device = device_from_row(row, row.name_key)
         message = signing.canonical_request(
             method, target, str(signed.timestamp), signed.nonce, body
         )
-        signing.verify(row.public_key, signed.signature, message)
-        try:
-            async with self._db.write() as conn:
-                await conn.execute(
-                    delete(used_nonces_t).where(
-                        used_nonces_t.c.device_id == device.id, used_nonces_t.c.expires_at < now
-                    )
-                )
-                await conn.execute(
-                    insert(used_nonces_t).values(
-                        device_id=device.id,
-                        nonce=signed.nonce,
-                        expires_at=now + timedelta(seconds=2 * self._skew),
-                    )
-                )
-        except IntegrityError as exc:
-            raise ReplayedRequest() from exc
-        return device
+        forget_before = now
+        remember_until = now + timedelta(seconds=2 * self._skew)
+
+        # Every app request starts here, the answer that a held RADIUS request waits for
+        # among them: one raw-SQL job (lookup, signature, nonce) instead of two ORM
+        # transactions. A refusal raised inside the job rolls back its nonce writes.
+        def check(tx: Tx) -> DeviceRecord:
+            row = tx.one(_DEVICE_SQL, signed.device[:64])
+            if row is None or row[5] is None or row[7] not in LIVE_STATES:
+                raise BadSignature("unknown or removed device")
+            signing.verify(bytes(row[5]), signed.signature, message)
+            tx.run(
+                "DELETE FROM used_nonces WHERE device_id = ? AND expires_at < ?",
+                row[0],
+                tx.time(forget_before),
+            )
+            inserted = tx.run(
+                "INSERT INTO used_nonces (device_id, nonce, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                row[0],
+                signed.nonce,
+                tx.time(remember_until),
+            )
+            if inserted != 1:
+                raise ReplayedRequest()
+            return _device_from_tuple(tx, row)
+
+        return await self._db.run_job(check)
 
     async def get(self, device_id: str) -> DeviceRecord:
         """One device by id."""
