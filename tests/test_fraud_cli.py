@@ -126,16 +126,24 @@ def test_a_fraud_answer_is_mailed_listed_and_reviewed(live: Live) -> None:
     ]
     assert mail.rcpt_tos == ["soc@example.com"]
     assert f"Sign-in:      {challenge} (push)" in mail.message.get_content()
-    assert report | {"created_at": None, "notified_at": None, "device_id": None} == {
+    varying = {"created_at": None, "notified_at": None, "device_id": None, "started_at": None}
+    assert report | varying == {
         "id": report["id"],
         "state": "open",
         "created_at": None,
         "user_name": "alice",
+        "user_key": "alice",
+        "display_name": "",
+        "user_email": "alice@example.com",
         "user_blocked": True,
         "challenge_id": challenge,
+        "method": "push",
         "challenge_state": "fraud",
+        "started_at": None,
+        "answered_by": report["device_id"],
         "device_id": None,
         "device_name": "alice-phone",
+        "device_platform": "reference",
         "client_name": "vpn",
         "client_ip": "203.0.113.9",
         "nas_identifier": "asa1",

@@ -23,18 +23,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
-from typing import Any
 
 from sqlalchemy import select, update
 
 from backend.config import Settings
-from backend.errors import ConfigurationError
+from backend.errors import ConfigurationError, NotFound
 from backend.notify.mail import MailError, MailSender, parse_addresses
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
+from backend.services.fraud import FraudReportView, load_report
 from backend.services.geoip import GeoIp
 from backend.store.database import Database
-from backend.store.tables import challenges_t, devices_t, fraud_reports_t, users_t
+from backend.store.tables import fraud_reports_t
 
 log = logging.getLogger("openmfa.notify")
 
@@ -84,55 +84,6 @@ def status_line(settings: Settings, setup: FraudMailSetup | None) -> str:
 
 def _when(value: datetime | None) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-@dataclass(frozen=True, slots=True)
-class _Report:
-    """What the mail says about one report (loaded fresh for each task)."""
-
-    id: int
-    notify_state: str
-    created_at: datetime
-    user_name: str
-    user_key: str
-    display_name: str
-    email: str
-    blocked: bool
-    challenge_id: str
-    method: str
-    challenge_state: str
-    started_at: datetime | None
-    answered_by: str
-    client_name: str
-    client_ip: str
-    nas_identifier: str
-    device_id: str
-    device_name: str
-    device_platform: str
-
-
-def _report(row: Any) -> _Report:
-    return _Report(
-        id=row.id,
-        notify_state=row.notify_state,
-        created_at=row.created_at,
-        user_name=row.user_name,
-        user_key=row.user_key,
-        display_name=row.display_name,
-        email=row.user_email,
-        blocked=row.blocked,
-        challenge_id=row.challenge_id,
-        method=row.method or "",
-        challenge_state=row.challenge_state or "",
-        started_at=row.started_at,
-        answered_by=row.answered_by or "",
-        client_name=row.client_name,
-        client_ip=row.client_ip,
-        nas_identifier=row.nas_identifier or "",
-        device_id=row.device_id or "",
-        device_name=row.device_name or "",
-        device_platform=row.device_platform or "",
-    )
 
 
 class FraudMailer:
@@ -248,7 +199,9 @@ class FraudMailer:
                 "fraud report %d: e-mail not completed; retried at the next start", report_id
             )
 
-    async def _attempt(self, report: _Report, message: EmailMessage, attempt: int) -> float | None:
+    async def _attempt(
+        self, report: FraudReportView, message: EmailMessage, attempt: int
+    ) -> float | None:
         """One send, recorded; the pause before the next attempt, or ``None`` when done."""
         try:
             reply = await self._sender.send(self._recipients, message)
@@ -264,35 +217,14 @@ class FraudMailer:
         await self._record(report, attempt, "sent", reply)
         return None
 
-    async def _load(self, report_id: int) -> _Report | None:
-        stmt = (
-            select(
-                fraud_reports_t,
-                users_t.c.name.label("user_name"),
-                users_t.c.name_key.label("user_key"),
-                users_t.c.display_name,
-                users_t.c.email.label("user_email"),
-                users_t.c.blocked,
-                challenges_t.c.method,
-                challenges_t.c.state.label("challenge_state"),
-                challenges_t.c.created_at.label("started_at"),
-                challenges_t.c.answered_by,
-                challenges_t.c.nas_identifier,
-                devices_t.c.name.label("device_name"),
-                devices_t.c.platform.label("device_platform"),
-            )
-            .select_from(
-                fraud_reports_t.join(users_t, users_t.c.id == fraud_reports_t.c.user_id)
-                .outerjoin(challenges_t, challenges_t.c.id == fraud_reports_t.c.challenge_id)
-                .outerjoin(devices_t, devices_t.c.id == fraud_reports_t.c.device_id)
-            )
-            .where(fraud_reports_t.c.id == report_id)
-        )
+    async def _load(self, report_id: int) -> FraudReportView | None:
         async with self._db.read() as conn:
-            row = (await conn.execute(stmt)).first()
-        return None if row is None else _report(row)
+            try:
+                return await load_report(conn, report_id)
+            except NotFound:
+                return None
 
-    def compose(self, report: _Report) -> EmailMessage:
+    def compose(self, report: FraudReportView) -> EmailMessage:
         """The message for ``report``: plain text, facts only, no secret of any kind."""
         where = report.client_ip or "-"
         location = self._geoip.locate(report.client_ip) if self._geoip else None
@@ -307,8 +239,8 @@ class FraudMailer:
         user = report.user_name
         if report.display_name:
             user += f" ({report.display_name})"
-        if report.email:
-            user += f" <{report.email}>"
+        if report.user_email:
+            user += f" <{report.user_email}>"
         ended = ""
         if report.challenge_state and report.challenge_state != "fraud":
             # Reported afterwards ("this wasn't me"): say how the sign-in had ended.
@@ -317,7 +249,7 @@ class FraudMailer:
                 ended += f" (by {report.answered_by})"
         account = (
             ["BLOCKED until an administrator unblocks the user"]
-            if report.blocked
+            if report.user_blocked
             else [
                 "not blocked (policy fraud_blocks_user is off);",
                 "pushes stay muted while the report is open",
@@ -358,7 +290,9 @@ class FraudMailer:
             {"X-OpenMFA-Fraud-Report": str(report.id)},
         )
 
-    async def _record(self, report: _Report, attempt: int, result: str, detail: str) -> None:
+    async def _record(
+        self, report: FraudReportView, attempt: int, result: str, detail: str
+    ) -> None:
         values: dict[str, object] = {"notify_attempts": fraud_reports_t.c.notify_attempts + 1}
         if result == "sent":
             values |= {"notify_state": "sent", "notified_at": self._clock()}

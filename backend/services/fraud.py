@@ -39,11 +39,18 @@ class FraudReportView:
     state: str
     created_at: datetime
     user_name: str
+    user_key: str
+    display_name: str
+    user_email: str
     user_blocked: bool
     challenge_id: str
+    method: str
     challenge_state: str
+    started_at: datetime | None
+    answered_by: str
     device_id: str | None
     device_name: str
+    device_platform: str
     client_name: str
     client_ip: str
     nas_identifier: str
@@ -60,11 +67,18 @@ def _view(row: Any) -> FraudReportView:
         state=row.state,
         created_at=row.created_at,
         user_name=row.user_name,
+        user_key=row.user_key,
+        display_name=row.display_name,
+        user_email=row.user_email,
         user_blocked=row.user_blocked,
         challenge_id=row.challenge_id,
+        method=row.method or "",
         challenge_state=row.challenge_state or "",
+        started_at=row.started_at,
+        answered_by=row.answered_by or "",
         device_id=row.device_id,
         device_name=row.device_name or "",
+        device_platform=row.device_platform or "",
         client_name=row.client_name,
         client_ip=row.client_ip,
         nas_identifier=row.nas_identifier or "",
@@ -79,10 +93,17 @@ def _view(row: Any) -> FraudReportView:
 _SELECT = select(
     fraud_reports_t,
     users_t.c.name.label("user_name"),
+    users_t.c.name_key.label("user_key"),
+    users_t.c.display_name,
+    users_t.c.email.label("user_email"),
     users_t.c.blocked.label("user_blocked"),
+    challenges_t.c.method,
     challenges_t.c.state.label("challenge_state"),
+    challenges_t.c.created_at.label("started_at"),
+    challenges_t.c.answered_by,
     challenges_t.c.nas_identifier,
     devices_t.c.name.label("device_name"),
+    devices_t.c.platform.label("device_platform"),
 ).select_from(
     fraud_reports_t.join(users_t, users_t.c.id == fraud_reports_t.c.user_id)
     .outerjoin(challenges_t, challenges_t.c.id == fraud_reports_t.c.challenge_id)
@@ -122,13 +143,13 @@ class FraudService:
     async def get(self, report_id: int) -> FraudReportView:
         """One report; :class:`NotFound` for an unknown id."""
         async with self._db.read() as conn:
-            return await _load(conn, report_id)
+            return await load_report(conn, report_id)
 
     async def review(self, actor: Actor, report_id: int) -> FraudReportView:
         """Mark an open report reviewed (by ``actor``, now). Blocking is left as it is: unblock
         the user separately once the account is safe."""
         async with self._db.write() as conn:
-            report = await _load(conn, report_id)
+            report = await load_report(conn, report_id)
             if report.state != "open":
                 raise Conflict(
                     f"fraud report {report_id} was already reviewed by {report.reviewed_by} "
@@ -145,7 +166,7 @@ class FraudService:
                 user_key(report.user_name),
                 f"report {report_id} ({report.challenge_id})",
             )
-            return await _load(conn, report_id)
+            return await load_report(conn, report_id)
 
     async def review_open_for_user(self, actor: Actor, user_name: str, why: str) -> tuple[int, ...]:
         """Mark every open report of a user reviewed (when an administrator unblocks them);
@@ -195,7 +216,8 @@ class FraudService:
         )
 
 
-async def _load(conn: AsyncConnection, report_id: int) -> FraudReportView:
+async def load_report(conn: AsyncConnection, report_id: int) -> FraudReportView:
+    """One report with its user, sign-in and device; :class:`NotFound` for an unknown id."""
     if not 1 <= report_id < 2**63:  # beyond a 64-bit row id the database would refuse the query
         raise NotFound(f"no fraud report {report_id}")
     row = (await conn.execute(_SELECT.where(fraud_reports_t.c.id == report_id))).first()
