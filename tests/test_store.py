@@ -392,6 +392,12 @@ async def test_open_refuses_an_empty_sqlite_file(tmp_path: Path) -> None:
         await Services.open(sqlite_settings(tmp_path))
 
 
+def test_the_schema_revision_the_code_needs_is_the_newest_migration() -> None:
+    # Commands check the schema against this constant so that they need not import Alembic;
+    # a new migration must move it too.
+    assert migrations.head_revision() == migrations.SCHEMA_REVISION
+
+
 async def test_open_refuses_a_schema_behind_head(settings: Settings, database_url: str) -> None:
     await anyio.to_thread.run_sync(
         lambda: command.downgrade(migrations.alembic_config(database_url), "base")

@@ -198,7 +198,7 @@ async def open_database(settings: Settings) -> Database:
     try:
         async with db.read() as conn:
             current = await migrations.current_revision(conn)
-        head = migrations.head_revision()
+        head = migrations.SCHEMA_REVISION
         if current != head:
             raise DatabaseError(
                 f"the database schema is at {current or 'nothing'}, this version needs {head}; "
