@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, select
 
 from backend.domain.challenge import ChallengeState
+from backend.domain.devices import LIVE_STATES
 from backend.push.base import PushMessage, PushOutcome, PushResult, PushTransport
 from backend.store.database import Database
 from backend.store.fastpath import Tx
@@ -52,7 +53,6 @@ if TYPE_CHECKING:  # push sits below the services; they hand it what it needs
 
 log = logging.getLogger("openmfa.push")
 
-LIVE_STATES = ("pending", "active")  # as backend.services.devices.LIVE_STATES
 PLATFORM_TRANSPORT = {"ios": "apns", "android": "fcm"}
 MAX_BATCH = 500  # challenge ids per load query (keeps the IN list well under any limit)
 

@@ -11,6 +11,7 @@ from sqlalchemy import insert, select, update
 
 from backend.crypto import SecretBox, new_token, token_digest
 from backend.domain import totp
+from backend.domain.devices import PLATFORMS
 from backend.domain.policy import check_pin
 from backend.errors import (
     ActivationCodeExpired,
@@ -23,7 +24,7 @@ from backend.errors import (
 from backend.passwords import PasswordHasher
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
-from backend.services.devices import PLATFORMS, check_push_token
+from backend.services.devices import check_push_token
 from backend.store.database import Database
 from backend.store.queries import UserRecord, effective_policy, load_user, load_user_by_id
 from backend.store.tables import activation_codes_t, devices_t, users_t

@@ -29,6 +29,7 @@ from backend.domain.challenge import (
     Tick,
     apply,
 )
+from backend.domain.devices import LIVE_STATES
 from backend.domain.fatigue import GuardDecision, PushRecord, Reason, Stop, decide, explain
 from backend.domain.names import user_key
 from backend.domain.policy import Policy
@@ -50,7 +51,7 @@ from backend.notify.base import FraudNotifier
 from backend.push.base import PushNotifier
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock, SignInContext
-from backend.services.devices import LIVE_STATES, DeviceRecord
+from backend.services.devices import DeviceRecord
 from backend.services.otp import OtpResult, OtpService, check_may_sign_in
 from backend.services.users import UserService
 from backend.store.database import Database

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from backend.domain import signing
+from backend.domain.devices import LIVE_STATES
 from backend.errors import BadRequest, BadSignature, NotFound, ReplayedRequest, StaleRequest
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
@@ -16,9 +17,6 @@ from backend.store.database import Database
 from backend.store.fastpath import Row, Tx, required
 from backend.store.queries import load_user, user_name_of
 from backend.store.tables import devices_t
-
-LIVE_STATES = ("pending", "active")
-PLATFORMS = ("ios", "android", "reference")
 
 
 @dataclass(frozen=True, slots=True)
