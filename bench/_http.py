@@ -34,7 +34,7 @@ def build_post(host: str, path: str, body: bytes, headers: dict[str, str]) -> by
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     length = 0
@@ -64,7 +64,7 @@ async def run_load(
                     return
                 started = time.perf_counter()
                 writer.write(request)
-                status, body = await _read_response(reader)
+                status, body = await read_response(reader)
                 result.latencies.append(time.perf_counter() - started)
                 result.statuses[status] = result.statuses.get(status, 0) + 1
                 result.sent += 1

@@ -25,8 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,8 +34,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.config import Settings, load_settings
@@ -45,11 +41,11 @@ from backend.services import Services
 from backend.services.context import Actor
 from backend.store import migrations
 from backend.store.tables import challenges_t, devices_t, now, users_t
-from bench._http import _read_response, build_post, percentile
+from bench._http import build_post, percentile, read_response
+from bench._process import free_port, start_server, stop
 
 ADMIN = Actor("bench")
 TOPIC = "org.openmfa.bench"
-EXE = Path(sys.executable).parent / "openmfa"
 
 
 # -- the fakes, each in a process of its own --------------------------------------------------
@@ -238,12 +234,6 @@ async def _token(settings: Settings) -> str:
         await services.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # -- (a) latency through the server -----------------------------------------------------------
 
 
@@ -269,7 +259,7 @@ async def _start_all(port: int, requests: Sequence[bytes], connections: int) -> 
                 request = queue.get_nowait()
                 sent = time.monotonic()
                 writer.write(request)
-                status, body = await _read_response(reader)
+                status, body = await read_response(reader)
                 returned = time.monotonic()
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 201:
@@ -287,33 +277,9 @@ def _latency(home: Path, settings: Settings, challenges: int, connections: int) 
     asyncio.run(_populate(settings, challenges, "ios", "lat"))
     token = asyncio.run(_token(settings))
     fake = Fake("apns", home / "apns-a")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "OPENMFA_HOME": str(home),
-        "OPENMFA_LOG_LEVEL": "warning",
-        "OPENMFA_RADIUS_PORT": "0",
-        **{f"OPENMFA_{k.upper()}": v for k, v in fake.settings.items()},
-    }
-    server = subprocess.Popen(
-        ["taskset", "-c", "0", str(EXE), "run", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    port = free_port()
+    server = start_server(home, port, {f"OPENMFA_{k.upper()}": v for k, v in fake.settings.items()})
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                _, err = server.communicate(timeout=10)
-                raise SystemExit(f"server did not become ready:\n{err.decode(errors='replace')}")
-            time.sleep(0.1)
         os.sched_setaffinity(0, {1})
         headers = {"Authorization": f"Bearer {token}"}
         requests = [
@@ -343,11 +309,7 @@ def _latency(home: Path, settings: Settings, challenges: int, connections: int) 
             time.sleep(0.2)
         arrivals, violations = fake.stop()
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
         fake.kill()
     from_return = [
         arrivals[s.challenge_id] - s.returned_at for s in started if s.challenge_id in arrivals

@@ -36,7 +36,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -57,11 +56,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 from bench._http import percentile  # noqa: E402 - after the sys.path fix above
+from bench._process import EXE, free_port, start_server, stop, wait_until  # noqa: E402
 from radius_bridge.protocol import packet as codec  # noqa: E402
 
 SECRET = b"bench-radius-secret-0"
 CLIENT = "bench-gw"
-EXE = Path(sys.executable).parent / "openmfa"
 BENCH_FILE = "radius-bench.json"
 
 
@@ -140,27 +139,6 @@ def prepare(home: Path, users: int) -> dict[str, Any]:
 # -- processes ------------------------------------------------------------------------------------
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def http_ok(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @dataclass
 class Processes:
     home: Path
@@ -173,22 +151,14 @@ class Processes:
         return f"http://127.0.0.1:{self.backend_port}"
 
     def start_backend(self) -> None:
-        env = {
-            **os.environ,
-            "OPENMFA_HOME": str(self.home),
-            "OPENMFA_LOG_LEVEL": "warning",
-            "OPENMFA_RADIUS_PORT": "0",
-            "OPENMFA_LONG_POLL_MAX_SECONDS": str(int(self.long_poll)),
-        }
-        log = (self.home / "backend.log").open("wb")
-        process = subprocess.Popen(
-            ["taskset", "-c", "0", str(EXE), "run", "--port", str(self.backend_port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        process = start_server(
+            self.home,
+            self.backend_port,
+            {"OPENMFA_LONG_POLL_MAX_SECONDS": str(int(self.long_poll))},
+            log=self.home / "backend.log",
+            timeout=60,
         )
         self.started.append(process)
-        wait_until(lambda: http_ok(self.backend_url + "/readyz"), 60, "the backend")
 
     def start_bridge(self, token: str, udp: int, metrics: int) -> subprocess.Popen[bytes]:
         token_file = self.home / "bridge.token"
@@ -238,15 +208,8 @@ class Processes:
 
     def stop(self, process: subprocess.Popen[bytes]) -> float:
         """SIGTERM; seconds until it exited."""
-        began = time.monotonic()
         process.stopped_on_purpose = True  # type: ignore[attr-defined]
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        return time.monotonic() - began
+        return stop(process, timeout=30)
 
     def stop_all(self) -> None:
         for process in reversed(self.started):

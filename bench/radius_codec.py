@@ -32,7 +32,10 @@ from radius_bridge.clients import ClientTable  # noqa: E402 - after the sys.path
 from radius_bridge.model import Attribute, Checked, ClientConfig  # noqa: E402 - after the sys.path fix
 from radius_bridge.protocol import packet as codec  # noqa: E402 - after the sys.path fix
 from radius_bridge.protocol.core import Begin, BridgeCore  # noqa: E402 - after the sys.path fix
-from radius_bridge.protocol.dictionary import default_dictionary  # noqa: E402 - after the sys.path fix
+from radius_bridge.protocol.dictionary import (  # noqa: E402 - after the sys.path fix
+    DICTIONARY_FILE,
+    default_dictionary,
+)
 
 SECRET = b"a 24 octet shared secret"
 NUMBER = 20_000
@@ -86,9 +89,7 @@ def bench_pyrad(raw: bytes) -> float | None:
         from pyrad.dictionary import Dictionary
     except ImportError:
         return None
-    dictionary = Dictionary(
-        str(Path(__file__).resolve().parent.parent / "radius_bridge" / "dictionary")
-    )
+    dictionary = Dictionary(str(DICTIONARY_FILE))
 
     def one() -> bytes:
         packet = pyrad_packet.AuthPacket(packet=raw, secret=SECRET, dict=dictionary)

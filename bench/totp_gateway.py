@@ -17,16 +17,11 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,6 +31,7 @@ from backend.services import Services
 from backend.services.context import Actor
 from backend.store import migrations
 from bench._http import build_post, percentile, run_load
+from bench._process import free_port, serving
 
 ADMIN = Actor("bench")
 
@@ -53,12 +49,6 @@ async def _populate(home: Path, database_url: str, users: int) -> tuple[str, dic
     finally:
         await services.close()
     return token, seeds
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _fresh_postgres(admin_url: str) -> str:
@@ -96,73 +86,43 @@ def main() -> None:
     token, seeds = asyncio.run(_populate(home, database_url, args.users))
     print(f"set up {args.users} users with OATH tokens in {time.perf_counter() - started:.1f} s")
 
-    port = _free_port()
-    env = {
-        **os.environ,
-        "OPENMFA_HOME": str(home),
-        "OPENMFA_LOG_LEVEL": "warning",
-        "OPENMFA_DATABASE_URL": database_url,
-        "OPENMFA_RADIUS_PORT": "0",  # UDP 1812 may be taken; this bench needs only HTTP
-    }
-    exe = Path(sys.executable).parent / "openmfa"
-    server = subprocess.Popen(
-        ["taskset", "-c", "0", str(exe), "run", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    port = free_port()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                _, err = server.communicate(timeout=10)
-                raise SystemExit(f"server did not become ready:\n{err.decode(errors='replace')}")
-            time.sleep(0.1)
-        os.sched_setaffinity(0, {1})
+        with serving(home, port, {"OPENMFA_DATABASE_URL": database_url}):
+            os.sched_setaffinity(0, {1})
 
-        # Steps s-1, s, s+1 are all inside the +-1 window while the clock stays in step s;
-        # send them in increasing order per user. Wait for a fresh step so the run fits in it.
-        if time.time() % totp.PERIOD > 5:
-            time.sleep(totp.PERIOD - time.time() % totp.PERIOD + 0.2)
-        step = totp.time_step(datetime.now(UTC))
-        headers = {"Authorization": f"Bearer {token}"}
-        requests = [
-            build_post(
-                f"127.0.0.1:{port}",
-                "/gateway/v1/otp/verify",
-                json.dumps({"user": name, "code": totp.code_at_step(seed, s)}).encode(),
-                headers,
+            # Steps s-1, s, s+1 are all inside the +-1 window while the clock stays in step s;
+            # send them in increasing order per user. Wait for a fresh step so the run fits in it.
+            if time.time() % totp.PERIOD > 5:
+                time.sleep(totp.PERIOD - time.time() % totp.PERIOD + 0.2)
+            step = totp.time_step(datetime.now(UTC))
+            headers = {"Authorization": f"Bearer {token}"}
+            requests = [
+                build_post(
+                    f"127.0.0.1:{port}",
+                    "/gateway/v1/otp/verify",
+                    json.dumps({"user": name, "code": totp.code_at_step(seed, s)}).encode(),
+                    headers,
+                )
+                for s in (step - 1, step, step + 1)
+                for name, seed in seeds.items()
+            ]
+            result = asyncio.run(run_load("127.0.0.1", port, requests, args.connections, True))
+            if totp.time_step(datetime.now(UTC)) != step:
+                print("warning: the time step changed during the run; some codes fell outside")
+            accepted = sum(b'"accept"' in body for body in result.bodies)
+            rate = accepted / result.seconds
+            kind = "PostgreSQL" if database_url.startswith("postgresql") else "SQLite"
+            print(
+                f"{kind}: {result.sent} requests in {result.seconds:.2f} s over "
+                f"{args.connections} connections; statuses {result.statuses}"
             )
-            for s in (step - 1, step, step + 1)
-            for name, seed in seeds.items()
-        ]
-        result = asyncio.run(run_load("127.0.0.1", port, requests, args.connections, True))
-        if totp.time_step(datetime.now(UTC)) != step:
-            print("warning: the time step changed during the run; some codes fell outside")
-        accepted = sum(b'"accept"' in body for body in result.bodies)
-        rate = accepted / result.seconds
-        kind = "PostgreSQL" if database_url.startswith("postgresql") else "SQLite"
-        print(
-            f"{kind}: {result.sent} requests in {result.seconds:.2f} s over "
-            f"{args.connections} connections; statuses {result.statuses}"
-        )
-        print(
-            f"{kind}: {accepted} successful verifications, {rate:,.0f}/s; latency p50 "
-            f"{percentile(result.latencies, 0.5) * 1000:.1f} ms, p99 "
-            f"{percentile(result.latencies, 0.99) * 1000:.1f} ms"
-        )
+            print(
+                f"{kind}: {accepted} successful verifications, {rate:,.0f}/s; latency p50 "
+                f"{percentile(result.latencies, 0.5) * 1000:.1f} ms, p99 "
+                f"{percentile(result.latencies, 0.99) * 1000:.1f} ms"
+            )
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -34,15 +34,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 import httpx
 
+from radius_bridge.cache import CachedDocument
 from radius_bridge.http11 import LeanTransport
 from radius_bridge.model import (
+    MAX_CODE_CHARS,
     REFUSED_KINDS,
     Audit,
     CancelAuthentication,
@@ -68,8 +68,6 @@ USER_AGENT = "openmfa-radius-bridge"
 #: The backend refusing the *bridge* (revoked token, wrong scope): an outage of the bridge's
 #: configuration, not a verdict on the user.
 CREDENTIAL_KINDS = frozenset({"unauthorized", "forbidden"})
-#: The longest code or password the gateway API takes; longer input is rejected here.
-MAX_CODE_CHARS = 16
 #: Extra time on a long-poll beyond the wait the backend was asked for: the backend answers
 #: at ``wait`` seconds, so this only runs out when it is truly stuck or overloaded.
 LONG_POLL_GRACE = 5.0
@@ -90,14 +88,6 @@ EARLY_ANSWER_PAUSE = 1.0
 
 class BackendError(Exception):
     """The backend could not be used for a non-effect call (the clients document)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ClientsDocument:
-    """The clients document as fetched: its revision (the ETag) and the parsed JSON."""
-
-    revision: str
-    data: dict[str, Any]
 
 
 class _Refusal(Exception):
@@ -240,8 +230,6 @@ class BackendClient:
     async def _dispatch(self, effect: Effect, deadline: float) -> Result:
         if isinstance(effect, StartAuthentication):
             return await self._start(effect, deadline)
-        if isinstance(effect, WaitOutcome):
-            return await self._wait(effect, deadline)
         if isinstance(effect, SubmitCode):
             return await self._submit(effect)
         if isinstance(effect, VerifyCode):
@@ -393,40 +381,27 @@ class BackendClient:
     async def _submit(self, effect: SubmitCode) -> Result:
         if not effect.code or len(effect.code) > MAX_CODE_CHARS:
             return Checked(False, "malformed-code")
-        try:
-            # Not retried: a code that reached the backend is spent (replay protection), so
-            # a blind second try could turn an accept into "replayed".
-            response = await self._short(
-                "POST",
-                f"/gateway/v1/authentications/{effect.authentication_id}/code",
-                {"code": effect.code},
-            )
-        except _Refusal as exc:
-            return self._refused(exc, "submit")
-        data = _json(response)
-        return Checked(data.get("result") == "accept", str(data.get("reason", "")))
+        # Not retried: a code that reached the backend is spent (replay protection), so a
+        # blind second try could turn an accept into "replayed".
+        path = f"/gateway/v1/authentications/{effect.authentication_id}/code"
+        return await self._checked(path, {"code": effect.code}, "submit")
 
     async def _verify_code(self, effect: VerifyCode) -> Result:
         if not effect.code or len(effect.code) > MAX_CODE_CHARS:
             return Checked(False, "malformed-code")
-        try:
-            response = await self._short(
-                "POST", "/gateway/v1/otp/verify", {"user": effect.user, "code": effect.code}
-            )
-        except _Refusal as exc:
-            return self._refused(exc, "verify")
-        data = _json(response)
-        return Checked(data.get("result") == "accept", str(data.get("reason", "")))
+        body = {"user": effect.user, "code": effect.code}
+        return await self._checked("/gateway/v1/otp/verify", body, "verify")
 
     async def _verify_password(self, effect: VerifyPassword) -> Result:
+        body = {"user": effect.user, "password": effect.password}
+        return await self._checked("/gateway/v1/password/verify", body, "password")
+
+    async def _checked(self, path: str, body: dict[str, Any], where: str) -> Result:
+        """A code or password check: the backend's verdict, or what its refusal means."""
         try:
-            response = await self._short(
-                "POST",
-                "/gateway/v1/password/verify",
-                {"user": effect.user, "password": effect.password},
-            )
+            response = await self._short("POST", path, body)
         except _Refusal as exc:
-            return self._refused(exc, "password")
+            return self._refused(exc, where)
         data = _json(response)
         return Checked(data.get("result") == "accept", str(data.get("reason", "")))
 
@@ -461,7 +436,7 @@ class BackendClient:
 
     # -- the clients document -----------------------------------------------------------------
 
-    async def fetch_clients(self, etag: str | None) -> ClientsDocument | None:
+    async def fetch_clients(self, etag: str | None) -> CachedDocument | None:
         """The clients document, or ``None`` when it has not changed since ``etag``.
 
         Raises :class:`BackendError` when the backend cannot be used.
@@ -486,12 +461,4 @@ class BackendClient:
         if not isinstance(data, dict):
             raise BackendError("the RADIUS clients document is not a JSON object")
         revision = str(data.get("revision") or response.headers.get("etag", "").strip('"'))
-        return ClientsDocument(revision, cast(dict[str, Any], data))
-
-
-def monotonic_deadline(seconds: float) -> float:
-    """A deadline ``seconds`` from now in the running loop's clock."""
-    try:
-        return asyncio.get_running_loop().time() + seconds
-    except RuntimeError:
-        return time.monotonic() + seconds
+        return CachedDocument(revision, cast(dict[str, Any], data))

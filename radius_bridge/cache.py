@@ -33,7 +33,8 @@ class CacheError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class CachedDocument:
-    """A clients document as saved: its revision and the parsed JSON."""
+    """A clients document as fetched from the backend (and saved here): its revision (the
+    ETag) and the parsed JSON."""
 
     revision: str
     data: dict[str, Any]

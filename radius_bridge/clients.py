@@ -33,11 +33,11 @@ from radius_bridge.model import (
 )
 from radius_bridge.names import normalise
 from radius_bridge.protocol.dictionary import Dictionary, default_dictionary
+from radius_bridge.protocol.flow import MAX_REPLY_MESSAGE
 
 MIN_PUSH_TIMEOUT: Final = 5.0
 MAX_PUSH_TIMEOUT: Final = 600.0
 MAX_UPSTREAM_TIMEOUT: Final = 120.0
-MAX_REPLY_MESSAGE: Final = 253  # octets of one Reply-Message attribute
 _MAPPED_V4 = ipaddress.IPv6Network("::ffff:0:0/96")
 
 

@@ -24,6 +24,9 @@ NameFormat = Literal["strip", "keep", "map"]
 NumberMatching = Literal["policy", "on", "off"]
 
 DEFAULT_PROMPT = "Approve the sign-in on your phone, or type the code from the app"
+#: The longest code the gateway API takes: a longer challenge answer is not sent as a code,
+#: and the backend client refuses longer input itself.
+MAX_CODE_CHARS = 16
 
 
 # -- per-client settings (fetched from the backend, or read from a file) ----------------------

@@ -32,7 +32,6 @@ finish and send their answer, since a code spent in the backend but never answer
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -436,7 +435,7 @@ class Bridge:
                 document = await self.backend.fetch_clients(self.revision)
                 loaded = None if document is None else parse_clients(document.data)
                 if document is not None:  # parsed: a document the bridge cannot use is not kept
-                    self._save_cache(CachedDocument(document.revision, document.data))
+                    self._save_cache(document)
         except (BackendError, ClientsError, OSError) as exc:
             self.metrics.client_refresh_failures.inc()
             now = time.monotonic()
@@ -562,9 +561,3 @@ def bind_sockets(settings: BridgeSettings) -> dict[ListenAddress, Any]:
                 f"cannot listen for RADIUS on UDP {address}: {exc.strerror or exc}"
             ) from exc
     return bound
-
-
-async def close_quietly(bridge: Bridge) -> None:
-    """Stop ``bridge``, logging instead of raising (shutdown paths)."""
-    with contextlib.suppress(Exception):
-        await bridge.stop()

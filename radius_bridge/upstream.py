@@ -26,7 +26,6 @@ UDP, as RADIUS clients do it:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from typing import cast
@@ -206,9 +205,3 @@ class UpstreamClient:
             sock.waiting.pop(identifier, None)
         log.warning("upstream %s did not answer within %.1f s", where, upstream.timeout)
         return Unavailable(f"upstream {where} did not answer in time")
-
-
-async def close_quietly(client: UpstreamClient) -> None:
-    """Close ``client``, ignoring errors (used on shutdown paths)."""
-    with contextlib.suppress(Exception):
-        await client.aclose()

@@ -16,6 +16,7 @@ import pytest
 from backend.config import Settings, load_settings
 from backend.services import Services
 from backend.store import migrations
+from tests.support.api import ApiHarness, harness
 from tests.support.clock import FakeClock
 
 PG_ADMIN_URL = os.environ.get(
@@ -124,6 +125,12 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def api(settings: Settings, clock: FakeClock) -> Iterator[ApiHarness]:
+    """The app on a live HTTP server with its services."""
+    yield from harness(settings, clock)
 
 
 @pytest.fixture

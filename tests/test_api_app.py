@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import subprocess
 import threading
-from collections.abc import Iterator
 
 import pytest
 
 from backend.authenticator.client import AppClient, AuthenticatorError
-from backend.config import Settings
 from backend.domain import totp
-from tests.support.api import ApiHarness, assert_problem, harness, new_key, signed_request
+from tests.support.api import ApiHarness, assert_problem, new_key, signed_request
 from tests.support.clock import FakeClock
 
 # The core flows run on both databases; the rest on SQLite only, to keep the suite quick.
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def api(settings: Settings, clock: FakeClock) -> Iterator[ApiHarness]:
-    yield from harness(settings, clock)
 
 
 def refused(call: object, *args: object, **kwargs: object) -> AuthenticatorError:

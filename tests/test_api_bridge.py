@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 from dataclasses import astuple
 from typing import Any
 
 import httpx
 import pytest
 
-from backend.config import Settings
 from backend.domain import totp
 from backend.domain.radius import ClientChanges
-from tests.support.api import ADMIN, ApiHarness, assert_problem, harness
+from tests.support.api import ADMIN, ApiHarness, assert_problem
 from tests.support.clock import FakeClock
 
 CLIENTS = "/gateway/v1/radius/clients"
@@ -25,11 +23,6 @@ AUDIT = "/gateway/v1/audit"
 SECRET = "shared-secret-for-the-asa-0001"
 ALICE_PASSWORD = "correct horse battery staple"
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def api(settings: Settings, clock: FakeClock) -> Iterator[ApiHarness]:
-    yield from harness(settings, clock)
 
 
 def bridge(api: ApiHarness, name: str = "bridge1") -> httpx.Client:

@@ -4,26 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from backend.config import Settings
 from backend.domain import totp
-from tests.support.api import ADMIN, ApiHarness, assert_problem, harness
+from tests.support.api import ADMIN, ApiHarness, assert_problem
 from tests.support.clock import FakeClock
 from tests.support.process import wait_for
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 START = "/gateway/v1/authentications"
 VERIFY = "/gateway/v1/otp/verify"
-
-
-@pytest.fixture
-def api(settings: Settings, clock: FakeClock) -> Iterator[ApiHarness]:
-    yield from harness(settings, clock)
 
 
 def waiting(api: ApiHarness) -> int:

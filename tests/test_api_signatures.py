@@ -4,24 +4,17 @@ good, each refused with its own problem type and an audit row."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from backend.authenticator.client import AppClient
-from backend.config import Settings
 from backend.domain import signing
-from tests.support.api import ADMIN, ApiHarness, assert_problem, harness, new_key, signed_request
+from tests.support.api import ADMIN, ApiHarness, assert_problem, new_key, signed_request
 from tests.support.clock import FakeClock
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def api(settings: Settings, clock: FakeClock) -> Iterator[ApiHarness]:
-    yield from harness(settings, clock)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
@@ -18,17 +17,12 @@ from backend.domain import totp
 from backend.domain.fatigue import Reason
 from backend.services.audit import AuditEntry
 from backend.store.tables import fraud_reports_t
-from tests.support.api import ApiHarness, assert_problem, harness
+from tests.support.api import ApiHarness, assert_problem
 from tests.support.clock import FakeClock
 from tests.support.process import Cli
 
 START = "/gateway/v1/authentications"
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def api(settings: Settings, clock: FakeClock) -> Iterator[ApiHarness]:
-    yield from harness(settings, clock)
 
 
 def limited(api: ApiHarness) -> list[AuditEntry]:

@@ -33,7 +33,7 @@ from backend.services.challenges import ChallengeService
 from backend.services.context import Actor, SignInContext
 from backend.services.devices import DeviceRecord
 from backend.services.fraud import FraudReportView, FraudService
-from tests.fakes.tls import make_tls
+from tests.fakes.tls import TlsFiles, make_tls
 from tests.support.api import ApiHarness
 from tests.support.clock import FakeClock
 from tests.support.geoip import write_database
@@ -58,6 +58,23 @@ def mail_settings(settings: Settings, port: int, **extra: Any) -> Settings:
         **extra,
     }
     return settings.model_copy(update=values)
+
+
+def login_settings(
+    settings: Settings, port: int, tls: TlsFiles, tmp_path: Path, password: str
+) -> Settings:
+    """Mail over STARTTLS (trusting ``tls``'s CA) with a login as ``openmfa``, the password in
+    a file under ``tmp_path``."""
+    password_file = tmp_path / "smtp-password"
+    password_file.write_text(password + "\n")
+    return mail_settings(
+        settings,
+        port,
+        smtp_security="starttls",
+        smtp_ca_file=tls.ca_file,
+        smtp_username="openmfa",
+        smtp_password_file=password_file,
+    )
 
 
 @pytest.fixture
@@ -396,17 +413,8 @@ async def test_starttls_and_login_with_the_password_file_and_no_password_anywher
     caplog.set_level(logging.DEBUG)
     password = "correct-horse-smtp-4711"
     tls = make_tls(tmp_path / "tls")
-    password_file = tmp_path / "smtp-password"
-    password_file.write_text(password + "\n")
     with SmtpServer(tls=tls, login=("openmfa", password)) as server:
-        configured = mail_settings(
-            settings,
-            server.port,
-            smtp_security="starttls",
-            smtp_ca_file=tls.ca_file,
-            smtp_username="openmfa",
-            smtp_password_file=password_file,
-        )
+        configured = login_settings(settings, server.port, tls, tmp_path, password)
         async with rig(configured, clock) as r:
             report = await report_fraud(r)
             await r.mailer.wait_idle()
@@ -432,17 +440,8 @@ async def test_a_wrong_password_fails_at_once(
     settings: Settings, clock: FakeClock, tmp_path: Path
 ) -> None:
     tls = make_tls(tmp_path / "tls")
-    password_file = tmp_path / "smtp-password"
-    password_file.write_text("not-the-password\n")
     with SmtpServer(tls=tls, login=("openmfa", "the-password")) as server:
-        configured = mail_settings(
-            settings,
-            server.port,
-            smtp_security="starttls",
-            smtp_ca_file=tls.ca_file,
-            smtp_username="openmfa",
-            smtp_password_file=password_file,
-        )
+        configured = login_settings(settings, server.port, tls, tmp_path, "not-the-password")
         async with rig(configured, clock) as r:
             report = await report_fraud(r)
             await r.mailer.wait_idle()

@@ -5,7 +5,6 @@ document, CLI)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,22 +12,15 @@ import httpx
 import pytest
 
 from backend.authenticator.client import AppClient, AuthenticatorError
-from backend.config import Settings
 from backend.domain.radius import ClientChanges
 from backend.errors import InvalidRadiusClient
-from tests.support.api import ADMIN, ApiHarness, assert_problem, harness
-from tests.support.clock import FakeClock
+from tests.support.api import ADMIN, ApiHarness, assert_problem
 from tests.support.process import Cli
 
 START = "/gateway/v1/authentications"
 CLIENTS = "/gateway/v1/radius/clients"
 SECRET = "shared-secret-for-the-rdgw-0001"
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@pytest.fixture
-def api(settings: Settings, clock: FakeClock) -> Iterator[ApiHarness]:
-    yield from harness(settings, clock)
 
 
 def start(api: ApiHarness, user: str, **body: Any) -> httpx.Response:

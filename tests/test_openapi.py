@@ -11,20 +11,13 @@ from starlette.routing import Route
 
 import backend
 from backend import errors
-from backend.config import Settings
-from tests.support.api import ApiHarness, harness
-from tests.support.clock import FakeClock
+from tests.support.api import ApiHarness
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 UNDOCUMENTED = {("get", "/openapi.json")}
 # Raised only while loading settings, before any HTTP server exists.
 NOT_FROM_HTTP = {"configuration-error"}
-
-
-@pytest.fixture
-def api(settings: Settings, clock: FakeClock) -> Iterator[ApiHarness]:
-    yield from harness(settings, clock)
 
 
 @pytest.fixture

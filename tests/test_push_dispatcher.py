@@ -522,7 +522,9 @@ async def test_close_lets_a_send_in_flight_finish_and_records_it(env: Env) -> No
     await challenges.start(ADMIN, "alice", "push", SignInContext())
     await env.apns.wait_for(1)
     closing = asyncio.create_task(dispatcher.close())
-    await asyncio.sleep(0)  # let close() begin its drain (a yield, not a wait for time)
+    async with asyncio.timeout(10):  # close() has begun once it stops taking challenges
+        while not dispatcher.closing:  # noqa: ASYNC110 - a bounded wait on its own flag
+            await asyncio.sleep(0)
     assert not closing.done()
     release.set()
     await closing

@@ -121,6 +121,31 @@ def held_until(lab: RadiusLab, count: int) -> None:
     wait_for(lambda: lab.bridge.held >= count, 10, f"{count} request(s) held by the bridge")
 
 
+def gateway_with_local_password(
+    lab: RadiusLab, source: str, request: pytest.FixtureRequest, mode: str, timeout: float = 10
+) -> tuple[str, AppClient, Any]:
+    """A client of this test's own at ``source`` (``mode``, primary local), its user (named
+    after the test, password PASSWORD, enrolled) and a pyrad gateway: (name, phone, gateway)."""
+    name = name_of(request)
+    lab.client(name, [source], SECRET, mode=mode, primary="local")
+    device = lab.user(name, password=PASSWORD)
+    return name, device, lab.pyrad(source, SECRET, timeout=timeout)
+
+
+def status_server(
+    lab: RadiusLab, source: str, secret: str, bridge: BridgeThread, timeout: float = 0.5
+) -> int | None:
+    """Send Status-Server from ``source`` to ``bridge``: the reply code, or None when nothing
+    came back (unknown client or wrong secret)."""
+    client = lab.pyrad(source, secret, timeout=timeout)
+    client.authport = bridge.port()
+    try:
+        reply = client.SendPacket(client.CreateAuthPacket(code=pyrad_packet.StatusServer))
+    except Timeout:
+        return None
+    return int(reply.code)
+
+
 # -- push mode ------------------------------------------------------------------------------------
 
 
@@ -229,10 +254,7 @@ def test_a_new_request_for_a_user_with_a_pending_push_joins_it(
 def test_challenge_mode_with_the_code_from_the_app(
     lab: RadiusLab, source: str, request: pytest.FixtureRequest
 ) -> None:
-    name = name_of(request)
-    lab.client(name, [source], SECRET, mode="challenge", primary="local")
-    device = lab.user(name, password=PASSWORD)
-    client = lab.pyrad(source, SECRET)
+    name, device, client = gateway_with_local_password(lab, source, request, "challenge")
     first_round = client.SendPacket(access_request(client, name, PASSWORD))
     assert first_round.code == CHALLENGE
     state = first(first_round, "State")
@@ -249,10 +271,9 @@ def test_challenge_mode_with_the_code_from_the_app(
 def test_challenge_mode_with_an_empty_answer_waits_for_the_push(
     lab: RadiusLab, source: str, pool: ThreadPoolExecutor, request: pytest.FixtureRequest
 ) -> None:
-    name = name_of(request)
-    lab.client(name, [source], SECRET, mode="challenge", primary="local")
-    device = lab.user(name, password=PASSWORD)
-    client = lab.pyrad(source, SECRET, timeout=30)
+    name, device, client = gateway_with_local_password(
+        lab, source, request, "challenge", timeout=30
+    )
     state = first(client.SendPacket(access_request(client, name, PASSWORD)), "State")
     challenge_id = one_pending(device)
     # The user pressed OK with the field empty: the bridge holds it for the phone.
@@ -265,10 +286,7 @@ def test_challenge_mode_with_an_empty_answer_waits_for_the_push(
 def test_wrong_code_then_right_code(
     lab: RadiusLab, source: str, request: pytest.FixtureRequest
 ) -> None:
-    name = name_of(request)
-    lab.client(name, [source], SECRET, mode="challenge", primary="local")
-    device = lab.user(name, password=PASSWORD)
-    client = lab.pyrad(source, SECRET)
+    name, device, client = gateway_with_local_password(lab, source, request, "challenge")
     state = first(client.SendPacket(access_request(client, name, PASSWORD)), "State")
     right = device.code()
     wrong = f"{(int(right) + 1) % 1_000_000:06d}"
@@ -284,10 +302,7 @@ def test_wrong_code_then_right_code(
 def test_otp_mode_asks_for_the_code(
     lab: RadiusLab, source: str, request: pytest.FixtureRequest
 ) -> None:
-    name = name_of(request)
-    lab.client(name, [source], SECRET, mode="otp", primary="local")
-    device = lab.user(name, password=PASSWORD)
-    client = lab.pyrad(source, SECRET)
+    name, device, client = gateway_with_local_password(lab, source, request, "otp")
     asked = client.SendPacket(access_request(client, name, PASSWORD))
     assert asked.code == CHALLENGE
     assert first(asked, "Reply-Message") == "Type the code from your authenticator app"
@@ -302,10 +317,7 @@ def test_otp_mode_asks_for_the_code(
 def test_password_comma_code_in_one_round_in_every_mode(
     lab: RadiusLab, source: str, mode: str, request: pytest.FixtureRequest
 ) -> None:
-    name = name_of(request)
-    lab.client(name, [source], SECRET, mode=mode, primary="local")
-    device = lab.user(name, password=PASSWORD)
-    client = lab.pyrad(source, SECRET)
+    name, device, client = gateway_with_local_password(lab, source, request, mode)
     answer = client.SendPacket(access_request(client, name, f"{PASSWORD},{device.code()}"))
     assert answer.code == ACCEPT
     assert device.pending() == []  # no push was needed
@@ -316,10 +328,7 @@ def test_password_comma_code_in_one_round_in_every_mode(
 def test_expired_and_replayed_states_are_rejected(
     lab: RadiusLab, source: str, request: pytest.FixtureRequest
 ) -> None:
-    name = name_of(request)
-    lab.client(name, [source], SECRET, mode="otp", primary="local")
-    device = lab.user(name, password=PASSWORD)
-    client = lab.pyrad(source, SECRET)
+    name, device, client = gateway_with_local_password(lab, source, request, "otp")
     state = first(client.SendPacket(access_request(client, name, PASSWORD)), "State")
     assert (
         client.SendPacket(access_request(client, name, device.code(), state=state)).code == ACCEPT
@@ -500,10 +509,7 @@ def test_status_server_is_answered_per_client(lab: RadiusLab) -> None:
 def test_proxy_state_is_copied_back_in_order(
     lab: RadiusLab, source: str, request: pytest.FixtureRequest
 ) -> None:
-    name = name_of(request)
-    lab.client(name, [source], SECRET, mode="otp", primary="local")
-    device = lab.user(name, password=PASSWORD)
-    client = lab.pyrad(source, SECRET)
+    name, device, client = gateway_with_local_password(lab, source, request, "otp")
     packet = access_request(client, name, f"{PASSWORD},{device.code()}")
     packet.AddAttribute("Proxy-State", b"nps-1")
     packet.AddAttribute("Proxy-State", b"\x00\xffsecond")
@@ -620,14 +626,8 @@ def test_a_clients_file_is_read_again_when_it_changes(
         temporary.write_text(json.dumps({"revision": revision, "clients": [entry]}))
         os.replace(temporary, path)  # as an editor or config tool saves it: atomically
 
-    def status_server(secret: str) -> int | None:
-        client = lab.pyrad(source, secret, timeout=0.3)
-        client.authport = bridge.port()
-        try:
-            reply = client.SendPacket(client.CreateAuthPacket(code=pyrad_packet.StatusServer))
-        except Timeout:
-            return None
-        return int(reply.code)
+    def answer(secret: str) -> int | None:
+        return status_server(lab, source, secret, bridge, timeout=0.3)
 
     write("f1", "file-secret-1")
     settings = replace(
@@ -635,11 +635,11 @@ def test_a_clients_file_is_read_again_when_it_changes(
     )
     with BridgeThread(settings) as bridge:
         assert bridge.revision == "f1"
-        assert status_server("file-secret-1") == ACCEPT
+        assert answer("file-secret-1") == ACCEPT
         write("f2", "file-secret-2")
         wait_for(lambda: bridge.revision == "f2", 10, "the bridge to read the new file")
-        assert status_server("file-secret-1") is None  # now a wrong secret
-        assert status_server("file-secret-2") == ACCEPT
+        assert answer("file-secret-1") is None  # now a wrong secret
+        assert answer("file-secret-2") == ACCEPT
 
         failures = bridge.metric("openmfa_radius_client_refresh_failures_total")
         path.write_text("{ not json")
@@ -649,7 +649,7 @@ def test_a_clients_file_is_read_again_when_it_changes(
             "the broken file to be noticed",
         )
         assert bridge.revision == "f2"
-        assert status_server("file-secret-2") == ACCEPT  # the last good list stays
+        assert answer("file-secret-2") == ACCEPT  # the last good list stays
         write("f3", "file-secret-3")
         wait_for(lambda: bridge.revision == "f3", 10, "the fixed file to be read")
 
@@ -664,17 +664,8 @@ def test_a_bridge_restarted_while_the_backend_is_down_serves_from_its_clients_ca
     lab.client(name, [source], secret)
     cache = tmp_path / "clients.cache"
 
-    def status_server(bridge: BridgeThread) -> int | None:
-        client = lab.pyrad(source, secret, timeout=0.5)
-        client.authport = bridge.port()
-        try:
-            reply = client.SendPacket(client.CreateAuthPacket(code=pyrad_packet.StatusServer))
-        except Timeout:
-            return None
-        return int(reply.code)
-
     with BridgeThread(bridge_settings(lab.api.url, lab.token, clients_cache=cache)) as bridge:
-        assert status_server(bridge) == ACCEPT
+        assert status_server(lab, source, secret, bridge) == ACCEPT
         revision = bridge.revision
     assert cache.stat().st_mode & 0o777 == 0o600
     assert secret.encode() not in cache.read_bytes()  # sealed, not a copy of the secrets
@@ -682,9 +673,9 @@ def test_a_bridge_restarted_while_the_backend_is_down_serves_from_its_clients_ca
     unreachable = f"http://127.0.0.1:{free_port()}"
     with BridgeThread(bridge_settings(unreachable, lab.token, clients_cache=cache)) as bridge:
         assert bridge.revision == revision
-        assert status_server(bridge) == ACCEPT
+        assert status_server(lab, source, secret, bridge) == ACCEPT
 
     # The key comes from the token: a cache saved under another token is not trusted.
     with BridgeThread(bridge_settings(unreachable, "omfa_other", clients_cache=cache)) as bridge:
         assert bridge.revision is None
-        assert status_server(bridge) is None
+        assert status_server(lab, source, secret, bridge) is None

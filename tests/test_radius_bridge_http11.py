@@ -123,6 +123,7 @@ async def test_a_connection_closed_by_the_server_is_not_reused(server: LiveServe
     listener.listen()
     port = listener.getsockname()[1]
     accepted: list[int] = []
+    closed = asyncio.Event()
 
     async def serve() -> None:
         loop = asyncio.get_running_loop()
@@ -133,12 +134,13 @@ async def test_a_connection_closed_by_the_server_is_not_reused(server: LiveServe
             await loop.sock_recv(conn, 65536)
             await loop.sock_sendall(conn, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             conn.close()  # no Connection: close header, just gone
+            closed.set()
 
     task = asyncio.create_task(serve())
     transport = LeanTransport()
     async with httpx.AsyncClient(transport=transport, timeout=5) as http:
         assert (await http.get(f"http://127.0.0.1:{port}/")).text == "ok"
-        await asyncio.sleep(0.05)  # let the close arrive
+        await asyncio.wait_for(closed.wait(), 5)  # the server has closed the connection
         assert (await http.get(f"http://127.0.0.1:{port}/")).text == "ok"
     await task
     listener.close()

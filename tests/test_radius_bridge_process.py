@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from pyrad import packet as pyrad_packet
 from backend.authenticator.client import AppClient
 from tests.support.bridge import BridgeThread, bridge_settings, pyrad_dictionary
 from tests.support.freeradius import free_udp_port, radclient, radclient_binary
-from tests.support.process import EXE, Cli, ServerProcess, free_port, wait_for
+from tests.support.process import EXE, Cli, ServerProcess, free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.skipif(
     radclient_binary() is None, reason="radclient not installed (apt-get install freeradius-utils)"
@@ -236,8 +235,7 @@ def test_openmfa_radius_runs_standalone_with_metrics(tmp_path: Path) -> None:
             assert 'openmfa_radius_responses_total{client="edge",code="accept"} 1.0' in metrics
             assert 'openmfa_radius_responses_total{client="edge",code="status"}' in metrics
         finally:
-            process.send_signal(signal.SIGTERM)
-            status = process.wait(timeout=15)
+            status = stop_process(process, timeout=15)
         output = log_path.read_text()
         assert status == 0, output
         assert "RADIUS bridge stopped" in output

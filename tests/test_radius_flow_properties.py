@@ -5,7 +5,7 @@ or code into an audit, and never accepts without the evidence its reason claims.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, get_args
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +22,7 @@ from radius_bridge.model import (
     Effect,
     Outcome,
     Refused,
+    RefusedKind,
     Reject,
     Result,
     StartAuthentication,
@@ -40,9 +41,7 @@ from tests.test_radius_flow import Env, make_client, make_request
 
 PASSWORD_TEXT = "Sup3r-s3cret"
 CODE = "482913"
-REFUSALS = ["unknown-user", "user-not-enrolled", "user-disabled", "user-blocked", "otp-locked",
-            "challenge-closed", "challenge-expired", "invalid-name", "push-limited",
-            "number-matching-unavailable", "refused"]  # fmt: skip
+REFUSALS = list(get_args(RefusedKind))  # every refusal the backend client can return
 STATES = ["pending", "approved", "denied", "fraud", "expired", "cancelled"]
 
 any_result: st.SearchStrategy[Result] = st.one_of(

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from pyrad import packet as pyrad_packet
 from pyrad.dictionary import Dictionary as PyradDictionary
 
-import radius_bridge
 from radius_bridge.clients import ClientTable
 from radius_bridge.model import (
     Accept,
@@ -29,15 +27,15 @@ from radius_bridge.model import (
 from radius_bridge.protocol import packet as codec
 from radius_bridge.protocol.core import ABSORBED, Begin, BridgeCore, Drop, Send
 from radius_bridge.protocol.dedup import DuplicateCache
+from radius_bridge.protocol.dictionary import DICTIONARY_FILE
 
 SECRET = b"gateway shared secret"
 SOURCE = ("10.0.0.7", 51812)
-DICTIONARY_FILE = str(Path(next(iter(radius_bridge.__path__))) / "dictionary")
 
 
 @pytest.fixture(scope="module")
 def pyrad_dict() -> PyradDictionary:
-    return PyradDictionary(DICTIONARY_FILE)
+    return PyradDictionary(str(DICTIONARY_FILE))
 
 
 def make_client(**changes: object) -> ClientConfig:

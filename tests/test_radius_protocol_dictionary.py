@@ -3,24 +3,20 @@ configured values turn into the right wire octets; bad input is refused clearly.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from pyrad import packet as pyrad_packet
 from pyrad.dictionary import Dictionary as PyradDictionary
 
-import radius_bridge
 from radius_bridge.model import Attribute
 from radius_bridge.protocol import packet as codec
 from radius_bridge.protocol.dictionary import (
+    DICTIONARY_FILE,
     AttributeDef,
     Dictionary,
     DictionaryError,
     default_dictionary,
     encode_value,
 )
-
-DICTIONARY_FILE = Path(next(iter(radius_bridge.__path__))) / "dictionary"
 
 
 def test_pyrad_reads_the_shipped_file_the_same_way() -> None:

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from backend.api.gateway_v1 import authenticate_gateway
+from backend.api.gateway_v1 import authenticate_gateway, sign_in_context
 from backend.api.http import json_response, parse_json, read_body, services_of
 from backend.api.schemas import (
     BridgeAuditRequest,
@@ -19,7 +19,6 @@ from backend.api.schemas import (
     PasswordVerifyResponse,
     RadiusClients,
 )
-from backend.services.context import SignInContext
 
 BRIDGE = "bridge"
 
@@ -58,14 +57,8 @@ async def verify_password(request: Request) -> Response:
     await authenticate_gateway(request, BRIDGE)
     payload = parse_json(await read_body(request), PasswordVerifyRequest)
     request.state.user_name = payload.user.casefold()
-    context = payload.context
     result = await services_of(request).users.verify_password(
-        request.state.actor,
-        payload.user,
-        payload.password,
-        SignInContext(
-            context.client_name, context.client_ip, context.nas_identifier, context.display
-        ),
+        request.state.actor, payload.user, payload.password, sign_in_context(payload.context)
     )
     return json_response(
         PasswordVerifyResponse(

@@ -27,21 +27,26 @@ from backend.services.context import Actor, SignInContext
 from backend.services.tokens import ApiTokenRecord
 
 
-async def authenticate_gateway(request: Request, scope: str = "gateway") -> ApiTokenRecord:
-    """The caller's API token (401 without a live one), allowed ``scope`` (403 otherwise)."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
+def _bearer(request: Request) -> str:
+    """The token of the ``Authorization: Bearer`` header (401 without one)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationRequired("send the API token as 'Authorization: Bearer <token>'")
+    return token.strip()
+
+
+async def authenticate_gateway(request: Request, scope: str = "gateway") -> ApiTokenRecord:
+    """The caller's API token (401 without a live one), allowed ``scope`` (403 otherwise)."""
+    token = _bearer(request)
     tokens = services_of(request).tokens
-    record = await tokens.authenticate(token.strip())
+    record = await tokens.authenticate(token)
     client = request.client.host if request.client else ""
     request.state.actor = Actor(f"gateway:{record.name}", client, request_id_var.get())
     tokens.authorize(record, scope)
     return record
 
 
-def _context(body: SignInContextBody) -> SignInContext:
+def sign_in_context(body: SignInContextBody) -> SignInContext:
     return SignInContext(body.client_name, body.client_ip, body.nas_identifier, body.display)
 
 
@@ -67,7 +72,7 @@ async def start_authentication(request: Request) -> Response:
         request.state.actor,
         payload.user,
         payload.method,
-        _context(payload.context),
+        sign_in_context(payload.context),
         token_id=token.id,
         idempotency_key=payload.idempotency_key,
         number_matching=payload.number_matching,
@@ -122,16 +127,14 @@ async def verify_otp(request: Request) -> Response:
 
     The token is checked inside the verification's own transaction: one database round trip.
     """
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise AuthenticationRequired("send the API token as 'Authorization: Bearer <token>'")
+    token = _bearer(request)
     payload = parse_json(await read_body(request), VerifyRequest)
     request.state.user_name = payload.user.casefold()
     client = request.client.host if request.client else ""
     services = services_of(request)
-    bearer: str | None = token.strip()
+    bearer: str | None = token
     # The in-process bridge's token lives in memory only; the query would not find it.
-    ephemeral = services.tokens.match_ephemeral(token.strip())
+    ephemeral = services.tokens.match_ephemeral(token)
     name = "unverified"
     if ephemeral is not None:
         bearer, name = None, ephemeral.name
@@ -139,7 +142,7 @@ async def verify_otp(request: Request) -> Response:
         Actor(f"gateway:{name}", client, request_id_var.get()),
         payload.user,
         payload.code,
-        _context(payload.context),
+        sign_in_context(payload.context),
         bearer=bearer,
     )
     return json_response(

@@ -15,22 +15,32 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import TypeVar, get_args
 
 from backend.domain.names import user_key
 from backend.errors import InvalidName, InvalidRadiusClient
-from radius_bridge.model import DEFAULT_PROMPT, Attribute
+from radius_bridge.model import (
+    DEFAULT_PROMPT,
+    Attribute,
+    FailMode,
+    Mode,
+    NameFormat,
+    NumberMatching,
+    Primary,
+    Unenrolled,
+)
 from radius_bridge.protocol.dictionary import default_dictionary
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-MODES = ("push", "challenge", "otp")
-PRIMARIES = ("none", "local", "radius")
-FAILMODES = ("secure", "safe")
-UNENROLLED = ("reject", "allow")
-NAME_FORMATS = ("strip", "keep", "map")
+# The choices are the bridge's own (it reads what is stored here): one list for both.
+MODES: tuple[str, ...] = get_args(Mode)
+PRIMARIES: tuple[str, ...] = get_args(Primary)
+FAILMODES: tuple[str, ...] = get_args(FailMode)
+UNENROLLED: tuple[str, ...] = get_args(Unenrolled)
+NAME_FORMATS: tuple[str, ...] = get_args(NameFormat)
 #: Number matching per client: the user's policy decides, or this gateway forces it on / off.
-NUMBER_MATCHING = ("policy", "on", "off")
+NUMBER_MATCHING: tuple[str, ...] = get_args(NumberMatching)
 #: What a bridge may record through ``POST /gateway/v1/audit``: decisions it takes alone.
 BRIDGE_AUDIT_ACTIONS = (
     "radius.exempt_user",

@@ -48,12 +48,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import re
 import ssl
 import time
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import urlsplit
@@ -78,7 +75,7 @@ from h2.events import DataReceived, Event
 from h2.exceptions import H2Error
 
 from backend.errors import ConfigurationError
-from backend.push.base import PushMessage, PushOutcome, PushResult
+from backend.push.base import PushMessage, PushOutcome, PushResult, retry_after_seconds
 
 if TYPE_CHECKING:
     from typing_extensions import Buffer
@@ -337,7 +334,7 @@ class ApnsTransport:
                 PushOutcome.RETRY,
                 status=status,
                 reason=reason,
-                retry_after=_retry_after_seconds(retry_after),
+                retry_after=retry_after_seconds(retry_after),
             )
         if status == 403:
             # Every push fails the same way until the key settings are fixed: say so once more
@@ -372,26 +369,6 @@ async def _leave_errors_to_the_dispatcher(
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """A ``retry-after`` value (seconds or an HTTP date) as seconds from now."""
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = (when - datetime.now(UTC)).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 def _load_key(path: Path, key_id: str) -> str:

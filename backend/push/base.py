@@ -10,8 +10,10 @@ that a broken configuration stops the server at start and not at the first push.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -44,6 +46,27 @@ class PushResult:
     status: int | None = None
     reason: str = ""
     retry_after: float | None = None
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A ``Retry-After`` value (seconds or an HTTP date) as seconds from now; ``None`` when
+    absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
 
 
 class PushTransport(Protocol):

@@ -128,8 +128,7 @@ class PushDispatcher:
         self._journal: list[_Attempt] = []
         self._writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._closing = asyncio.Event()
-        self._closed = False
+        self._closing = asyncio.Event()  # set once close() has begun
         self.counts: Counter[str] = Counter()  # attempts per outcome, for metrics and tests
 
     @property
@@ -137,11 +136,16 @@ class PushDispatcher:
         """The configured transports by name ("apns", "fcm")."""
         return dict(self._transports)
 
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`close` has begun: no challenge is taken any more."""
+        return self._closing.is_set()
+
     # -- PushNotifier -----------------------------------------------------------------------
 
     def challenge_started(self, challenge_id: str) -> None:
         """Queue the challenge for delivery and return at once."""
-        if self._closed or not self._transports:
+        if self.closing or not self._transports:
             return  # nothing could be sent: every device is served by polling
         self._queue.append(challenge_id)
         if self._loader is None or self._loader.done():
@@ -157,9 +161,8 @@ class PushDispatcher:
     async def close(self) -> None:
         """Stop taking challenges; let sends in flight finish for up to ``drain_seconds``
         (backoff waits end at once), cancel what is left, and write the journal."""
-        if self._closed:
+        if self.closing:
             return
-        self._closed = True
         self._closing.set()
         if self._tasks:
             _, late = await asyncio.wait(set(self._tasks), timeout=self._drain_seconds)

@@ -34,7 +34,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -58,7 +57,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from backend.errors import ConfigurationError
-from backend.push.base import PushMessage, PushOutcome, PushResult
+from backend.push.base import PushMessage, PushOutcome, PushResult, retry_after_seconds
 
 if TYPE_CHECKING:
     from backend.config import Settings
@@ -566,18 +565,7 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 def _retry_after(headers: Any) -> float | None:
     """``Retry-After`` in seconds (delta-seconds or an HTTP date), ``None`` if absent/bad."""
     value = headers.get("Retry-After") if headers is not None else None
-    if not isinstance(value, str) or not value.strip():
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, when.timestamp() - time.time())
+    return retry_after_seconds(value if isinstance(value, str) else None)
 
 
 def _seconds_to(expires_at: datetime) -> int:

@@ -7,6 +7,7 @@ work on the same database with the same rules.
 from __future__ import annotations
 
 import logging
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,92 +84,84 @@ class Services:
         GeoIP settings are checked either way (:class:`~backend.errors.ConfigurationError`).
         """
         mail = fraud_mail.configure(settings)
-        geoip = GeoIp.open(settings.geoip_database)
-        try:
-            db = await open_database(settings)
-        except BaseException:
+        async with AsyncExitStack() as on_error:  # what to release if the open fails
+            geoip = GeoIp.open(settings.geoip_database)
             if geoip is not None:
-                geoip.close()
-            raise
-        try:
+                on_error.callback(geoip.close)
+            db = await open_database(settings)
+            on_error.push_async_callback(db.dispose)
             box = SecretBox(await _server_key(db, settings.resolved_key_file))
             transports = await build_transports(settings) if push else None
-        except BaseException:
-            await db.dispose()
-            if geoip is not None:
-                geoip.close()
-            raise
-        hasher = PasswordHasher(
-            settings.argon2_memory_kib,
-            settings.argon2_time_cost,
-            settings.argon2_parallelism,
-            settings.hash_workers,
-        )
-        bus = bus or InProcessOutcomeBus()
-        audit = AuditLog(db, clock)
-        users = UserService(db, hasher, audit, clock)
-        otp = OtpService(db, box, audit, clock)
-        dispatcher = (
-            PushDispatcher(
-                db,
-                audit,
-                clock,
-                Actor("system:push"),
-                transports,
-                settings.push_concurrency,
-                drain_seconds=settings.shutdown_grace_seconds,  # sends in flight at shutdown
+            hasher = PasswordHasher(
+                settings.argon2_memory_kib,
+                settings.argon2_time_cost,
+                settings.argon2_parallelism,
+                settings.hash_workers,
             )
-            if transports is not None
-            else None
-        )
-        mailer = (
-            fraud_mail.FraudMailer(
-                db,
-                audit,
-                clock,
-                mail,
-                issuer=settings.issuer,
+            bus = bus or InProcessOutcomeBus()
+            audit = AuditLog(db, clock)
+            users = UserService(db, hasher, audit, clock)
+            otp = OtpService(db, box, audit, clock)
+            dispatcher = (
+                PushDispatcher(
+                    db,
+                    audit,
+                    clock,
+                    Actor("system:push"),
+                    transports,
+                    settings.push_concurrency,
+                    drain_seconds=settings.shutdown_grace_seconds,  # sends in flight at shutdown
+                )
+                if transports is not None
+                else None
+            )
+            mailer = (
+                fraud_mail.FraudMailer(
+                    db,
+                    audit,
+                    clock,
+                    mail,
+                    issuer=settings.issuer,
+                    geoip=geoip,
+                    close_grace=settings.shutdown_grace_seconds,
+                )
+                if notify and mail is not None
+                else None
+            )
+            if notify:
+                log.info(fraud_mail.status_line(settings, mail))
+                if geoip is not None:
+                    log.info("sign-in locations from %s (%s)", geoip.path, geoip.database_type)
+            challenges = ChallengeService(
+                db, bus, users, otp, audit, clock, push=dispatcher, fraud_notifier=mailer
+            )
+            services = cls(
+                settings=settings,
+                db=db,
+                bus=bus,
+                hasher=hasher,
+                audit=audit,
+                users=users,
+                policies=PolicyService(db, audit),
+                activation=ActivationService(
+                    db, box, hasher, audit, clock, settings.resolved_public_url, settings.issuer
+                ),
+                devices=DeviceService(db, audit, clock, settings.signature_skew_seconds),
+                otp=otp,
+                challenges=challenges,
+                tokens=ApiTokenService(db, audit, clock),
+                radius_clients=RadiusClientService(db, box, audit, clock),
+                fraud=FraudService(db, audit, clock, challenges),
+                clock=clock,
+                push=dispatcher,
+                fraud_mailer=mailer,
                 geoip=geoip,
-                close_grace=settings.shutdown_grace_seconds,
             )
-            if notify and mail is not None
-            else None
-        )
-        if notify:
-            log.info(fraud_mail.status_line(settings, mail))
-            if geoip is not None:
-                log.info("sign-in locations from %s (%s)", geoip.path, geoip.database_type)
-        challenges = ChallengeService(
-            db, bus, users, otp, audit, clock, push=dispatcher, fraud_notifier=mailer
-        )
-        services = cls(
-            settings=settings,
-            db=db,
-            bus=bus,
-            hasher=hasher,
-            audit=audit,
-            users=users,
-            policies=PolicyService(db, audit),
-            activation=ActivationService(
-                db, box, hasher, audit, clock, settings.resolved_public_url, settings.issuer
-            ),
-            devices=DeviceService(db, audit, clock, settings.signature_skew_seconds),
-            otp=otp,
-            challenges=challenges,
-            tokens=ApiTokenService(db, audit, clock),
-            radius_clients=RadiusClientService(db, box, audit, clock),
-            fraud=FraudService(db, audit, clock, challenges),
-            clock=clock,
-            push=dispatcher,
-            fraud_mailer=mailer,
-            geoip=geoip,
-        )
-        if mailer is not None:
-            try:
+            on_error.pop_all()  # from here on, services.close() releases all of it
+            on_error.push_async_callback(services.close)
+            if mailer is not None:
                 await mailer.start()
-            except BaseException:
-                await services.close()
-                raise
+            on_error.pop_all()
         return services
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import secrets
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -168,18 +169,16 @@ class ChallengeService:
         number (RADIUS push mode), where ``number_matching_fallback`` decides.
         """
         matching = _NumberMatching(number_matching, can_show_number)
+        serialise: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
         if token_id is None and idempotency_key is not None:
             # A caller without a token row (the in-process bridge's ephemeral token) is not
             # covered by the unique (token_id, idempotency_key) constraint: NULLs never clash.
             # Its token lives in this process only, so a lock here serialises its copies.
-            lock = self._key_locks.setdefault(idempotency_key, asyncio.Lock())
-            async with lock:
-                return await self._start(
-                    actor, user_name, method, context, token_id, idempotency_key, matching
-                )
-        return await self._start(
-            actor, user_name, method, context, token_id, idempotency_key, matching
-        )
+            serialise = self._key_locks.setdefault(idempotency_key, asyncio.Lock())
+        async with serialise:
+            return await self._start(
+                actor, user_name, method, context, token_id, idempotency_key, matching
+            )
 
     async def _start(
         self,
@@ -189,9 +188,8 @@ class ChallengeService:
         context: SignInContext,
         token_id: int | None,
         idempotency_key: str | None,
-        matching: _NumberMatching | None = None,
+        matching: _NumberMatching,
     ) -> ChallengeView:
-        matching = matching or _NumberMatching()
         if method not in METHODS:
             raise BadRequest(f"method must be one of {', '.join(METHODS)}")
         _check_context(context)
@@ -404,8 +402,7 @@ class ChallengeService:
         async with self._db.write() as conn:
             user = await load_user(conn, user_name)
             cancelled = await self._cancel_pending(conn, actor, user.id, user.name_key, reason)
-        for outcome in cancelled:
-            await self._bus.publish(outcome)
+        await self._announce(cancelled)
         return len(cancelled)
 
     async def _cancel_pending(
@@ -546,10 +543,7 @@ class ChallengeService:
             if existing is not None:
                 return int(existing.id)
             report_id, published = await self._report_fraud(conn, actor, row, name, None)
-        for outcome in published:
-            await self._bus.publish(outcome)
-        if self._fraud_notifier is not None:
-            self._fraud_notifier.report_filed(report_id)
+        await self._announce(published, [report_id])
         return report_id
 
     # -- shared -------------------------------------------------------------------------------
@@ -592,14 +586,18 @@ class ChallengeService:
                     published += await self._after_transition(
                         conn, actor, row, user_name, transition.status.state, event, device, reports
                     )
-        for outcome in published:
+        await self._announce(published, reports)
+        if late:
+            raise ChallengeExpired("the challenge expired before it was answered")
+        return view
+
+    async def _announce(self, outcomes: list[Outcome], reports: Sequence[int] = ()) -> None:
+        """After the commit: wake the waiters, and schedule the notice of each fraud report."""
+        for outcome in outcomes:
             await self._bus.publish(outcome)
         if self._fraud_notifier is not None:
             for report_id in reports:
                 self._fraud_notifier.report_filed(report_id)
-        if late:
-            raise ChallengeExpired("the challenge expired before it was answered")
-        return view
 
     async def _persist(
         self, conn: AsyncConnection, challenge_id: str, values: dict[str, object]

@@ -176,7 +176,7 @@ class OtpService:
     ) -> OtpResult:
         # A code that was valid once is no guess: refuse and audit it, but do not count it
         # toward the lockout (a user who signs in twice within 30 s would be locked).
-        if reason != "replayed" and _count_failure(tx, attempt.now, user_id):
+        if reason != "replayed" and count_failure(tx, attempt.now, user_id)[1]:
             reason = "locked"
         self._audit.add_job(
             tx,
@@ -190,8 +190,9 @@ class OtpService:
         return OtpResult(False, reason, name)
 
 
-def _count_failure(tx: Tx, now: datetime, user_id: int) -> bool:
-    """Count a wrong code toward the user's lockout; True when it locks the user now."""
+def count_failure(tx: Tx, now: datetime, user_id: int) -> tuple[int, bool]:
+    """Count a wrong code (or local password) toward the user's lockout: the failures
+    counted, and True when this one locks the user now."""
     row = tx.one(
         "UPDATE users SET otp_failures = otp_failures + 1 WHERE id = ? RETURNING otp_failures",
         user_id,
@@ -206,13 +207,13 @@ def _count_failure(tx: Tx, now: datetime, user_id: int) -> bool:
         layers[scope][key] = value
     policy = policy_rules.resolve(*layers.values())
     if failures < policy.otp_max_failures:
-        return False
+        return failures, False
     tx.run(
         "UPDATE users SET otp_failures = 0, otp_locked_until = ? WHERE id = ?",
         tx.time(now + timedelta(seconds=policy.otp_lockout_seconds)),
         user_id,
     )
-    return True
+    return failures, True
 
 
 def _bearer_digest(bearer: str | None) -> str | None:

@@ -97,7 +97,7 @@ class ClientsDocument:
     clients: list[dict[str, Any]]
 
 
-def _record(client_id: int, name: str, s: ClientSettings, row: Any) -> RadiusClientRecord:
+def _record(row: Any, s: ClientSettings) -> RadiusClientRecord:
     upstream = None
     if s.upstream is not None:
         upstream = UpstreamView(
@@ -108,8 +108,8 @@ def _record(client_id: int, name: str, s: ClientSettings, row: Any) -> RadiusCli
             is_short_secret(s.upstream.secret),
         )
     return RadiusClientRecord(
-        id=client_id,
-        name=name,
+        id=row.id,
+        name=row.name,
         addresses=s.addresses,
         secret_bytes=len(s.secret.encode()),
         secret_short=is_short_secret(s.secret),
@@ -218,7 +218,7 @@ class RadiusClientService:
         """One client (any letter case); :class:`NotFound` if there is none."""
         async with self._db.read() as conn:
             row = await self._row(conn, name)
-        return _record(row.id, row.name, self._settings(row), row)
+        return _record(row, self._settings(row))
 
     async def list(self) -> list[RadiusClientRecord]:
         """Every client, by name."""
@@ -226,7 +226,7 @@ class RadiusClientService:
             rows = (
                 await conn.execute(select(radius_clients_t).order_by(radius_clients_t.c.name_key))
             ).all()
-        return [_record(r.id, r.name, self._settings(r), r) for r in rows]
+        return [_record(r, self._settings(r)) for r in rows]
 
     async def revision(self) -> str:
         """The current revision of the clients document (cheap: one row)."""
@@ -308,7 +308,7 @@ class RadiusClientService:
                 row = await self._row(conn, name)
         except IntegrityError as exc:
             raise Conflict(f"a RADIUS client named {name!r} already exists") from exc
-        return _record(row.id, row.name, settings, row)
+        return _record(row, settings)
 
     async def update(
         self, actor: Actor, name: str, changes: ClientChanges
@@ -326,7 +326,7 @@ class RadiusClientService:
                 await self._audit.add(
                     conn, actor, "radius_client.update", "unchanged", detail=row.name
                 )
-                return _record(row.id, row.name, current, row), []
+                return _record(row, current), []
             if "addresses" in changed:
                 await self._check_addresses(conn, settings, exclude_id=row.id)
             await conn.execute(
@@ -346,7 +346,7 @@ class RadiusClientService:
                 detail=f"{row.name}: {', '.join(changed)}",
             )
             row = await self._row(conn, name)
-        return _record(row.id, row.name, settings, row), changed
+        return _record(row, settings), changed
 
     async def remove(self, actor: Actor, name: str) -> None:
         """Forget a client: the bridges stop answering it within one poll."""

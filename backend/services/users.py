@@ -15,8 +15,9 @@ from backend.errors import BadRequest, Conflict, OtpLocked, PinLocked, PinRequir
 from backend.passwords import PasswordHasher
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock, SignInContext
-from backend.services.otp import check_may_sign_in
+from backend.services.otp import check_may_sign_in, count_failure
 from backend.store.database import Database
+from backend.store.fastpath import Tx
 from backend.store.queries import UserRecord, effective_policy, load_user, user_from_row
 from backend.store.tables import devices_t, users_t
 
@@ -246,8 +247,8 @@ class UserService:
             )
             return PasswordResult(False, "no-password", user.name)
         matches, new_hash = await self._hasher.verify(stored, password)
-        async with self._db.write() as conn:
-            if matches:
+        if matches:
+            async with self._db.write() as conn:
                 if new_hash is not None:  # the hashing parameters were raised since
                     await conn.execute(
                         update(users_t)
@@ -257,33 +258,21 @@ class UserService:
                 await self._audit.add(
                     conn, actor, "password.verify", "accept", user.name_key, f"ok {where}".strip()
                 )
-                return PasswordResult(True, "ok", user.name)
-            failures = (
-                await conn.execute(
-                    update(users_t)
-                    .where(users_t.c.id == user.id)
-                    .values(otp_failures=users_t.c.otp_failures + 1)
-                    .returning(users_t.c.otp_failures)
-                )
-            ).scalar_one()
-            policy = await effective_policy(conn, user.id)
-            result = "reject"
-            if failures >= policy.otp_max_failures:
-                await conn.execute(
-                    update(users_t)
-                    .where(users_t.c.id == user.id)
-                    .values(
-                        otp_failures=0,
-                        otp_locked_until=now + timedelta(seconds=policy.otp_lockout_seconds),
-                    )
-                )
-                result = "locked"
-            await self._audit.add(
-                conn,
+            return PasswordResult(True, "ok", user.name)
+
+        audited_at = self._clock()
+
+        def count(tx: Tx) -> None:
+            failures, locked = count_failure(tx, now, user.id)
+            self._audit.add_job(
+                tx,
                 actor,
+                audited_at,
                 "password.verify",
-                result,
+                "locked" if locked else "reject",
                 user.name_key,
                 f"wrong-password failures={failures} {where}".strip(),
             )
+
+        await self._db.run_job(count)
         return PasswordResult(False, "wrong-password", user.name)

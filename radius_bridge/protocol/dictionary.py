@@ -27,6 +27,9 @@ VENDOR_SPECIFIC = 26
 MAX_VALUE = 253
 #: Largest value of a vendor sub-attribute: 253 minus vendor id (4) and sub-header (2).
 MAX_VENDOR_VALUE = 247
+#: The dictionary file shipped with the bridge (radius_bridge/dictionary): a path rather
+#: than importlib.resources, which cannot address a namespace package's files.
+DICTIONARY_FILE = Path(__file__).resolve().parent.parent / "dictionary"
 
 
 class DictionaryError(ValueError):
@@ -222,7 +225,5 @@ def _integer(definition: AttributeDef, value: str | int) -> int:
 @functools.cache
 def default_dictionary() -> Dictionary:
     """The dictionary shipped in the package (read once)."""
-    # radius_bridge/dictionary, next to this package: a path rather than
-    # importlib.resources, which cannot address a namespace package's files.
-    text = (Path(__file__).resolve().parent.parent / "dictionary").read_text("utf-8")
+    text = DICTIONARY_FILE.read_text("utf-8")
     return Dictionary.parse(text)

@@ -59,6 +59,7 @@ from typing import Final
 
 from radius_bridge.model import (
     DEFAULT_PROMPT,
+    MAX_CODE_CHARS,
     Accept,
     AccessRequest,
     Attribute,
@@ -90,7 +91,6 @@ Flow = Generator[Effect, Result, Decision]
 
 MAX_REPLY_MESSAGE: Final = 253
 CODE_LENGTHS: Final = range(6, 9)  # what counts as a code after the separator
-MAX_ANSWER_LENGTH: Final = 16  # longest challenge answer sent to the backend as a code
 
 OTP_PROMPT: Final = "Type the code from your authenticator app"
 WRONG_CODE_PREFIX: Final = "Wrong code, try again. "
@@ -422,7 +422,7 @@ class _Flow:
         auth_id = round_.authentication_id
         text = (self.request.password or b"").decode("utf-8", "replace")
         answer = "".join(text.split())  # "123 456" as typed from a grouped display
-        if answer.isascii() and answer.isdigit() and len(answer) <= MAX_ANSWER_LENGTH:
+        if answer.isascii() and answer.isdigit() and len(answer) <= MAX_CODE_CHARS:
             if auth_id is None:
                 result = yield VerifyCode(self.user, answer)
             else:

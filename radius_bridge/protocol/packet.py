@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 from radius_bridge.model import Attribute, UpstreamAnswer
-from radius_bridge.protocol.dictionary import VENDOR_SPECIFIC, Dictionary
+from radius_bridge.protocol.dictionary import MAX_VALUE, VENDOR_SPECIFIC, Dictionary
 
 ACCESS_REQUEST = 1
 ACCESS_ACCEPT = 2
@@ -47,7 +47,6 @@ MESSAGE_AUTHENTICATOR = 80
 HEADER_LENGTH = 20
 MAX_LENGTH = 4096  # RFC 2865 section 3
 MAX_PASSWORD = 128  # RFC 2865 section 5.2
-MAX_VALUE = 253
 
 _ZERO16 = bytes(16)
 _MA_PLACEHOLDER = bytes((MESSAGE_AUTHENTICATOR, 18)) + _ZERO16

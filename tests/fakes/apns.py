@@ -59,7 +59,8 @@ from h2.events import (
 from h2.exceptions import H2Error, ProtocolError
 from h2.settings import SettingCodes
 
-from tests.fakes.tls import TlsFiles, make_tls
+from tests.fakes.base import PushFake
+from tests.fakes.tls import TlsFiles
 
 #: Apple's limit for a regular (non-VoIP) notification payload.
 MAX_PAYLOAD_BYTES = 4096
@@ -163,8 +164,11 @@ def verify_es256(token: str, public_key: ec.EllipticCurvePublicKey) -> tuple[Any
     return header, claims
 
 
-class ApnsFake:
+class ApnsFake(PushFake[ApnsRequest]):
     """An APNs endpoint on 127.0.0.1 that checks the wire format; see the module docstring."""
+
+    label = "APNs fake"
+    tls_folder = "apns-fake-tls"
 
     def __init__(
         self,
@@ -176,17 +180,11 @@ class ApnsFake:
         check_payload: bool = True,
         max_concurrent_streams: int = 1000,
     ) -> None:
-        self._directory = directory
+        super().__init__(directory, tls)
         self.key = key
         self.topic = topic
-        self._tls = tls
         self.check_payload = check_payload
         self.max_concurrent_streams = max_concurrent_streams
-        self.requests: list[ApnsRequest] = []
-        self.violations: list[str] = []
-        self.connections_made = 0
-        #: seconds every answer waits before it is sent (a slow service)
-        self.delay = 0.0
         #: True: every byte received is ignored, as on a path that silently died
         self.frozen = False
         #: HTTP/2 PINGs received (and answered)
@@ -199,18 +197,8 @@ class ApnsFake:
         self._holding = False
         self._held: list[Callable[[], None]] = []
         self._timers: set[asyncio.TimerHandle] = set()
-        self._changed: asyncio.Event | None = None
-        self.url = ""
-        self.port = 0
 
     # -- life cycle --------------------------------------------------------------------------
-
-    @property
-    def ca_file(self) -> Path:
-        """The CA certificate a client must trust to reach :attr:`url`."""
-        if self._tls is None:
-            raise RuntimeError("start() the fake first")
-        return self._tls.ca_file
 
     @property
     def open_connections(self) -> int:
@@ -219,15 +207,13 @@ class ApnsFake:
 
     async def start(self) -> None:
         """Listen on an ephemeral port of 127.0.0.1 with TLS and ALPN ``h2``."""
-        if self._tls is None:
-            self._tls = make_tls(self._directory / "apns-fake-tls")
-        self._changed = asyncio.Event()
+        tls = self._starting()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: _Connection(self),
             host="127.0.0.1",
             port=0,
-            ssl=self._tls.server_context(alpn=["h2"]),
+            ssl=tls.server_context(alpn=["h2"]),
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.url = f"https://127.0.0.1:{self.port}"
@@ -250,10 +236,8 @@ class ApnsFake:
                 await self.wait_until(lambda: not self._connections, timeout, "connections aborted")
             await self._server.wait_closed()
             self._server = None
-        if check and self.violations:
-            raise AssertionError(
-                "APNs fake saw wire-format violations:\n" + "\n".join(self.violations)
-            )
+        if check:
+            self.assert_clean()
 
     # -- behaviour ---------------------------------------------------------------------------
 
@@ -293,38 +277,6 @@ class ApnsFake:
         """Answers currently held back."""
         return len(self._held)
 
-    # -- waiting -----------------------------------------------------------------------------
-
-    # `timeout` arguments: the fake API shared by the push fakes names them so.
-    async def wait_until(
-        self,
-        condition: Callable[[], bool],
-        timeout: float,  # noqa: ASYNC109
-        what: str,
-    ) -> None:
-        """Wait until ``condition()`` holds (re-checked whenever the fake's state changes)."""
-        if self._changed is None:
-            raise RuntimeError("start() the fake first")
-        deadline = time.monotonic() + timeout
-        while not condition():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"APNs fake: timed out after {timeout} s waiting for {what}")
-            try:
-                await asyncio.wait_for(self._changed.wait(), remaining)
-            except TimeoutError:
-                continue
-
-    async def wait_for(self, count: int, timeout: float = 5.0) -> list[ApnsRequest]:  # noqa: ASYNC109
-        """Wait until ``count`` requests were received; return them all."""
-        await self.wait_until(lambda: len(self.requests) >= count, timeout, f"{count} requests")
-        return list(self.requests)
-
-    def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = asyncio.Event()
-
     # -- request handling (called by _Connection) --------------------------------------------
 
     def _connected(self, connection: _Connection) -> None:
@@ -335,10 +287,6 @@ class ApnsFake:
 
     def _disconnected(self, connection: _Connection) -> None:
         self._connections.discard(connection)
-        self._notify()
-
-    def _violation(self, text: str) -> None:
-        self.violations.append(text)
         self._notify()
 
     def _request(self, connection: _Connection, stream: _Stream) -> None:

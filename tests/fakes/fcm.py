@@ -36,7 +36,6 @@ import re
 import secrets
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.fakes.tls import TlsFiles, make_tls
+from tests.fakes.base import PushFake
+from tests.fakes.tls import TlsFiles
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -165,24 +165,21 @@ class _Reply:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-class FcmFake:
+class FcmFake(PushFake[FcmRequest]):
     """Google's token endpoint and FCM ``messages:send`` on https://127.0.0.1:<port>; see the
     module docstring. The shape follows :class:`tests.fakes.apns.ApnsFake`."""
+
+    label = "FCM fake"
+    tls_folder = "fcm-fake-tls"
 
     def __init__(
         self, directory: Path, *, tls: TlsFiles | None = None, token_lifetime: int = 3600
     ) -> None:
-        self._directory = directory
-        self._tls = tls
+        super().__init__(directory, tls)
         #: ``expires_in`` of the tokens it issues
         self.token_lifetime = token_lifetime
-        self.requests: list[FcmRequest] = []
         self.token_requests: list[TokenRequest] = []
-        self.violations: list[str] = []
-        self.connections_made = 0
-        #: seconds every ``messages:send`` answer waits before it is sent (a slow service)
-        self.delay = 0.0
-        #: the same for the token endpoint
+        #: :attr:`delay` for the token endpoint
         self.token_delay = 0.0
         self._accounts: dict[str, _Account] = {}
         self._issued: dict[str, _Issued] = {}
@@ -193,22 +190,12 @@ class FcmFake:
         self._held = 0
         self._released: asyncio.Event | None = None
         self._stopping: asyncio.Event | None = None
-        self._changed: asyncio.Event | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._message_ids = 0
-        self.url = ""
-        self.port = 0
 
     # -- life cycle --------------------------------------------------------------------------
-
-    @property
-    def ca_file(self) -> Path:
-        """The CA certificate a client must trust to reach :attr:`url` (``fcm_ca_file``)."""
-        if self._tls is None:
-            raise RuntimeError("start() the fake first")
-        return self._tls.ca_file
 
     @property
     def token_uri(self) -> str:
@@ -224,13 +211,11 @@ class FcmFake:
 
     async def start(self) -> None:
         """Listen on an ephemeral port of 127.0.0.1 with TLS."""
-        if self._tls is None:
-            self._tls = make_tls(self._directory / "fcm-fake-tls")
-        self._changed = asyncio.Event()
+        tls = self._starting()
         self._stopping = asyncio.Event()
         self._released = asyncio.Event()
         self._server = await asyncio.start_server(
-            self._connection, "127.0.0.1", 0, ssl=self._tls.server_context()
+            self._connection, "127.0.0.1", 0, ssl=tls.server_context()
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.url = f"https://127.0.0.1:{self.port}"
@@ -254,13 +239,6 @@ class FcmFake:
             self._server = None
         if check:
             self.assert_clean()
-
-    def assert_clean(self) -> None:
-        """Fail the test when anything on the wire was not what Google expects."""
-        if self.violations:
-            raise AssertionError(
-                "FCM fake saw wire-format violations:\n" + "\n".join(self.violations)
-            )
 
     # -- behaviour ---------------------------------------------------------------------------
 
@@ -339,36 +317,6 @@ class FcmFake:
     def held(self) -> int:
         """Answers currently held back."""
         return self._held
-
-    # -- waiting -----------------------------------------------------------------------------
-
-    # The fakes' shared shape (push contract) takes timeouts as arguments: hence the noqa.
-    async def wait_until(
-        self,
-        condition: Callable[[], bool],
-        timeout: float,  # noqa: ASYNC109
-        what: str,
-    ) -> None:
-        """Wait until ``condition()`` holds (re-checked whenever the fake's state changes)."""
-        if self._changed is None:
-            raise RuntimeError("start() the fake first")
-        deadline = time.monotonic() + timeout
-        while not condition():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"FCM fake: timed out after {timeout} s waiting for {what}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-
-    async def wait_for(self, count: int, timeout: float = 5.0) -> list[FcmRequest]:  # noqa: ASYNC109
-        """Wait until ``count`` sends were received (answered or not); return them all."""
-        await self.wait_until(lambda: len(self.requests) >= count, timeout, f"{count} requests")
-        return list(self.requests)
-
-    def _notify(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = asyncio.Event()
 
     # -- HTTP/1.1 over TLS (h11)
 
@@ -595,10 +543,6 @@ class FcmFake:
             )
         self._message_ids += 1
         return _json_reply(200, {"name": f"projects/{project}/messages/0:{self._message_ids}"})
-
-    def _violation(self, problem: str) -> None:
-        self.violations.append(problem)
-        self._notify()
 
 
 def _check_body(body: Any) -> list[str]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from radius_bridge.config import BridgeSettings, ListenAddress
+from radius_bridge.protocol.dictionary import DICTIONARY_FILE
 from radius_bridge.runner import Bridge
 from radius_bridge.server import loop_factory
 from tests.support.process import wait_for
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from backend.authenticator.client import AppClient
 
 T = TypeVar("T")
-DICTIONARY = Path(__file__).resolve().parents[2] / "radius_bridge" / "dictionary"
 
 
 class BridgeThread:
@@ -286,4 +286,4 @@ def pyrad_dictionary() -> Any:
     """The bridge's own dictionary file, loaded by pyrad."""
     from pyrad.dictionary import Dictionary
 
-    return Dictionary(str(DICTIONARY))
+    return Dictionary(str(DICTIONARY_FILE))
