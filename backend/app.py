@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from backend.api import app_v1, bridge_v1, gateway_v1, health, openapi
+from backend.api import app_v1, bridge_v1, gateway_v1, health, openapi, pipush_v1
 from backend.api.middleware import RequestIdMiddleware
 from backend.api.problems import http_error, openmfa_error, unexpected_error
 from backend.config import Settings
@@ -17,6 +17,7 @@ from backend.errors import OpenMFAError
 from backend.services import Services
 from backend.services.context import Clock
 from backend.store.tables import now
+from webportal.app import routes as web_routes
 
 
 def create_app(settings: Settings, clock: Clock = now) -> Starlette:
@@ -38,6 +39,8 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
             *app_v1.routes,
             *gateway_v1.routes,
             *bridge_v1.routes,
+            *pipush_v1.routes,  # the privacyIDEA Authenticator (docs/apps.md)
+            *web_routes(),  # /portal, /admin, /static (docs/portal.md)
         ],
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers={

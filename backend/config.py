@@ -93,6 +93,14 @@ class Settings(BaseModel):
     # -- context shown with a challenge --
     geoip_database: Path | None = None  # a MaxMind-format City database (GeoLite2-City.mmdb)
 
+    # -- user portal and admin console (docs/portal.md) --
+    web_session_idle_minutes: int = Field(default=30, ge=1, le=1440)
+    web_session_max_hours: int = Field(default=12, ge=1, le=720)
+    # Failed sign-ins from one address within the window before that address must wait; counted
+    # in each process's memory (several nodes each count their own).
+    web_sign_in_address_limit: int = Field(default=20, ge=1, le=1000)
+    web_sign_in_address_window_seconds: int = Field(default=900, ge=10, le=86400)
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

@@ -204,3 +204,32 @@ class InvalidName(BadRequest):
 class InvalidRadiusClient(BadRequest):
     type = "invalid-radius-client"
     title = "The RADIUS client settings are not valid"
+
+
+class InvitationInvalid(OpenMFAError):
+    type = "invitation-invalid"
+    title = "This invitation link is not valid; ask your administrator for a new one"
+    status = 404
+
+
+class InvitationExpired(InvitationInvalid):
+    type = "invitation-expired"
+    title = "This invitation link has expired; ask your administrator for a new one"
+    status = 410
+
+
+class InvitationUsed(InvitationInvalid):
+    type = "invitation-used"
+    title = "This invitation link was already used; sign in with your password"
+    status = 410
+
+
+class BootstrapInvalid(OpenMFAError):
+    type = "bootstrap-invalid"
+    title = "This set-up link is not valid (an administrator exists, or the server restarted)"
+    status = 404
+
+
+class CsrfFailed(Forbidden):
+    type = "csrf-failed"
+    title = "The form expired or did not come from this site; reload the page and try again"

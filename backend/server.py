@@ -4,6 +4,7 @@ the built-in RADIUS bridge (UDP ``radius_port``) talking to the app in-process."
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -62,6 +63,8 @@ class _Server(uvicorn.Server):
             except Exception:
                 log.exception("the RADIUS bridge did not start")
                 self.should_exit = True
+        if not self.should_exit:
+            freeze_startup_heap()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self._begin_closing()
@@ -162,6 +165,21 @@ class _Radius:
             return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
         return Route("/metrics", endpoint, methods=["GET"])
+
+
+def freeze_startup_heap() -> int:
+    """Take what start-up built (modules, the services) out of every later garbage collection.
+
+    It lives as long as the process, yet each full collection walked it again: ~48 ms every
+    1.5 s under load, measured in bench/radius_bridge.py, which put those pauses into the
+    tail of every request in flight. ``gc.freeze()`` is CPython's tool for exactly this.
+    Returns how many objects were frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    log.info("start-up heap set aside from garbage collection: %d objects", frozen)
+    return frozen
 
 
 def check_startup(settings: Settings) -> None:

@@ -18,6 +18,7 @@ from backend.services import Services
 from backend.store import migrations
 from tests.support.api import ApiHarness, harness
 from tests.support.clock import FakeClock
+from tests.support.database import migrated_sqlite
 
 PG_ADMIN_URL = os.environ.get(
     "OPENMFA_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -87,9 +88,7 @@ def postgres_url() -> Iterator[str]:
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A migrated, empty database of each kind."""
     if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'openmfa.db'}"
-        migrations.upgrade(url)
-        yield url
+        yield migrated_sqlite(tmp_path)
         return
     base: str = request.getfixturevalue("postgres_url")
     # One schema-fresh database per test: drop and recreate every table through Alembic.

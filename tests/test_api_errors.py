@@ -67,6 +67,9 @@ def test_malformed_json_is_refused(api: ApiHarness, body: bytes) -> None:
         ("/gateway/v1/otp/verify", {"user": "alice", "code": 123456}, "code"),
         ("/gateway/v1/otp/verify", {"user": "alice"}, "code"),
         (f"{START}/ch_x/code", {"code": None}, "code"),
+        # PostgreSQL cannot store NUL: refused for every database, before any service runs
+        (START, {"user": "alice", "context": {"display": "VPN\u0000"}}, "context.display"),
+        (START, {"user": "al\u001bice"}, "user"),
     ],
 )
 def test_wrong_field_types_name_the_field(

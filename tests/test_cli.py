@@ -358,6 +358,12 @@ def test_the_whole_life_of_a_user_from_the_command_line(live: Live, gateway: Gat
     assert "Traceback" not in live.server.log
 
 
+def test_openmfa_run_sets_its_start_up_heap_aside_from_garbage_collection(live: Live) -> None:
+    """Full collections walking the start-up heap paused every request (docs/performance.md)."""
+    frozen = field(live.server.log, r"start-up heap set aside from garbage collection: (\d+)")
+    assert int(frozen) > 10_000  # the modules, SQLAlchemy's and pydantic's structures
+
+
 # -- 2. the running server sees CLI changes at once ---------------------------------------------
 
 

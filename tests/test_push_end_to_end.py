@@ -26,9 +26,9 @@ from backend.authenticator.client import AppClient
 from backend.config import load_settings
 from backend.services import Services
 from backend.services.context import Actor
-from backend.store import migrations
 from tests.fakes.apns import ApnsFake, make_apns_key
 from tests.fakes.fcm import FcmFake
+from tests.support.database import migrated_sqlite
 from tests.support.process import Cli, ServerProcess, free_port, wait_for
 
 T = TypeVar("T")
@@ -115,7 +115,7 @@ async def _prepare(home: Path) -> tuple[str, dict[str, str]]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     home = tmp_path_factory.mktemp("push-e2e")
-    migrations.upgrade(f"sqlite+aiosqlite:///{home / 'openmfa.db'}")
+    migrated_sqlite(home)
     token, codes = asyncio.run(_prepare(home))
 
     fakes = LoopThread()

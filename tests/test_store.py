@@ -22,7 +22,7 @@ from alembic import command
 from backend.config import Settings, load_settings
 from backend.crypto import load_or_create_key
 from backend.domain import totp
-from backend.domain.challenge import Answer, ChallengeState
+from backend.domain.challenge import Answer, Answered, ChallengeState
 from backend.errors import (
     ChallengeClosed,
     DatabaseError,
@@ -611,3 +611,94 @@ async def test_sqlite_synchronous_setting_reaches_every_connection(
     finally:
         await services.close()
     assert (pooled, writer) == (pragma, (pragma,))
+
+
+# -- raw-SQL read jobs ------------------------------------------------------------------------
+
+
+async def test_a_read_job_sees_what_a_write_job_committed(services: Services) -> None:
+    insert_probe = "INSERT INTO meta (key, value) VALUES (?, ?)"
+    await services.db.run_job(lambda tx: tx.run(insert_probe, "probe", "1"))
+    read = await services.db.run_read(
+        lambda tx: tx.one("SELECT value FROM meta WHERE key = ?", "probe")
+    )
+    assert read == ("1",)
+
+
+async def test_a_read_job_that_writes_fails_and_writes_nothing(services: Services) -> None:
+    with pytest.raises(DatabaseError):
+        await services.db.run_read(
+            lambda tx: tx.run("INSERT INTO meta (key, value) VALUES (?, ?)", "probe", "1")
+        )
+    assert await services.db.get_meta("probe") is None
+
+
+async def test_a_read_job_runs_while_a_write_transaction_is_open(services: Services) -> None:
+    """Reads must not queue behind writes: the long-poll's reads beside the phone's answer."""
+    async with services.db.write() as conn:
+        await conn.execute(text("INSERT INTO meta (key, value) VALUES ('probe', 'uncommitted')"))
+        seen = await asyncio.wait_for(
+            services.db.run_read(lambda tx: tx.one("SELECT value FROM meta WHERE key = 'probe'")),
+            BOUND,  # on SQLite a read on the writer's thread would wait for this block forever
+        )
+    assert seen is None  # a snapshot from before the open write
+    assert await services.db.get_meta("probe") == "uncommitted"
+
+
+@pytest.mark.parametrize("answer", [Answer.APPROVE, Answer.DENY])
+async def test_the_quick_answer_writes_what_the_orm_path_writes(
+    services: Services, clock: FakeClock, answer: Answer
+) -> None:
+    """``answer`` settles the common case in one raw-SQL job; ``_settle`` is the ORM path that
+    handles every other case. Both must leave the same rows behind."""
+    rows = {}
+    for user, quick in (("alice", True), ("bob", False)):
+        await services.users.add(ADMIN, user)
+        device = await app_device(services, user)
+        view = await services.challenges.start(ADMIN, user, "push", SignInContext("vpn"))
+        if quick:
+            settled = await services.challenges.answer(ADMIN, device, view.id, answer)
+        else:
+            settled = await services.challenges._settle(
+                ADMIN, view.id, Answered(answer, device.id, clock()), device
+            )
+        async with services.db.read() as conn:
+            challenge = (
+                await conn.execute(
+                    select(
+                        challenges_t.c.state, challenges_t.c.answered_at, challenges_t.c.answered_by
+                    ).where(challenges_t.c.id == view.id)
+                )
+            ).one()
+            stored_device = (
+                await conn.execute(
+                    select(
+                        devices_t.c.state, devices_t.c.last_used_at, devices_t.c.activated_at
+                    ).where(devices_t.c.id == device.id)
+                )
+            ).one()
+            signed_in = (
+                await conn.execute(select(users_t.c.last_sign_in_at).where(users_t.c.name == user))
+            ).scalar_one()
+            audit = (
+                await conn.execute(
+                    select(
+                        audit_t.c.actor, audit_t.c.result, audit_t.c.user_name, audit_t.c.detail
+                    ).where(audit_t.c.action == "challenge.answer", audit_t.c.user_name == user)
+                )
+            ).one()
+        assert challenge.answered_by == device.id
+        assert audit.detail == f"{view.id} by {device.id}"
+        rows[user] = (
+            settled.state,
+            settled.answered_at,
+            challenge.state,
+            challenge.answered_at,
+            tuple(stored_device),
+            signed_in,
+            (audit.actor, audit.result, audit.user_name == user),
+        )
+    assert rows["alice"] == rows["bob"]
+    expected = ChallengeState.APPROVED if answer is Answer.APPROVE else ChallengeState.DENIED
+    assert rows["alice"][0] is expected
+    assert rows["alice"][5] == (clock() if answer is Answer.APPROVE else None)

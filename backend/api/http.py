@@ -8,6 +8,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from backend.domain.text import has_control_character
 from backend.errors import BadRequest, PayloadTooLarge
 
 if TYPE_CHECKING:
@@ -41,17 +42,41 @@ async def read_body(request: Request) -> bytes:
 
 
 def parse_json(body: bytes, model: type[ModelT]) -> ModelT:
-    """Validate a JSON body; the error names each bad field."""
+    """Validate a JSON body; the error names each bad field.
+
+    Text with control characters (:func:`~backend.domain.text.has_control_character`) is
+    refused here, once for every JSON endpoint.
+    """
     if not body:
         raise BadRequest("a JSON body is required")
     try:
-        return model.model_validate_json(body)
+        parsed = model.model_validate_json(body)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
             for err in exc.errors(include_url=False)
         )
         raise BadRequest(f"invalid JSON body: {problems}") from exc
+    bad = _field_with_control_character(parsed.model_dump(), "")
+    if bad is not None:
+        raise BadRequest(f"invalid JSON body: {bad or 'body'}: control characters are not allowed")
+    return parsed
+
+
+def _field_with_control_character(value: object, path: str) -> str | None:
+    """The dotted path of the first text holding a control character, or ``None``."""
+    if isinstance(value, str):
+        return path if has_control_character(value) else None
+    items: list[tuple[str, object]] = []
+    if isinstance(value, dict):
+        items = [(str(k), v) for k, v in value.items()]
+    elif isinstance(value, list | tuple):
+        items = [(str(i), v) for i, v in enumerate(value)]
+    for key, item in items:
+        found = _field_with_control_character(item, f"{path}.{key}" if path else key)
+        if found is not None:
+            return found
+    return None
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> JSONResponse:

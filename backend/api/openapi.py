@@ -31,6 +31,11 @@ class Operation:
     description: str = ""
 
 
+_PIPUSH = (
+    "The unmodified privacyIDEA Authenticator app's own wire format, RSA-signed, answered in "
+    "privacyIDEA's JSON shape, not with problem documents: see docs/apps.md and "
+    "docs/dev/privacyidea-app-protocol.md."
+)
 SIGNED = "deviceSignature"
 BEARER = "gatewayToken"
 
@@ -147,6 +152,20 @@ OPERATIONS = (
     ),
     Operation("get", "/healthz", "Liveness", s.Health),
     Operation("get", "/readyz", "Readiness (database reachable)", s.Health),
+    Operation(
+        "get",
+        "/pipush/v1/push",
+        "privacyIDEA Authenticator: poll (serial, timestamp, signature in the query)",
+        None,
+        description=_PIPUSH,
+    ),
+    Operation(
+        "post",
+        "/pipush/v1/push",
+        "privacyIDEA Authenticator: rollout, answer or token update (form-encoded)",
+        None,
+        description=_PIPUSH,
+    ),
 )
 
 PROBLEM_TYPES = (

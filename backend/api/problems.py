@@ -1,13 +1,16 @@
 """The one place errors become HTTP answers: RFC 9457 ``application/problem+json``.
 
 Every refused request also leaves an audit row (``request.refused``) written here, so no
-endpoint has to remember to do it.
+endpoint has to remember to do it. Under the web pages (``/portal``, ``/admin``) the same
+status, title and detail are rendered as an HTML page instead: the pages' middleware puts a
+renderer on ``request.state.html_errors`` (see :data:`HtmlErrorPage`), and every handler here
+hands its answer to it when one is there. The API never imports the web layer.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -19,6 +22,15 @@ from backend.services.context import Actor
 
 PROBLEM_BASE = "https://openmfa.org/problems/"
 log = logging.getLogger("openmfa.api")
+
+#: ``(request, status, title, detail, headers) -> response``: an HTML error page.
+HtmlErrorPage = Callable[[Request, int, str, str, Mapping[str, str] | None], Awaitable[Response]]
+
+
+def html_error_page(request: Request) -> HtmlErrorPage | None:
+    """The HTML renderer of the web area the request is in, or ``None`` (answer JSON)."""
+    page = getattr(request.state, "html_errors", None)
+    return page if callable(page) else None
 
 
 def problem_response(
@@ -70,6 +82,9 @@ async def openmfa_error(request: Request, exc: Exception) -> Response:
             )
         except OpenMFAError:
             log.warning("could not audit a refused request", exc_info=True)
+    page = html_error_page(request)
+    if page is not None:
+        return await page(request, exc.status, exc.title, exc.detail, None)
     headers = None
     if exc.status == 401:  # RFC 9110: a 401 names the scheme the client should use
         scheme = "Bearer" if request.url.path.startswith("/gateway/") else "OpenMFA-V1"
@@ -81,6 +96,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own 404 / 405 in the same format, keeping its headers (405's ``Allow``)."""
     assert isinstance(exc, HTTPException)  # noqa: S101 - registered for this class only
     type_ = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+    page = html_error_page(request)
+    if page is not None:
+        return await page(request, exc.status_code, str(exc.detail), "", exc.headers)
     return problem_response(
         exc.status_code, type_, str(exc.detail), str(exc.detail), headers=exc.headers
     )
@@ -89,4 +107,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     """A bug: log it with the traceback, answer 500 without details."""
     log.error("unexpected error", exc_info=exc)
+    page = html_error_page(request)
+    if page is not None:
+        try:
+            return await page(request, 500, "Internal error", "an unexpected error occurred", None)
+        except Exception:  # the page itself failed: answer in the plain format below
+            log.error("the HTML error page failed", exc_info=True)
     return problem_response(500, "internal-error", "Internal error", "an unexpected error occurred")

@@ -143,24 +143,24 @@ async def user_show(services: Services, args: argparse.Namespace, actor: Actor) 
 
 
 async def user_state(services: Services, args: argparse.Namespace, actor: Actor) -> int:
-    action = args.user_command
-    if action in ("disable", "enable"):
-        user = await services.users.set_disabled(actor, args.name, action == "disable")
-    else:
-        user = await services.users.set_blocked(
-            actor, args.name, action == "block", args.reason or ""
-        )
-    if action in ("disable", "block"):
-        cancelled = await services.challenges.cancel_pending_for_user(actor, user.name, action)
-        if cancelled:
-            print(f"{cancelled} pending sign-in(s) of {user.name} cancelled")
-    if action == "unblock":
-        # Unblocking says the account is safe again: its open fraud reports are dealt with
-        # (and would otherwise keep the user's pushes muted).
-        reviewed = await services.fraud.review_open_for_user(actor, user.name, "on unblock")
-        if reviewed:
-            numbers = ", ".join(str(i) for i in reviewed)
-            print(f"open fraud report(s) {numbers} of {user.name} marked reviewed")
+    access, name = services.access, args.name
+    match args.user_command:
+        case "disable":
+            change = await access.disable(actor, name)
+        case "enable":
+            change = await access.enable(actor, name)
+        case "block":
+            change = await access.block(actor, name, args.reason or "")
+        case _:
+            change = await access.unblock(actor, name)
+    user = change.user
+    if change.cancelled:
+        print(f"{change.cancelled} pending sign-in(s) of {user.name} cancelled")
+    if change.sessions_ended:
+        print(f"{change.sessions_ended} web session(s) of {user.name} ended")
+    if change.reviewed:
+        numbers = ", ".join(str(i) for i in change.reviewed)
+        print(f"open fraud report(s) {numbers} of {user.name} marked reviewed")
     print(f"user {user.name} is now {user.state}")
     return 0
 
@@ -174,6 +174,17 @@ async def user_set_password(services: Services, args: argparse.Namespace, actor:
 async def user_set_pin(services: Services, args: argparse.Namespace, actor: Actor) -> int:
     await services.users.set_pin(actor, args.name, read_secret("PIN"))
     print(f"PIN of {args.name} set")
+    return 0
+
+
+async def user_invite(services: Services, args: argparse.Namespace, actor: Actor) -> int:
+    offer = await services.invitations.create(actor, args.name, args.hours)
+    print(offer.url)
+    print(
+        f"One-time link for {offer.user_name} to set a password in the portal; "
+        f"it expires {when(offer.expires_at)}. Send it to them privately.",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -211,6 +222,19 @@ async def activation_create(services: Services, args: argparse.Namespace, actor:
             "It is shown only now."
         )
         _write_qr(oath.uri, args.qr_png, args.qr_svg)
+        return 0
+    if args.privacyidea_app:
+        pi = await services.pipush.create_enrollment(actor, args.name, ttl_seconds=args.ttl)
+        print(f"privacyIDEA Authenticator token {pi.device_id} for {pi.user_name}")
+        print(f"serial:  {pi.serial}")
+        print(f"uri:     {pi.uri}")
+        print(f"expires: {when(pi.expires_at)} (single use; pending until the app rolls out)")
+        print(
+            "Scan it with the privacyIDEA Authenticator app. It polls only: open the app "
+            "to see and answer a sign-in. For offline codes in the same app, also scan "
+            f"`openmfa activation create {pi.user_name} --oath`."
+        )
+        _write_qr(pi.uri, args.qr_png, args.qr_svg)
         return 0
     offer = await services.activation.create_code(actor, args.name, args.ttl)
     print(f"activation code for {offer.user_name}: {offer.code}")

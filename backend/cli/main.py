@@ -116,6 +116,17 @@ def _parser() -> argparse.ArgumentParser:
     pin.add_argument("name")
     pin.add_argument("--pin-stdin", action="store_true", required=True)
     pin.set_defaults(handler=admin.user_set_pin)
+    invite = user_cmds.add_parser(
+        "invite",
+        help="a one-time link where the user sets a password (the portal)",
+        description="Print a one-time link to the user portal where the user sets their "
+        "password and is signed in. Earlier unused links of the user stop working.",
+    )
+    invite.add_argument("name")
+    invite.add_argument(
+        "--hours", type=int, default=72, help="how long the link works (default 72, at most 720)"
+    )
+    invite.set_defaults(handler=admin.user_invite)
     rm = user_cmds.add_parser("remove-device", help="remove one of the user's devices")
     rm.add_argument("name")
     rm.add_argument("device_id")
@@ -131,13 +142,19 @@ def _parser() -> argparse.ArgumentParser:
         "create",
         help="a one-time activation code and QR code",
         description="Create a one-time activation code for the OpenMFA app, "
-        "or with --oath a TOTP secret for any standard OATH app.",
+        "with --oath a TOTP secret for any standard OATH app, or with --privacyidea-app "
+        "a push token for the privacyIDEA Authenticator app.",
     )
     create.add_argument("name", help="user name")
     create.add_argument("--qr-png", type=Path, help="write the QR code as PNG")
     create.add_argument("--qr-svg", type=Path, help="write the QR code as SVG")
-    create.add_argument(
-        "--oath", action="store_true", help="enrol a standard OATH app (otpauth://)"
+    kind = create.add_mutually_exclusive_group()
+    kind.add_argument("--oath", action="store_true", help="enrol a standard OATH app (otpauth://)")
+    kind.add_argument(
+        "--privacyidea-app",
+        action="store_true",
+        help="enrol the privacyIDEA Authenticator app as a poll-only push token "
+        "(otpauth://pipush/; needs an https:// public_url; see docs/apps.md)",
     )
     create.add_argument(
         "--ttl", type=admin.parse_duration, help="lifetime, e.g. 10m (default: policy)"
@@ -306,7 +323,34 @@ async def _db_current(settings: Settings) -> int:
     return 0
 
 
-def _banner(settings: Settings) -> None:
+async def _admin_bootstrap(settings: Settings) -> str | None:
+    """While no administrator exists: a new one-time link that creates the first one.
+
+    Printed in the banner, never logged: logs travel to collectors that more people read,
+    and whoever holds the link first becomes administrator. The log says where to look. It
+    works once, only until an administrator exists, and the next start replaces it.
+    """
+    import logging
+
+    from backend.logs import configure_logging
+    from backend.services import Services
+    from backend.services.context import Actor
+
+    services = await Services.open(settings, push=False, notify=False)
+    try:
+        link = await services.invitations.bootstrap_link(Actor("system:run", "local"))
+    finally:
+        await services.close()
+    if link is not None:
+        configure_logging(settings.log_level, settings.log_format)
+        logging.getLogger("openmfa.web").warning(
+            "no administrator exists yet: the one-time link to create the first one is printed "
+            "on standard output (or run `openmfa user add NAME --admin --password-stdin`)"
+        )
+    return link
+
+
+def _banner(settings: Settings, bootstrap: str | None = None) -> None:
     radius_host = settings.resolved_radius_host
     radius = (
         f"RADIUS on udp {'[' + radius_host + ']' if ':' in radius_host else radius_host}"
@@ -325,6 +369,12 @@ def _banner(settings: Settings) -> None:
         "Stop with Ctrl-C.",
         flush=True,
     )
+    if bootstrap is not None:
+        print(
+            "\nNo administrator exists yet. Create the first one (this link works once; "
+            f"the next start replaces it):\n  {bootstrap}",
+            flush=True,
+        )
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -342,7 +392,8 @@ def _main(argv: Sequence[str] | None) -> int:
             from backend.server import check_startup, serve
 
             check_startup(settings)
-            _banner(settings)
+            bootstrap = asyncio.run(_admin_bootstrap(settings))
+            _banner(settings, bootstrap)
             serve(settings)
             return 0
         if args.handler == "db-upgrade":

@@ -6,3 +6,9 @@ from __future__ import annotations
 LIVE_STATES = ("pending", "active")
 #: Platforms an app declares at activation; ``reference`` is the Python reference authenticator.
 PLATFORMS = ("ios", "android", "reference")
+
+
+def can_answer_push(kind: str, state: str) -> bool:
+    """Whether a live device can answer push challenges: our app from its activation, a
+    privacyIDEA Authenticator token once it rolled out (``active``); OATH tokens never."""
+    return kind == "app" or (kind == "pipush" and state == "active")

@@ -36,9 +36,9 @@ CAPABILITIES = {"decline_reason": True}
 DECLINE_REASONS = ("cancelled", "unknown_trigger")
 MIN_PHONE_KEY_BITS = 2048
 _SERIAL = re.compile(r"[A-Za-z0-9]{8,64}")
-# The app joins poll parameters into the query without escaping, and splits signed strings on
-# "|": the values we choose stay inside this alphabet.
-_PLAIN = re.compile(r"[A-Za-z0-9 ._,:;!?()'/@+-]*")
+# Signed strings join their fields with "|": question and title may hold any printable text
+# (they travel as JSON strings) but never "|", which would let one field pass for two.
+_PLAIN = re.compile(r"[^|\x00-\x1f\x7f-\x9f\u2028\u2029]*")
 _TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 
 
@@ -110,6 +110,14 @@ def enrollment_uri(
 
 
 # -- signed strings ----------------------------------------------------------------------------
+
+
+def plain_text(value: str, limit: int = 200) -> str:
+    """``value`` made fit for a challenge's question or title: separators and control
+    characters become spaces, and it is cut to ``limit`` characters."""
+    cleaned = "".join(" " if ch == "|" or not ch.isprintable() else ch for ch in value)
+    cleaned = " ".join(cleaned.split())
+    return cleaned if len(cleaned) <= limit else cleaned[: limit - 1] + "…"
 
 
 def _plain(value: str, what: str) -> str:

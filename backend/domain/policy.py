@@ -181,18 +181,47 @@ def resolve(*layers: Mapping[str, str]) -> Policy:
 
 
 _TRIVIAL_PINS = {"1234", "4321", "1212", "6969", "1122", "1004", "2000", "2580", "123456"}
+#: The longest unit whose repetition makes a PIN trivial ("1212", "123123"); a longer one
+#: ("4711" four times) is as strong as its length suggests.
+_MAX_REPEATED_UNIT = 3
+MAX_PIN_LENGTH = 16
+
+
+def _is_repetition(pin: str) -> bool:
+    """``pin`` is a short unit said at least twice ("5656", "123123", "0000")."""
+    return any(
+        len(pin) % size == 0 and len(pin) // size >= 2 and pin == pin[:size] * (len(pin) // size)
+        for size in range(1, _MAX_REPEATED_UNIT + 1)
+    )
+
+
+def _is_run(pin: str) -> bool:
+    """Each digit one more (or one less) than the last, also across 9-0 ("7890", "2109")."""
+    steps = {(int(b) - int(a)) % 10 for a, b in itertools.pairwise(pin)}
+    return steps in ({1}, {9})
+
+
+def pin_problem(pin: str, min_length: int) -> str | None:
+    """Why ``pin`` may not be an approval PIN, or ``None`` when it may (a pure rule).
+
+    Digits only, ``min_length`` to :data:`MAX_PIN_LENGTH` of them, and not trivially
+    guessable: one digit repeated ("0000"), a short unit repeated ("1212", "123123"), a run
+    up or down ("1234", "4321", "7890"), or a well-known favourite ("2580", "6969").
+    """
+    if not (pin.isascii() and pin.isdigit()):
+        return "a PIN is made of digits only"
+    if len(pin) < min_length:
+        return f"a PIN has at least {min_length} digits"
+    if len(pin) > MAX_PIN_LENGTH:
+        return f"a PIN has at most {MAX_PIN_LENGTH} digits"
+    if _is_repetition(pin) or _is_run(pin) or pin in _TRIVIAL_PINS:
+        return "that PIN is too easy to guess"
+    return None
 
 
 def check_pin(pin: str, policy: Policy) -> None:
-    """Refuse PINs that are too short, not digits, or trivially guessable."""
-    if not (pin.isascii() and pin.isdigit()):
-        raise PolicyError("a PIN is made of digits only")
-    if len(pin) < policy.pin_min_length:
-        raise PolicyError(f"a PIN has at least {policy.pin_min_length} digits")
-    if len(pin) > 16:
-        raise PolicyError("a PIN has at most 16 digits")
-    same_digit = len(set(pin)) == 1
-    ascending = all(int(b) - int(a) == 1 for a, b in itertools.pairwise(pin))
-    descending = all(int(a) - int(b) == 1 for a, b in itertools.pairwise(pin))
-    if same_digit or ascending or descending or pin in _TRIVIAL_PINS:
-        raise PolicyError("that PIN is too easy to guess")
+    """Refuse PINs that are too short, not digits, or trivially guessable
+    (:func:`pin_problem`) with a :class:`PolicyError` saying why."""
+    problem = pin_problem(pin, policy.pin_min_length)
+    if problem is not None:
+        raise PolicyError(problem)

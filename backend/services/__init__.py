@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import insert
@@ -21,6 +22,7 @@ from backend.notify import fraud as fraud_mail
 from backend.passwords import PasswordHasher
 from backend.push.dispatcher import PushDispatcher, close_transports
 from backend.push.factory import build_transports
+from backend.services.access import AccessService
 from backend.services.activation import ActivationService
 from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService
@@ -28,11 +30,16 @@ from backend.services.context import Actor, Clock
 from backend.services.devices import DeviceService
 from backend.services.fraud import FraudService
 from backend.services.geoip import GeoIp
+from backend.services.invitations import InvitationService
 from backend.services.otp import OtpService
+from backend.services.pipush import PiPushService
 from backend.services.policies import PolicyService
 from backend.services.radius_clients import RadiusClientService
+from backend.services.reports import ReportService
+from backend.services.sign_ins import SignInService
 from backend.services.tokens import ApiTokenService
 from backend.services.users import UserService
+from backend.services.web_sessions import WebSessionService
 from backend.store import migrations
 from backend.store.database import Database
 from backend.store.tables import meta_t, now
@@ -57,6 +64,12 @@ class Services:
     tokens: ApiTokenService
     radius_clients: RadiusClientService
     fraud: FraudService
+    pipush: PiPushService
+    invitations: InvitationService
+    web_sessions: WebSessionService
+    reports: ReportService
+    sign_ins: SignInService
+    access: AccessService
     clock: Clock
     # None where push is off (CLI commands): see Services.open's ``push``.
     push: PushDispatcher | None = None
@@ -135,6 +148,13 @@ class Services:
             challenges = ChallengeService(
                 db, bus, users, otp, audit, clock, push=dispatcher, fraud_notifier=mailer
             )
+            fraud = FraudService(db, audit, clock, challenges)
+            web_sessions = WebSessionService(
+                db,
+                clock,
+                idle=timedelta(minutes=settings.web_session_idle_minutes),
+                lifetime=timedelta(hours=settings.web_session_max_hours),
+            )
             services = cls(
                 settings=settings,
                 db=db,
@@ -151,7 +171,23 @@ class Services:
                 challenges=challenges,
                 tokens=ApiTokenService(db, audit, clock),
                 radius_clients=RadiusClientService(db, box, audit, clock),
-                fraud=FraudService(db, audit, clock, challenges),
+                fraud=fraud,
+                pipush=PiPushService(
+                    db,
+                    box,
+                    audit,
+                    clock,
+                    challenges,
+                    settings.resolved_public_url,
+                    settings.issuer,
+                ),
+                invitations=InvitationService(
+                    db, hasher, audit, clock, settings.resolved_public_url
+                ),
+                web_sessions=web_sessions,
+                reports=ReportService(db, clock),
+                sign_ins=SignInService(db, clock),
+                access=AccessService(users, challenges, fraud, web_sessions, audit),
                 clock=clock,
                 push=dispatcher,
                 fraud_mailer=mailer,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Select, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.services.context import Actor, Clock
@@ -98,28 +100,85 @@ class AuditLog:
         since: datetime | None = None,
         action: str | None = None,
         limit: int = 100,
+        *,
+        result: str | None = None,
+        until: datetime | None = None,
+        before_id: int | None = None,
     ) -> list[AuditEntry]:
-        """Newest first."""
-        stmt = select(audit_t).order_by(audit_t.c.id.desc()).limit(limit)
-        if user_name:
-            stmt = stmt.where(audit_t.c.user_name == user_name.casefold())
-        if since is not None:
-            stmt = stmt.where(audit_t.c.at >= since)
-        if action:
-            stmt = stmt.where(audit_t.c.action == action)
+        """Newest first. ``action`` ending in ``*`` matches a prefix (``user.*``); ``since``
+        is inclusive, ``until`` exclusive; ``before_id`` continues a page (keyset paging on
+        the primary key: stable while new rows arrive, and no OFFSET scan)."""
+        stmt = _filtered(user_name, since, action, result, until, before_id)
         async with self._db.read() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [
-            AuditEntry(
-                id=row.id,
-                at=row.at,
-                actor=row.actor,
-                user_name=row.user_name,
-                source=row.source,
-                action=row.action,
-                result=row.result,
-                detail=row.detail,
-                request_id=row.request_id,
+            rows = (await conn.execute(stmt.limit(limit))).all()
+        return [_entry(row) for row in rows]
+
+    async def export(
+        self,
+        user_name: str | None = None,
+        since: datetime | None = None,
+        action: str | None = None,
+        *,
+        result: str | None = None,
+        until: datetime | None = None,
+        batch: int = 1000,
+    ) -> AsyncIterator[list[AuditEntry]]:
+        """Every matching row, newest first, in batches of ``batch`` (one short read
+        transaction each, so a long download holds no transaction open)."""
+        before_id: int | None = None
+        while True:
+            rows = await self.query(
+                user_name,
+                since,
+                action,
+                batch,
+                result=result,
+                until=until,
+                before_id=before_id,
             )
-            for row in rows
-        ]
+            if not rows:
+                return
+            yield rows
+            if len(rows) < batch:
+                return
+            before_id = rows[-1].id
+
+
+def _filtered(
+    user_name: str | None,
+    since: datetime | None,
+    action: str | None,
+    result: str | None,
+    until: datetime | None,
+    before_id: int | None,
+) -> Select[Any]:
+    stmt = select(audit_t).order_by(audit_t.c.id.desc())
+    if user_name:
+        stmt = stmt.where(audit_t.c.user_name == user_name.casefold())
+    if since is not None:
+        stmt = stmt.where(audit_t.c.at >= since)
+    if until is not None:
+        stmt = stmt.where(audit_t.c.at < until)
+    if action and action.endswith("*"):
+        stmt = stmt.where(audit_t.c.action.startswith(action[:-1], autoescape=True))
+    elif action:
+        stmt = stmt.where(audit_t.c.action == action)
+    if result:
+        stmt = stmt.where(audit_t.c.result == result)
+    if before_id is not None:
+        stmt = stmt.where(audit_t.c.id < before_id)
+    return stmt
+
+
+def _entry(row: Any) -> AuditEntry:
+    return AuditEntry(
+        id=row.id,
+        at=row.at,
+        actor=row.actor,
+        user_name=row.user_name,
+        source=row.source,
+        action=row.action,
+        result=row.result,
+        detail=row.detail,
+        request_id=row.request_id,
+    )

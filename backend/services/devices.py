@@ -8,15 +8,22 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from backend.crypto import token_digest
 from backend.domain import signing
 from backend.domain.devices import LIVE_STATES
+from backend.domain.text import has_control_character
 from backend.errors import BadRequest, BadSignature, NotFound, ReplayedRequest, StaleRequest
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
 from backend.store.database import Database
 from backend.store.fastpath import Row, Tx, required
 from backend.store.queries import load_user, user_name_of
-from backend.store.tables import devices_t
+from backend.store.tables import activation_codes_t, devices_t
+
+#: A device the user marked lost: it can no longer sign requests, answer pushes or produce
+#: accepted codes (it is not one of LIVE_STATES), and stays listed so the user sees it.
+LOST = "lost"
+MAX_DEVICE_NAME = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +49,8 @@ class DeviceRecord:
     @property
     def push_summary(self) -> str:
         """How challenges reach this device, in a few words for users and admins."""
+        if self.kind == "pipush":
+            return "polling (privacyIDEA app: open the app to answer)"
         if self.kind != "app":
             return "-"
         if not self.push_token:
@@ -51,6 +60,17 @@ class DeviceRecord:
         if self.push_status == "ok":
             return "push ok"
         return "push (not tried yet)"
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationProgress:
+    """How far one activation code got: ``waiting`` (not used yet), ``expired`` (never used),
+    or ``activated`` with the device it created (``device.state`` is ``pending`` until its
+    first answered push or accepted code, then ``active``)."""
+
+    state: str
+    expires_at: datetime
+    device: DeviceRecord | None = None
 
 
 def device_from_row(row: Any, user_name: str = "") -> DeviceRecord:
@@ -200,10 +220,11 @@ class DeviceService:
             await self._audit.add(conn, actor, "device.push_token", "ok", user, device.id)
 
     async def remove(self, actor: Actor, device_id: str, user_name: str | None = None) -> None:
-        """Mark a device removed: it can no longer sign requests or produce accepted codes."""
+        """Mark a device removed: it can no longer sign requests or produce accepted codes.
+        A device marked lost can be removed too."""
         async with self._db.write() as conn:
             stmt = update(devices_t).where(
-                devices_t.c.id == device_id, devices_t.c.state.in_(LIVE_STATES)
+                devices_t.c.id == device_id, devices_t.c.state.in_((*LIVE_STATES, LOST))
             )
             if user_name is not None:
                 stmt = stmt.where(devices_t.c.user_id == (await load_user(conn, user_name)).id)
@@ -215,3 +236,90 @@ class DeviceService:
             await self._audit.add(
                 conn, actor, "device.remove", "ok", await user_name_of(conn, row.user_id), device_id
             )
+
+    async def rename(
+        self, actor: Actor, device_id: str, name: str, user_name: str | None = None
+    ) -> DeviceRecord:
+        """Give a live or lost device a new name (1 to 128 characters, no control characters).
+
+        With ``user_name`` only that user's device is touched: anyone else's is
+        :class:`NotFound`, like a missing one."""
+        name = " ".join(name.split())  # no tabs or line breaks in a name
+        if not name:
+            raise BadRequest("the device name may not be empty")
+        if len(name) > MAX_DEVICE_NAME or has_control_character(name):
+            raise BadRequest(
+                f"the device name has at most {MAX_DEVICE_NAME} characters and no control ones"
+            )
+        row = await self._change_state(
+            actor, device_id, user_name, (*LIVE_STATES, LOST), {"name": name}, "device.rename", name
+        )
+        return device_from_row(row)
+
+    async def mark_lost(
+        self, actor: Actor, device_id: str, user_name: str | None = None
+    ) -> DeviceRecord:
+        """The user lost this device: from now on it cannot sign requests, answer pushes or
+        produce accepted codes. It stays listed (state ``lost``) until it is removed."""
+        row = await self._change_state(
+            actor, device_id, user_name, LIVE_STATES, {"state": LOST}, "device.lost", ""
+        )
+        return device_from_row(row)
+
+    async def _change_state(
+        self,
+        actor: Actor,
+        device_id: str,
+        user_name: str | None,
+        states: tuple[str, ...],
+        values: dict[str, object],
+        action: str,
+        detail: str,
+    ) -> Any:
+        async with self._db.write() as conn:
+            stmt = update(devices_t).where(
+                devices_t.c.id == device_id[:64], devices_t.c.state.in_(states)
+            )
+            if user_name is not None:
+                stmt = stmt.where(devices_t.c.user_id == (await load_user(conn, user_name)).id)
+            row = (await conn.execute(stmt.values(**values).returning(*devices_t.c))).first()
+            if row is None:
+                raise NotFound("no such device")
+            owner = await user_name_of(conn, row.user_id)
+            await self._audit.add(
+                conn, actor, action, "ok", owner, f"{device_id} {detail}".strip()[:1024]
+            )
+        return row
+
+    async def activation_progress(self, user_name: str, reference: str) -> ActivationProgress:
+        """How far the user's activation code with digest ``reference`` got (see
+        :class:`ActivationProgress`); another user's code, or an unknown one, is
+        :class:`NotFound`. The digest, not the code, names it: a page may poll with it."""
+        async with self._db.read() as conn:
+            user = await load_user(conn, user_name)
+            code = (
+                await conn.execute(
+                    select(activation_codes_t).where(
+                        activation_codes_t.c.code_hash == reference[:64],
+                        activation_codes_t.c.user_id == user.id,
+                    )
+                )
+            ).first()
+            if code is None:
+                raise NotFound("no such activation code")
+            device = None
+            if code.device_id is not None and code.used_at is not None:
+                row = (
+                    await conn.execute(select(devices_t).where(devices_t.c.id == code.device_id))
+                ).first()
+                device = None if row is None else device_from_row(row, user.name)
+        if device is not None:
+            return ActivationProgress("activated", code.expires_at, device)
+        if code.expires_at <= self._clock():
+            return ActivationProgress("expired", code.expires_at)
+        return ActivationProgress("waiting", code.expires_at)
+
+
+def activation_reference(code: str) -> str:
+    """The name a page polls an activation code's progress by: its stored digest."""
+    return token_digest(code)

@@ -100,7 +100,9 @@ class OtpService:
                 " d.id, d.seed_enc"
                 " FROM (SELECT 1 AS one) AS base"
                 " LEFT JOIN users AS u ON u.name_key = ?"
-                " LEFT JOIN devices AS d ON d.user_id = u.id AND d.state IN ('pending', 'active')",
+                " LEFT JOIN devices AS d ON d.user_id = u.id AND d.state IN ('pending', 'active')"
+                # privacyIDEA Authenticator push tokens have no TOTP seed of their own.
+                " AND d.kind <> 'pipush'",
                 _bearer_digest(attempt.bearer),
                 attempt.user_name,
             )

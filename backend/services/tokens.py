@@ -108,7 +108,7 @@ class ApiTokenService:
             created_at = required(tx.read_time(row[2]), "api_tokens.created_at")
             return ApiTokenRecord(row[0], row[1], created_at, None, row[3])
 
-        record = await self._db.run_job(lookup)
+        record = await self._db.run_read(lookup)
         if record is None:
             raise AuthenticationRequired("unknown or revoked API token")
         return record

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from backend.domain.devices import LIVE_STATES
 from backend.domain.names import user_key
 from backend.domain.policy import check_pin
 from backend.errors import BadRequest, Conflict, OtpLocked, PinLocked, PinRequired, WrongPin
@@ -104,14 +106,34 @@ class UserService:
 
     async def list(self) -> list[UserSummary]:
         """All users with their device counts, by name."""
-        active = func.count(devices_t.c.id).filter(devices_t.c.state == "active")
-        pending = func.count(devices_t.c.id).filter(devices_t.c.state == "pending")
-        stmt = (
-            select(users_t, active.label("active_devices"), pending.label("pending_devices"))
-            .select_from(users_t.outerjoin(devices_t, devices_t.c.user_id == users_t.c.id))
-            .group_by(users_t.c.id)
-            .order_by(users_t.c.name_key)
-        )
+        return await self._summaries(_summaries_query())
+
+    async def search(
+        self, query: str = "", limit: int = 50, after: str | None = None
+    ) -> builtins.list[UserSummary]:
+        """Users whose name, display name or e-mail contains ``query`` (any case), by name,
+        with their device counts; at most ``limit``, starting after the user whose
+        ``name_key`` is ``after`` (keyset paging on the unique, indexed ``name_key``)."""
+        if not 1 <= limit <= 500:
+            raise BadRequest("limit must be from 1 to 500")
+        query = query.strip()
+        if len(query) > 320:
+            raise BadRequest("the search has at most 320 characters")
+        stmt = _summaries_query().limit(limit)
+        if query:
+            # autoescape: a % or _ typed into the search box matches itself, not anything.
+            stmt = stmt.where(
+                or_(
+                    users_t.c.name.icontains(query, autoescape=True),
+                    users_t.c.display_name.icontains(query, autoescape=True),
+                    users_t.c.email.icontains(query, autoescape=True),
+                )
+            )
+        if after:
+            stmt = stmt.where(users_t.c.name_key > after)
+        return await self._summaries(stmt)
+
+    async def _summaries(self, stmt: Select[Any]) -> builtins.list[UserSummary]:
         async with self._db.read() as conn:
             rows = (await conn.execute(stmt)).all()
         return [
@@ -120,6 +142,33 @@ class UserService:
             )
             for row in rows
         ]
+
+    async def reset_devices(self, actor: Actor, name: str) -> tuple[str, ...]:
+        """Remove every live device of a user (lost phone, new start): the ids removed.
+
+        One transaction and one audit row (``user.reset_devices``, naming the devices); the
+        user then has to activate an authenticator again.
+        """
+        async with self._db.write() as conn:
+            user = await load_user(conn, name)
+            rows = (
+                await conn.execute(
+                    update(devices_t)
+                    .where(devices_t.c.user_id == user.id, devices_t.c.state.in_(LIVE_STATES))
+                    .values(state="removed")
+                    .returning(devices_t.c.id)
+                )
+            ).all()
+            removed = tuple(sorted(str(row.id) for row in rows))
+            await self._audit.add(
+                conn,
+                actor,
+                "user.reset_devices",
+                "ok",
+                user.name_key,
+                f"removed {len(removed)}: {' '.join(removed)}".strip(),
+            )
+        return removed
 
     async def _change(
         self, actor: Actor, name: str, action: str, detail: str = "", **values: object
@@ -276,3 +325,15 @@ class UserService:
 
         await self._db.run_job(count)
         return PasswordResult(False, "wrong-password", user.name)
+
+
+def _summaries_query() -> Select[Any]:
+    """Users with their active and pending device counts, by name."""
+    active = func.count(devices_t.c.id).filter(devices_t.c.state == "active")
+    pending = func.count(devices_t.c.id).filter(devices_t.c.state == "pending")
+    return (
+        select(users_t, active.label("active_devices"), pending.label("pending_devices"))
+        .select_from(users_t.outerjoin(devices_t, devices_t.c.user_id == users_t.c.id))
+        .group_by(users_t.c.id)
+        .order_by(users_t.c.name_key)
+    )

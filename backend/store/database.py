@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from backend.errors import DatabaseError
-from backend.store.fastpath import Job, PostgresJobs, SqliteWriter, T
+from backend.store.fastpath import Job, PostgresJobs, SqliteReader, SqliteWriter, T
 from backend.store.tables import meta_t
 
 _WRITE = "openmfa_write"
@@ -107,11 +107,13 @@ class Database:
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         path = _sqlite_path(url) if self.is_sqlite else None
         self._fast: SqliteWriter | None = None
+        self._fast_reads: SqliteReader | None = None
         self._pg_jobs: PostgresJobs | None = None
         if path is not None and self._write_lock is not None:
             self._fast = SqliteWriter(
                 path, busy_timeout_ms, self._write_lock, _synchronous(synchronous)
             )
+            self._fast_reads = SqliteReader(path, busy_timeout_ms)
         elif not self.is_sqlite:
             dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
             self._pg_jobs = PostgresJobs(dsn, pool_size)
@@ -156,6 +158,14 @@ class Database:
             return await self._pg_jobs.run(job)
         raise DatabaseError("raw-SQL jobs need a file database (SQLite) or PostgreSQL")
 
+    async def run_read(self, job: Job[T]) -> T:
+        """Run a raw-SQL job that only reads, beside the writes (a snapshot on SQLite)."""
+        if self._fast_reads is not None:
+            return await self._fast_reads.run(job)
+        if self._pg_jobs is not None:
+            return await self._pg_jobs.run(job, readonly=True)
+        raise DatabaseError("raw-SQL jobs need a file database (SQLite) or PostgreSQL")
+
     async def get_meta(self, key: str) -> str | None:
         """One value of the ``meta`` table."""
         async with self.read() as conn:
@@ -166,6 +176,8 @@ class Database:
         """Close every pooled connection and the writer thread."""
         if self._fast is not None:
             self._fast.close()
+        if self._fast_reads is not None:
+            self._fast_reads.close()
         if self._pg_jobs is not None:
             await self._pg_jobs.close()
         await self.engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,7 @@ from backend.domain import policy as policy_rules
 from backend.domain.names import user_key
 from backend.domain.policy import GLOBAL_SCOPE, Policy, user_scope
 from backend.errors import UnknownUser
+from backend.store.fastpath import Tx
 from backend.store.tables import policies_t, users_t
 
 
@@ -101,6 +103,17 @@ async def effective_policy(conn: AsyncConnection, user_id: int | None) -> Policy
             )
         )
     ).all()
+    return _layered(scopes, rows)
+
+
+def effective_policy_job(tx: Tx, user_id: int) -> Policy:
+    """:func:`effective_policy` for a raw-SQL job (hot paths)."""
+    scopes = [GLOBAL_SCOPE, user_scope(user_id)]
+    rows = tx.all("SELECT scope, key, value FROM policies WHERE scope IN (?, ?)", *scopes)
+    return _layered(scopes, rows)
+
+
+def _layered(scopes: list[str], rows: Sequence[Sequence[Any]]) -> Policy:
     layers: list[dict[str, str]] = [{} for _ in scopes]
     for scope, key, value in rows:
         layers[scopes.index(scope)][key] = value

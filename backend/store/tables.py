@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Column, Index, LargeBinary, Table, Text, UniqueConstraint
+from sqlalchemy import Column, Index, LargeBinary, Table, Text, UniqueConstraint, false
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import DateTime, TypeDecorator
 from sqlmodel import Field, SQLModel
@@ -76,10 +76,14 @@ class User(SQLModel, table=True):
 
 
 class Device(SQLModel, table=True):
-    """An authenticator: our app (``kind=app``, with an Ed25519 key) or a plain OATH token."""
+    """An authenticator: our app (``kind=app``, with an Ed25519 key), a plain OATH token
+    (``kind=oath``) or a privacyIDEA Authenticator push token (``kind=pipush``, RSA keys)."""
 
     __tablename__ = "devices"
-    __table_args__ = (Index("ix_devices_user_state", "user_id", "state"),)
+    __table_args__ = (
+        Index("ix_devices_user_state", "user_id", "state"),
+        UniqueConstraint("serial", name="uq_devices_serial"),
+    )
     id: str = Field(primary_key=True, max_length=64)
     user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
     kind: str = Field(max_length=16)
@@ -98,6 +102,14 @@ class Device(SQLModel, table=True):
     push_status: str = Field(default="", max_length=16, sa_column_kwargs={"server_default": ""})
     push_error: str = Field(default="", max_length=128, sa_column_kwargs={"server_default": ""})
     push_status_at: datetime | None = utc_column(nullable=True)
+    # privacyIDEA Authenticator push tokens (``kind=pipush``): the token serial the app names
+    # itself by, and the per-token server RSA private key (PKCS#8 DER) sealed with the server
+    # key, bound to ``pipush-server-key:<id>``. ``public_key`` then holds the phone's RSA SPKI.
+    serial: str | None = Field(default=None, max_length=64)
+    server_key_enc: bytes | None = blob_column(nullable=True)
+    # The QR told the app to lock the token behind the phone's screen lock (``pin=True``):
+    # then the phone, not a PIN we check, stands for policy ``require_pin``.
+    app_lock: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
 
 
 class ActivationCode(SQLModel, table=True):
@@ -119,6 +131,7 @@ class Challenge(SQLModel, table=True):
         UniqueConstraint("token_id", "idempotency_key", name="uq_challenges_idempotency"),
         Index("ix_challenges_user_state", "user_id", "state"),
         Index("ix_challenges_user_created", "user_id", "created_at"),
+        Index("ix_challenges_state_expires", "state", "expires_at"),
     )
     id: str = Field(primary_key=True, max_length=64)
     user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
@@ -239,6 +252,26 @@ class UsedNonce(SQLModel, table=True):
     expires_at: datetime = utc_column(index=True)
 
 
+class PiPushNonce(SQLModel, table=True):
+    """The nonce a privacyIDEA Authenticator token sees for one challenge (one per challenge
+    and device, so the app, which keys requests by nonce, shows each challenge once); single
+    use: ``used_at`` is set by the first verified answer."""
+
+    __tablename__ = "pipush_nonces"
+    __table_args__ = (
+        UniqueConstraint("challenge_id", "device_id", name="uq_pipush_nonces_challenge_device"),
+        Index("ix_pipush_nonces_expires_at", "expires_at"),
+    )
+    nonce: str = Field(primary_key=True, max_length=64)
+    challenge_id: str = Field(foreign_key="challenges.id", ondelete="CASCADE", max_length=64)
+    device_id: str = Field(foreign_key="devices.id", ondelete="CASCADE", max_length=64)
+    # The number-matching options shown on the phone ("42,17,93"), "" without number matching.
+    options: str = Field(default="", max_length=64, sa_column_kwargs={"server_default": ""})
+    created_at: datetime = utc_column()
+    expires_at: datetime = utc_column()
+    used_at: datetime | None = utc_column(nullable=True)
+
+
 metadata = SQLModel.metadata
 
 
@@ -263,3 +296,48 @@ policies_t = _table(PolicyValue)
 fraud_reports_t = _table(FraudReport)
 audit_t = _table(AuditEvent)
 used_nonces_t = _table(UsedNonce)
+pipush_nonces_t = _table(PiPushNonce)
+
+
+# -- web portal and admin console (webportal/) --------------------------------------------------
+
+
+class WebSession(SQLModel, table=True):
+    """A signed-in (or about to sign in) browser of the portal or the admin console.
+
+    The cookie holds a random value; only its SHA-256 digest (``id_hash``) is stored, so a
+    copy of the database does not hand out live sessions. ``user_id`` is NULL for the
+    anonymous session a sign-in form runs in (it carries the form's CSRF secret).
+    """
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_last_seen_at", "last_seen_at"),)
+    id_hash: str = Field(primary_key=True, max_length=64)
+    kind: str = Field(max_length=16)  # "portal" or "admin"
+    user_id: int | None = Field(default=None, foreign_key="users.id", ondelete="CASCADE")
+    csrf_secret: str = Field(max_length=64)
+    # Admin sessions: the second factor was checked (or the admin has none to check).
+    second_factor_done: bool = False
+    # Admin sign-in by push: the challenge this session waits for.
+    challenge_id: str | None = Field(default=None, max_length=64)
+    flash: str = text_column()  # JSON list of [category, message], shown on the next page
+    source: str = Field(default="", max_length=64)
+    created_at: datetime = utc_column()
+    last_seen_at: datetime = utc_column()
+
+
+class Invitation(SQLModel, table=True):
+    """A one-time link (``/portal/invite/<token>``) where a user sets their password."""
+
+    __tablename__ = "invitations"
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
+    created_at: datetime = utc_column()
+    expires_at: datetime = utc_column()
+    used_at: datetime | None = utc_column(nullable=True)
+    created_by: str = Field(default="", max_length=128)
+
+
+web_sessions_t = _table(WebSession)
+invitations_t = _table(Invitation)

@@ -175,11 +175,11 @@ class RadiusLab:
 
     def __init__(self, home: Path, listen: tuple[str, ...] = ("127.0.0.1",)) -> None:
         from backend.config import load_settings
-        from backend.store import migrations
         from tests.support.api import ApiHarness
         from tests.support.clock import FakeClock
+        from tests.support.database import migrated_sqlite
 
-        migrations.upgrade(f"sqlite+aiosqlite:///{home / 'openmfa.db'}")
+        migrated_sqlite(home)
         self.api = ApiHarness(
             load_settings(config_file=None, home=home, public_url="http://127.0.0.1:8080"),
             FakeClock(),

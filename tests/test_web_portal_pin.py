@@ -1,0 +1,158 @@
+"""The approval PIN: the pure rule (backend.domain.policy.pin_problem) and the portal page
+(set; change with the current PIN or the password; lockouts; CSRF)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backend.config import Settings
+from backend.domain.policy import pin_problem
+from tests.support.clock import FakeClock
+from tests.support.web import PASSWORD, WebHarness, post_form, sign_in, sqlite_database, web_harness
+
+# -- the rule -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pin",
+    [
+        "0000",
+        "1111",
+        "1234",
+        "123456",
+        "4321",
+        "7890",
+        "8901",
+        "9012",
+        "2109",
+        "1212",
+        "5656",
+        "121212",
+        "123123",
+        "909090",
+        "2580",
+        "6969",
+        "0123456789",
+    ],
+)
+def test_trivial_pins_are_refused(pin: str) -> None:
+    assert pin_problem(pin, 4) == "that PIN is too easy to guess"
+
+
+@pytest.mark.parametrize("pin", ["4711", "8403", "13579", "97531", "735082", "4711" * 4, "1357"])
+def test_good_pins_pass(pin: str) -> None:
+    assert pin_problem(pin, 4) is None
+
+
+def test_length_and_digits() -> None:
+    assert pin_problem("471", 4) == "a PIN has at least 4 digits"
+    assert pin_problem("47113", 6) == "a PIN has at least 6 digits"
+    assert pin_problem("4711" * 4 + "3", 4) == "a PIN has at most 16 digits"
+    assert pin_problem("47a1", 4) == "a PIN is made of digits only"
+    assert pin_problem("٤٧١١", 4) == "a PIN is made of digits only"
+
+
+# -- the page -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> str:
+    return sqlite_database(tmp_path)
+
+
+@pytest.fixture
+def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
+    yield from web_harness(settings, clock)
+
+
+def signed_in(web: WebHarness, name: str = "alice", **policy: object) -> httpx.Client:
+    web.add_user(name, **policy)
+    browser = web.browser()
+    assert sign_in(browser, name).status_code == 303
+    return browser
+
+
+def set_pin(
+    browser: httpx.Client, pin: str, confirm: str | None = None, **extra: str
+) -> httpx.Response:
+    data = {"pin": pin, "confirm": pin if confirm is None else confirm, **extra}
+    return post_form(browser, "/portal/pin", data)
+
+
+def pin_ok(web: WebHarness, pin: str) -> bool:
+    """Whether ``pin`` is the user's PIN (checked by the same service the app's answers use)."""
+    user = web.user("alice")
+    ok, _ = web.run(web.services.hasher.verify(user.pin_hash or "", pin))
+    return ok
+
+
+def test_set_the_first_pin(web: WebHarness) -> None:
+    browser = signed_in(web, require_pin="true", pin_min_length="6")
+    page = browser.get("/portal/pin").text
+    assert "Set your PIN" in page
+    assert "6 to 16 digits" in page
+    assert "Current PIN" not in page
+    for pin, confirm, message in (
+        ("1234", None, "A PIN has at least 6 digits."),
+        ("123456", None, "That PIN is too easy to guess."),
+        ("121212", None, "That PIN is too easy to guess."),
+        ("735082", "735083", "The two PINs are not the same."),
+        ("73508x", None, "A PIN is made of digits only."),
+    ):
+        refused = set_pin(browser, pin, confirm)
+        assert refused.status_code == 400, pin
+        assert message in refused.text, pin
+    assert not web.user("alice").has_pin
+    done = set_pin(browser, "735082")
+    assert done.status_code == 303
+    assert "Your PIN is set." in browser.get("/portal/pin").text
+    assert pin_ok(web, "735082")
+    assert web.audit("user.set_pin", "alice")[0].actor == "portal:alice"
+
+
+def test_changing_needs_the_current_pin_or_the_password(web: WebHarness) -> None:
+    browser = signed_in(web)
+    assert set_pin(browser, "4711").status_code == 303
+    assert "Change your PIN" in browser.get("/portal/pin").text
+
+    missing = set_pin(browser, "8403")
+    assert missing.status_code == 400
+    assert "type your current PIN or your password" in missing.text
+    wrong_pin = set_pin(browser, "8403", current_pin="9999")
+    assert wrong_pin.status_code == 401
+    assert "The current PIN is not right." in wrong_pin.text
+    assert web.user("alice").pin_failures == 1
+    wrong_password = set_pin(browser, "8403", password="not it")
+    assert wrong_password.status_code == 401
+    assert web.user("alice").otp_failures == 1  # counts toward the account's lockout
+    assert pin_ok(web, "4711")
+
+    assert set_pin(browser, "8403", current_pin="4711").status_code == 303
+    assert pin_ok(web, "8403")
+    assert set_pin(browser, "2791", password=PASSWORD).status_code == 303
+    assert pin_ok(web, "2791")
+    assert "Your PIN is changed." in browser.get("/portal/pin").text
+    assert len(web.audit("user.set_pin", "alice")) == 3
+
+
+def test_wrong_current_pins_lock(web: WebHarness) -> None:
+    browser = signed_in(web, pin_max_failures="2")
+    assert set_pin(browser, "4711").status_code == 303
+    assert set_pin(browser, "8403", current_pin="1111").status_code == 401
+    assert set_pin(browser, "8403", current_pin="1111").status_code == 429  # the 2nd locks
+    locked = set_pin(browser, "8403", current_pin="4711")  # even the right one, while locked
+    assert locked.status_code == 429
+    assert "Too many wrong PINs" in locked.text
+    assert pin_ok(web, "4711")
+
+
+def test_the_pin_form_needs_the_csrf_token(web: WebHarness) -> None:
+    browser = signed_in(web)
+    response = browser.post("/portal/pin", data={"pin": "4711", "confirm": "4711"})
+    assert response.status_code == 403
+    assert not web.user("alice").has_pin
+    assert [r.result for r in web.refusals()] == ["csrf-failed"]

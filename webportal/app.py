@@ -1,0 +1,47 @@
+"""``routes()``: the portal, the admin console and their static files, for create_app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+
+from webportal import admin, portal
+from webportal.middleware import AreaMiddleware
+from webportal.security import SecurityHeadersMiddleware
+from webportal.state import WebState
+from webportal.templating import make_environment
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+def routes() -> list[BaseRoute]:
+    """Mounts for ``/portal``, ``/admin`` and ``/static``; one :class:`WebState` shared by
+    both areas of this application (its template cache and sign-in rate limiter)."""
+    web = WebState(templates=make_environment())
+    return [
+        Mount(
+            "/portal",
+            routes=portal.routes,
+            middleware=[
+                Middleware(SecurityHeadersMiddleware),
+                Middleware(AreaMiddleware, web=web, area="portal"),
+            ],
+        ),
+        Mount(
+            "/admin",
+            routes=admin.routes,
+            middleware=[
+                Middleware(SecurityHeadersMiddleware),
+                Middleware(AreaMiddleware, web=web, area="admin"),
+            ],
+        ),
+        Mount(
+            "/static",
+            app=StaticFiles(directory=STATIC),
+            name="static",
+            middleware=[Middleware(SecurityHeadersMiddleware, pages=False)],
+        ),
+    ]

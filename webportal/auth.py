@@ -1,0 +1,107 @@
+"""Who is signed in: :func:`require_user` (portal) and :func:`require_admin` (admin console).
+
+Both raise :class:`SignInRequired` when the request has no suitable session;
+:class:`~webportal.middleware.AreaMiddleware` answers it with a 303 to the area's sign-in page,
+carrying a ``next`` that :func:`safe_next` only ever lets point back into the same area.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+from starlette.requests import Request
+
+from backend.errors import Forbidden
+from backend.services.context import Actor
+from backend.services.web_sessions import WebSessionRecord
+from backend.store.queries import UserRecord
+from webportal.sessions import current_session, end_session
+from webportal.state import Area, area_of, services_of, web_actor
+
+SECOND_FACTOR_KINDS = frozenset({"app", "oath", "pipush"})
+
+
+class SignInRequired(Exception):
+    """Answered with ``303 See Other`` to ``location`` (a sign-in page)."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    """The signed-in user of this request, their session and their audit actor."""
+
+    user: UserRecord
+    session: WebSessionRecord
+    actor: Actor
+
+
+def safe_next(value: str | None, area: Area) -> str:
+    """``value`` if it is a path inside ``/area/`` on this site, else the area's home.
+
+    Refuses absolute and scheme-relative URLs (``//evil``), backslashes (which browsers treat
+    as slashes), control characters and anything outside the area: no open redirect.
+    """
+    home = f"/{area}/"
+    if not value or len(value) > 1024 or not value.startswith(home):
+        return home
+    if "//" in value or "\\" in value or any(ord(c) < 0x21 or c == "\x7f" for c in value):
+        return home
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return home
+    return value
+
+
+def sign_in_location(request: Request, path: str = "sign-in") -> str:
+    """The area's sign-in page, with ``next`` = this page when it was a GET."""
+    area = area_of(request)
+    target = f"/{area}/{path}"
+    if request.method == "GET":
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if safe_next(here, area) == here and here != f"/{area}/":
+            target += "?" + urlencode({"next": here})
+    return target
+
+
+async def require_user(request: Request) -> SignedIn:
+    """The portal user of this request; :class:`SignInRequired` without one."""
+    if area_of(request) != "portal":
+        raise RuntimeError("require_user() is for portal pages; admin pages use require_admin()")
+    session = await current_session(request)
+    if session is None or session.user is None:
+        raise SignInRequired(sign_in_location(request))
+    if session.user.disabled:
+        await end_session(request)
+        raise SignInRequired(sign_in_location(request))
+    user = session.user
+    return SignedIn(user, session, web_actor(request, f"portal:{user.name}"))
+
+
+async def has_second_factor(request: Request, user: UserRecord) -> bool:
+    """True when ``user`` has an active authenticator to sign in with."""
+    devices = await services_of(request).devices.list_for_user(user.name)
+    return any(d.state == "active" and d.kind in SECOND_FACTOR_KINDS for d in devices)
+
+
+async def require_admin(request: Request) -> SignedIn:
+    """The administrator of this request, with the second factor checked when they have one.
+
+    No session (or one still at the password step): :class:`SignInRequired`. A session whose
+    user is no longer an administrator, or is disabled: ended, and 403.
+    """
+    if area_of(request) != "admin":
+        raise RuntimeError("require_admin() is for admin pages; portal pages use require_user()")
+    session = await current_session(request)
+    if session is None or session.user is None:
+        raise SignInRequired(sign_in_location(request))
+    user = session.user
+    if not user.is_admin or user.disabled or user.blocked:
+        await end_session(request)
+        raise Forbidden("this account may not use the admin console")
+    if not session.second_factor_done:
+        raise SignInRequired(sign_in_location(request, "sign-in/verify"))
+    return SignedIn(user, session, web_actor(request, f"admin:{user.name}"))

@@ -1,0 +1,123 @@
+"""Password sign-in shared by the portal and the admin console, with both rate limits.
+
+Per user: the users' failure counters and lockout (policy ``otp_max_failures`` /
+``otp_lockout_seconds``), the same ones codes and RADIUS passwords count toward, through
+:meth:`UserService.verify_password`. Per source address: :class:`~webportal.ratelimit.
+AddressLimiter`. Every failure leaves a ``web.sign_in`` audit row saying why; the page only
+says what the person can act on (an unknown name and a wrong password read the same).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import timedelta
+
+from starlette.requests import Request
+
+from backend.errors import InvalidName, OtpLocked, UnknownUser, UserBlocked, UserDisabled
+from backend.services.context import Actor
+from backend.store.queries import UserRecord
+from webportal.state import area_of, client_address, services_of, web_actor, web_of
+
+WRONG = "The user name or password is wrong."
+MAX_FIELD = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a sign-in step failed, as the page shows it, and the HTTP status to show it with."""
+
+    message: str
+    status: int
+
+
+def anonymous_actor(request: Request) -> Actor:
+    """``web:portal`` / ``web:admin`` with the client's address."""
+    return web_actor(request, f"web:{area_of(request)}")
+
+
+def _window(request: Request) -> timedelta:
+    return timedelta(seconds=services_of(request).settings.web_sign_in_address_window_seconds)
+
+
+def address_refusal(request: Request) -> Refusal | None:
+    """A refusal while this address has failed too often, else ``None``."""
+    services = services_of(request)
+    now = services.clock()
+    until = web_of(request).limiter.blocked_until(
+        client_address(request), now, services.settings.web_sign_in_address_limit, _window(request)
+    )
+    if until is None:
+        return None
+    minutes = max(1, math.ceil((until - now).total_seconds() / 60))
+    return Refusal(
+        f"Too many failed sign-ins from your network. Try again in {minutes} minute"
+        + ("s." if minutes != 1 else "."),
+        429,
+    )
+
+
+async def record_failure(request: Request, user_name: str, reason: str) -> None:
+    """Count a failed step against the address and audit it (``web.sign_in`` / ``reject``)."""
+    services = services_of(request)
+    web_of(request).limiter.failure(client_address(request), services.clock(), _window(request))
+    await audit(request, user_name, "reject", reason)
+
+
+async def audit(request: Request, user_name: str, result: str, detail: str) -> None:
+    """One ``web.sign_in`` row for this area."""
+    await services_of(request).audit.record(
+        anonymous_actor(request),
+        "web.sign_in",
+        result,
+        user_name=user_name[:128].casefold(),
+        detail=f"{area_of(request)}: {detail}",
+    )
+
+
+async def _equal_time(request: Request, password: str) -> None:
+    """Spend an argon2id verification, as a known user's check would."""
+    services = services_of(request)
+    web = web_of(request)
+    if web.dummy_hash is None:
+        web.dummy_hash = await services.hasher.hash("openmfa-timing-equaliser")
+    await services.hasher.verify(web.dummy_hash, password)
+
+
+async def check_password(request: Request, name: str, password: str) -> UserRecord | Refusal:
+    """The user when ``password`` is theirs, else the refusal to show (audited, counted)."""
+    refusal = address_refusal(request)
+    if refusal is not None:
+        await audit(request, name, "reject", "address-limited")
+        return refusal
+    name = name.strip()
+    if not name or not password:
+        await audit(request, name, "reject", "missing-field")
+        return Refusal("Enter your user name and password.", 400)
+    if len(name) > 128 or len(password) > MAX_FIELD:
+        await record_failure(request, name[:128], "too-long")
+        return Refusal(WRONG, 401)
+    services = services_of(request)
+    try:
+        result = await services.users.verify_password(anonymous_actor(request), name, password)
+    except (UnknownUser, InvalidName):
+        await _equal_time(request, password)
+        await record_failure(request, name, "unknown-user")
+        return Refusal(WRONG, 401)
+    except (UserDisabled, UserBlocked) as exc:
+        await record_failure(request, name, exc.type)
+        return Refusal("This account cannot sign in right now. Please contact your help desk.", 403)
+    except OtpLocked:
+        await record_failure(request, name, "locked")
+        return Refusal(
+            "Too many failed attempts for this account; it is locked for a while. "
+            "Try again later or contact your help desk.",
+            429,
+        )
+    if not result.accepted:
+        if result.reason == "no-password":
+            await _equal_time(request, password)
+        await record_failure(request, name, result.reason)
+        return Refusal(WRONG, 401)
+    return await services.users.get(result.user_name)
