@@ -32,7 +32,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP) tools
-	$(BIN)/pytest --cov --cov-branch --cov-report=term:skip-covered
+	$(BIN)/pytest -n auto --dist loadfile --cov --cov-branch --cov-report=term:skip-covered
 
 ## test: ruff, mypy --strict and the whole pytest suite
 test: lint typecheck pytest
@@ -42,4 +42,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/wakeup.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
