@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -110,3 +111,22 @@ def test_cli_invite_prints_the_link(tmp_path: Path) -> None:
     assert "1 to 720 hours" in bad.stderr
     missing = openmfa(tmp_path, "user", "invite", "nobody", check=False)
     assert missing.returncode == 1
+
+
+def test_the_access_log_never_shows_a_link_token(
+    web: WebHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Links are credentials: whoever reads the log must not be able to use them."""
+    caplog.set_level(logging.INFO, logger="openmfa.access")
+    web.add_user("alice", password=None)
+    path = invite(web)
+    token = path.rsplit("/", 1)[1]
+    bootstrap = web.run(web.services.invitations.bootstrap_link(ADMIN))
+    assert bootstrap is not None
+    browser = web.browser()
+    assert browser.get(path).status_code == 200
+    assert browser.get(bootstrap.removeprefix(web.settings.resolved_public_url)).status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "openmfa.access"]
+    assert "GET /portal/invite/<token> 200" in lines
+    assert "GET /admin/bootstrap/<token> 200" in lines
+    assert not [line for line in lines if token in line or bootstrap.rsplit("/", 1)[1] in line]

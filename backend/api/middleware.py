@@ -14,7 +14,15 @@ from backend.api.problems import unexpected_error
 from backend.logs import request_id_var
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Pages whose last path segment is a one-time credential (an invitation, the first
+# administrator's link): the access log names the page, never the token.
+_CREDENTIAL_PATHS = re.compile(r"^(/portal/invite/|/admin/bootstrap/)[^/]+")
 log = logging.getLogger("openmfa.access")
+
+
+def loggable_path(path: str) -> str:
+    """``path`` as the access log may show it."""
+    return _CREDENTIAL_PATHS.sub(r"\1<token>", path)
 
 
 class RequestIdMiddleware:
@@ -58,7 +66,7 @@ class RequestIdMiddleware:
             log.info(
                 "%s %s %s",
                 scope["method"],
-                scope["path"],
+                loggable_path(scope["path"]),
                 status,
                 extra={"status": status, "ms": round((time.perf_counter() - started) * 1000, 2)},
             )
