@@ -34,8 +34,10 @@ from backend.services import Services
 from backend.services.context import Actor, SignInContext
 from backend.services.devices import DeviceRecord
 from backend.store import migrations
+from backend.store.fastpath import SqliteCheckpointer, SqliteWriter
 from backend.store.tables import audit_t, challenges_t, devices_t, users_t
 from tests.support.clock import FakeClock
+from tests.support.database import migrated_sqlite
 
 pytestmark = pytest.mark.anyio
 ADMIN = Actor("test:admin")
@@ -702,3 +704,24 @@ async def test_the_quick_answer_writes_what_the_orm_path_writes(
     expected = ChallengeState.APPROVED if answer is Answer.APPROVE else ChallengeState.DENIED
     assert rows["alice"][0] is expected
     assert rows["alice"][5] == (clock() if answer is Answer.APPROVE else None)
+
+
+async def test_write_commits_leave_wal_checkpoints_to_their_own_thread(tmp_path: Path) -> None:
+    """A checkpoint (copy the log, fsync the file) inside a commit stalled that write."""
+    migrated_sqlite(tmp_path)
+    path = tmp_path / "openmfa.db"
+    checkpointer = SqliteCheckpointer(path, 5000, interval=3600)
+    writer = SqliteWriter(path, 5000, asyncio.Lock(), "NORMAL", checkpointer)
+    try:
+        assert await writer.run(lambda tx: tx.one("PRAGMA wal_autocheckpoint")) == (0,)
+        first = checkpointer.running
+        assert first is not None  # asked for after the batch
+        await first
+        assert checkpointer.done == 1
+        insert_probe = "INSERT INTO meta (key, value) VALUES (?, ?)"
+        await writer.run(lambda tx: tx.run(insert_probe, "probe", "1"))
+        assert checkpointer.running is first  # at most one per interval
+        assert checkpointer.done == 1
+    finally:
+        writer.close()
+        checkpointer.close()

