@@ -3,37 +3,20 @@ answer nor give accepted codes); every URL is the owner's only; every change aud
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 from sqlalchemy import update
 
 from backend.authenticator.client import AppClient, AuthenticatorError
-from backend.config import Settings
 from backend.services.context import SignInContext
 from backend.store.tables import devices_t
 from tests.support.api import ADMIN
-from tests.support.clock import FakeClock
 from tests.support.web import (
     WebHarness,
     csrf_from,
     post_form,
     sign_in,
-    sqlite_database,
-    web_harness,
 )
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
 
 
 def signed_in(web: WebHarness, name: str) -> httpx.Client:

@@ -4,30 +4,16 @@ me", which files the fraud report through the app's path; users see their own on
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from backend.config import Settings
 from backend.errors import BadRequest, NotFound
 from backend.services.context import SignInContext
 from tests.support.api import ADMIN
-from tests.support.clock import FakeClock
-from tests.support.web import WebHarness, csrf_from, sign_in, sqlite_database, web_harness
+from tests.support.web import WebHarness, csrf_from, sign_in
 
 VPN = SignInContext("vpn-gw", "198.51.100.7", "nas-1")
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
 
 
 def signed_in(web: WebHarness, name: str) -> httpx.Client:

@@ -6,29 +6,14 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from html import unescape
-from pathlib import Path
 
 import httpx
-import pytest
 
-from backend.config import Settings
 from tests.support.api import ADMIN
-from tests.support.clock import FakeClock
-from tests.support.web import WebHarness, post_form, sign_in, sqlite_database, web_harness
+from tests.support.web import WebHarness, post_form, sign_in
 from webportal.admin.audit import csv_cell
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
 
 
 def actions(html: str) -> list[str]:

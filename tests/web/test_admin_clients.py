@@ -11,7 +11,6 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import pytest
@@ -28,21 +27,9 @@ from tests.support.web import (
     csrf_from,
     post_form,
     sign_in,
-    sqlite_database,
-    web_harness,
 )
 
 _SECRET_FIELD = re.compile(r'id="shared-secret"[^>]*value="([^"]+)"')
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
 
 
 def form(**values: str) -> dict[str, str]:

@@ -3,16 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 
-from backend.config import Settings
 from backend.domain.policy import pin_problem
-from tests.support.clock import FakeClock
-from tests.support.web import PASSWORD, WebHarness, post_form, sign_in, sqlite_database, web_harness
+from tests.support.web import PASSWORD, WebHarness, post_form, sign_in
 
 # -- the rule -----------------------------------------------------------------------------------
 
@@ -57,16 +52,6 @@ def test_length_and_digits() -> None:
 
 
 # -- the page -----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
 
 
 def signed_in(web: WebHarness, name: str = "alice", **policy: object) -> httpx.Client:

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
-import pytest
 from sqlalchemy import update
 
-from backend.config import Settings
 from backend.domain.challenge import Answer
 from backend.services.context import SignInContext
 from backend.services.reports import HOURS, hour_floor
 from backend.store.tables import devices_t
 from tests.support.api import ADMIN
-from tests.support.clock import FakeClock
-from tests.support.web import WebHarness, sign_in, sqlite_database, web_harness
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
+from tests.support.web import WebHarness, sign_in
 
 
 def figure(html: str, name: str) -> int:

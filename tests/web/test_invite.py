@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from backend.config import Settings
 from tests.conftest import openmfa
 from tests.support.api import ADMIN
-from tests.support.clock import FakeClock
 from tests.support.web import (
     PASSWORD,
     WebHarness,
     post_form,
     sign_in,
-    sqlite_database,
-    web_harness,
 )
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
 
 
 def invite(web: WebHarness, name: str = "alice", hours: int = 72) -> str:

@@ -4,38 +4,21 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 
-from backend.config import Settings
 from backend.domain import totp
 from backend.services.context import SignInContext
 from tests.support.api import ADMIN
-from tests.support.clock import FakeClock
 from tests.support.web import (
     WebHarness,
     csrf_from,
     post_form,
     sign_in,
-    sqlite_database,
-    web_harness,
 )
 
 SECRET = re.compile(r'id="oath-secret">([A-Z2-7 ]+)<')
 CONFIRM = re.compile(r'action="/portal/oath/(dev_[^/"]+)/confirm"')
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
 
 
 def signed_in(web: WebHarness, name: str = "alice") -> httpx.Client:

@@ -4,33 +4,15 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from backend.config import Settings
-from tests.support.clock import FakeClock
 from tests.support.web import (
     WebHarness,
     csrf_from,
     post_form,
     sign_in,
-    sqlite_database,
-    web_harness,
 )
 
 _TOKEN_FIELD = re.compile(r'id="api-token"[^>]*value="([^"]+)"')
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
 
 
 def field_error(page: str, name: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,19 +15,7 @@ from tests.support.web import (
     cookie,
     csrf_from,
     sign_in,
-    sqlite_database,
-    web_harness,
 )
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
 
 
 def test_sign_in_starts_a_new_session_with_safe_cookie_flags(web: WebHarness) -> None:

@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from backend.config import Settings
 from backend.services.context import SignInContext
 from tests.support.api import ADMIN
-from tests.support.clock import FakeClock
 from tests.support.web import (
     PASSWORD,
     WebHarness,
     csrf_from,
     post_form,
     sign_in,
-    sqlite_database,
-    web_harness,
 )
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
 
 
 def test_admin_without_authenticator_signs_in_with_password_and_sees_the_banner(

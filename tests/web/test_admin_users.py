@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from html import unescape
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,19 +21,7 @@ from tests.support.web import (
     csrf_from,
     post_form,
     sign_in,
-    sqlite_database,
-    web_harness,
 )
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
 
 
 def act(browser: httpx.Client, user: str, action: str, **data: str) -> httpx.Response:

@@ -4,28 +4,13 @@ and mark reviewed, review keeping the block, stale clicks, CSRF and access contr
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 
-from backend.config import Settings
 from backend.domain.challenge import Answer
 from backend.services.context import SignInContext
 from tests.support.api import ADMIN
-from tests.support.clock import FakeClock
-from tests.support.web import WebHarness, post_form, sign_in, sqlite_database, web_harness
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
+from tests.support.web import WebHarness, post_form, sign_in
 
 
 def fraud_answer(web: WebHarness, user: str, gateway: str = "vpn-gw") -> int:

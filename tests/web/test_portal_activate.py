@@ -8,7 +8,6 @@ import contextlib
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -21,22 +20,12 @@ from backend.services.context import SignInContext
 from tests.support.api import ADMIN
 from tests.support.clock import FakeClock
 from tests.support.piapp import PiLab
-from tests.support.web import WebHarness, csrf_from, sign_in, sqlite_database, web_harness
+from tests.support.web import WebHarness, csrf_from, sign_in
 
 CODE = re.compile(r'id="activation-code">([^<]+)<')
 STATUS_URL = re.compile(r'data-poll-url="(/portal/activate/status\?ref=[0-9a-f]+)"')
 QR = re.compile(r'id="activation-qr" class="pt-qr" src="data:image/png;base64,([^"]+)"')
 JSON = {"Accept": "application/json"}
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
 
 
 def signed_in(web: WebHarness, name: str = "alice", **policy: object) -> httpx.Client:

@@ -4,26 +4,11 @@ errors beside the field with nothing stored, reset to the default, CSRF and acce
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
 
-from backend.config import Settings
 from backend.domain import policy as policy_rules
-from tests.support.clock import FakeClock
-from tests.support.web import WebHarness, post_form, sign_in, sqlite_database, web_harness
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return sqlite_database(tmp_path)
-
-
-@pytest.fixture
-def web(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
-    yield from web_harness(settings, clock)
+from tests.support.web import WebHarness, post_form, sign_in
 
 
 def stored(web: WebHarness) -> dict[str, tuple[str, str]]:
