@@ -7,8 +7,10 @@ carrying a ``next`` that :func:`safe_next` only ever lets point back into the sa
 
 from __future__ import annotations
 
+import posixpath
+import re
 from dataclasses import dataclass
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 from starlette.requests import Request
 
@@ -43,17 +45,39 @@ def safe_next(value: str | None, area: Area) -> str:
     """``value`` if it is a path inside ``/area/`` on this site, else the area's home.
 
     Refuses absolute and scheme-relative URLs (``//evil``), backslashes (which browsers treat
-    as slashes), control characters and anything outside the area: no open redirect.
+    as slashes), control characters, fragments and anything outside the area: no open
+    redirect. A browser resolves dot segments, percent-encoded ones too (``/portal/%2e%2e/``),
+    before it asks for the page, so the path is judged as it will be resolved: no ``.`` or
+    ``..`` segment (nor ``..;``, which some proxies strip to ``..``) and no encoded slash,
+    backslash or percent sign (a proxy that decodes once more would see them).
     """
     home = f"/{area}/"
     if not value or len(value) > 1024 or not value.startswith(home):
         return home
-    if "//" in value or "\\" in value or any(ord(c) < 0x21 or c == "\x7f" for c in value):
+    if "//" in value or "\\" in value or "#" in value or _has_control(value):
         return home
     parts = urlsplit(value)
     if parts.scheme or parts.netloc:
         return home
+    if _ENCODED_SEPARATOR.search(parts.path):
+        return home
+    decoded = unquote(parts.path)
+    if _has_control(decoded) or not decoded.startswith(home):
+        return home
+    if any(segment.split(";")[0] in (".", "..") for segment in decoded.split("/")):
+        return home
+    if not (posixpath.normpath(decoded) + "/").startswith(home):
+        return home
     return value
+
+
+# %2f (/), %5c (\) and %25 (%): never in a page path of ours, but a proxy that decodes once
+# more turns them into separators or into new escapes.
+_ENCODED_SEPARATOR = re.compile(r"%(2f|5c|25)", re.IGNORECASE)
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 0x21 or 0x7F <= ord(c) < 0xA0 for c in text)
 
 
 def sign_in_location(request: Request, path: str = "sign-in") -> str:
