@@ -153,6 +153,54 @@ def test_csv_export_is_safe_from_formula_injection(web: WebHarness) -> None:
     assert csv_cell("") == ""
 
 
+DANGEROUS_CELLS = [
+    "=1+1",
+    "+1",
+    "-1",
+    "@SUM(A1)",
+    "\t=1+1",
+    "\r=1+1",
+    "\n=1+1",
+    " =1+1",
+    "a;=1+1",
+    "a,+1",
+    "a\t-1",
+    "a; @SUM(A1)",
+    "a|=1+1",
+    "first line\n=cmd|' /C calc'!A0",
+    "first line\r\n@SUM(A1)",
+    "plain text\nsecond line",
+    "\uff1d1+1",  # a full-width '=' some spreadsheets take for '='
+]
+
+
+def test_csv_cells_that_a_spreadsheet_could_split_or_run_get_a_quote() -> None:
+    for value in DANGEROUS_CELLS:
+        assert csv_cell(value) == "'" + value, repr(value)
+    for value in ("plain", "", "alice", "ok", "user=alice", "a - b", "2026-12-06T10:00:00Z"):
+        assert csv_cell(value) == value, repr(value)
+
+
+def test_csv_export_quotes_every_field_and_defuses_formulas_after_separators(
+    web: WebHarness,
+) -> None:
+    browser = web.admin_browser("root")
+    for detail in DANGEROUS_CELLS:
+        web.run(web.services.audit.record(ADMIN, "test.row", "ok", "", detail))
+    # Anyone controls the user column: it is the name typed at a sign-in form.
+    stranger = web.browser()
+    sign_in(stranger, "x;=HYPERLINK(1)")
+    response = browser.get("/admin/audit.csv", params={"action": "test.row"})
+    assert response.status_code == 200
+    rows = list(csv.reader(io.StringIO(response.text)))
+    assert sorted(r[7] for r in rows[1:]) == sorted("'" + v for v in DANGEROUS_CELLS)
+    # Every field quoted: a spreadsheet that splits on ; or , still sees one cell.
+    first_line = response.text.splitlines()[0]
+    assert first_line == ",".join(f'"{c}"' for c in rows[0])
+    signins = export(browser, action="web.sign_in")
+    assert "'x;=hyperlink(1)" in [r[3] for r in signins[1:]]  # names are kept lower-case
+
+
 def test_audit_pages_need_an_admin(web: WebHarness) -> None:
     web.add_user("alice")
     portal = web.browser()

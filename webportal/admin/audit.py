@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,8 +44,12 @@ KNOWN_ACTIONS = (
     "audit.export",
 )
 CSV_COLUMNS = ("id", "time", "actor", "user", "source", "action", "result", "detail", "request")
-# A spreadsheet runs a cell starting with one of these as a formula (CSV injection).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# CSV injection (OWASP): a spreadsheet runs a cell starting with = + - @ (or their full-width
+# forms) as a formula, also after leading blanks, and one that splits a cell on ; , | or a tab
+# or line break (import settings differ) sees a new cell wherever those come first. A cell
+# with a line break, or with a formula character after such a separator, is made text whole.
+_FORMULA_CHARS = "=+-@\uff1d\uff0b\uff0d\uff20"
+_DANGEROUS = re.compile(rf"^\t|(?:^|[;,|\t\r\n])[ \t\r\n]*[{re.escape(_FORMULA_CHARS)}]|[\r\n]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +153,10 @@ async def audit(request: Request) -> Response:
 
 
 def csv_cell(value: str) -> str:
-    """A cell a spreadsheet shows as text: one starting like a formula gets a leading '."""
-    return "'" + value if value.startswith(_FORMULA_START) else value
+    """A cell a spreadsheet shows as text: one that could start a formula, at its start or
+    after a separator a spreadsheet may split on, or that holds a line break, gets a
+    leading '."""
+    return "'" + value if _DANGEROUS.search(value) else value
 
 
 def csv_row(entry: AuditEntry) -> list[str]:
@@ -189,7 +196,7 @@ async def export(request: Request) -> Response:
 
     async def lines() -> AsyncIterator[str]:
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        writer = csv.writer(buffer, quoting=csv.QUOTE_ALL)  # one cell, whatever it holds
         writer.writerow(CSV_COLUMNS)
         async for batch in batches:
             writer.writerows(csv_row(entry) for entry in batch)
