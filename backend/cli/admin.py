@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend.cli.guard import guard_lines
-from backend.cli.output import as_json, table, when
+from backend.cli.output import as_json, clean, table, when
 from backend.errors import BadRequest
 
 if TYPE_CHECKING:  # the services (SQLAlchemy, Alembic, ...) load only when a command runs,
@@ -107,9 +107,10 @@ async def user_show(services: Services, args: argparse.Namespace, actor: Actor) 
     user = await services.users.get(args.name)
     devices = await services.devices.list_for_user(args.name)
     print(
-        f"name:          {user.name}\nstate:         {user.state}"
-        + (f" ({user.blocked_reason})" if user.blocked else "")
-        + f"\ndisplay name:  {user.display_name or '-'}\ne-mail:        {user.email or '-'}"
+        f"name:          {clean(user.name)}\nstate:         {user.state}"
+        + (f" ({clean(user.blocked_reason)})" if user.blocked else "")
+        + f"\ndisplay name:  {clean(user.display_name or '-')}"
+        f"\ne-mail:        {clean(user.email or '-')}"
         f"\nadministrator: {'yes' if user.is_admin else 'no'}"
         f"\npassword:      {'set' if user.has_password else 'not set'}"
         f"\nPIN:           {'set' if user.has_pin else 'not set'}"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend.cli.admin import read_secret
-from backend.cli.output import as_json, table, when
+from backend.cli.output import as_json, clean, table, when
 from backend.domain import radius
 from backend.errors import BadRequest
 
@@ -251,7 +251,7 @@ def _changes(args: argparse.Namespace) -> radius.ClientChanges:
 
 
 def _warn(message: str) -> None:
-    print(f"openmfa: warning: {message}", file=sys.stderr)
+    print(f"openmfa: warning: {clean(message)}", file=sys.stderr)
 
 
 def _warnings(
@@ -445,5 +445,5 @@ async def client_show(services: Services, args: argparse.Namespace, actor: Actor
         ("changed", when(r.updated_at)),
     ]
     width = max(len(label) for label, _ in rows) + 2
-    print("\n".join(f"{label + ':':<{width}}{value}" for label, value in rows))
+    print("\n".join(f"{label + ':':<{width}}{clean(value)}" for label, value in rows))
     return 0

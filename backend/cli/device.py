@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from backend.authenticator.client import AppClient, AuthenticatorError, load_store, save_store
-from backend.cli.output import as_json, table
+from backend.cli.output import as_json, clean, table
 
 
 def _client(store: Path) -> AppClient:
@@ -80,7 +80,7 @@ def watch(args: argparse.Namespace) -> int:
             seen.add(challenge["id"])
             state = client.answer(challenge["id"], args.auto, args.pin, args.number)
             answered += 1
-            print(f"{challenge['id']}: {challenge['display']} -> {state}", flush=True)
+            print(clean(f"{challenge['id']}: {challenge['display']} -> {state}"), flush=True)
             if args.count is not None and answered >= args.count:
                 break
         else:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from backend import __version__
 from backend.authenticator.client import AuthenticatorError
 from backend.cli import admin, clients, device, fraud
+from backend.cli.output import clean
 from backend.config import Settings, load_settings
 from backend.errors import OpenMFAError
 
@@ -402,14 +403,14 @@ def _main(argv: Sequence[str] | None) -> int:
             return asyncio.run(_db_current(settings))
         return asyncio.run(_run_admin(settings, args.handler, args))
     except (OpenMFAError, AuthenticatorError) as exc:
-        print(f"openmfa: error: {exc}", file=sys.stderr)
+        print(f"openmfa: error: {clean(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         raise  # handled in main()
     except OSError as exc:  # a file the command was told to read or write
-        print(f"openmfa: error: {exc}", file=sys.stderr)
+        print(f"openmfa: error: {clean(exc)}", file=sys.stderr)
         return 1
 
 
