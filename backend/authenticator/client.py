@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -45,12 +47,20 @@ class StoredDevice:
 
 
 def save_store(path: Path, device: StoredDevice) -> None:
-    """Write the store atomically with mode 0600 (it holds the device key and seed)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(asdict(device), handle, indent=2)
-    os.replace(tmp, path)
+    """Write the store atomically with mode 0600 (it holds the device key and seed).
+
+    Through a new file of a random name (``mkstemp``: O_EXCL, mode 0600) renamed over the
+    store: a link planted at a predictable temporary name would receive the key.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(asdict(device), handle, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def load_store(path: Path) -> StoredDevice:

@@ -209,10 +209,12 @@ def _write_qr(data: str, png: Path | None, svg: Path | None) -> None:
 
 
 async def activation_create(services: Services, args: argparse.Namespace, actor: Actor) -> int:
+    from backend import qr
+
     for target in (args.qr_png, args.qr_svg):
         # Refuse before anything is created: an OATH secret is shown only once.
-        if target is not None and not target.resolve().parent.is_dir():
-            raise BadRequest(f"cannot write {target}: its directory does not exist")
+        if target is not None:
+            qr.check_target(target)
     if args.oath:
         oath = await services.activation.enrol_oath(actor, args.name)
         print(f"OATH token {oath.device_id} for {oath.user_name} (pending until the first code)")
