@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from webportal import admin, portal
 from webportal.middleware import AreaMiddleware
@@ -15,6 +18,17 @@ from webportal.state import WebState
 from webportal.templating import make_environment
 
 STATIC = Path(__file__).resolve().parent / "static"
+
+
+class _StaticFiles(StaticFiles):
+    """StaticFiles whose 404 and 405 are responses, not exceptions: an exception would pass
+    the security-headers middleware of the mount by and leave without its headers."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        try:
+            return await super().get_response(path, scope)
+        except HTTPException as exc:
+            return PlainTextResponse(exc.detail, exc.status_code, headers=exc.headers)
 
 
 def routes() -> list[BaseRoute]:
@@ -40,7 +54,7 @@ def routes() -> list[BaseRoute]:
         ),
         Mount(
             "/static",
-            app=StaticFiles(directory=STATIC),
+            app=_StaticFiles(directory=STATIC),
             name="static",
             middleware=[Middleware(SecurityHeadersMiddleware, pages=False)],
         ),
