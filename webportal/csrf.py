@@ -1,5 +1,6 @@
 """CSRF protection: every POST (and any other unsafe method) under ``/portal`` and ``/admin``
-carries the session's token, as the form field ``csrf_token`` or the ``X-CSRF-Token`` header
+carries the session's token (before sign-in: the token of the pre-session cookie, see
+:mod:`webportal.sessions`), as the form field ``csrf_token`` or the ``X-CSRF-Token`` header
 (for ``fetch``). :func:`webportal.routing.page` checks it before the handler runs, so no
 handler can forget; a missing or wrong token is a 403 page and an audit row
 (``request.refused`` / ``csrf-failed``, written by backend/api/problems.py).
@@ -17,8 +18,8 @@ from starlette.requests import Request
 
 from backend.crypto import same
 from backend.errors import BadRequest, CsrfFailed, PayloadTooLarge
-from webportal.sessions import current_session
-from webportal.state import services_of
+from webportal.sessions import current_session, pre_session_nonce, pre_session_token
+from webportal.state import area_of, services_of
 
 FIELD = "csrf_token"
 HEADER = "x-csrf-token"
@@ -64,13 +65,18 @@ async def check_csrf(request: Request) -> None:
     if not _same_origin(request):
         raise CsrfFailed("the form was sent from another site")
     session = await current_session(request)
-    if session is None:
-        raise CsrfFailed("the page expired (no session); reload it and try again")
+    if session is not None:
+        expected = session.csrf_secret
+    else:
+        nonce = pre_session_nonce(request)
+        if nonce is None:
+            raise CsrfFailed("the page expired (no session); reload it and try again")
+        expected = pre_session_token(nonce, area_of(request))
     token = request.headers.get(HEADER)
     if token is None:
         value = (await read_form(request)).get(FIELD)
         token = value if isinstance(value, str) else None
     if not token:
         raise CsrfFailed("the form has no CSRF token; reload the page and try again")
-    if not same(token, session.csrf_secret):
+    if not same(token, expected):
         raise CsrfFailed("the form's CSRF token does not match; reload the page and try again")

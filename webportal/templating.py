@@ -1,8 +1,9 @@
 """One Jinja2 environment (autoescaping everything) and :func:`render`, which every page uses.
 
-``render`` adds what ``base.html`` needs: the signed-in user, the CSRF token (a session is
-made for anonymous visitors, whose forms need one too), flash messages, the area's navigation
-and, in the admin console, whether the admin still lacks a second factor.
+``render`` adds what ``base.html`` needs: the signed-in user, the CSRF token (for anonymous
+visitors one tied to a pre-session cookie: a page view writes no session row), flash
+messages, the area's navigation and, in the admin console, whether the admin still lacks a
+second factor.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from starlette.responses import HTMLResponse
 
 from backend.services.web_sessions import WebSessionRecord
 from backend.store.queries import UserRecord
-from webportal.sessions import ensure_session
+from webportal.sessions import csrf_token, current_session
 from webportal.state import area_of, services_of, web_of
 
 NavItem = tuple[str, str]  # (label, path)
@@ -72,8 +73,10 @@ async def render(
 ) -> HTMLResponse:
     """Render ``template`` with ``context`` plus the page basics (see the module doc)."""
     services = services_of(request)
-    session = await ensure_session(request)
-    flashes = await services.web_sessions.take_flash(session.id_hash) if session.has_flash else []
+    session = await current_session(request)
+    flashes = []
+    if session is not None and session.has_flash:
+        flashes = await services.web_sessions.take_flash(session.id_hash)
     user = signed_in_user(session)
     area = area_of(request)
     lacks_factor = False
@@ -84,7 +87,7 @@ async def render(
     page = {
         "area": area,
         "user": user,
-        "csrf_token": session.csrf_secret,
+        "csrf_token": await csrf_token(request),
         "flashes": flashes,
         "nav": _nav(request) if user is not None else [],
         "current_path": request.url.path,
