@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import re
 import sys
 from dataclasses import asdict
@@ -186,6 +187,30 @@ async def user_invite(services: Services, args: argparse.Namespace, actor: Actor
         f"it expires {when(offer.expires_at)}. Send it to them privately.",
         file=sys.stderr,
     )
+    return 0
+
+
+async def user_delete(services: Services, args: argparse.Namespace, actor: Actor) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise BadRequest(f"deleting {args.name} needs --yes (or type the name on a terminal)")
+        prompt = f"Delete {args.name} with their devices? Type the name to confirm: "
+        typed = await asyncio.to_thread(input, prompt)
+        if typed.strip() != args.name:
+            raise BadRequest(f"{args.name} not deleted: the name typed did not match")
+    gone = await services.accounts.delete(actor, args.name)
+    if gone.cancelled:
+        print(f"{gone.cancelled} pending sign-in(s) of {gone.name} cancelled")
+    print(
+        f"user {gone.name} deleted with {gone.devices} device(s); "
+        "the audit trail keeps their entries"
+    )
+    return 0
+
+
+async def user_rename(services: Services, args: argparse.Namespace, actor: Actor) -> int:
+    user = await services.accounts.rename(actor, args.name, args.new_name)
+    print(f"user {args.name} renamed to {user.name}")
     return 0
 
 

@@ -60,11 +60,11 @@ def add_parser(groups: Any) -> None:
     change.set_defaults(handler=client_set)
 
     ls = cmds.add_parser("list", help="list RADIUS clients (no secrets)")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(handler=client_list)
     show = cmds.add_parser("show", help="every setting of one client (no secrets)")
     show.add_argument("name")
-    show.add_argument("--json", action="store_true")
+    show.add_argument("--json", action="store_true", help="print JSON instead of a table")
     show.set_defaults(handler=client_show)
     remove = cmds.add_parser("remove", help="remove a RADIUS client")
     remove.add_argument("name")

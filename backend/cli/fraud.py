@@ -40,7 +40,7 @@ def add_parser(groups: Any) -> None:
         help="which reports (default: open)",
     )
     ls.add_argument("--user", help="only this user's reports")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ls.set_defaults(handler=fraud_list)
     review = cmds.add_parser(
         "review",

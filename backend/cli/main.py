@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import getpass
 import os
 import sys
@@ -27,10 +28,52 @@ if TYPE_CHECKING:  # loaded by the commands that need them, not for ``--help``
     from backend.services.context import Actor
 
 AdminCommand = Callable[["Services", argparse.Namespace, "Actor"], Awaitable[int]]
+JSON_HELP = "print JSON instead of a table"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose subcommands report their own unknown arguments.
+
+    Plain argparse collects what a subcommand does not know and lets the top-level parser
+    complain, with the top-level usage: ``openmfa user add carol --emial x`` then shows
+    ``usage: openmfa [-h] ... COMMAND ...``. Here the subcommand that was given the argument
+    answers, with its own usage and the nearest option it does know.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._suggestion(extras)}")
+        return parsed, extras
+
+    def _suggestion(self, extras: Sequence[str]) -> str:
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        for extra in extras:
+            if extra.startswith("--"):
+                close = difflib.get_close_matches(extra.split("=", 1)[0], known, n=1, cutoff=0.75)
+                if close:
+                    return f" (did you mean {close[0]}?)"
+        return ""
+
+
+def _policy_keys() -> str:
+    from backend.domain.policy import KEYS
+
+    width = max(len(name) for name in KEYS)
+    return "\n".join(
+        f"  {key.name:<{width}}  {key.description} (default {_default_text(key.default)})"
+        for key in KEYS.values()
+    )
+
+
+def _default_text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="openmfa",
         description="OpenMFA: self-hosted multi-factor authentication "
         "(push, offline codes, RADIUS).",
@@ -85,15 +128,17 @@ def _parser() -> argparse.ArgumentParser:
         "add", help="add a user", description="Add a user. Names compare case-insensitively."
     )
     add.add_argument("name")
-    add.add_argument("--email")
-    add.add_argument("--display-name")
+    add.add_argument(
+        "--email", help="the user's e-mail address (invitations, notices about their account)"
+    )
+    add.add_argument("--display-name", help="the name shown in the portal and the console")
     add.add_argument(
         "--password-stdin", action="store_true", help="read a local password from standard input"
     )
     add.add_argument("--admin", action="store_true", help="make the user an administrator")
     add.set_defaults(handler=admin.user_add)
     ls = user_cmds.add_parser("list", help="list users with state, devices and last sign-in")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help=JSON_HELP)
     ls.set_defaults(handler=admin.user_list)
     show = user_cmds.add_parser("show", help="one user with their devices")
     show.add_argument("name")
@@ -111,11 +156,19 @@ def _parser() -> argparse.ArgumentParser:
         cmd.set_defaults(handler=admin.user_state, reason=None)
     pw = user_cmds.add_parser("set-password", help="set the local password (from standard input)")
     pw.add_argument("name")
-    pw.add_argument("--password-stdin", action="store_true", required=True)
+    pw.add_argument(
+        "--password-stdin",
+        action="store_true",
+        required=True,
+        help="read the password from standard input (never an argument: the process list "
+        "shows arguments)",
+    )
     pw.set_defaults(handler=admin.user_set_password)
     pin = user_cmds.add_parser("set-pin", help="set the approval PIN (from standard input)")
     pin.add_argument("name")
-    pin.add_argument("--pin-stdin", action="store_true", required=True)
+    pin.add_argument(
+        "--pin-stdin", action="store_true", required=True, help="read the PIN from standard input"
+    )
     pin.set_defaults(handler=admin.user_set_pin)
     invite = user_cmds.add_parser(
         "invite",
@@ -128,6 +181,31 @@ def _parser() -> argparse.ArgumentParser:
         "--hours", type=int, default=72, help="how long the link works (default 72, at most 720)"
     )
     invite.set_defaults(handler=admin.user_invite)
+    delete = user_cmds.add_parser(
+        "delete",
+        help="delete a user with their devices",
+        description="Delete a user: their devices, pending sign-ins (cancelled), activation "
+        "codes, invitations, web sessions, reviewed fraud reports and policy overrides go "
+        "with them. The audit trail keeps every entry about them. Refused for the last "
+        "administrator, a user with open fraud reports, and a user a RADIUS client exempts "
+        "by name (a later user of that name would inherit the exemption).",
+    )
+    delete.add_argument("name")
+    delete.add_argument(
+        "--yes", action="store_true", help="do not ask (without it, type the name to confirm)"
+    )
+    delete.set_defaults(handler=admin.user_delete)
+    rename = user_cmds.add_parser(
+        "rename",
+        help="give a user a new name",
+        description="Rename a user; devices, password, PIN and policy overrides stay. The "
+        "audit trail keeps the old name on earlier entries. Refused if the new name is taken "
+        "(in any case) or a RADIUS client exempts the user by name. Renaming in the "
+        "directory (LDAP) or on the gateways is up to you: sign-ins send the new name.",
+    )
+    rename.add_argument("name", help="the current name")
+    rename.add_argument("new_name", help="the new name")
+    rename.set_defaults(handler=admin.user_rename)
     rm = user_cmds.add_parser("remove-device", help="remove one of the user's devices")
     rm.add_argument("name")
     rm.add_argument("device_id")
@@ -169,17 +247,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     pol_cmds = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
     pshow = pol_cmds.add_parser("show", help="every key with its value and source")
-    pshow.add_argument("--user")
-    pshow.add_argument("--json", action="store_true")
+    pshow.add_argument("--user", help="with this user's overrides")
+    pshow.add_argument("--json", action="store_true", help=JSON_HELP)
     pshow.set_defaults(handler=admin.policy_show)
-    pset = pol_cmds.add_parser("set", help="set KEY to VALUE")
-    pset.add_argument("key")
-    pset.add_argument("value")
+    pset = pol_cmds.add_parser(
+        "set",
+        help="set KEY to VALUE",
+        description="Set a policy, for everyone or (--user) for one user. Keys:\n"
+        + _policy_keys()
+        + "\nBooleans are true or false. `openmfa policy show` prints what is in effect.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pset.add_argument("key", help="one of the keys listed above")
+    pset.add_argument("value", help="true or false, a number, or one of the choices named")
     pset.add_argument("--user", help="override for one user only")
     pset.set_defaults(handler=admin.policy_set)
     punset = pol_cmds.add_parser("unset", help="drop a stored value")
     punset.add_argument("key")
-    punset.add_argument("--user")
+    punset.add_argument("--user", help="drop this user's override only")
     punset.set_defaults(handler=admin.policy_unset)
 
     token = groups.add_parser(
@@ -211,11 +296,16 @@ def _parser() -> argparse.ArgumentParser:
         help="read the audit trail",
         description="Audit entries, oldest of the selection first.",
     )
-    aud.add_argument("--user")
+    aud.add_argument("--user", help="only this user's entries")
     aud.add_argument("--since", type=admin.parse_since, help="ISO time or a duration back, e.g. 1h")
     aud.add_argument("--action", help="e.g. otp.verify, challenge.answer, request.refused")
-    aud.add_argument("--limit", type=int, default=100)
-    aud.add_argument("--json", action="store_true")
+    aud.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        help="how many of the newest entries that match (default 100), shown oldest first",
+    )
+    aud.add_argument("--json", action="store_true", help="print JSON (oldest first)")
     aud.set_defaults(handler=admin.audit)
 
     dev = groups.add_parser(
@@ -235,20 +325,25 @@ def _parser() -> argparse.ArgumentParser:
     dact.add_argument("uri")
     store_arg(dact)
     dact.add_argument("--name", help="device name shown to the user")
-    dact.add_argument("--platform", default="reference", choices=["reference", "ios", "android"])
+    dact.add_argument(
+        "--platform",
+        default="reference",
+        choices=["reference", "ios", "android"],
+        help="what the server records the device as (default reference)",
+    )
     dact.add_argument("--pin", help="set the approval PIN at activation")
-    dact.add_argument("--push-token")
+    dact.add_argument("--push-token", help="an APNs or FCM token (default: none, it polls)")
     dact.add_argument("--force", action="store_true", help="replace an existing store")
     dact.set_defaults(device_handler=device.activate)
     dpend = dev_cmds.add_parser("pending", help="challenges waiting for this device")
     store_arg(dpend)
-    dpend.add_argument("--json", action="store_true")
+    dpend.add_argument("--json", action="store_true", help=JSON_HELP)
     dpend.set_defaults(device_handler=device.pending)
     dans = dev_cmds.add_parser("answer", help="approve, deny or report fraud")
     dans.add_argument("challenge_id")
     dans.add_argument("answer", choices=["approve", "deny", "fraud"])
     store_arg(dans)
-    dans.add_argument("--pin")
+    dans.add_argument("--pin", help="the user's approval PIN (when the policy requires one)")
     dans.add_argument("--number", type=int, help="the number shown at sign-in")
     dans.set_defaults(device_handler=device.answer)
     dcode = dev_cmds.add_parser("code", help="the offline code, as the app shows it")
@@ -256,12 +351,17 @@ def _parser() -> argparse.ArgumentParser:
     dcode.set_defaults(device_handler=device.code)
     dwatch = dev_cmds.add_parser("watch", help="answer challenges as they arrive")
     store_arg(dwatch)
-    dwatch.add_argument("--auto", required=True, choices=["approve", "deny", "fraud"])
+    dwatch.add_argument(
+        "--auto",
+        required=True,
+        choices=["approve", "deny", "fraud"],
+        help="the answer given to every challenge",
+    )
     dwatch.add_argument("--count", type=int, help="stop after this many answers")
     dwatch.add_argument("--timeout", type=float, help="stop after this many seconds")
     dwatch.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
-    dwatch.add_argument("--pin")
-    dwatch.add_argument("--number", type=int)
+    dwatch.add_argument("--pin", help="the user's approval PIN (when the policy requires one)")
+    dwatch.add_argument("--number", type=int, help="the number to send with each approval")
     dwatch.set_defaults(device_handler=device.watch)
     ddeact = dev_cmds.add_parser("deactivate", help="remove this device on the server")
     store_arg(ddeact)

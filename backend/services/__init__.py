@@ -23,6 +23,7 @@ from backend.passwords import PasswordHasher
 from backend.push.dispatcher import PushDispatcher, close_transports
 from backend.push.factory import build_transports
 from backend.services.access import AccessService
+from backend.services.accounts import AccountService
 from backend.services.activation import ActivationService
 from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService
@@ -70,6 +71,7 @@ class Services:
     reports: ReportService
     sign_ins: SignInService
     access: AccessService
+    accounts: AccountService
     clock: Clock
     # None where push is off (CLI commands): see Services.open's ``push``.
     push: PushDispatcher | None = None
@@ -188,6 +190,7 @@ class Services:
                 reports=ReportService(db, clock),
                 sign_ins=SignInService(db, clock),
                 access=AccessService(users, challenges, fraud, web_sessions, audit),
+                accounts=AccountService(db, challenges, audit),
                 clock=clock,
                 push=dispatcher,
                 fraud_mailer=mailer,
