@@ -35,7 +35,13 @@ from uvicorn.server import ServerState
 log = logging.getLogger("openmfa.http")
 
 #: Why a connection was refused, as counted and logged.
-REASONS = ("header-too-large", "too-many-headers", "request-timeout", "too-many-connections")
+REASONS = (
+    "header-too-large",
+    "too-many-headers",
+    "request-timeout",
+    "too-many-connections",
+    "bad-request",
+)
 
 
 @dataclass(frozen=True)
@@ -150,15 +156,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if self._head_refusal is not None:
                 self._refuse_head()
                 return
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
+            # uvicorn logs each of these at warning: a flood of garbage would flood the log.
+            self._count("bad-request", "not a valid HTTP/1.1 request")
+            self.send_400_response("Invalid HTTP request received.")
             return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+            else:  # (uvicorn warns each time: curl --http2 asks for h2c on every request)
+                log.debug("an Upgrade request was served as plain HTTP/1.1")
             return
         if self._in_head and self._head_bytes > self.limits.max_header_bytes:
             self._head_refusal = "header-too-large"

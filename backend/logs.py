@@ -91,7 +91,7 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-class _OwnLoggersOnly(logging.Filter):
+class OwnLoggersOnly(logging.Filter):
     """Below ``warning``, pass only records of :data:`OWN_LOGGERS`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -131,7 +131,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Install the handler on the root logger (idempotent)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler.addFilter(_OwnLoggersOnly())
+    handler.addFilter(OwnLoggersOnly())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

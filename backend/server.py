@@ -369,6 +369,7 @@ def serve(settings: Settings, listeners: Listeners | None = None) -> None:
             host=settings.host,
             port=settings.port,
             http=protocol_class(http_limits(settings), http_metrics),
+            ws="none",  # no WebSocket routes: an Upgrade must not reach another protocol
             lifespan="on",
             log_config=None,
             access_log=False,
