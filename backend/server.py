@@ -177,7 +177,9 @@ class _MetricsServer:
     the public port: the figures name RADIUS clients and show the load, which is nobody's
     business outside (issue 13, finding 14)."""
 
-    def __init__(self, sock: socket.socket, http: HttpMetrics, radius: _Radius | None) -> None:
+    def __init__(
+        self, sock: socket.socket, http: HttpMetrics, radius: _Radius | None, limits: HttpLimits
+    ) -> None:
         from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
         async def endpoint(request: Request) -> Response:
@@ -188,7 +190,13 @@ class _MetricsServer:
 
         app = Starlette(routes=[Route("/metrics", endpoint, methods=["GET"])])
         config = uvicorn.Config(
-            app, lifespan="off", log_config=None, access_log=False, server_header=False
+            app,
+            http=protocol_class(limits, http),  # internal, but held to the same limits
+            ws="none",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
         )
         self._server = _QuietServer(config)
         self._socket = sock
@@ -358,9 +366,10 @@ def serve(settings: Settings, listeners: Listeners | None = None) -> None:
             log.info(line)
         app = create_app(settings)
         http_metrics = HttpMetrics()
+        limits = http_limits(settings)
         radius = listeners.radius
         metrics = (
-            _MetricsServer(listeners.metrics, http_metrics, radius)
+            _MetricsServer(listeners.metrics, http_metrics, radius, limits)
             if listeners.metrics is not None
             else None
         )
@@ -368,7 +377,7 @@ def serve(settings: Settings, listeners: Listeners | None = None) -> None:
             app,
             host=settings.host,
             port=settings.port,
-            http=protocol_class(http_limits(settings), http_metrics),
+            http=protocol_class(limits, http_metrics),
             ws="none",  # no WebSocket routes: an Upgrade must not reach another protocol
             lifespan="on",
             log_config=None,

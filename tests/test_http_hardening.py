@@ -294,6 +294,41 @@ def test_metrics_are_not_on_the_public_port_but_on_their_own_listener(live: Live
     assert httpx.get(f"http://127.0.0.1:{live.metrics_port}/healthz", timeout=5).status_code == 404
 
 
+def test_refusals_are_counted_and_logged_once_a_minute_not_each_time(live: Live) -> None:
+    def refused(reason: str) -> float:
+        text = httpx.get(f"http://127.0.0.1:{live.metrics_port}/metrics", timeout=5).text
+        match = re.search(rf'openmfa_http_refused_total{{reason="{reason}"}} ([0-9.]+)', text)
+        assert match, text
+        return float(match.group(1))
+
+    before = refused("bad-request")
+    for _ in range(5):
+        with _connect(live.server.port) as sock:
+            sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            assert _status(_read_to_eof(sock, time.monotonic() + 10)) == 400
+    assert refused("bad-request") == before + 5
+    lines = [
+        e
+        for e in _log_lines(live.server)
+        if e.get("reason") == "bad-request" and e["level"] != "debug"
+    ]
+    assert len(lines) <= 1, lines
+    assert "Invalid HTTP request received" not in live.server.log
+
+
+@pytest.mark.parametrize("value", ["localhost:9108", "127.0.0.1", "127.0.0.1:0", "1.2.3.4:x"])
+def test_metrics_listen_is_an_ip_and_a_port(tmp_path: Path, value: str) -> None:
+    from backend.config import load_settings
+    from backend.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="metrics_listen"):
+        load_settings(home=tmp_path, metrics_listen=value)
+    assert load_settings(home=tmp_path, metrics_listen="[::1]:9108").metrics_address == (
+        "::1",
+        9108,
+    )
+
+
 # -- finding 20 and color_message: what the log must never hold ----------------------------------
 
 
