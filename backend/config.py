@@ -66,8 +66,8 @@ class Settings(BaseModel):
     # Request line and headers together; beyond, 431 and the connection is closed.
     http_max_header_bytes: int = Field(default=16384, ge=1024, le=1048576)
     http_max_headers: int = Field(default=100, ge=10, le=1000)
-    # From a connection's first byte to the end of the request's body; never the response,
-    # so long-polls are not cut. Beyond, 408 and the connection is closed.
+    # From the connection's opening (a later request: its first byte) to the end of the
+    # request's body; never the response, so long-polls are not cut. Beyond, 408 and close.
     http_request_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # Connections open at once in this process (each held long-poll is one); beyond, 503.
     http_max_connections: int = Field(default=30000, ge=10, le=1000000)

@@ -6,11 +6,13 @@ connections that never finished their headers were held for ever (issue 13, find
 httptools (llhttp) has no header limit of its own and uvicorn arms no timer before a
 connection's first response, so both are added here, around the parser:
 
-* the head (request line and headers) is counted as it arrives, chunk by chunk, so a head
-  that never ends is refused once it passes the limit, holding at most one read buffer more;
-* the deadline runs from a connection's first byte (or from its opening, for one that sends
-  nothing) to the end of the request's body. It never touches the response: a long-poll
-  (``?wait=55``) has arrived whole before it starts waiting, so it is not affected;
+* the head (request line and headers) is counted as it arrives, read by read, so a head
+  that never ends is refused once it passes the limit, holding at most two reads more;
+* the deadline runs from the opening of the connection (for its first request) or from a
+  request's first byte (for later ones on a kept-alive connection) to the end of the
+  request's body. It never touches the response: a long-poll (``?wait=55``) has arrived
+  whole before it starts waiting, so it is not affected. A timer runs only while a request
+  is incomplete after a read, so the usual request costs none;
 * the cap refuses a connection as soon as it is accepted, before anything is read.
 
 Each refusal is counted in :class:`HttpMetrics` and logged once a minute at most per reason:
@@ -125,6 +127,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_size = 0  # the head as parsed so far: URL and complete headers
         self._header_count = 0
         self._head_refusal: str | None = None
+        # When the request still arriving began (or the connection opened); None between
+        # requests. A timer runs only while a request is incomplete after a read: the usual
+        # request arrives in one read and costs no timer at all.
+        self._pending_since: float | None = None
         self._deadline: asyncio.TimerHandle | None = None
 
     # -- connection ---------------------------------------------------------------------------
@@ -138,6 +144,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._count("too-many-connections", f"{len(self.connections)} connections open")
             return
         super().connection_made(transport)
+        self._pending_since = self.loop.time()
         self._arm_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -169,6 +176,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and self._head_bytes > self.limits.max_header_bytes:
             self._head_refusal = "header-too-large"
             self._refuse_head()
+        elif self._pending_since is not None and self._deadline is None:
+            self._arm_deadline()
 
     # -- parser callbacks ---------------------------------------------------------------------
 
@@ -181,8 +190,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_size = 0
         self._header_count = 0
-        if self._deadline is None:
-            self._arm_deadline()
+        if self._pending_since is None:
+            self._pending_since = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self._grow_head(len(url))
@@ -201,6 +210,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._pending_since = None
         self._cancel_deadline()
         super().on_message_complete()
 
@@ -222,8 +232,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _arm_deadline(self) -> None:
         self._cancel_deadline()
-        self._deadline = self.loop.call_later(
-            self.limits.request_timeout_seconds, self._deadline_passed
+        began = self.loop.time() if self._pending_since is None else self._pending_since
+        self._deadline = self.loop.call_at(
+            began + self.limits.request_timeout_seconds, self._deadline_passed
         )
 
     def _cancel_deadline(self) -> None:
