@@ -246,6 +246,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport is None or self.transport.is_closing():
             return
+        if self.flow is not None and self.flow.read_paused:
+            # We stopped reading (a pipelined request waits for the answer before it, or the
+            # application has not taken the body read so far): the wait is ours, not the
+            # client's. Count again from now.
+            self._pending_since = self.loop.time()
+            self._arm_deadline()
+            return
         cycle = self.cycle
         if self._in_head:  # a head began but did not end
             answer: bytes | None = _TIMEOUT

@@ -218,22 +218,27 @@ def test_a_body_that_never_arrives_gets_408(live: Live) -> None:
     assert _status(answer) == 408, answer[:200]
 
 
-def test_a_long_poll_outlives_the_request_deadline(live: Live, tmp_path: Path) -> None:
-    live.cli("user", "add", "lena")
-    created = live.cli("activation", "create", "lena").stdout
+def _pending_push(live: Live, user: str) -> tuple[str, str]:
+    """A user with an app, a gateway token and a pending push: (auth id, token)."""
+    live.cli("user", "add", user)
+    created = live.cli("activation", "create", user).stdout
     match = re.search(r"^uri:\s+(\S+)$", created, re.MULTILINE)
     assert match, created
     AppClient().activate(match.group(1))
-    token = live.cli("token", "create", "gw-longpoll").stdout.strip()
+    token = live.cli("token", "create", f"gw-{user}").stdout.strip()
     with httpx.Client(
         base_url=live.server.url, headers={"authorization": f"Bearer {token}"}, timeout=10
     ) as gateway:
         started = gateway.post(
             "/gateway/v1/authentications",
-            json={"user": "lena", "method": "push", "context": {"client_name": "vpn"}},
+            json={"user": user, "method": "push", "context": {"client_name": "vpn"}},
         )
     assert started.status_code == 201, started.text
-    auth_id = started.json()["id"]
+    return str(started.json()["id"]), token
+
+
+def test_a_long_poll_outlives_the_request_deadline(live: Live) -> None:
+    auth_id, token = _pending_push(live, "lena")
     wait = REQUEST_TIMEOUT * 2
     with _connect(live.server.port) as sock:
         began = time.monotonic()
@@ -260,6 +265,31 @@ def test_a_long_poll_outlives_the_request_deadline(live: Live, tmp_path: Path) -
     assert body["state"] == "pending"
     assert took >= wait * 0.9, took
     assert _status(second) == 200, second[:200]
+
+
+def test_a_request_pipelined_behind_a_long_poll_waits_for_it(live: Live) -> None:
+    """While the server does not read (the request before is still being answered), the
+    wait is the server's: the deadline does not cut the connection."""
+    auth_id, token = _pending_push(live, "nora")
+    wait = REQUEST_TIMEOUT * 2
+    with _connect(live.server.port) as sock:
+        sock.sendall(
+            f"GET /gateway/v1/authentications/{auth_id}?wait={wait} HTTP/1.1\r\n"
+            f"Host: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+            "POST /pipush/v1/push HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\n".encode()
+        )
+        wait_for(
+            lambda: request_consumed(live.server.port, sock.getsockname()[1]),
+            10,
+            "the server to read both heads",
+        )
+        sock.sendall(b"a=1")  # the body arrives at once, but the server reads it only later
+        answers = _read_to_eof(sock, time.monotonic() + wait + 20)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answers)
+    assert statuses[0] == b"200", answers[:300]
+    assert len(statuses) == 2, answers
+    assert statuses[1] != b"408", answers
 
 
 # -- finding 12: a client that goes away mid-body ------------------------------------------------
