@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect
 
 from backend.api import app_v1, bridge_v1, gateway_v1, health, openapi, pipush_v1
 from backend.api.middleware import RequestIdMiddleware
-from backend.api.problems import http_error, openmfa_error, unexpected_error
+from backend.api.problems import client_gone, http_error, openmfa_error, unexpected_error
 from backend.config import Settings
 from backend.errors import OpenMFAError
 from backend.services import Services
@@ -46,6 +47,7 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
         exception_handlers={
             OpenMFAError: openmfa_error,
             HTTPException: http_error,
+            ClientDisconnect: client_gone,
             Exception: unexpected_error,
         },
         lifespan=lifespan,

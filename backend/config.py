@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +61,18 @@ class Settings(BaseModel):
     # commit, per batch on the hot path), at a measured ~35% of the OTP throughput.
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     db_pool_size: int = Field(default=10, ge=1)
+
+    # -- the HTTP server's limits (docs/configuration.md, "HTTP limits") --
+    # Request line and headers together; beyond, 431 and the connection is closed.
+    http_max_header_bytes: int = Field(default=16384, ge=1024, le=1048576)
+    http_max_headers: int = Field(default=100, ge=10, le=1000)
+    # From the connection's opening (a later request: its first byte) to the end of the
+    # request's body; never the response, so long-polls are not cut. Beyond, 408 and close.
+    http_request_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # Connections open at once in this process (each held long-poll is one); beyond, 503.
+    http_max_connections: int = Field(default=30000, ge=10, le=1000000)
+    # Prometheus metrics on a listener of their own (HOST:PORT); empty: not served at all.
+    metrics_listen: str = ""
 
     # -- push (docs/push.md). A transport left unconfigured is reported at start; its
     # devices are served by polling. --
@@ -119,6 +132,13 @@ class Settings(BaseModel):
                 raise ValueError("radius_host must be an IP address (or empty)") from None
         return value
 
+    @field_validator("metrics_listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            _split_host_port(value)
+        return value
+
     @field_validator("issuer")
     @classmethod
     def _plain_issuer(cls, value: str) -> str:
@@ -139,6 +159,11 @@ class Settings(BaseModel):
         return f"http://{host}:{self.port}"
 
     @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``metrics_listen`` as (host, port), or ``None`` when metrics are off."""
+        return _split_host_port(self.metrics_listen) if self.metrics_listen else None
+
+    @property
     def resolved_radius_host(self) -> str:
         """Where ``openmfa run`` serves RADIUS: ``radius_host``, else the HTTP host."""
         return self.radius_host or self.host
@@ -157,6 +182,19 @@ class Settings(BaseModel):
     def uses_sqlite(self) -> bool:
         """True for the embedded default."""
         return self.resolved_database_url.startswith("sqlite")
+
+
+def _split_host_port(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` with an IP address literal and a port 1-65535."""
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError("must be IP:PORT (an IP address, e.g. 127.0.0.1:9108)") from None
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise ValueError("must be IP:PORT with a port from 1 to 65535")
+    return host, int(port)
 
 
 def _from_environment() -> dict[str, Any]:

@@ -4,10 +4,12 @@ the built-in RADIUS bridge (UDP ``radius_port``) talking to the app in-process."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
 import socket
+from collections.abc import Iterator
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,7 @@ from starlette.routing import Route
 from backend.app import create_app
 from backend.config import Settings
 from backend.errors import ConfigurationError
+from backend.http_limits import HttpLimits, HttpMetrics, protocol_class
 from backend.logs import configure_logging
 from backend.push.factory import push_summary
 from backend.services import Services
@@ -44,10 +47,17 @@ class _Server(uvicorn.Server):
     gone before the lifespan closes the services under it.
     """
 
-    def __init__(self, config: uvicorn.Config, app: Starlette, radius: _Radius | None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        app: Starlette,
+        radius: _Radius | None,
+        metrics: _MetricsServer | None = None,
+    ) -> None:
         super().__init__(config)
         self._app = app
         self._radius = radius
+        self._metrics = metrics
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Task[None] | None = None
 
@@ -63,11 +73,15 @@ class _Server(uvicorn.Server):
             except Exception:
                 log.exception("the RADIUS bridge did not start")
                 self.should_exit = True
+        if self._metrics is not None and not self.should_exit:
+            self._metrics.start()
         if not self.should_exit:
             freeze_startup_heap()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await self._begin_closing()
+        if self._metrics is not None:
+            await self._metrics.stop()
         await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -157,14 +171,163 @@ class _Radius:
             for sock in self.sockets.values():
                 sock.close()
 
-    def metrics_route(self) -> Route:
-        """``GET /metrics``: the bridge's Prometheus metrics on the HTTP server."""
-        from radius_bridge.metrics import CONTENT_TYPE
+
+class _MetricsServer:
+    """``GET /metrics`` (Prometheus) on a listener of its own (``metrics_listen``), never on
+    the public port: the figures name RADIUS clients and show the load, which is nobody's
+    business outside (issue 13, finding 14)."""
+
+    def __init__(
+        self, sock: socket.socket, http: HttpMetrics, radius: _Radius | None, limits: HttpLimits
+    ) -> None:
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
         async def endpoint(request: Request) -> Response:
-            return Response(self.metrics.render(), media_type=CONTENT_TYPE)
+            text = generate_latest(http.registry)
+            if radius is not None:
+                text += radius.metrics.render()
+            return Response(text, media_type=CONTENT_TYPE_LATEST)
 
-        return Route("/metrics", endpoint, methods=["GET"])
+        app = Starlette(routes=[Route("/metrics", endpoint, methods=["GET"])])
+        config = uvicorn.Config(
+            app,
+            http=protocol_class(limits, http),  # internal, but held to the same limits
+            ws="none",
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+        )
+        self._server = _QuietServer(config)
+        self._socket = sock
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._server.serve(sockets=[self._socket])
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._server.should_exit = True
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without signal handling of its own: the main server's handlers stop it."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Listeners:
+    """Every socket ``openmfa run`` serves on, bound before anything else happens.
+
+    :func:`claim_listeners` binds them before the database is opened, so a second
+    ``openmfa run`` on busy ports stops with one clear line and changes nothing (it used to
+    print a new bootstrap link first, which invalidated the running server's).
+    """
+
+    def __init__(
+        self, http: list[socket.socket], radius: _Radius | None, metrics: socket.socket | None
+    ) -> None:
+        self.http = http
+        self.radius = radius
+        self.metrics = metrics
+
+    def close(self) -> None:
+        """Release whatever was not handed over to a running server."""
+        for sock in self.http:
+            sock.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.radius is not None:
+            self.radius.close_sockets()
+
+
+def _bind_tcp(host: str, port: int, what: str, hint: str) -> list[socket.socket]:
+    """Bound (not yet listening) TCP sockets for ``host``, as asyncio would bind them: one
+    per address the host resolves to, IPv6 ones IPv6-only."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen for {what} on {host!r}: {exc}") from exc
+    bound: list[socket.socket] = []
+    seen: set[tuple[int, object]] = set()
+    for family, kind, proto, _, address in infos:
+        if (family, address) in seen:
+            continue
+        seen.add((family, address))
+        sock = socket.socket(family, kind, proto)
+        bound.append(sock)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+        except OSError as exc:
+            for each in bound:
+                each.close()
+            shown = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]
+            raise ConfigurationError(
+                f"cannot listen for {what} on TCP {shown}:{port}: {exc.strerror or exc}; {hint}"
+            ) from exc
+    return bound
+
+
+def claim_listeners(settings: Settings) -> Listeners:
+    """Bind the HTTP port, the RADIUS UDP port(s) and the metrics port, or raise
+    :class:`ConfigurationError` naming the one that is taken (nothing is left bound)."""
+    http = _bind_tcp(
+        settings.host,
+        settings.port,
+        "HTTP",
+        "is another `openmfa run` using it? Stop it, or choose another port with --port",
+    )
+    radius: _Radius | None = None
+    metrics: list[socket.socket] = []
+    try:
+        if settings.radius_port:
+            radius = _Radius(settings)
+        address = settings.metrics_address
+        if address is not None:
+            metrics = _bind_tcp(
+                address[0], address[1], "metrics", "choose another metrics_listen address"
+            )
+    except BaseException:
+        for sock in http:
+            sock.close()
+        if radius is not None:
+            radius.close_sockets()
+        raise
+    return Listeners(http, radius, metrics[0] if metrics else None)
+
+
+def http_limits(settings: Settings) -> HttpLimits:
+    """The HTTP server's limits from the settings; connections within the open-files limit."""
+    from radius_bridge.server import raise_file_limit
+
+    # Each gateway long-poll (and each request a standalone bridge holds) is a connection:
+    # allow as many as the system does.
+    files = raise_file_limit(max(65536, settings.http_max_connections + 1024))
+    connections = min(settings.http_max_connections, max(64, files - 1024))
+    if connections < settings.http_max_connections:
+        log.warning(
+            "open files are limited to %d: at most %d HTTP connections at once "
+            "(raise LimitNOFILE / ulimit -n)",
+            files,
+            connections,
+        )
+    return HttpLimits(
+        max_header_bytes=settings.http_max_header_bytes,
+        max_headers=settings.http_max_headers,
+        request_timeout_seconds=settings.http_request_timeout_seconds,
+        max_connections=connections,
+    )
 
 
 def freeze_startup_heap() -> int:
@@ -194,33 +357,42 @@ def check_startup(settings: Settings) -> None:
     asyncio.run(check())
 
 
-def serve(settings: Settings) -> None:
-    """Serve until stopped. Blocking."""
+def serve(settings: Settings, listeners: Listeners | None = None) -> None:
+    """Serve until stopped, on ``listeners`` (claimed here if not given). Blocking."""
     configure_logging(settings.log_level, settings.log_format)
-    for line in push_summary(settings):  # which devices get pushes, which poll
-        log.info(line)
-    app = create_app(settings)
-    # Each gateway long-poll (and each request the built-in bridge holds, standalone
-    # bridges' long-polls included) is a connection: allow as many as the system does.
-    from radius_bridge.server import raise_file_limit
-
-    raise_file_limit(65536)
-    radius = _Radius(settings) if settings.radius_port else None
-    if radius is not None:
-        app.router.routes.append(radius.metrics_route())
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-        server_header=False,
-        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds)),
-    )
+    listeners = listeners or claim_listeners(settings)
     try:
-        _Server(config, app, radius).run()
+        for line in push_summary(settings):  # which devices get pushes, which poll
+            log.info(line)
+        app = create_app(settings)
+        http_metrics = HttpMetrics()
+        limits = http_limits(settings)
+        radius = listeners.radius
+        metrics = (
+            _MetricsServer(listeners.metrics, http_metrics, radius, limits)
+            if listeners.metrics is not None
+            else None
+        )
+        config = uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            http=protocol_class(limits, http_metrics),
+            ws="none",  # no WebSocket routes: an Upgrade must not reach another protocol
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds)),
+        )
+        for sock in listeners.http:
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+            log.info("serving HTTP on %s:%d", shown, port)
+        if listeners.metrics is not None:
+            host, port = listeners.metrics.getsockname()[:2]
+            log.info("serving Prometheus metrics on http://%s:%d/metrics", host, port)
+        _Server(config, app, radius, metrics).run(sockets=listeners.http)
     finally:
-        if radius is not None:
-            radius.close_sockets()
+        listeners.close()

@@ -106,8 +106,13 @@ def pool() -> Iterator[ThreadPoolExecutor]:
 def test_openmfa_run_serves_radius_in_process_over_ipv6(
     tmp_path: Path, pool: ThreadPoolExecutor
 ) -> None:
-    port, udp = free_port(), free_udp_port("::1")
-    env = env_for(port, OPENMFA_RADIUS_PORT=str(udp), OPENMFA_RADIUS_HOST="::1")
+    port, udp, metrics_port = free_port(), free_udp_port("::1"), free_port()
+    env = env_for(
+        port,
+        OPENMFA_RADIUS_PORT=str(udp),
+        OPENMFA_RADIUS_HOST="::1",
+        OPENMFA_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
+    )
     cli = Cli(tmp_path, **env)
     cli("db", "upgrade")
     with ServerProcess(tmp_path, port, env) as server:
@@ -126,8 +131,8 @@ def test_openmfa_run_serves_radius_in_process_over_ipv6(
         device.answer(pending_one(device), "approve")
         assert reply.result(30).code == "Access-Accept"
 
-        # Metrics on the backend's own HTTP server.
-        metrics = httpx.get(server.url + "/metrics", timeout=5).text
+        # Metrics on a listener of their own, never on the public port.
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         assert 'openmfa_radius_responses_total{client="vpn6",code="accept"} 1.0' in metrics
         assert "openmfa_radius_held_requests 0.0" in metrics
 

@@ -490,12 +490,19 @@ def _main(argv: Sequence[str] | None) -> int:
             return radius_main(args.args, configure_logging)
         settings = _settings(args)
         if args.handler == "run":
-            from backend.server import check_startup, serve
+            from backend.server import check_startup, claim_listeners, serve
 
-            check_startup(settings)
-            bootstrap = asyncio.run(_admin_bootstrap(settings))
-            _banner(settings, bootstrap)
-            serve(settings)
+            # The ports first: a second `openmfa run` on busy ports must stop before it
+            # touches the database (a new bootstrap link would void the running server's).
+            listeners = claim_listeners(settings)
+            try:
+                check_startup(settings)
+                bootstrap = asyncio.run(_admin_bootstrap(settings))
+                _banner(settings, bootstrap)
+            except BaseException:
+                listeners.close()
+                raise
+            serve(settings, listeners)
             return 0
         if args.handler == "db-upgrade":
             return _db_upgrade(settings)
