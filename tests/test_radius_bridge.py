@@ -232,20 +232,46 @@ def test_a_new_request_for_a_user_with_a_pending_push_joins_it(
     lab.client(name_of(request), [source], SECRET, mode="push", primary="none")
     user = name_of(request)
     device = lab.user(user)
+    station = {"Calling_Station_Id": "203.0.113.9", "NAS_Identifier": "vpn-1"}
     first_try = pool.submit(
         lab.pyrad(source, SECRET, timeout=30).SendPacket,
-        access_request(lab.pyrad(source, SECRET), user),
+        access_request(lab.pyrad(source, SECRET), user, **station),
     )
     challenge_id = one_pending(device)
     # An old AnyConnect resends as a *new* request (new Id and authenticator).
     second_client = lab.pyrad(source, SECRET, timeout=30)
-    second_try = pool.submit(second_client.SendPacket, access_request(second_client, user))
+    second_try = pool.submit(
+        second_client.SendPacket, access_request(second_client, user, **station)
+    )
     held_until(lab, 2)
     assert len(device.pending()) == 1
     device.answer(challenge_id, "approve")
     assert first_try.result(30).code == ACCEPT
     assert second_try.result(30).code == ACCEPT
     assert starts(lab, user) == 1
+
+
+def test_requests_without_calling_station_id_never_share_a_push(
+    lab: RadiusLab, source: str, pool: ThreadPoolExecutor, request: pytest.FixtureRequest
+) -> None:
+    """Issue 13 finding 4: two Access-Requests for one user, neither with Calling-Station-Id,
+    shared one push, and the user's approval accepted the attacker's request too."""
+    lab.client(name_of(request), [source], SECRET, mode="push", primary="none")
+    user = name_of(request)
+    device = lab.user(user)
+    users_client = lab.pyrad(source, SECRET, timeout=30)
+    users_try = pool.submit(users_client.SendPacket, access_request(users_client, user))
+    users_challenge = one_pending(device)
+    attackers_client = lab.pyrad(source, SECRET, timeout=30)
+    attackers_try = pool.submit(attackers_client.SendPacket, access_request(attackers_client, user))
+    wait_for(lambda: len(device.pending()) == 2, 10, "a second push for the second request")
+    assert starts(lab, user) == 2
+    device.answer(users_challenge, "approve")
+    assert users_try.result(30).code == ACCEPT
+    # The other request is decided by its own push, which the user denies.
+    (attackers_challenge,) = [c["id"] for c in device.pending() if c["id"] != users_challenge]
+    device.answer(str(attackers_challenge), "deny")
+    assert attackers_try.result(30).code == REJECT
 
 
 # -- challenge and otp modes ----------------------------------------------------------------------

@@ -34,8 +34,9 @@ Rules (issue 4), in the order they apply:
    empty / non-numeric answer (wait for the push); *otp*: Access-Challenge for the code.
    A user who can only answer with codes gets the otp challenge in every mode; with number
    matching, push mode answers a challenge too, since the number must be shown somewhere.
-   A new request for a user whose push is still pending, from the same Calling-Station-Id,
-   joins that push instead of sending another (:mod:`.pending`).
+   A new request for a user whose push is still pending joins that push instead of sending
+   another only when it is provably the same sign-in: same non-empty Calling-Station-Id,
+   same NAS-Identifier and NAS-IP-Address (:mod:`.pending`).
 6. Refusals: unknown or unenrolled users per the client's ``unenrolled`` (``allow`` audits);
    blocked, disabled, locked: Reject at once, no push.
 7. ``Unavailable`` (backend down or slow) during the second factor: failmode ``secure``
@@ -84,7 +85,7 @@ from radius_bridge.model import (
     VerifyPassword,
     WaitOutcome,
 )
-from radius_bridge.protocol.pending import PendingPush, PendingPushes
+from radius_bridge.protocol.pending import PendingPush, PendingPushes, SignIn
 from radius_bridge.protocol.state import StateTable, new_state
 
 Flow = Generator[Effect, Result, Decision]
@@ -317,7 +318,11 @@ class _Flow:
     def _second_factor(self) -> Flow:
         """Push and challenge modes: start a push (or join the pending one)."""
         client = self.client
-        origin = self.request.calling_station_id
+        origin = SignIn(
+            self.request.calling_station_id,
+            self.request.nas_identifier,
+            self.request.nas_ip_address,
+        )
         entry = self.pushes.joinable(client.name, self.user, self.clock(), origin)
         if entry is not None:
             if client.mode == "challenge" or entry.number is not None:
