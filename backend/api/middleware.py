@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.api.problems import unexpected_error
 from backend.logs import request_id_var
 
-_VALID_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Pages whose last path segment is a one-time credential (an invitation, the first
 # administrator's link): the access log names the page, never the token.
 _CREDENTIAL_PATHS = re.compile(r"^(/portal/invite/|/admin/bootstrap/)[^/]+")
@@ -36,7 +36,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _VALID_ID.match(given) else secrets.token_hex(8)
+        request_id = given if _VALID_ID.fullmatch(given) else secrets.token_hex(8)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
