@@ -66,6 +66,7 @@ from radius_bridge.model import (
     UpstreamAuthenticate,
     WaitOutcome,
 )
+from radius_bridge.names import printable
 from radius_bridge.protocol.core import Absorbed, Begin, BridgeCore, Drop, Send
 from radius_bridge.transport import Peer, RadiusProtocol, listen, make_socket
 from radius_bridge.upstream import UpstreamClient
@@ -404,17 +405,19 @@ class Bridge:
         sent = {2: "accept", 3: "reject", 11: "challenge"}.get(data[0], kind)
         self.metrics.requests.labels(request.client.name, sent).inc()
         self.metrics.latency.labels(sent).observe(took)
+        # Escaped: a User-Name is whatever the gateway sent (a refused "alice\n" included).
+        user = printable(request.user or request.user_name)
         decisions_log.info(
             "%s %s for %s at %s: %s",
             "RADIUS",
             sent,
-            request.user or request.user_name,
+            user,
             request.client.name,
             decision.reason,
             extra={
                 "client": request.client.name,
                 "peer": request.source[0],
-                "user": request.user or request.user_name,
+                "user": user,
                 "decision": sent,
                 "reason": decision.reason,
                 "latency_ms": round(took * 1000, 1),

@@ -414,6 +414,29 @@ def test_unenrolled_user_per_the_client_policy(
     assert client.SendPacket(access_request(client, name, "wrong")).code == REJECT
 
 
+def test_a_user_name_with_a_newline_is_rejected_and_audited(
+    lab: RadiusLab, source: str, request: pytest.FixtureRequest
+) -> None:
+    """Issue 13 finding 8: ``alice\n`` passed the name check as an unknown user, so a
+    client with ``unenrolled allow`` answered Access-Accept without a second factor."""
+    name = name_of(request)
+    lab.client(name, [source], SECRET, mode="push", primary="none", unenrolled="allow")
+    device = lab.user(name)
+    client = lab.pyrad(source, SECRET)
+    answer = client.SendPacket(access_request(client, name + "\n"))
+    assert answer.code == REJECT
+    assert device.pending() == []
+    wait_for(
+        lambda: len(lab.audit(name + "\\n", "radius.invalid_attribute")) == 1,
+        10,
+        "the bridge's audit row",
+    )
+    (row,) = lab.audit(name + "\\n", "radius.invalid_attribute")
+    assert row.result == "reject"
+    assert "User-Name holds a control character" in row.detail
+    assert lab.audit(name, "radius.unenrolled_allowed") == []
+
+
 def test_exempt_user_skips_the_second_factor_and_is_audited(
     lab: RadiusLab, source: str, request: pytest.FixtureRequest
 ) -> None:

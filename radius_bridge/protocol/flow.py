@@ -16,6 +16,8 @@
 
 Rules (issue 4), in the order they apply:
 
+0. A request whose User-Name, Calling-Station-Id or NAS-Identifier holds a control character
+   (``alice\n``) is rejected at once, with an ``Audit`` that shows the value escaped.
 1. A request carrying a State answers a challenge round: the State must be known, unused,
    younger than 300 s and bound to this client and user, or the answer is Reject.
 2. ``password<sep>code`` in User-Password: split at the *last* separator, and only when what
@@ -85,6 +87,7 @@ from radius_bridge.model import (
     VerifyPassword,
     WaitOutcome,
 )
+from radius_bridge.names import printable
 from radius_bridge.protocol.pending import PendingPush, PendingPushes, SignIn
 from radius_bridge.protocol.state import StateTable, new_state
 
@@ -218,6 +221,17 @@ class _Flow:
     # -- entry -------------------------------------------------------------------------------
 
     def run(self) -> Flow:
+        if self.request.malformed is not None:
+            yield Audit(
+                "radius.invalid_attribute",
+                printable(self.request.user_name),
+                f"client {self.client.name} ({self.request.source[0]}): "
+                f"{self.request.malformed}; refused. User-Name "
+                f"{printable(self.request.user_name, 160)!r}, Calling-Station-Id "
+                f"{printable(self.request.calling_station_id or '', 64)!r}, NAS-Identifier "
+                f"{printable(self.request.nas_identifier or '', 64)!r}",
+            )
+            return Reject("invalid-attribute")
         if not self.user:
             return Reject("invalid-name")
         if self.request.state is not None:
