@@ -260,6 +260,8 @@ RefusedKind = Literal[
     # Any other 4xx: the backend said no for a reason this bridge does not know (a newer
     # backend). Still a refusal, so a reject, never the failmode.
     "refused",
+    # The backend refused the bridge itself (its token revoked, or of the wrong scope).
+    "bridge-unauthorized",
 ]
 #: The backend's problem types the flow understands as "this user may not sign in now".
 REFUSED_KINDS: frozenset[str] = frozenset(get_args(RefusedKind))

@@ -41,7 +41,7 @@ from typing import Any
 
 import httpx
 
-from radius_bridge.backend_client import BackendClient, BackendError
+from radius_bridge.backend_client import BackendClient, BackendError, CredentialRefused
 from radius_bridge.cache import CachedDocument, CacheError, ClientsCache
 from radius_bridge.clients import (
     ClientList,
@@ -60,6 +60,7 @@ from radius_bridge.model import (
     Decision,
     Done,
     Effect,
+    Refused,
     Reject,
     Result,
     Unavailable,
@@ -126,6 +127,7 @@ class Bridge:
             backend_connections=settings.backend_connections,
             max_long_polls=settings.max_held,
             on_unavailable=self._count_unavailable,
+            on_credential_refused=self._credential_refused,
         )
         self.upstream = UpstreamClient(dictionary=self.core.dictionary)
         self.cache = (
@@ -145,6 +147,7 @@ class Bridge:
         self._drop_log_window = (0.0, 0)
         self._failing_since: float | None = None
         self._failure_logged = 0.0
+        self._refusal_logged: float | None = None
         self.table_loaded = asyncio.Event()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -162,6 +165,16 @@ class Bridge:
         self._loop = asyncio.get_running_loop()
         await self._bind(sockets or {})
         if not await self.refresh_clients() and not self.table_loaded.is_set():
+            if self.core.credential_refused is not None:
+                # A revoked token: the cache sealed with it was deleted; serving it would
+                # be exactly what revoking was meant to stop.
+                await self._close_endpoints()
+                await self.backend.aclose()
+                await self.upstream.aclose()
+                raise StartupError(
+                    f"{self.core.credential_refused}; not serving the cached client list. "
+                    "Create a new token (openmfa token create NAME --scope bridge)"
+                )
             self._load_cache()
         self._background.append(asyncio.create_task(self._refresh_loop(), name="radius-refresh"))
         self._background.append(
@@ -371,7 +384,7 @@ class Bridge:
             result = await self.backend.perform(
                 effect, loop.time() + 3 * self.settings.http_timeout
             )
-            if isinstance(result, Unavailable):
+            if isinstance(result, Unavailable | Refused):
                 self._audit_lost(effect, result.detail)
 
         task = loop.create_task(deliver())
@@ -427,6 +440,25 @@ class Bridge:
     def _count_unavailable(self, effect: str) -> None:
         self.metrics.backend_errors.labels(effect).inc()
 
+    def _credential_refused(self, why: str) -> None:
+        """The backend refused this bridge's token (revoked, wrong scope): reject every
+        request from now on, whatever the failmode, and delete the clients cache sealed
+        with that token. Loud (ERROR, once a minute): nobody can sign in through here."""
+        self.core.credential_refused = why
+        if self.cache is not None:
+            try:
+                self.cache.discard()
+            except CacheError as exc:
+                log.error("%s", exc)
+        now = time.monotonic()
+        if self._refusal_logged is None or now - self._refusal_logged >= 60:
+            self._refusal_logged = now
+            log.error(
+                "%s: every RADIUS request is rejected until the bridge has a valid token "
+                "(openmfa token create NAME --scope bridge, then restart the bridge)",
+                why,
+            )
+
     # -- the client table ------------------------------------------------------------------------
 
     async def refresh_clients(self) -> bool:
@@ -439,6 +471,10 @@ class Bridge:
                 loaded = None if document is None else parse_clients(document.data)
                 if document is not None:  # parsed: a document the bridge cannot use is not kept
                     self._save_cache(document)
+        except CredentialRefused as exc:
+            self.metrics.client_refresh_failures.inc()
+            self._credential_refused(str(exc))
+            return False
         except (BackendError, ClientsError, OSError) as exc:
             self.metrics.client_refresh_failures.inc()
             now = time.monotonic()
@@ -458,6 +494,10 @@ class Bridge:
             if self._failing_since is None:
                 self._failing_since = now
             return False
+        if self.core.credential_refused is not None and self.settings.clients_file is None:
+            log.warning("the backend accepts this bridge's token again")
+            self.core.credential_refused = None
+            self._refusal_logged = None
         if self._failing_since is not None:
             log.info(
                 "the RADIUS client list can be read again (after %.0f s)",

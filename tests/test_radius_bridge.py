@@ -728,3 +728,61 @@ def test_a_bridge_restarted_while_the_backend_is_down_serves_from_its_clients_ca
     with BridgeThread(bridge_settings(unreachable, "omfa_other", clients_cache=cache)) as bridge:
         assert bridge.revision is None
         assert status_server(lab, source, secret, bridge) is None
+
+
+# -- a revoked bridge token (issue 13 finding 15) -------------------------------------------------
+
+
+def pyrad_to(lab: RadiusLab, bridge: BridgeThread, source: str, secret: str) -> Any:
+    client = lab.pyrad(source, secret, timeout=10)
+    client.authport = bridge.port()
+    return client
+
+
+def test_a_revoked_bridge_token_rejects_everyone_whatever_the_failmode(
+    lab: RadiusLab, source: str, request: pytest.FixtureRequest
+) -> None:
+    """A 401 was taken as "backend down": with failmode safe, alice and an unknown user got
+    Access-Accept as soon as the bridge's token was revoked."""
+    name = name_of(request)
+    exempt = f"{name}-exempt"
+    lab.client(
+        name,
+        [source],
+        SECRET,
+        mode="push",
+        primary="none",
+        failmode="safe",
+        unenrolled="allow",
+        exempt_users=[exempt],
+    )
+    device = lab.user(name)
+    token = lab.api.run(lab.api.services.tokens.create(ADMIN, name, scope="bridge"))
+    with BridgeThread(bridge_settings(lab.api.url, token)) as bridge:
+        wait_for(lambda: bridge.revision == lab.bridge.revision, 10, "the client list")
+        lab.api.run(lab.api.services.tokens.revoke(ADMIN, name))
+        for user in (name, f"nobody-{name}", exempt):
+            client = pyrad_to(lab, bridge, source, SECRET)
+            assert client.SendPacket(access_request(client, user)).code == REJECT, user
+        assert device.pending() == []
+        assert lab.audit(name, "radius.failsafe_accept") == []
+        assert lab.audit(f"nobody-{name}", "radius.unenrolled_allowed") == []
+
+
+def test_a_bridge_restarted_with_a_revoked_token_does_not_serve_its_cache(
+    lab: RadiusLab, source: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from radius_bridge.runner import StartupError
+
+    name = name_of(request)
+    lab.client(name, [source], SECRET, mode="push", primary="none", failmode="safe")
+    token = lab.api.run(lab.api.services.tokens.create(ADMIN, name, scope="bridge"))
+    cache = tmp_path / "clients.cache"
+    settings = bridge_settings(lab.api.url, token, clients_cache=cache)
+    with BridgeThread(settings) as bridge:
+        assert status_server(lab, source, SECRET, bridge) == ACCEPT
+    assert cache.exists()
+    lab.api.run(lab.api.services.tokens.revoke(ADMIN, name))
+    with pytest.raises(StartupError, match="refused this bridge's token"), BridgeThread(settings):
+        pass
+    assert not cache.exists()  # the revoked token's cache is gone for good

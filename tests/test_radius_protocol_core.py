@@ -382,3 +382,19 @@ def test_control_characters_in_string_attributes_are_refused_and_audited(
         flow.send(Done())
     assert stop.value.value == Reject("invalid-attribute")
     assert core.finish(out.request, stop.value.value, 0.0)[0] == codec.ACCESS_REJECT
+
+
+def test_a_bridge_whose_token_is_refused_rejects_everyone(pyrad_dict: PyradDictionary) -> None:
+    """Issue 13 finding 15: once the backend refused the token, no failmode, exemption or
+    unenrolled policy lets anyone in; the flow asks the backend nothing."""
+    core = make_core(failmode="safe", unenrolled="allow", exempt_users=frozenset({"alice"}))
+    core.credential_refused = "the backend refused this bridge's token (401 unauthorized)"
+    _, raw = pyrad_request(pyrad_dict)
+    out = core.receive(raw, SOURCE, 0.0)
+    assert isinstance(out, Begin)
+    with pytest.raises(StopIteration) as stop:
+        core.authenticate(out.request, lambda: 0.0).send(None)  # type: ignore[arg-type]
+    assert stop.value.value.reason == "bridge-unauthorized"
+    assert isinstance(stop.value.value, Reject)
+    core.credential_refused = None
+    assert isinstance(core.authenticate(out.request, lambda: 0.0).send(None), Audit)  # type: ignore[arg-type]

@@ -116,6 +116,9 @@ class BridgeCore:
         self.pushes = pushes or PendingPushes()
         self.limits = limits or FlowLimits()
         self.log_interval = log_interval
+        #: Why the backend refuses this bridge's token (set by the runner on a 401/403);
+        #: while set, every request is rejected whatever the client's failmode.
+        self.credential_refused: str | None = None
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.counters: dict[str, int] = {}
         self._logged: dict[tuple[str, str], float] = {}
@@ -243,7 +246,12 @@ class BridgeCore:
         """The decision flow for ``request``, wired to this core's State table and pending
         pushes (see :mod:`radius_bridge.protocol.flow`)."""
         return authenticate(
-            request, clock=clock, states=self.states, pushes=self.pushes, limits=self.limits
+            request,
+            clock=clock,
+            states=self.states,
+            pushes=self.pushes,
+            limits=self.limits,
+            bridge_refused=self.credential_refused is not None,
         )
 
     def finish(self, request: AccessRequest, decision: Decision, now: float) -> bytes:

@@ -41,7 +41,9 @@ Rules (issue 4), in the order they apply:
    same NAS-Identifier and NAS-IP-Address (:mod:`.pending`).
 6. Refusals: unknown or unenrolled users per the client's ``unenrolled`` (``allow`` audits);
    blocked, disabled, locked: Reject at once, no push.
-7. ``Unavailable`` (backend down or slow) during the second factor: failmode ``secure``
+7. The backend refusing the bridge's own token (``Refused("bridge-unauthorized")``), or the
+   core knowing it already (``refused``): Reject, whatever the failmode, exemptions included.
+   ``Unavailable`` (backend down or slow) during the second factor: failmode ``secure``
    rejects; ``safe`` accepts with an ``Audit`` because the primary already succeeded. With
    primary ``none`` it succeeded at the gateway: the bridge is only asked once the gateway
    (NPS, a VPN's own directory check) verified the password, so "safe" still means "the
@@ -114,6 +116,7 @@ MESSAGES: Final[dict[str, str]] = {
     "disabled": "Your account is disabled. Contact your help desk",
     "locked": "Too many wrong codes. Try again later",
     "backend-unavailable": "Sign-in service unavailable. Try again later",
+    "bridge-unauthorized": "Sign-in service unavailable. Try again later",
     "invalid-state": "Sign-in expired or already used. Start again",
     "push-limited": "Too many sign-in requests. Use the code from your app",
     "number-matching": "This sign-in needs number matching, which this gateway cannot show",
@@ -135,6 +138,7 @@ _REFUSED: Final[dict[str, str]] = {
     "push-limited": "push-limited",
     "number-matching-unavailable": "number-matching",
     "refused": "denied",
+    "bridge-unauthorized": "bridge-unauthorized",
 }
 
 
@@ -194,10 +198,12 @@ def authenticate(
     states: StateTable,
     pushes: PendingPushes,
     limits: FlowLimits = FlowLimits(),
+    bridge_refused: bool = False,
 ) -> Flow:
     """The decision flow for ``request`` (see the module docstring). ``clock`` is the
-    runner's monotonic clock in seconds; push deadlines and State ages use it."""
-    return _Flow(request, clock, states, pushes, limits).run()
+    runner's monotonic clock in seconds; push deadlines and State ages use it.
+    ``bridge_refused``: the backend refuses this bridge's token, so nothing is accepted."""
+    return _Flow(request, clock, states, pushes, limits, bridge_refused).run()
 
 
 class _Flow:
@@ -208,7 +214,9 @@ class _Flow:
         states: StateTable,
         pushes: PendingPushes,
         limits: FlowLimits,
+        bridge_refused: bool = False,
     ) -> None:
+        self.bridge_refused = bridge_refused
         self.request = request
         self.client = request.client
         self.user = request.user
@@ -221,6 +229,10 @@ class _Flow:
     # -- entry -------------------------------------------------------------------------------
 
     def run(self) -> Flow:
+        if self.bridge_refused:
+            # Not even an exempt user: a bridge whose token was revoked must not let anyone
+            # in on its own say-so.
+            return Reject("bridge-unauthorized", MESSAGES["bridge-unauthorized"])
         if self.request.malformed is not None:
             yield Audit(
                 "radius.invalid_attribute",
