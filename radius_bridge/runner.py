@@ -12,10 +12,12 @@
   clients file (when its mtime / size changes); the last good table stays in use when the
   backend is down or the file is broken, so a backend restart changes nothing for gateways.
 
-Bounds: at most ``max_held`` requests in progress; a new one beyond that is dropped (counted
-as ``overload``; the gateway retransmits). A held request costs its task, the flow's
-generator frame and, standalone, one long-poll on its own backend connection (see
-:mod:`radius_bridge.backend_client` for the pools).
+Bounds: at most ``max_held`` requests in progress, shared fairly between clients and users
+(:class:`~radius_bridge.protocol.shares.HeldShares`: a client flooding takes at most three
+quarters, a newcomer always finds room up to its share, one user holds at most 16); a new
+request beyond its share is dropped (counted as ``overload``; the gateway retransmits). A
+held request costs its task, the flow's generator frame and, standalone, one long-poll on
+its own backend connection (see :mod:`radius_bridge.backend_client` for the pools).
 
 Shutdown (:meth:`Bridge.stop`): new datagrams are ignored at once, so nothing new begins. Requests
 waiting for a phone are **not answered**: they are cancelled and left to the gateway's
@@ -69,6 +71,7 @@ from radius_bridge.model import (
 )
 from radius_bridge.names import printable
 from radius_bridge.protocol.core import Absorbed, Begin, BridgeCore, Drop, Send
+from radius_bridge.protocol.shares import HeldShares
 from radius_bridge.transport import Peer, RadiusProtocol, listen, make_socket
 from radius_bridge.upstream import UpstreamClient
 
@@ -139,6 +142,7 @@ class Bridge:
         self.revision: str | None = None
         self.client_errors: tuple[str, ...] = ()
         self._held: dict[int, _Held] = {}
+        self.shares = HeldShares(settings.max_held)
         self._audits: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -261,10 +265,15 @@ class Bridge:
         out = self.core.receive(data, peer, self.clock())
         if isinstance(out, Begin):
             request = out.request
-            if len(self._held) >= self.settings.max_held:
+            if not self.shares.claim(request.client.name, request.user):
+                # Beyond the client's (or this user's) share of max_held: the gateway
+                # retransmits, and other clients keep their room (protocol.shares).
                 self.core.abandon(request)
                 self.metrics.drops.labels("overload").inc()
-                self._log_drop(f"more than {self.settings.max_held} requests in progress")
+                self._log_drop(
+                    f"client {request.client.name}: more than its share of "
+                    f"{self.settings.max_held} requests in progress"
+                )
                 return
             held = _Held(request)
             key = id(held)
@@ -346,6 +355,7 @@ class Bridge:
             decision = Reject("internal-error")
         finally:
             self._held.pop(key, None)
+            self.shares.release(client.name, request.user)
             self.metrics.held.set(len(self._held))
         assert decision is not None  # noqa: S101 - set on every path that gets here
         try:

@@ -786,3 +786,60 @@ def test_a_bridge_restarted_with_a_revoked_token_does_not_serve_its_cache(
     with pytest.raises(StartupError, match="refused this bridge's token"), BridgeThread(settings):
         pass
     assert not cache.exists()  # the revoked token's cache is gone for good
+
+
+# -- fair shares of the held pool (issue 13 finding 17) ----------------------------------------
+
+
+def test_one_client_flooding_cannot_take_every_held_slot(
+    lab: RadiusLab, pool: ThreadPoolExecutor, request: pytest.FixtureRequest
+) -> None:
+    """With one global --max-held, a single client holding requests starved every other
+    gateway: their requests were dropped as "overload" until the flood stopped."""
+    name = name_of(request)
+    flooder, other = f"127.0.0.{next(_addresses)}", f"127.0.0.{next(_addresses)}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as black_hole:
+        # An upstream RADIUS server that never answers: each request the flooding client
+        # sends is held for the upstream's timeout, without any user or push.
+        black_hole.bind(("127.0.0.1", 0))
+        lab.client(
+            f"{name}-a",
+            [flooder],
+            SECRET,
+            mode="push",
+            primary="radius",
+            upstream_host="127.0.0.1",
+            upstream_port=black_hole.getsockname()[1],
+            upstream_secret="upstream-secret-0",
+            upstream_timeout=20.0,
+        )
+        lab.client(f"{name}-b", [other], SECRET, mode="push", primary="none")
+        device = lab.user(name)
+        token = lab.api.run(lab.api.services.tokens.create(ADMIN, name, scope="bridge"))
+        with BridgeThread(bridge_settings(lab.api.url, token, max_held=8)) as bridge:
+            wait_for(lambda: bridge.revision == lab.bridge.revision, 10, "the client list")
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sender.bind((flooder, 0))
+            with sender:
+                for number in range(40):
+                    attributes = codec.encode_attribute(codec.USER_NAME, f"flood{number}".encode())
+                    packet = codec.encode_request(
+                        number, SECRET.encode(), attributes, password=b"guess"
+                    )
+                    sender.sendto(packet, ("127.0.0.1", bridge.port()))
+                wait_for(
+                    lambda: (
+                        bridge.metric("openmfa_radius_dropped_total", {"reason": "overload"})
+                        + bridge.held
+                        >= 40
+                    ),
+                    10,
+                    "the flood to be held or dropped",
+                )
+                assert bridge.held == 6  # three quarters of 8: the rest stays for others
+                client = pyrad_to(lab, bridge, other, SECRET)
+                client.timeout = 30
+                answer = pool.submit(client.SendPacket, access_request(client, name))
+                device.answer(one_pending(device), "approve")
+                assert answer.result(30).code == ACCEPT
+            bridge.stop()

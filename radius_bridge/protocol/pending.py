@@ -15,13 +15,17 @@ backend's fatigue guard then counts.
 
 Each flow waiting on a push *holds* it; the last holder to give up cancels it in the
 backend. The entry ends when the push is final, when its time is up, or when the map is
-full (oldest first; the worst case is a second push).
+full: then the oldest entry *of the client with the most entries* goes (the worst case is a
+second push), so a client flooding pushes evicts its own, never another gateway's
+(:mod:`.shares`). One entry per user and client by construction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Final
+
+from radius_bridge.protocol.shares import GroupIndex
 
 DEFAULT_MAX_ENTRIES: Final = 100_000
 
@@ -64,6 +68,15 @@ class PendingPushes:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self._entries: dict[tuple[str, str], PendingPush] = {}
+        self._by_client: GroupIndex[str, tuple[str, str]] = GroupIndex()
+
+    def count(self, client: str) -> int:
+        """Entries of ``client``."""
+        return self._by_client.count(client)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        if self._entries.pop(key, None) is not None:
+            self._by_client.discard(key[0], key)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -78,7 +91,7 @@ class PendingPushes:
         key = (client, user.casefold())
         entry = self._entries.get(key)
         if entry is not None and entry.expires_at <= now:
-            del self._entries[key]
+            self._drop(key)
             return None
         return entry
 
@@ -101,11 +114,14 @@ class PendingPushes:
     ) -> PendingPush:
         """Register a push just started (replacing any older entry for the same user)."""
         key = (client, user.casefold())
-        self._entries.pop(key, None)
+        self._drop(key)
         if len(self._entries) >= self.max_entries:
-            del self._entries[next(iter(self._entries))]
+            victim = self._by_client.victim()
+            assert victim is not None  # noqa: S101 - a full map has a largest client
+            self._drop(victim[1])
         entry = PendingPush(client, key[1], authentication_id, number, expires_at, 0, origin)
         self._entries[key] = entry
+        self._by_client.add(client, key)
         return entry
 
     def hold(self, entry: PendingPush) -> None:
@@ -123,9 +139,9 @@ class PendingPushes:
         one; a newer push for the same user stays."""
         key = (entry.client, entry.user)
         if self._entries.get(key) is entry:
-            del self._entries[key]
+            self._drop(key)
 
     def expire(self, now: float) -> None:
         """Drop entries whose time is up and that no flow waits on."""
         for key in [k for k, e in self._entries.items() if e.expires_at <= now and not e.holders]:
-            del self._entries[key]
+            self._drop(key)
