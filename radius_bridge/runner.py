@@ -88,6 +88,10 @@ MAX_AUDIT_TASKS = 1000
 HOUSEKEEPING_SECONDS = 5.0
 #: Log lines about dropped datagrams at most per minute, whatever the core allows per source.
 DROP_LOG_BUDGET = 30
+#: A datagram from an unknown client re-reads the client list at most this often ...
+RECHECK_SECONDS = 1.0
+#: ... and at most this many such datagrams wait for it (the rest are dropped as before).
+RECHECK_QUEUE = 64
 
 
 @dataclass(slots=True)
@@ -152,6 +156,10 @@ class Bridge:
         self._failing_since: float | None = None
         self._failure_logged = 0.0
         self._refusal_logged: float | None = None
+        self._recheck: asyncio.Task[None] | None = None
+        self._refresh_lock = asyncio.Lock()
+        self._recheck_at = -RECHECK_SECONDS
+        self._recheck_queue: list[tuple[bytes, Peer, RadiusProtocol]] = []
         self.table_loaded = asyncio.Event()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -231,6 +239,8 @@ class Bridge:
         self._stopping = True
         for task in self._background:
             task.cancel()
+        if self._recheck is not None:
+            self._recheck.cancel()
         # Long-polls first: cancelling them is always safe (see the module docstring).
         for held in list(self._held.values()):
             if held.waiting and held.task is not None:
@@ -257,12 +267,21 @@ class Bridge:
 
     # -- datagrams ------------------------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, peer: Peer, endpoint: RadiusProtocol) -> None:
+    def datagram_received(
+        self, data: bytes, peer: Peer, endpoint: RadiusProtocol, *, replayed: bool = False
+    ) -> None:
         """Called by each socket for each datagram: classify, then act (never awaits)."""
         arrived = time.perf_counter()
         if self._stopping:
             return
         out = self.core.receive(data, peer, self.clock())
+        if (
+            isinstance(out, Drop)
+            and out.reason == "unknown-client"
+            and not replayed
+            and self._recheck_clients(data, peer, endpoint)
+        ):
+            return
         if isinstance(out, Begin):
             request = out.request
             if not self.shares.claim(request.client.name, request.user):
@@ -296,6 +315,36 @@ class Bridge:
                 self.metrics.wrong_secret.labels(self._client_name(peer)).inc()
             if out.log:
                 self._log_drop(out.detail, out.reason)
+
+    def _recheck_clients(self, data: bytes, peer: Peer, endpoint: RadiusProtocol) -> bool:
+        """A datagram from an unknown client: perhaps one added a moment ago (``openmfa
+        client add`` right before the gateway's first request). Re-read the client list now
+        -- at most once per ``RECHECK_SECONDS``, a revision check that costs a 304 when
+        nothing changed -- and replay the datagram against it. True when the datagram was
+        kept for that replay (at most ``RECHECK_QUEUE`` wait), False to drop it now."""
+        if self._recheck is not None:
+            if len(self._recheck_queue) >= RECHECK_QUEUE:
+                return False
+            self._recheck_queue.append((data, peer, endpoint))
+            return True
+        now = time.monotonic()
+        if now - self._recheck_at < RECHECK_SECONDS:
+            return False
+        self._recheck_at = now
+        self._recheck_queue = [(data, peer, endpoint)]
+        self._recheck = asyncio.get_running_loop().create_task(self._recheck_then_replay())
+        return True
+
+    async def _recheck_then_replay(self) -> None:
+        try:
+            await self.refresh_clients()
+        except Exception:  # a bug must not lose the datagrams for good
+            log.exception("re-reading the RADIUS clients failed")
+        finally:
+            queued, self._recheck_queue = self._recheck_queue, []
+            self._recheck = None
+        for data, peer, endpoint in queued:
+            self.datagram_received(data, peer, endpoint, replayed=True)
 
     def _client_name(self, peer: Peer) -> str:
         client = self.core.clients.match(peer[0])
@@ -473,6 +522,12 @@ class Bridge:
 
     async def refresh_clients(self) -> bool:
         """Re-read the client list once; True when a new table was installed."""
+        # One at a time (the periodic refresh and an unknown client's recheck): a slow
+        # fetch finishing last must not install an older list over a newer one.
+        async with self._refresh_lock:
+            return await self._refresh_clients()
+
+    async def _refresh_clients(self) -> bool:
         try:
             if self.settings.clients_file is not None:
                 loaded = self._read_clients_file()

@@ -843,3 +843,31 @@ def test_one_client_flooding_cannot_take_every_held_slot(
                 device.answer(one_pending(device), "approve")
                 assert answer.result(30).code == ACCEPT
             bridge.stop()
+
+
+# -- a client added a moment ago ------------------------------------------------------------------
+
+
+def test_a_client_added_a_moment_ago_is_answered_at_once(
+    lab: RadiusLab, source: str, request: pytest.FixtureRequest
+) -> None:
+    """The bridge learnt of a new client only at its next periodic refresh: the gateway's
+    first request, sent right after `openmfa client add`, was dropped as "unknown client"."""
+    name = name_of(request)
+    token = lab.api.run(lab.api.services.tokens.create(ADMIN, name, scope="bridge"))
+    with BridgeThread(bridge_settings(lab.api.url, token, refresh_seconds=3600)) as bridge:
+        # Added behind the bridge's back (no refresh for an hour): the first datagram from
+        # the new address makes the bridge look again before it drops anything.
+        from backend.domain.radius import ClientChanges
+
+        lab.api.run(
+            lab.api.services.radius_clients.add(
+                ADMIN, name, ClientChanges(addresses=[source], secret=SECRET)
+            )
+        )
+        assert status_server(lab, source, SECRET, bridge, timeout=3) == ACCEPT
+        # Strangers still cost at most one revision check a second, then are dropped.
+        stranger = f"127.0.0.{next(_addresses)}"
+        assert status_server(lab, stranger, SECRET, bridge, timeout=0.3) is None
+        assert status_server(lab, stranger, SECRET, bridge, timeout=0.3) is None
+        assert bridge.metric("openmfa_radius_dropped_total", {"reason": "unknown-client"}) >= 2
