@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from radius_bridge.model import Attribute, ChallengeRound
 from radius_bridge.protocol.dedup import IN_PROGRESS, DuplicateCache
 from radius_bridge.protocol.pending import PendingPushes
-from radius_bridge.protocol.shares import HeldShares
+from radius_bridge.protocol.shares import GroupIndex, HeldShares
 from radius_bridge.protocol.state import STATE_BYTES, StateTable, new_state
 
 KEY = ("10.0.0.1", 40000, 7, b"A" * 16)
@@ -356,3 +356,18 @@ def test_state_table_evicts_only_from_the_largest_client(
 
 def _present(table: StateTable, state: bytes) -> bool:
     return state in table._entries
+
+
+def test_group_index() -> None:
+    index: GroupIndex[str, int] = GroupIndex()
+    assert index.victim() is None
+    assert index.oldest("vpn") is None
+    index.add("vpn", 1)
+    index.add("wifi", 2)
+    index.add("wifi", 3)
+    assert index.victim() == ("wifi", 2)
+    index.discard("wifi", 9)  # not recorded: nothing happens
+    index.discard("lab", 1)
+    index.discard("wifi", 2)
+    index.discard("wifi", 3)
+    assert (index.count("wifi"), index.victim()) == (0, ("vpn", 1))

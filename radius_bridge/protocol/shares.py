@@ -93,9 +93,6 @@ class GroupIndex(Generic[G, K]):
     def __init__(self) -> None:
         self._groups: dict[G, dict[K, None]] = {}
 
-    def __len__(self) -> int:
-        return len(self._groups)
-
     def add(self, group: G, key: K) -> None:
         """Record ``key`` as the newest of ``group``."""
         self._groups.setdefault(group, {})[key] = None
