@@ -158,8 +158,8 @@ class Bridge:
         self._refusal_logged: float | None = None
         self._recheck: asyncio.Task[None] | None = None
         self._refresh_lock = asyncio.Lock()
-        self._recheck_at = -RECHECK_SECONDS
-        self._recheck_queue: list[tuple[bytes, Peer, RadiusProtocol]] = []
+        self._recheck_at = float("-inf")
+        self._recheck_queue: list[tuple[bytes, Peer, RadiusProtocol, bool]] = []
         self.table_loaded = asyncio.Event()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -268,9 +268,17 @@ class Bridge:
     # -- datagrams ------------------------------------------------------------------------------
 
     def datagram_received(
-        self, data: bytes, peer: Peer, endpoint: RadiusProtocol, *, replayed: bool = False
+        self,
+        data: bytes,
+        peer: Peer,
+        endpoint: RadiusProtocol,
+        *,
+        replayed: bool = False,
+        log_drop: bool = False,
     ) -> None:
-        """Called by each socket for each datagram: classify, then act (never awaits)."""
+        """Called by each socket for each datagram: classify, then act (never awaits).
+        ``replayed``: again after a client-list recheck; ``log_drop``: the first pass was
+        due a log line should it be dropped now (the core will not say so twice)."""
         arrived = time.perf_counter()
         if self._stopping:
             return
@@ -279,7 +287,7 @@ class Bridge:
             isinstance(out, Drop)
             and out.reason == "unknown-client"
             and not replayed
-            and self._recheck_clients(data, peer, endpoint)
+            and self._recheck_clients(data, peer, endpoint, out.log)
         ):
             return
         if isinstance(out, Begin):
@@ -313,10 +321,12 @@ class Bridge:
             self.metrics.drops.labels(out.reason).inc()
             if out.reason == "bad-message-authenticator":
                 self.metrics.wrong_secret.labels(self._client_name(peer)).inc()
-            if out.log:
+            if out.log or log_drop:
                 self._log_drop(out.detail, out.reason)
 
-    def _recheck_clients(self, data: bytes, peer: Peer, endpoint: RadiusProtocol) -> bool:
+    def _recheck_clients(
+        self, data: bytes, peer: Peer, endpoint: RadiusProtocol, log_drop: bool
+    ) -> bool:
         """A datagram from an unknown client: perhaps one added a moment ago (``openmfa
         client add`` right before the gateway's first request). Re-read the client list now
         -- at most once per ``RECHECK_SECONDS``, a revision check that costs a 304 when
@@ -325,13 +335,13 @@ class Bridge:
         if self._recheck is not None:
             if len(self._recheck_queue) >= RECHECK_QUEUE:
                 return False
-            self._recheck_queue.append((data, peer, endpoint))
+            self._recheck_queue.append((data, peer, endpoint, log_drop))
             return True
-        now = time.monotonic()
+        now = self.clock()
         if now - self._recheck_at < RECHECK_SECONDS:
             return False
         self._recheck_at = now
-        self._recheck_queue = [(data, peer, endpoint)]
+        self._recheck_queue = [(data, peer, endpoint, log_drop)]
         self._recheck = asyncio.get_running_loop().create_task(self._recheck_then_replay())
         return True
 
@@ -343,8 +353,8 @@ class Bridge:
         finally:
             queued, self._recheck_queue = self._recheck_queue, []
             self._recheck = None
-        for data, peer, endpoint in queued:
-            self.datagram_received(data, peer, endpoint, replayed=True)
+        for data, peer, endpoint, log_drop in queued:
+            self.datagram_received(data, peer, endpoint, replayed=True, log_drop=log_drop)
 
     def _client_name(self, peer: Peer) -> str:
         client = self.core.clients.match(peer[0])
