@@ -263,6 +263,19 @@ def test_openmfa_radius_runs_standalone_with_metrics(tmp_path: Path) -> None:
         assert SECRET not in output
         assert code not in output
 
+        # Its token revoked, the bridge refuses to start, with one line (issue 13, 15).
+        cli("token", "revoke", "edge-bridge")
+        revoked = subprocess.run(
+            [*command, "--clients-cache", str(tmp_path / "clients.cache")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert revoked.returncode == 1, revoked.stderr
+        assert "refused this bridge's token" in revoked.stderr
+        assert "Traceback" not in revoked.stderr
+
 
 def test_openmfa_radius_reports_bad_settings_in_one_line(tmp_path: Path) -> None:
     def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
