@@ -371,3 +371,37 @@ def test_group_index() -> None:
     index.discard("wifi", 2)
     index.discard("wifi", 3)
     assert (index.count("wifi"), index.victim()) == (0, ("vpn", 1))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "remove", "expire"]),
+            st.sampled_from(["vpn", "wifi", "lab"]),
+            st.sampled_from(["alice", "bob", "carol", "dave"]),
+        ),
+        max_size=120,
+    )
+)
+def test_push_registry_evicts_only_from_the_largest_client(
+    ops: list[tuple[str, str, str]],
+) -> None:
+    pushes = PendingPushes(max_entries=5)
+    live: set[tuple[str, str]] = set()
+    for number, (op, client, user) in enumerate(ops):
+        if op == "add":
+            counts = {c: sum(owner == c for owner, _ in live) for c in ("vpn", "wifi", "lab")}
+            pushes.add(client, user, f"ch_{number}", None, 1000.0)
+            live.add((client, user))
+            for gone in [key for key in live if pushes.find(*key, 0.0) is None]:
+                live.remove(gone)
+                assert counts[gone[0]] == max(counts.values())
+        elif op == "remove" and (client, user) in live:
+            entry = pushes.find(client, user, 0.0)
+            assert entry is not None
+            pushes.remove(entry)
+            live.remove((client, user))
+        else:
+            pushes.expire(0.0)  # nothing is due: nothing goes
+        assert len(pushes) == len(live) <= 5
+        assert sum(pushes.count(c) for c in ("vpn", "wifi", "lab")) == len(live)
