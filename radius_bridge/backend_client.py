@@ -25,7 +25,11 @@ Results: problem documents whose type is a user-state refusal become
 :class:`~radius_bridge.model.Refused`; 5xx, connection failures and timeouts become
 :class:`~radius_bridge.model.Unavailable` (the failmode applies). A 4xx caused by what the
 user sent is never ``Unavailable`` -- that would let a malformed code reach a fail-safe
-accept.
+accept. Nor is the backend refusing the *bridge* (401, or 403 that is not about the user: a
+revoked token, a token of the wrong scope): that is ``Refused("bridge-unauthorized")``, a
+Reject whatever the failmode, and ``on_credential_refused`` tells the runner, which then
+refuses every request and deletes its clients cache. A revoked token must shut the bridge,
+never open it.
 """
 
 from __future__ import annotations
@@ -65,8 +69,8 @@ from radius_bridge.model import (
 log = logging.getLogger("openmfa.radius.backend")
 
 USER_AGENT = "openmfa-radius-bridge"
-#: The backend refusing the *bridge* (revoked token, wrong scope): an outage of the bridge's
-#: configuration, not a verdict on the user.
+#: The backend refusing the *bridge* (revoked token, wrong scope): never "unavailable" (the
+#: failmode would then accept), never a verdict on one user either.
 CREDENTIAL_KINDS = frozenset({"unauthorized", "forbidden"})
 #: Extra time on a long-poll beyond the wait the backend was asked for: the backend answers
 #: at ``wait`` seconds, so this only runs out when it is truly stuck or overloaded.
@@ -90,6 +94,14 @@ class BackendError(Exception):
     """The backend could not be used for a non-effect call (the clients document)."""
 
 
+class CredentialRefused(BackendError):
+    """The backend refused the bridge's token (401, or a 403 that is not about a user)."""
+
+
+class _Unauthorized(Exception):
+    """The backend refused the bridge's token while performing an effect."""
+
+
 class _Refusal(Exception):
     """A problem document for a 4xx, to be mapped by the effect that got it."""
 
@@ -101,7 +113,7 @@ class _Refusal(Exception):
 
 
 class _Down(Exception):
-    """The backend failed (5xx, bad body) or refused the bridge's credential."""
+    """The backend failed (5xx, bad body)."""
 
 
 _RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
@@ -118,14 +130,25 @@ def _problem(response: httpx.Response) -> tuple[str, str]:
     return kind or f"http-{response.status_code}", detail[:300]
 
 
+def _refuses_token(status: int, kind: str) -> bool:
+    """401 whatever the body; 403 unless it names a user's state (user-blocked...)."""
+    return (
+        status == 401
+        or (status == 403 and kind not in REFUSED_KINDS)
+        or (status < 500 and kind in CREDENTIAL_KINDS)
+    )
+
+
 def _check(response: httpx.Response) -> None:
     if response.status_code >= 500:
         kind, detail = _problem(response)
         raise _Down(f"backend answered {response.status_code} {kind}: {detail}")
     if response.status_code >= 400:
         kind, detail = _problem(response)
-        if kind in CREDENTIAL_KINDS or response.status_code == 401:
-            raise _Down(f"the backend refused the bridge's token ({kind}): {detail}")
+        if _refuses_token(response.status_code, kind):
+            raise _Unauthorized(
+                f"the backend refused this bridge's token ({response.status_code} {kind}): {detail}"
+            )
         raise _Refusal(response.status_code, kind, detail)
 
 
@@ -153,11 +176,13 @@ class BackendClient:
         backend_connections: int = 64,
         max_long_polls: int = 20_000,
         on_unavailable: Callable[[str], None] | None = None,
+        on_credential_refused: Callable[[str], None] | None = None,
     ) -> None:
         headers = {"authorization": f"Bearer {token}", "user-agent": USER_AGENT}
         self.http_timeout = http_timeout
         self.long_poll_seconds = long_poll_seconds
         self._on_unavailable = on_unavailable
+        self._on_credential_refused = on_credential_refused
         # pool=None: waiting for a pooled connection is bounded by the request's deadline
         # (asyncio.timeout_at below), not by a fixed few seconds that would turn a burst of
         # 10,000 pushes into spurious failures.
@@ -220,6 +245,10 @@ class BackendClient:
             return self._unavailable(name, f"{type(exc).__name__}: {exc}")
         except _Down as exc:
             return self._unavailable(name, str(exc))
+        except _Unauthorized as exc:
+            if self._on_credential_refused is not None:
+                self._on_credential_refused(str(exc))
+            return Refused("bridge-unauthorized", str(exc))
 
     def _unavailable(self, effect: str, detail: str) -> Unavailable:
         log.warning("backend unavailable for %s: %s", effect, detail, extra={"effect": effect})
@@ -451,6 +480,11 @@ class BackendClient:
             return None
         if response.status_code != 200:
             kind, detail = _problem(response)
+            if _refuses_token(response.status_code, kind):
+                raise CredentialRefused(
+                    f"the backend refused this bridge's token ({response.status_code} {kind}):"
+                    f" {detail}"
+                )
             raise BackendError(
                 f"fetching the RADIUS clients: {response.status_code} {kind}: {detail}"
             )

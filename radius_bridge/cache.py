@@ -70,6 +70,13 @@ class ClientsCache:
             temporary.unlink(missing_ok=True)
             raise CacheError(f"cannot write the clients cache {self.path}: {exc}") from None
 
+    def discard(self) -> None:
+        """Delete the file (the backend refused the token it is sealed with)."""
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise CacheError(f"cannot delete the clients cache {self.path}: {exc}") from None
+
     def load(self) -> CachedDocument | None:
         """The saved document; ``None`` when there is no file. Raises :class:`CacheError`
         for a file that cannot be read or does not open with this token."""

@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-held",
         type=int,
         metavar="N",
-        help="requests in progress at once; more are dropped (default 20000)",
+        help="requests in progress at once, shared fairly between clients (one client "
+        "flooding holds at most three quarters); more are dropped (default 20000)",
     )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", choices=["json", "text"])

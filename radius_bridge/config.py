@@ -118,7 +118,8 @@ class BridgeSettings:
       ``long_poll_max_seconds`` (60 by default) nor the idle timeout of a proxy in between
       (60 s is common). Each held push re-polls once per slice, so longer is cheaper.
     * ``metrics_listen``: serve ``/metrics`` here (standalone only).
-    * ``max_held``: requests in progress at once; beyond, new requests are dropped (the
+    * ``max_held``: requests in progress at once, shared between clients and users
+      (:mod:`radius_bridge.protocol.shares`); beyond a share, new requests are dropped (the
       gateway retransmits) instead of letting memory grow without bound.
     * ``backend_connections``: the pool for short calls (start, verify, submit, cancel,
       audit, clients). Long-polls have their own pool of up to ``max_held`` connections.

@@ -117,6 +117,9 @@ class AccessRequest:
     nas_ip_address: str | None = None
     raw: bytes = b""  # the datagram, for forwarding upstream
     proxy_state: tuple[bytes, ...] = ()  # Proxy-State values, copied back in order (RFC 2865)
+    #: Why the request is refused before anything else (a string attribute holding a
+    #: control character); None for a well-formed request.
+    malformed: str | None = None
 
     @property
     def idempotency_key(self) -> str:
@@ -198,6 +201,7 @@ class Audit:
         "radius.exempt_network",
         "radius.unenrolled_allowed",
         "radius.failsafe_accept",
+        "radius.invalid_attribute",
     ]
     user: str
     detail: str
@@ -256,6 +260,8 @@ RefusedKind = Literal[
     # Any other 4xx: the backend said no for a reason this bridge does not know (a newer
     # backend). Still a refusal, so a reject, never the failmode.
     "refused",
+    # The backend refused the bridge itself (its token revoked, or of the wrong scope).
+    "bridge-unauthorized",
 ]
 #: The backend's problem types the flow understands as "this user may not sign in now".
 REFUSED_KINDS: frozenset[str] = frozenset(get_args(RefusedKind))

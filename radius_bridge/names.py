@@ -9,7 +9,25 @@ typed; ``map`` rewrites chosen realms with a template, e.g. partners' accounts
 
 from __future__ import annotations
 
+import re
+
 from radius_bridge.model import NameRule
+
+#: C0 and C1 controls, DEL and the Unicode line breaks: none belongs in a RADIUS text
+#: attribute, and each can forge or hide a line in a log, the audit trail or a table.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_control(text: str) -> bool:
+    """True if ``text`` holds a control character (see :data:`_CONTROL`)."""
+    return _CONTROL.search(text) is not None
+
+
+def printable(text: str, limit: int = 128) -> str:
+    """``text`` with every control character written as an escape (``\\n``, ``\\x1b``), cut
+    to ``limit`` characters: safe to put in a log line or an audit row."""
+    escaped = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return escaped[:limit]
 
 
 def split_name(user_name: str) -> tuple[str, str]:

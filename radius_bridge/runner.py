@@ -12,10 +12,12 @@
   clients file (when its mtime / size changes); the last good table stays in use when the
   backend is down or the file is broken, so a backend restart changes nothing for gateways.
 
-Bounds: at most ``max_held`` requests in progress; a new one beyond that is dropped (counted
-as ``overload``; the gateway retransmits). A held request costs its task, the flow's
-generator frame and, standalone, one long-poll on its own backend connection (see
-:mod:`radius_bridge.backend_client` for the pools).
+Bounds: at most ``max_held`` requests in progress, shared fairly between clients and users
+(:class:`~radius_bridge.protocol.shares.HeldShares`: a client flooding takes at most three
+quarters, a newcomer always finds room up to its share, one user holds at most 16); a new
+request beyond its share is dropped (counted as ``overload``; the gateway retransmits). A
+held request costs its task, the flow's generator frame and, standalone, one long-poll on
+its own backend connection (see :mod:`radius_bridge.backend_client` for the pools).
 
 Shutdown (:meth:`Bridge.stop`): new datagrams are ignored at once, so nothing new begins. Requests
 waiting for a phone are **not answered**: they are cancelled and left to the gateway's
@@ -41,7 +43,7 @@ from typing import Any
 
 import httpx
 
-from radius_bridge.backend_client import BackendClient, BackendError
+from radius_bridge.backend_client import BackendClient, BackendError, CredentialRefused
 from radius_bridge.cache import CachedDocument, CacheError, ClientsCache
 from radius_bridge.clients import (
     ClientList,
@@ -60,13 +62,16 @@ from radius_bridge.model import (
     Decision,
     Done,
     Effect,
+    Refused,
     Reject,
     Result,
     Unavailable,
     UpstreamAuthenticate,
     WaitOutcome,
 )
+from radius_bridge.names import printable
 from radius_bridge.protocol.core import Absorbed, Begin, BridgeCore, Drop, Send
+from radius_bridge.protocol.shares import HeldShares
 from radius_bridge.transport import Peer, RadiusProtocol, listen, make_socket
 from radius_bridge.upstream import UpstreamClient
 
@@ -83,6 +88,10 @@ MAX_AUDIT_TASKS = 1000
 HOUSEKEEPING_SECONDS = 5.0
 #: Log lines about dropped datagrams at most per minute, whatever the core allows per source.
 DROP_LOG_BUDGET = 30
+#: A datagram from an unknown client re-reads the client list at most this often ...
+RECHECK_SECONDS = 1.0
+#: ... and at most this many such datagrams wait for it (the rest are dropped as before).
+RECHECK_QUEUE = 64
 
 
 @dataclass(slots=True)
@@ -125,6 +134,7 @@ class Bridge:
             backend_connections=settings.backend_connections,
             max_long_polls=settings.max_held,
             on_unavailable=self._count_unavailable,
+            on_credential_refused=self._credential_refused,
         )
         self.upstream = UpstreamClient(dictionary=self.core.dictionary)
         self.cache = (
@@ -136,6 +146,7 @@ class Bridge:
         self.revision: str | None = None
         self.client_errors: tuple[str, ...] = ()
         self._held: dict[int, _Held] = {}
+        self.shares = HeldShares(settings.max_held)
         self._audits: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -144,6 +155,11 @@ class Bridge:
         self._drop_log_window = (0.0, 0)
         self._failing_since: float | None = None
         self._failure_logged = 0.0
+        self._refusal_logged: float | None = None
+        self._recheck: asyncio.Task[None] | None = None
+        self._refresh_lock = asyncio.Lock()
+        self._recheck_at = float("-inf")
+        self._recheck_queue: list[tuple[bytes, Peer, RadiusProtocol, bool]] = []
         self.table_loaded = asyncio.Event()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -161,6 +177,16 @@ class Bridge:
         self._loop = asyncio.get_running_loop()
         await self._bind(sockets or {})
         if not await self.refresh_clients() and not self.table_loaded.is_set():
+            if self.core.credential_refused is not None:
+                # A revoked token: the cache sealed with it was deleted; serving it would
+                # be exactly what revoking was meant to stop.
+                await self._close_endpoints()
+                await self.backend.aclose()
+                await self.upstream.aclose()
+                raise StartupError(
+                    f"{self.core.credential_refused}; not serving the cached client list. "
+                    "Create a new token (openmfa token create NAME --scope bridge)"
+                )
             self._load_cache()
         self._background.append(asyncio.create_task(self._refresh_loop(), name="radius-refresh"))
         self._background.append(
@@ -213,6 +239,8 @@ class Bridge:
         self._stopping = True
         for task in self._background:
             task.cancel()
+        if self._recheck is not None:
+            self._recheck.cancel()
         # Long-polls first: cancelling them is always safe (see the module docstring).
         for held in list(self._held.values()):
             if held.waiting and held.task is not None:
@@ -239,18 +267,40 @@ class Bridge:
 
     # -- datagrams ------------------------------------------------------------------------------
 
-    def datagram_received(self, data: bytes, peer: Peer, endpoint: RadiusProtocol) -> None:
-        """Called by each socket for each datagram: classify, then act (never awaits)."""
+    def datagram_received(
+        self,
+        data: bytes,
+        peer: Peer,
+        endpoint: RadiusProtocol,
+        *,
+        replayed: bool = False,
+        log_drop: bool = False,
+    ) -> None:
+        """Called by each socket for each datagram: classify, then act (never awaits).
+        ``replayed``: again after a client-list recheck; ``log_drop``: the first pass was
+        due a log line should it be dropped now (the core will not say so twice)."""
         arrived = time.perf_counter()
         if self._stopping:
             return
         out = self.core.receive(data, peer, self.clock())
+        if (
+            isinstance(out, Drop)
+            and out.reason == "unknown-client"
+            and not replayed
+            and self._recheck_clients(data, peer, endpoint, out.log)
+        ):
+            return
         if isinstance(out, Begin):
             request = out.request
-            if len(self._held) >= self.settings.max_held:
+            if not self.shares.claim(request.client.name, request.user):
+                # Beyond the client's (or this user's) share of max_held: the gateway
+                # retransmits, and other clients keep their room (protocol.shares).
                 self.core.abandon(request)
                 self.metrics.drops.labels("overload").inc()
-                self._log_drop(f"more than {self.settings.max_held} requests in progress")
+                self._log_drop(
+                    f"client {request.client.name}: more than its share of "
+                    f"{self.settings.max_held} requests in progress"
+                )
                 return
             held = _Held(request)
             key = id(held)
@@ -271,8 +321,40 @@ class Bridge:
             self.metrics.drops.labels(out.reason).inc()
             if out.reason == "bad-message-authenticator":
                 self.metrics.wrong_secret.labels(self._client_name(peer)).inc()
-            if out.log:
+            if out.log or log_drop:
                 self._log_drop(out.detail, out.reason)
+
+    def _recheck_clients(
+        self, data: bytes, peer: Peer, endpoint: RadiusProtocol, log_drop: bool
+    ) -> bool:
+        """A datagram from an unknown client: perhaps one added a moment ago (``openmfa
+        client add`` right before the gateway's first request). Re-read the client list now
+        -- at most once per ``RECHECK_SECONDS``, a revision check that costs a 304 when
+        nothing changed -- and replay the datagram against it. True when the datagram was
+        kept for that replay (at most ``RECHECK_QUEUE`` wait), False to drop it now."""
+        if self._recheck is not None:
+            if len(self._recheck_queue) >= RECHECK_QUEUE:
+                return False
+            self._recheck_queue.append((data, peer, endpoint, log_drop))
+            return True
+        now = self.clock()
+        if now - self._recheck_at < RECHECK_SECONDS:
+            return False
+        self._recheck_at = now
+        self._recheck_queue = [(data, peer, endpoint, log_drop)]
+        self._recheck = asyncio.get_running_loop().create_task(self._recheck_then_replay())
+        return True
+
+    async def _recheck_then_replay(self) -> None:
+        try:
+            await self.refresh_clients()
+        except Exception:  # a bug must not lose the datagrams for good
+            log.exception("re-reading the RADIUS clients failed")
+        finally:
+            queued, self._recheck_queue = self._recheck_queue, []
+            self._recheck = None
+        for data, peer, endpoint, log_drop in queued:
+            self.datagram_received(data, peer, endpoint, replayed=True, log_drop=log_drop)
 
     def _client_name(self, peer: Peer) -> str:
         client = self.core.clients.match(peer[0])
@@ -332,6 +414,7 @@ class Bridge:
             decision = Reject("internal-error")
         finally:
             self._held.pop(key, None)
+            self.shares.release(client.name, request.user)
             self.metrics.held.set(len(self._held))
         assert decision is not None  # noqa: S101 - set on every path that gets here
         try:
@@ -370,7 +453,7 @@ class Bridge:
             result = await self.backend.perform(
                 effect, loop.time() + 3 * self.settings.http_timeout
             )
-            if isinstance(result, Unavailable):
+            if isinstance(result, Unavailable | Refused):
                 self._audit_lost(effect, result.detail)
 
         task = loop.create_task(deliver())
@@ -404,17 +487,19 @@ class Bridge:
         sent = {2: "accept", 3: "reject", 11: "challenge"}.get(data[0], kind)
         self.metrics.requests.labels(request.client.name, sent).inc()
         self.metrics.latency.labels(sent).observe(took)
+        # Escaped: a User-Name is whatever the gateway sent (a refused "alice\n" included).
+        user = printable(request.user or request.user_name)
         decisions_log.info(
             "%s %s for %s at %s: %s",
             "RADIUS",
             sent,
-            request.user or request.user_name,
+            user,
             request.client.name,
             decision.reason,
             extra={
                 "client": request.client.name,
                 "peer": request.source[0],
-                "user": request.user or request.user_name,
+                "user": user,
                 "decision": sent,
                 "reason": decision.reason,
                 "latency_ms": round(took * 1000, 1),
@@ -424,10 +509,35 @@ class Bridge:
     def _count_unavailable(self, effect: str) -> None:
         self.metrics.backend_errors.labels(effect).inc()
 
+    def _credential_refused(self, why: str) -> None:
+        """The backend refused this bridge's token (revoked, wrong scope): reject every
+        request from now on, whatever the failmode, and delete the clients cache sealed
+        with that token. Loud (ERROR, once a minute): nobody can sign in through here."""
+        self.core.credential_refused = why
+        if self.cache is not None:
+            try:
+                self.cache.discard()
+            except CacheError as exc:
+                log.error("%s", exc)
+        now = time.monotonic()
+        if self._refusal_logged is None or now - self._refusal_logged >= 60:
+            self._refusal_logged = now
+            log.error(
+                "%s: every RADIUS request is rejected until the bridge has a valid token "
+                "(openmfa token create NAME --scope bridge, then restart the bridge)",
+                why,
+            )
+
     # -- the client table ------------------------------------------------------------------------
 
     async def refresh_clients(self) -> bool:
         """Re-read the client list once; True when a new table was installed."""
+        # One at a time (the periodic refresh and an unknown client's recheck): a slow
+        # fetch finishing last must not install an older list over a newer one.
+        async with self._refresh_lock:
+            return await self._refresh_clients()
+
+    async def _refresh_clients(self) -> bool:
         try:
             if self.settings.clients_file is not None:
                 loaded = self._read_clients_file()
@@ -436,6 +546,10 @@ class Bridge:
                 loaded = None if document is None else parse_clients(document.data)
                 if document is not None:  # parsed: a document the bridge cannot use is not kept
                     self._save_cache(document)
+        except CredentialRefused as exc:
+            self.metrics.client_refresh_failures.inc()
+            self._credential_refused(str(exc))
+            return False
         except (BackendError, ClientsError, OSError) as exc:
             self.metrics.client_refresh_failures.inc()
             now = time.monotonic()
@@ -455,6 +569,10 @@ class Bridge:
             if self._failing_since is None:
                 self._failing_since = now
             return False
+        if self.core.credential_refused is not None and self.settings.clients_file is None:
+            log.warning("the backend accepts this bridge's token again")
+            self.core.credential_refused = None
+            self._refusal_logged = None
         if self._failing_since is not None:
             log.info(
                 "the RADIUS client list can be read again (after %.0f s)",

@@ -343,3 +343,38 @@ def test_concurrent_starts_of_the_in_process_bridge_make_one_challenge(api: ApiH
     assert len({auth_id for _, auth_id in results}) == 1
     assert [c["id"] for c in phone.pending()] == [results[0][1]]
     assert len(audit_rows(api, "auth.start")) == 1
+
+
+def test_the_bridges_unchanged_client_polls_stay_out_of_the_info_log(api: ApiHarness) -> None:
+    """A bridge asks every 5 s whether its client list changed; each 304 wrote an access-log
+    line at info, 17,280 a day per bridge. They are debug lines now; a changed list (200) and
+    every other request stay at info."""
+    http = bridge(api, "quiet-bridge")
+    records: list[logging.LogRecord] = []
+    three = threading.Event()
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if CLIENTS in record.getMessage():
+                records.append(record)
+                if len(records) == 3:
+                    three.set()
+
+    access = logging.getLogger("openmfa.access")
+    handler, level = Collect(logging.DEBUG), access.level
+    access.addHandler(handler)
+    access.setLevel(logging.DEBUG)
+    try:
+        etag = http.get(CLIENTS).headers["etag"]
+        assert http.get(CLIENTS, headers={"If-None-Match": etag}).status_code == 304
+        assert http.get(CLIENTS, headers={"Authorization": "Bearer omfa_nope"}).status_code == 401
+        assert three.wait(10), [r.getMessage() for r in records]
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+    levels = {record.getMessage(): record.levelno for record in records}
+    assert levels == {
+        f"GET {CLIENTS} 200": logging.INFO,
+        f"GET {CLIENTS} 304": logging.DEBUG,
+        f"GET {CLIENTS} 401": logging.INFO,
+    }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import random
 import socket
@@ -232,20 +233,46 @@ def test_a_new_request_for_a_user_with_a_pending_push_joins_it(
     lab.client(name_of(request), [source], SECRET, mode="push", primary="none")
     user = name_of(request)
     device = lab.user(user)
+    station = {"Calling_Station_Id": "203.0.113.9", "NAS_Identifier": "vpn-1"}
     first_try = pool.submit(
         lab.pyrad(source, SECRET, timeout=30).SendPacket,
-        access_request(lab.pyrad(source, SECRET), user),
+        access_request(lab.pyrad(source, SECRET), user, **station),
     )
     challenge_id = one_pending(device)
     # An old AnyConnect resends as a *new* request (new Id and authenticator).
     second_client = lab.pyrad(source, SECRET, timeout=30)
-    second_try = pool.submit(second_client.SendPacket, access_request(second_client, user))
+    second_try = pool.submit(
+        second_client.SendPacket, access_request(second_client, user, **station)
+    )
     held_until(lab, 2)
     assert len(device.pending()) == 1
     device.answer(challenge_id, "approve")
     assert first_try.result(30).code == ACCEPT
     assert second_try.result(30).code == ACCEPT
     assert starts(lab, user) == 1
+
+
+def test_requests_without_calling_station_id_never_share_a_push(
+    lab: RadiusLab, source: str, pool: ThreadPoolExecutor, request: pytest.FixtureRequest
+) -> None:
+    """Issue 13 finding 4: two Access-Requests for one user, neither with Calling-Station-Id,
+    shared one push, and the user's approval accepted the attacker's request too."""
+    lab.client(name_of(request), [source], SECRET, mode="push", primary="none")
+    user = name_of(request)
+    device = lab.user(user)
+    users_client = lab.pyrad(source, SECRET, timeout=30)
+    users_try = pool.submit(users_client.SendPacket, access_request(users_client, user))
+    users_challenge = one_pending(device)
+    attackers_client = lab.pyrad(source, SECRET, timeout=30)
+    attackers_try = pool.submit(attackers_client.SendPacket, access_request(attackers_client, user))
+    wait_for(lambda: len(device.pending()) == 2, 10, "a second push for the second request")
+    assert starts(lab, user) == 2
+    device.answer(users_challenge, "approve")
+    assert users_try.result(30).code == ACCEPT
+    # The other request is decided by its own push, which the user denies.
+    (attackers_challenge,) = [c["id"] for c in device.pending() if c["id"] != users_challenge]
+    device.answer(str(attackers_challenge), "deny")
+    assert attackers_try.result(30).code == REJECT
 
 
 # -- challenge and otp modes ----------------------------------------------------------------------
@@ -386,6 +413,29 @@ def test_unenrolled_user_per_the_client_policy(
         )
     # Whatever the policy, the password still counts.
     assert client.SendPacket(access_request(client, name, "wrong")).code == REJECT
+
+
+def test_a_user_name_with_a_newline_is_rejected_and_audited(
+    lab: RadiusLab, source: str, request: pytest.FixtureRequest
+) -> None:
+    """Issue 13 finding 8: ``alice\n`` passed the name check as an unknown user, so a
+    client with ``unenrolled allow`` answered Access-Accept without a second factor."""
+    name = name_of(request)
+    lab.client(name, [source], SECRET, mode="push", primary="none", unenrolled="allow")
+    device = lab.user(name)
+    client = lab.pyrad(source, SECRET)
+    answer = client.SendPacket(access_request(client, name + "\n"))
+    assert answer.code == REJECT
+    assert device.pending() == []
+    wait_for(
+        lambda: len(lab.audit(name + "\\n", "radius.invalid_attribute")) == 1,
+        10,
+        "the bridge's audit row",
+    )
+    (row,) = lab.audit(name + "\\n", "radius.invalid_attribute")
+    assert row.result == "reject"
+    assert "User-Name holds a control character" in row.detail
+    assert lab.audit(name, "radius.unenrolled_allowed") == []
 
 
 def test_exempt_user_skips_the_second_factor_and_is_audited(
@@ -679,3 +729,157 @@ def test_a_bridge_restarted_while_the_backend_is_down_serves_from_its_clients_ca
     with BridgeThread(bridge_settings(unreachable, "omfa_other", clients_cache=cache)) as bridge:
         assert bridge.revision is None
         assert status_server(lab, source, secret, bridge) is None
+
+
+# -- a revoked bridge token (issue 13 finding 15) -------------------------------------------------
+
+
+def pyrad_to(lab: RadiusLab, bridge: BridgeThread, source: str, secret: str) -> Any:
+    client = lab.pyrad(source, secret, timeout=10)
+    client.authport = bridge.port()
+    return client
+
+
+def test_a_revoked_bridge_token_rejects_everyone_whatever_the_failmode(
+    lab: RadiusLab, source: str, request: pytest.FixtureRequest
+) -> None:
+    """A 401 was taken as "backend down": with failmode safe, alice and an unknown user got
+    Access-Accept as soon as the bridge's token was revoked."""
+    name = name_of(request)
+    exempt = f"{name}-exempt"
+    lab.client(
+        name,
+        [source],
+        SECRET,
+        mode="push",
+        primary="none",
+        failmode="safe",
+        unenrolled="allow",
+        exempt_users=[exempt],
+    )
+    device = lab.user(name)
+    token = lab.api.run(lab.api.services.tokens.create(ADMIN, name, scope="bridge"))
+    with BridgeThread(bridge_settings(lab.api.url, token)) as bridge:
+        wait_for(lambda: bridge.revision == lab.bridge.revision, 10, "the client list")
+        lab.api.run(lab.api.services.tokens.revoke(ADMIN, name))
+        for user in (name, f"nobody-{name}", exempt):
+            client = pyrad_to(lab, bridge, source, SECRET)
+            assert client.SendPacket(access_request(client, user)).code == REJECT, user
+        assert device.pending() == []
+        assert lab.audit(name, "radius.failsafe_accept") == []
+        assert lab.audit(f"nobody-{name}", "radius.unenrolled_allowed") == []
+
+
+def test_a_bridge_restarted_with_a_revoked_token_does_not_serve_its_cache(
+    lab: RadiusLab, source: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from radius_bridge.runner import StartupError
+
+    name = name_of(request)
+    lab.client(name, [source], SECRET, mode="push", primary="none", failmode="safe")
+    token = lab.api.run(lab.api.services.tokens.create(ADMIN, name, scope="bridge"))
+    cache = tmp_path / "clients.cache"
+    settings = bridge_settings(lab.api.url, token, clients_cache=cache)
+    with BridgeThread(settings) as bridge:
+        assert status_server(lab, source, SECRET, bridge) == ACCEPT
+    assert cache.exists()
+    lab.api.run(lab.api.services.tokens.revoke(ADMIN, name))
+    with pytest.raises(StartupError, match="refused this bridge's token"), BridgeThread(settings):
+        pass
+    assert not cache.exists()  # the revoked token's cache is gone for good
+
+
+# -- fair shares of the held pool (issue 13 finding 17) ----------------------------------------
+
+
+def test_one_client_flooding_cannot_take_every_held_slot(
+    lab: RadiusLab, pool: ThreadPoolExecutor, request: pytest.FixtureRequest
+) -> None:
+    """With one global --max-held, a single client holding requests starved every other
+    gateway: their requests were dropped as "overload" until the flood stopped."""
+    name = name_of(request)
+    flooder, other = f"127.0.0.{next(_addresses)}", f"127.0.0.{next(_addresses)}"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as black_hole:
+        # An upstream RADIUS server that never answers: each request the flooding client
+        # sends is held for the upstream's timeout, without any user or push.
+        black_hole.bind(("127.0.0.1", 0))
+        lab.client(
+            f"{name}-a",
+            [flooder],
+            SECRET,
+            mode="push",
+            primary="radius",
+            upstream_host="127.0.0.1",
+            upstream_port=black_hole.getsockname()[1],
+            upstream_secret="upstream-secret-0",
+            upstream_timeout=20.0,
+        )
+        lab.client(f"{name}-b", [other], SECRET, mode="push", primary="none")
+        device = lab.user(name)
+        token = lab.api.run(lab.api.services.tokens.create(ADMIN, name, scope="bridge"))
+        with BridgeThread(bridge_settings(lab.api.url, token, max_held=8)) as bridge:
+            wait_for(lambda: bridge.revision == lab.bridge.revision, 10, "the client list")
+            sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sender.bind((flooder, 0))
+            with sender:
+                for number in range(40):
+                    attributes = codec.encode_attribute(codec.USER_NAME, f"flood{number}".encode())
+                    packet = codec.encode_request(
+                        number, SECRET.encode(), attributes, password=b"guess"
+                    )
+                    sender.sendto(packet, ("127.0.0.1", bridge.port()))
+                wait_for(
+                    lambda: (
+                        bridge.metric("openmfa_radius_dropped_total", {"reason": "overload"})
+                        + bridge.held
+                        >= 40
+                    ),
+                    10,
+                    "the flood to be held or dropped",
+                )
+                assert bridge.held == 6  # three quarters of 8: the rest stays for others
+                client = pyrad_to(lab, bridge, other, SECRET)
+                client.timeout = 30
+                answer = pool.submit(client.SendPacket, access_request(client, name))
+                device.answer(one_pending(device), "approve")
+                assert answer.result(30).code == ACCEPT
+            bridge.stop()
+
+
+# -- a client added a moment ago ------------------------------------------------------------------
+
+
+def test_a_client_added_a_moment_ago_is_answered_at_once(
+    lab: RadiusLab, source: str, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bridge learnt of a new client only at its next periodic refresh: the gateway's
+    first request, sent right after `openmfa client add`, was dropped as "unknown client"."""
+    name = name_of(request)
+    token = lab.api.run(lab.api.services.tokens.create(ADMIN, name, scope="bridge"))
+    caplog.set_level(logging.WARNING, "openmfa.radius")
+    stranger = f"127.0.0.{next(_addresses)}"
+    with BridgeThread(bridge_settings(lab.api.url, token, refresh_seconds=3600)) as bridge:
+        # A stranger: the list is re-read, the datagram still dropped, and the log says so
+        # (once; the recheck does not swallow the line).
+        assert status_server(lab, stranger, SECRET, bridge, timeout=0.5) is None
+        wait_for(
+            lambda: any(
+                f"unknown client {stranger}" in record.getMessage() for record in caplog.records
+            ),
+            5,
+            "the log line about the unknown client",
+        )
+        # Added behind the bridge's back (no refresh for an hour): the first datagram from
+        # the new address makes the bridge look again before it drops anything.
+        from backend.domain.radius import ClientChanges
+
+        lab.api.run(
+            lab.api.services.radius_clients.add(
+                ADMIN, name, ClientChanges(addresses=[source], secret=SECRET)
+            )
+        )
+        bridge.advance(1.0)  # the recheck is rate-limited to one a second (bridge clock)
+        assert status_server(lab, source, SECRET, bridge, timeout=3) == ACCEPT
+        # Within the second, strangers cost nothing more: dropped at once.
+        assert status_server(lab, stranger, SECRET, bridge, timeout=0.3) is None
+        assert bridge.metric("openmfa_radius_dropped_total", {"reason": "unknown-client"}) == 2

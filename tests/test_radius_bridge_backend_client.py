@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 
-from radius_bridge.backend_client import BackendClient, BackendError
+from radius_bridge.backend_client import BackendClient, BackendError, CredentialRefused
 from radius_bridge.model import (
     Audit,
     CancelAuthentication,
@@ -126,12 +126,10 @@ async def test_a_refusal_this_bridge_does_not_know_is_still_a_refusal() -> None:
     [
         lambda: problem(503, "database-unavailable"),
         lambda: httpx.Response(502, text="bad gateway"),
-        lambda: problem(401, "unauthorized"),  # revoked bridge token
-        lambda: problem(403, "forbidden"),  # a token of scope gateway
         lambda: httpx.Response(200, text="<html>not json</html>"),
     ],
 )
-async def test_outages_and_credential_problems_are_unavailable(
+async def test_outages_are_unavailable(
     respond: Callable[[], httpx.Response],
 ) -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
@@ -140,6 +138,51 @@ async def test_outages_and_credential_problems_are_unavailable(
     backend = client(handler)
     for effect in (START, VerifyCode("alice", "123456"), SubmitCode("ch_1", "123456")):
         assert isinstance(await backend.perform(effect, deadline(5)), Unavailable)
+    await backend.aclose()
+
+
+@pytest.mark.parametrize(
+    "respond",
+    [
+        lambda: problem(401, "unauthorized"),  # a revoked bridge token
+        lambda: httpx.Response(401, text="no"),  # whatever the body
+        lambda: problem(403, "forbidden"),  # a token of scope gateway
+    ],
+)
+async def test_a_refused_bridge_token_is_never_unavailable(
+    respond: Callable[[], httpx.Response],
+) -> None:
+    """Issue 13 finding 15: a 401/403 was taken as "backend down", so failmode safe
+    accepted everyone once the bridge's token was revoked."""
+    refused: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return respond()
+
+    backend = BackendClient(
+        "http://backend.test",
+        "omfa_test-token",
+        transport=httpx.MockTransport(handler),
+        on_credential_refused=refused.append,
+    )
+    effects = (
+        START,
+        VerifyCode("alice", "123456"),
+        SubmitCode("ch_1", "123456"),
+        VerifyPassword("alice", "pw"),
+        WaitOutcome("ch_1", 1.0),
+        CancelAuthentication("ch_1"),
+        Audit("radius.failsafe_accept", "alice", "d"),
+    )
+    for effect in effects:
+        result = await backend.perform(effect, deadline(5))
+        assert isinstance(result, Refused), (effect, result)
+        assert result.kind == "bridge-unauthorized"
+    assert len(refused) == len(effects)
+    with pytest.raises(CredentialRefused, match="refused this bridge's token"):
+        await backend.fetch_clients(None)
+    with pytest.raises(CredentialRefused):
+        await backend.fetch_clients("r1")
     await backend.aclose()
 
 
@@ -354,9 +397,9 @@ async def test_clients_document_uses_the_etag() -> None:
 
 async def test_clients_document_errors_raise() -> None:
     async def handler(request: httpx.Request) -> httpx.Response:
-        return problem(403, "forbidden", "scope gateway")
+        return problem(404, "not-found", "no such route")
 
     backend = client(handler)
-    with pytest.raises(BackendError, match="403 forbidden"):
+    with pytest.raises(BackendError, match="404 not-found"):
         await backend.fetch_clients(None)
     await backend.aclose()

@@ -158,6 +158,25 @@ def test_openmfa_run_serves_radius_in_process_over_ipv6(
         assert "Traceback" not in server.log
 
 
+def test_openmfa_run_answers_a_client_added_a_moment_ago(tmp_path: Path) -> None:
+    """`openmfa client add`, then at once a request: the built-in bridge used to drop it as
+    "unknown client" until its next 5-second refresh."""
+    port, udp = free_port(), free_udp_port()
+    env = env_for(port, OPENMFA_RADIUS_PORT=str(udp), OPENMFA_RADIUS_HOST="127.0.0.1")
+    cli = Cli(tmp_path, **env)
+    cli("db", "upgrade")
+    with ServerProcess(tmp_path, port, env) as server:
+        for name, address in (("edge-a", "127.0.0.1"), ("edge-b", "127.0.0.5")):
+            add_client(cli, name, address, "--mode", "otp", "--primary", "none")
+            client = pyrad_client(udp, address, timeout=1.5)
+            began = time.monotonic()
+            reply = client.SendPacket(client.CreateAuthPacket(code=pyrad_packet.StatusServer))
+            client._CloseSocket()
+            assert reply.code == pyrad_packet.AccessAccept
+            assert time.monotonic() - began < 1.5
+        assert "unknown client" not in server.log
+
+
 def test_openmfa_run_refuses_a_taken_radius_port(tmp_path: Path) -> None:
     port = free_port()
     import socket
@@ -248,6 +267,19 @@ def test_openmfa_radius_runs_standalone_with_metrics(tmp_path: Path) -> None:
         assert token_file.read_text().strip() not in output
         assert SECRET not in output
         assert code not in output
+
+        # Its token revoked, the bridge refuses to start, with one line (issue 13, 15).
+        cli("token", "revoke", "edge-bridge")
+        revoked = subprocess.run(
+            [*command, "--clients-cache", str(tmp_path / "clients.cache")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert revoked.returncode == 1, revoked.stderr
+        assert "refused this bridge's token" in revoked.stderr
+        assert "Traceback" not in revoked.stderr
 
 
 def test_openmfa_radius_reports_bad_settings_in_one_line(tmp_path: Path) -> None:

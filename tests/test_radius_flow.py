@@ -48,7 +48,7 @@ from radius_bridge.protocol.flow import (
     split_code,
     truncate_message,
 )
-from radius_bridge.protocol.pending import PendingPushes
+from radius_bridge.protocol.pending import PendingPushes, SignIn
 from radius_bridge.protocol.state import StateTable
 
 T0 = 1000.0
@@ -85,6 +85,8 @@ def make_request(
     *,
     state: bytes | None = None,
     calling: str | None = "203.0.113.7",
+    nas_identifier: str | None = "asa1-nas",
+    nas_ip_address: str | None = None,
 ) -> AccessRequest:
     number = next(_identifiers)
     return AccessRequest(
@@ -97,7 +99,8 @@ def make_request(
         password=password,
         state=state,
         calling_station_id=calling,
-        nas_identifier="asa1-nas",
+        nas_identifier=nas_identifier,
+        nas_ip_address=nas_ip_address,
     )
 
 
@@ -403,7 +406,7 @@ def test_dropped_flow_releases_its_hold() -> None:
 def test_join_with_number_answers_a_challenge() -> None:
     env = Env()
     client = make_client(mode="push")
-    env.pushes.add("asa1", "alice", "ch_3", 77, T0 + 55, origin="203.0.113.7")
+    env.pushes.add("asa1", "alice", "ch_3", 77, T0 + 55, origin=SignIn("203.0.113.7", "asa1-nas"))
     decision, _ = drive(env.flow(make_request(client)), [])
     assert isinstance(decision, Challenge)
     assert decision.next_round == ChallengeRound("ch_3", "push", 77, (FILTER,), 0)
@@ -1032,3 +1035,52 @@ def test_request_from_another_address_does_not_join() -> None:
         other.send(Outcome("denied"))
     assert stop.value.value.reason == "denied"
     assert env.pushes.holders == 0
+
+
+@pytest.mark.parametrize(
+    ("first_sign_in", "second_sign_in"),
+    [
+        ({"calling": None}, {"calling": None}),  # neither says where the user is
+        ({"calling": ""}, {"calling": ""}),
+        ({"calling": " "}, {"calling": " "}),
+        ({"nas_identifier": "asa-a"}, {"nas_identifier": "asa-b"}),
+        ({"nas_identifier": "asa-a"}, {"nas_identifier": None}),
+        ({"nas_ip_address": "10.0.0.1"}, {"nas_ip_address": "10.0.0.2"}),
+        ({"nas_ip_address": None}, {"nas_ip_address": "10.0.0.2"}),
+    ],
+)
+def test_request_not_provably_the_same_sign_in_gets_a_push_of_its_own(
+    first_sign_in: dict[str, Any], second_sign_in: dict[str, Any]
+) -> None:
+    """Issue 13 finding 4: two requests without Calling-Station-Id (None == None) shared one
+    push, so the user's approval accepted both. Only a provably same sign-in joins."""
+    env = Env()
+    client = make_client(mode="push")
+    first = env.flow(make_request(client, **first_sign_in))
+    first.send(None)
+    assert first.send(started("ch_first")) == WaitOutcome("ch_first", 55.0)
+    second = env.flow(make_request(client, **second_sign_in))
+    assert isinstance(second.send(None), StartAuthentication)
+    assert second.send(started("ch_second")) == WaitOutcome("ch_second", 55.0)
+    # The user approves the push they started; the other request is decided by its own.
+    with pytest.raises(StopIteration) as stop:
+        first.send(Outcome("approved"))
+    assert stop.value.value.reason == "approved"
+    with pytest.raises(StopIteration) as stop:
+        second.send(Outcome("denied"))
+    assert stop.value.value.reason == "denied"
+    assert env.pushes.holders == 0
+
+
+def test_same_station_and_nas_still_joins() -> None:
+    env = Env()
+    client = make_client(mode="push")
+    sign_in = {"calling": "203.0.113.7", "nas_identifier": "asa-a", "nas_ip_address": "10.0.0.1"}
+    first = env.flow(make_request(client, **sign_in))
+    first.send(None)
+    first.send(started("ch_1"))
+    second = env.flow(make_request(client, **sign_in))
+    assert second.send(None) == WaitOutcome("ch_1", 55.0)
+    assert env.pushes.holders == 2
+    first.close()
+    second.close()

@@ -36,6 +36,7 @@ from radius_bridge.model import (
     WaitOutcome,
 )
 from radius_bridge.protocol.flow import FlowLimits
+from radius_bridge.protocol.pending import PendingPushes, SignIn
 from radius_bridge.protocol.state import new_state
 from tests.test_radius_flow import Env, make_client, make_request
 
@@ -157,7 +158,9 @@ def test_flow_always_decides_safely(
             "ch_1",
             data.draw(st.sampled_from([None, 9])),
             env.clock() + 30,
-            origin=data.draw(st.sampled_from(["203.0.113.7", "198.51.100.1"])),
+            origin=SignIn(
+                data.draw(st.sampled_from(["203.0.113.7", "198.51.100.1", None])), "asa1-nas"
+            ),
         )
     state: bytes | None = None
     if state_kind != "none":
@@ -237,3 +240,30 @@ def test_flow_always_decides_safely(
         assert any(isinstance(r, Unavailable) for _, r in trace)
     else:
         raise AssertionError(f"unexpected accept reason {reason}")
+
+
+sign_ins = st.builds(
+    SignIn,
+    st.sampled_from([None, "", " ", "203.0.113.7", "198.51.100.1"]),
+    st.sampled_from([None, "nas-a", "nas-b"]),
+    st.sampled_from([None, "10.0.0.1", "10.0.0.2"]),
+)
+
+
+@given(
+    sign_ins, sign_ins, st.sampled_from(["alice", "ALICE", "bob"]), st.sampled_from(["c1", "c2"])
+)
+def test_a_request_joins_only_a_provably_same_sign_in(
+    started_by: SignIn, joining: SignIn, user: str, client: str
+) -> None:
+    """Issue 13 finding 4, as a property of the pending-push table."""
+    pushes = PendingPushes()
+    entry = pushes.add("c1", "alice", "ch_1", None, 100.0, origin=started_by)
+    joined = pushes.joinable(client, user, 0.0, joining)
+    same = (
+        client == "c1"
+        and user.casefold() == "alice"
+        and bool((joining.calling_station_id or "").strip())
+        and joining == started_by
+    )
+    assert (joined is entry) == same

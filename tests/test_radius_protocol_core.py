@@ -15,9 +15,11 @@ from radius_bridge.model import (
     Accept,
     AccessRequest,
     Attribute,
+    Audit,
     Challenge,
     ChallengeRound,
     ClientConfig,
+    Done,
     Outcome,
     Reject,
     StartAuthentication,
@@ -337,3 +339,62 @@ def test_expire_cleans_every_table(pyrad_dict: PyradDictionary) -> None:
     assert (len(core.duplicates), len(core.states), len(core.pushes)) == (1, 1, 0)
     core.expire(300.0)
     assert (len(core.duplicates), len(core.states)) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "named"),
+    [
+        (codec.USER_NAME, b"alice\n", "User-Name"),
+        (codec.USER_NAME, b"alice\r\nRADIUS accept for bob", "User-Name"),
+        (codec.USER_NAME, b"al\x00ice", "User-Name"),
+        (codec.USER_NAME, "alice\u2028".encode(), "User-Name"),
+        (codec.CALLING_STATION_ID, b"203.0.113.5\n", "Calling-Station-Id"),
+        (codec.NAS_IDENTIFIER, b"nas\x1b[31m", "NAS-Identifier"),
+    ],
+)
+def test_control_characters_in_string_attributes_are_refused_and_audited(
+    attribute: int, value: bytes, named: str
+) -> None:
+    """Issue 13 finding 8: ``alice\\n`` passed the backend's name check as an unknown user,
+    and with unenrolled ``allow`` got Access-Accept without a second factor."""
+    core = make_core(unenrolled="allow")
+    attributes = b"".join(
+        codec.encode_attribute(kind, data)
+        for kind, data in [
+            (codec.USER_NAME, b"alice"),
+            (codec.CALLING_STATION_ID, b"203.0.113.5"),
+            (codec.NAS_IDENTIFIER, b"nas"),
+        ]
+        if kind != attribute
+    ) + codec.encode_attribute(attribute, value)
+    out = core.receive(codec.encode_request(9, SECRET, attributes), SOURCE, 0.0)
+    assert isinstance(out, Begin)
+    flow = core.authenticate(out.request, lambda: 0.0)
+    audit = flow.send(None)  # type: ignore[arg-type]
+    assert isinstance(audit, Audit)
+    assert audit.action == "radius.invalid_attribute"
+    assert named in audit.detail
+    # The audit trail and the log get the name escaped, never the raw control character.
+    for text in (audit.user, audit.detail):
+        assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in text)
+    assert len(audit.user) <= 128
+    with pytest.raises(StopIteration) as stop:
+        flow.send(Done())
+    assert stop.value.value == Reject("invalid-attribute")
+    assert core.finish(out.request, stop.value.value, 0.0)[0] == codec.ACCESS_REJECT
+
+
+def test_a_bridge_whose_token_is_refused_rejects_everyone(pyrad_dict: PyradDictionary) -> None:
+    """Issue 13 finding 15: once the backend refused the token, no failmode, exemption or
+    unenrolled policy lets anyone in; the flow asks the backend nothing."""
+    core = make_core(failmode="safe", unenrolled="allow", exempt_users=frozenset({"alice"}))
+    core.credential_refused = "the backend refused this bridge's token (401 unauthorized)"
+    _, raw = pyrad_request(pyrad_dict)
+    out = core.receive(raw, SOURCE, 0.0)
+    assert isinstance(out, Begin)
+    with pytest.raises(StopIteration) as stop:
+        core.authenticate(out.request, lambda: 0.0).send(None)  # type: ignore[arg-type]
+    assert stop.value.value.reason == "bridge-unauthorized"
+    assert isinstance(stop.value.value, Reject)
+    core.credential_refused = None
+    assert isinstance(core.authenticate(out.request, lambda: 0.0).send(None), Audit)  # type: ignore[arg-type]

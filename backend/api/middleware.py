@@ -18,6 +18,9 @@ _VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # administrator's link): the access log names the page, never the token.
 _CREDENTIAL_PATHS = re.compile(r"^(/portal/invite/|/admin/bootstrap/)[^/]+")
 log = logging.getLogger("openmfa.access")
+#: Polls that only say "nothing changed", logged at debug: a bridge asks for its client list
+#: every few seconds, and 304 lines at info would bury everything else (17,280 a day each).
+_QUIET_POLLS = frozenset({("/gateway/v1/radius/clients", 304)})
 
 
 def loggable_path(path: str) -> str:
@@ -63,7 +66,8 @@ class RequestIdMiddleware:
             response = await unexpected_error(Request(scope, receive), exc)
             await response(scope, receive, send_with_id)
         finally:
-            log.info(
+            log.log(
+                logging.DEBUG if (scope["path"], status) in _QUIET_POLLS else logging.INFO,
                 "%s %s %s",
                 scope["method"],
                 loggable_path(scope["path"]),

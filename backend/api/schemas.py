@@ -212,6 +212,7 @@ class BridgeAuditRequest(Body):
         "radius.exempt_network",
         "radius.unenrolled_allowed",
         "radius.failsafe_accept",
+        "radius.invalid_attribute",
     ]
     user: str = Field(default="", max_length=128)
     detail: str = Field(default="", max_length=1024)

@@ -20,13 +20,13 @@ if TYPE_CHECKING:  # the services (SQLAlchemy, Alembic, ...) load only when a co
     from backend.services import Services
     from backend.services.context import Actor
 
-_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_DURATION = re.compile(r"([0-9]+)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str) -> int:
     """``90``, ``90s``, ``10m``, ``2h``, ``7d`` -> seconds."""
-    match = _DURATION.match(text.strip())
+    match = _DURATION.fullmatch(text.strip())
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 600, 10m, 2h or 7d")
     return int(match.group(1)) * _UNITS[match.group(2)]
@@ -34,7 +34,7 @@ def parse_duration(text: str) -> int:
 
 def parse_since(text: str) -> datetime:
     """An ISO 8601 time (UTC if no zone) or a duration back from now (``1h``, ``7d``)."""
-    if _DURATION.match(text.strip()):
+    if _DURATION.fullmatch(text.strip()):
         return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
     try:
         moment = datetime.fromisoformat(text)

@@ -47,7 +47,10 @@ BRIDGE_AUDIT_ACTIONS = (
     "radius.exempt_network",
     "radius.unenrolled_allowed",
     "radius.failsafe_accept",
+    "radius.invalid_attribute",
 )
+#: Of those, the refusals (the rest record a sign-in the bridge let through).
+BRIDGE_AUDIT_REFUSALS = ("radius.invalid_attribute",)
 
 MAX_SECRET_BYTES = 128  # RFC 2865 puts no limit; 128 is what gateways accept in practice
 SHORT_SECRET_CHARS = 16  # below this an offline guess of a captured packet is realistic
@@ -64,10 +67,10 @@ MAX_REALMS = 32
 MAX_REPLY_ATTRIBUTES = 32
 
 _HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
 )
-_REALM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+_REALM = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
 _PLACEHOLDER = "{user}"
 _MAPPED_V4 = ipaddress.IPv6Network("::ffff:0:0/96")
 T = TypeVar("T")
@@ -198,7 +201,7 @@ def check_host(host: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
-    if not _HOSTNAME.match(host):
+    if not _HOSTNAME.fullmatch(host):
         raise InvalidRadiusClient(f"upstream host {host!r} is neither an IP address nor a DNS name")
     return host.rstrip(".").lower()
 
@@ -266,7 +269,7 @@ def parse_realm_map_entry(text: str) -> tuple[str, str]:
 
 def check_realm(realm: str, template: str) -> tuple[str, str]:
     realm = realm.strip()
-    if not _REALM.match(realm):
+    if not _REALM.fullmatch(realm):
         raise InvalidRadiusClient(f"realm {realm!r} is not a domain such as contoso.com or CONTOSO")
     if template.count(_PLACEHOLDER) != 1 or "{" in template.replace(_PLACEHOLDER, ""):
         raise InvalidRadiusClient(

@@ -29,7 +29,7 @@ SEND_TIMEOUT = 30.0  # seconds for one whole SMTP conversation step (connect, ea
 
 # A deliberately plain check: something@domain, no spaces or control characters. The SMTP
 # server has the final word; this only catches typos and header injection at start.
-_ADDRESS = re.compile(r"^[^@\s<>\"(),;:\x00-\x1f\x7f]+@[^@\s<>\"(),;:\x00-\x1f\x7f]+$")
+_ADDRESS = re.compile(r"[^@\s<>\"(),;:\x00-\x1f\x7f]+@[^@\s<>\"(),;:\x00-\x1f\x7f]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -49,7 +49,7 @@ def parse_addresses(setting: str, value: str) -> list[str]:
         raise ConfigurationError(f"{setting} contains a control character")
     addresses: list[str] = []
     for name, address in getaddresses([value]):
-        if not _ADDRESS.match(address):
+        if not _ADDRESS.fullmatch(address):
             shown = f"{name} <{address}>" if name else address
             raise ConfigurationError(f"{setting}: {shown!r} is not an e-mail address")
         addresses.append(address)

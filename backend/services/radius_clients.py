@@ -24,6 +24,7 @@ from backend.crypto import SecretBox
 from backend.domain.names import object_name
 from backend.domain.radius import (
     BRIDGE_AUDIT_ACTIONS,
+    BRIDGE_AUDIT_REFUSALS,
     ClientChanges,
     ClientSettings,
     UpstreamSettings,
@@ -359,10 +360,12 @@ class RadiusClientService:
     async def record_bridge_decision(
         self, actor: Actor, action: str, user_name: str, detail: str
     ) -> None:
-        """Audit a decision a bridge took alone (an exemption, a fail-safe accept)."""
+        """Audit a decision a bridge took alone (an exemption, a fail-safe accept, a request
+        refused for a malformed attribute)."""
         if action not in BRIDGE_AUDIT_ACTIONS:
             raise BadRequest(f"action must be one of {', '.join(BRIDGE_AUDIT_ACTIONS)}")
-        await self._audit.record(actor, action, "accept", user_name.casefold(), detail)
+        result = "reject" if action in BRIDGE_AUDIT_REFUSALS else "accept"
+        await self._audit.record(actor, action, result, user_name.casefold(), detail)
 
     # -- helpers ------------------------------------------------------------------------------
 

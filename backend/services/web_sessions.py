@@ -26,7 +26,7 @@ from backend.store.queries import UserRecord, load_user_by_id
 from backend.store.tables import web_sessions_t
 
 KINDS = ("portal", "admin")
-_COOKIE_VALUE = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
+_COOKIE_VALUE = re.compile(r"[A-Za-z0-9_-]{20,64}")
 # last_seen_at is written at most this often: a page view should not always cost a write.
 TOUCH_EVERY = timedelta(seconds=60)
 MAX_FLASHES = 5
@@ -106,7 +106,7 @@ class WebSessionService:
     async def load(self, kind: str, cookie: str | None) -> WebSessionRecord | None:
         """The live session of this kind behind ``cookie``; ``None`` if unknown or timed out
         (a timed-out row is deleted). Refreshes ``last_seen_at``."""
-        if not cookie or not _COOKIE_VALUE.match(cookie):
+        if not cookie or not _COOKIE_VALUE.fullmatch(cookie):
             return None
         digest = token_digest(cookie)
         now = self._clock()

@@ -33,7 +33,7 @@ from radius_bridge.model import (
     Decision,
     Reject,
 )
-from radius_bridge.names import normalise
+from radius_bridge.names import has_control, normalise
 from radius_bridge.protocol import dedup
 from radius_bridge.protocol import packet as codec
 from radius_bridge.protocol.dictionary import Dictionary, default_dictionary
@@ -116,6 +116,9 @@ class BridgeCore:
         self.pushes = pushes or PendingPushes()
         self.limits = limits or FlowLimits()
         self.log_interval = log_interval
+        #: Why the backend refuses this bridge's token (set by the runner on a 401/403);
+        #: while set, every request is rejected whatever the client's failmode.
+        self.credential_refused: str | None = None
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.counters: dict[str, int] = {}
         self._logged: dict[tuple[str, str], float] = {}
@@ -188,6 +191,7 @@ class BridgeCore:
         nas_identifier: str | None = None
         nas_ip: str | None = None
         proxy_state: list[bytes] = []
+        malformed: list[str] = []
         for kind, value in packet.attributes:
             if kind == codec.USER_NAME:
                 try:
@@ -197,14 +201,20 @@ class BridgeCore:
                     user_name = value.decode("utf-8", "replace")
                 else:
                     user = normalise(user_name, client.user_names)
+                if has_control(user_name):
+                    malformed.append("User-Name")
             elif kind == codec.USER_PASSWORD:
                 password = codec.decrypt_password(value, client.secret, packet.authenticator)
             elif kind == codec.STATE:
                 state = value
             elif kind == codec.CALLING_STATION_ID:
                 calling = value.decode("utf-8", "replace")
+                if has_control(calling):
+                    malformed.append("Calling-Station-Id")
             elif kind == codec.NAS_IDENTIFIER:
                 nas_identifier = value.decode("utf-8", "replace")
+                if has_control(nas_identifier):
+                    malformed.append("NAS-Identifier")
             elif kind == codec.NAS_IP_ADDRESS:
                 # Length checked by the decoder (4); formatting by hand costs a tenth of
                 # ipaddress.IPv4Address, and this runs for every request.
@@ -225,6 +235,9 @@ class BridgeCore:
             nas_ip_address=nas_ip,
             raw=packet.data,
             proxy_state=tuple(proxy_state),
+            # A control character is never part of a name or address: refused (and audited)
+            # rather than cleaned, so "alice\n" cannot pass as some other user.
+            malformed=(f"{', '.join(malformed)} holds a control character" if malformed else None),
         )
 
     # -- the decision -----------------------------------------------------------------------
@@ -233,7 +246,12 @@ class BridgeCore:
         """The decision flow for ``request``, wired to this core's State table and pending
         pushes (see :mod:`radius_bridge.protocol.flow`)."""
         return authenticate(
-            request, clock=clock, states=self.states, pushes=self.pushes, limits=self.limits
+            request,
+            clock=clock,
+            states=self.states,
+            pushes=self.pushes,
+            limits=self.limits,
+            bridge_refused=self.credential_refused is not None,
         )
 
     def finish(self, request: AccessRequest, decision: Decision, now: float) -> bytes:

@@ -16,6 +16,8 @@
 
 Rules (issue 4), in the order they apply:
 
+0. A request whose User-Name, Calling-Station-Id or NAS-Identifier holds a control character
+   (``alice\n``) is rejected at once, with an ``Audit`` that shows the value escaped.
 1. A request carrying a State answers a challenge round: the State must be known, unused,
    younger than 300 s and bound to this client and user, or the answer is Reject.
 2. ``password<sep>code`` in User-Password: split at the *last* separator, and only when what
@@ -34,11 +36,14 @@ Rules (issue 4), in the order they apply:
    empty / non-numeric answer (wait for the push); *otp*: Access-Challenge for the code.
    A user who can only answer with codes gets the otp challenge in every mode; with number
    matching, push mode answers a challenge too, since the number must be shown somewhere.
-   A new request for a user whose push is still pending, from the same Calling-Station-Id,
-   joins that push instead of sending another (:mod:`.pending`).
+   A new request for a user whose push is still pending joins that push instead of sending
+   another only when it is provably the same sign-in: same non-empty Calling-Station-Id,
+   same NAS-Identifier and NAS-IP-Address (:mod:`.pending`).
 6. Refusals: unknown or unenrolled users per the client's ``unenrolled`` (``allow`` audits);
    blocked, disabled, locked: Reject at once, no push.
-7. ``Unavailable`` (backend down or slow) during the second factor: failmode ``secure``
+7. The backend refusing the bridge's own token (``Refused("bridge-unauthorized")``), or the
+   core knowing it already (``refused``): Reject, whatever the failmode, exemptions included.
+   ``Unavailable`` (backend down or slow) during the second factor: failmode ``secure``
    rejects; ``safe`` accepts with an ``Audit`` because the primary already succeeded. With
    primary ``none`` it succeeded at the gateway: the bridge is only asked once the gateway
    (NPS, a VPN's own directory check) verified the password, so "safe" still means "the
@@ -84,7 +89,8 @@ from radius_bridge.model import (
     VerifyPassword,
     WaitOutcome,
 )
-from radius_bridge.protocol.pending import PendingPush, PendingPushes
+from radius_bridge.names import printable
+from radius_bridge.protocol.pending import PendingPush, PendingPushes, SignIn
 from radius_bridge.protocol.state import StateTable, new_state
 
 Flow = Generator[Effect, Result, Decision]
@@ -110,6 +116,7 @@ MESSAGES: Final[dict[str, str]] = {
     "disabled": "Your account is disabled. Contact your help desk",
     "locked": "Too many wrong codes. Try again later",
     "backend-unavailable": "Sign-in service unavailable. Try again later",
+    "bridge-unauthorized": "Sign-in service unavailable. Try again later",
     "invalid-state": "Sign-in expired or already used. Start again",
     "push-limited": "Too many sign-in requests. Use the code from your app",
     "number-matching": "This sign-in needs number matching, which this gateway cannot show",
@@ -131,6 +138,7 @@ _REFUSED: Final[dict[str, str]] = {
     "push-limited": "push-limited",
     "number-matching-unavailable": "number-matching",
     "refused": "denied",
+    "bridge-unauthorized": "bridge-unauthorized",
 }
 
 
@@ -190,10 +198,12 @@ def authenticate(
     states: StateTable,
     pushes: PendingPushes,
     limits: FlowLimits = FlowLimits(),
+    bridge_refused: bool = False,
 ) -> Flow:
     """The decision flow for ``request`` (see the module docstring). ``clock`` is the
-    runner's monotonic clock in seconds; push deadlines and State ages use it."""
-    return _Flow(request, clock, states, pushes, limits).run()
+    runner's monotonic clock in seconds; push deadlines and State ages use it.
+    ``bridge_refused``: the backend refuses this bridge's token, so nothing is accepted."""
+    return _Flow(request, clock, states, pushes, limits, bridge_refused).run()
 
 
 class _Flow:
@@ -204,7 +214,9 @@ class _Flow:
         states: StateTable,
         pushes: PendingPushes,
         limits: FlowLimits,
+        bridge_refused: bool = False,
     ) -> None:
+        self.bridge_refused = bridge_refused
         self.request = request
         self.client = request.client
         self.user = request.user
@@ -217,6 +229,21 @@ class _Flow:
     # -- entry -------------------------------------------------------------------------------
 
     def run(self) -> Flow:
+        if self.bridge_refused:
+            # Not even an exempt user: a bridge whose token was revoked must not let anyone
+            # in on its own say-so.
+            return Reject("bridge-unauthorized", MESSAGES["bridge-unauthorized"])
+        if self.request.malformed is not None:
+            yield Audit(
+                "radius.invalid_attribute",
+                printable(self.request.user_name),
+                f"client {self.client.name} ({self.request.source[0]}): "
+                f"{self.request.malformed}; refused. User-Name "
+                f"{printable(self.request.user_name, 160)!r}, Calling-Station-Id "
+                f"{printable(self.request.calling_station_id or '', 64)!r}, NAS-Identifier "
+                f"{printable(self.request.nas_identifier or '', 64)!r}",
+            )
+            return Reject("invalid-attribute")
         if not self.user:
             return Reject("invalid-name")
         if self.request.state is not None:
@@ -317,7 +344,11 @@ class _Flow:
     def _second_factor(self) -> Flow:
         """Push and challenge modes: start a push (or join the pending one)."""
         client = self.client
-        origin = self.request.calling_station_id
+        origin = SignIn(
+            self.request.calling_station_id,
+            self.request.nas_identifier,
+            self.request.nas_ip_address,
+        )
         entry = self.pushes.joinable(client.name, self.user, self.clock(), origin)
         if entry is not None:
             if client.mode == "challenge" or entry.number is not None:

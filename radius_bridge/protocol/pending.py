@@ -5,13 +5,19 @@ AnyConnect clients, users pressing "connect" twice) instead send a new Access-Re
 a new Identifier, for the same user while the phone still shows the first push. That
 request joins the pending push rather than sending a second one: two pushes for one sign-in
 train people to approve whatever pops up. A request joins only after its own primary
-authentication succeeded, so joining never skips the password, and only when it comes from
-the same end-user address (Calling-Station-Id) as the request that started the push:
-otherwise someone holding the password elsewhere could ride on the user's own approval.
+authentication succeeded, so joining never skips the password, and only when it is provably
+the same sign-in as the request that started the push: the same client and user, the same
+*non-empty* end-user address (Calling-Station-Id), and the same NAS-Identifier and
+NAS-IP-Address (each absent in both, or equal). Otherwise someone holding the password
+elsewhere could ride on the user's own approval; a request that does not say where the user
+is (no Calling-Station-Id) therefore never joins and gets a push of its own, which the
+backend's fatigue guard then counts.
 
 Each flow waiting on a push *holds* it; the last holder to give up cancels it in the
 backend. The entry ends when the push is final, when its time is up, or when the map is
-full (oldest first; the worst case is a second push).
+full: then the oldest entry *of the client with the most entries* goes (the worst case is a
+second push), so a client flooding pushes evicts its own, never another gateway's
+(:mod:`.shares`). One entry per user and client by construction.
 """
 
 from __future__ import annotations
@@ -19,7 +25,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from radius_bridge.protocol.shares import GroupIndex
+
 DEFAULT_MAX_ENTRIES: Final = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    """Where a request comes from, as far as the gateway says: Calling-Station-Id (the
+    end-user's address), NAS-Identifier and NAS-IP-Address."""
+
+    calling_station_id: str | None
+    nas_identifier: str | None = None
+    nas_ip_address: str | None = None
+
+    def same_as(self, other: SignIn | None) -> bool:
+        """True only when both name the same non-empty end-user address at the same NAS: two
+        requests that do not say where the user is are not provably one sign-in."""
+        if other is None or not (self.calling_station_id or "").strip():
+            return False
+        return self == other
 
 
 @dataclass(slots=True)
@@ -32,7 +57,7 @@ class PendingPush:
     number: int | None  # number matching: the number to show
     expires_at: float
     holders: int = 0  # flows waiting on it right now
-    origin: str | None = None  # Calling-Station-Id of the request that started it
+    origin: SignIn | None = None  # where the request that started it came from
 
 
 class PendingPushes:
@@ -43,6 +68,15 @@ class PendingPushes:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self._entries: dict[tuple[str, str], PendingPush] = {}
+        self._by_client: GroupIndex[str, tuple[str, str]] = GroupIndex()
+
+    def count(self, client: str) -> int:
+        """Entries of ``client``."""
+        return self._by_client.count(client)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        if self._entries.pop(key, None) is not None:
+            self._by_client.discard(key[0], key)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -57,17 +91,15 @@ class PendingPushes:
         key = (client, user.casefold())
         entry = self._entries.get(key)
         if entry is not None and entry.expires_at <= now:
-            del self._entries[key]
+            self._drop(key)
             return None
         return entry
 
-    def joinable(
-        self, client: str, user: str, now: float, origin: str | None
-    ) -> PendingPush | None:
-        """The pending push a new request from ``origin`` (its Calling-Station-Id) may join:
-        same client, same user, same end-user address."""
+    def joinable(self, client: str, user: str, now: float, origin: SignIn) -> PendingPush | None:
+        """The pending push a new request from ``origin`` may join: same client, same user,
+        provably the same sign-in (:meth:`SignIn.same_as`)."""
         entry = self.find(client, user, now)
-        if entry is None or entry.origin != origin:
+        if entry is None or not origin.same_as(entry.origin):
             return None
         return entry
 
@@ -78,15 +110,18 @@ class PendingPushes:
         authentication_id: str,
         number: int | None,
         expires_at: float,
-        origin: str | None = None,
+        origin: SignIn | None = None,
     ) -> PendingPush:
         """Register a push just started (replacing any older entry for the same user)."""
         key = (client, user.casefold())
-        self._entries.pop(key, None)
+        self._drop(key)
         if len(self._entries) >= self.max_entries:
-            del self._entries[next(iter(self._entries))]
+            victim = self._by_client.victim()
+            assert victim is not None  # noqa: S101 - a full map has a largest client
+            self._drop(victim[1])
         entry = PendingPush(client, key[1], authentication_id, number, expires_at, 0, origin)
         self._entries[key] = entry
+        self._by_client.add(client, key)
         return entry
 
     def hold(self, entry: PendingPush) -> None:
@@ -104,9 +139,9 @@ class PendingPushes:
         one; a newer push for the same user stays."""
         key = (entry.client, entry.user)
         if self._entries.get(key) is entry:
-            del self._entries[key]
+            self._drop(key)
 
     def expire(self, now: float) -> None:
         """Drop entries whose time is up and that no flow waits on."""
         for key in [k for k, e in self._entries.items() if e.expires_at <= now and not e.holders]:
-            del self._entries[key]
+            self._drop(key)

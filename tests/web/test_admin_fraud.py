@@ -127,3 +127,11 @@ def test_unknown_reports_csrf_and_access(web: WebHarness) -> None:
     assert forged.get("/admin/fraud").status_code == 303
     page = browser.get("/admin/fraud").text
     assert re.search(rf"Report {report} ", page)
+
+
+def test_unicode_digits_in_ids_are_refused_cleanly(web: WebHarness) -> None:
+    """str.isdigit() is true for "²", which int() refuses: an id made of such digits was a 500
+    (the same class as issue 13 finding 8, validation that lets through more than it means)."""
+    browser = web.admin_browser("root")
+    assert click(browser, "/admin/fraud/%C2%B2/resolve").status_code == 404
+    assert browser.get("/admin/audit", params={"before": "\u00b2"}).status_code == 200

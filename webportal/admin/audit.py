@@ -118,7 +118,11 @@ async def audit(request: Request) -> Response:
     await require_admin(request)
     flt = read_filter(request)
     before_text = request.query_params.get("before", "")
-    before = int(before_text) if before_text.isdigit() and len(before_text) < 19 else None
+    before = (
+        int(before_text)
+        if before_text.isascii() and before_text.isdigit() and len(before_text) < 19
+        else None
+    )
     rows: list[AuditEntry] = []
     if not flt.errors:
         rows = await services_of(request).audit.query(

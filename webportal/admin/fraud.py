@@ -19,7 +19,7 @@ LIMIT = 200  # newest reports shown; older ones stay in the audit trail and the 
 
 def _report_id(request: Request) -> int:
     text = request.path_params["report_id"]
-    if not text.isdigit() or len(text) > 19:
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
         raise NotFound("no such fraud report")
     return int(text)
 

@@ -220,7 +220,7 @@ async def invite(request: Request) -> Response:
     user = await services.users.get(request.path_params["name"])
     hours_text = (await field(request, "hours", 8)).strip() or str(DEFAULT_HOURS)
     by_mail = (await field(request, "send", 8)) == "mail"
-    if not hours_text.isdigit():
+    if not (hours_text.isascii() and hours_text.isdigit()):
         raise BadRequest(f"the link lives 1 to {MAX_HOURS} hours")
     if by_mail and not user.email:
         raise BadRequest("the user has no e-mail address; show the link instead")
