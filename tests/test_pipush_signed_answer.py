@@ -16,9 +16,13 @@ from typing import Any
 import pytest
 
 from backend.config import Settings
+from backend.domain import pipush
+from backend.domain.challenge import Answer
+from backend.errors import BadRequest
 from tests.support.clock import FakeClock
 from tests.support.piapp import PiApp, PiLab
 
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 OK = {"result": {"status": True, "value": True}}
 REFUSED_ANSWER = {"status": True, "value": False}
 
@@ -40,21 +44,21 @@ def refusals(lab: PiLab, user: str) -> list[Any]:
 
 
 @pytest.mark.parametrize(
-    ("signed", "presence"),
+    ("signed", "reason", "meant"),
     [
-        ("decline", "decline"),  # a plain decline ("not me") read as an approval
-        ("decline|cancelled", "decline|cancelled"),  # "cancelled" read as an approval
+        ("decline", None, "fraud"),  # a plain decline ("not me") read as an approval
+        ("decline|cancelled", "cancelled", "denied"),  # "cancelled" read as an approval
     ],
 )
 def test_a_signed_decline_resent_as_a_presence_answer_is_not_an_approval(
-    lab: PiLab, signed: str, presence: str
+    lab: PiLab, signed: str, reason: str | None, meant: str
 ) -> None:
     app = lab.enrol("nia")
     started = lab.api.start("nia", "push")
     request = one_request(app)
     signature = app.sign(f"{request.nonce}|{request.serial}|{signed}")
 
-    forged = app.answer(request, decline=False, reason=None, presence=presence, signature=signature)
+    forged = app.answer(request, decline=False, reason=None, presence=signed, signature=signature)
 
     assert forged.json()["result"] == REFUSED_ANSWER
     assert lab.api.status(started["id"])["state"] == "pending"
@@ -62,10 +66,12 @@ def test_a_signed_decline_resent_as_a_presence_answer_is_not_an_approval(
     assert [row.result for row in rows] == ["invalid-request"]
     assert "presence_answer" in rows[0].detail
     # The nonce was not spent: the decline the phone really sent still counts.
-    assert app.answer(request, decline=True, reason=None, signature=signature).json() == OK
-    assert lab.api.status(started["id"])["state"] == "fraud"
+    genuine = app.answer(request, decline=True, reason=reason, signature=signature)
+    assert genuine.json() == OK
+    assert lab.api.status(started["id"])["state"] == meant
 
 
+@sqlite_only
 def test_a_cancel_resent_as_a_plain_decline_with_a_presence_answer_is_refused(
     lab: PiLab,
 ) -> None:
@@ -86,6 +92,7 @@ def test_a_cancel_resent_as_a_plain_decline_with_a_presence_answer_is_refused(
     assert [row.result for row in refusals(lab, "oli")] == ["invalid-request"]
 
 
+@sqlite_only
 def test_a_presence_answer_without_number_matching_is_refused(lab: PiLab) -> None:
     app = lab.enrol("pia")
     started = lab.api.start("pia", "push")
@@ -99,6 +106,7 @@ def test_a_presence_answer_without_number_matching_is_refused(lab: PiLab) -> Non
     assert lab.api.status(started["id"])["state"] == "approved"
 
 
+@sqlite_only
 def test_a_presence_answer_that_was_not_offered_is_refused(lab: PiLab) -> None:
     app = lab.enrol("quinn")
     lab.api.set_policy("number_matching", True, user="quinn")
@@ -115,6 +123,7 @@ def test_a_presence_answer_that_was_not_offered_is_refused(lab: PiLab) -> None:
     assert lab.api.status(started["id"])["state"] == "approved"
 
 
+@sqlite_only
 def test_a_decline_with_an_offered_choice_still_declines(lab: PiLab) -> None:
     """The app's own vector ``N|S|decline|cancelled|A``: the choice does not turn it round."""
     app = lab.enrol("rex")
@@ -127,3 +136,46 @@ def test_a_decline_with_an_offered_choice_still_declines(lab: PiLab) -> None:
 
     assert response.json() == OK
     assert lab.api.status(started["id"])["state"] == "denied"
+
+
+# -- the reading itself (pure) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("decline", "reason", "presence", "options", "meaning"),
+    [
+        (False, None, None, [], (Answer.APPROVE, None)),
+        (False, None, "42", ["17", "42", "93"], (Answer.APPROVE, "42")),
+        (True, None, None, [], (Answer.FRAUD, None)),
+        (True, "cancelled", None, [], (Answer.DENY, None)),
+        (True, "unknown_trigger", None, [], (Answer.FRAUD, None)),
+        (True, "cancelled", "17", ["17", "42", "93"], (Answer.DENY, "17")),
+    ],
+)
+def test_read_answer_takes_what_the_app_sends(
+    decline: bool,
+    reason: str | None,
+    presence: str | None,
+    options: list[str],
+    meaning: tuple[Answer, str | None],
+) -> None:
+    assert pipush.read_answer("N", "S", decline, reason, presence, options) == meaning
+
+
+@pytest.mark.parametrize(
+    ("decline", "reason", "presence", "options"),
+    [
+        (False, None, "decline", []),
+        (False, None, "decline", ["17", "42", "93"]),
+        (True, None, "cancelled", []),
+        (False, None, "42", []),
+        (False, None, "11", ["17", "42", "93"]),
+        (False, None, "", ["17", "42", "93"]),
+        (False, None, "17|42", ["17", "42", "93"]),
+    ],
+)
+def test_read_answer_refuses_a_presence_answer_that_was_not_offered(
+    decline: bool, reason: str | None, presence: str, options: list[str]
+) -> None:
+    with pytest.raises(BadRequest, match="presence_answer"):
+        pipush.read_answer("N", "S", decline, reason, presence, options)

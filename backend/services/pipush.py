@@ -123,12 +123,23 @@ class _Pending:
 
 
 @dataclass(frozen=True, slots=True)
+class _AnswerFields:
+    """The unsigned form fields that say how to rebuild the string the phone signed."""
+
+    decline: bool
+    decline_reason: str | None
+    presence_answer: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Spent:
-    """An answer whose signature verified and whose nonce is now spent."""
+    """An answer whose signature verified and whose nonce is now spent, with what the signed
+    string says: the reaction and the chosen option."""
 
     device: DeviceRecord
     challenge_id: str
-    options: str
+    reaction: Answer
+    choice: str | None
     app_lock: bool
 
 
@@ -522,24 +533,21 @@ class PiPushService:
             raise _refusal(BadRequest("nonce: 1 to 64 characters"), actor)
         if presence_answer is not None and len(presence_answer) > 64:
             raise _refusal(BadRequest("presence_answer: at most 64 characters"), actor)
-        reaction = pipush.reaction(decline, decline_reason)
-        message = pipush.answer_message(nonce, serial, decline, decline_reason, presence_answer)
+        pipush.reaction(decline, decline_reason)  # well formed, before any lookup
+        fields = _AnswerFields(decline, decline_reason, presence_answer)
         now = self._clock()
         spent = await self._db.run_job(
-            lambda tx: _spend_nonce(tx, actor, serial, nonce, message, signature, now)
+            lambda tx: _spend_nonce(tx, actor, serial, nonce, fields, signature, now)
         )
-        number: int | None = None
-        offered = spent.options.split(",") if spent.options else []
-        if reaction is Answer.APPROVE and presence_answer in offered:
-            # The phone signed its choice; one that was never offered counts as wrong (None).
-            number = int(str(presence_answer))
+        # Only a chosen option counts as the number; an approval without one is wrong (None).
+        number = int(spent.choice) if spent.choice is not None else None
         device_actor = _device_actor(actor, spent.device.id)
         try:
             return await self._challenges.answer(
                 device_actor,
                 spent.device,
                 spent.challenge_id,
-                reaction,
+                spent.reaction,
                 number=number,
                 unlocked_on_device=spent.app_lock,
             )
@@ -639,12 +647,13 @@ def _spend_nonce(
     actor: Actor,
     serial: str,
     nonce: str,
-    message: str,
+    fields: _AnswerFields,
     signature: str,
     now: datetime,
 ) -> _Spent:
-    """Look the nonce up, verify the phone's signature, and spend the nonce (one job: a
-    refusal raised here rolls back nothing but its own reads)."""
+    """Look the nonce up, verify the phone's signature, read what it signed against the
+    options this token was offered, and spend the nonce (one job: a refusal raised here
+    rolls back its own writes, so a refused answer spends nothing)."""
     row = tx.one(_NONCE_SQL, nonce)
     if row is None or row[14] != serial or row[6] != KIND or row[9] is None:
         raise _refusal(NotFound("no challenge with this nonce for this token"), actor)
@@ -652,8 +661,19 @@ def _spend_nonce(
     device_actor = _device_actor(actor, row[4])
     if row[10] not in LIVE_STATES:
         raise _refusal(BadSignature("the token was removed"), device_actor, user_name)
+    message = pipush.answer_message(
+        nonce, serial, fields.decline, fields.decline_reason, fields.presence_answer
+    )
     try:
         pipush.verify(_phone_key(bytes(row[9])), message, signature)
+        reaction, choice = pipush.read_answer(
+            nonce,
+            serial,
+            fields.decline,
+            fields.decline_reason,
+            fields.presence_answer,
+            row[1].split(",") if row[1] else [],
+        )
     except OpenMFAError as exc:
         raise _refusal(exc, device_actor, user_name) from None
     if row[2] is not None:
@@ -691,4 +711,4 @@ def _spend_nonce(
         last_used_at=tx.read_time(row[13]),
         user_name=user_name,
     )
-    return _Spent(device, row[0], row[1], bool(row[15]))
+    return _Spent(device, row[0], reaction, choice, bool(row[15]))
