@@ -113,24 +113,31 @@ def test_marking_lost_while_the_answer_is_in_flight_never_leaves_the_device_acti
     api: ApiHarness,
 ) -> None:
     """The review's race (3 of 83 tries brought a lost device back), over real HTTP."""
-    api.add_user("alice")
+    # Many pushes in a row: the fatigue guard would stop them (it is not what is tested).
+    api.add_user("alice", push_limit=0, push_max_unanswered=0, deny_limit_per_device=0)
     outcomes: list[int] = []
 
-    async def race(phone: AppClient, auth_id: str) -> int:
+    async def mark_lost(device_id: str, head_start: int) -> None:
+        # A varying head start for the answer spreads the tries over the interleavings.
+        for _ in range(head_start):
+            await asyncio.sleep(0)
+        await api.services.devices.mark_lost(ADMIN, device_id)
+
+    async def race(phone: AppClient, auth_id: str, head_start: int) -> int:
         assert phone.device is not None
         target, body, headers = signed_answer(phone, auth_id, "approve")
         async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
             response, _ = await asyncio.gather(
                 http.post(target, content=body, headers=headers),
-                api.services.devices.mark_lost(ADMIN, phone.device.device_id),
+                mark_lost(phone.device.device_id, head_start),
             )
         return response.status_code
 
-    for _ in range(RACES):
+    for attempt in range(RACES):
         phone = api.device("alice")
         assert phone.device is not None
         auth_id = api.start("alice")["id"]
-        status = api.run(race(phone, auth_id))
+        status = api.run(race(phone, auth_id, attempt))
         outcomes.append(status)
         assert device_state(api, phone.device.device_id) == "lost"
         state = api.status(auth_id)["state"]
@@ -154,6 +161,34 @@ def test_an_answer_after_lost_is_refused_over_http(api: ApiHarness) -> None:
     assert (refused.value.status, refused.value.type) == (401, "bad-signature")
     assert device_state(api, phone.device.device_id) == "lost"
     assert api.status(auth_id)["state"] == "pending"
+
+
+@sqlite_only
+def test_a_device_marked_lost_after_its_signature_check_keeps_its_push_token(
+    api: ApiHarness,
+) -> None:
+    api.add_user("alice")
+    phone = api.device("alice")
+    assert phone.device is not None
+    body = json.dumps({"push_token": "attacker"}).encode()
+    headers = signing.sign_request(
+        phone.device.key(),
+        phone.device.device_id,
+        "PUT",
+        "/app/v1/device/push-token",
+        body,
+        int(time.time()),
+    )
+    device = api.run(
+        api.services.devices.authenticate("PUT", "/app/v1/device/push-token", headers, body)
+    )
+
+    api.run(api.services.devices.mark_lost(ADMIN, device.id))
+    with pytest.raises(BadSignature):
+        api.run(api.services.devices.update_push_token(ADMIN, device, "attacker"))
+
+    after = api.run(api.services.devices.get(device.id))
+    assert (after.state, after.push_token) == ("lost", None)
 
 
 # -- the quick path re-checks the user ------------------------------------------------------------

@@ -53,7 +53,7 @@ from backend.notify.base import FraudNotifier
 from backend.push.base import PushNotifier
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock, SignInContext
-from backend.services.devices import DeviceRecord
+from backend.services.devices import DeviceRecord, device_gone
 from backend.services.otp import OtpResult, OtpService, check_may_sign_in
 from backend.services.users import UserService
 from backend.store.database import Database
@@ -587,13 +587,20 @@ class ChallengeService:
         )
         if done != 1:  # answered or cancelled since the read (PostgreSQL): let the ORM path say
             return None
-        tx.run(
-            "UPDATE devices SET last_used_at = ?, state = 'active', "
-            "activated_at = COALESCE(activated_at, ?) WHERE id = ?",
-            tx.time(now),
-            tx.time(now),
-            device.id,
-        )
+        # The device was live at its signature check, a transaction ago: marked lost or
+        # removed since, it answers nothing (the raise rolls this job's writes back).
+        if (
+            tx.run(
+                "UPDATE devices SET last_used_at = ?, state = 'active', "
+                "activated_at = COALESCE(activated_at, ?) "
+                "WHERE id = ? AND state IN ('pending', 'active')",
+                tx.time(now),
+                tx.time(now),
+                device.id,
+            )
+            != 1
+        ):
+            raise device_gone()
         if state is ChallengeState.APPROVED:
             tx.run("UPDATE users SET last_sign_in_at = ? WHERE id = ?", tx.time(now), user_id)
         self._audit.add_job(
@@ -733,10 +740,12 @@ class ChallengeService:
             await self._audit.add(conn, actor, "challenge.cancel", state.value, user_name, row.id)
             return []
         if device is not None:
-            # The first answered push is the round trip that makes a device active.
-            await conn.execute(
+            # The first answered push is the round trip that makes a device active. Only a
+            # device still live: one marked lost or removed since its signature check answers
+            # nothing (the raise rolls the whole transition back).
+            touched = await conn.execute(
                 update(devices_t)
-                .where(devices_t.c.id == device.id)
+                .where(devices_t.c.id == device.id, devices_t.c.state.in_(LIVE_STATES))
                 .values(
                     last_used_at=now,
                     state="active",
@@ -746,6 +755,8 @@ class ChallengeService:
                     ),
                 )
             )
+            if touched.rowcount != 1:
+                raise device_gone()
         if state is ChallengeState.APPROVED:
             await conn.execute(
                 update(users_t).where(users_t.c.id == row.user_id).values(last_sign_in_at=now)
