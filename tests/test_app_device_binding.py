@@ -7,14 +7,26 @@ one device with a DELETE signed by another that had registered the same key).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import insert, select, text
 
+from alembic import command
+from backend.config import Settings
 from backend.domain import signing
-from tests.support.api import ApiHarness, assert_problem, new_key, signed_request
+from backend.store import migrations
+from backend.store.database import Database
+from backend.store.tables import challenges_t, devices_t
+from tests.support.api import ADMIN, ApiHarness, assert_problem, new_key, signed_request
+from tests.support.clock import FakeClock
+from tests.support.piapp import PiLab
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -122,3 +134,110 @@ def test_a_malformed_device_header_is_refused(api: ApiHarness, device: str) -> N
     response = api.http.get("/app/v1/challenges", headers=raw)
     problem = assert_problem(response, 401, "bad-signature")
     assert "device" in problem["detail"]
+
+
+# -- the privacyIDEA Authenticator's RSA keys: the same rule ------------------------------------
+
+
+@sqlite_only
+def test_a_pipush_rollout_with_a_phone_key_already_registered_is_refused(
+    settings: Settings, clock: FakeClock, tmp_path: Path
+) -> None:
+    with PiLab(settings, clock, tmp_path) as lab:
+        first = lab.enrol("alice")
+        offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "alice"))
+        second = lab.phone(key=first.key)
+        second.scan(offer.uri)
+
+        response = second.rollout()
+
+        assert response.status_code == 409, response.text
+        assert "public key" in response.json()["result"]["error"]["message"]
+        assert [row.result for row in lab.api.refusals()] == ["conflict"]
+        device = lab.api.run(lab.api.services.devices.get(offer.device_id))
+        assert (device.state, device.public_key) == ("pending", None)
+
+
+# -- the migration -------------------------------------------------------------------------------
+
+
+def test_upgrading_keeps_a_shared_key_with_the_oldest_device_and_marks_who_started(
+    database_url: str,
+) -> None:
+    """Revision 0006 adds the unique key index: devices that share a key before it keep it
+    on the oldest only (the others, if live, are removed); and challenges started by a
+    stored token are marked as that token's."""
+    config = migrations.alembic_config(database_url)
+    command.downgrade(config, "0005")
+    key = b"k" * 32
+
+    async def before_then_after() -> tuple[list[tuple[str, str, bool]], list[tuple[str, Any]]]:
+        db = Database(database_url)
+        try:
+            async with db.write() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO users (id, name_key, name, display_name, email, is_admin, "
+                        "disabled, blocked, blocked_reason, pin_failures, otp_failures, "
+                        "created_at) VALUES (1, 'alice', 'alice', '', '', false, false, false, "
+                        "'', 0, 0, CURRENT_TIMESTAMP)"
+                    )
+                )
+                for month, (device_id, state) in enumerate(
+                    (("dev_old", "active"), ("dev_new", "pending"), ("dev_lost", "lost")), 1
+                ):
+                    await conn.execute(
+                        insert(devices_t).values(
+                            id=device_id,
+                            user_id=1,
+                            kind="app",
+                            platform="ios",
+                            public_key=key,
+                            seed_enc=b"s",
+                            state=state,
+                            created_at=datetime(2026, month, 1, tzinfo=UTC),
+                        )
+                    )
+                await conn.execute(
+                    text(
+                        "INSERT INTO api_tokens (id, name, token_hash, scope, created_at) "
+                        "VALUES (7, 'vpn', 'h', 'gateway', CURRENT_TIMESTAMP)"
+                    )
+                )
+                for challenge_id, token_id in (("ch_gw", 7), ("ch_web", None)):
+                    await conn.execute(
+                        text(
+                            "INSERT INTO challenges (id, user_id, method, state, created_at, "
+                            "expires_at, client_name, client_ip, nas_identifier, display, "
+                            "token_id) VALUES (:id, 1, 'push', 'expired', CURRENT_TIMESTAMP, "
+                            "CURRENT_TIMESTAMP, '', '', '', '', :token)"
+                        ),
+                        {"id": challenge_id, "token": token_id},
+                    )
+            await asyncio.to_thread(migrations.upgrade, database_url)
+            async with db.read() as conn:
+                devices = (
+                    await conn.execute(
+                        select(devices_t.c.id, devices_t.c.state, devices_t.c.public_key)
+                    )
+                ).all()
+                challenges = (
+                    await conn.execute(select(challenges_t.c.id, challenges_t.c.started_by))
+                ).all()
+        finally:
+            await db.dispose()
+        return (
+            sorted((d.id, d.state, d.public_key is not None) for d in devices),
+            sorted((c.id, c.started_by) for c in challenges),
+        )
+
+    devices, challenges = asyncio.run(before_then_after())
+
+    assert devices == [
+        ("dev_lost", "lost", False),
+        ("dev_new", "removed", False),
+        ("dev_old", "active", True),
+    ]
+    assert challenges == [("ch_gw", "token:7"), ("ch_web", None)]
+    command.downgrade(config, "0005")  # and back down cleanly, then up again
+    migrations.upgrade(database_url)

@@ -159,7 +159,7 @@ class DeviceService:
         if abs(now.timestamp() - signed.timestamp) > self._skew:
             raise StaleRequest(f"the device clock is off by more than {self._skew} seconds")
         message = signing.canonical_request(
-            method, target, str(signed.timestamp), signed.nonce, body
+            method, target, signed.device, str(signed.timestamp), signed.nonce, body
         )
         forget_before = now
         remember_until = now + timedelta(seconds=2 * self._skew)
@@ -168,7 +168,7 @@ class DeviceService:
         # among them: one raw-SQL job (lookup, signature, nonce) instead of two ORM
         # transactions. A refusal raised inside the job rolls back its nonce writes.
         def check(tx: Tx) -> DeviceRecord:
-            row = tx.one(_DEVICE_SQL, signed.device[:64])
+            row = tx.one(_DEVICE_SQL, signed.device)
             if row is None or row[5] is None or row[7] not in LIVE_STATES:
                 raise BadSignature("unknown or removed device")
             signing.verify(bytes(row[5]), signed.signature, message)

@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.crypto import SecretBox, same, token_digest
@@ -54,7 +55,7 @@ from backend.errors import (
     UserBlocked,
     UserDisabled,
 )
-from backend.services.activation import new_device_id
+from backend.services.activation import key_in_use, new_device_id
 from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService, ChallengeView
 from backend.services.context import Actor, Clock
@@ -387,6 +388,12 @@ class PiPushService:
             raise _refusal(ActivationCodeExpired(), actor, refuse_for)
         if user.disabled or user.blocked:
             raise _refusal(UserDisabled() if user.disabled else UserBlocked(), actor, refuse_for)
+        spki = phone_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        async with self._db.read() as conn:  # before the costly key: one device per key
+            if (await conn.execute(select(d.id).where(d.public_key == spki))).first():
+                raise _refusal(key_in_use(), actor, refuse_for)
         # ~0.6 s of CPU: off the event loop. Two racing rollouts both make one; one wins below.
         key = await asyncio.to_thread(rsa.generate_private_key, 65537, self._server_key_bits)
         sealed = self._box.seal(
@@ -397,38 +404,39 @@ class PiPushService:
             ),
             f"pipush-server-key:{row.id}",
         )
-        spki = phone_key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
         platform = _platform(user_agent)
-        async with self._db.write() as conn:
-            claimed = await conn.execute(
-                update(activation_codes_t)
-                .where(a.id == row.code_id, a.used_at.is_(None))
-                .values(used_at=now)
-            )
-            done = await conn.execute(
-                update(devices_t)
-                .where(d.id == row.id, d.state == "pending", d.public_key.is_(None))
-                .values(
-                    public_key=spki,
-                    server_key_enc=sealed,
-                    platform=platform,
-                    state="active",
-                    activated_at=now,
+        try:
+            async with self._db.write() as conn:
+                claimed = await conn.execute(
+                    update(activation_codes_t)
+                    .where(a.id == row.code_id, a.used_at.is_(None))
+                    .values(used_at=now)
                 )
-            )
-            if claimed.rowcount != 1 or done.rowcount != 1:
-                raise _refusal(ActivationCodeUsed(), actor, refuse_for)
-            await self._audit.add(
-                conn,
-                _device_actor(actor, row.id),
-                "pipush.rollout",
-                "ok",
-                refuse_for,
-                f"{row.id} serial {serial} phone key {phone_key.key_size} bits "
-                f"{user_agent[:128]}".strip(),
-            )
+                done = await conn.execute(
+                    update(devices_t)
+                    .where(d.id == row.id, d.state == "pending", d.public_key.is_(None))
+                    .values(
+                        public_key=spki,
+                        server_key_enc=sealed,
+                        platform=platform,
+                        state="active",
+                        activated_at=now,
+                    )
+                )
+                if claimed.rowcount != 1 or done.rowcount != 1:
+                    raise _refusal(ActivationCodeUsed(), actor, refuse_for)
+                await self._audit.add(
+                    conn,
+                    _device_actor(actor, row.id),
+                    "pipush.rollout",
+                    "ok",
+                    refuse_for,
+                    f"{row.id} serial {serial} phone key {phone_key.key_size} bits "
+                    f"{user_agent[:128]}".strip(),
+                )
+        except IntegrityError:
+            # The same phone key rolled out for another token at this moment.
+            raise _refusal(key_in_use(), actor, refuse_for) from None
         return RolledOut(row.id, user.name, pipush.server_public_key(key))
 
     async def _expire(self, actor: Actor, device_id: str, user_name: str) -> None:
