@@ -13,18 +13,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from backend.authenticator.client import AppClient, AuthenticatorError
+from backend.config import Settings
 from backend.domain import signing
 from backend.domain.challenge import Answer
 from backend.errors import BadSignature
 from backend.services.context import Actor
 from backend.services.devices import DeviceRecord
 from tests.support.api import ADMIN, ApiHarness
+from tests.support.clock import FakeClock
+from tests.support.piapp import PiApp, PiLab
 
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 RACES = 30
@@ -216,3 +220,47 @@ def test_an_approval_after_the_user_was_blocked_or_disabled_is_refused(
     assert api.status(auth_id)["state"] == "pending"
     # Deny stays possible (the user says no to a sign-in they did not start).
     assert phone.answer(auth_id, "deny") == "denied"
+
+
+# -- the privacyIDEA path -------------------------------------------------------------------------
+
+PI_RACES = 8
+
+
+@sqlite_only
+def test_a_pipush_token_marked_lost_while_its_answer_is_in_flight_stays_lost(
+    settings: Settings, clock: FakeClock, tmp_path: Path
+) -> None:
+    """The review saw this path bring a lost token back too: its signature check and nonce
+    are one transaction, the answer another."""
+    with PiLab(settings, clock, tmp_path) as lab:
+        lab.api.add_user("alice", push_limit=0, push_max_unanswered=0, deny_limit_per_device=0)
+        for head_start in range(PI_RACES):
+            app = lab.enrol("alice")
+            device_id = next(
+                d.id
+                for d in lab.api.run(lab.api.services.devices.list_for_user("alice"))
+                if d.kind == "pipush"
+            )
+            started = lab.api.start("alice", "push")
+            request = app.poll()[0]
+
+            async def race(
+                app: PiApp = app,
+                request: Any = request,
+                device_id: str = device_id,
+                head_start: int = head_start,
+            ) -> Any:
+                async def lose() -> None:
+                    for _ in range(head_start):
+                        await asyncio.sleep(0)
+                    await lab.api.services.devices.mark_lost(ADMIN, device_id)
+
+                response, _ = await asyncio.gather(asyncio.to_thread(app.accept, request), lose())
+                return response.json()["result"]["value"]
+
+            approved = lab.api.run(race())
+            assert lab.api.run(lab.api.services.devices.get(device_id)).state == "lost"
+            state = lab.api.status(started["id"])["state"]
+            assert (approved, state) in {(True, "approved"), (False, "pending")}, (approved, state)
+            lab.api.run(lab.api.services.challenges.cancel(ADMIN, started["id"]))
