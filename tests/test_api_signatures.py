@@ -174,7 +174,7 @@ def test_a_reused_nonce_is_a_replay(api: ApiHarness, phone: AppClient) -> None:
     )
     nonce = headers[signing.HEADER_NONCE]
     message = signing.canonical_request(
-        "GET", "/app/v1/challenges", other[signing.HEADER_TIMESTAMP], nonce, b""
+        "GET", "/app/v1/challenges", device_id, other[signing.HEADER_TIMESTAMP], nonce, b""
     )
     other |= {
         signing.HEADER_NONCE: nonce,

@@ -31,18 +31,73 @@ DEVICE = "dev_abc"
 TS = 1767225600
 BODY = b'{"answer":"approve"}'
 TARGET = "/app/v1/challenges/ch_1/answer"
+DOC_ANSWER_SIGNATURE = (
+    "hFY8thfHD--m5OY5u2AZsP1_nWTRidI8c8rqXrRHfqjTRQOjLcAxVibwsuQqKaMo-ER9VLO7Tl19tU3rA_yMBA"
+)
+DOC_LIST_SIGNATURE = (
+    "dawjmq12GRNC7aBFydNHiMLAsqzR_6wSPIZfz0dbF3ca-505wZUwOjukAGD039IKrMUGZkK5cWgom33BWTw6Dg"
+)
 
 
 def test_canonical_request_is_exactly_the_documented_bytes() -> None:
-    message = canonical_request("post", "/app/v1/x?a=1&b=2", "1767225600", "n" * 16, b"{}")
+    message = canonical_request(
+        "post", "/app/v1/x?a=1&b=2", "dev_abc", "1767225600", "n" * 16, b"{}"
+    )
     assert message == (
-        b"OPENMFA-V1\nPOST\n/app/v1/x?a=1&b=2\n1767225600\nnnnnnnnnnnnnnnnn\n"
+        b"OPENMFA-V2\nPOST\n/app/v1/x?a=1&b=2\ndev_abc\n1767225600\nnnnnnnnnnnnnnnnn\n"
         + hashlib.sha256(b"{}").hexdigest().encode()
     )
 
 
+@pytest.mark.parametrize(
+    ("method", "target", "device", "body", "nonce", "signature"),
+    [
+        (
+            "POST",
+            "/app/v1/challenges/ch_kIos3zCGyF8YGxFM-WFrHQ/answer",
+            "dev_W7-7AKI1EPyIyCkSjWNTLA",
+            b'{"answer":"approve"}',
+            "q7X2mS9dLk3vPz8wRt5yUa",
+            DOC_ANSWER_SIGNATURE,
+        ),
+        (
+            "GET",
+            "/app/v1/challenges",
+            "dev_W7-7AKI1EPyIyCkSjWNTLA",
+            b"",
+            "bW9uZGF5LW1vcm5pbmc",
+            DOC_LIST_SIGNATURE,
+        ),
+    ],
+    ids=["answer", "list"],
+)
+def test_the_test_vectors_in_the_app_api_docs(
+    method: str, target: str, device: str, body: bytes, nonce: str, signature: str
+) -> None:
+    """docs/app-api.md, "Test vector": Ed25519 is deterministic, so these are exact."""
+    assert b64u_encode(PUBLIC) == "A6EHv_POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg"
+    message = canonical_request(method, target, device, "1767225600", nonce, body)
+    assert b64u_encode(KEY.sign(message)) == signature
+
+
+def test_the_device_id_is_signed() -> None:
+    """A request signed for one device fails for another id, even with the same key."""
+    headers = sign_request(KEY, DEVICE, "POST", TARGET, BODY, TS)
+    headers[HEADER_DEVICE] = "dev_other"
+    with pytest.raises(BadSignature, match="does not verify"):
+        server_check(headers)  # the same public key: only the signed id tells them apart
+
+
+@pytest.mark.parametrize("value", ["dev a", "dev_a\nb", "x" * 65, "dév", "dev_a;b", "dev/a"])
+def test_malformed_device_ids(value: str) -> None:
+    headers = sign_request(KEY, DEVICE, "POST", TARGET, BODY, TS)
+    headers[HEADER_DEVICE] = value
+    with pytest.raises(BadSignature, match="device"):
+        parse_headers(headers)
+
+
 def test_canonical_request_of_an_empty_body_hashes_nothing() -> None:
-    message = canonical_request("GET", "/", "0", "n" * 16, b"")
+    message = canonical_request("GET", "/", "dev_abc", "0", "n" * 16, b"")
     assert message.endswith(b"\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
 
 
@@ -55,7 +110,9 @@ def server_check(
 ) -> signing.SignedHeaders:
     """What the server does with a request: parse the headers, rebuild the bytes, verify."""
     signed = parse_headers(headers)
-    message = canonical_request(method, target, str(signed.timestamp), signed.nonce, body)
+    message = canonical_request(
+        method, target, signed.device, str(signed.timestamp), signed.nonce, body
+    )
     signing.verify(public, signed.signature, message)
     return signed
 
@@ -128,7 +185,7 @@ def test_a_flipped_signature_bit_fails() -> None:
         server_check(headers)
 
 
-def test_the_device_header_is_not_in_the_signature_but_selects_the_key() -> None:
+def test_the_device_header_selects_the_key() -> None:
     """Swapping the device id makes the server check against that device's key: it fails."""
     headers = sign_request(KEY, DEVICE, "POST", TARGET, BODY, TS)
     headers[HEADER_DEVICE] = "dev_other"
@@ -249,7 +306,7 @@ def test_public_keys_must_be_32_bytes() -> None:
     for raw in (b"", PUBLIC[:31], PUBLIC + b"\x00"):
         with pytest.raises(BadSignature, match="32 bytes"):
             signing.load_public_key(raw)
-    message = canonical_request("GET", "/", "1", "n" * 16, b"")
+    message = canonical_request("GET", "/", "dev_abc", "1", "n" * 16, b"")
     with pytest.raises(BadSignature, match="32 bytes"):
         signing.verify(PUBLIC[:31], KEY.sign(message), message)
 

@@ -85,7 +85,12 @@ async def activate(request: Request) -> Response:
     ):
         raise StaleRequest("the device clock is too far off")
     message = signing.canonical_request(
-        request.method, target_of(request), str(signed.timestamp), signed.nonce, body
+        request.method,
+        target_of(request),
+        signed.device,
+        str(signed.timestamp),
+        signed.nonce,
+        body,
     )
     signing.verify(public_key, signed.signature, message)
     actor = Actor("device:activating", _client(request), request_id_var.get())

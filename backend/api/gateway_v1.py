@@ -77,13 +77,14 @@ async def start_authentication(request: Request) -> Response:
         idempotency_key=payload.idempotency_key,
         number_matching=payload.number_matching,
         can_show_number=payload.can_show_number,
+        started_by=token.starter,
     )
     return json_response(_authentication(view), status_code=201)
 
 
 async def get_authentication(request: Request) -> Response:
     """The state; with ``?wait=N`` hold until it is final or N seconds pass."""
-    await authenticate_gateway(request)
+    token = await authenticate_gateway(request)
     services = services_of(request)
     raw_wait = request.query_params.get("wait", "0")
     limit = services.settings.long_poll_max_seconds
@@ -93,16 +94,16 @@ async def get_authentication(request: Request) -> Response:
         raise BadRequest("wait is a number of seconds") from None
     if not 0 <= wait <= limit:
         raise BadRequest(f"wait is from 0 to {limit} seconds")
-    view = await services.challenges.wait(request.path_params["auth_id"], wait)
+    view = await services.challenges.wait(request.path_params["auth_id"], wait, token)
     return json_response(_authentication(view))
 
 
 async def submit_code(request: Request) -> Response:
     """Answer a pending authentication with a code from the app (challenge mode)."""
-    await authenticate_gateway(request)
+    token = await authenticate_gateway(request)
     payload = parse_json(await read_body(request), CodeRequest)
     view, result = await services_of(request).challenges.verify_code(
-        request.state.actor, request.path_params["auth_id"], payload.code
+        request.state.actor, request.path_params["auth_id"], payload.code, token
     )
     return json_response(
         CodeResponse(
@@ -115,9 +116,9 @@ async def submit_code(request: Request) -> Response:
 
 async def cancel_authentication(request: Request) -> Response:
     """The gateway gave up waiting."""
-    await authenticate_gateway(request)
+    token = await authenticate_gateway(request)
     view = await services_of(request).challenges.cancel(
-        request.state.actor, request.path_params["auth_id"]
+        request.state.actor, request.path_params["auth_id"], token
     )
     return json_response(_authentication(view))
 

@@ -20,6 +20,7 @@ import binascii
 import json
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -164,6 +165,46 @@ def answer_message(
     if presence_answer is not None:
         message += f"|{presence_answer}"
     return message
+
+
+def read_answer(
+    nonce: str,
+    serial: str,
+    decline: bool,
+    decline_reason: str | None,
+    presence_answer: str | None,
+    options: Sequence[str],
+) -> tuple[Answer, str | None]:
+    """What an answer means, read from the string the phone signed: the reaction, and the
+    chosen option (``None`` without one).
+
+    The form fields only say how to rebuild that string, and different fields can rebuild
+    the same one (``presence_answer=decline`` without ``decline`` signs as a plain decline).
+    So a ``presence_answer`` must be one of the ``options`` offered for the challenge (two
+    digits each, never a word of the grammar), which makes the reading unique; and the
+    fields must say what the signed string says, or the answer is refused.
+    """
+    if presence_answer is not None and presence_answer not in options:
+        offered = "no options were offered" if not options else "it is not one of the options"
+        raise BadRequest(
+            f"presence_answer {presence_answer[:16]!r} is refused: {offered} for this challenge"
+        )
+    message = answer_message(nonce, serial, decline, decline_reason, presence_answer)
+    parts = message.split("|")[2:]
+    signed_decline = bool(parts) and parts[0] == "decline"
+    if signed_decline:
+        parts.pop(0)
+    signed_reason = (
+        parts.pop(0) if signed_decline and parts and parts[0] in DECLINE_REASONS else None
+    )
+    signed_choice = parts.pop(0) if parts and parts[0] in options else None
+    if parts or (signed_decline, signed_reason, signed_choice) != (
+        decline,
+        decline_reason,
+        presence_answer,
+    ):
+        raise BadRequest("the answer's fields do not say what the phone signed")
+    return reaction(signed_decline, signed_reason), signed_choice
 
 
 def poll_message(serial: str, timestamp: str) -> str:

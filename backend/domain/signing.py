@@ -2,11 +2,16 @@
 
 The app signs, with its device key, the canonical form of every request::
 
-    OPENMFA-V1\\n<METHOD>\\n<path and query>\\n<unix timestamp>\\n<nonce>\\n<sha256 hex of body>
+    OPENMFA-V2\\n<METHOD>\\n<path and query>\\n<device id>\\n<unix timestamp>\\n<nonce>\\n
+    <sha256 hex of body>
 
 and sends it in four headers. The server checks the signature, that the timestamp is within
 the allowed skew and that the nonce was never seen for this device. Shared by the server and
 the reference authenticator so both sides build the same bytes.
+
+The device id is signed (``OPENMFA-V1`` did not sign it): a request signed by one device
+cannot be re-sent under another device's id, even one that shares its key. The server also
+registers a public key for one device only, so nonces, remembered per device, are per key.
 """
 
 from __future__ import annotations
@@ -23,13 +28,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from backend.errors import BadSignature
 
-SCHEME = "OPENMFA-V1"
+SCHEME = "OPENMFA-V2"
 HEADER_DEVICE = "x-openmfa-device"
 HEADER_TIMESTAMP = "x-openmfa-timestamp"
 HEADER_NONCE = "x-openmfa-nonce"
 HEADER_SIGNATURE = "x-openmfa-signature"
 
 _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_DEVICE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
@@ -54,10 +60,12 @@ def b64u_decode(text: str) -> bytes:
         raise BadSignature("not valid base64url") from exc
 
 
-def canonical_request(method: str, target: str, timestamp: str, nonce: str, body: bytes) -> bytes:
+def canonical_request(
+    method: str, target: str, device: str, timestamp: str, nonce: str, body: bytes
+) -> bytes:
     """The exact bytes that are signed."""
     digest = hashlib.sha256(body).hexdigest()
-    return "\n".join((SCHEME, method.upper(), target, timestamp, nonce, digest)).encode()
+    return "\n".join((SCHEME, method.upper(), target, device, timestamp, nonce, digest)).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +85,9 @@ def parse_headers(headers: dict[str, str]) -> SignedHeaders:
     ]
     if missing:
         raise BadSignature(f"missing headers: {', '.join(missing)}")
+    device = headers[HEADER_DEVICE]
+    if not _DEVICE.fullmatch(device):  # it is signed on a line of its own: no separators
+        raise BadSignature("the device header must be 1-64 base64url characters")
     timestamp = headers[HEADER_TIMESTAMP]
     if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
         raise BadSignature("the timestamp header is not a unix time in seconds")
@@ -86,7 +97,7 @@ def parse_headers(headers: dict[str, str]) -> SignedHeaders:
     signature = b64u_decode(headers[HEADER_SIGNATURE])
     if len(signature) != 64:
         raise BadSignature("an Ed25519 signature is 64 bytes")
-    return SignedHeaders(headers[HEADER_DEVICE], int(timestamp), nonce, signature)
+    return SignedHeaders(device, int(timestamp), nonce, signature)
 
 
 def load_public_key(raw: bytes) -> Ed25519PublicKey:
@@ -114,7 +125,7 @@ def sign_request(
 ) -> dict[str, str]:
     """The headers an app sends with one request."""
     nonce = secrets.token_urlsafe(18)
-    message = canonical_request(method, target, str(timestamp), nonce, body)
+    message = canonical_request(method, target, device, str(timestamp), nonce, body)
     return {
         HEADER_DEVICE: device,
         HEADER_TIMESTAMP: str(timestamp),

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from urllib.parse import urlencode
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from backend.crypto import SecretBox, new_token, token_digest
 from backend.domain import totp
@@ -18,6 +19,7 @@ from backend.errors import (
     ActivationCodeInvalid,
     ActivationCodeUsed,
     BadRequest,
+    Conflict,
     UserBlocked,
     UserDisabled,
 )
@@ -66,6 +68,14 @@ class ActivatedDevice:
 def new_device_id() -> str:
     """Random, URL-safe, not guessable."""
     return "dev_" + secrets.token_urlsafe(16)
+
+
+def key_in_use() -> Conflict:
+    """The refusal for a public key that another device registered (in any state)."""
+    return Conflict(
+        "this public key is registered for another device; generate a new key pair for "
+        "every activation"
+    )
 
 
 def _check_can_enrol(user: UserRecord) -> None:
@@ -198,37 +208,49 @@ class ActivationService:
             pin_hash = await self._hasher.hash(pin)
         seed = totp.new_seed()
         device_id = new_device_id()
-        async with self._db.write() as conn:
-            claimed = await conn.execute(
-                update(activation_codes_t)
-                .where(activation_codes_t.c.id == row.id, activation_codes_t.c.used_at.is_(None))
-                .values(used_at=now, device_id=device_id)
-            )
-            if claimed.rowcount != 1:
-                raise ActivationCodeUsed()
-            await conn.execute(
-                insert(devices_t).values(
-                    id=device_id,
-                    user_id=user.id,
-                    kind="app",
-                    name=name or f"{platform} device",
-                    platform=platform,
-                    public_key=public_key,
-                    push_token=push_token,
-                    seed_enc=self._box.seal(seed.encode(), f"seed:{device_id}"),
-                    state="pending",
-                    created_at=now,
+        try:
+            async with self._db.write() as conn:
+                # One device per key (any state): see tables.Device.
+                registered = await conn.execute(
+                    select(devices_t.c.id).where(devices_t.c.public_key == public_key)
                 )
-            )
-            if pin_hash is not None:
+                if registered.first() is not None:
+                    raise key_in_use()
+                claimed = await conn.execute(
+                    update(activation_codes_t)
+                    .where(
+                        activation_codes_t.c.id == row.id, activation_codes_t.c.used_at.is_(None)
+                    )
+                    .values(used_at=now, device_id=device_id)
+                )
+                if claimed.rowcount != 1:
+                    raise ActivationCodeUsed()
                 await conn.execute(
-                    update(users_t)
-                    .where(users_t.c.id == user.id)
-                    .values(pin_hash=pin_hash, pin_failures=0, pin_locked_until=None)
+                    insert(devices_t).values(
+                        id=device_id,
+                        user_id=user.id,
+                        kind="app",
+                        name=name or f"{platform} device",
+                        platform=platform,
+                        public_key=public_key,
+                        push_token=push_token,
+                        seed_enc=self._box.seal(seed.encode(), f"seed:{device_id}"),
+                        state="pending",
+                        created_at=now,
+                    )
                 )
-            await self._audit.add(
-                conn, actor, "device.activate", "ok", user.name_key, f"{device_id} {platform}"
-            )
+                if pin_hash is not None:
+                    await conn.execute(
+                        update(users_t)
+                        .where(users_t.c.id == user.id)
+                        .values(pin_hash=pin_hash, pin_failures=0, pin_locked_until=None)
+                    )
+                await self._audit.add(
+                    conn, actor, "device.activate", "ok", user.name_key, f"{device_id} {platform}"
+                )
+        except IntegrityError:
+            # Two activations with one key at once (PostgreSQL): the unique index kept one.
+            raise key_in_use() from None
         return ActivatedDevice(
             device_id=device_id,
             user_name=user.name,

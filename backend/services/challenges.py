@@ -53,8 +53,9 @@ from backend.notify.base import FraudNotifier
 from backend.push.base import PushNotifier
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock, SignInContext
-from backend.services.devices import DeviceRecord
+from backend.services.devices import DeviceRecord, device_gone
 from backend.services.otp import OtpResult, OtpService, check_may_sign_in
+from backend.services.tokens import ApiTokenRecord
 from backend.services.users import UserService
 from backend.store.database import Database
 from backend.store.fastpath import Tx, required
@@ -91,6 +92,8 @@ class ChallengeView:
     client_ip: str
     nas_identifier: str
     display: str
+    # The gateway token that started it (see tables.Challenge.started_by).
+    started_by: str | None = None
 
 
 def _view(row: Any, user_name: str) -> ChallengeView:
@@ -107,6 +110,7 @@ def _view(row: Any, user_name: str) -> ChallengeView:
         client_ip=row.client_ip,
         nas_identifier=row.nas_identifier,
         display=row.display,
+        started_by=row.started_by,
     )
 
 
@@ -167,8 +171,12 @@ class ChallengeService:
         *,
         number_matching: bool | None = None,
         can_show_number: bool = True,
+        started_by: str | None = None,
     ) -> ChallengeView:
         """Begin an authentication. A repeated ``idempotency_key`` returns the first one.
+
+        ``started_by`` names the gateway token that starts it (:attr:`ApiTokenRecord.starter`):
+        only that token and bridge tokens may see it afterwards; ``None`` (the web) none.
 
         ``number_matching`` overrides the user's policy for this gateway (``None``: the
         policy decides); ``can_show_number`` is false for a gateway that cannot display the
@@ -183,7 +191,7 @@ class ChallengeService:
             serialise = self._key_locks.setdefault(idempotency_key, asyncio.Lock())
         async with serialise:
             return await self._start(
-                actor, user_name, method, context, token_id, idempotency_key, matching
+                actor, user_name, method, context, token_id, idempotency_key, matching, started_by
             )
 
     async def _start(
@@ -195,6 +203,7 @@ class ChallengeService:
         token_id: int | None,
         idempotency_key: str | None,
         matching: _NumberMatching,
+        started_by: str | None,
     ) -> ChallengeView:
         if method not in METHODS:
             raise BadRequest(f"method must be one of {', '.join(METHODS)}")
@@ -263,6 +272,7 @@ class ChallengeService:
                             display=_display(context),
                             token_id=token_id,
                             idempotency_key=idempotency_key,
+                            started_by=started_by,
                         )
                     )
                     detail = f"{challenge_id} {method} {context.client_name} {context.client_ip}"
@@ -374,20 +384,26 @@ class ChallengeService:
             raise Conflict("this idempotency_key was already used for another user's sign-in")
         return existing
 
-    async def get(self, challenge_id: str) -> ChallengeView:
-        """The current state, expiring the challenge if its time is up."""
+    async def get(self, challenge_id: str, caller: ApiTokenRecord | None = None) -> ChallengeView:
+        """The current state, expiring the challenge if its time is up.
+
+        With ``caller`` (a gateway token) a challenge it may not see (:meth:`ApiTokenRecord.
+        may_see`) is :class:`NotFound`, exactly like one that does not exist."""
         # Each long-poll slice of a held RADIUS request reads this twice: a raw-SQL job, at a
         # tenth of the cost of an ORM read, keeps 10,000 held requests affordable.
         view = await self._db.run_read(lambda tx: _read_view(tx, challenge_id[:64]))
-        if view is None:
+        if view is None or (caller is not None and not caller.may_see(view.started_by)):
             raise NotFound("no such challenge")
         if view.state is ChallengeState.PENDING and self._clock() >= view.expires_at:
             return await self._settle(Actor("system"), challenge_id, Tick(self._clock()))
         return view
 
-    async def wait(self, challenge_id: str, within: float) -> ChallengeView:
-        """Long-poll: return as soon as the challenge is final, or after ``within`` seconds."""
-        view = await self.get(challenge_id)
+    async def wait(
+        self, challenge_id: str, within: float, caller: ApiTokenRecord | None = None
+    ) -> ChallengeView:
+        """Long-poll: return as soon as the challenge is final, or after ``within`` seconds
+        (``caller``: see :meth:`get`)."""
+        view = await self.get(challenge_id, caller)
         if view.state.is_final or within <= 0:
             return view
         remaining = (view.expires_at - self._clock()).total_seconds()
@@ -397,8 +413,13 @@ class ChallengeService:
         # The outcome was committed before it was published; no need to read it back.
         return replace(view, state=ChallengeState(outcome.state), answered_at=outcome.answered_at)
 
-    async def cancel(self, actor: Actor, challenge_id: str) -> ChallengeView:
-        """The gateway gave up (user closed the dialog, timeout on its side)."""
+    async def cancel(
+        self, actor: Actor, challenge_id: str, caller: ApiTokenRecord | None = None
+    ) -> ChallengeView:
+        """The gateway gave up (user closed the dialog, timeout on its side); ``caller``: see
+        :meth:`get`."""
+        if caller is not None:
+            await self.get(challenge_id, caller)
         return await self._settle(actor, challenge_id, Cancelled(self._clock()))
 
     async def cancel_pending_for_user(self, actor: Actor, user_name: str, reason: str) -> int:
@@ -432,10 +453,11 @@ class ChallengeService:
         return [Outcome(row.id, ChallengeState.CANCELLED.value) for row in rows]
 
     async def verify_code(
-        self, actor: Actor, challenge_id: str, code: str
+        self, actor: Actor, challenge_id: str, code: str, caller: ApiTokenRecord | None = None
     ) -> tuple[ChallengeView, OtpResult]:
-        """Answer a pending challenge with a code instead of a push (RADIUS challenge mode)."""
-        view = await self.get(challenge_id)
+        """Answer a pending challenge with a code instead of a push (RADIUS challenge mode);
+        ``caller``: see :meth:`get`."""
+        view = await self.get(challenge_id, caller)
         status = ChallengeStatus(view.state, view.expires_at, None)
         apply(status, Answered(Answer.APPROVE, "otp", self._clock()))  # refuses if closed
         result = await self._otp.verify(
@@ -561,7 +583,7 @@ class ChallengeService:
         if row is None:
             return None
         view = _view_of(tx, row)
-        user_id, answered_by, disabled, blocked = row[12:16]
+        user_id, answered_by, disabled, blocked = row[13:17]
         if (
             user_id != device.user_id
             or view.method != "push"
@@ -587,13 +609,20 @@ class ChallengeService:
         )
         if done != 1:  # answered or cancelled since the read (PostgreSQL): let the ORM path say
             return None
-        tx.run(
-            "UPDATE devices SET last_used_at = ?, state = 'active', "
-            "activated_at = COALESCE(activated_at, ?) WHERE id = ?",
-            tx.time(now),
-            tx.time(now),
-            device.id,
-        )
+        # The device was live at its signature check, a transaction ago: marked lost or
+        # removed since, it answers nothing (the raise rolls this job's writes back).
+        if (
+            tx.run(
+                "UPDATE devices SET last_used_at = ?, state = 'active', "
+                "activated_at = COALESCE(activated_at, ?) "
+                "WHERE id = ? AND state IN ('pending', 'active')",
+                tx.time(now),
+                tx.time(now),
+                device.id,
+            )
+            != 1
+        ):
+            raise device_gone()
         if state is ChallengeState.APPROVED:
             tx.run("UPDATE users SET last_sign_in_at = ? WHERE id = ?", tx.time(now), user_id)
         self._audit.add_job(
@@ -733,10 +762,12 @@ class ChallengeService:
             await self._audit.add(conn, actor, "challenge.cancel", state.value, user_name, row.id)
             return []
         if device is not None:
-            # The first answered push is the round trip that makes a device active.
-            await conn.execute(
+            # The first answered push is the round trip that makes a device active. Only a
+            # device still live: one marked lost or removed since its signature check answers
+            # nothing (the raise rolls the whole transition back).
+            touched = await conn.execute(
                 update(devices_t)
-                .where(devices_t.c.id == device.id)
+                .where(devices_t.c.id == device.id, devices_t.c.state.in_(LIVE_STATES))
                 .values(
                     last_used_at=now,
                     state="active",
@@ -746,6 +777,8 @@ class ChallengeService:
                     ),
                 )
             )
+            if touched.rowcount != 1:
+                raise device_gone()
         if state is ChallengeState.APPROVED:
             await conn.execute(
                 update(users_t).where(users_t.c.id == row.user_id).values(last_sign_in_at=now)
@@ -810,7 +843,7 @@ class ChallengeService:
 
 _VIEW_SQL = (
     "SELECT c.id, u.name, c.method, c.state, c.created_at, c.expires_at, c.answered_at, "
-    "c.number, c.client_name, c.client_ip, c.nas_identifier, c.display "
+    "c.number, c.client_name, c.client_ip, c.nas_identifier, c.display, c.started_by "
     "FROM challenges c JOIN users u ON u.id = c.user_id WHERE c.id = ?"
 )
 
@@ -842,6 +875,7 @@ def _view_of(tx: Tx, row: Sequence[Any]) -> ChallengeView:
         client_ip=row[9],
         nas_identifier=row[10],
         display=row[11],
+        started_by=row[12],
     )
 
 

@@ -122,6 +122,12 @@ def _device_from_tuple(tx: Tx, row: Row) -> DeviceRecord:
     )
 
 
+def device_gone() -> BadSignature:
+    """The refusal for a device that was live at its signature check and was marked lost or
+    removed before its write: the same 401 its next request gets."""
+    return BadSignature("unknown or removed device: it was marked lost or removed meanwhile")
+
+
 def check_push_token(token: str | None) -> str | None:
     """Push tokens are opaque printable strings of bounded length."""
     if token is None or token == "":
@@ -153,7 +159,7 @@ class DeviceService:
         if abs(now.timestamp() - signed.timestamp) > self._skew:
             raise StaleRequest(f"the device clock is off by more than {self._skew} seconds")
         message = signing.canonical_request(
-            method, target, str(signed.timestamp), signed.nonce, body
+            method, target, signed.device, str(signed.timestamp), signed.nonce, body
         )
         forget_before = now
         remember_until = now + timedelta(seconds=2 * self._skew)
@@ -162,7 +168,7 @@ class DeviceService:
         # among them: one raw-SQL job (lookup, signature, nonce) instead of two ORM
         # transactions. A refusal raised inside the job rolls back its nonce writes.
         def check(tx: Tx) -> DeviceRecord:
-            row = tx.one(_DEVICE_SQL, signed.device[:64])
+            row = tx.one(_DEVICE_SQL, signed.device)
             if row is None or row[5] is None or row[7] not in LIVE_STATES:
                 raise BadSignature("unknown or removed device")
             signing.verify(bytes(row[5]), signed.signature, message)
@@ -210,12 +216,15 @@ class DeviceService:
         """Replace (or clear) the device's push token; its push status starts afresh."""
         token = check_push_token(token)
         async with self._db.write() as conn:
-            await conn.execute(
+            done = await conn.execute(
                 update(devices_t)
-                .where(devices_t.c.id == device.id)
+                # Live at the signature check; marked lost or removed since, it changes nothing.
+                .where(devices_t.c.id == device.id, devices_t.c.state.in_(LIVE_STATES))
                 # A new token has not been tried: an "invalid" mark was about the old one.
                 .values(push_token=token, push_status="", push_error="", push_status_at=None)
             )
+            if done.rowcount != 1:
+                raise device_gone()
             user = await user_name_of(conn, device.user_id)
             await self._audit.add(conn, actor, "device.push_token", "ok", user, device.id)
 

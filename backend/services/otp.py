@@ -141,7 +141,9 @@ class OtpService:
             claimed = tx.run(
                 "UPDATE devices SET last_step = ?, last_used_at = ?, state = 'active', "
                 "activated_at = COALESCE(activated_at, ?) "
-                "WHERE id = ? AND (last_step IS NULL OR last_step < ?)",
+                # Still live: marked lost or removed since the read (PostgreSQL), it is refused.
+                "WHERE id = ? AND state IN ('pending', 'active') "
+                "AND (last_step IS NULL OR last_step < ?)",
                 step,
                 now,
                 now,

@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.crypto import SecretBox, same, token_digest
@@ -54,7 +55,7 @@ from backend.errors import (
     UserBlocked,
     UserDisabled,
 )
-from backend.services.activation import new_device_id
+from backend.services.activation import key_in_use, new_device_id
 from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService, ChallengeView
 from backend.services.context import Actor, Clock
@@ -123,12 +124,23 @@ class _Pending:
 
 
 @dataclass(frozen=True, slots=True)
+class _AnswerFields:
+    """The unsigned form fields that say how to rebuild the string the phone signed."""
+
+    decline: bool
+    decline_reason: str | None
+    presence_answer: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Spent:
-    """An answer whose signature verified and whose nonce is now spent."""
+    """An answer whose signature verified and whose nonce is now spent, with what the signed
+    string says: the reaction and the chosen option."""
 
     device: DeviceRecord
     challenge_id: str
-    options: str
+    reaction: Answer
+    choice: str | None
     app_lock: bool
 
 
@@ -376,6 +388,12 @@ class PiPushService:
             raise _refusal(ActivationCodeExpired(), actor, refuse_for)
         if user.disabled or user.blocked:
             raise _refusal(UserDisabled() if user.disabled else UserBlocked(), actor, refuse_for)
+        spki = phone_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        async with self._db.read() as conn:  # before the costly key: one device per key
+            if (await conn.execute(select(d.id).where(d.public_key == spki))).first():
+                raise _refusal(key_in_use(), actor, refuse_for)
         # ~0.6 s of CPU: off the event loop. Two racing rollouts both make one; one wins below.
         key = await asyncio.to_thread(rsa.generate_private_key, 65537, self._server_key_bits)
         sealed = self._box.seal(
@@ -386,38 +404,39 @@ class PiPushService:
             ),
             f"pipush-server-key:{row.id}",
         )
-        spki = phone_key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
         platform = _platform(user_agent)
-        async with self._db.write() as conn:
-            claimed = await conn.execute(
-                update(activation_codes_t)
-                .where(a.id == row.code_id, a.used_at.is_(None))
-                .values(used_at=now)
-            )
-            done = await conn.execute(
-                update(devices_t)
-                .where(d.id == row.id, d.state == "pending", d.public_key.is_(None))
-                .values(
-                    public_key=spki,
-                    server_key_enc=sealed,
-                    platform=platform,
-                    state="active",
-                    activated_at=now,
+        try:
+            async with self._db.write() as conn:
+                claimed = await conn.execute(
+                    update(activation_codes_t)
+                    .where(a.id == row.code_id, a.used_at.is_(None))
+                    .values(used_at=now)
                 )
-            )
-            if claimed.rowcount != 1 or done.rowcount != 1:
-                raise _refusal(ActivationCodeUsed(), actor, refuse_for)
-            await self._audit.add(
-                conn,
-                _device_actor(actor, row.id),
-                "pipush.rollout",
-                "ok",
-                refuse_for,
-                f"{row.id} serial {serial} phone key {phone_key.key_size} bits "
-                f"{user_agent[:128]}".strip(),
-            )
+                done = await conn.execute(
+                    update(devices_t)
+                    .where(d.id == row.id, d.state == "pending", d.public_key.is_(None))
+                    .values(
+                        public_key=spki,
+                        server_key_enc=sealed,
+                        platform=platform,
+                        state="active",
+                        activated_at=now,
+                    )
+                )
+                if claimed.rowcount != 1 or done.rowcount != 1:
+                    raise _refusal(ActivationCodeUsed(), actor, refuse_for)
+                await self._audit.add(
+                    conn,
+                    _device_actor(actor, row.id),
+                    "pipush.rollout",
+                    "ok",
+                    refuse_for,
+                    f"{row.id} serial {serial} phone key {phone_key.key_size} bits "
+                    f"{user_agent[:128]}".strip(),
+                )
+        except IntegrityError:
+            # The same phone key rolled out for another token at this moment.
+            raise _refusal(key_in_use(), actor, refuse_for) from None
         return RolledOut(row.id, user.name, pipush.server_public_key(key))
 
     async def _expire(self, actor: Actor, device_id: str, user_name: str) -> None:
@@ -522,24 +541,21 @@ class PiPushService:
             raise _refusal(BadRequest("nonce: 1 to 64 characters"), actor)
         if presence_answer is not None and len(presence_answer) > 64:
             raise _refusal(BadRequest("presence_answer: at most 64 characters"), actor)
-        reaction = pipush.reaction(decline, decline_reason)
-        message = pipush.answer_message(nonce, serial, decline, decline_reason, presence_answer)
+        pipush.reaction(decline, decline_reason)  # well formed, before any lookup
+        fields = _AnswerFields(decline, decline_reason, presence_answer)
         now = self._clock()
         spent = await self._db.run_job(
-            lambda tx: _spend_nonce(tx, actor, serial, nonce, message, signature, now)
+            lambda tx: _spend_nonce(tx, actor, serial, nonce, fields, signature, now)
         )
-        number: int | None = None
-        offered = spent.options.split(",") if spent.options else []
-        if reaction is Answer.APPROVE and presence_answer in offered:
-            # The phone signed its choice; one that was never offered counts as wrong (None).
-            number = int(str(presence_answer))
+        # Only a chosen option counts as the number; an approval without one is wrong (None).
+        number = int(spent.choice) if spent.choice is not None else None
         device_actor = _device_actor(actor, spent.device.id)
         try:
             return await self._challenges.answer(
                 device_actor,
                 spent.device,
                 spent.challenge_id,
-                reaction,
+                spent.reaction,
                 number=number,
                 unlocked_on_device=spent.app_lock,
             )
@@ -639,12 +655,13 @@ def _spend_nonce(
     actor: Actor,
     serial: str,
     nonce: str,
-    message: str,
+    fields: _AnswerFields,
     signature: str,
     now: datetime,
 ) -> _Spent:
-    """Look the nonce up, verify the phone's signature, and spend the nonce (one job: a
-    refusal raised here rolls back nothing but its own reads)."""
+    """Look the nonce up, verify the phone's signature, read what it signed against the
+    options this token was offered, and spend the nonce (one job: a refusal raised here
+    rolls back its own writes, so a refused answer spends nothing)."""
     row = tx.one(_NONCE_SQL, nonce)
     if row is None or row[14] != serial or row[6] != KIND or row[9] is None:
         raise _refusal(NotFound("no challenge with this nonce for this token"), actor)
@@ -652,8 +669,19 @@ def _spend_nonce(
     device_actor = _device_actor(actor, row[4])
     if row[10] not in LIVE_STATES:
         raise _refusal(BadSignature("the token was removed"), device_actor, user_name)
+    message = pipush.answer_message(
+        nonce, serial, fields.decline, fields.decline_reason, fields.presence_answer
+    )
     try:
         pipush.verify(_phone_key(bytes(row[9])), message, signature)
+        reaction, choice = pipush.read_answer(
+            nonce,
+            serial,
+            fields.decline,
+            fields.decline_reason,
+            fields.presence_answer,
+            row[1].split(",") if row[1] else [],
+        )
     except OpenMFAError as exc:
         raise _refusal(exc, device_actor, user_name) from None
     if row[2] is not None:
@@ -691,4 +719,4 @@ def _spend_nonce(
         last_used_at=tx.read_time(row[13]),
         user_name=user_name,
     )
-    return _Spent(device, row[0], row[1], bool(row[15]))
+    return _Spent(device, row[0], reaction, choice, bool(row[15]))

@@ -40,6 +40,17 @@ class ApiTokenRecord:
         """A bridge token can do everything a gateway token can, and more."""
         return self.scope == "bridge" or scope == "gateway"
 
+    @property
+    def starter(self) -> str:
+        """How the challenges this token starts record it (``challenges.started_by``)."""
+        return f"token:{self.id}" if self.id is not None else f"ephemeral:{self.name}"
+
+    def may_see(self, started_by: str | None) -> bool:
+        """Whether this token may read, wait on, answer or cancel a challenge started by
+        ``started_by``: its own, and as a bridge (which relays for every client behind it)
+        any a gateway token started; never one the web portal or console started (None)."""
+        return started_by is not None and (started_by == self.starter or self.scope == "bridge")
+
 
 @dataclass(frozen=True, slots=True)
 class _Ephemeral:

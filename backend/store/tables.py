@@ -83,6 +83,9 @@ class Device(SQLModel, table=True):
     __table_args__ = (
         Index("ix_devices_user_state", "user_id", "state"),
         UniqueConstraint("serial", name="uq_devices_serial"),
+        # One device per key, whatever its state: a request signed by one device can never
+        # pass as another's, and nonces remembered per device are per key.
+        Index("uq_devices_public_key", "public_key", unique=True),
     )
     id: str = Field(primary_key=True, max_length=64)
     user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
@@ -148,6 +151,10 @@ class Challenge(SQLModel, table=True):
     display: str = Field(default="", max_length=256)
     token_id: int | None = Field(default=None, foreign_key="api_tokens.id")
     idempotency_key: str | None = Field(default=None, max_length=128)
+    # The gateway token that started it ("token:<id>", or "ephemeral:<name>" for the
+    # in-process bridge): only it and bridge tokens may read, wait on, answer or cancel it.
+    # NULL for challenges the web portal and console start, which no gateway token sees.
+    started_by: str | None = Field(default=None, max_length=64)
 
 
 class ApiToken(SQLModel, table=True):
