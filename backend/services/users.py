@@ -11,6 +11,7 @@ from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from backend.domain.devices import LIVE_STATES
+from backend.domain.emails import email_problem
 from backend.domain.names import user_key
 from backend.domain.policy import check_pin
 from backend.errors import BadRequest, Conflict, OtpLocked, PinLocked, PinRequired, WrongPin
@@ -43,6 +44,14 @@ class UserSummary:
     pending_devices: int
 
 
+def check_email(address: str) -> None:
+    """:class:`BadRequest` unless ``address`` passes the one address rule
+    (:func:`backend.domain.emails.email_problem`)."""
+    problem = email_problem(address)
+    if problem is not None:
+        raise BadRequest(f"the e-mail address is not valid: {problem}")
+
+
 def check_password(password: str) -> None:
     """Length rules for local passwords."""
     if len(password) < MIN_PASSWORD:
@@ -71,8 +80,8 @@ class UserService:
     ) -> UserRecord:
         """Create a user; :class:`Conflict` if the name (in any case) exists."""
         key = user_key(name)
-        if len(email) > 320 or (email and "@" not in email):
-            raise BadRequest("the e-mail address is not valid")
+        if email:
+            check_email(email)
         if len(display_name) > 256:
             raise BadRequest("the display name has at most 256 characters")
         password_hash = None

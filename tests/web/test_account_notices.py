@@ -92,8 +92,10 @@ def test_an_activated_app_mails_the_user_without_the_seed_or_code(
     assert "Alice Liddell" in text
     assert "Alice's iPhone" in text
     assert stored.device_id in text
-    assert "When:" in text and "UTC" in text
-    assert "From:" in text and "127.0.0.1" in text
+    assert "When:" in text
+    assert "UTC" in text
+    assert "From:" in text
+    assert "127.0.0.1" in text
     assert HELP in text
     assert_no_secret(received, stored.totp_secret, offer.code, PIN, phone.code())
     row = web.audit("notice.mail", "alice")[0]
@@ -107,7 +109,8 @@ def test_an_oath_enrolment_mails_the_user_without_the_seed(
     enrolment = web.run(web.services.activation.enrol_oath(ADMIN, "alice", "Aegis"))
     received = smtp.wait_for(1)[0]
     text = body(received)
-    assert "OATH" in text and "Aegis" in text
+    assert "OATH" in text
+    assert "Aegis" in text
     assert "an administrator" in text  # the actor, in words
     assert_no_secret(received, enrolment.seed, enrolment.uri)
 
@@ -134,7 +137,8 @@ def test_removed_lost_and_reset_each_mail_the_user(web: WebHarness, smtp: SmtpSe
         started = web.start("alice")
         assert phone.answer(started["id"], "approve") == "approved"
     smtp.wait_for(3)  # the three activations
-    assert first.device is not None and second.device is not None
+    assert first.device is not None
+    assert second.device is not None
     web.run(web.services.devices.mark_lost(ADMIN, first.device.device_id, user_name="alice"))
     web.run(web.services.devices.remove(ADMIN, second.device.device_id, user_name="alice"))
     web.run(web.services.access.reset_devices(ADMIN, "alice"))
@@ -155,7 +159,7 @@ def test_a_refusing_mail_server_never_blocks_the_change_and_the_notice_is_retrie
     smtp.refuse_next(1, "451 4.3.0 try again later")
     response = post_form(browser, "/portal/pin", {"pin": PIN, "confirm": PIN})
     assert response.status_code == 303  # the PIN is set whatever the mail does
-    wait_for(lambda: bool(web.audit("notice.mail", "alice")), timeout=30)
+    wait_for(lambda: bool(web.audit("notice.mail", "alice")), 30, "the first attempt")
     assert web.audit("notice.mail", "alice")[0].result == "retry"
     clock.advance(60)  # past the first backoff pause
     received = smtp.wait_for(1, timeout=30)[0]

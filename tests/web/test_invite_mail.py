@@ -122,4 +122,5 @@ def test_an_address_stored_before_the_rule_is_refused_clearly_not_a_500(
         assert smtp.conversations == 0
         row = web.audit("invitation.mail", "alice")[0]
         assert row.result == "failed"
-        assert "\r" not in row.detail and "\n" not in row.detail
+        assert "\r" not in row.detail
+        assert "\n" not in row.detail
