@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.crypto import new_token, same, token_digest
 from backend.domain.names import user_key
+from backend.domain.notices import AccountChange
 from backend.errors import (
     BadRequest,
     BootstrapInvalid,
@@ -32,6 +33,7 @@ from backend.errors import (
 from backend.passwords import PasswordHasher
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
+from backend.services.notices import AccountNotices
 from backend.services.users import check_password
 from backend.store.database import Database
 from backend.store.queries import UserRecord, find_user, load_user, load_user_by_id
@@ -65,8 +67,15 @@ class InvitationService:
     """Invite users to set a password; bootstrap the first administrator."""
 
     def __init__(
-        self, db: Database, hasher: PasswordHasher, audit: AuditLog, clock: Clock, base_url: str
+        self,
+        db: Database,
+        hasher: PasswordHasher,
+        audit: AuditLog,
+        clock: Clock,
+        base_url: str,
+        notices: AccountNotices | None = None,
     ) -> None:
+        self._notices = notices
         self._db = db
         self._hasher = hasher
         self._audit = audit
@@ -146,8 +155,9 @@ class InvitationService:
         return row
 
     async def accept(self, actor: Actor, token: str, password: str) -> UserRecord:
-        """Use the invitation: set the user's password (once). Raises if the link is unknown,
-        expired or used, or the password breaks the length rules."""
+        """Use the invitation: set the user's password (once); every web session the user had
+        ends. Raises if the link is unknown, expired or used, or the password breaks the
+        length rules."""
         check_password(password)
         password_hash = await self._hasher.hash(password)
         now = self._clock()
@@ -169,7 +179,10 @@ class InvitationService:
                 update(users_t).where(users_t.c.id == user.id).values(password_hash=password_hash)
             )
             await self._audit.add(conn, actor, "invitation.accept", "ok", user.name_key)
-            return await load_user_by_id(conn, user.id)
+            accepted = await load_user_by_id(conn, user.id)
+        if self._notices is not None:
+            await self._notices.changed(actor, user.id, AccountChange.INVITATION_ACCEPTED)
+        return accepted
 
     # -- the first administrator ----------------------------------------------------------------
 

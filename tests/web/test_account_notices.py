@@ -23,6 +23,7 @@ from sqlalchemy import select
 from backend.authenticator.client import AppClient
 from backend.config import Settings
 from backend.services import Services
+from backend.services.context import Actor
 from backend.store.tables import account_notices_t
 from tests.support.api import ADMIN
 from tests.support.clock import FakeClock
@@ -106,12 +107,13 @@ def test_an_oath_enrolment_mails_the_user_without_the_seed(
     web: WebHarness, smtp: SmtpServer
 ) -> None:
     web.add_user("alice")
-    enrolment = web.run(web.services.activation.enrol_oath(ADMIN, "alice", "Aegis"))
+    operator = Actor("cli:root", "local")  # `openmfa activation create alice --oath`
+    enrolment = web.run(web.services.activation.enrol_oath(operator, "alice", "Aegis"))
     received = smtp.wait_for(1)[0]
     text = body(received)
     assert "OATH" in text
     assert "Aegis" in text
-    assert "an administrator" in text  # the actor, in words
+    assert "an administrator, on the server's command line (root)" in text
     assert_no_secret(received, enrolment.seed, enrolment.uri)
 
 
@@ -164,6 +166,7 @@ def test_a_refusing_mail_server_never_blocks_the_change_and_the_notice_is_retrie
     clock.advance(60)  # past the first backoff pause
     received = smtp.wait_for(1, timeout=30)[0]
     assert "PIN" in str(received.message["Subject"])
+    wait_for(lambda: len(web.audit("notice.mail", "alice")) == 2, 30, "the sent row")
     assert [row.result for row in web.audit("notice.mail", "alice")] == ["sent", "retry"]
 
 
