@@ -219,8 +219,10 @@ class NoticeMailer:
         log.log(level, "account notice e-mail %s: %s", result, text)
 
 
-def status_line(sender: MailSender | None) -> str:
+def status_line(sender: MailSender | None, enabled: bool = True) -> str:
     """What happens to account notices, for the start-up log."""
+    if not enabled:
+        return "users are not e-mailed about changes to their sign-in methods (notify_users off)"
     if sender is None:
         return "users are not e-mailed about changes to their sign-in methods (no smtp_host)"
     return f"users are e-mailed about changes to their sign-in methods via {sender.describe()}"

@@ -120,7 +120,9 @@ class Services:
             )
             bus = bus or InProcessOutcomeBus()
             audit = AuditLog(db, clock)
-            notices = AccountNotices(db, audit, clock, mail=sender is not None)
+            notices = AccountNotices(
+                db, audit, clock, mail=sender is not None and settings.notify_users
+            )
             users = UserService(db, hasher, audit, clock, notices=notices)
             otp = OtpService(db, box, audit, clock)
             dispatcher = (
@@ -158,14 +160,14 @@ class Services:
                     issuer=settings.issuer,
                     close_grace=settings.shutdown_grace_seconds,
                 )
-                if notify and sender is not None
+                if notify and sender is not None and settings.notify_users
                 else None
             )
             if notice_mailer is not None:
                 notices.wake = notice_mailer.wake
             if notify:
                 log.info(fraud_mail.status_line(settings, mail))
-                log.info(notice_mail.status_line(sender))
+                log.info(notice_mail.status_line(sender, settings.notify_users))
                 if geoip is not None:
                     log.info("sign-in locations from %s (%s)", geoip.path, geoip.database_type)
             challenges = ChallengeService(

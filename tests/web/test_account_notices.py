@@ -220,3 +220,19 @@ def test_the_text_names_the_change_and_nothing_more() -> None:
     assert "203.0.113.9" in text
     assert HELP in text
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", text)
+
+
+def test_notify_users_off_queues_nothing(
+    settings: Settings, clock: FakeClock, smtp: SmtpServer
+) -> None:
+    quiet = with_mail(settings, smtp.port).model_copy(update={"notify_users": False})
+    with WebHarness(quiet, clock) as web:
+        web.add_user("alice")
+        web.run(web.services.users.set_pin(ADMIN, "alice", PIN))
+
+        async def rows() -> list[object]:
+            async with web.services.db.read() as conn:
+                return list((await conn.execute(select(account_notices_t))).all())
+
+        assert web.run(rows()) == []
+        assert web.server_services.notice_mailer is None
