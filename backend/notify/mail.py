@@ -181,7 +181,14 @@ class MailSender:
         body: str,
         headers: Mapping[str, str] | None = None,
     ) -> EmailMessage:
-        """A plain-text message from ``mail_from``; header values lose control characters."""
+        """A plain-text message from ``mail_from``; header values lose control characters.
+
+        Raises :class:`MailError` (permanent) for a recipient that is not a plain address:
+        whatever stored it, it never reaches a header.
+        """
+        for recipient in recipients:
+            if not is_email(recipient):
+                raise MailError("the recipient is not a valid e-mail address", permanent=True)
         message = EmailMessage()
         message["From"] = self.mail_from
         message["To"] = ", ".join(recipients)

@@ -178,10 +178,10 @@ class NoticeMailer:
             detail=row.detail,
             issuer=self._issuer,
         )
-        message = self._sender.compose(
-            [row.recipient], subject, text, {"X-OpenMFA-Notice": row.change}
-        )
         try:
+            message = self._sender.compose(
+                [row.recipient], subject, text, {"X-OpenMFA-Notice": row.change}
+            )
             reply = await self._sender.send([row.recipient], message)
         except MailError as exc:
             if exc.permanent or attempt >= self.attempts:

@@ -18,13 +18,13 @@ from email.message import EmailMessage
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from backend.authenticator.client import AppClient
 from backend.config import Settings
 from backend.services import Services
 from backend.services.context import Actor
-from backend.store.tables import account_notices_t
+from backend.store.tables import account_notices_t, users_t
 from tests.support.api import ADMIN
 from tests.support.clock import FakeClock
 from tests.support.process import wait_for
@@ -191,6 +191,16 @@ def test_a_notice_recorded_by_a_command_is_sent_by_the_running_server(
 def test_no_address_no_notice_and_a_bad_address_is_never_used(web: WebHarness) -> None:
     web.run(web.services.users.add(ADMIN, "bare"))
     web.run(web.services.users.set_pin(ADMIN, "bare", PIN))
+    web.add_user("old")
+
+    async def plant() -> None:  # stored by a version that checked only for "@"
+        async with web.services.db.write() as conn:
+            await conn.execute(
+                update(users_t).where(users_t.c.name == "old").values(email="a@b\r\nBcc: x@y")
+            )
+
+    web.run(plant())
+    web.run(web.services.users.set_pin(ADMIN, "old", PIN))
 
     async def rows() -> list[object]:
         async with web.services.db.read() as conn:
