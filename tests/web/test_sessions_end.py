@@ -169,3 +169,19 @@ def test_a_pin_change_in_the_portal_does_not_sign_anyone_out(web: WebHarness) ->
     assert response.status_code == 303
     assert other.get("/portal/").status_code == 200
     assert ended_rows(web, "alice") == []
+
+
+def test_this_wasnt_me_in_the_portal_blocks_and_keeps_only_the_reporting_session(
+    web: WebHarness,
+) -> None:
+    web.add_user("alice")
+    phone = active_phone(web, "alice")
+    started = web.start("alice")
+    assert phone.answer(started["id"], "approve") == "approved"
+    reporting, other = portal(web, "alice"), portal(web, "alice")
+    path = f"/portal/sign-ins/{started['id']}/report"
+    assert post_form(reporting, path, {}).status_code == 303
+    assert web.user("alice").blocked
+    assert signed_out(other)
+    assert reporting.get("/portal/sign-ins").status_code == 200  # it sees what it did
+    assert ended_rows(web, "alice") == ["1 (fraud reported)"]
