@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from email.message import EmailMessage
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
@@ -27,6 +29,7 @@ from backend.services.context import Actor
 from backend.store.tables import account_notices_t, users_t
 from tests.support.api import ADMIN
 from tests.support.clock import FakeClock
+from tests.support.piapp import PiLab
 from tests.support.process import wait_for
 from tests.support.smtp import Received, SmtpServer
 from tests.support.web import WebHarness, post_form, sign_in
@@ -246,3 +249,21 @@ def test_notify_users_off_queues_nothing(
 
         assert web.run(rows()) == []
         assert web.server_services.notice_mailer is None
+
+
+def test_a_privacyidea_rollout_mails_the_user(
+    settings: Settings, clock: FakeClock, smtp: SmtpServer, tmp_path: Path
+) -> None:
+    with PiLab(with_mail(settings, smtp.port), clock, tmp_path, WebHarness) as lab:
+        lab.api.add_user("alice")
+        offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "alice", "Pixel"))
+        app = lab.phone()
+        app.scan(offer.uri)
+        assert app.rollout().status_code == 200
+        received = smtp.wait_for(1)[0]
+        text = body(received)
+        assert "privacyIDEA Authenticator" in str(received.message["Subject"])
+        assert offer.device_id in text
+        assert "the device itself" in text
+        credential = parse_qs(urlsplit(offer.uri).query)["enrollment_credential"][0]
+        assert_no_secret(received, credential, offer.uri)
