@@ -107,6 +107,9 @@ async def test_the_user_service_refuses_an_injected_address(services: Services) 
         await services.users.add(ADMIN, "carol", email="carol@example.com\n")
     user = await services.users.add(ADMIN, "carol", email="carol@example.com")
     assert user.email == "carol@example.com"
+    refused = await services.audit.query("carol", action="user.add")
+    assert [row.result for row in refused] == ["ok", "refused", "refused"]
+    assert all("\r" not in row.detail and "\n" not in row.detail for row in refused)
 
 
 def test_the_cli_refuses_an_injected_address(tmp_path: Path) -> None:

@@ -46,14 +46,6 @@ class UserSummary:
     pending_devices: int
 
 
-def check_email(address: str) -> None:
-    """:class:`BadRequest` unless ``address`` passes the one address rule
-    (:func:`backend.domain.emails.email_problem`)."""
-    problem = email_problem(address)
-    if problem is not None:
-        raise BadRequest(f"the e-mail address is not valid: {problem}")
-
-
 def check_password(password: str) -> None:
     """Length rules for local passwords."""
     if len(password) < MIN_PASSWORD:
@@ -90,8 +82,10 @@ class UserService:
     ) -> UserRecord:
         """Create a user; :class:`Conflict` if the name (in any case) exists."""
         key = user_key(name)
-        if email:
-            check_email(email)
+        problem = email_problem(email) if email else None
+        if problem is not None:
+            await self._audit.record(actor, "user.add", "refused", key, f"e-mail: {problem}")
+            raise BadRequest(f"the e-mail address is not valid: {problem}")
         if len(display_name) > 256:
             raise BadRequest("the display name has at most 256 characters")
         password_hash = None
