@@ -102,6 +102,8 @@ class Settings(BaseModel):
     smtp_ca_file: Path | None = None
     mail_from: str = ""
     fraud_notify_to: str = ""  # the support address that gets fraud reports
+    # E-mail each user about changes to their sign-in methods (needs smtp_host).
+    notify_users: bool = True
 
     # -- context shown with a challenge --
     geoip_database: Path | None = None  # a MaxMind-format City database (GeoLite2-City.mmdb)

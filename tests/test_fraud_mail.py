@@ -55,6 +55,7 @@ def mail_settings(settings: Settings, port: int, **extra: Any) -> Settings:
         "smtp_security": "none",
         "mail_from": "OpenMFA <mfa@example.com>",
         "fraud_notify_to": ", ".join(SUPPORT),
+        "notify_users": False,  # only the fraud mail here (tests/web/test_account_notices.py)
         **extra,
     }
     return settings.model_copy(update=values)

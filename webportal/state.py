@@ -62,5 +62,8 @@ def client_address(request: Request) -> str:
 
 
 def web_actor(request: Request, name: str) -> Actor:
-    """An audit actor for this request: ``portal:<user>``, ``admin:<user>`` or ``web:<area>``."""
-    return Actor(name, client_address(request)[:64], request_id_var.get())
+    """An audit actor for this request: ``portal:<user>``, ``admin:<user>`` or ``web:<area>``,
+    naming the request's web session once it was loaded."""
+    session = getattr(request.state, "web_session", None)
+    session_id = getattr(session, "id_hash", "") if session is not None else ""
+    return Actor(name, client_address(request)[:64], request_id_var.get(), str(session_id))

@@ -23,13 +23,11 @@ from pathlib import Path
 import aiosmtplib
 
 from backend.config import Settings
+from backend.domain.emails import is_email
 from backend.errors import ConfigurationError
 
 SEND_TIMEOUT = 30.0  # seconds for one whole SMTP conversation step (connect, each command)
 
-# A deliberately plain check: something@domain, no spaces or control characters. The SMTP
-# server has the final word; this only catches typos and header injection at start.
-_ADDRESS = re.compile(r"[^@\s<>\"(),;:\x00-\x1f\x7f]+@[^@\s<>\"(),;:\x00-\x1f\x7f]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -49,7 +47,9 @@ def parse_addresses(setting: str, value: str) -> list[str]:
         raise ConfigurationError(f"{setting} contains a control character")
     addresses: list[str] = []
     for name, address in getaddresses([value]):
-        if not _ADDRESS.fullmatch(address):
+        # The parser quietly drops what it cannot read ("a@exa mple.com" -> "a@exa"): the
+        # address must also stand in the setting exactly as written.
+        if not is_email(address) or address not in value:
             shown = f"{name} <{address}>" if name else address
             raise ConfigurationError(f"{setting}: {shown!r} is not an e-mail address")
         addresses.append(address)
@@ -181,7 +181,14 @@ class MailSender:
         body: str,
         headers: Mapping[str, str] | None = None,
     ) -> EmailMessage:
-        """A plain-text message from ``mail_from``; header values lose control characters."""
+        """A plain-text message from ``mail_from``; header values lose control characters.
+
+        Raises :class:`MailError` (permanent) for a recipient that is not a plain address:
+        whatever stored it, it never reaches a header.
+        """
+        for recipient in recipients:
+            if not is_email(recipient):
+                raise MailError("the recipient is not a valid e-mail address", permanent=True)
         message = EmailMessage()
         message["From"] = self.mail_from
         message["To"] = ", ".join(recipients)

@@ -19,6 +19,8 @@ from backend.crypto import SecretBox, key_fingerprint, load_or_create_key
 from backend.errors import DatabaseError, ServerKeyError
 from backend.events import InProcessOutcomeBus, OutcomeBus
 from backend.notify import fraud as fraud_mail
+from backend.notify import notices as notice_mail
+from backend.notify.mail import MailSender
 from backend.passwords import PasswordHasher
 from backend.push.dispatcher import PushDispatcher, close_transports
 from backend.push.factory import build_transports
@@ -32,6 +34,7 @@ from backend.services.devices import DeviceService
 from backend.services.fraud import FraudService
 from backend.services.geoip import GeoIp
 from backend.services.invitations import InvitationService
+from backend.services.notices import AccountNotices
 from backend.services.otp import OtpService
 from backend.services.pipush import PiPushService
 from backend.services.policies import PolicyService
@@ -72,12 +75,15 @@ class Services:
     sign_ins: SignInService
     access: AccessService
     accounts: AccountService
+    notices: AccountNotices
     clock: Clock
     # None where push is off (CLI commands): see Services.open's ``push``.
     push: PushDispatcher | None = None
     # None where fraud mail is off (CLI commands, see Services.open's ``notify``) or not set up.
     fraud_mailer: fraud_mail.FraudMailer | None = None
     geoip: GeoIp | None = None  # None without settings.geoip_database
+    # None where mail is off (CLI commands) or not set up; commands still queue notices.
+    notice_mailer: notice_mail.NoticeMailer | None = None
 
     @classmethod
     async def open(
@@ -99,6 +105,7 @@ class Services:
         GeoIP settings are checked either way (:class:`~backend.errors.ConfigurationError`).
         """
         mail = fraud_mail.configure(settings)
+        sender = MailSender.from_settings(settings)
         async with AsyncExitStack() as on_error:  # what to release if the open fails
             geoip = GeoIp.open(settings.geoip_database)
             if geoip is not None:
@@ -115,7 +122,10 @@ class Services:
             )
             bus = bus or InProcessOutcomeBus()
             audit = AuditLog(db, clock)
-            users = UserService(db, hasher, audit, clock)
+            notices = AccountNotices(
+                db, audit, clock, mail=sender is not None and settings.notify_users
+            )
+            users = UserService(db, hasher, audit, clock, notices=notices)
             otp = OtpService(db, box, audit, clock)
             dispatcher = (
                 PushDispatcher(
@@ -143,12 +153,35 @@ class Services:
                 if notify and mail is not None
                 else None
             )
+            notice_mailer = (
+                notice_mail.NoticeMailer(
+                    db,
+                    audit,
+                    clock,
+                    sender,
+                    issuer=settings.issuer,
+                    close_grace=settings.shutdown_grace_seconds,
+                )
+                if notify and sender is not None and settings.notify_users
+                else None
+            )
+            if notice_mailer is not None:
+                notices.wake = notice_mailer.wake
             if notify:
                 log.info(fraud_mail.status_line(settings, mail))
+                log.info(notice_mail.status_line(sender, settings.notify_users))
                 if geoip is not None:
                     log.info("sign-in locations from %s (%s)", geoip.path, geoip.database_type)
             challenges = ChallengeService(
-                db, bus, users, otp, audit, clock, push=dispatcher, fraud_notifier=mailer
+                db,
+                bus,
+                users,
+                otp,
+                audit,
+                clock,
+                push=dispatcher,
+                fraud_notifier=mailer,
+                notices=notices,
             )
             fraud = FraudService(db, audit, clock, challenges)
             web_sessions = WebSessionService(
@@ -166,9 +199,18 @@ class Services:
                 users=users,
                 policies=PolicyService(db, audit),
                 activation=ActivationService(
-                    db, box, hasher, audit, clock, settings.resolved_public_url, settings.issuer
+                    db,
+                    box,
+                    hasher,
+                    audit,
+                    clock,
+                    settings.resolved_public_url,
+                    settings.issuer,
+                    notices=notices,
                 ),
-                devices=DeviceService(db, audit, clock, settings.signature_skew_seconds),
+                devices=DeviceService(
+                    db, audit, clock, settings.signature_skew_seconds, notices=notices
+                ),
                 otp=otp,
                 challenges=challenges,
                 tokens=ApiTokenService(db, audit, clock),
@@ -182,24 +224,29 @@ class Services:
                     challenges,
                     settings.resolved_public_url,
                     settings.issuer,
+                    notices=notices,
                 ),
                 invitations=InvitationService(
-                    db, hasher, audit, clock, settings.resolved_public_url
+                    db, hasher, audit, clock, settings.resolved_public_url, notices=notices
                 ),
                 web_sessions=web_sessions,
                 reports=ReportService(db, clock),
                 sign_ins=SignInService(db, clock),
-                access=AccessService(users, challenges, fraud, web_sessions, audit),
+                access=AccessService(users, challenges, fraud, notices),
                 accounts=AccountService(db, challenges, audit),
+                notices=notices,
                 clock=clock,
                 push=dispatcher,
                 fraud_mailer=mailer,
                 geoip=geoip,
+                notice_mailer=notice_mailer,
             )
             on_error.pop_all()  # from here on, services.close() releases all of it
             on_error.push_async_callback(services.close)
             if mailer is not None:
                 await mailer.start()
+            if notice_mailer is not None:
+                await notice_mailer.start()
             on_error.pop_all()
         return services
 
@@ -210,6 +257,8 @@ class Services:
             await close_transports(self.push.transports)
         if self.fraud_mailer is not None:
             await self.fraud_mailer.close()  # bounded; unsent reports stay pending
+        if self.notice_mailer is not None:
+            await self.notice_mailer.close()  # bounded; unsent notices stay due
         await self.bus.close()
         self.hasher.close()
         if self.geoip is not None:

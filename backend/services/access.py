@@ -1,7 +1,8 @@
 """Whether a user may sign in, changed with everything that goes with it.
 
 Disabling, blocking or resetting a user's devices also cancels their pending sign-ins and
-ends their portal and admin sessions; unblocking deals with their open fraud reports (which
+ends their portal and admin sessions (through :class:`~backend.services.notices.AccountNotices`,
+which also e-mails the user about a reset); unblocking deals with their open fraud reports (which
 would otherwise keep their pushes muted). The CLI, the admin console and its fraud page all
 come here, so no path does only half of it.
 """
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from backend.services.audit import AuditLog
+from backend.domain.notices import ENDS_SESSIONS, AccountChange
 from backend.services.challenges import ChallengeService
 from backend.services.context import Actor
 from backend.services.fraud import FraudService
+from backend.services.notices import AccountNotices
 from backend.services.users import UserService
-from backend.services.web_sessions import WebSessionService
 from backend.store.queries import UserRecord
 
 
@@ -38,19 +39,17 @@ class AccessService:
         users: UserService,
         challenges: ChallengeService,
         fraud: FraudService,
-        web_sessions: WebSessionService,
-        audit: AuditLog,
+        notices: AccountNotices,
     ) -> None:
         self._users = users
         self._challenges = challenges
         self._fraud = fraud
-        self._web_sessions = web_sessions
-        self._audit = audit
+        self._notices = notices
 
     async def disable(self, actor: Actor, name: str) -> AccessChange:
         """The user may no longer sign in (an administrator's decision, no reason needed)."""
         user = await self._users.set_disabled(actor, name, True)
-        return await self._end_sign_ins(actor, AccessChange(user), "disable")
+        return await self._end_sign_ins(actor, AccessChange(user), AccountChange.DISABLED)
 
     async def enable(self, actor: Actor, name: str) -> AccessChange:
         """Undo :meth:`disable`."""
@@ -59,7 +58,7 @@ class AccessService:
     async def block(self, actor: Actor, name: str, reason: str = "") -> AccessChange:
         """No pushes and no sign-ins until unblocked (what a fraud report does)."""
         user = await self._users.set_blocked(actor, name, True, reason)
-        return await self._end_sign_ins(actor, AccessChange(user), "block")
+        return await self._end_sign_ins(actor, AccessChange(user), AccountChange.BLOCKED)
 
     async def unblock(self, actor: Actor, name: str, why: str = "on unblock") -> AccessChange:
         """Unblocking says the account is safe again: its open fraud reports are reviewed."""
@@ -72,14 +71,14 @@ class AccessService:
         removed = await self._users.reset_devices(actor, name)
         user = await self._users.get(name)
         change = AccessChange(user, removed_devices=removed)
-        return await self._end_sign_ins(actor, change, "reset-devices")
+        return await self._end_sign_ins(actor, change, AccountChange.DEVICES_RESET)
 
-    async def _end_sign_ins(self, actor: Actor, change: AccessChange, reason: str) -> AccessChange:
+    async def _end_sign_ins(
+        self, actor: Actor, change: AccessChange, what: AccountChange
+    ) -> AccessChange:
         user = change.user
+        reason = ENDS_SESSIONS[what]
         cancelled = await self._challenges.cancel_pending_for_user(actor, user.name, reason)
-        ended = await self._web_sessions.destroy_for_user(user.id)
-        if ended:
-            await self._audit.record(
-                actor, "web.sessions_end", "ok", user.name_key, f"{ended} ({reason})"
-            )
+        detail = " ".join(change.removed_devices)
+        ended = await self._notices.changed(actor, user.id, what, detail)
         return AccessChange(user, cancelled, ended, change.reviewed, change.removed_devices)

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from backend.crypto import SecretBox, new_token, token_digest
 from backend.domain import totp
 from backend.domain.devices import PLATFORMS
+from backend.domain.notices import AccountChange
 from backend.domain.policy import check_pin
 from backend.errors import (
     ActivationCodeExpired,
@@ -27,6 +28,7 @@ from backend.passwords import PasswordHasher
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
 from backend.services.devices import check_push_token
+from backend.services.notices import AccountNotices
 from backend.store.database import Database
 from backend.store.queries import UserRecord, effective_policy, load_user, load_user_by_id
 from backend.store.tables import activation_codes_t, devices_t, users_t
@@ -97,6 +99,7 @@ class ActivationService:
         clock: Clock,
         public_url: str,
         issuer: str,
+        notices: AccountNotices | None = None,
     ) -> None:
         self._db = db
         self._box = box
@@ -105,6 +108,7 @@ class ActivationService:
         self._clock = clock
         self._public_url = public_url
         self._issuer = issuer
+        self._notices = notices
 
     def activation_uri(self, code: str) -> str:
         """``openmfa://activate?url=<backend>&code=<code>``: all an app needs to activate."""
@@ -162,6 +166,9 @@ class ActivationService:
                 )
             )
             await self._audit.add(conn, actor, "oath.enrol", "ok", user.name_key, device_id)
+        if self._notices is not None:
+            detail = f"{device_id} “{name[:128] or 'OATH app'}”"
+            await self._notices.changed(actor, user.id, AccountChange.OATH_ADDED, detail)
         uri = totp.otpauth_uri(seed, user.name, self._issuer)
         return OathEnrollment(user.name, device_id, seed, uri)
 
@@ -251,6 +258,11 @@ class ActivationService:
         except IntegrityError:
             # Two activations with one key at once (PostgreSQL): the unique index kept one.
             raise key_in_use() from None
+        if self._notices is not None:
+            detail = f"{device_id} “{name or f'{platform} device'}” ({platform})"
+            if pin_hash is not None:
+                detail += "; the approval PIN was set too"
+            await self._notices.changed(actor, user.id, AccountChange.APP_ADDED, detail)
         return ActivatedDevice(
             device_id=device_id,
             user_name=user.name,

@@ -34,6 +34,7 @@ from backend.domain.challenge import (
 from backend.domain.devices import LIVE_STATES, can_answer_push
 from backend.domain.fatigue import GuardDecision, PushRecord, Reason, Stop, decide, explain
 from backend.domain.names import user_key
+from backend.domain.notices import AccountChange
 from backend.domain.policy import Policy
 from backend.errors import (
     BadRequest,
@@ -54,6 +55,7 @@ from backend.push.base import PushNotifier
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock, SignInContext
 from backend.services.devices import DeviceRecord, device_gone
+from backend.services.notices import AccountNotices
 from backend.services.otp import OtpResult, OtpService, check_may_sign_in
 from backend.services.tokens import ApiTokenRecord
 from backend.services.users import UserService
@@ -145,7 +147,9 @@ class ChallengeService:
         clock: Clock,
         push: PushNotifier | None = None,
         fraud_notifier: FraudNotifier | None = None,
+        notices: AccountNotices | None = None,
     ) -> None:
+        self._notices = notices
         self._db = db
         self._push = push
         self._fraud_notifier = fraud_notifier
@@ -830,6 +834,11 @@ class ChallengeService:
             cancelled += await self._cancel_pending(
                 conn, actor, row.user_id, user_name, "user blocked"
             )
+            if self._notices is not None:
+                # In this transaction: no session outlives the block by a moment.
+                await self._notices.changed_in(
+                    conn, actor, row.user_id, AccountChange.FRAUD_BLOCKED
+                )
         await self._audit.add(
             conn,
             actor,

@@ -16,6 +16,9 @@ class Actor:
     name: str
     source: str = ""
     request_id: str = ""
+    # The web session acting (its stored digest), for a page of the portal or the console:
+    # a change that ends the user's sessions keeps this one (see backend/domain/notices.py).
+    session: str = ""
 
 
 @dataclass(frozen=True, slots=True)

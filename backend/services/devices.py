@@ -11,10 +11,12 @@ from sqlalchemy import select, update
 from backend.crypto import token_digest
 from backend.domain import signing
 from backend.domain.devices import LIVE_STATES
+from backend.domain.notices import AccountChange
 from backend.domain.text import has_control_character
 from backend.errors import BadRequest, BadSignature, NotFound, ReplayedRequest, StaleRequest
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
+from backend.services.notices import AccountNotices
 from backend.store.database import Database
 from backend.store.fastpath import Row, Tx, required
 from backend.store.queries import load_user, user_name_of
@@ -140,11 +142,19 @@ def check_push_token(token: str | None) -> str | None:
 class DeviceService:
     """Looks after devices once they exist; creation is :class:`ActivationService`'s job."""
 
-    def __init__(self, db: Database, audit: AuditLog, clock: Clock, skew_seconds: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        audit: AuditLog,
+        clock: Clock,
+        skew_seconds: int,
+        notices: AccountNotices | None = None,
+    ) -> None:
         self._db = db
         self._audit = audit
         self._clock = clock
         self._skew = skew_seconds
+        self._notices = notices
 
     async def authenticate(
         self, method: str, target: str, headers: dict[str, str], body: bytes
@@ -230,7 +240,7 @@ class DeviceService:
 
     async def remove(self, actor: Actor, device_id: str, user_name: str | None = None) -> None:
         """Mark a device removed: it can no longer sign requests or produce accepted codes.
-        A device marked lost can be removed too."""
+        A device marked lost can be removed too. The user's other web sessions end."""
         async with self._db.write() as conn:
             stmt = update(devices_t).where(
                 devices_t.c.id == device_id, devices_t.c.state.in_((*LIVE_STATES, LOST))
@@ -238,13 +248,16 @@ class DeviceService:
             if user_name is not None:
                 stmt = stmt.where(devices_t.c.user_id == (await load_user(conn, user_name)).id)
             row = (
-                await conn.execute(stmt.values(state="removed").returning(devices_t.c.user_id))
+                await conn.execute(
+                    stmt.values(state="removed").returning(devices_t.c.user_id, devices_t.c.name)
+                )
             ).first()
             if row is None:
                 raise NotFound("no such device (or it was already removed)")
             await self._audit.add(
                 conn, actor, "device.remove", "ok", await user_name_of(conn, row.user_id), device_id
             )
+        await self._after(actor, row.user_id, AccountChange.DEVICE_REMOVED, device_id, row.name)
 
     async def rename(
         self, actor: Actor, device_id: str, name: str, user_name: str | None = None
@@ -273,7 +286,14 @@ class DeviceService:
         row = await self._change_state(
             actor, device_id, user_name, LIVE_STATES, {"state": LOST}, "device.lost", ""
         )
+        await self._after(actor, row.user_id, AccountChange.DEVICE_LOST, row.id, row.name)
         return device_from_row(row)
+
+    async def _after(
+        self, actor: Actor, user_id: int, change: AccountChange, device_id: str, name: str
+    ) -> None:
+        if self._notices is not None:
+            await self._notices.changed(actor, user_id, change, f"{device_id} “{name}”")
 
     async def _change_state(
         self,

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.crypto import new_token, same, token_digest
 from backend.domain.names import user_key
+from backend.domain.notices import AccountChange
 from backend.errors import (
     BadRequest,
     BootstrapInvalid,
@@ -32,6 +33,7 @@ from backend.errors import (
 from backend.passwords import PasswordHasher
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
+from backend.services.notices import AccountNotices
 from backend.services.users import check_password
 from backend.store.database import Database
 from backend.store.queries import UserRecord, find_user, load_user, load_user_by_id
@@ -49,6 +51,7 @@ class InvitationOffer:
     user_name: str
     url: str
     expires_at: datetime
+    reference: str = ""  # the stored digest: names this invitation without its token
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +67,15 @@ class InvitationService:
     """Invite users to set a password; bootstrap the first administrator."""
 
     def __init__(
-        self, db: Database, hasher: PasswordHasher, audit: AuditLog, clock: Clock, base_url: str
+        self,
+        db: Database,
+        hasher: PasswordHasher,
+        audit: AuditLog,
+        clock: Clock,
+        base_url: str,
+        notices: AccountNotices | None = None,
     ) -> None:
+        self._notices = notices
         self._db = db
         self._hasher = hasher
         self._audit = audit
@@ -75,9 +85,13 @@ class InvitationService:
     # -- invitations ----------------------------------------------------------------------------
 
     async def create(
-        self, actor: Actor, user_name: str, hours: int = DEFAULT_HOURS
+        self, actor: Actor, user_name: str, hours: int = DEFAULT_HOURS, replace: bool = True
     ) -> InvitationOffer:
-        """A new invitation link for ``user_name``; earlier unused ones stop working."""
+        """A new invitation link for ``user_name``; earlier unused ones stop working.
+
+        ``replace=False`` keeps the earlier ones until :meth:`retire_others` (an invitation
+        that is to be e-mailed: a failed send must not leave the user with no working link).
+        """
         if not 1 <= hours <= MAX_HOURS:
             raise BadRequest(f"an invitation lives 1 to {MAX_HOURS} hours")
         token = new_token()
@@ -87,11 +101,8 @@ class InvitationService:
             user = await load_user(conn, user_name)
             if user.disabled:
                 raise UserDisabled("the user is disabled; enable them before inviting them")
-            await conn.execute(
-                delete(invitations_t).where(
-                    invitations_t.c.user_id == user.id, invitations_t.c.used_at.is_(None)
-                )
-            )
+            if replace:
+                await _delete_unused(conn, user.id)
             await conn.execute(
                 insert(invitations_t).values(
                     token_hash=token_digest(token),
@@ -104,7 +115,20 @@ class InvitationService:
             await self._audit.add(
                 conn, actor, "invitation.create", "ok", user.name_key, f"hours={hours}"
             )
-        return InvitationOffer(user.name, f"{self._base_url}/portal/invite/{token}", expires)
+        return InvitationOffer(
+            user.name, f"{self._base_url}/portal/invite/{token}", expires, token_digest(token)
+        )
+
+    async def retire_others(self, actor: Actor, offer: InvitationOffer) -> int:
+        """The user's unused invitations other than ``offer`` stop working: how many."""
+        async with self._db.write() as conn:
+            user = await load_user(conn, offer.user_name)
+            retired = await _delete_unused(conn, user.id, keep=offer.reference)
+            if retired:
+                await self._audit.add(
+                    conn, actor, "invitation.retire", "ok", user.name_key, f"{retired} earlier"
+                )
+        return retired
 
     async def check(self, token: str) -> InvitationView:
         """The invitation behind ``token``, or why it cannot be used (raises)."""
@@ -131,8 +155,9 @@ class InvitationService:
         return row
 
     async def accept(self, actor: Actor, token: str, password: str) -> UserRecord:
-        """Use the invitation: set the user's password (once). Raises if the link is unknown,
-        expired or used, or the password breaks the length rules."""
+        """Use the invitation: set the user's password (once); every web session the user had
+        ends. Raises if the link is unknown, expired or used, or the password breaks the
+        length rules."""
         check_password(password)
         password_hash = await self._hasher.hash(password)
         now = self._clock()
@@ -154,7 +179,10 @@ class InvitationService:
                 update(users_t).where(users_t.c.id == user.id).values(password_hash=password_hash)
             )
             await self._audit.add(conn, actor, "invitation.accept", "ok", user.name_key)
-            return await load_user_by_id(conn, user.id)
+            accepted = await load_user_by_id(conn, user.id)
+        if self._notices is not None:
+            await self._notices.changed(actor, user.id, AccountChange.INVITATION_ACCEPTED)
+        return accepted
 
     # -- the first administrator ----------------------------------------------------------------
 
@@ -207,6 +235,15 @@ class InvitationService:
             )
             await self._audit.add(conn, actor, "user.add", "ok", key, "admin (bootstrap link)")
             return await load_user(conn, name)
+
+
+async def _delete_unused(conn: AsyncConnection, user_id: int, keep: str = "") -> int:
+    stmt = delete(invitations_t).where(
+        invitations_t.c.user_id == user_id, invitations_t.c.used_at.is_(None)
+    )
+    if keep:
+        stmt = stmt.where(invitations_t.c.token_hash != keep)
+    return int((await conn.execute(stmt)).rowcount or 0)
 
 
 async def _has_admin(conn: AsyncConnection) -> bool:

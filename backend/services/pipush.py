@@ -39,6 +39,7 @@ from backend.crypto import SecretBox, same, token_digest
 from backend.domain import pipush
 from backend.domain.challenge import Answer
 from backend.domain.devices import LIVE_STATES
+from backend.domain.notices import AccountChange
 from backend.errors import (
     ActivationCodeExpired,
     ActivationCodeInvalid,
@@ -60,6 +61,7 @@ from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService, ChallengeView
 from backend.services.context import Actor, Clock
 from backend.services.devices import DeviceRecord
+from backend.services.notices import AccountNotices
 from backend.store.database import Database
 from backend.store.fastpath import Row, Tx, required
 from backend.store.queries import effective_policy, load_user, load_user_by_id
@@ -215,7 +217,9 @@ class PiPushService:
         public_url: str,
         issuer: str,
         server_key_bits: int = SERVER_KEY_BITS,
+        notices: AccountNotices | None = None,
     ) -> None:
+        self._notices = notices
         self._db = db
         self._box = box
         self._audit = audit
@@ -437,6 +441,13 @@ class PiPushService:
         except IntegrityError:
             # The same phone key rolled out for another token at this moment.
             raise _refusal(key_in_use(), actor, refuse_for) from None
+        if self._notices is not None:
+            await self._notices.changed(
+                _device_actor(actor, row.id),
+                user.id,
+                AccountChange.PIPUSH_ADDED,
+                f"{row.id} serial {serial} {platform}".strip(),
+            )
         return RolledOut(row.id, user.name, pipush.server_public_key(key))
 
     async def _expire(self, actor: Actor, device_id: str, user_name: str) -> None:

@@ -11,12 +11,15 @@ from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from backend.domain.devices import LIVE_STATES
+from backend.domain.emails import email_problem
 from backend.domain.names import user_key
+from backend.domain.notices import AccountChange
 from backend.domain.policy import check_pin
 from backend.errors import BadRequest, Conflict, OtpLocked, PinLocked, PinRequired, WrongPin
 from backend.passwords import PasswordHasher
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock, SignInContext
+from backend.services.notices import AccountNotices
 from backend.services.otp import check_may_sign_in, count_failure
 from backend.store.database import Database
 from backend.store.fastpath import Tx
@@ -54,11 +57,19 @@ def check_password(password: str) -> None:
 class UserService:
     """Create, list and change users; every change audited."""
 
-    def __init__(self, db: Database, hasher: PasswordHasher, audit: AuditLog, clock: Clock) -> None:
+    def __init__(
+        self,
+        db: Database,
+        hasher: PasswordHasher,
+        audit: AuditLog,
+        clock: Clock,
+        notices: AccountNotices | None = None,
+    ) -> None:
         self._db = db
         self._hasher = hasher
         self._audit = audit
         self._clock = clock
+        self._notices = notices
 
     async def add(
         self,
@@ -71,8 +82,10 @@ class UserService:
     ) -> UserRecord:
         """Create a user; :class:`Conflict` if the name (in any case) exists."""
         key = user_key(name)
-        if len(email) > 320 or (email and "@" not in email):
-            raise BadRequest("the e-mail address is not valid")
+        problem = email_problem(email) if email else None
+        if problem is not None:
+            await self._audit.record(actor, "user.add", "refused", key, f"e-mail: {problem}")
+            raise BadRequest(f"the e-mail address is not valid: {problem}")
         if len(display_name) > 256:
             raise BadRequest("the display name has at most 256 characters")
         password_hash = None
@@ -201,10 +214,12 @@ class UserService:
         return await self._change(actor, name, "user.unblock", blocked=False, blocked_reason="")
 
     async def set_password(self, actor: Actor, name: str, password: str) -> None:
-        """Replace the local password (argon2id)."""
+        """Replace the local password (argon2id); the user's web sessions end."""
         check_password(password)
         password_hash = await self._hasher.hash(password)
-        await self._change(actor, name, "user.set_password", password_hash=password_hash)
+        user = await self._change(actor, name, "user.set_password", password_hash=password_hash)
+        if self._notices is not None:
+            await self._notices.changed(actor, user.id, AccountChange.PASSWORD_SET)
 
     async def set_pin(self, actor: Actor, name: str, pin: str) -> None:
         """Set the approval PIN after checking it against the user's policy."""
@@ -216,6 +231,8 @@ class UserService:
         await self._change(
             actor, name, "user.set_pin", pin_hash=pin_hash, pin_failures=0, pin_locked_until=None
         )
+        if self._notices is not None:
+            await self._notices.changed(actor, user.id, AccountChange.PIN_SET)
 
     async def verify_pin(self, actor: Actor, user: UserRecord, pin: str | None) -> None:
         """Check an approval PIN: lockout first, then argon2id; failures counted and committed."""

@@ -348,3 +348,31 @@ class Invitation(SQLModel, table=True):
 
 web_sessions_t = _table(WebSession)
 invitations_t = _table(Invitation)
+
+
+class AccountNotice(SQLModel, table=True):
+    """An e-mail telling a user about a change to their sign-in methods (an outbox row).
+
+    Written in the service call that made the change, sent by the mail worker of a running
+    server (``openmfa`` commands only write it). ``next_attempt_at`` is both the backoff and
+    the claim: a worker takes a due row by moving it into the future, so two nodes never send
+    one notice at once, and one that died mid-send leaves it due again later.
+    """
+
+    __tablename__ = "account_notices"
+    __table_args__ = (Index("ix_account_notices_due", "state", "next_attempt_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", ondelete="CASCADE")
+    change: str = Field(max_length=32)
+    recipient: str = Field(max_length=320)
+    actor: str = Field(max_length=128)
+    source: str = Field(default="", max_length=64)
+    detail: str = Field(default="", max_length=512)  # the device concerned; never a secret
+    created_at: datetime = utc_column()
+    state: str = Field(default="pending", max_length=16)  # pending, sent, failed
+    attempts: int = 0
+    next_attempt_at: datetime = utc_column()
+    sent_at: datetime | None = utc_column(nullable=True)
+
+
+account_notices_t = _table(AccountNotice)

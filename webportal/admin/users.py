@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from backend.domain.emails import email_problem
 from backend.errors import BadRequest, Conflict, OpenMFAError
 from backend.notify.mail import MailError, MailSender
 from backend.services.access import AccessChange
@@ -226,7 +227,20 @@ async def invite(request: Request) -> Response:
         raise BadRequest("the user has no e-mail address; show the link instead")
     if by_mail and not services.settings.smtp_host:
         raise BadRequest("e-mail is not configured (smtp_host); show the link instead")
-    offer = await services.invitations.create(me.actor, user.name, int(hours_text))
+    problem = email_problem(user.email) if by_mail else None
+    if problem is not None:
+        # Stored by an older version that checked only for "@": never put it in a header.
+        await services.audit.record(
+            me.actor, "invitation.mail", "failed", user.name_key, f"bad address: {problem}"
+        )
+        raise BadRequest(
+            f"{user.name}'s stored address is not a valid e-mail address ({problem}); "
+            "show the link instead"
+        )
+    # By mail, earlier invitations keep working until this one is sent.
+    offer = await services.invitations.create(
+        me.actor, user.name, int(hours_text), replace=not by_mail
+    )
     if by_mail:
         try:
             await _send_invitation(request, user, offer)
@@ -239,6 +253,7 @@ async def invite(request: Request) -> Response:
             context["mail_error"] = exc.reason
             return await render(request, "admin/user.html", context, 502)
         await services.audit.record(me.actor, "invitation.mail", "sent", user.name_key, user.email)
+        await services.invitations.retire_others(me.actor, offer)
         await flash(request, f"Invitation e-mailed to {user.email}.", "success")
         return RedirectResponse(user_url(user.name), status_code=303)
     context = await _page_context(request, user)
