@@ -28,6 +28,7 @@ from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService
 from backend.services.context import Actor, Clock
 from backend.services.devices import DeviceService
+from backend.services.factors import FactorGuard
 from backend.services.fraud import FraudService
 from backend.services.geoip import GeoIp
 from backend.services.invitations import InvitationService
@@ -70,6 +71,7 @@ class Services:
     reports: ReportService
     sign_ins: SignInService
     access: AccessService
+    factors: FactorGuard
     clock: Clock
     # None where push is off (CLI commands): see Services.open's ``push``.
     push: PushDispatcher | None = None
@@ -113,7 +115,14 @@ class Services:
             )
             bus = bus or InProcessOutcomeBus()
             audit = AuditLog(db, clock)
-            users = UserService(db, hasher, audit, clock)
+            factors = FactorGuard(
+                db,
+                audit,
+                clock,
+                step_up=timedelta(minutes=settings.step_up_minutes),
+                grant=timedelta(minutes=settings.first_enrolment_minutes),
+            )
+            users = UserService(db, hasher, audit, clock, factors)
             otp = OtpService(db, box, audit, clock)
             dispatcher = (
                 PushDispatcher(
@@ -164,9 +173,16 @@ class Services:
                 users=users,
                 policies=PolicyService(db, audit),
                 activation=ActivationService(
-                    db, box, hasher, audit, clock, settings.resolved_public_url, settings.issuer
+                    db,
+                    box,
+                    hasher,
+                    audit,
+                    clock,
+                    settings.resolved_public_url,
+                    settings.issuer,
+                    factors,
                 ),
-                devices=DeviceService(db, audit, clock, settings.signature_skew_seconds),
+                devices=DeviceService(db, audit, clock, settings.signature_skew_seconds, factors),
                 otp=otp,
                 challenges=challenges,
                 tokens=ApiTokenService(db, audit, clock),
@@ -180,6 +196,7 @@ class Services:
                     challenges,
                     settings.resolved_public_url,
                     settings.issuer,
+                    factors=factors,
                 ),
                 invitations=InvitationService(
                     db, hasher, audit, clock, settings.resolved_public_url
@@ -188,6 +205,7 @@ class Services:
                 reports=ReportService(db, clock),
                 sign_ins=SignInService(db, clock),
                 access=AccessService(users, challenges, fraud, web_sessions, audit),
+                factors=factors,
                 clock=clock,
                 push=dispatcher,
                 fraud_mailer=mailer,

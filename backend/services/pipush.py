@@ -38,6 +38,7 @@ from backend.crypto import SecretBox, same, token_digest
 from backend.domain import pipush
 from backend.domain.challenge import Answer
 from backend.domain.devices import LIVE_STATES
+from backend.domain.stepup import FactorAction, Proof
 from backend.errors import (
     ActivationCodeExpired,
     ActivationCodeInvalid,
@@ -59,6 +60,7 @@ from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService, ChallengeView
 from backend.services.context import Actor, Clock
 from backend.services.devices import DeviceRecord
+from backend.services.factors import FactorGuard
 from backend.store.database import Database
 from backend.store.fastpath import Row, Tx, required
 from backend.store.queries import effective_policy, load_user, load_user_by_id
@@ -203,8 +205,11 @@ class PiPushService:
         public_url: str,
         issuer: str,
         server_key_bits: int = SERVER_KEY_BITS,
+        *,
+        factors: FactorGuard,
     ) -> None:
         self._db = db
+        self._factors = factors
         self._box = box
         self._audit = audit
         self._clock = clock
@@ -226,7 +231,12 @@ class PiPushService:
             ) from None
 
     async def create_enrollment(
-        self, actor: Actor, user_name: str, name: str = "", ttl_seconds: int | None = None
+        self,
+        actor: Actor,
+        proof: Proof,
+        user_name: str,
+        name: str = "",
+        ttl_seconds: int | None = None,
     ) -> PiPushOffer:
         """A pending push token for ``user_name`` and the QR URI that rolls it out once.
 
@@ -238,6 +248,7 @@ class PiPushService:
             raise BadRequest("the device name has at most 128 characters")
         if ttl_seconds is not None and not 60 <= ttl_seconds <= 7 * 86400:
             raise BadRequest("an enrolment lives from 1 minute to 7 days")
+        await self._factors.require(actor, proof, FactorAction.ENROL_PIPUSH, user_name)
         endpoint = self.endpoint()
         credential = secrets.token_hex(20)
         serial = pipush.new_serial()

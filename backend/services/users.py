@@ -13,10 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from backend.domain.devices import LIVE_STATES
 from backend.domain.names import user_key
 from backend.domain.policy import check_pin
+from backend.domain.stepup import FactorAction, Proof
 from backend.errors import BadRequest, Conflict, OtpLocked, PinLocked, PinRequired, WrongPin
 from backend.passwords import PasswordHasher
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock, SignInContext
+from backend.services.factors import FactorGuard
 from backend.services.otp import check_may_sign_in, count_failure
 from backend.store.database import Database
 from backend.store.fastpath import Tx
@@ -54,8 +56,16 @@ def check_password(password: str) -> None:
 class UserService:
     """Create, list and change users; every change audited."""
 
-    def __init__(self, db: Database, hasher: PasswordHasher, audit: AuditLog, clock: Clock) -> None:
+    def __init__(
+        self,
+        db: Database,
+        hasher: PasswordHasher,
+        audit: AuditLog,
+        clock: Clock,
+        factors: FactorGuard,
+    ) -> None:
         self._db = db
+        self._factors = factors
         self._hasher = hasher
         self._audit = audit
         self._clock = clock
@@ -143,12 +153,13 @@ class UserService:
             for row in rows
         ]
 
-    async def reset_devices(self, actor: Actor, name: str) -> tuple[str, ...]:
+    async def reset_devices(self, actor: Actor, proof: Proof, name: str) -> tuple[str, ...]:
         """Remove every live device of a user (lost phone, new start): the ids removed.
 
         One transaction and one audit row (``user.reset_devices``, naming the devices); the
         user then has to activate an authenticator again.
         """
+        await self._factors.require(actor, proof, FactorAction.RESET_DEVICES, name)
         async with self._db.write() as conn:
             user = await load_user(conn, name)
             rows = (
@@ -206,8 +217,9 @@ class UserService:
         password_hash = await self._hasher.hash(password)
         await self._change(actor, name, "user.set_password", password_hash=password_hash)
 
-    async def set_pin(self, actor: Actor, name: str, pin: str) -> None:
+    async def set_pin(self, actor: Actor, proof: Proof, name: str, pin: str) -> None:
         """Set the approval PIN after checking it against the user's policy."""
+        await self._factors.require(actor, proof, FactorAction.SET_PIN, name)
         async with self._db.read() as conn:
             user = await load_user(conn, name)
             policy = await effective_policy(conn, user.id)

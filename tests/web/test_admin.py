@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from backend.domain.stepup import ADMINISTRATOR
 from backend.services.context import SignInContext
 from tests.support.api import ADMIN
 from tests.support.web import (
@@ -80,7 +81,7 @@ def test_admin_with_oath_token_needs_the_code(web: WebHarness) -> None:
     import pyotp
 
     web.add_user("root", admin=True)
-    oath = web.run(web.services.activation.enrol_oath(ADMIN, "root"))
+    oath = web.run(web.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "root"))
     first = pyotp.TOTP(oath.seed).at(web.clock.now)
     result = web.run(web.services.otp.verify(ADMIN, "root", first, SignInContext()))
     assert result.accepted  # the token is active now

@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from backend.domain.stepup import ADMINISTRATOR
 from backend.errors import BadRequest, Conflict, OpenMFAError
 from backend.notify.mail import MailError, MailSender
 from backend.services.access import AccessChange
@@ -172,7 +173,7 @@ async def user_action(request: Request) -> Response:
         change = await access.unblock(me.actor, name)
         message = f"{name} is unblocked."
     elif action == "reset-devices":
-        change = await access.reset_devices(me.actor, name)
+        change = await access.reset_devices(me.actor, ADMINISTRATOR, name)
         removed = len(change.removed_devices)
         message = f"{removed} device(s) of {name} removed; they must activate again."
     else:
@@ -189,7 +190,7 @@ async def remove_device(request: Request) -> Response:
     user = await services.users.get(request.path_params["name"])
     device_id = request.path_params["device_id"][:64]
     # user_name= scopes the removal: a device of another user is "no such device".
-    await services.devices.remove(me.actor, device_id, user_name=user.name)
+    await services.devices.remove(me.actor, ADMINISTRATOR, device_id, user_name=user.name)
     await flash(request, f"Device {device_id} of {user.name} removed.", "success")
     return RedirectResponse(user_url(user.name), status_code=303)
 
