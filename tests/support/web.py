@@ -61,6 +61,10 @@ class WebHarness(ApiHarness):
             self.set_policy(key, value, user=name)
         return name
 
+    def allow_enrolment(self, name: str, hours: float = 1) -> None:
+        """An administrator lets ``name`` (with no live factor yet) enrol a first one."""
+        self.run(self.services.factors.allow_enrolment(ADMIN, name, hours))
+
     def user(self, name: str) -> UserRecord:
         return self.run(self.services.users.get(name))
 
@@ -134,6 +138,15 @@ def sign_in(
     if next_path:
         data["next"] = next_path
     return browser.post(f"/{area}/sign-in", data=data)
+
+
+def step_up(browser: httpx.Client, code: str, next_path: str = "/portal/") -> httpx.Response:
+    """Prove a live factor in a portal session with ``code`` (the step-up page's code form)."""
+    page = browser.get("/portal/")
+    return browser.post(
+        "/portal/step-up/code",
+        data={"csrf_token": csrf_from(page.text), "code": code, "next": next_path},
+    )
 
 
 def cookie(response: httpx.Response, name: str) -> str | None:
