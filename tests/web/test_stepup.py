@@ -175,3 +175,17 @@ def test_the_app_removes_itself_but_no_other_device(web: WebHarness) -> None:
     browser = signed_in(web)
     done = step_up(browser, second.code(web.clock.now), "/portal/devices")
     assert done.status_code == 303
+
+
+def test_the_console_allows_enrolment_for_a_user(web: WebHarness) -> None:
+    admin = web.admin_browser("root")
+    web.add_user("alice")
+    page = admin.get("/admin/users/alice")
+    assert "Allow enrolment" in page.text
+    done = admin.post(
+        "/admin/users/alice/allow-enrolment", data={"csrf_token": csrf_from(page.text)}
+    )
+    assert done.status_code == 303
+    assert "may activate a first authenticator" in admin.get("/admin/users/alice").text
+    assert web.audit("user.allow_enrolment", "alice")[0].actor == "admin:root"
+    assert post_form(signed_in(web), "/portal/activate", {}).status_code == 200

@@ -36,6 +36,8 @@ from webportal.state import services_of
 from webportal.templating import render
 
 PAGE_SIZE = 50
+#: How long the console's "Allow enrolment" lets a user enrol a first factor (the CLI's default).
+ENROLMENT_HOURS = 24
 RECENT = 20  # sign-ins and audit rows on a user's page
 
 
@@ -150,7 +152,8 @@ def _consequences(change: AccessChange) -> str:
 
 
 async def user_action(request: Request) -> Response:
-    """POST ``/admin/users/<name>/<action>``: disable, enable, block, unblock, reset-devices."""
+    """POST ``/admin/users/<name>/<action>``: disable, enable, block, unblock, reset-devices,
+    allow-enrolment."""
     me = await require_admin(request)
     services = services_of(request)
     action = request.path_params["action"]
@@ -159,6 +162,14 @@ async def user_action(request: Request) -> Response:
         # Locking yourself out of the console is never what was meant; the CLI still can.
         raise BadRequest("you cannot do this to your own account here; ask another administrator")
     access, name = services.access, user.name
+    if action == "allow-enrolment":
+        until = await services.factors.allow_enrolment(me.actor, name, ENROLMENT_HOURS)
+        message = (
+            f"{name} may activate a first authenticator in the portal until "
+            f"{until:%Y-%m-%d %H:%M} UTC (while they have none in use)."
+        )
+        await flash(request, message, "success")
+        return RedirectResponse(user_url(name), status_code=303)
     if action == "disable":
         change = await access.disable(me.actor, name)
         message = f"{name} is now disabled."
