@@ -164,6 +164,27 @@ def test_a_pending_oath_code_is_refused_at_the_gateway(web: WebHarness) -> None:
     assert [state for _, state, _ in live_devices(web)] == ["pending"]
 
 
+def test_a_pending_oath_code_does_not_answer_a_gateway_challenge(web: WebHarness) -> None:
+    """The RADIUS challenge/otp modes go through the gateway API's code step."""
+    web.add_user("alice", password=None)
+    seed = _pending_oath_seed(_invited_session(web, "alice"))
+    started = web.gateway.post(
+        "/gateway/v1/authentications", json={"user": "alice", "method": "otp"}
+    )
+    if started.status_code == 201:
+        answered = web.gateway.post(
+            f"/gateway/v1/authentications/{started.json()['id']}/code",
+            json={"code": totp.current_code(seed, web.clock.now)},
+        )
+        # Refused: as a wrong code (200, reject) or as a user with no factor in use (409).
+        assert answered.status_code in (200, 409), answered.text
+        if answered.status_code == 200:
+            assert answered.json()["result"] == "reject"
+    else:  # or no code challenge is started at all: the user has no factor in use
+        assert started.status_code == 409, started.text
+    assert [state for _, state, _ in live_devices(web)] == ["pending"]
+
+
 def test_a_pending_oath_code_does_not_pass_the_admin_sign_in(web: WebHarness) -> None:
     web.add_user("root", password=None, admin=True)
     seed = _pending_oath_seed(_invited_session(web, "root"))
