@@ -229,3 +229,16 @@ def test_an_admin_without_a_live_factor_reaches_no_console_page(
     made = browser.post("/admin/tokens", data={"csrf_token": token, "name": "mallory"})
     assert made.status_code in (303, 403)
     assert web.audit("token.create") == []
+
+
+def test_an_admin_with_only_a_pending_app_cannot_push_their_way_in(web: WebHarness) -> None:
+    web.add_user("root", admin=True)
+    phone = web.device("root")  # pending
+    browser = web.browser()
+    sign_in(browser, "root", area="admin")
+    token = csrf_from(browser.get("/admin/sign-in/enrol").text)
+    sent = browser.post("/admin/sign-in/push", data={"csrf_token": token})
+    assert sent.status_code == 303
+    assert sent.headers["location"] == "/admin/sign-in/enrol"
+    assert phone.pending() == []
+    assert browser.get("/admin/").status_code == 303

@@ -149,6 +149,8 @@ async def push(request: Request) -> Response:
     """Send a push to the admin's phone; the verify page then waits for the answer."""
     session, user = await _half_signed_in(request)
     target = safe_next(await field(request, "next"), "admin")
+    if not await has_second_factor(request, user):  # a pending app's first answer is no proof
+        return RedirectResponse(ENROL, status_code=303)
     refusal = address_refusal(request)
     if refusal is not None:
         await audit(request, user.name, "reject", "address-limited")
