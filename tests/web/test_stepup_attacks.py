@@ -236,7 +236,7 @@ def test_an_admin_with_only_a_pending_app_cannot_push_their_way_in(web: WebHarne
     phone = web.device("root")  # pending
     browser = web.browser()
     sign_in(browser, "root", area="admin")
-    token = csrf_from(browser.get("/admin/sign-in/enrol").text)
+    token = csrf_from(browser.get("/admin/", follow_redirects=True).text)
     sent = browser.post("/admin/sign-in/push", data={"csrf_token": token})
     assert sent.status_code == 303
     assert sent.headers["location"] == "/admin/sign-in/enrol"
