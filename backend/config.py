@@ -111,6 +111,10 @@ class Settings(BaseModel):
     # -- user portal and admin console (docs/portal.md) --
     web_session_idle_minutes: int = Field(default=30, ge=1, le=1440)
     web_session_max_hours: int = Field(default=12, ge=1, le=720)
+    # How long a portal session's proof of a factor (step-up) lets it change factors, and how
+    # long an invitation or an administrator's grant lets a user with none enrol a first one.
+    step_up_minutes: int = Field(default=5, ge=1, le=60)
+    first_enrolment_minutes: int = Field(default=60, ge=5, le=7 * 24 * 60)
     # Failed sign-ins from one address within the window before that address must wait; counted
     # in each process's memory (several nodes each count their own).
     web_sign_in_address_limit: int = Field(default=20, ge=1, le=1000)

@@ -78,6 +78,26 @@ class Forbidden(OpenMFAError):
     status = 403
 
 
+class FactorChangeRefused(Forbidden):
+    """Adding or changing a second factor without the proof it needs (backend/domain/stepup.py)."""
+
+    type = "factor-change-refused"
+    title = "Changing a second factor needs proof of an existing one"
+
+
+class StepUpRequired(FactorChangeRefused):
+    type = "step-up-required"
+    title = "Confirm with your authenticator first: approve a push or type a code (step-up)"
+
+
+class EnrolmentNotAllowed(FactorChangeRefused):
+    type = "enrolment-not-allowed"
+    title = (
+        "A first authenticator is enrolled only through an invitation or by an administrator; "
+        "ask your help desk"
+    )
+
+
 class BadSignature(AuthenticationRequired):
     type = "bad-signature"
     title = "The request signature is missing, malformed or does not verify"

@@ -74,6 +74,7 @@ async def _populate(home: Path, users: int) -> dict[str, Any]:
     from backend.config import load_settings
     from backend.domain import signing
     from backend.domain.radius import ClientChanges
+    from backend.domain.stepup import ADMINISTRATOR
     from backend.services import Services
     from backend.services.context import Actor
 
@@ -98,7 +99,7 @@ async def _populate(home: Path, users: int) -> dict[str, Any]:
         for i in range(users):
             name = f"u{i:05d}"
             await services.users.add(admin, name)
-            offer = await services.activation.create_code(admin, name)
+            offer = await services.activation.create_code(admin, ADMINISTRATOR, name)
             key = Ed25519PrivateKey.generate()
             public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
             activated = await services.activation.activate(admin, offer.code, public, "reference")

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.config import load_settings
 from backend.domain import totp
+from backend.domain.stepup import ADMINISTRATOR
 from backend.services import Services
 from backend.services.context import Actor
 from backend.store import migrations
@@ -45,7 +46,7 @@ async def _populate(home: Path, database_url: str, users: int) -> tuple[str, dic
         for i in range(users):
             name = f"user{i:06d}"
             await services.users.add(ADMIN, name)
-            seeds[name] = (await services.activation.enrol_oath(ADMIN, name)).seed
+            seeds[name] = (await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, name)).seed
     finally:
         await services.close()
     return token, seeds

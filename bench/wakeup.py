@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.config import load_settings
 from backend.domain.challenge import Answer
+from backend.domain.stepup import ADMINISTRATOR
 from backend.events import InProcessOutcomeBus, Outcome
 from backend.services import Services
 from backend.services.context import Actor, SignInContext
@@ -55,7 +56,7 @@ async def run(home: Path, waiters: int) -> None:
         # One user with a thousand pushes at once: the fatigue guard would stop the fourth.
         for key in ("push_limit", "push_max_unanswered", "deny_limit_per_device"):
             await services.policies.set(ADMIN, key, "0")
-        offer = await services.activation.create_code(ADMIN, "alice")
+        offer = await services.activation.create_code(ADMIN, ADMINISTRATOR, "alice")
         key = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         activated = await services.activation.activate(ADMIN, offer.code, key, "reference")
         device = await services.devices.get(activated.device_id)

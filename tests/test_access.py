@@ -7,6 +7,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from backend.domain.challenge import Answer, ChallengeState
+from backend.domain.stepup import ADMINISTRATOR
 from backend.services import Services
 from backend.services.context import Actor, SignInContext
 
@@ -17,7 +18,7 @@ ADMIN = Actor("test:admin")
 async def _signed_in_user(services: Services, name: str) -> tuple[str, str]:
     """A user with a device, a pending push and a portal session: (challenge id, cookie)."""
     user = await services.users.add(ADMIN, name)
-    offer = await services.activation.create_code(ADMIN, name)
+    offer = await services.activation.create_code(ADMIN, ADMINISTRATOR, name)
     key = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     await services.activation.activate(ADMIN, offer.code, key, "reference")
     view = await services.challenges.start(ADMIN, name, "push", SignInContext("vpn"))
@@ -30,7 +31,9 @@ async def test_taking_access_away_cancels_sign_ins_and_ends_web_sessions(
     services: Services, action: str
 ) -> None:
     challenge_id, cookie = await _signed_in_user(services, "alice")
-    change = await getattr(services.access, action)(ADMIN, "alice")
+    # Resetting devices changes factors: it takes the administrator's proof (step-up rule).
+    proof = (ADMINISTRATOR,) if action == "reset_devices" else ()
+    change = await getattr(services.access, action)(ADMIN, *proof, "alice")
     assert (change.cancelled, change.sessions_ended) == (1, 1)
     assert (await services.challenges.get(challenge_id)).state is ChallengeState.CANCELLED
     assert await services.web_sessions.load("portal", cookie) is None

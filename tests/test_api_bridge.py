@@ -14,6 +14,7 @@ import pytest
 
 from backend.domain import totp
 from backend.domain.radius import ClientChanges
+from backend.domain.stepup import ADMINISTRATOR
 from tests.support.api import ADMIN, ApiHarness, assert_problem
 from tests.support.clock import FakeClock
 
@@ -193,7 +194,7 @@ def test_password_verify_answers(api: ApiHarness) -> None:
 def test_password_failures_share_the_code_lockout(api: ApiHarness, clock: FakeClock) -> None:
     http = bridge(api)
     password_user(api, "alice", otp_max_failures=3, otp_lockout_seconds=60)
-    seed = api.run(api.services.activation.enrol_oath(ADMIN, "alice")).seed
+    seed = api.run(api.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")).seed
     code = totp.current_code(seed, clock())
     wrong_code = f"{(int(code) + 1) % 1_000_000:06d}"
 
@@ -288,7 +289,9 @@ def test_ephemeral_bridge_token_over_http(api: ApiHarness, clock: FakeClock) -> 
     assert audit_rows(api, "radius.failsafe_accept")[0].actor == "gateway:in-process"
 
     # The one-call code check finds the token in memory, not in the database.
-    seed = api.run(api.services.activation.enrol_oath(ADMIN, api.add_user("olga"))).seed
+    seed = api.run(
+        api.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, api.add_user("olga"))
+    ).seed
     code = totp.current_code(seed, clock())
     verified = http.post("/gateway/v1/otp/verify", json={"user": "olga", "code": code})
     assert verified.json()["result"] == "accept", verified.text

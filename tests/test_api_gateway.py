@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from backend.domain import totp
+from backend.domain.stepup import ADMINISTRATOR
 from tests.support.api import ADMIN, ApiHarness, assert_problem
 from tests.support.clock import FakeClock
 from tests.support.process import wait_for
@@ -33,7 +34,7 @@ def waiting(api: ApiHarness) -> int:
 def oath_user(api: ApiHarness, name: str) -> str:
     """A user with only a standard OATH token; returns its seed."""
     api.add_user(name)
-    return api.run(api.services.activation.enrol_oath(ADMIN, name)).seed
+    return api.run(api.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, name)).seed
 
 
 def verify(api: ApiHarness, user: str, code: str, **extra: Any) -> httpx.Response:

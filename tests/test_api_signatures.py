@@ -11,6 +11,7 @@ import pytest
 
 from backend.authenticator.client import AppClient
 from backend.domain import signing
+from backend.domain.stepup import ADMINISTRATOR
 from tests.support.api import ADMIN, ApiHarness, assert_problem, new_key, signed_request
 from tests.support.clock import FakeClock
 
@@ -188,13 +189,13 @@ def test_a_reused_nonce_is_a_replay(api: ApiHarness, phone: AppClient) -> None:
 @sqlite_only
 def test_removed_and_unknown_devices_are_refused(api: ApiHarness, phone: AppClient) -> None:
     key, device_id = key_and_id(phone)
-    api.run(api.services.devices.remove(ADMIN, device_id))
+    api.run(api.services.devices.remove(ADMIN, ADMINISTRATOR, device_id))
 
     removed = signed_request(api.http, "GET", "/app/v1/challenges", key, device_id)
     refused_and_audited(api, removed, 401, "bad-signature")
     unknown = signed_request(api.http, "GET", "/app/v1/challenges", key, "dev_nobody")
     refused_and_audited(api, unknown, 401, "bad-signature")
-    oath = api.run(api.services.activation.enrol_oath(ADMIN, "alice"))
+    oath = api.run(api.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice"))
     oath_device = signed_request(api.http, "GET", "/app/v1/challenges", key, oath.device_id)
     refused_and_audited(api, oath_device, 401, "bad-signature")
 

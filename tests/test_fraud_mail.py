@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from backend.config import Settings
 from backend.domain import totp
 from backend.domain.challenge import Answer
+from backend.domain.stepup import ADMINISTRATOR
 from backend.errors import ConfigurationError
 from backend.notify.fraud import FraudMailer, configure, status_line
 from backend.notify.mail import MailSender
@@ -246,7 +247,7 @@ async def rig(
 async def app_device(services: Services, user: str) -> DeviceRecord:
     """An activated app device of ``user`` (a new user)."""
     await services.users.add(ADMIN, user, email=f"{user}@example.com", display_name=user.title())
-    offer = await services.activation.create_code(ADMIN, user)
+    offer = await services.activation.create_code(ADMIN, ADMINISTRATOR, user)
     public = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
     activated = await services.activation.activate(
         ADMIN, offer.code, public, "ios", name=f"{user}'s iPhone"
@@ -318,7 +319,7 @@ async def test_this_wasnt_me_on_an_approved_sign_in_is_mailed_too(
 ) -> None:
     async with rig(mail_settings(settings, smtp.port), clock) as r:
         await r.services.users.add(ADMIN, "alice")
-        oath = await r.services.activation.enrol_oath(ADMIN, "alice")
+        oath = await r.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")
         signed_in = await r.challenges.start(ADMIN, "alice", "otp", SignInContext("vpn", "::1"))
         await r.challenges.verify_code(ADMIN, signed_in.id, totp.current_code(oath.seed, clock()))
 

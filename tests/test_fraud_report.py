@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backend.domain import totp
 from backend.domain.challenge import Answer
+from backend.domain.stepup import ADMINISTRATOR
 from backend.errors import Conflict, NotFound, UserBlocked
 from backend.services import Services
 from backend.services.context import Actor, SignInContext
@@ -27,7 +28,7 @@ WHERE = SignInContext("vpn-gateway", "203.0.113.9", "asa-1")
 async def app_device(services: Services, user: str) -> DeviceRecord:
     """A new user with an activated app device."""
     await services.users.add(ADMIN, user, email=f"{user}@example.com")
-    offer = await services.activation.create_code(ADMIN, user)
+    offer = await services.activation.create_code(ADMIN, ADMINISTRATOR, user)
     public = Ed25519PrivateKey.generate().public_key().public_bytes_raw()
     activated = await services.activation.activate(ADMIN, offer.code, public, "android", name="P")
     return await services.devices.get(activated.device_id)
@@ -79,7 +80,7 @@ async def test_this_wasnt_me_on_an_approved_sign_in_files_a_report_and_keeps_his
     services: Services, clock: FakeClock
 ) -> None:
     await services.users.add(ADMIN, "alice")
-    oath = await services.activation.enrol_oath(ADMIN, "alice")
+    oath = await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")
     signed_in = await services.challenges.start(ADMIN, "alice", "otp", WHERE)
     view, result = await services.challenges.verify_code(
         ADMIN, signed_in.id, totp.current_code(oath.seed, clock())

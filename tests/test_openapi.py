@@ -25,6 +25,10 @@ HTML_ONLY = {
     "invitation-expired",
     "invitation-invalid",
     "invitation-used",
+    # The step-up rule's refusals that only portal sessions meet (the app API's device proof
+    # is refused, if ever, as factor-change-refused).
+    "step-up-required",
+    "enrolment-not-allowed",
 }
 # The web pages (webportal), outside the API the document describes.
 WEB_MOUNTS = {"/portal", "/admin", "/static"}

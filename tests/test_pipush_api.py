@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 
 from backend.config import Settings
+from backend.domain.stepup import ADMINISTRATOR
 from backend.services.pipush import ENDPOINT_PATH
 from backend.store.tables import devices_t, pipush_nonces_t, users_t
 from tests.support.api import ADMIN
@@ -78,7 +79,9 @@ def error_message(response: Any) -> str:
 
 def test_the_qr_code_and_the_rollout_turn_a_pending_device_active(lab: PiLab) -> None:
     lab.api.add_user("alice")
-    offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "alice", "Alice's phone"))
+    offer = lab.api.run(
+        lab.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, "alice", "Alice's phone")
+    )
     parts = urlsplit(offer.uri)
     assert (parts.scheme, parts.netloc, parts.path) == ("otpauth", "pipush", "/alice")
     params = {key: values[0] for key, values in parse_qs(parts.query).items()}
@@ -124,14 +127,14 @@ def test_the_qr_code_and_the_rollout_turn_a_pending_device_active(lab: PiLab) ->
 
 def test_the_qr_code_asks_for_the_phone_lock_when_policy_wants_a_pin(lab: PiLab) -> None:
     lab.api.add_user("bob", require_pin=True)
-    offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "bob"))
+    offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, "bob"))
     assert parse_qs(urlsplit(offer.uri).query)["pin"] == ["True"]
     assert device_row(lab, offer.device_id).app_lock is True
 
 
 def test_the_ios_empty_post_is_refused_and_does_not_use_up_the_credential(lab: PiLab) -> None:
     lab.api.add_user("carol")
-    offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "carol"))
+    offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, "carol"))
     app = lab.phone()
     app.scan(offer.uri)
     probe = app.ios_network_check()
@@ -147,8 +150,8 @@ def test_the_ios_empty_post_is_refused_and_does_not_use_up_the_credential(lab: P
 
 def test_the_credential_is_single_use_and_must_match_the_serial(lab: PiLab) -> None:
     lab.api.add_user("dave")
-    offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "dave"))
-    other = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "dave"))
+    offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, "dave"))
+    other = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, "dave"))
 
     thief = lab.phone()
     token = thief.scan(offer.uri)
@@ -172,7 +175,9 @@ def test_an_expired_enrolment_is_refused_and_the_device_removed(
     lab: PiLab, clock: FakeClock
 ) -> None:
     lab.api.add_user("erin")
-    offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "erin", ttl_seconds=120))
+    offer = lab.api.run(
+        lab.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, "erin", ttl_seconds=120)
+    )
     app = lab.phone()
     token = app.scan(offer.uri)
     clock.advance(121)
@@ -190,9 +195,11 @@ def test_an_enrolment_that_expired_unused_is_tidied_up_by_the_next_one(
     lab: PiLab, clock: FakeClock
 ) -> None:
     lab.api.add_user("fay")
-    stale = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "fay", ttl_seconds=60))
+    stale = lab.api.run(
+        lab.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, "fay", ttl_seconds=60)
+    )
     clock.advance(61)
-    fresh = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "fay"))
+    fresh = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, "fay"))
     devices = lab.api.run(lab.api.services.devices.list_for_user("fay"))
     assert [d.id for d in devices] == [fresh.device_id]
     assert lab.api.run(lab.api.services.devices.get(stale.device_id)).state == "removed"
@@ -200,7 +207,7 @@ def test_an_enrolment_that_expired_unused_is_tidied_up_by_the_next_one(
 
 def test_a_weak_or_malformed_phone_key_is_refused(lab: PiLab) -> None:
     lab.api.add_user("gus")
-    offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "gus"))
+    offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, "gus"))
     weak = lab.phone(key=rsa.generate_private_key(public_exponent=65537, key_size=1024))  # noqa: S505
     weak.scan(offer.uri)
     assert weak.rollout().status_code == 400
@@ -226,7 +233,7 @@ def test_a_weak_or_malformed_phone_key_is_refused(lab: PiLab) -> None:
 
 def test_push_needs_a_rolled_out_token(lab: PiLab) -> None:
     lab.api.add_user("hal")
-    lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "hal"))
+    lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, "hal"))
     response = lab.api.gateway.post(
         "/gateway/v1/authentications", json={"user": "hal", "method": "push"}
     )
@@ -327,7 +334,7 @@ def test_the_device_list_says_the_token_is_answered_by_opening_the_app(lab: PiLa
 def test_a_removed_token_can_no_longer_poll(lab: PiLab) -> None:
     app = lab.enrol("max")
     device = lab.api.run(lab.api.services.devices.list_for_user("max"))[0]
-    lab.api.run(lab.api.services.devices.remove(ADMIN, device.id))
+    lab.api.run(lab.api.services.devices.remove(ADMIN, ADMINISTRATOR, device.id))
     response = app.poll_response()
     assert response.status_code == 403
     assert "removed" in error_message(response)

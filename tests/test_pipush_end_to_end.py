@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pyrad import packet as pyrad_packet
 
 from backend.config import Settings, load_settings
+from backend.domain.stepup import ADMINISTRATOR
 from tests.fakes.tls import make_tls
 from tests.support.api import ADMIN, ApiHarness
 from tests.support.bridge import RadiusLab
@@ -108,7 +109,7 @@ class PiRadiusLab(RadiusLab):
 
     def phone_for(self, user: str) -> PiApp:
         self.unenrolled_user(user)
-        offer = self.api.run(self.api.services.pipush.create_enrollment(ADMIN, user))
+        offer = self.api.run(self.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, user))
         phone = PiApp(self.api.clock, self.tls.client_context())
         self._phones.append(phone)
         phone.scan(offer.uri)

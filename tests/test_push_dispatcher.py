@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from backend.cli import admin
 from backend.domain.challenge import ChallengeState
+from backend.domain.stepup import ADMINISTRATOR
 from backend.push.base import PushMessage, PushOutcome, PushResult
 from backend.push.dispatcher import Backoff, PushDispatcher
 from backend.services import Services
@@ -121,7 +122,7 @@ class Env:
         if user not in self.users:
             await self.services.users.add(ADMIN, user)
             self.users.add(user)
-        offer = await self.services.activation.create_code(ADMIN, user)
+        offer = await self.services.activation.create_code(ADMIN, ADMINISTRATOR, user)
         public = (
             Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         )
@@ -190,8 +191,8 @@ async def test_each_eligible_device_gets_one_push_through_its_platforms_transpor
     await env.device("alice", "reference", "tok-reference")  # no push service: polls
     await env.device("alice", "ios", None)  # no token: polls
     removed = await env.device("alice", "ios", "tok-removed")
-    await env.services.devices.remove(ADMIN, removed)
-    await env.services.activation.enrol_oath(ADMIN, "alice")  # codes only
+    await env.services.devices.remove(ADMIN, ADMINISTRATOR, removed)
+    await env.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")  # codes only
     await env.device("bob", "ios", "tok-bob")  # someone else's phone
 
     challenge = await env.start("alice")

@@ -24,6 +24,7 @@ import pytest
 
 from backend.authenticator.client import AppClient
 from backend.config import load_settings
+from backend.domain.stepup import ADMINISTRATOR
 from backend.services import Services
 from backend.services.context import Actor
 from tests.fakes.apns import ApnsFake, make_apns_key
@@ -106,7 +107,7 @@ async def _prepare(home: Path) -> tuple[str, dict[str, str]]:
         codes = {}
         for user in USERS:
             await services.users.add(ADMIN, user)
-            codes[user] = (await services.activation.create_code(ADMIN, user)).code
+            codes[user] = (await services.activation.create_code(ADMIN, ADMINISTRATOR, user)).code
     finally:
         await services.close()
     return token, codes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backend.domain import totp
+from backend.domain.stepup import ADMINISTRATOR
 from backend.services import Services
 from backend.services.context import Actor, SignInContext
 from tests.support.clock import FakeClock
@@ -17,7 +18,7 @@ async def test_oath_code_accepted_once_then_replay_refused(
     services: Services, clock: FakeClock
 ) -> None:
     await services.users.add(ADMIN, "Alice")
-    oath = await services.activation.enrol_oath(ADMIN, "alice")
+    oath = await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")
     code = totp.current_code(oath.seed, clock())
 
     first = await services.otp.verify(ADMIN, "ALICE", code, SignInContext())

@@ -23,6 +23,7 @@ from backend.config import Settings, load_settings
 from backend.crypto import load_or_create_key
 from backend.domain import totp
 from backend.domain.challenge import Answer, Answered, ChallengeState
+from backend.domain.stepup import ADMINISTRATOR
 from backend.errors import (
     ChallengeClosed,
     DatabaseError,
@@ -49,7 +50,7 @@ BOUND = 60.0  # an upper bound on any one concurrent round, never a synchronisat
 
 async def app_device(services: Services, user: str) -> DeviceRecord:
     """Activate one reference-app device for ``user`` (as `openmfa device activate` does)."""
-    offer = await services.activation.create_code(ADMIN, user)
+    offer = await services.activation.create_code(ADMIN, ADMINISTRATOR, user)
     public = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     activated = await services.activation.activate(ADMIN, offer.code, public, "reference")
     return await services.devices.get(activated.device_id)
@@ -84,7 +85,7 @@ async def test_same_code_from_20_concurrent_requests_is_accepted_once(
 ) -> None:
     """Replay protection is a conditional UPDATE; two nodes on one database race here too."""
     await services.users.add(ADMIN, "alice")
-    oath = await services.activation.enrol_oath(ADMIN, "alice")
+    oath = await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")
     # Isolate replay protection from the lockout that 19 replays would otherwise trigger.
     await services.policies.set(ADMIN, "otp_max_failures", "100")
     code = totp.current_code(oath.seed, clock())
@@ -125,7 +126,7 @@ async def test_concurrent_replays_never_give_a_second_accept_even_with_lockout(
 ) -> None:
     """With the default lockout the losers may be refused as replays or as locked; never twice."""
     await services.users.add(ADMIN, "alice")
-    oath = await services.activation.enrol_oath(ADMIN, "alice")
+    oath = await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")
     code = totp.current_code(oath.seed, clock())
 
     results = await asyncio.wait_for(
@@ -147,7 +148,7 @@ async def test_a_code_of_an_earlier_step_is_refused_after_a_later_one(
 ) -> None:
     """A step once accepted is never accepted again, and neither is any step before it."""
     await services.users.add(ADMIN, "alice")
-    oath = await services.activation.enrol_oath(ADMIN, "alice")
+    oath = await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")
     now_step = totp.time_step(clock())
     later = await services.otp.verify(
         ADMIN, "alice", totp.code_at_step(oath.seed, now_step), SignInContext()
@@ -242,8 +243,8 @@ async def test_otp_lockout_after_max_failures_lifted_after_lockout_time(
 ) -> None:
     await services.users.add(ADMIN, "alice")
     await services.users.add(ADMIN, "bob")
-    oath = await services.activation.enrol_oath(ADMIN, "alice")
-    bob = await services.activation.enrol_oath(ADMIN, "bob")
+    oath = await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")
+    bob = await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "bob")
     await services.policies.set(ADMIN, "otp_max_failures", "3", user_name="alice")
     await services.policies.set(ADMIN, "otp_lockout_seconds", "60")
     locked_at = clock()
@@ -291,7 +292,7 @@ async def test_otp_lockout_after_max_failures_lifted_after_lockout_time(
 
 async def test_malformed_codes_count_toward_lockout(services: Services, clock: FakeClock) -> None:
     await services.users.add(ADMIN, "alice")
-    await services.activation.enrol_oath(ADMIN, "alice")
+    await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")
     await services.policies.set(ADMIN, "otp_max_failures", "2")
     first = await services.otp.verify(ADMIN, "alice", "12ab", SignInContext())
     second = await services.otp.verify(ADMIN, "alice", "", SignInContext())
@@ -309,7 +310,7 @@ async def test_timestamps_read_back_are_aware_utc(settings: Settings) -> None:
     try:
         t0 = clock()
         await services.users.add(ADMIN, "alice")
-        oath = await services.activation.enrol_oath(ADMIN, "alice")
+        oath = await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")
         phone = await app_device(services, "alice")
         clock.advance(1)
         t1 = clock()
@@ -328,7 +329,8 @@ async def test_timestamps_read_back_are_aware_utc(settings: Settings) -> None:
         assert_utc(user.last_sign_in_at, t2)
         devices = {d.id: d for d in await services.devices.list_for_user("alice")}
         assert_utc(devices[oath.device_id].created_at, t0)
-        assert_utc(devices[oath.device_id].activated_at, t1)
+        # An administrator's OATH token is active from its enrolment (no confirm step).
+        assert_utc(devices[oath.device_id].activated_at, t0)
         assert_utc(devices[oath.device_id].last_used_at, t1)
         assert_utc(devices[phone.id].activated_at, t2)
         assert_utc(view.created_at, t1)
@@ -435,7 +437,7 @@ async def opened(settings: Settings, clock: FakeClock) -> AsyncIterator[Services
 async def test_server_key_deleted_after_first_use(settings: Settings, clock: FakeClock) -> None:
     async with opened(settings, clock) as services:
         await services.users.add(ADMIN, "alice")
-        await services.activation.enrol_oath(ADMIN, "alice")
+        await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")
     key_file = settings.resolved_key_file
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     key_file.unlink()
@@ -450,7 +452,7 @@ async def test_server_key_deleted_after_first_use(settings: Settings, clock: Fak
 async def test_server_key_replaced_by_another(settings: Settings, clock: FakeClock) -> None:
     async with opened(settings, clock) as services:
         await services.users.add(ADMIN, "alice")
-        oath = await services.activation.enrol_oath(ADMIN, "alice")
+        oath = await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")
     key_file = settings.resolved_key_file
     original = key_file.read_bytes()
     key_file.unlink()
@@ -526,7 +528,7 @@ async def test_read_only_sqlite_gives_database_error(shared_home: Path, what: st
     clock = FakeClock()
     async with opened(settings, clock) as services:
         await services.users.add(ADMIN, "alice")
-        oath = await services.activation.enrol_oath(ADMIN, "alice")
+        oath = await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")
     make_read_only(shared_home, directory_too=what == "file-and-directory")
 
     problems: list[str] = []
@@ -565,7 +567,7 @@ async def test_replayed_codes_do_not_count_toward_lockout(
 ) -> None:
     await services.users.add(ADMIN, "alice")
     await services.policies.set(ADMIN, "otp_max_failures", "2")
-    seed = (await services.activation.enrol_oath(ADMIN, "alice")).seed
+    seed = (await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")).seed
     code = totp.current_code(seed, clock())
     assert (await services.otp.verify(ADMIN, "alice", code, SignInContext())).accepted
 
@@ -585,7 +587,7 @@ async def test_a_corrupted_stored_policy_value_is_named_in_the_error(
     services: Services, settings: Settings
 ) -> None:
     await services.users.add(ADMIN, "alice")
-    seed = (await services.activation.enrol_oath(ADMIN, "alice")).seed
+    seed = (await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")).seed
     async with services.db.write() as conn:
         await conn.execute(
             text(

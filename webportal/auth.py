@@ -14,14 +14,13 @@ from urllib.parse import unquote, urlencode, urlsplit
 
 from starlette.requests import Request
 
+from backend.domain.stepup import is_live_factor
 from backend.errors import Forbidden
 from backend.services.context import Actor
 from backend.services.web_sessions import WebSessionRecord
 from backend.store.queries import UserRecord
 from webportal.sessions import current_session, end_session
 from webportal.state import Area, area_of, services_of, web_actor
-
-SECOND_FACTOR_KINDS = frozenset({"app", "oath", "pipush"})
 
 
 class SignInRequired(Exception):
@@ -106,16 +105,19 @@ async def require_user(request: Request) -> SignedIn:
 
 
 async def has_second_factor(request: Request, user: UserRecord) -> bool:
-    """True when ``user`` has an active authenticator to sign in with."""
+    """True when ``user`` has a live factor: an ``active`` authenticator. A ``pending`` one
+    (activated, never used) proves nothing and counts as none."""
     devices = await services_of(request).devices.list_for_user(user.name)
-    return any(d.state == "active" and d.kind in SECOND_FACTOR_KINDS for d in devices)
+    return any(is_live_factor(d.kind, d.state) for d in devices)
 
 
 async def require_admin(request: Request) -> SignedIn:
-    """The administrator of this request, with the second factor checked when they have one.
+    """The administrator of this request, with their second factor checked.
 
-    No session (or one still at the password step): :class:`SignInRequired`. A session whose
-    user is no longer an administrator, or is disabled: ended, and 403.
+    No session (or one still at the password step): :class:`SignInRequired`. An administrator
+    without a live factor (none, or only pending ones; or removed since sign-in) reaches no
+    console page: :class:`SignInRequired` to the enrolment page. A session whose user is no
+    longer an administrator, or is disabled: ended, and 403.
     """
     if area_of(request) != "admin":
         raise RuntimeError("require_admin() is for admin pages; portal pages use require_user()")
@@ -128,4 +130,6 @@ async def require_admin(request: Request) -> SignedIn:
         raise Forbidden("this account may not use the admin console")
     if not session.second_factor_done:
         raise SignInRequired(sign_in_location(request, "sign-in/verify"))
+    if not await has_second_factor(request, user):
+        raise SignInRequired("/admin/sign-in/enrol")
     return SignedIn(user, session, web_actor(request, f"admin:{user.name}"))

@@ -20,6 +20,7 @@ from backend.api.schemas import (
 )
 from backend.domain import signing
 from backend.domain.challenge import Answer
+from backend.domain.stepup import DeviceProof
 from backend.errors import BadSignature, StaleRequest
 from backend.logs import request_id_var
 from backend.services.challenges import ChallengeView
@@ -160,7 +161,10 @@ async def update_push_token(request: Request) -> Response:
 async def deactivate(request: Request) -> Response:
     """The app removes itself (the user deleted the account in the app)."""
     device, _ = await _signed_device(request)
-    await services_of(request).devices.remove(request.state.actor, device.id)
+    # The device's own signature is the proof: it may remove itself, nothing else.
+    await services_of(request).devices.remove(
+        request.state.actor, DeviceProof(device.id), device.id
+    )
     return Response(status_code=204)
 
 

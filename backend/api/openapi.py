@@ -179,6 +179,7 @@ PROBLEM_TYPES = (
     "conflict",
     "unauthorized",
     "forbidden",
+    "factor-change-refused",
     "bad-signature",
     "stale-request",
     "replayed-request",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from backend.cli.guard import guard_lines
 from backend.cli.output import as_json, clean, table, when
+from backend.domain.stepup import ADMINISTRATOR
 from backend.errors import BadRequest
 
 if TYPE_CHECKING:  # the services (SQLAlchemy, Alembic, ...) load only when a command runs,
@@ -174,7 +175,7 @@ async def user_set_password(services: Services, args: argparse.Namespace, actor:
 
 
 async def user_set_pin(services: Services, args: argparse.Namespace, actor: Actor) -> int:
-    await services.users.set_pin(actor, args.name, read_secret("PIN"))
+    await services.users.set_pin(actor, ADMINISTRATOR, args.name, read_secret("PIN"))
     print(f"PIN of {args.name} set")
     return 0
 
@@ -208,6 +209,15 @@ async def user_delete(services: Services, args: argparse.Namespace, actor: Actor
     return 0
 
 
+async def user_allow_enrolment(services: Services, args: argparse.Namespace, actor: Actor) -> int:
+    until = await services.factors.allow_enrolment(actor, args.name, args.hours)
+    print(
+        f"{args.name} may enrol a first authenticator in the portal until {when(until)} "
+        "(while they have none in use)"
+    )
+    return 0
+
+
 async def user_rename(services: Services, args: argparse.Namespace, actor: Actor) -> int:
     user = await services.accounts.rename(actor, args.name, args.new_name)
     print(f"user {args.name} renamed to {user.name}")
@@ -215,7 +225,7 @@ async def user_rename(services: Services, args: argparse.Namespace, actor: Actor
 
 
 async def user_remove_device(services: Services, args: argparse.Namespace, actor: Actor) -> int:
-    await services.devices.remove(actor, args.device_id, user_name=args.name)
+    await services.devices.remove(actor, ADMINISTRATOR, args.device_id, user_name=args.name)
     print(f"device {args.device_id} removed")
     return 0
 
@@ -241,8 +251,8 @@ async def activation_create(services: Services, args: argparse.Namespace, actor:
         if target is not None:
             qr.check_target(target)
     if args.oath:
-        oath = await services.activation.enrol_oath(actor, args.name)
-        print(f"OATH token {oath.device_id} for {oath.user_name} (pending until the first code)")
+        oath = await services.activation.enrol_oath(actor, ADMINISTRATOR, args.name)
+        print(f"OATH token {oath.device_id} for {oath.user_name} (active now)")
         print(f"secret: {oath.seed}")
         print(f"uri:    {oath.uri}")
         print(
@@ -252,7 +262,9 @@ async def activation_create(services: Services, args: argparse.Namespace, actor:
         _write_qr(oath.uri, args.qr_png, args.qr_svg)
         return 0
     if args.privacyidea_app:
-        pi = await services.pipush.create_enrollment(actor, args.name, ttl_seconds=args.ttl)
+        pi = await services.pipush.create_enrollment(
+            actor, ADMINISTRATOR, args.name, ttl_seconds=args.ttl
+        )
         print(f"privacyIDEA Authenticator token {pi.device_id} for {pi.user_name}")
         print(f"serial:  {pi.serial}")
         print(f"uri:     {pi.uri}")
@@ -264,7 +276,7 @@ async def activation_create(services: Services, args: argparse.Namespace, actor:
         )
         _write_qr(pi.uri, args.qr_png, args.qr_svg)
         return 0
-    offer = await services.activation.create_code(actor, args.name, args.ttl)
+    offer = await services.activation.create_code(actor, ADMINISTRATOR, args.name, args.ttl)
     print(f"activation code for {offer.user_name}: {offer.code}")
     print(f"uri:     {offer.uri}")
     print(f"expires: {when(offer.expires_at)} (single use)")

@@ -206,6 +206,18 @@ def _parser() -> argparse.ArgumentParser:
     rename.add_argument("name", help="the current name")
     rename.add_argument("new_name", help="the new name")
     rename.set_defaults(handler=admin.user_rename)
+    allow = user_cmds.add_parser(
+        "allow-enrolment",
+        help="let a user with no authenticator in use enrol one in the portal for a while",
+        description="Open a first-enrolment window: for HOURS, any portal session of the "
+        "user (signed in with the password) may activate a first authenticator. Once the "
+        "user has one in use, changes need a step-up with it instead. Audited.",
+    )
+    allow.add_argument("name")
+    allow.add_argument(
+        "--hours", type=float, default=24, help="how long the window stays open (default 24)"
+    )
+    allow.set_defaults(handler=admin.user_allow_enrolment)
     rm = user_cmds.add_parser("remove-device", help="remove one of the user's devices")
     rm.add_argument("name")
     rm.add_argument("device_id")

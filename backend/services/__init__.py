@@ -31,6 +31,7 @@ from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService
 from backend.services.context import Actor, Clock
 from backend.services.devices import DeviceService
+from backend.services.factors import FactorGuard
 from backend.services.fraud import FraudService
 from backend.services.geoip import GeoIp
 from backend.services.invitations import InvitationService
@@ -76,6 +77,7 @@ class Services:
     access: AccessService
     accounts: AccountService
     notices: AccountNotices
+    factors: FactorGuard
     clock: Clock
     # None where push is off (CLI commands): see Services.open's ``push``.
     push: PushDispatcher | None = None
@@ -125,7 +127,14 @@ class Services:
             notices = AccountNotices(
                 db, audit, clock, mail=sender is not None and settings.notify_users
             )
-            users = UserService(db, hasher, audit, clock, notices=notices)
+            factors = FactorGuard(
+                db,
+                audit,
+                clock,
+                step_up=timedelta(minutes=settings.step_up_minutes),
+                grant=timedelta(minutes=settings.first_enrolment_minutes),
+            )
+            users = UserService(db, hasher, audit, clock, factors, notices=notices)
             otp = OtpService(db, box, audit, clock)
             dispatcher = (
                 PushDispatcher(
@@ -206,10 +215,11 @@ class Services:
                     clock,
                     settings.resolved_public_url,
                     settings.issuer,
+                    factors,
                     notices=notices,
                 ),
                 devices=DeviceService(
-                    db, audit, clock, settings.signature_skew_seconds, notices=notices
+                    db, audit, clock, settings.signature_skew_seconds, factors, notices=notices
                 ),
                 otp=otp,
                 challenges=challenges,
@@ -225,6 +235,7 @@ class Services:
                     settings.resolved_public_url,
                     settings.issuer,
                     notices=notices,
+                    factors=factors,
                 ),
                 invitations=InvitationService(
                     db, hasher, audit, clock, settings.resolved_public_url, notices=notices
@@ -235,6 +246,7 @@ class Services:
                 access=AccessService(users, challenges, fraud, notices),
                 accounts=AccountService(db, challenges, audit),
                 notices=notices,
+                factors=factors,
                 clock=clock,
                 push=dispatcher,
                 fraud_mailer=mailer,

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from backend.domain.notices import ENDS_SESSIONS, AccountChange
+from backend.domain.stepup import Proof
 from backend.services.challenges import ChallengeService
 from backend.services.context import Actor
 from backend.services.fraud import FraudService
@@ -66,9 +67,9 @@ class AccessService:
         reviewed = await self._fraud.review_open_for_user(actor, user.name, why)
         return AccessChange(user, reviewed=reviewed)
 
-    async def reset_devices(self, actor: Actor, name: str) -> AccessChange:
+    async def reset_devices(self, actor: Actor, proof: Proof, name: str) -> AccessChange:
         """Remove every device of the user; they must activate again."""
-        removed = await self._users.reset_devices(actor, name)
+        removed = await self._users.reset_devices(actor, proof, name)
         user = await self._users.get(name)
         change = AccessChange(user, removed_devices=removed)
         return await self._end_sign_ins(actor, change, AccountChange.DEVICES_RESET)

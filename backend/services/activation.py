@@ -15,6 +15,7 @@ from backend.domain import totp
 from backend.domain.devices import PLATFORMS
 from backend.domain.notices import AccountChange
 from backend.domain.policy import check_pin
+from backend.domain.stepup import AdministratorProof, FactorAction, Proof
 from backend.errors import (
     ActivationCodeExpired,
     ActivationCodeInvalid,
@@ -28,6 +29,7 @@ from backend.passwords import PasswordHasher
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
 from backend.services.devices import check_push_token
+from backend.services.factors import FactorGuard
 from backend.services.notices import AccountNotices
 from backend.store.database import Database
 from backend.store.queries import UserRecord, effective_policy, load_user, load_user_by_id
@@ -54,6 +56,7 @@ class OathEnrollment:
     device_id: str
     seed: str
     uri: str
+    state: str = "pending"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +102,11 @@ class ActivationService:
         clock: Clock,
         public_url: str,
         issuer: str,
+        factors: FactorGuard,
         notices: AccountNotices | None = None,
     ) -> None:
         self._db = db
+        self._factors = factors
         self._box = box
         self._hasher = hasher
         self._audit = audit
@@ -115,11 +120,12 @@ class ActivationService:
         return f"{ACTIVATION_SCHEME}?{urlencode({'url': self._public_url, 'code': code})}"
 
     async def create_code(
-        self, actor: Actor, user_name: str, ttl_seconds: int | None = None
+        self, actor: Actor, proof: Proof, user_name: str, ttl_seconds: int | None = None
     ) -> ActivationOffer:
         """A single-use code (160 bits, stored hashed) that expires after the policy's lifetime."""
         if ttl_seconds is not None and not 60 <= ttl_seconds <= 7 * 86400:
             raise BadRequest("an activation code lives from 1 minute to 7 days")
+        await self._factors.require(actor, proof, FactorAction.ENROL_APP, user_name)
         code = new_token()
         now = self._clock()
         async with self._db.write() as conn:
@@ -146,10 +152,17 @@ class ActivationService:
             )
         return ActivationOffer(user.name, code, self.activation_uri(code), expires_at)
 
-    async def enrol_oath(self, actor: Actor, user_name: str, name: str = "") -> OathEnrollment:
-        """A pending OATH token; it becomes active with the first accepted code."""
+    async def enrol_oath(
+        self, actor: Actor, proof: Proof, user_name: str, name: str = ""
+    ) -> OathEnrollment:
+        """An OATH token. An administrator's is ``active`` at once (they hand the seed over);
+        anyone else's is ``pending`` until the portal's confirm step accepts a code from it
+        (:meth:`OtpService.verify` with ``confirm=``): a gateway never activates one."""
+        await self._factors.require(actor, proof, FactorAction.ENROL_OATH, user_name)
         seed = totp.new_seed()
         device_id = new_device_id()
+        now = self._clock()
+        by_admin = isinstance(proof, AdministratorProof)
         async with self._db.write() as conn:
             user = await load_user(conn, user_name)
             _check_can_enrol(user)
@@ -161,16 +174,25 @@ class ActivationService:
                     name=name[:128] or "OATH app",
                     platform="",
                     seed_enc=self._box.seal(seed.encode(), f"seed:{device_id}"),
-                    state="pending",
-                    created_at=self._clock(),
+                    state="active" if by_admin else "pending",
+                    created_at=now,
+                    activated_at=now if by_admin else None,
                 )
             )
             await self._audit.add(conn, actor, "oath.enrol", "ok", user.name_key, device_id)
         if self._notices is not None:
             detail = f"{device_id} “{name[:128] or 'OATH app'}”"
             await self._notices.changed(actor, user.id, AccountChange.OATH_ADDED, detail)
+            await self._audit.add(
+                conn,
+                actor,
+                "oath.enrol",
+                "ok",
+                user.name_key,
+                f"{device_id} {'active' if by_admin else 'pending'}",
+            )
         uri = totp.otpauth_uri(seed, user.name, self._issuer)
-        return OathEnrollment(user.name, device_id, seed, uri)
+        return OathEnrollment(user.name, device_id, seed, uri, "active" if by_admin else "pending")
 
     async def activate(
         self,

@@ -12,10 +12,12 @@ from backend.crypto import token_digest
 from backend.domain import signing
 from backend.domain.devices import LIVE_STATES
 from backend.domain.notices import AccountChange
+from backend.domain.stepup import FactorAction, Proof
 from backend.domain.text import has_control_character
 from backend.errors import BadRequest, BadSignature, NotFound, ReplayedRequest, StaleRequest
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
+from backend.services.factors import FactorGuard
 from backend.services.notices import AccountNotices
 from backend.store.database import Database
 from backend.store.fastpath import Row, Tx, required
@@ -148,9 +150,11 @@ class DeviceService:
         audit: AuditLog,
         clock: Clock,
         skew_seconds: int,
+        factors: FactorGuard,
         notices: AccountNotices | None = None,
     ) -> None:
         self._db = db
+        self._factors = factors
         self._audit = audit
         self._clock = clock
         self._skew = skew_seconds
@@ -238,9 +242,12 @@ class DeviceService:
             user = await user_name_of(conn, device.user_id)
             await self._audit.add(conn, actor, "device.push_token", "ok", user, device.id)
 
-    async def remove(self, actor: Actor, device_id: str, user_name: str | None = None) -> None:
+    async def remove(
+        self, actor: Actor, proof: Proof, device_id: str, user_name: str | None = None
+    ) -> None:
         """Mark a device removed: it can no longer sign requests or produce accepted codes.
         A device marked lost can be removed too. The user's other web sessions end."""
+        await self._require(actor, proof, FactorAction.REMOVE_DEVICE, device_id, user_name)
         async with self._db.write() as conn:
             stmt = update(devices_t).where(
                 devices_t.c.id == device_id, devices_t.c.state.in_((*LIVE_STATES, LOST))
@@ -260,7 +267,7 @@ class DeviceService:
         await self._after(actor, row.user_id, AccountChange.DEVICE_REMOVED, device_id, row.name)
 
     async def rename(
-        self, actor: Actor, device_id: str, name: str, user_name: str | None = None
+        self, actor: Actor, proof: Proof, device_id: str, name: str, user_name: str | None = None
     ) -> DeviceRecord:
         """Give a live or lost device a new name (1 to 128 characters, no control characters).
 
@@ -273,16 +280,18 @@ class DeviceService:
             raise BadRequest(
                 f"the device name has at most {MAX_DEVICE_NAME} characters and no control ones"
             )
+        await self._require(actor, proof, FactorAction.RENAME_DEVICE, device_id, user_name)
         row = await self._change_state(
             actor, device_id, user_name, (*LIVE_STATES, LOST), {"name": name}, "device.rename", name
         )
         return device_from_row(row)
 
     async def mark_lost(
-        self, actor: Actor, device_id: str, user_name: str | None = None
+        self, actor: Actor, proof: Proof, device_id: str, user_name: str | None = None
     ) -> DeviceRecord:
         """The user lost this device: from now on it cannot sign requests, answer pushes or
         produce accepted codes. It stays listed (state ``lost``) until it is removed."""
+        await self._require(actor, proof, FactorAction.MARK_LOST, device_id, user_name)
         row = await self._change_state(
             actor, device_id, user_name, LIVE_STATES, {"state": LOST}, "device.lost", ""
         )
@@ -294,6 +303,23 @@ class DeviceService:
     ) -> None:
         if self._notices is not None:
             await self._notices.changed(actor, user_id, change, f"{device_id} “{name}”")
+
+    async def _require(
+        self,
+        actor: Actor,
+        proof: Proof,
+        action: FactorAction,
+        device_id: str,
+        user_name: str | None,
+    ) -> None:
+        """The guard, on the device's owner (a device of another user is "no such device",
+        as the change itself would say)."""
+        subject = await self._factors.subject(None, device_id[:64])
+        if user_name is not None:
+            async with self._db.read() as conn:
+                if (await load_user(conn, user_name)).id != subject.state.user_id:
+                    raise NotFound("no such device")
+        await self._factors.require(actor, proof, action, None, device_id[:64])
 
     async def _change_state(
         self,

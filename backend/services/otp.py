@@ -61,6 +61,8 @@ class _Attempt:
     context: SignInContext
     now: datetime
     bearer: str | None
+    confirm: str | None = None
+    live_only: bool = False
 
 
 class OtpService:
@@ -79,14 +81,25 @@ class OtpService:
         code: str,
         context: SignInContext,
         bearer: str | None = None,
+        *,
+        confirm: str | None = None,
+        live_only: bool = False,
     ) -> OtpResult:
         """Check ``code`` for ``user_name``; raises for unknown, disabled, blocked, locked users.
 
         With ``bearer``, the gateway API token is checked in the same transaction (the gateway
         API's one-call path); the acting gateway then becomes the audited actor.
+
+        Which devices' codes count: ``active`` ones, and our app while ``pending`` (its
+        activation code was issued under the step-up rule, and its first code completes the
+        round trip that activates it). A ``pending`` OATH token counts only as ``confirm``,
+        the portal's confirm step for that very token, which is what activates it: a code
+        from a seed shown to someone with only the password never passes a gateway.
+        ``live_only``: only ``active`` devices (a step-up or the admin console's second step
+        proves a factor that was already in use).
         """
         key = user_key(user_name)
-        attempt = _Attempt(actor, key, code, context, self._clock(), bearer)
+        attempt = _Attempt(actor, key, code, context, self._clock(), bearer, confirm, live_only)
         return await self._db.run_job(lambda tx: self._verify(tx, attempt))
 
     def _verify(self, tx: Tx, attempt: _Attempt) -> OtpResult:
@@ -100,11 +113,16 @@ class OtpService:
                 " d.id, d.seed_enc"
                 " FROM (SELECT 1 AS one) AS base"
                 " LEFT JOIN users AS u ON u.name_key = ?"
-                " LEFT JOIN devices AS d ON d.user_id = u.id AND d.state IN ('pending', 'active')"
+                " LEFT JOIN devices AS d ON d.user_id = u.id AND (d.state = 'active'"
+                " OR (d.state = 'pending' AND d.kind = 'app' AND ? = 0)"
+                " OR (d.state = 'pending' AND d.id = ?))"
                 # privacyIDEA Authenticator push tokens have no TOTP seed of their own.
                 " AND d.kind <> 'pipush'",
                 _bearer_digest(attempt.bearer),
                 attempt.user_name,
+                int(attempt.live_only),
+                # No device id is empty: without confirm= the clause matches nothing.
+                attempt.confirm or "",
             )
             if attempt.bearer is not None:
                 if rows[0][0] is None:

@@ -40,6 +40,7 @@ from backend.domain import pipush
 from backend.domain.challenge import Answer
 from backend.domain.devices import LIVE_STATES
 from backend.domain.notices import AccountChange
+from backend.domain.stepup import FactorAction, Proof
 from backend.errors import (
     ActivationCodeExpired,
     ActivationCodeInvalid,
@@ -61,6 +62,7 @@ from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService, ChallengeView
 from backend.services.context import Actor, Clock
 from backend.services.devices import DeviceRecord
+from backend.services.factors import FactorGuard
 from backend.services.notices import AccountNotices
 from backend.store.database import Database
 from backend.store.fastpath import Row, Tx, required
@@ -218,9 +220,12 @@ class PiPushService:
         issuer: str,
         server_key_bits: int = SERVER_KEY_BITS,
         notices: AccountNotices | None = None,
+        *,
+        factors: FactorGuard,
     ) -> None:
         self._notices = notices
         self._db = db
+        self._factors = factors
         self._box = box
         self._audit = audit
         self._clock = clock
@@ -242,7 +247,12 @@ class PiPushService:
             ) from None
 
     async def create_enrollment(
-        self, actor: Actor, user_name: str, name: str = "", ttl_seconds: int | None = None
+        self,
+        actor: Actor,
+        proof: Proof,
+        user_name: str,
+        name: str = "",
+        ttl_seconds: int | None = None,
     ) -> PiPushOffer:
         """A pending push token for ``user_name`` and the QR URI that rolls it out once.
 
@@ -254,6 +264,7 @@ class PiPushService:
             raise BadRequest("the device name has at most 128 characters")
         if ttl_seconds is not None and not 60 <= ttl_seconds <= 7 * 86400:
             raise BadRequest("an enrolment lives from 1 minute to 7 days")
+        await self._factors.require(actor, proof, FactorAction.ENROL_PIPUSH, user_name)
         endpoint = self.endpoint()
         credential = secrets.token_hex(20)
         serial = pipush.new_serial()

@@ -15,10 +15,12 @@ from backend.domain.emails import email_problem
 from backend.domain.names import user_key
 from backend.domain.notices import AccountChange
 from backend.domain.policy import check_pin
+from backend.domain.stepup import FactorAction, Proof
 from backend.errors import BadRequest, Conflict, OtpLocked, PinLocked, PinRequired, WrongPin
 from backend.passwords import PasswordHasher
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock, SignInContext
+from backend.services.factors import FactorGuard
 from backend.services.notices import AccountNotices
 from backend.services.otp import check_may_sign_in, count_failure
 from backend.store.database import Database
@@ -63,9 +65,11 @@ class UserService:
         hasher: PasswordHasher,
         audit: AuditLog,
         clock: Clock,
+        factors: FactorGuard,
         notices: AccountNotices | None = None,
     ) -> None:
         self._db = db
+        self._factors = factors
         self._hasher = hasher
         self._audit = audit
         self._clock = clock
@@ -156,12 +160,13 @@ class UserService:
             for row in rows
         ]
 
-    async def reset_devices(self, actor: Actor, name: str) -> tuple[str, ...]:
+    async def reset_devices(self, actor: Actor, proof: Proof, name: str) -> tuple[str, ...]:
         """Remove every live device of a user (lost phone, new start): the ids removed.
 
         One transaction and one audit row (``user.reset_devices``, naming the devices); the
         user then has to activate an authenticator again.
         """
+        await self._factors.require(actor, proof, FactorAction.RESET_DEVICES, name)
         async with self._db.write() as conn:
             user = await load_user(conn, name)
             rows = (
@@ -221,8 +226,9 @@ class UserService:
         if self._notices is not None:
             await self._notices.changed(actor, user.id, AccountChange.PASSWORD_SET)
 
-    async def set_pin(self, actor: Actor, name: str, pin: str) -> None:
+    async def set_pin(self, actor: Actor, proof: Proof, name: str, pin: str) -> None:
         """Set the approval PIN after checking it against the user's policy."""
+        await self._factors.require(actor, proof, FactorAction.SET_PIN, name)
         async with self._db.read() as conn:
             user = await load_user(conn, name)
             policy = await effective_policy(conn, user.id)

@@ -51,6 +51,10 @@ class WebSessionRecord:
     has_flash: bool
     created_at: datetime
     last_seen_at: datetime
+    # Portal: when this session last proved a live factor (step-up), and until when the
+    # invitation it accepted lets it enrol a first one (backend/domain/stepup.py).
+    stepped_up_at: datetime | None = None
+    enrol_until: datetime | None = None
 
 
 class WebSessionService:
@@ -145,6 +149,8 @@ class WebSessionService:
             has_flash=bool(row.flash),
             created_at=row.created_at,
             last_seen_at=last_seen,
+            stepped_up_at=row.stepped_up_at,
+            enrol_until=row.enrol_until,
         )
 
     def _expired(self, created_at: datetime, last_seen_at: datetime, now: datetime) -> bool:
@@ -177,6 +183,27 @@ class WebSessionService:
                 update(web_sessions_t)
                 .where(web_sessions_t.c.id_hash == record.id_hash)
                 .values(challenge_id=challenge_id)
+            )
+
+    async def mark_stepped_up(self, record: WebSessionRecord) -> datetime:
+        """The session just proved a live factor (and no longer waits for a push): when."""
+        now = self._clock()
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(web_sessions_t)
+                .where(web_sessions_t.c.id_hash == record.id_hash)
+                .values(stepped_up_at=now, challenge_id=None)
+            )
+        return now
+
+    async def grant_enrolment(self, record: WebSessionRecord, until: datetime) -> None:
+        """Let this session (and no other) enrol a first factor until ``until``: what
+        accepting an invitation does."""
+        async with self._db.write() as conn:
+            await conn.execute(
+                update(web_sessions_t)
+                .where(web_sessions_t.c.id_hash == record.id_hash)
+                .values(enrol_until=until)
             )
 
     async def destroy(self, id_hash: str) -> None:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 SCRIPT_LOCATION = Path(__file__).resolve().parents[2] / "alembic"
 #: The newest migration, the schema this code works with (see the module docstring).
-SCHEMA_REVISION = "0007"
+SCHEMA_REVISION = "0008"
 
 
 def alembic_config(url: str) -> Config:

@@ -73,6 +73,8 @@ class User(SQLModel, table=True):
     otp_locked_until: datetime | None = utc_column(nullable=True)
     last_sign_in_at: datetime | None = utc_column(nullable=True)
     created_at: datetime = utc_column()
+    # A first-enrolment window an administrator opened (see backend/domain/stepup.py).
+    enrol_until: datetime | None = utc_column(nullable=True)
 
 
 class Device(SQLModel, table=True):
@@ -327,6 +329,10 @@ class WebSession(SQLModel, table=True):
     second_factor_done: bool = False
     # Admin sign-in by push: the challenge this session waits for.
     challenge_id: str | None = Field(default=None, max_length=64)
+    # Portal sessions: when the session last proved a live factor (step-up), and until when
+    # the invitation it accepted lets it enrol a first factor.
+    stepped_up_at: datetime | None = utc_column(nullable=True)
+    enrol_until: datetime | None = utc_column(nullable=True)
     flash: str = text_column()  # JSON list of [category, message], shown on the next page
     source: str = Field(default="", max_length=64)
     created_at: datetime = utc_column()

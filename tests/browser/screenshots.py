@@ -54,6 +54,10 @@ def demo_app(home: Path) -> Iterator[tuple[WebHarness, AppClient]]:
         yield app, _demo_data(app)
 
 
+#: The demo users' phones beyond the administrator's (alice steps up with hers).
+PHONES: dict[str, AppClient] = {}
+
+
 def _demo_data(app: WebHarness) -> AppClient:
     """Users, devices, sign-ins, clients, tokens; the administrator's phone."""
     app.add_user("root", admin=True, display_name="Rita Root")
@@ -67,6 +71,7 @@ def _demo_data(app: WebHarness) -> AppClient:
     app.add_user("dave", display_name="Dave Diaz")
     app.run(app.services.users.set_disabled(ADMIN, "dave", True))
     alice = app.device("alice")
+    PHONES["alice"] = alice
     bob = app.device("bob")
     gateways = [("rdgw", "RDGW01"), ("asa1", "asa-hq")]
     answers = ["approve", "approve", "deny", "approve", "approve"]
@@ -181,7 +186,13 @@ def take(out: Path) -> list[Path]:
         page.goto(app.url + "/portal/sign-in")
         shot(page, "portal-sign-in")
         _sign_in(page, app, "portal", "alice")
-        page.goto(app.url + "/portal/activate")
+        page.goto(app.url + "/portal/activate")  # adding a factor: the step-up comes first
+        shot(page, "portal-step-up")
+        app.clock.advance(30)  # a code is accepted once per time step
+        page.get_by_label("Code from your authenticator app").fill(
+            PHONES["alice"].code(app.clock.now)
+        )
+        page.get_by_role("button", name="Verify code").click()
         page.get_by_role("button", name="Generate activation code").click()
         page.locator("img, svg").first.wait_for()
         shot(page, "portal-activate")

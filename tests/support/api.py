@@ -30,6 +30,7 @@ from backend.app import create_app
 from backend.authenticator.client import AppClient
 from backend.config import Settings
 from backend.domain import signing
+from backend.domain.stepup import ADMINISTRATOR
 from backend.services import Services
 from backend.services.audit import AuditEntry
 from backend.services.context import Actor
@@ -148,11 +149,13 @@ class ApiHarness:
 
     def activation_uri(self, user: str) -> str:
         """An activation URI pointing at this live server (not at settings.public_url)."""
-        offer = self.run(self.services.activation.create_code(ADMIN, user))
+        offer = self.run(self.services.activation.create_code(ADMIN, ADMINISTRATOR, user))
         return f"openmfa://activate?{urlencode({'url': self.url, 'code': offer.code})}"
 
     def activation_code(self, user: str, ttl_seconds: int | None = None) -> str:
-        return self.run(self.services.activation.create_code(ADMIN, user, ttl_seconds)).code
+        return self.run(
+            self.services.activation.create_code(ADMIN, ADMINISTRATOR, user, ttl_seconds)
+        ).code
 
     def device(self, user: str, pin: str | None = None) -> AppClient:
         """An activated reference authenticator for ``user``."""

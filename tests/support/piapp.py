@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from backend.config import Settings
+from backend.domain.stepup import ADMINISTRATOR
 from backend.errors import Conflict
 from tests.fakes.tls import TlsFiles, make_tls
 from tests.support.api import ADMIN, ApiHarness
@@ -549,7 +550,7 @@ class PiLab:
             with contextlib.suppress(Conflict):  # the test may have added it with a policy
                 self.api.add_user(user)
             self._users.add(user)
-        offer = self.api.run(self.api.services.pipush.create_enrollment(ADMIN, user))
+        offer = self.api.run(self.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, user))
         app = self.phone(key=key)
         app.scan(offer.uri)
         response = app.rollout()

@@ -28,6 +28,8 @@ from typing import Any
 import httpx
 
 from backend.config import Settings
+from backend.domain import totp
+from backend.domain.stepup import ADMINISTRATOR
 from backend.services.audit import AuditEntry
 from backend.store.queries import UserRecord
 from tests.support.api import ADMIN, ApiHarness
@@ -59,6 +61,10 @@ class WebHarness(ApiHarness):
             self.set_policy(key, value, user=name)
         return name
 
+    def allow_enrolment(self, name: str, hours: float = 1) -> None:
+        """An administrator lets ``name`` (with no live factor yet) enrol a first one."""
+        self.run(self.services.factors.allow_enrolment(ADMIN, name, hours))
+
     def user(self, name: str) -> UserRecord:
         return self.run(self.services.users.get(name))
 
@@ -71,13 +77,21 @@ class WebHarness(ApiHarness):
         return self.client(follow_redirects=False, **kwargs)
 
     def admin_browser(self, name: str = "root", password: str = PASSWORD) -> httpx.Client:
-        """A browser signed in to the admin console as a new administrator without an
-        authenticator (so no second step)."""
+        """A browser signed in to the admin console as a new administrator: the password,
+        then a code from an OATH token an administrator gave them (active at once)."""
         self.add_user(name, password, admin=True)
+        oath = self.run(self.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, name))
         browser = self.browser()
         response = sign_in(browser, name, password, area="admin")
         assert response.status_code == 303, response.text
-        assert response.headers["location"] == "/admin/"
+        assert response.headers["location"] == "/admin/sign-in/verify"
+        verify = browser.get("/admin/sign-in/verify")
+        code = totp.current_code(oath.seed, self.clock.now)
+        done = browser.post(
+            "/admin/sign-in/code", data={"csrf_token": csrf_from(verify.text), "code": code}
+        )
+        assert done.status_code == 303, done.text
+        assert done.headers["location"] == "/admin/"
         return browser
 
 
@@ -124,6 +138,15 @@ def sign_in(
     if next_path:
         data["next"] = next_path
     return browser.post(f"/{area}/sign-in", data=data)
+
+
+def step_up(browser: httpx.Client, code: str, next_path: str = "/portal/") -> httpx.Response:
+    """Prove a live factor in a portal session with ``code`` (the step-up page's code form)."""
+    page = browser.get("/portal/")
+    return browser.post(
+        "/portal/step-up/code",
+        data={"csrf_token": csrf_from(page.text), "code": code, "next": next_path},
+    )
 
 
 def cookie(response: httpx.Response, name: str) -> str | None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+from backend.domain import totp
+from backend.domain.stepup import ADMINISTRATOR
 from backend.services.context import SignInContext
 from tests.support.api import ADMIN
 from tests.support.web import (
@@ -15,16 +18,22 @@ from tests.support.web import (
 )
 
 
-def test_admin_without_authenticator_signs_in_with_password_and_sees_the_banner(
-    web: WebHarness,
-) -> None:
-    browser = web.admin_browser("root")
-    page = browser.get("/admin/")
+def test_admin_without_a_live_factor_gets_only_the_enrolment_page(web: WebHarness) -> None:
+    web.add_user("root", admin=True)
+    browser = web.browser()
+    response = sign_in(browser, "root", area="admin")
+    assert response.headers["location"] == "/admin/sign-in/enrol"
+    page = browser.get("/admin/sign-in/enrol")
     assert page.status_code == 200
-    assert "Dashboard" in page.text
-    assert "no second factor yet" in page.text
-    line = next(c for c in page.request.headers.get_list("cookie"))
-    assert "omfa_admin=" in line
+    assert "Activate your authenticator first" in page.text
+    assert "openmfa user allow-enrolment root" in page.text
+    assert browser.get("/admin/").headers["location"] == "/admin/sign-in/verify"
+    assert web.audit("web.sign_in")[0].detail == "admin: password; no live factor: enrolment only"
+    # Another administrator allows enrolment: the page says until when, and where.
+    web.allow_enrolment("root", 2)
+    allowed = browser.get("/admin/sign-in/enrol").text
+    assert "You may activate one until" in allowed
+    assert 'href="/portal/sign-in"' in allowed
 
 
 def test_admin_cookie_is_scoped_to_admin(web: WebHarness) -> None:
@@ -80,7 +89,7 @@ def test_admin_with_oath_token_needs_the_code(web: WebHarness) -> None:
     import pyotp
 
     web.add_user("root", admin=True)
-    oath = web.run(web.services.activation.enrol_oath(ADMIN, "root"))
+    oath = web.run(web.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "root"))
     first = pyotp.TOTP(oath.seed).at(web.clock.now)
     result = web.run(web.services.otp.verify(ADMIN, "root", first, SignInContext()))
     assert result.accepted  # the token is active now
@@ -180,11 +189,38 @@ def test_bootstrap_link_creates_the_first_admin_once(web: WebHarness) -> None:
         browser, path, {"username": "root", "password": PASSWORD, "confirm": PASSWORD}
     )
     assert created.status_code == 303
-    assert created.headers["location"] == "/admin/"
-    home = browser.get("/admin/")
-    assert home.status_code == 200
-    assert "Administrator root created" in home.text
+    assert created.headers["location"] == "/admin/sign-in/enrol"
+    enrol = browser.get("/admin/sign-in/enrol")
+    assert "Administrator root created" in enrol.text
+    assert "You may activate one until" in enrol.text  # the bootstrap opened the window
+    assert browser.get("/admin/").status_code == 303  # no console page with a password only
     assert web.user("root").is_admin
+    assert web.audit("user.allow_enrolment", "root")[0].actor == "web:admin"
+    # The window lets the portal enrol a first factor; then the console opens with it.
+    portal = web.browser()
+    assert sign_in(portal, "root").status_code == 303
+    page = post_form(portal, "/portal/oath", {"name": "Aegis"})
+    assert page.status_code == 200, page.text
+    found = re.search(r'id="oath-secret">([A-Z2-7 ]+)<', page.text)
+    device = re.search(r'action="/portal/oath/(dev_[^/"]+)/confirm"', page.text)
+    assert found is not None
+    assert device is not None
+    seed = found.group(1).replace(" ", "")
+    confirmed = portal.post(
+        f"/portal/oath/{device.group(1)}/confirm",
+        data={"csrf_token": csrf_from(page.text), "code": totp.current_code(seed, web.clock.now)},
+    )
+    assert confirmed.status_code == 303
+    web.clock.advance(30)
+    admin = web.browser()
+    assert sign_in(admin, "root", area="admin").headers["location"] == "/admin/sign-in/verify"
+    verify = admin.get("/admin/sign-in/verify")
+    done = admin.post(
+        "/admin/sign-in/code",
+        data={"csrf_token": csrf_from(verify.text), "code": totp.current_code(seed, web.clock.now)},
+    )
+    assert done.headers["location"] == "/admin/"
+    assert admin.get("/admin/").status_code == 200
     # The link is dead now, and no new one is made while an administrator exists.
     reused = web.browser().get(path)
     assert reused.status_code == 404

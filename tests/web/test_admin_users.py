@@ -12,6 +12,7 @@ import pytest
 
 from backend.config import Settings
 from backend.domain.challenge import Answer
+from backend.domain.stepup import ADMINISTRATOR, SessionProof
 from backend.services.context import SignInContext
 from tests.support.api import ADMIN
 from tests.support.clock import FakeClock
@@ -149,7 +150,9 @@ def test_user_page_shows_devices_tokens_sign_ins_and_audit(web: WebHarness) -> N
     browser = web.admin_browser("root")
     web.add_user("alice")
     web.device("alice")
-    web.run(web.services.activation.enrol_oath(ADMIN, "alice"))
+    # A pending OATH token: enrolled in alice's portal session (an administrator's is active).
+    web.allow_enrolment("alice")
+    web.run(web.services.activation.enrol_oath(ADMIN, SessionProof(web.user("alice").id), "alice"))
     view = web.run(
         web.services.challenges.start(
             ADMIN, "alice", "push", SignInContext("vpn-gw", "198.51.100.9", "nas-1")
@@ -164,7 +167,7 @@ def test_user_page_shows_devices_tokens_sign_ins_and_audit(web: WebHarness) -> N
     assert "alice&#39;s phone" in devices
     assert "reference" in devices
     oath = html.split('id="oath-heading"')[1].split('id="signins-heading"')[0]
-    assert "(until the first code)" in oath
+    assert "(until confirmed in the portal)" in oath
     sign_ins = html.split('id="signins-heading"')[1].split('id="audit-heading"')[0]
     assert "vpn-gw" in sign_ins
     assert "198.51.100.9" in sign_ins
@@ -333,7 +336,7 @@ def test_reset_devices_removes_all_and_ends_sessions(web: WebHarness) -> None:
     browser = web.admin_browser("root")
     web.add_user("alice")
     web.device("alice")
-    web.run(web.services.activation.enrol_oath(ADMIN, "alice"))
+    web.run(web.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice"))
     portal = portal_session(web, "alice")
     page = browser.get("/admin/users/alice").text
     assert 'data-confirm="Remove all 2 device(s) of alice?' in page

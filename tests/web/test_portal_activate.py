@@ -30,6 +30,7 @@ JSON = {"Accept": "application/json"}
 
 def signed_in(web: WebHarness, name: str = "alice", **policy: object) -> httpx.Client:
     web.add_user(name, **policy)
+    web.allow_enrolment(name)  # no factor yet: an administrator lets them enrol one
     browser = web.browser()
     assert sign_in(browser, name).status_code == 303
     return browser
@@ -247,6 +248,7 @@ def test_the_portal_enrols_the_privacyidea_app_and_follows_its_rollout(
         web = lab.api
         assert isinstance(web, WebHarness)
         web.add_user("alice")
+        web.allow_enrolment("alice")
         # Through the https front, as a browser reaches the portal at public_url: the
         # session cookie is Secure there.
         browser = httpx.Client(

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import update
 
 from backend.authenticator.client import AppClient, AuthenticatorError
+from backend.domain.stepup import ADMINISTRATOR
 from backend.services.context import SignInContext
 from backend.store.tables import devices_t
 from tests.support.api import ADMIN
@@ -35,7 +36,7 @@ def test_the_list_shows_each_device_and_an_invalid_push_token(web: WebHarness) -
     browser = signed_in(web, "alice")
     assert "You have no devices." in browser.get("/portal/devices").text
     phone = web.device("alice")
-    web.run(web.services.activation.enrol_oath(ADMIN, "alice", "Aegis"))
+    web.run(web.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice", "Aegis"))
 
     async def invalid() -> None:
         async with web.services.db.write() as conn:

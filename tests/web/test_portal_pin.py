@@ -6,8 +6,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from backend.domain import totp
 from backend.domain.policy import pin_problem
-from tests.support.web import PASSWORD, WebHarness, post_form, sign_in
+from backend.domain.stepup import ADMINISTRATOR
+from tests.support.api import ADMIN
+from tests.support.web import PASSWORD, WebHarness, csrf_from, post_form, sign_in, step_up
 
 # -- the rule -----------------------------------------------------------------------------------
 
@@ -56,6 +59,7 @@ def test_length_and_digits() -> None:
 
 def signed_in(web: WebHarness, name: str = "alice", **policy: object) -> httpx.Client:
     web.add_user(name, **policy)
+    web.allow_enrolment(name)  # no factor yet: an administrator lets them enrol one
     browser = web.browser()
     assert sign_in(browser, name).status_code == 303
     return browser
@@ -99,40 +103,36 @@ def test_set_the_first_pin(web: WebHarness) -> None:
     assert web.audit("user.set_pin", "alice")[0].actor == "portal:alice"
 
 
-def test_changing_needs_the_current_pin_or_the_password(web: WebHarness) -> None:
+def test_changing_needs_a_fresh_step_up_and_never_takes_the_password(web: WebHarness) -> None:
     browser = signed_in(web)
-    assert set_pin(browser, "4711").status_code == 303
+    assert set_pin(browser, "4711").status_code == 303  # no factor yet: inside the grant
+    oath = web.run(web.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice"))
+    # Now alice has a factor in use: the page sends her to the step-up, a POST is refused.
+    page = browser.get("/portal/pin")
+    assert page.status_code == 303
+    assert page.headers["location"] == "/portal/step-up?next=%2Fportal%2Fpin"
+    token = csrf_from(browser.get("/portal/").text)
+    for extra in ({}, {"password": PASSWORD}, {"current_pin": "4711"}):
+        refused = browser.post(
+            "/portal/pin", data={"csrf_token": token, "pin": "8403", "confirm": "8403", **extra}
+        )
+        assert refused.status_code == 403
+    assert pin_ok(web, "4711")
+    assert [r.result for r in web.audit("factor.refuse", "alice")] == ["step-up-required"] * 3
+
+    stepped = step_up(browser, totp.current_code(oath.seed, web.clock.now), "/portal/pin")
+    assert stepped.status_code == 303
+    assert stepped.headers["location"] == "/portal/pin"
     assert "Change your PIN" in browser.get("/portal/pin").text
-
-    missing = set_pin(browser, "8403")
-    assert missing.status_code == 400
-    assert "type your current PIN or your password" in missing.text
-    wrong_pin = set_pin(browser, "8403", current_pin="9999")
-    assert wrong_pin.status_code == 401
-    assert "The current PIN is not right." in wrong_pin.text
-    assert web.user("alice").pin_failures == 1
-    wrong_password = set_pin(browser, "8403", password="not it")
-    assert wrong_password.status_code == 401
-    assert web.user("alice").otp_failures == 1  # counts toward the account's lockout
-    assert pin_ok(web, "4711")
-
-    assert set_pin(browser, "8403", current_pin="4711").status_code == 303
+    assert set_pin(browser, "8403").status_code == 303
     assert pin_ok(web, "8403")
-    assert set_pin(browser, "2791", password=PASSWORD).status_code == 303
-    assert pin_ok(web, "2791")
     assert "Your PIN is changed." in browser.get("/portal/pin").text
-    assert len(web.audit("user.set_pin", "alice")) == 3
-
-
-def test_wrong_current_pins_lock(web: WebHarness) -> None:
-    browser = signed_in(web, pin_max_failures="2")
-    assert set_pin(browser, "4711").status_code == 303
-    assert set_pin(browser, "8403", current_pin="1111").status_code == 401
-    assert set_pin(browser, "8403", current_pin="1111").status_code == 429  # the 2nd locks
-    locked = set_pin(browser, "8403", current_pin="4711")  # even the right one, while locked
-    assert locked.status_code == 429
-    assert "Too many wrong PINs" in locked.text
-    assert pin_ok(web, "4711")
+    # The step-up lasts step_up_minutes (5), then it is needed again.
+    web.clock.advance(5 * 60)
+    late = browser.post("/portal/pin", data={"csrf_token": token, "pin": "2791", "confirm": "2791"})
+    assert late.status_code == 403
+    assert pin_ok(web, "8403")
+    assert len(web.audit("user.set_pin", "alice")) == 2
 
 
 def test_the_pin_form_needs_the_csrf_token(web: WebHarness) -> None:

@@ -46,11 +46,18 @@ async def bootstrap(request: Request) -> Response:
             error = exc.detail[:1].upper() + exc.detail[1:] + "."
     if error:
         return await render(request, "admin/bootstrap.html", {**context, "error": error}, 400)
-    # No authenticator yet: the password is all there is (the banner asks to enrol one).
-    await start_session(request, user.id, second_factor_done=True)
-    await audit(request, user.name, "accept", "bootstrap")
-    await flash(request, f"Administrator {user.name} created; you are signed in.", "success")
-    return RedirectResponse("/admin/", status_code=303)
+    # No authenticator yet, and the console opens only with one. The bootstrap link is the
+    # server owner's word, like an administrator's: it opens a first-enrolment window.
+    hours = services.factors.grant.total_seconds() / 3600
+    await services.factors.allow_enrolment(anonymous_actor(request), user.name, hours)
+    await start_session(request, user.id, second_factor_done=False)
+    await audit(request, user.name, "accept", "bootstrap; enrolment next")
+    await flash(
+        request,
+        f"Administrator {user.name} created. Now activate your authenticator.",
+        "success",
+    )
+    return RedirectResponse("/admin/sign-in/enrol", status_code=303)
 
 
 routes = [page("/bootstrap/{token}", bootstrap, methods=["GET", "POST"], name="admin_bootstrap")]

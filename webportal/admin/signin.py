@@ -1,5 +1,7 @@
-"""Admin sign-in: the password, then (when the admin has an active authenticator) a second
-step: approve a push on the phone (the page polls for the answer) or type a code. Sign-out.
+"""Admin sign-in: the password, then a second step: approve a push on the phone (the page
+polls for the answer) or type a code from an *active* authenticator. An administrator with no
+live factor (none, or only pending ones) gets no console page after the password: only the
+enrolment page, which says how to activate one under the step-up rule. Sign-out.
 
 The second step runs in the session the password step started (``second_factor_done`` false,
 so :func:`~webportal.auth.require_admin` lets it into nothing else); passing it starts a new
@@ -27,6 +29,7 @@ from webportal.state import client_address, services_of, web_actor
 from webportal.templating import render, signed_in_user
 
 VERIFY = "/admin/sign-in/verify"
+ENROL = "/admin/sign-in/enrol"
 
 
 def _context(request: Request) -> SignInContext:
@@ -60,13 +63,13 @@ async def sign_in(request: Request) -> Response:
     if isinstance(outcome, Refusal):
         context = {"next": target, "name": name, "error": outcome.message}
         return await render(request, "admin/sign_in.html", context, status=outcome.status)
+    await start_session(request, outcome.id, second_factor_done=False)
     if await has_second_factor(request, outcome):
-        await start_session(request, outcome.id, second_factor_done=False)
         await audit(request, outcome.name, "accept", "password; second factor next")
         return RedirectResponse(_verify_url(target), status_code=303)
-    await start_session(request, outcome.id, second_factor_done=True)
-    await audit(request, outcome.name, "accept", "password; no authenticator enrolled")
-    return RedirectResponse(target, status_code=303)
+    # A password alone opens no console page (issue 13, finding 5): enrol a factor first.
+    await audit(request, outcome.name, "accept", "password; no live factor: enrolment only")
+    return RedirectResponse(ENROL, status_code=303)
 
 
 async def _half_signed_in(request: Request) -> tuple[WebSessionRecord, UserRecord]:
@@ -100,16 +103,26 @@ async def verify(request: Request) -> Response:
     """The second step's page: push (when a device can answer one) and code."""
     session, user = await _half_signed_in(request)
     target = safe_next(request.query_params.get("next"), "admin")
+    if not await has_second_factor(request, user):  # none, or removed meanwhile
+        return RedirectResponse(ENROL, status_code=303)
     if session.second_factor_done:
         return RedirectResponse(target, status_code=303)
-    devices = [
-        d
-        for d in await services_of(request).devices.list_for_user(user.name)
-        if d.state == "active"
-    ]
-    if not devices:  # removed meanwhile: nothing to check
-        return await _complete(request, user, "password; no authenticator enrolled", target)
     return await _verify_page(request, session, user, target)
+
+
+async def enrol(request: Request) -> Response:
+    """What an administrator without a live factor sees instead of the console."""
+    _session, user = await _half_signed_in(request)
+    if await has_second_factor(request, user):
+        return RedirectResponse(VERIFY, status_code=303)
+    services = services_of(request)
+    subject = await services.factors.subject(user.name)
+    until = subject.state.enrol_until
+    context = {
+        "admin_name": user.name,
+        "enrol_until": until if until is not None and until > services.clock() else None,
+    }
+    return await render(request, "admin/enrol.html", context)
 
 
 async def _verify_page(
@@ -124,7 +137,8 @@ async def _verify_page(
     context = {
         "next": target,
         "admin_name": user.name,
-        "can_push": any(can_answer_push(d.kind, d.state) for d in devices),
+        # Only a live factor proves anything: a pending app is not offered.
+        "can_push": any(can_answer_push(d.kind, d.state) and d.state == "active" for d in devices),
         "challenge": await _challenge(request, session),
         "error": error,
     }
@@ -135,6 +149,8 @@ async def push(request: Request) -> Response:
     """Send a push to the admin's phone; the verify page then waits for the answer."""
     session, user = await _half_signed_in(request)
     target = safe_next(await field(request, "next"), "admin")
+    if not await has_second_factor(request, user):  # a pending app's first answer is no proof
+        return RedirectResponse(ENROL, status_code=303)
     refusal = address_refusal(request)
     if refusal is not None:
         await audit(request, user.name, "reject", "address-limited")
@@ -186,7 +202,11 @@ async def code(request: Request) -> Response:
     services = services_of(request)
     try:
         result = await services.otp.verify(
-            web_actor(request, f"admin:{user.name}"), user.name, entered, _context(request)
+            web_actor(request, f"admin:{user.name}"),
+            user.name,
+            entered,
+            _context(request),
+            live_only=True,  # a pending token's code proves nothing
         )
     except OtpLocked:
         await record_failure(request, user.name, "code: locked")
@@ -212,6 +232,7 @@ async def sign_out(request: Request) -> Response:
 routes = [
     page("/sign-in", sign_in, methods=["GET", "POST"], name="admin_sign_in"),
     page("/sign-in/verify", verify, name="admin_verify"),
+    page("/sign-in/enrol", enrol, name="admin_enrol"),
     page("/sign-in/push", push, methods=["POST"], name="admin_push"),
     page("/sign-in/push/status", push_status, name="admin_push_status"),
     page("/sign-in/push/done", push_done, methods=["POST"], name="admin_push_done"),

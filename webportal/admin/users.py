@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from backend.domain.emails import email_problem
+from backend.domain.stepup import ADMINISTRATOR
 from backend.errors import BadRequest, Conflict, OpenMFAError
 from backend.notify.mail import MailError, MailSender
 from backend.services.access import AccessChange
@@ -36,6 +37,8 @@ from webportal.state import services_of
 from webportal.templating import render
 
 PAGE_SIZE = 50
+#: How long the console's "Allow enrolment" lets a user enrol a first factor (the CLI's default).
+ENROLMENT_HOURS = 24
 RECENT = 20  # sign-ins and audit rows on a user's page
 
 
@@ -150,7 +153,8 @@ def _consequences(change: AccessChange) -> str:
 
 
 async def user_action(request: Request) -> Response:
-    """POST ``/admin/users/<name>/<action>``: disable, enable, block, unblock, reset-devices."""
+    """POST ``/admin/users/<name>/<action>``: disable, enable, block, unblock, reset-devices,
+    allow-enrolment."""
     me = await require_admin(request)
     services = services_of(request)
     action = request.path_params["action"]
@@ -159,6 +163,14 @@ async def user_action(request: Request) -> Response:
         # Locking yourself out of the console is never what was meant; the CLI still can.
         raise BadRequest("you cannot do this to your own account here; ask another administrator")
     access, name = services.access, user.name
+    if action == "allow-enrolment":
+        until = await services.factors.allow_enrolment(me.actor, name, ENROLMENT_HOURS)
+        message = (
+            f"{name} may activate a first authenticator in the portal until "
+            f"{until:%Y-%m-%d %H:%M} UTC (while they have none in use)."
+        )
+        await flash(request, message, "success")
+        return RedirectResponse(user_url(name), status_code=303)
     if action == "disable":
         change = await access.disable(me.actor, name)
         message = f"{name} is now disabled."
@@ -173,7 +185,7 @@ async def user_action(request: Request) -> Response:
         change = await access.unblock(me.actor, name)
         message = f"{name} is unblocked."
     elif action == "reset-devices":
-        change = await access.reset_devices(me.actor, name)
+        change = await access.reset_devices(me.actor, ADMINISTRATOR, name)
         removed = len(change.removed_devices)
         message = f"{removed} device(s) of {name} removed; they must activate again."
     else:
@@ -190,7 +202,7 @@ async def remove_device(request: Request) -> Response:
     user = await services.users.get(request.path_params["name"])
     device_id = request.path_params["device_id"][:64]
     # user_name= scopes the removal: a device of another user is "no such device".
-    await services.devices.remove(me.actor, device_id, user_name=user.name)
+    await services.devices.remove(me.actor, ADMINISTRATOR, device_id, user_name=user.name)
     await flash(request, f"Device {device_id} of {user.name} removed.", "success")
     return RedirectResponse(user_url(user.name), status_code=303)
 

@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from webportal.portal import activate, devices, home, invite, oath, pin, sign_ins, signin, testpush
+from webportal.portal import (
+    activate,
+    devices,
+    home,
+    invite,
+    oath,
+    pin,
+    sign_ins,
+    signin,
+    stepup,
+    testpush,
+)
 
 #: (label, path) of the navigation shown to signed-in users, in order.
 NAV: list[tuple[str, str]] = [
@@ -20,6 +31,7 @@ NAV: list[tuple[str, str]] = [
 routes: list[BaseRoute] = [
     *home.routes,
     *signin.routes,
+    *stepup.routes,
     *invite.routes,
     *activate.routes,
     *oath.routes,

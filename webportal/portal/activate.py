@@ -14,10 +14,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from backend.errors import ConfigurationError, NotFound, OpenMFAError
+from backend.domain.stepup import FactorAction
+from backend.errors import ConfigurationError, FactorChangeRefused, NotFound, OpenMFAError
 from backend.services.devices import ActivationProgress, activation_reference
 from webportal.auth import SignedIn, require_user
 from webportal.portal.common import own_device, policy_of, qr_data_uri, seconds_left
+from webportal.portal.stepup import gate, proof_of
 from webportal.routing import page
 from webportal.state import services_of
 from webportal.templating import render
@@ -45,10 +47,12 @@ async def activate(request: Request) -> Response:
     """GET: the choices. POST: a new activation code, shown once with its QR code."""
     me = await require_user(request)
     if request.method == "GET":
-        return await _page(request, me, {})
+        return await gate(request, me, FactorAction.ENROL_APP) or await _page(request, me, {})
     services = services_of(request)
     try:
-        offer = await services.activation.create_code(me.actor, me.user.name)
+        offer = await services.activation.create_code(me.actor, proof_of(me), me.user.name)
+    except FactorChangeRefused:
+        raise  # 403 and audited: a POST that skipped the step-up
     except OpenMFAError as exc:  # blocked or disabled meanwhile
         return await _page(request, me, {"error": _sentence(exc.detail)}, exc.status)
     context = {
@@ -111,7 +115,9 @@ async def privacyidea(request: Request) -> Response:
     me = await require_user(request)
     services = services_of(request)
     try:
-        offer = await services.pipush.create_enrollment(me.actor, me.user.name)
+        offer = await services.pipush.create_enrollment(me.actor, proof_of(me), me.user.name)
+    except FactorChangeRefused:
+        raise
     except ConfigurationError:
         message = (
             "The privacyIDEA Authenticator cannot be used with this server yet: it needs the "

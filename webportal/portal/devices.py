@@ -11,11 +11,13 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from backend.domain.stepup import FactorAction
 from backend.errors import BadRequest
 from backend.services.devices import LOST, MAX_DEVICE_NAME
 from webportal.auth import require_user
 from webportal.forms import field
 from webportal.portal.common import KINDS, STATES, own_device, push_summary
+from webportal.portal.stepup import gate, proof_of, step_up_url
 from webportal.routing import page
 from webportal.sessions import flash
 from webportal.state import services_of
@@ -40,7 +42,16 @@ async def devices(request: Request) -> Response:
         for d in listed
         if d.state != "removed"
     ]
-    context = {"rows": rows, "max_name": MAX_DEVICE_NAME}
+    # Without a fresh step-up the rename form would only be refused: offer the step-up.
+    decision = await services_of(request).factors.decide(
+        proof_of(me), FactorAction.RENAME_DEVICE, me.user.name
+    )
+    context = {
+        "rows": rows,
+        "max_name": MAX_DEVICE_NAME,
+        "can_change": decision.allowed,
+        "step_up": step_up_url(DEVICES),
+    }
     return await render(request, "portal/devices.html", context)
 
 
@@ -51,7 +62,7 @@ async def rename(request: Request) -> Response:
     name = await field(request, "name", 512)
     try:
         renamed = await services_of(request).devices.rename(
-            me.actor, device.id, name, user_name=me.user.name
+            me.actor, proof_of(me), device.id, name, user_name=me.user.name
         )
     except BadRequest as exc:
         await flash(request, f"The name was not changed: {exc.detail}.", "error")
@@ -65,10 +76,12 @@ async def remove(request: Request) -> Response:
     me = await require_user(request)
     device = await own_device(request, me, request.path_params["device_id"])
     if request.method == "GET":
-        return await render(
+        return await gate(request, me, FactorAction.REMOVE_DEVICE, device.id) or await render(
             request, "portal/device_confirm.html", {"device": device, "act": "remove"}
         )
-    await services_of(request).devices.remove(me.actor, device.id, user_name=me.user.name)
+    await services_of(request).devices.remove(
+        me.actor, proof_of(me), device.id, user_name=me.user.name
+    )
     await flash(
         request,
         f"“{device.name}” is removed; it can no longer approve sign-ins. "
@@ -86,10 +99,12 @@ async def lost(request: Request) -> Response:
         await flash(request, f"“{device.name}” is already marked lost.", "info")
         return RedirectResponse(DEVICES, status_code=303)
     if request.method == "GET":
-        return await render(
+        return await gate(request, me, FactorAction.MARK_LOST, device.id) or await render(
             request, "portal/device_confirm.html", {"device": device, "act": "lost"}
         )
-    await services_of(request).devices.mark_lost(me.actor, device.id, user_name=me.user.name)
+    await services_of(request).devices.mark_lost(
+        me.actor, proof_of(me), device.id, user_name=me.user.name
+    )
     await flash(
         request,
         f"“{device.name}” is marked lost: it can no longer approve sign-ins or give codes that "

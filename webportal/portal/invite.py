@@ -40,8 +40,12 @@ async def invitation(request: Request) -> Response:
             error = exc.detail[:1].upper() + exc.detail[1:] + "."
     if error:
         return await render(request, "portal/invite.html", {**context, "error": error}, 400)
-    await start_session(request, user.id)
-    await audit(request, user.name, "accept", "invitation")
+    session = await start_session(request, user.id)
+    # The invitation is the administrator's word that this person may enrol a first factor:
+    # this session (no other, and not the password later) may, for a limited time.
+    until = services.clock() + services.factors.grant
+    await services.web_sessions.grant_enrolment(session, until)
+    await audit(request, user.name, "accept", f"invitation; may enrol until {until.isoformat()}")
     await flash(request, "Your password is set and you are signed in.", "success")
     return RedirectResponse("/portal/", status_code=303)
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from backend.errors import NotFound, OpenMFAError, OtpLocked
+from backend.domain.stepup import FactorAction
+from backend.errors import FactorChangeRefused, NotFound, OpenMFAError, OtpLocked
 from backend.services.context import SignInContext
 from backend.services.devices import DeviceRecord
 from webportal.auth import SignedIn, require_user
 from webportal.forms import field
 from webportal.portal.common import own_device, qr_data_uri
+from webportal.portal.stepup import gate, proof_of
 from webportal.routing import page
 from webportal.sessions import flash
 from webportal.state import client_address, services_of
@@ -35,11 +37,15 @@ async def oath(request: Request) -> Response:
     """GET: what this is. POST: a new pending token with its QR code and the confirm form."""
     me = await require_user(request)
     if request.method == "GET":
-        return await render(request, "portal/oath.html", {"enrolment": None, "error": ""})
+        return await gate(request, me, FactorAction.ENROL_OATH) or await render(
+            request, "portal/oath.html", {"enrolment": None, "error": ""}
+        )
     name = " ".join((await field(request, "name", 128)).split())
     services = services_of(request)
     try:
-        enrolment = await services.activation.enrol_oath(me.actor, me.user.name, name)
+        enrolment = await services.activation.enrol_oath(me.actor, proof_of(me), me.user.name, name)
+    except FactorChangeRefused:
+        raise  # 403 and audited: a POST that skipped the step-up
     except OpenMFAError as exc:
         message = exc.detail[:1].upper() + exc.detail[1:] + "."
         return await render(
@@ -84,7 +90,8 @@ async def confirm(request: Request) -> Response:
     services = services_of(request)
     context = SignInContext(client_name=CONFIRM_CLIENT, client_ip=client_address(request)[:64])
     try:
-        result = await services.otp.verify(me.actor, me.user.name, code, context)
+        # confirm=: this pending token's code counts here, and only here.
+        result = await services.otp.verify(me.actor, me.user.name, code, context, confirm=device.id)
     except OtpLocked:
         message = "Too many wrong codes; codes are locked for a while. Try again later."
         return await _confirm_page(request, device, message, 429)
@@ -117,7 +124,9 @@ async def cancel(request: Request) -> Response:
     device = await _pending_oath(request, me)
     if device.state != "pending":
         raise NotFound("no such device")
-    await services_of(request).devices.remove(me.actor, device.id, user_name=me.user.name)
+    await services_of(request).devices.remove(
+        me.actor, proof_of(me), device.id, user_name=me.user.name
+    )
     await flash(request, "The unconfirmed OATH token is removed. Start again below.", "info")
     return RedirectResponse("/portal/oath", status_code=303)
 
