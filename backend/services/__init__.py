@@ -110,6 +110,8 @@ class Services:
                 settings.argon2_time_cost,
                 settings.argon2_parallelism,
                 settings.hash_workers,
+                queue_limit=settings.hash_queue_limit,
+                unknown_per_second=settings.unknown_user_checks_per_second,
             )
             bus = bus or InProcessOutcomeBus()
             audit = AuditLog(db, clock)
