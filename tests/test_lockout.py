@@ -14,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -302,3 +303,29 @@ async def test_a_lock_set_by_the_last_attempt_is_lifted_when_that_attempt_was_ri
     assert not (await services.users.verify_password(ADMIN, "alice", "wrong two")).accepted
     with pytest.raises(OtpLocked):
         await services.users.verify_password(ADMIN, "alice", PASSWORD)
+
+
+def test_a_full_pool_is_an_access_reject_over_radius_never_the_failmode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyrad import packet as pyrad_packet
+
+    from backend.domain.radius import ClientChanges
+    from tests.support.bridge import RadiusLab
+
+    monkeypatch.setenv("OPENMFA_HASH_WORKERS", "1")
+    monkeypatch.setenv("OPENMFA_HASH_QUEUE_LIMIT", "0")
+    with RadiusLab(tmp_path) as lab:
+        # failmode safe, the most permissive setting: a busy pool still rejects, at once.
+        lab.client("vpn", ["127.0.0.1"], "radius-secret-0", mode="push", primary="local")
+        lab.api.run(
+            lab.api.services.radius_clients.update(ADMIN, "vpn", ClientChanges(failmode="safe"))
+        )
+        lab.unenrolled_user("alice", PASSWORD)
+        gateway = lab.pyrad("127.0.0.1", "radius-secret-0")
+        request = gateway.CreateAuthPacket(code=pyrad_packet.AccessRequest, User_Name="alice")
+        request["User-Password"] = request.PwCrypt(PASSWORD)
+        with lab.api.server_services.hasher.admission():  # the one place: taken
+            reply = gateway.SendPacket(request)
+        lab.close_pyrad_clients()
+    assert reply.code == pyrad_packet.AccessReject
