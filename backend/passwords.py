@@ -20,6 +20,8 @@ takes, without the CPU, and a flood of invented names cannot fill the pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import threading
 import time
 from collections import Counter
@@ -34,11 +36,20 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from backend.errors import HashingBusy
 
 DUMMY_SECRET = "openmfa-timing-equaliser"  # noqa: S105 - hashed once, matched by nobody
+#: How much lower the hashing threads' CPU priority is than the rest of the process.
+NICE = 10
 #: Weight of the newest check in the typical duration (an exponential moving average).
 _EWMA = 0.2
 
 # The hasher whose admission the running task holds: a verify inside it takes no second one.
 _admitted: ContextVar[PasswordHasher | None] = ContextVar("argon2_admitted", default=None)
+
+
+def _yield_to_the_loop() -> None:
+    """Run hashes at a lower CPU priority than the event loop (Linux nice, per thread): when
+    the CPUs are busy hashing, answering a refusal, a code or a push still comes first."""
+    with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
 
 
 class PasswordHasher:
@@ -59,7 +70,9 @@ class PasswordHasher:
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._argon2 = _Argon2(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
+        self._pool = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="argon2", initializer=_yield_to_the_loop
+        )
         self.capacity = workers + queue_limit
         self._admitted = 0
         self._lock = threading.Lock()
