@@ -57,6 +57,9 @@ class Settings(BaseModel):
     # Checks for unknown (or disabled, blocked, password-less) users spend a dummy argon2id
     # check each, at most this many a second per process; past it they wait without the CPU.
     unknown_user_checks_per_second: int = Field(default=20, ge=1, le=10000)
+    # How much lower the hashing threads' CPU priority is (Linux nice) than the event loop's,
+    # so codes, pushes and refusals are served first while the CPUs hash; 0 leaves it equal.
+    hash_nice: int = Field(default=10, ge=0, le=19)
     max_body_bytes: int = Field(default=65536, ge=1024)
     signature_skew_seconds: int = Field(default=300, ge=30, le=3600)
     long_poll_max_seconds: int = Field(default=60, ge=1, le=600)

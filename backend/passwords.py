@@ -36,8 +36,6 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 from backend.errors import HashingBusy
 
 DUMMY_SECRET = "openmfa-timing-equaliser"  # noqa: S105 - hashed once, matched by nobody
-#: How much lower the hashing threads' CPU priority is than the rest of the process.
-NICE = 10
 #: Weight of the newest check in the typical duration (an exponential moving average).
 _EWMA = 0.2
 
@@ -45,11 +43,13 @@ _EWMA = 0.2
 _admitted: ContextVar[PasswordHasher | None] = ContextVar("argon2_admitted", default=None)
 
 
-def _yield_to_the_loop() -> None:
+def _yield_to_the_loop(nice: int) -> None:
     """Run hashes at a lower CPU priority than the event loop (Linux nice, per thread): when
     the CPUs are busy hashing, answering a refusal, a code or a push still comes first."""
+    if nice <= 0:
+        return
     with contextlib.suppress(AttributeError, OSError):  # not Linux, or not allowed
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 
 
 class PasswordHasher:
@@ -67,11 +67,15 @@ class PasswordHasher:
         workers: int,
         queue_limit: int = 40,
         unknown_per_second: float = 20.0,
+        nice: int = 10,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._argon2 = _Argon2(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
         self._pool = ThreadPoolExecutor(
-            max_workers=workers, thread_name_prefix="argon2", initializer=_yield_to_the_loop
+            max_workers=workers,
+            thread_name_prefix="argon2",
+            initializer=_yield_to_the_loop,
+            initargs=(nice,),
         )
         self.capacity = workers + queue_limit
         self._admitted = 0

@@ -112,6 +112,7 @@ class Services:
                 settings.hash_workers,
                 queue_limit=settings.hash_queue_limit,
                 unknown_per_second=settings.unknown_user_checks_per_second,
+                nice=settings.hash_nice,
             )
             bus = bus or InProcessOutcomeBus()
             audit = AuditLog(db, clock)
