@@ -329,3 +329,26 @@ def test_a_full_pool_is_an_access_reject_over_radius_never_the_failmode(
             reply = gateway.SendPacket(request)
         lab.close_pyrad_clients()
     assert reply.code == pyrad_packet.AccessReject
+
+
+# -- the same class: codes (cheap to compare, but the same read-then-count) ------------------
+
+
+def test_concurrent_wrong_codes_compare_at_most_the_limit(api: ApiHarness) -> None:
+    api.add_user("alice", otp_max_failures=LIMIT)
+    api.run(api.services.activation.enrol_oath(ADMIN, "alice"))
+    token = api.token
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    guesses = [
+        (
+            "/gateway/v1/otp/verify",
+            json.dumps({"user": "alice", "code": f"{n:06d}"}).encode(),
+            headers,
+        )
+        for n in range(GUESSES)
+    ]
+    answers = asyncio.run(_at_once(api.url, guesses))
+    assert {r.status_code for r in answers} <= {200, 429}
+    rows = api.run(api.services.audit.query(action="otp.verify", limit=1000))
+    compared = [row for row in rows if row.detail.startswith(("wrong-code", "locked"))]
+    assert len(compared) <= LIMIT, [row.detail for row in rows]
