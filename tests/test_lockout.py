@@ -254,13 +254,13 @@ async def test_a_full_pool_refuses_at_once_before_counting_an_attempt(
         assert hasher.admitted == hasher.capacity == 3
         with pytest.raises(HashingBusy):
             await users.verify_password(ADMIN, "alice", PASSWORD)
-        assert (await services.users.get("alice")).otp_failures == 3  # the refused one: not
         hasher.gate.set()
         results = await asyncio.gather(*held)
     finally:
         hasher.gate.set()
         hasher.close()
     assert [r.reason for r in results] == ["wrong-password"] * 3
+    assert (await services.users.get("alice")).otp_failures == 3  # the refused one: not counted
     assert (hasher.computed, hasher.counts["refused"]) == (3, 1)
     assert hasher.admitted == 0
 
