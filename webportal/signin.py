@@ -85,9 +85,9 @@ async def audit(request: Request, user_name: str, result: str, detail: str) -> N
     )
 
 
-def _claim_address(request: Request) -> Refusal | datetime:
-    """Count this attempt against the address before its argon2id check: the time it was
-    counted at (to take it back if it succeeds), or the refusal while the address waits."""
+def claim_address(request: Request) -> Refusal | datetime:
+    """Count this attempt against the address before it is checked: the time it was counted
+    at (for :func:`release_address` if it succeeds), or the refusal while the address waits."""
     services = services_of(request)
     now = services.clock()
     until = web_of(request).limiter.claim(
@@ -103,6 +103,11 @@ def _claim_address(request: Request) -> Refusal | datetime:
     )
 
 
+def release_address(request: Request, claimed: datetime) -> None:
+    """Give back an attempt :func:`claim_address` counted: it succeeded."""
+    web_of(request).limiter.release(client_address(request), claimed)
+
+
 async def check_password(request: Request, name: str, password: str) -> UserRecord | Refusal:
     """The user when ``password`` is theirs, else the refusal to show (audited, counted).
 
@@ -113,7 +118,7 @@ async def check_password(request: Request, name: str, password: str) -> UserReco
     if not name or not password:
         await audit(request, name, "reject", "missing-field")
         return Refusal("Enter your user name and password.", 400)
-    claimed = _claim_address(request)
+    claimed = claim_address(request)
     if isinstance(claimed, Refusal):
         await audit(request, name, "reject", "address-limited")
         return claimed
@@ -124,7 +129,7 @@ async def check_password(request: Request, name: str, password: str) -> UserReco
     try:
         result = await services.users.verify_password(anonymous_actor(request), name, password)
     except HashingBusy:  # not the person's failure: their attempt is not spent
-        web_of(request).limiter.release(client_address(request), claimed)
+        release_address(request, claimed)
         await audit(request, name, "reject", "busy")
         raise
     except (UnknownUser, InvalidName):
@@ -143,5 +148,5 @@ async def check_password(request: Request, name: str, password: str) -> UserReco
     if not result.accepted:
         await audit(request, name, "reject", result.reason)
         return Refusal(WRONG, 401)
-    web_of(request).limiter.release(client_address(request), claimed)
+    release_address(request, claimed)
     return await services.users.get(result.user_name)

@@ -69,3 +69,37 @@ def test_an_unknown_name_costs_one_argon2_check_like_a_known_one(web: WebHarness
         before = hasher.counts["verify"]
         assert sign_in(web.browser(), name, "a wrong password").status_code == 401
         assert hasher.counts["verify"] - before == 1, name
+
+
+async def _codes_at_once(web: WebHarness, form: dict[str, str], cookies: httpx.Cookies) -> None:
+    limits = httpx.Limits(max_connections=GUESSES, max_keepalive_connections=0)
+    async with httpx.AsyncClient(
+        base_url=web.url, timeout=60.0, limits=limits, cookies=cookies
+    ) as http:
+        answers = await asyncio.gather(
+            *(
+                http.post("/admin/sign-in/code", data={**form, "code": f"{n:06d}"})
+                for n in range(GUESSES)
+            )
+        )
+    assert sorted({a.status_code for a in answers}) == [401, 429]
+
+
+def test_concurrent_codes_at_the_admin_second_step_check_at_most_the_address_limit(
+    settings: Settings, clock: FakeClock, tmp_path: Path
+) -> None:
+    limited = settings.model_copy(update={"web_sign_in_address_limit": 3})
+    with WebHarness(limited, clock) as web:
+        web.add_user("root", admin=True, otp_max_failures=100)
+        phone = web.device("root")
+        assert phone.answer(web.start("root")["id"], "approve") == "approved"  # now active
+        browser = web.browser()
+        assert sign_in(browser, "root", area="admin").status_code == 303
+        verify = browser.get("/admin/sign-in/verify")
+        assert "Code from your authenticator app" in verify.text
+
+        asyncio.run(_codes_at_once(web, {"csrf_token": csrf_from(verify.text)}, browser.cookies))
+
+        details = [row.detail for row in web.audit("web.sign_in")]
+        assert details.count("admin: code: wrong-code") == 3
+        assert details.count("admin: address-limited") == GUESSES - 3
