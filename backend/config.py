@@ -52,6 +52,15 @@ class Settings(BaseModel):
     argon2_time_cost: int = Field(default=2, ge=2)
     argon2_parallelism: int = Field(default=1, ge=1)
     hash_workers: int = Field(default=2, ge=1, le=64)
+    # argon2id checks waiting beyond the running ones before more are refused at once (429):
+    # at ~80 checks/s for the box (DESIGN.md), 40 is half a second of work queued at most.
+    hash_queue_limit: int = Field(default=40, ge=0, le=10000)
+    # Checks for unknown (or disabled, blocked, password-less) users spend a dummy argon2id
+    # check each, at most this many a second per process; past it they wait without the CPU.
+    unknown_user_checks_per_second: int = Field(default=20, ge=1, le=10000)
+    # How much lower the hashing threads' CPU priority is (Linux nice) than the event loop's,
+    # so codes, pushes and refusals are served first while the CPUs hash; 0 leaves it equal.
+    hash_nice: int = Field(default=10, ge=0, le=19)
     max_body_bytes: int = Field(default=65536, ge=1024)
     signature_skew_seconds: int = Field(default=300, ge=30, le=3600)
     long_poll_max_seconds: int = Field(default=60, ge=1, le=600)

@@ -17,6 +17,8 @@ class OpenMFAError(Exception):
     type: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal error"
     status: ClassVar[int] = 500
+    #: Seconds a client should wait before trying again (``Retry-After``), where that helps.
+    retry_after: ClassVar[int | None] = None
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         super().__init__(detail or self.title)
@@ -157,6 +159,18 @@ class OtpLocked(OpenMFAError):
     type = "otp-locked"
     title = "Too many wrong codes; the one-time codes are locked for a while"
     status = 429
+
+
+class HashingBusy(OpenMFAError):
+    """The argon2id pool is full: refused at once instead of queueing (backend/passwords.py).
+
+    429, not 503: the RADIUS bridge reads a 5xx as "backend down" and applies its failmode,
+    which must never turn a flood of password guesses into accepts."""
+
+    type = "busy"
+    title = "Too many password and PIN checks at once; try again in a moment"
+    status = 429
+    retry_after = 1
 
 
 class PinRequired(OpenMFAError):

@@ -16,7 +16,8 @@ MAX_PER_ADDRESS = 1000  # the largest web_sign_in_address_limit allowed
 
 
 class AddressLimiter:
-    """``blocked_until(address, ...)`` before a sign-in; ``failure(address, ...)`` after one."""
+    """``claim(address, ...)`` before a password check (``release`` it when it was right);
+    ``blocked_until(address, ...)`` before a cheap step, ``failure(address, ...)`` after one."""
 
     def __init__(self, max_addresses: int = MAX_ADDRESSES) -> None:
         self._failures: OrderedDict[str, deque[datetime]] = OrderedDict()
@@ -40,6 +41,21 @@ class AddressLimiter:
         if len(times) < limit:
             return None
         return times[len(times) - limit] + window
+
+    def claim(self, address: str, now: datetime, limit: int, window: timedelta) -> datetime | None:
+        """Count an attempt as a failure *before* it is checked (no await between the test and
+        the count, so concurrent guesses cannot all pass the test first): ``None`` when
+        claimed, else when ``address`` may try again."""
+        until = self.blocked_until(address, now, limit, window)
+        if until is None:
+            self.failure(address, now, window)
+        return until
+
+    def release(self, address: str, at: datetime) -> None:
+        """Take back an attempt claimed at ``at``: it was no failure."""
+        times = self._failures.get(address)
+        if times is not None and at in times:
+            times.remove(at)
 
     def failure(self, address: str, now: datetime, window: timedelta) -> None:
         """Count one failed sign-in from ``address``."""

@@ -3,19 +3,28 @@
 Per user: the users' failure counters and lockout (policy ``otp_max_failures`` /
 ``otp_lockout_seconds``), the same ones codes and RADIUS passwords count toward, through
 :meth:`UserService.verify_password`. Per source address: :class:`~webportal.ratelimit.
-AddressLimiter`. Every failure leaves a ``web.sign_in`` audit row saying why; the page only
-says what the person can act on (an unknown name and a wrong password read the same).
+AddressLimiter`. Both count the attempt *before* the argon2id check and give it back when the
+password was right, so concurrent guesses cannot all slip past either limit. Every failure
+leaves a ``web.sign_in`` audit row saying why; the page only says what the person can act on
+(an unknown name and a wrong password read the same).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from starlette.requests import Request
 
-from backend.errors import InvalidName, OtpLocked, UnknownUser, UserBlocked, UserDisabled
+from backend.errors import (
+    HashingBusy,
+    InvalidName,
+    OtpLocked,
+    UnknownUser,
+    UserBlocked,
+    UserDisabled,
+)
 from backend.services.context import Actor
 from backend.store.queries import UserRecord
 from webportal.state import area_of, client_address, services_of, web_actor, web_of
@@ -76,48 +85,68 @@ async def audit(request: Request, user_name: str, result: str, detail: str) -> N
     )
 
 
-async def _equal_time(request: Request, password: str) -> None:
-    """Spend an argon2id verification, as a known user's check would."""
+def claim_address(request: Request) -> Refusal | datetime:
+    """Count this attempt against the address before it is checked: the time it was counted
+    at (for :func:`release_address` if it succeeds), or the refusal while the address waits."""
     services = services_of(request)
-    web = web_of(request)
-    if web.dummy_hash is None:
-        web.dummy_hash = await services.hasher.hash("openmfa-timing-equaliser")
-    await services.hasher.verify(web.dummy_hash, password)
+    now = services.clock()
+    until = web_of(request).limiter.claim(
+        client_address(request), now, services.settings.web_sign_in_address_limit, _window(request)
+    )
+    if until is None:
+        return now
+    minutes = max(1, math.ceil((until - now).total_seconds() / 60))
+    return Refusal(
+        f"Too many failed sign-ins from your network. Try again in {minutes} minute"
+        + ("s." if minutes != 1 else "."),
+        429,
+    )
+
+
+def release_address(request: Request, claimed: datetime) -> None:
+    """Give back an attempt :func:`claim_address` counted: it succeeded."""
+    web_of(request).limiter.release(client_address(request), claimed)
 
 
 async def check_password(request: Request, name: str, password: str) -> UserRecord | Refusal:
-    """The user when ``password`` is theirs, else the refusal to show (audited, counted)."""
-    refusal = address_refusal(request)
-    if refusal is not None:
-        await audit(request, name, "reject", "address-limited")
-        return refusal
+    """The user when ``password`` is theirs, else the refusal to show (audited, counted).
+
+    Unknown, disabled, blocked and password-less users cost the same argon2id check as a
+    wrong password (:meth:`UserService.verify_password`), so the time says nothing either.
+    """
     name = name.strip()
     if not name or not password:
         await audit(request, name, "reject", "missing-field")
         return Refusal("Enter your user name and password.", 400)
+    claimed = claim_address(request)
+    if isinstance(claimed, Refusal):
+        await audit(request, name, "reject", "address-limited")
+        return claimed
     if len(name) > 128 or len(password) > MAX_FIELD:
-        await record_failure(request, name[:128], "too-long")
+        await audit(request, name[:128], "reject", "too-long")
         return Refusal(WRONG, 401)
     services = services_of(request)
     try:
         result = await services.users.verify_password(anonymous_actor(request), name, password)
+    except HashingBusy:  # not the person's failure: their attempt is not spent
+        release_address(request, claimed)
+        await audit(request, name, "reject", "busy")
+        raise
     except (UnknownUser, InvalidName):
-        await _equal_time(request, password)
-        await record_failure(request, name, "unknown-user")
+        await audit(request, name, "reject", "unknown-user")
         return Refusal(WRONG, 401)
     except (UserDisabled, UserBlocked) as exc:
-        await record_failure(request, name, exc.type)
+        await audit(request, name, "reject", exc.type)
         return Refusal("This account cannot sign in right now. Please contact your help desk.", 403)
     except OtpLocked:
-        await record_failure(request, name, "locked")
+        await audit(request, name, "reject", "locked")
         return Refusal(
             "Too many failed attempts for this account; it is locked for a while. "
             "Try again later or contact your help desk.",
             429,
         )
     if not result.accepted:
-        if result.reason == "no-password":
-            await _equal_time(request, password)
-        await record_failure(request, name, result.reason)
+        await audit(request, name, "reject", result.reason)
         return Refusal(WRONG, 401)
+    release_address(request, claimed)
     return await services.users.get(result.user_name)

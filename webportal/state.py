@@ -29,9 +29,6 @@ class WebState:
 
     templates: jinja2.Environment
     limiter: AddressLimiter = field(default_factory=AddressLimiter)
-    # An argon2id hash of nothing in particular, verified against when the user is unknown,
-    # so that a wrong name takes as long as a wrong password (no user enumeration by timing).
-    dummy_hash: str | None = None
 
 
 def services_of(request: Request) -> Services:

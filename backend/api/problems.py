@@ -82,14 +82,16 @@ async def openmfa_error(request: Request, exc: Exception) -> Response:
             )
         except OpenMFAError:
             log.warning("could not audit a refused request", exc_info=True)
+    headers: dict[str, str] = {}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
     page = html_error_page(request)
     if page is not None:
-        return await page(request, exc.status, exc.title, exc.detail, None)
-    headers = None
+        return await page(request, exc.status, exc.title, exc.detail, headers or None)
     if exc.status == 401:  # RFC 9110: a 401 names the scheme the client should use
         scheme = "Bearer" if request.url.path.startswith("/gateway/") else "OpenMFA-V1"
-        headers = {"WWW-Authenticate": scheme}
-    return problem_response(exc.status, exc.type, exc.title, exc.detail, headers)
+        headers["WWW-Authenticate"] = scheme
+    return problem_response(exc.status, exc.type, exc.title, exc.detail, headers or None)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -121,6 +121,9 @@ class Services:
                 settings.argon2_time_cost,
                 settings.argon2_parallelism,
                 settings.hash_workers,
+                queue_limit=settings.hash_queue_limit,
+                unknown_per_second=settings.unknown_user_checks_per_second,
+                nice=settings.hash_nice,
             )
             bus = bus or InProcessOutcomeBus()
             audit = AuditLog(db, clock)

@@ -44,6 +44,7 @@ from backend.errors import (
     NotFound,
     NumberMatchingUnavailable,
     OpenMFAError,
+    PinLocked,
     PinRequired,
     PushLimited,
     UserNotEnrolled,
@@ -559,7 +560,13 @@ class ChallengeService:
             if policy.require_pin and not unlocked_on_device:
                 if not pin:
                     raise PinRequired()
-                await self._users.verify_pin(actor, user, pin)
+                try:
+                    await self._users.verify_pin(actor, user, pin)
+                except PinLocked:  # past the limit: this push is over, not left to guess on
+                    await self._settle(
+                        actor, challenge_id, Answered(Answer.DENY, device.id, self._clock()), device
+                    )
+                    raise
         return await self._settle(
             actor, challenge_id, Answered(answer, device.id, self._clock()), device
         )

@@ -9,6 +9,7 @@ same commit, so no answer is given before its record is durable.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,6 +34,9 @@ from backend.services.tokens import TOKEN_PREFIX
 from backend.store.database import Database
 from backend.store.fastpath import Tx
 from backend.store.queries import UserRecord
+
+#: The advisory-lock class of code checks on PostgreSQL (the second key is the user's).
+OTP_LOCK = 0x4F5450  # "OTP"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +104,12 @@ class OtpService:
         """
         key = user_key(user_name)
         attempt = _Attempt(actor, key, code, context, self._clock(), bearer, confirm, live_only)
-        return await self._db.run_job(lambda tx: self._verify(tx, attempt))
+        # One code check per user at a time, so the lock read, the comparison and the count
+        # are one step: on PostgreSQL 40 concurrent wrong codes compared 14 against a limit of
+        # 5 without it. An advisory lock, not the user's row: a push answer writes the device
+        # row and then the user's, and taking the user's row first could deadlock with it.
+        lock = (OTP_LOCK, zlib.crc32(key.encode()) - 2**31)
+        return await self._db.run_job(lambda tx: self._verify(tx, attempt), lock=lock)
 
     def _verify(self, tx: Tx, attempt: _Attempt) -> OtpResult:
         actor = attempt.actor

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import builtins
+import functools
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Select, func, insert, or_, select, update
@@ -16,16 +17,33 @@ from backend.domain.names import user_key
 from backend.domain.notices import AccountChange
 from backend.domain.policy import check_pin
 from backend.domain.stepup import FactorAction, Proof
-from backend.errors import BadRequest, Conflict, OtpLocked, PinLocked, PinRequired, WrongPin
+from backend.errors import (
+    BadRequest,
+    Conflict,
+    OtpLocked,
+    PinLocked,
+    PinRequired,
+    UnknownUser,
+    UserBlocked,
+    UserDisabled,
+    WrongPin,
+)
 from backend.passwords import PasswordHasher
+from backend.services import attempts
+from backend.services.attempts import Locked
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock, SignInContext
 from backend.services.factors import FactorGuard
 from backend.services.notices import AccountNotices
-from backend.services.otp import check_may_sign_in, count_failure
 from backend.store.database import Database
 from backend.store.fastpath import Tx
-from backend.store.queries import UserRecord, effective_policy, load_user, user_from_row
+from backend.store.queries import (
+    UserRecord,
+    effective_policy,
+    effective_policy_job,
+    load_user,
+    user_from_row,
+)
 from backend.store.tables import devices_t, users_t
 
 MIN_PASSWORD = 8
@@ -241,113 +259,198 @@ class UserService:
             await self._notices.changed(actor, user.id, AccountChange.PIN_SET)
 
     async def verify_pin(self, actor: Actor, user: UserRecord, pin: str | None) -> None:
-        """Check an approval PIN: lockout first, then argon2id; failures counted and committed."""
+        """Check an approval PIN: one attempt claimed first, then argon2id.
+
+        The attempt is counted before the check (:mod:`backend.services.attempts`), so any
+        number of concurrent guesses checks at most ``pin_max_failures`` of them. Raises
+        :class:`PinLocked` while locked and for the wrong PIN that takes the last attempt
+        (the caller denies the push then), :class:`WrongPin` for another wrong one.
+        """
         now = self._clock()
-        if user.pin_locked_until is not None and user.pin_locked_until > now:
-            raise PinLocked(
-                f"try again after {user.pin_locked_until.isoformat(timespec='seconds')}"
-            )
-        if user.pin_hash is None:
-            raise PinRequired(
-                "approvals need a PIN but none is set; set one (openmfa user set-pin) first"
-            )
-        matches, new_hash = await self._hasher.verify(user.pin_hash, pin or "")
-        async with self._db.write() as conn:
+        with self._hasher.admission():  # a full pool refuses before an attempt is spent
+            slot = await self._db.run_job(functools.partial(self._claim_pin, actor, user, now))
+            if isinstance(slot, Locked):
+                raise PinLocked(f"try again after {slot.until.isoformat(timespec='seconds')}")
+            if slot.stored is None:
+                raise PinRequired(
+                    "approvals need a PIN but none is set; set one (openmfa user set-pin) first"
+                )
+            matches, new_hash = await self._hasher.verify(slot.stored, pin or "")
+        audited_at = self._clock()
+
+        def outcome(tx: Tx) -> None:
             if matches:
-                values: dict[str, object] = {"pin_failures": 0, "pin_locked_until": None}
-                if new_hash is not None:
-                    values["pin_hash"] = new_hash
-                await conn.execute(update(users_t).where(users_t.c.id == user.id).values(**values))
+                attempts.succeeded(tx, "pin", user.id)
+                if new_hash is not None:  # the hashing parameters were raised since
+                    tx.run(
+                        "UPDATE users SET pin_hash = ? WHERE id = ? AND pin_hash = ?",
+                        new_hash,
+                        user.id,
+                        slot.stored,
+                    )
                 return
-            policy = await effective_policy(conn, user.id)
-            failures = (
-                await conn.execute(
-                    update(users_t)
-                    .where(users_t.c.id == user.id)
-                    .values(pin_failures=users_t.c.pin_failures + 1)
-                    .returning(users_t.c.pin_failures)
-                )
-            ).scalar_one()
-            locked_until: datetime | None = None
-            if failures >= policy.pin_max_failures:
-                locked_until = now + timedelta(seconds=policy.pin_lockout_seconds)
-                await conn.execute(
-                    update(users_t)
-                    .where(users_t.c.id == user.id)
-                    .values(pin_failures=0, pin_locked_until=locked_until)
-                )
-            await self._audit.add(
-                conn,
+            self._audit.add_job(
+                tx,
                 actor,
+                audited_at,
                 "pin.verify",
-                "locked" if locked_until else "wrong",
+                "locked" if slot.locked_until else "wrong",
                 user.name_key,
-                f"failures={failures}",
+                f"failures={slot.failures}",
             )
-        if locked_until is not None:
+
+        await self._db.run_job(outcome)
+        if matches:
+            return
+        if slot.locked_until is not None:
             raise PinLocked("too many wrong PINs; approvals are locked for a while")
         raise WrongPin()
+
+    def _claim_pin(
+        self, actor: Actor, user: UserRecord, now: datetime, tx: Tx
+    ) -> attempts.Claimed | Locked:
+        row = tx.one("SELECT pin_hash FROM users WHERE id = ?", user.id)
+        if row is None or row[0] is None:
+            return attempts.Claimed(0, None, None)  # no PIN set: nothing to guess, not counted
+        policy = effective_policy_job(tx, user.id)
+        slot = attempts.claim(
+            tx, "pin", user.id, now, policy.pin_max_failures, policy.pin_lockout_seconds
+        )
+        if isinstance(slot, Locked):
+            self._audit.add_job(
+                tx,
+                actor,
+                now,
+                "pin.verify",
+                "locked",
+                user.name_key,
+                f"refused while locked until {slot.until.isoformat(timespec='seconds')}",
+            )
+        return slot
 
     async def verify_password(
         self, actor: Actor, name: str, password: str, context: SignInContext | None = None
     ) -> PasswordResult:
-        """Check a local password (primary authentication ``local`` of a RADIUS client).
+        """Check a local password (primary authentication ``local`` of a RADIUS client; the
+        portal and console sign-ins).
 
         Refuses unknown, disabled, blocked and locked users like a code check does. A wrong
         password counts toward the same lockout as wrong codes (``otp_max_failures``), so
-        guessing passwords through the bridge is as limited as guessing codes. A right one
-        does *not* reset that count: only a right code does; otherwise an attacker
-        who knows the password could guess codes for ever with ``password,code``.
+        guessing passwords through the bridge is as limited as guessing codes; the attempt is
+        counted *before* argon2id (:mod:`backend.services.attempts`), so concurrent guesses
+        check at most the limit. A right one does *not* reset that count: only a right code
+        does; otherwise an attacker who knows the password could guess codes for ever with
+        ``password,code``. Unknown, disabled, blocked and password-less users cost a dummy
+        argon2id check (:meth:`PasswordHasher.verify_dummy`), so the time taken does not say
+        which names exist. A full hashing pool raises :class:`HashingBusy` before anything
+        is counted.
         """
         now = self._clock()
         where = "" if context is None else f"{context.client_name} {context.client_ip}".strip()
-        async with self._db.read() as conn:
-            user = await load_user(conn, name)
-            row = (
-                await conn.execute(select(users_t.c.password_hash).where(users_t.c.id == user.id))
-            ).first()
-        check_may_sign_in(user)
-        if user.otp_locked_until is not None and user.otp_locked_until > now:
+        key = user_key(name)  # a name that cannot exist says nothing about who does
+        with self._hasher.admission():
+            found = await self._db.run_job(
+                functools.partial(self._claim_password, actor, key, now, where)
+            )
+            if isinstance(found, _PasswordSlot):
+                matches, new_hash = await self._hasher.verify(found.slot.stored or "", password)
+                return await self._password_checked(actor, found, matches, new_hash, where)
+        if isinstance(found, Locked):
             raise OtpLocked(
                 "too many wrong passwords or codes; sign-ins are locked until "
-                + user.otp_locked_until.isoformat(timespec="seconds")
+                + found.until.isoformat(timespec="seconds")
             )
-        stored = None if row is None else row.password_hash
+        await self._hasher.verify_dummy(password)
+        if found is None:
+            raise UnknownUser(f"no user named {name!r}")
+        if isinstance(found, UserDisabled | UserBlocked):
+            raise found
+        return PasswordResult(False, "no-password", found)
+
+    def _claim_password(
+        self, actor: Actor, key: str, now: datetime, where: str, tx: Tx
+    ) -> _PasswordSlot | Locked | UserDisabled | UserBlocked | str | None:
+        """The user and one claimed attempt; or why not: ``None`` for an unknown name, the
+        refusal, the lock, or the user's name when they have no password (audited here)."""
+        row = tx.one(
+            "SELECT id, name, disabled, blocked, blocked_reason, password_hash "
+            "FROM users WHERE name_key = ?",
+            key,
+        )
+        if row is None:
+            return None
+        user_id, user_name, disabled, blocked, blocked_reason, stored = row
+        if disabled:
+            return UserDisabled()
+        if blocked:
+            return UserBlocked(blocked_reason or None)
         if stored is None:
-            await self._audit.record(
-                actor, "password.verify", "reject", user.name_key, f"no-password {where}".strip()
+            # Not counted: there is nothing to guess. Checked first, so no slot is taken.
+            locked = tx.one("SELECT otp_locked_until FROM users WHERE id = ?", user_id)
+            until = None if locked is None else tx.read_time(locked[0])
+            if until is not None and until > now:
+                return Locked(until)
+            self._audit.add_job(
+                tx, actor, now, "password.verify", "reject", key, f"no-password {where}".strip()
             )
-            return PasswordResult(False, "no-password", user.name)
-        matches, new_hash = await self._hasher.verify(stored, password)
-        if matches:
-            async with self._db.write() as conn:
-                if new_hash is not None:  # the hashing parameters were raised since
-                    await conn.execute(
-                        update(users_t)
-                        .where(users_t.c.id == user.id, users_t.c.password_hash == stored)
-                        .values(password_hash=new_hash)
-                    )
-                await self._audit.add(
-                    conn, actor, "password.verify", "accept", user.name_key, f"ok {where}".strip()
-                )
-            return PasswordResult(True, "ok", user.name)
+            return str(user_name)
+        policy = effective_policy_job(tx, user_id)
+        slot = attempts.claim(
+            tx, "otp", user_id, now, policy.otp_max_failures, policy.otp_lockout_seconds
+        )
+        if isinstance(slot, Locked):
+            return slot
+        return _PasswordSlot(user_id, str(user_name), key, slot, policy.otp_max_failures)
 
+    async def _password_checked(
+        self,
+        actor: Actor,
+        found: _PasswordSlot,
+        matches: bool,
+        new_hash: str | None,
+        where: str,
+    ) -> PasswordResult:
+        """Record a checked password: the slot given back when right, the failure audited."""
         audited_at = self._clock()
+        slot = found.slot
 
-        def count(tx: Tx) -> None:
-            failures, locked = count_failure(tx, now, user.id)
+        def outcome(tx: Tx) -> None:
+            if matches:
+                attempts.refund(tx, "otp", found.user_id, slot, found.limit)
+                if new_hash is not None:  # the hashing parameters were raised since
+                    tx.run(
+                        "UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?",
+                        new_hash,
+                        found.user_id,
+                        slot.stored,
+                    )
+                self._audit.add_job(
+                    tx, actor, audited_at, "password.verify", "accept", found.key, f"ok {where}"
+                )
+                return
             self._audit.add_job(
                 tx,
                 actor,
                 audited_at,
                 "password.verify",
-                "locked" if locked else "reject",
-                user.name_key,
-                f"wrong-password failures={failures} {where}".strip(),
+                "locked" if slot.locked_until else "reject",
+                found.key,
+                f"wrong-password failures={slot.failures} {where}".strip(),
             )
 
-        await self._db.run_job(count)
-        return PasswordResult(False, "wrong-password", user.name)
+        await self._db.run_job(outcome)
+        if matches:
+            return PasswordResult(True, "ok", found.name)
+        return PasswordResult(False, "wrong-password", found.name)
+
+
+@dataclass(frozen=True, slots=True)
+class _PasswordSlot:
+    user_id: int
+    name: str
+    key: str
+    slot: attempts.Claimed
+    limit: int
 
 
 def _summaries_query() -> Select[Any]:

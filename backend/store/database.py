@@ -163,12 +163,15 @@ class Database:
         except (OperationalError, sqlite3.OperationalError) as exc:
             raise _database_error(exc) from exc
 
-    async def run_job(self, job: Job[T]) -> T:
-        """Run a raw-SQL job in a write transaction of its own (batched on SQLite)."""
+    async def run_job(self, job: Job[T], lock: tuple[int, int] | None = None) -> T:
+        """Run a raw-SQL job in a write transaction of its own (batched on SQLite).
+
+        ``lock``: jobs with the same two keys run one at a time (a PostgreSQL advisory lock
+        taken with the BEGIN; SQLite's one writer runs every job one at a time anyway)."""
         if self._fast is not None:
             return await self._fast.run(job)
         if self._pg_jobs is not None:
-            return await self._pg_jobs.run(job)
+            return await self._pg_jobs.run(job, lock=lock)
         raise DatabaseError("raw-SQL jobs need a file database (SQLite) or PostgreSQL")
 
     async def run_read(self, job: Job[T]) -> T:

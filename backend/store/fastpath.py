@@ -163,15 +163,35 @@ class PostgresJobs:
                 )
         return self._pool
 
-    async def run(self, job: Job[T], readonly: bool = False) -> T:
-        """Run ``job`` in a transaction of its own (``READ ONLY`` when ``readonly``)."""
+    async def run(
+        self, job: Job[T], readonly: bool = False, lock: tuple[int, int] | None = None
+    ) -> T:
+        """Run ``job`` in a transaction of its own (``READ ONLY`` when ``readonly``).
+
+        ``lock``: a transaction-scoped advisory lock (two int4 keys) taken before the job
+        runs, sent with the BEGIN in one round trip: jobs with the same key run one at a time.
+        """
         pool = await self._get_pool()
         try:
-            async with pool.acquire() as conn, conn.transaction(readonly=readonly):
-                result: T = await greenlet_spawn(job, AsyncpgTx(conn))
-                return result
+            async with pool.acquire() as conn:
+                if lock is None:
+                    async with conn.transaction(readonly=readonly):
+                        result: T = await greenlet_spawn(job, AsyncpgTx(conn))
+                        return result
+                return await self._run_locked(conn, job, lock)
         except (asyncpg.PostgresError, OSError) as exc:
             raise DatabaseError(f"database error: {exc}") from exc
+
+    async def _run_locked(self, conn: asyncpg.Connection, job: Job[T], lock: tuple[int, int]) -> T:
+        first, second = (int(key) for key in lock)  # integers only: the script is not bound
+        await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({first}, {second})")
+        try:
+            result: T = await greenlet_spawn(job, AsyncpgTx(conn))
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+        return result
 
     async def close(self) -> None:
         """Close the pool."""

@@ -24,7 +24,15 @@ from webportal.auth import SignInRequired, has_second_factor, safe_next
 from webportal.forms import field
 from webportal.routing import page
 from webportal.sessions import current_session, end_session, flash, start_session
-from webportal.signin import Refusal, address_refusal, audit, check_password, record_failure
+from webportal.signin import (
+    Refusal,
+    address_refusal,
+    audit,
+    check_password,
+    claim_address,
+    record_failure,
+    release_address,
+)
 from webportal.state import client_address, services_of, web_actor
 from webportal.templating import render, signed_in_user
 
@@ -194,10 +202,10 @@ async def code(request: Request) -> Response:
     """Finish the second step with a code from the admin's app."""
     session, user = await _half_signed_in(request)
     target = safe_next(await field(request, "next"), "admin")
-    refusal = address_refusal(request)
-    if refusal is not None:
+    claimed = claim_address(request)  # counted before the check: concurrent guesses too
+    if isinstance(claimed, Refusal):
         await audit(request, user.name, "reject", "address-limited")
-        return await _verify_page(request, session, user, target, refusal.message, 429)
+        return await _verify_page(request, session, user, target, claimed.message, 429)
     entered = (await field(request, "code", 64)).replace(" ", "")
     services = services_of(request)
     try:
@@ -209,15 +217,16 @@ async def code(request: Request) -> Response:
             live_only=True,  # a pending token's code proves nothing
         )
     except OtpLocked:
-        await record_failure(request, user.name, "code: locked")
+        await audit(request, user.name, "reject", "code: locked")
         message = "Too many wrong codes; codes are locked for a while. Try a push, or later."
         return await _verify_page(request, session, user, target, message, 429)
     except OpenMFAError as exc:
-        await record_failure(request, user.name, f"code: {exc.type}")
+        await audit(request, user.name, "reject", f"code: {exc.type}")
         return await _verify_page(request, session, user, target, exc.detail, exc.status)
     if result.accepted:
+        release_address(request, claimed)
         return await _complete(request, user, "code", target)
-    await record_failure(request, user.name, f"code: {result.reason}")
+    await audit(request, user.name, "reject", f"code: {result.reason}")
     message = "That code is not right. Type the current code from your app."
     return await _verify_page(request, session, user, target, message, 401)
 
