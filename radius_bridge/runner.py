@@ -88,8 +88,10 @@ MAX_AUDIT_TASKS = 1000
 HOUSEKEEPING_SECONDS = 5.0
 #: Log lines about dropped datagrams at most per minute, whatever the core allows per source.
 DROP_LOG_BUDGET = 30
-#: A datagram from an unknown client re-reads the client list at most this often ...
+#: A datagram from an unknown client re-reads the client list at most this often per
+#: source address, and at most RECHECK_BURST times in that span over all addresses ...
 RECHECK_SECONDS = 1.0
+RECHECK_BURST = 4
 #: ... and at most this many such datagrams wait for it (the rest are dropped as before).
 RECHECK_QUEUE = 64
 
@@ -158,7 +160,10 @@ class Bridge:
         self._refusal_logged: float | None = None
         self._recheck: asyncio.Task[None] | None = None
         self._refresh_lock = asyncio.Lock()
-        self._recheck_at = float("-inf")
+        # When each unknown source address last made the list be re-read, and when the last
+        # RECHECK_BURST re-reads began (bridge clock).
+        self._rechecked: dict[str, float] = {}
+        self._recheck_times: list[float] = []
         self._recheck_queue: list[tuple[bytes, Peer, RadiusProtocol, bool]] = []
         self.table_loaded = asyncio.Event()
 
@@ -329,18 +334,25 @@ class Bridge:
     ) -> bool:
         """A datagram from an unknown client: perhaps one added a moment ago (``openmfa
         client add`` right before the gateway's first request). Re-read the client list now
-        -- at most once per ``RECHECK_SECONDS``, a revision check that costs a 304 when
-        nothing changed -- and replay the datagram against it. True when the datagram was
-        kept for that replay (at most ``RECHECK_QUEUE`` wait), False to drop it now."""
+        -- at most once per ``RECHECK_SECONDS`` for one address and ``RECHECK_BURST`` times
+        for all (two gateways added a moment apart are both answered), a revision check
+        that costs a 304 when nothing changed -- and replay the datagram against it. True
+        when the datagram was kept for that replay (at most ``RECHECK_QUEUE`` wait), False to
+        drop it now."""
         if self._recheck is not None:
             if len(self._recheck_queue) >= RECHECK_QUEUE:
                 return False
             self._recheck_queue.append((data, peer, endpoint, log_drop))
             return True
         now = self.clock()
-        if now - self._recheck_at < RECHECK_SECONDS:
+        since = now - RECHECK_SECONDS
+        self._recheck_times = [t for t in self._recheck_times if t > since]
+        if len(self._recheck_times) >= RECHECK_BURST or self._rechecked.get(peer[0], since) > since:
             return False
-        self._recheck_at = now
+        if len(self._rechecked) >= RECHECK_QUEUE:  # spoofed sources: keep the map small
+            self._rechecked = {a: t for a, t in self._rechecked.items() if t > since}
+        self._rechecked[peer[0]] = now
+        self._recheck_times.append(now)
         self._recheck_queue = [(data, peer, endpoint, log_drop)]
         self._recheck = asyncio.get_running_loop().create_task(self._recheck_then_replay())
         return True

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from alembic import command
 from backend.config import Settings
+from backend.domain.stepup import ADMINISTRATOR
 from backend.notify.mail import MailSender
 from backend.notify.notices import NoticeMailer
 from backend.services import Services
@@ -98,7 +99,7 @@ async def test_two_workers_racing_send_each_notice_once(
     """Two nodes (two workers on one database) claim the same due notices at once."""
     users = [await services.users.add(ADMIN, f"user{i}", f"user{i}@example.com") for i in range(6)]
     for user in users:
-        await services.users.set_pin(ADMIN, user.name, PIN)
+        await services.users.set_pin(ADMIN, ADMINISTRATOR, user.name, PIN)
     first, second = (_mailer(services, clock, smtp.port) for _ in range(2))
     counts = await asyncio.gather(first.send_due(), second.send_due())
     assert sum(counts) == len(users)
@@ -113,7 +114,7 @@ async def test_a_refused_notice_is_due_again_after_the_pause_then_given_up(
     services: Services, clock: FakeClock, smtp: SmtpServer
 ) -> None:
     await services.users.add(ADMIN, "alice", "alice@example.com")
-    await services.users.set_pin(ADMIN, "alice", PIN)
+    await services.users.set_pin(ADMIN, ADMINISTRATOR, "alice", PIN)
     mailer = _mailer(services, clock, smtp.port)
     smtp.refuse_next(2, "451 4.3.0 later")
     assert await mailer.send_due() == 1

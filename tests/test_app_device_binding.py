@@ -21,6 +21,7 @@ from sqlalchemy import insert, select, text
 from alembic import command
 from backend.config import Settings
 from backend.domain import signing
+from backend.domain.stepup import ADMINISTRATOR
 from backend.store import migrations
 from backend.store.database import Database
 from backend.store.tables import challenges_t, devices_t
@@ -145,7 +146,9 @@ def test_a_pipush_rollout_with_a_phone_key_already_registered_is_refused(
 ) -> None:
     with PiLab(settings, clock, tmp_path) as lab:
         first = lab.enrol("alice")
-        offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "alice"))
+        offer = lab.api.run(
+            lab.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, "alice")
+        )
         second = lab.phone(key=first.key)
         second.scan(offer.uri)
 

@@ -23,6 +23,7 @@ from backend.authenticator.client import AppClient, AuthenticatorError
 from backend.config import Settings
 from backend.domain import signing
 from backend.domain.challenge import Answer
+from backend.domain.stepup import ADMINISTRATOR
 from backend.errors import BadSignature
 from backend.services.context import Actor
 from backend.services.devices import DeviceRecord
@@ -78,7 +79,7 @@ def test_a_device_marked_lost_after_its_signature_check_cannot_answer(
     device = checked_device(api, phone, auth_id, answer)
     assert device.state == "pending"
 
-    api.run(api.services.devices.mark_lost(ADMIN, device.id))
+    api.run(api.services.devices.mark_lost(ADMIN, ADMINISTRATOR, device.id))
     actor = Actor(f"device:{device.id}")
     with pytest.raises(BadSignature, match="lost or removed"):
         api.run(
@@ -100,7 +101,7 @@ def test_a_removed_device_after_its_signature_check_cannot_answer(api: ApiHarnes
     auth_id = api.start("alice")["id"]
     device = checked_device(api, phone, auth_id, "approve")
 
-    api.run(api.services.devices.remove(ADMIN, device.id))
+    api.run(api.services.devices.remove(ADMIN, ADMINISTRATOR, device.id))
     with pytest.raises(BadSignature):
         api.run(
             api.services.challenges.answer(
@@ -125,7 +126,7 @@ def test_marking_lost_while_the_answer_is_in_flight_never_leaves_the_device_acti
         # A varying head start for the answer spreads the tries over the interleavings.
         for _ in range(head_start):
             await asyncio.sleep(0)
-        await api.services.devices.mark_lost(ADMIN, device_id)
+        await api.services.devices.mark_lost(ADMIN, ADMINISTRATOR, device_id)
 
     async def race(phone: AppClient, auth_id: str, head_start: int) -> int:
         assert phone.device is not None
@@ -157,7 +158,7 @@ def test_an_answer_after_lost_is_refused_over_http(api: ApiHarness) -> None:
     phone = api.device("alice")
     assert phone.device is not None
     auth_id = api.start("alice")["id"]
-    api.run(api.services.devices.mark_lost(ADMIN, phone.device.device_id))
+    api.run(api.services.devices.mark_lost(ADMIN, ADMINISTRATOR, phone.device.device_id))
 
     with pytest.raises(AuthenticatorError) as refused:
         phone.answer(auth_id, "approve")
@@ -187,7 +188,7 @@ def test_a_device_marked_lost_after_its_signature_check_keeps_its_push_token(
         api.services.devices.authenticate("PUT", "/app/v1/device/push-token", headers, body)
     )
 
-    api.run(api.services.devices.mark_lost(ADMIN, device.id))
+    api.run(api.services.devices.mark_lost(ADMIN, ADMINISTRATOR, device.id))
     with pytest.raises(BadSignature):
         api.run(api.services.devices.update_push_token(ADMIN, device, "attacker"))
 
@@ -254,7 +255,7 @@ def test_a_pipush_token_marked_lost_while_its_answer_is_in_flight_stays_lost(
                 async def lose() -> None:
                     for _ in range(head_start):
                         await asyncio.sleep(0)
-                    await lab.api.services.devices.mark_lost(ADMIN, device_id)
+                    await lab.api.services.devices.mark_lost(ADMIN, ADMINISTRATOR, device_id)
 
                 response, _ = await asyncio.gather(asyncio.to_thread(app.accept, request), lose())
                 return response.json()["result"]["value"]

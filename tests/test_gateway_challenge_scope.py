@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from backend.domain import totp
+from backend.domain.stepup import ADMINISTRATOR
 from backend.services.context import SignInContext
 from tests.support.api import ADMIN, ApiHarness, assert_problem
 
@@ -85,7 +86,7 @@ def test_an_unknown_id_and_a_foreign_one_are_refused_alike(api: ApiHarness) -> N
 
 def test_a_code_sent_by_another_gateway_is_not_checked(api: ApiHarness) -> None:
     api.add_user("alice")
-    seed = api.run(api.services.activation.enrol_oath(ADMIN, "alice")).seed
+    seed = api.run(api.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice")).seed
     vpn, wiki = token_client(api, "vpn"), token_client(api, "wiki")
     auth = started(vpn, "alice", "otp")
     code = totp.current_code(seed, api.clock())

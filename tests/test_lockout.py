@@ -23,6 +23,7 @@ import pytest
 from backend.authenticator.client import AppClient
 from backend.config import Settings
 from backend.domain import signing
+from backend.domain.stepup import ADMINISTRATOR
 from backend.errors import HashingBusy, OtpLocked, UnknownUser, UserBlocked, UserDisabled
 from backend.passwords import PasswordHasher
 from backend.services import Services
@@ -168,7 +169,7 @@ async def counted(
 ) -> AsyncIterator[tuple[UserService, CountingHasher]]:
     hasher = CountingHasher(settings)
     try:
-        yield UserService(services.db, hasher, services.audit, clock), hasher
+        yield UserService(services.db, hasher, services.audit, clock, services.factors), hasher
     finally:
         hasher.close()
 
@@ -207,7 +208,7 @@ async def test_unknown_names_past_their_budget_spend_no_argon2(
     services: Services, settings: Settings, clock: FakeClock
 ) -> None:
     hasher = CountingHasher(settings, unknown_per_second=0.001)  # one, then none for 1000 s
-    users = UserService(services.db, hasher, services.audit, clock)
+    users = UserService(services.db, hasher, services.audit, clock, services.factors)
     try:
         for _ in range(3):
             with pytest.raises(UnknownUser):
@@ -243,7 +244,7 @@ async def test_a_full_pool_refuses_at_once_before_counting_an_attempt(
 ) -> None:
     one_worker = settings.model_copy(update={"hash_workers": 1})
     hasher = GatedHasher(one_worker, queue_limit=2)
-    users = UserService(services.db, hasher, services.audit, clock)
+    users = UserService(services.db, hasher, services.audit, clock, services.factors)
     await services.users.add(ADMIN, "alice", password=PASSWORD)
     try:
         held = [
@@ -336,7 +337,7 @@ def test_a_full_pool_is_an_access_reject_over_radius_never_the_failmode(
 
 def test_concurrent_wrong_codes_compare_at_most_the_limit(api: ApiHarness) -> None:
     api.add_user("alice", otp_max_failures=LIMIT)
-    api.run(api.services.activation.enrol_oath(ADMIN, "alice"))
+    api.run(api.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "alice"))
     token = api.token
     headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
     guesses = [

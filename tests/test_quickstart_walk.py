@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from backend.authenticator.client import AuthenticatorError
+from backend.domain.stepup import ADMINISTRATOR
 from tests.support.api import ADMIN as ADMIN_ACTOR
 from tests.support.api import ApiHarness
 from tests.support.database import migrated_sqlite
@@ -28,7 +29,7 @@ def test_the_quickstart_pushes_fit_the_fatigue_guard(api: ApiHarness) -> None:
     assert phone.answer(first["id"], "approve") == "approved"
     # Step 9: PIN for everyone, number matching for alice; one push shows both.
     api.set_policy("require_pin", True)
-    api.run(api.services.users.set_pin(ADMIN_ACTOR, "alice", "4711"))
+    api.run(api.services.users.set_pin(ADMIN_ACTOR, ADMINISTRATOR, "alice", "4711"))
     api.set_policy("number_matching", True, user="alice")
     second = api.start("alice")
     assert second["number"] is not None

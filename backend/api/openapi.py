@@ -196,6 +196,7 @@ PROBLEM_TYPES = (
     "pin-locked",
     "wrong-number",
     "push-limited",
+    "busy",
     "number-matching-unavailable",
     "challenge-expired",
     "challenge-closed",

@@ -179,10 +179,6 @@ class ActivationService:
                     activated_at=now if by_admin else None,
                 )
             )
-            await self._audit.add(conn, actor, "oath.enrol", "ok", user.name_key, device_id)
-        if self._notices is not None:
-            detail = f"{device_id} “{name[:128] or 'OATH app'}”"
-            await self._notices.changed(actor, user.id, AccountChange.OATH_ADDED, detail)
             await self._audit.add(
                 conn,
                 actor,
@@ -191,6 +187,9 @@ class ActivationService:
                 user.name_key,
                 f"{device_id} {'active' if by_admin else 'pending'}",
             )
+        if self._notices is not None:
+            detail = f"{device_id} “{name[:128] or 'OATH app'}”"
+            await self._notices.changed(actor, user.id, AccountChange.OATH_ADDED, detail)
         uri = totp.otpauth_uri(seed, user.name, self._issuer)
         return OathEnrollment(user.name, device_id, seed, uri, "active" if by_admin else "pending")
 

@@ -24,6 +24,7 @@ from sqlalchemy import select, update
 
 from backend.authenticator.client import AppClient
 from backend.config import Settings
+from backend.domain.stepup import ADMINISTRATOR
 from backend.services import Services
 from backend.services.context import Actor
 from backend.store.tables import account_notices_t, users_t
@@ -84,7 +85,7 @@ def test_an_activated_app_mails_the_user_without_the_seed_or_code(
     web: WebHarness, smtp: SmtpServer
 ) -> None:
     web.add_user("alice", display_name="Alice Liddell")
-    offer = web.run(web.services.activation.create_code(ADMIN, "alice"))
+    offer = web.run(web.services.activation.create_code(ADMIN, ADMINISTRATOR, "alice"))
     phone = AppClient(transport=web.transport)
     uri = f"openmfa://activate?url={web.url}&code={offer.code}"
     stored = phone.activate(uri, name="Alice's iPhone", pin=PIN)
@@ -113,7 +114,9 @@ def test_an_oath_enrolment_mails_the_user_without_the_seed(
 ) -> None:
     web.add_user("alice")
     operator = Actor("cli:root", "local")  # `openmfa activation create alice --oath`
-    enrolment = web.run(web.services.activation.enrol_oath(operator, "alice", "Aegis"))
+    enrolment = web.run(
+        web.services.activation.enrol_oath(operator, ADMINISTRATOR, "alice", "Aegis")
+    )
     received = smtp.wait_for(1)[0]
     text = body(received)
     assert "OATH" in text
@@ -126,6 +129,7 @@ def test_a_pin_change_in_the_portal_mails_the_user_without_the_pin(
     web: WebHarness, smtp: SmtpServer
 ) -> None:
     web.add_user("alice")
+    web.allow_enrolment("alice")  # no factor yet: a PIN is set inside an administrator's window
     browser = portal(web, "alice")
     response = post_form(browser, "/portal/pin", {"pin": PIN, "confirm": PIN})
     assert response.status_code == 303
@@ -146,9 +150,17 @@ def test_removed_lost_and_reset_each_mail_the_user(web: WebHarness, smtp: SmtpSe
     smtp.wait_for(3)  # the three activations
     assert first.device is not None
     assert second.device is not None
-    web.run(web.services.devices.mark_lost(ADMIN, first.device.device_id, user_name="alice"))
-    web.run(web.services.devices.remove(ADMIN, second.device.device_id, user_name="alice"))
-    web.run(web.services.access.reset_devices(ADMIN, "alice"))
+    web.run(
+        web.services.devices.mark_lost(
+            ADMIN, ADMINISTRATOR, first.device.device_id, user_name="alice"
+        )
+    )
+    web.run(
+        web.services.devices.remove(
+            ADMIN, ADMINISTRATOR, second.device.device_id, user_name="alice"
+        )
+    )
+    web.run(web.services.access.reset_devices(ADMIN, ADMINISTRATOR, "alice"))
     messages = smtp.wait_for(6)[3:]
     subjects = [str(m.message["Subject"]).lower() for m in messages]
     assert "marked lost" in subjects[0]
@@ -162,6 +174,7 @@ def test_a_refusing_mail_server_never_blocks_the_change_and_the_notice_is_retrie
     web: WebHarness, smtp: SmtpServer, clock: FakeClock
 ) -> None:
     web.add_user("alice")
+    web.allow_enrolment("alice")  # no factor yet: a PIN is set inside an administrator's window
     browser = portal(web, "alice")
     smtp.refuse_next(1, "451 4.3.0 try again later")
     response = post_form(browser, "/portal/pin", {"pin": PIN, "confirm": PIN})
@@ -183,7 +196,7 @@ def test_a_notice_recorded_by_a_command_is_sent_by_the_running_server(
     mail = with_mail(settings, smtp.port)
     command = web.run(Services.open(mail, clock=clock, push=False, notify=False))
     try:
-        web.run(command.users.set_pin(ADMIN, "alice", PIN))
+        web.run(command.users.set_pin(ADMIN, ADMINISTRATOR, "alice", PIN))
     finally:
         web.run(command.close())
     received = smtp.wait_for(1, timeout=30)[0]
@@ -193,7 +206,7 @@ def test_a_notice_recorded_by_a_command_is_sent_by_the_running_server(
 
 def test_no_address_no_notice_and_a_bad_address_is_never_used(web: WebHarness) -> None:
     web.run(web.services.users.add(ADMIN, "bare"))
-    web.run(web.services.users.set_pin(ADMIN, "bare", PIN))
+    web.run(web.services.users.set_pin(ADMIN, ADMINISTRATOR, "bare", PIN))
     web.add_user("old")
 
     async def plant() -> None:  # stored by a version that checked only for "@"
@@ -203,7 +216,7 @@ def test_no_address_no_notice_and_a_bad_address_is_never_used(web: WebHarness) -
             )
 
     web.run(plant())
-    web.run(web.services.users.set_pin(ADMIN, "old", PIN))
+    web.run(web.services.users.set_pin(ADMIN, ADMINISTRATOR, "old", PIN))
 
     async def rows() -> list[object]:
         async with web.services.db.read() as conn:
@@ -241,7 +254,7 @@ def test_notify_users_off_queues_nothing(
     quiet = with_mail(settings, smtp.port).model_copy(update={"notify_users": False})
     with WebHarness(quiet, clock) as web:
         web.add_user("alice")
-        web.run(web.services.users.set_pin(ADMIN, "alice", PIN))
+        web.run(web.services.users.set_pin(ADMIN, ADMINISTRATOR, "alice", PIN))
 
         async def rows() -> list[object]:
             async with web.services.db.read() as conn:
@@ -256,7 +269,9 @@ def test_a_privacyidea_rollout_mails_the_user(
 ) -> None:
     with PiLab(with_mail(settings, smtp.port), clock, tmp_path, WebHarness) as lab:
         lab.api.add_user("alice")
-        offer = lab.api.run(lab.api.services.pipush.create_enrollment(ADMIN, "alice", "Pixel"))
+        offer = lab.api.run(
+            lab.api.services.pipush.create_enrollment(ADMIN, ADMINISTRATOR, "alice", "Pixel")
+        )
         app = lab.phone()
         app.scan(offer.uri)
         assert app.rollout().status_code == 200

@@ -33,6 +33,8 @@ def mail_settings(settings: Settings, port: int) -> Settings:
             "smtp_port": port,
             "smtp_security": "none",
             "mail_from": "OpenMFA <mfa@example.com>",
+            # only the invitation here: the admin's own account notices are not counted
+            "notify_users": False,
         }
     )
 
