@@ -316,7 +316,10 @@ def http_limits(settings: Settings) -> HttpLimits:
     files = raise_file_limit(max(65536, settings.http_max_connections + 1024))
     connections = min(settings.http_max_connections, max(64, files - 1024))
     if connections < settings.http_max_connections:
-        log.warning(
+        # Only a limit the operator asked for is worth a warning; the default's is routine.
+        asked = "http_max_connections" in settings.model_fields_set
+        log.log(
+            logging.WARNING if asked else logging.INFO,
             "open files are limited to %d: at most %d HTTP connections at once "
             "(raise LimitNOFILE / ulimit -n)",
             files,

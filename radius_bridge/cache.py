@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,16 +59,21 @@ class ClientsCache:
         plain = json.dumps({"revision": document.revision, "data": document.data}).encode()
         nonce = secrets.token_bytes(_NONCE)
         sealed = _MAGIC + nonce + self._aead.encrypt(nonce, plain, _MAGIC)
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temporary: Path | None = None
         try:
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            # mkstemp: a new file (O_EXCL, never a link planted at a predictable name), 0600.
+            descriptor, name = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+            )
+            temporary = Path(name)
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(sealed)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, self.path)
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
+            if temporary is not None:
+                temporary.unlink(missing_ok=True)
             raise CacheError(f"cannot write the clients cache {self.path}: {exc}") from None
 
     def discard(self) -> None:

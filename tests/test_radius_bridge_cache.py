@@ -45,3 +45,22 @@ def test_another_token_cannot_open_it(tmp_path: Path) -> None:
 def test_an_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CacheError, match="cannot write"):
         ClientsCache(tmp_path / "missing" / "c", "omfa_token").save(DOCUMENT)
+
+
+def test_a_link_planted_at_the_old_temporary_name_is_not_followed(tmp_path: Path) -> None:
+    """The cache used to be written through ``.c.<pid>.tmp``, a name anyone who can write the
+    directory could guess: a symbolic link planted there received the sealed document (and
+    the file it pointed to was truncated)."""
+    import os
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (tmp_path / f".c.{os.getpid()}.tmp").symlink_to(victim)
+    os.umask(old := os.umask(0o022))
+    try:
+        ClientsCache(tmp_path / "c", "omfa_token").save(DOCUMENT)
+    finally:
+        os.umask(old)
+    assert victim.read_bytes() == b"precious"
+    assert (tmp_path / "c").stat().st_mode & 0o777 == 0o600
+    assert ClientsCache(tmp_path / "c", "omfa_token").load() == DOCUMENT

@@ -62,7 +62,6 @@ async def error_page(
         "csrf_token": "",
         "nav": [],
         "current_path": request.url.path,
-        "admin_lacks_second_factor": False,
         "issuer": _issuer(request),
     }
     try:

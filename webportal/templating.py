@@ -79,11 +79,6 @@ async def render(
         flashes = await services.web_sessions.take_flash(session.id_hash)
     user = signed_in_user(session)
     area = area_of(request)
-    lacks_factor = False
-    if area == "admin" and user is not None:
-        from webportal.auth import has_second_factor
-
-        lacks_factor = not await has_second_factor(request, user)
     page = {
         "area": area,
         "user": user,
@@ -91,7 +86,6 @@ async def render(
         "flashes": flashes,
         "nav": _nav(request) if user is not None else [],
         "current_path": request.url.path,
-        "admin_lacks_second_factor": lacks_factor,
         "issuer": services.settings.issuer,
         **(context or {}),
     }

@@ -211,14 +211,6 @@ class WebSessionService:
         async with self._db.write() as conn:
             await conn.execute(delete(web_sessions_t).where(web_sessions_t.c.id_hash == id_hash))
 
-    async def destroy_for_user(self, user_id: int, kind: str | None = None) -> int:
-        """End every session of a user (of one kind, or all): how many there were."""
-        stmt = delete(web_sessions_t).where(web_sessions_t.c.user_id == user_id)
-        if kind is not None:
-            stmt = stmt.where(web_sessions_t.c.kind == kind)
-        async with self._db.write() as conn:
-            return int((await conn.execute(stmt)).rowcount or 0)
-
     async def purge_expired(self) -> int:
         """Delete timed-out sessions (run at each sign-in): how many."""
         now = self._clock()
