@@ -57,8 +57,10 @@ def address_refusal(request: Request) -> Refusal | None:
     until = web_of(request).limiter.blocked_until(
         client_address(request), now, services.settings.web_sign_in_address_limit, _window(request)
     )
-    if until is None:
-        return None
+    return None if until is None else _address_limited(until, now)
+
+
+def _address_limited(until: datetime, now: datetime) -> Refusal:
     minutes = max(1, math.ceil((until - now).total_seconds() / 60))
     return Refusal(
         f"Too many failed sign-ins from your network. Try again in {minutes} minute"
@@ -93,14 +95,7 @@ def claim_address(request: Request) -> Refusal | datetime:
     until = web_of(request).limiter.claim(
         client_address(request), now, services.settings.web_sign_in_address_limit, _window(request)
     )
-    if until is None:
-        return now
-    minutes = max(1, math.ceil((until - now).total_seconds() / 60))
-    return Refusal(
-        f"Too many failed sign-ins from your network. Try again in {minutes} minute"
-        + ("s." if minutes != 1 else "."),
-        429,
-    )
+    return now if until is None else _address_limited(until, now)
 
 
 def release_address(request: Request, claimed: datetime) -> None:

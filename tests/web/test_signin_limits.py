@@ -71,16 +71,15 @@ def test_an_unknown_name_costs_one_argon2_check_like_a_known_one(web: WebHarness
         assert hasher.counts["verify"] - before == 1, name
 
 
-async def _codes_at_once(web: WebHarness, form: dict[str, str], cookies: httpx.Cookies) -> None:
+async def _codes_at_once(
+    web: WebHarness, form: dict[str, str], cookies: httpx.Cookies, path: str = "/admin/sign-in/code"
+) -> None:
     limits = httpx.Limits(max_connections=GUESSES, max_keepalive_connections=0)
     async with httpx.AsyncClient(
         base_url=web.url, timeout=60.0, limits=limits, cookies=cookies
     ) as http:
         answers = await asyncio.gather(
-            *(
-                http.post("/admin/sign-in/code", data={**form, "code": f"{n:06d}"})
-                for n in range(GUESSES)
-            )
+            *(http.post(path, data={**form, "code": f"{n:06d}"}) for n in range(GUESSES))
         )
     assert sorted({a.status_code for a in answers}) == [401, 429]
 
@@ -103,3 +102,24 @@ def test_concurrent_codes_at_the_admin_second_step_check_at_most_the_address_lim
         details = [row.detail for row in web.audit("web.sign_in")]
         assert details.count("admin: code: wrong-code") == 3
         assert details.count("admin: address-limited") == GUESSES - 3
+
+
+def test_concurrent_codes_at_the_portal_step_up_check_at_most_the_address_limit(
+    settings: Settings, clock: FakeClock, tmp_path: Path
+) -> None:
+    limited = settings.model_copy(update={"web_sign_in_address_limit": 3})
+    with WebHarness(limited, clock) as web:
+        web.add_user("alice", otp_max_failures=100)
+        phone = web.device("alice")
+        assert phone.answer(web.start("alice")["id"], "approve") == "approved"  # now active
+        browser = web.browser()
+        assert sign_in(browser, "alice").status_code == 303
+        page = browser.get("/portal/step-up")
+        assert "Code from your authenticator app" in page.text
+        form = {"csrf_token": csrf_from(page.text), "next": "/portal/"}
+
+        asyncio.run(_codes_at_once(web, form, browser.cookies, "/portal/step-up/code"))
+
+        details = [row.detail for row in web.audit("web.sign_in")]
+        assert details.count("portal: step-up: code wrong-code") == 3
+        assert details.count("portal: step-up: address-limited") == GUESSES - 3

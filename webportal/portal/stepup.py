@@ -28,7 +28,14 @@ from webportal.auth import SignedIn, require_user, safe_next
 from webportal.forms import field
 from webportal.routing import page
 from webportal.sessions import flash
-from webportal.signin import address_refusal, audit, record_failure
+from webportal.signin import (
+    Refusal,
+    address_refusal,
+    audit,
+    claim_address,
+    record_failure,
+    release_address,
+)
 from webportal.state import client_address, services_of
 from webportal.templating import render
 
@@ -163,10 +170,10 @@ async def code(request: Request) -> Response:
     """Finish the step-up with a code from an active authenticator."""
     me = await require_user(request)
     target = safe_next(await field(request, "next"), "portal")
-    refusal = address_refusal(request)
-    if refusal is not None:
+    claimed = claim_address(request)  # counted before the check: concurrent guesses too
+    if isinstance(claimed, Refusal):
         await audit(request, me.user.name, "reject", "step-up: address-limited")
-        return await _page(request, me, target, refusal.message, 429)
+        return await _page(request, me, target, claimed.message, 429)
     entered = "".join((await field(request, "code", 64)).split())
     services = services_of(request)
     try:
@@ -174,15 +181,16 @@ async def code(request: Request) -> Response:
             me.actor, me.user.name, entered, _context(request), live_only=True
         )
     except OtpLocked:
-        await record_failure(request, me.user.name, "step-up: code locked")
+        await audit(request, me.user.name, "reject", "step-up: code locked")
         message = "Too many wrong codes; codes are locked for a while. Try a push, or later."
         return await _page(request, me, target, message, 429)
     except OpenMFAError as exc:
-        await record_failure(request, me.user.name, f"step-up: code {exc.type}")
+        await audit(request, me.user.name, "reject", f"step-up: code {exc.type}")
         return await _page(request, me, target, exc.detail, exc.status)
     if result.accepted:
+        release_address(request, claimed)
         return await _done(request, me, "code", target)
-    await record_failure(request, me.user.name, f"step-up: code {result.reason}")
+    await audit(request, me.user.name, "reject", f"step-up: code {result.reason}")
     message = "That code is not right. Type the current code from your app."
     return await _page(request, me, target, message, 401)
 
