@@ -14,11 +14,11 @@ from pathlib import Path
 
 import anyio
 import pytest
+from alembic import command
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import select, text
 
-from alembic import command
 from backend.config import Settings, load_settings
 from backend.crypto import load_or_create_key
 from backend.domain import totp

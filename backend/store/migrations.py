@@ -1,4 +1,4 @@
-"""Schema migrations through Alembic (the scripts live in the top-level ``alembic/`` folder).
+"""Schema migrations through Alembic (the scripts live in ``backend/migrations/``).
 
 Alembic is imported only to migrate: every ``openmfa`` command checks the schema on start,
 and importing Alembic for that cost ~0.2 s of each command's ~1 s. The check compares the
@@ -16,7 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 if TYPE_CHECKING:
     from alembic.config import Config
 
-SCRIPT_LOCATION = Path(__file__).resolve().parents[2] / "alembic"
+# Inside the package, so that a wheel carries its migrations. They once lived in a top-level
+# ``alembic/`` folder, which an installed wheel did not contain: the same relative path then
+# named the installed Alembic library itself.
+SCRIPT_LOCATION = Path(__file__).resolve().parent.parent / "migrations"
 #: The newest migration, the schema this code works with (see the module docstring).
 SCHEMA_REVISION = "0008"
 
