@@ -161,3 +161,25 @@ def test_commands_call_a_half_made_database_half_made(tmp_path: Path) -> None:
     assert "tables but no schema version" in message
     assert "backup" in message
     assert "nothing" not in message
+
+
+def test_commands_call_a_newer_schema_newer(tmp_path: Path) -> None:
+    migrations.upgrade(f"sqlite+aiosqlite:///{tmp_path / 'openmfa.db'}")
+    with sqlite3.connect(tmp_path / "openmfa.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    conn.close()
+    with pytest.raises(DatabaseError) as caught:
+        asyncio.run(Services.open(_settings(tmp_path)))
+    message = str(caught.value)
+    assert "at 9999, which this version does not know" in message
+    assert "restore the backup" in message
+    assert "openmfa db upgrade" not in message  # it cannot migrate down
+
+
+def test_every_script_file_is_named_after_its_revision() -> None:
+    # Commands recognise a newer schema by the scripts' file names, without Alembic.
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(migrations.alembic_config(""))
+    for script in scripts.walk_revisions():
+        assert Path(script.path).name.startswith(f"{script.revision}_"), script.path

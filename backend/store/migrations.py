@@ -115,6 +115,12 @@ async def schema_problem(conn: AsyncConnection) -> str | None:
     current = await current_revision(conn) if "alembic_version" in tables else None
     if current == SCHEMA_REVISION:
         return None
+    if current is not None and current not in _known_revisions():
+        return (
+            f"the database schema is at {current}, which this version does not know: a newer "
+            "version of OpenMFA migrated it; run that version, or restore the backup taken "
+            "before the upgrade"
+        )
     if current is not None:
         return (
             f"the database schema is at {current}, this version needs {SCHEMA_REVISION}; "
@@ -127,6 +133,12 @@ async def schema_problem(conn: AsyncConnection) -> str | None:
         "(older versions could leave one) or another program's database; restore it from a "
         "backup, or move it aside and run `openmfa db upgrade` to start afresh"
     )
+
+
+def _known_revisions() -> set[str]:
+    """The revisions of the shipped scripts, from their file names (``0005_web.py``): a
+    directory listing, so that commands still need not import Alembic."""
+    return {p.name.split("_", 1)[0] for p in (SCRIPT_LOCATION / "versions").glob("*.py")}
 
 
 async def current_revision(conn: AsyncConnection) -> str | None:
