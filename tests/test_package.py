@@ -78,6 +78,10 @@ def test_both_artefacts_carry_the_migrations(artefacts: dict[str, Path]) -> None
     with tarfile.open(artefacts["sdist"]) as sdist:
         members = {m.split("/", 1)[1] for m in sdist.getnames() if "/" in m}
     assert {f"backend/migrations/versions/{m}" for m in MIGRATIONS} <= members
+    # Enough to build, test and read about it (MANIFEST.in).
+    assert {"Makefile", "tests/conftest.py", "tests/support/process.py", "docs/install.md"} <= (
+        members
+    )
 
 
 @pytest.fixture(scope="module", params=["wheel", "sdist"])
@@ -123,4 +127,9 @@ def test_the_installed_command_migrates_and_serves(installed: Path, tmp_path: Pa
     env = {**_clean_env(), "OPENMFA_RADIUS_PORT": str(free_port())}
     with ServerProcess(home, free_port(), env, exe=installed / "openmfa", cwd=outside) as server:
         assert httpx.get(server.url + "/readyz", timeout=5).status_code == 200
+        # The templates and static files came along (package data, not only modules).
+        page = httpx.get(server.url + "/portal/", timeout=5, follow_redirects=True)
+        assert page.status_code == 200, page.text
+        assert "text/html" in page.headers["content-type"]
+        assert httpx.get(server.url + "/static/style.css", timeout=5).status_code == 200
         assert server.terminate() == 0
