@@ -183,3 +183,11 @@ def test_every_script_file_is_named_after_its_revision() -> None:
     scripts = ScriptDirectory.from_config(migrations.alembic_config(""))
     for script in scripts.walk_revisions():
         assert Path(script.path).name.startswith(f"{script.revision}_"), script.path
+
+
+def test_a_file_that_is_no_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    target = tmp_path / "openmfa.db"
+    target.write_bytes(b"not a database, " * 16)
+    with pytest.raises(DatabaseError, match=r"upgrade failed and changed nothing.*not a database"):
+        migrations.upgrade(f"sqlite+aiosqlite:///{target}")
+    assert target.read_bytes() == b"not a database, " * 16

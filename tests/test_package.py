@@ -73,6 +73,12 @@ def test_both_artefacts_carry_the_migrations(artefacts: dict[str, Path]) -> None
         names = set(wheel.namelist())
     for name in ["env.py", "script.py.mako", *(f"versions/{m}" for m in MIGRATIONS)]:
         assert f"backend/migrations/{name}" in names
+    # Every file of the packages, not only modules: a template or data file added later
+    # without its package-data pattern would otherwise be missing from installs alone.
+    for package in ("backend", "webportal", "radius_bridge"):
+        for path in (ROOT / package).rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                assert path.relative_to(ROOT).as_posix() in names, path
     # A top-level ``alembic`` package in the wheel would shadow the Alembic library.
     assert not any(n.startswith("alembic/") for n in names)
     with tarfile.open(artefacts["sdist"]) as sdist:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect, make_url, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.errors import DatabaseError
@@ -50,6 +51,14 @@ def upgrade(url: str, revision: str = "head", script_location: Path = SCRIPT_LOC
     is migrated in a temporary file beside the target and renamed into place only once
     complete: a failure leaves no file that later commands would find empty.
     """
+    try:
+        _upgrade(url, revision, script_location)
+    except (DBAPIError, sqlite3.Error) as exc:
+        reason = exc.orig if isinstance(exc, DBAPIError) else exc
+        raise DatabaseError(f"the schema upgrade failed and changed nothing: {reason}") from exc
+
+
+def _upgrade(url: str, revision: str, script_location: Path) -> None:
     from alembic import command
 
     path = sqlite_path(url)
