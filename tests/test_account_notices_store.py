@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from alembic import command
 from sqlalchemy import inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from alembic import command
 from backend.config import Settings
 from backend.domain.stepup import ADMINISTRATOR
 from backend.notify.mail import MailSender

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
+from alembic import command
 from sqlalchemy import insert, select, text
 
-from alembic import command
 from backend.config import Settings
 from backend.domain import signing
 from backend.domain.stepup import ADMINISTRATOR

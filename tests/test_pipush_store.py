@@ -7,11 +7,11 @@ import asyncio
 from typing import Any
 
 import pytest
+from alembic import command
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from alembic import command
 from backend.store import migrations
 from backend.store.tables import devices_t, pipush_nonces_t
 

@@ -10,11 +10,11 @@ import typing
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select, text, update
 
-from alembic import command
 from backend.api import schemas
 from backend.config import Settings
 from backend.domain import radius

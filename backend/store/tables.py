@@ -1,4 +1,4 @@
-"""The schema. Alembic migrations in ``alembic/versions`` create exactly these tables.
+"""The schema. Alembic migrations in ``backend/migrations/versions`` create exactly these tables.
 
 Hot paths query these with SQLAlchemy Core (``Table.__table__``) rather than ORM sessions:
 DESIGN.md measured the ORM at ~760 µs per SELECT against ~460 µs for Core. Timestamps are
