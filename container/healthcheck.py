@@ -2,12 +2,14 @@
 
 Standard library only (the slim base has no curl) and no ``openmfa`` import, so a check costs
 a few milliseconds of CPU every interval. It asks the address the server listens on, as the
-``OPENMFA_HOST`` / ``OPENMFA_PORT`` variables say; every-address hosts mean loopback.
+``OPENMFA_HOST`` / ``OPENMFA_PORT`` variables say (every-address hosts mean loopback), over
+HTTPS when ``OPENMFA_TLS_CERT_FILE`` is set.
 """
 
 from __future__ import annotations
 
 import os
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -23,16 +25,33 @@ def readyz_url(environ: dict[str, str]) -> str:
     if ":" in host:
         host = f"[{host}]"
     port = environ.get("OPENMFA_PORT", "") or "8080"
-    return f"http://{host}:{port}/readyz"
+    scheme = "https" if environ.get("OPENMFA_TLS_CERT_FILE") else "http"
+    return f"{scheme}://{host}:{port}/readyz"
+
+
+def tls_context(environ: dict[str, str]) -> ssl.SSLContext | None:
+    """For HTTPS: trust exactly the server's own certificate file. The certificate names the
+    public host, not the loopback address asked here, so the name is not checked; the
+    certificate itself still is (a partial chain: the leaf alone is the trust anchor)."""
+    cert = environ.get("OPENMFA_TLS_CERT_FILE")
+    if not cert:
+        return None
+    context = ssl.create_default_context(cafile=cert)
+    context.check_hostname = False
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
 
 
 def main() -> int:
     """0 when ready, 1 otherwise (with the reason on standard error, kept by the runtime)."""
-    url = readyz_url(dict(os.environ))
+    environ = dict(os.environ)
+    url = readyz_url(environ)
     try:
-        with urllib.request.urlopen(url, timeout=4) as response:  # noqa: S310 - http:// only
+        context = tls_context(environ)
+        # The URL is built above from the server's own settings: http(s) to this container.
+        with urllib.request.urlopen(url, timeout=4, context=context) as response:  # noqa: S310
             return 0 if response.status == 200 else 1
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, ssl.SSLError) as exc:
         sys.stderr.write(f"openmfa-healthcheck: {url}: {exc}\n")
         return 1
 

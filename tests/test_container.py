@@ -22,8 +22,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 
@@ -31,6 +33,7 @@ import httpx
 import pytest
 
 from backend.config import Settings
+from tests.fakes.tls import make_tls
 from tests.support.process import free_port, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,6 +178,8 @@ def test_healthcheck_asks_readyz_of_the_configured_port() -> None:
     assert url(image_env()) == "http://127.0.0.1:8080/readyz"
     assert url({"OPENMFA_HOST": "::", "OPENMFA_PORT": "9000"}) == "http://[::1]:9000/readyz"
     assert url({"OPENMFA_HOST": "10.0.0.5"}) == "http://10.0.0.5:8080/readyz"
+    tls = {"OPENMFA_TLS_CERT_FILE": "/run/secrets/cert.pem"}
+    assert url({**image_env(), **tls}) == "https://127.0.0.1:8080/readyz"
 
 
 def test_entrypoint_and_command_are_exec_form() -> None:
@@ -399,3 +404,43 @@ def test_entrypoint_refuses_a_data_directory_it_cannot_write(image: Image) -> No
         assert list(data.iterdir()) == []
     finally:
         data.chmod(0o700)
+
+
+class _Ready(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/readyz" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_healthcheck_speaks_https_trusting_the_servers_own_certificate(tmp_path: Path) -> None:
+    """With OPENMFA_TLS_CERT_FILE the check asks https:// on loopback and trusts the server's
+    certificate file, which names the public host (not 127.0.0.1); another certificate fails."""
+    tls = make_tls(tmp_path / "served", hosts=("mfa.example.com",))
+    stranger = make_tls(tmp_path / "other", hosts=("mfa.example.com",))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Ready)
+    server.socket = tls.server_context().wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        script = str(ROOT / "container/healthcheck.py")
+        for cert, status in ((tls.cert_file, 0), (stranger.cert_file, 1)):
+            env = {
+                "PATH": os.environ["PATH"],
+                "OPENMFA_HOST": "0.0.0.0",  # noqa: S104 - the image's; the check asks loopback
+                "OPENMFA_PORT": str(server.server_address[1]),
+                "OPENMFA_TLS_CERT_FILE": str(cert),
+            }
+            result = subprocess.run(
+                [sys.executable, script], env=env, capture_output=True, text=True, timeout=30
+            )
+            assert result.returncode == status, (cert, result.stderr)
+        assert "https://127.0.0.1:" in result.stderr
+        assert "CERTIFICATE_VERIFY_FAILED" in result.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
