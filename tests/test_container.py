@@ -259,8 +259,11 @@ class Image:
 
 
 def _shell(command: str, cwd: Path, bindir: Path) -> None:
-    """Run a ``RUN`` line with ``bindir`` (where ``python`` is) first on PATH."""
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    """Run a ``RUN`` line with ``bindir`` (where ``python`` is) first on PATH, without what
+    would put the checkout or this test run (coverage, its venv) into the build."""
+    inherited = ("PYTHON", "OPENMFA_", "COV_CORE_", "COVERAGE_", "VIRTUAL_ENV")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
+    env["PATH"] = f"{bindir}:{os.environ['PATH']}"
     result = subprocess.run(
         ["/bin/sh", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, check=False
     )
