@@ -201,6 +201,20 @@ def test_build_context_holds_what_is_copied_and_no_venv() -> None:
     assert not any(".venv" in rule or ".db" in rule for rule in rules if rule.startswith("!"))
 
 
+@pytest.mark.parametrize(
+    ("linter", "target"),
+    [("hadolint", "Containerfile"), ("shellcheck", "container/entrypoint.sh")],
+)
+def test_lints_clean(linter: str, target: str) -> None:
+    """hadolint (Dockerfile practice: exec form, stage and package hygiene) and shellcheck
+    (POSIX sh pitfalls) find nothing."""
+    tool = Path(sys.executable).parent / linter
+    result = subprocess.run(
+        [str(tool), str(ROOT / target)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # -- the same steps on this machine --------------------------------------------------------------
 
 
