@@ -4,19 +4,24 @@ while open ones keep theirs (and a bad renewal keeps the old one)."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import signal
 import socket
 import ssl
+import subprocess
 from pathlib import Path
 
+import pyotp
 import pytest
 
 from backend.config import load_settings
 from backend.errors import ConfigurationError
 from backend.tls import ServerTls, load_context
 from tests.fakes.tls import TlsFiles, make_tls
-from tests.support.process import Cli, ServerProcess, free_port, wait_for
+from tests.support.freeradius import free_udp_port, radclient, radclient_binary
+from tests.support.process import EXE, Cli, ServerProcess, free_port, stop_process, wait_for
 
 
 def _both_cas(tmp_path: Path, *files: TlsFiles) -> Path:
@@ -204,3 +209,73 @@ def test_run_with_a_mismatched_key_is_one_error_line_before_the_database(
         f"in {files.cert_file}\n"
     )
     assert not (home / "openmfa.db").exists()  # refused before anything was opened
+
+
+@pytest.mark.skipif(radclient_binary() is None, reason="radclient not installed (freeradius-utils)")
+def test_a_standalone_bridge_reaches_the_server_over_https(tmp_path: Path) -> None:
+    """``openmfa radius --backend https://...`` verifies the server's certificate against
+    its host's trust store (here SSL_CERT_FILE naming the private CA) and relays a code."""
+    files = make_tls(tmp_path / "tls")
+    home, port = tmp_path / "home", free_port()
+    env = {
+        "OPENMFA_TLS_CERT_FILE": str(files.cert_file),
+        "OPENMFA_TLS_KEY_FILE": str(files.key_file),
+    }
+    cli = Cli(home, **env)
+    cli("db", "upgrade")
+    with ServerProcess(home, port, env, tls_ca=files.ca_file) as server:
+        secret = "tls-test-secret"
+        cli(
+            "client",
+            "add",
+            "edge",
+            "--address",
+            "127.0.0.1",
+            "--secret-stdin",
+            "--mode",
+            "otp",
+            "--primary",
+            "none",
+            stdin=secret + "\n",
+        )
+        cli("user", "add", "dave")
+        seed = re.search(
+            r"^secret: (\S+)$", cli("activation", "create", "dave", "--oath").stdout, re.MULTILINE
+        )
+        assert seed is not None
+        token_file = tmp_path / "bridge.token"
+        token_file.write_text(cli("token", "create", "edge-bridge", "--scope", "bridge").stdout)
+        token_file.chmod(0o600)
+        udp = free_udp_port()
+        log_path = tmp_path / "bridge.log"
+        with log_path.open("wb") as log:
+            bridge = subprocess.Popen(
+                [
+                    str(EXE),
+                    "radius",
+                    "--backend",
+                    server.url,
+                    "--token-file",
+                    str(token_file),
+                    "--listen",
+                    f"127.0.0.1:{udp}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "SSL_CERT_FILE": str(files.ca_file)},
+            )
+        try:
+            wait_for(
+                lambda: (
+                    radclient(udp, secret, {}, code="status", timeout=0.5).code == "Access-Accept"
+                ),
+                20,
+                "openmfa radius to answer Status-Server",
+            )
+            code = pyotp.TOTP(seed.group(1)).now()
+            answer = radclient(udp, secret, {"User-Name": "dave", "User-Password": code})
+            assert answer.code == "Access-Accept", log_path.read_text()
+        finally:
+            assert stop_process(bridge, timeout=15) == 0, log_path.read_text()
+        assert "Traceback" not in log_path.read_text()
