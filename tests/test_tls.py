@@ -13,6 +13,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
+import httpx
 import pyotp
 import pytest
 
@@ -83,6 +84,11 @@ def test_sighup_serves_a_renewed_certificate_to_new_connections_only(tmp_path: P
         old = _Connection(port, context)
         assert old.peer == _der(first)
         assert b"200 OK" in old.healthz()
+        # Served over HTTPS, the portal's pages get HSTS and its cookies Secure.
+        page = httpx.get(server.url + "/portal/sign-in", verify=context, timeout=10)
+        assert page.status_code == 200
+        assert page.headers["strict-transport-security"] == "max-age=31536000"
+        assert "; Secure" in page.headers["set-cookie"]
 
         _install(second, cert, key)
         server.process.send_signal(signal.SIGHUP)
