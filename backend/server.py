@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -56,8 +57,10 @@ class _Server(uvicorn.Server):
         radius: _Radius | None,
         metrics: _MetricsServer | None = None,
         tls: ServerTls | None = None,
+        handshake_seconds: float = 10.0,
     ) -> None:
         super().__init__(config)
+        self._handshake_seconds = handshake_seconds
         self._app = app
         self._radius = radius
         self._metrics = metrics
@@ -82,7 +85,11 @@ class _Server(uvicorn.Server):
             log.info("SIGHUP: nothing to reload (HTTPS is not served: no tls_cert_file)")
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        if self._tls is None:
+            await super().startup(sockets)
+        else:
+            async with _handshake_timeout(self._handshake_seconds):
+                await super().startup(sockets)
         if self._radius is not None and not self.should_exit:
             try:
                 await self._radius.start(self._app)
@@ -125,6 +132,26 @@ class _Server(uvicorn.Server):
         services = getattr(self._app.state, "services", None)
         if services is not None:
             await services.bus.close()
+
+
+@contextlib.asynccontextmanager
+async def _handshake_timeout(seconds: float) -> AsyncIterator[None]:
+    """While uvicorn creates its listeners, give them a TLS handshake deadline.
+
+    uvicorn calls ``loop.create_server`` without ``ssl_handshake_timeout``, so a connection
+    that never sends its ClientHello was held for asyncio's 60 s, and is not yet counted
+    against ``http_max_connections`` (the protocol sees it only after the handshake). The
+    handshake gets the time a plain request has to arrive (``http_request_timeout_seconds``).
+    Only this loop's method is wrapped, and only during start-up.
+    """
+    loop = asyncio.get_running_loop()
+    loop.create_server = functools.partial(  # type: ignore[method-assign]
+        loop.create_server, ssl_handshake_timeout=seconds
+    )
+    try:
+        yield
+    finally:
+        del loop.create_server
 
 
 class _Radius:
@@ -435,6 +462,8 @@ def serve(settings: Settings, listeners: Listeners | None = None) -> None:
         if listeners.metrics is not None:
             host, port = listeners.metrics.getsockname()[:2]
             log.info("serving Prometheus metrics on http://%s:%d/metrics", host, port)
-        _Server(config, app, radius, metrics, tls).run(sockets=listeners.http)
+        _Server(
+            config, app, radius, metrics, tls, handshake_seconds=limits.request_timeout_seconds
+        ).run(sockets=listeners.http)
     finally:
         listeners.close()

@@ -4,6 +4,7 @@ while open ones keep theirs (and a bad renewal keeps the old one)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -285,3 +287,24 @@ def test_a_standalone_bridge_reaches_the_server_over_https(tmp_path: Path) -> No
         finally:
             assert stop_process(bridge, timeout=15) == 0, log_path.read_text()
         assert "Traceback" not in log_path.read_text()
+
+
+def test_a_handshake_that_never_comes_is_cut_after_the_request_timeout(tmp_path: Path) -> None:
+    """A connection that never sends its ClientHello is held as long as a plain one that
+    never sends its request (``http_request_timeout_seconds``), not asyncio's 60 s."""
+    files = make_tls(tmp_path / "tls")
+    home, port = tmp_path / "home", free_port()
+    env = {
+        "OPENMFA_TLS_CERT_FILE": str(files.cert_file),
+        "OPENMFA_TLS_KEY_FILE": str(files.key_file),
+        "OPENMFA_HTTP_REQUEST_TIMEOUT_SECONDS": "1",
+    }
+    Cli(home, **env)("db", "upgrade")
+    with (
+        ServerProcess(home, port, env, tls_ca=files.ca_file),
+        socket.create_connection(("127.0.0.1", port), timeout=20) as silent,
+    ):
+        began = time.monotonic()
+        with contextlib.suppress(ConnectionResetError):  # a reset is a hang-up too
+            assert silent.recv(1) == b""  # the server hung up
+        assert time.monotonic() - began < 10
