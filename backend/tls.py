@@ -29,14 +29,6 @@ def _no_password() -> str:
     raise _Encrypted
 
 
-def _certificate_summary(cert_file: Path) -> tuple[str, datetime]:
-    """The first certificate's subject and end of validity (the file already loaded)."""
-    from cryptography import x509
-
-    first = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
-    return first.subject.rfc4514_string(), first.not_valid_after_utc
-
-
 def _readable(path: Path, what: str) -> None:
     try:
         with path.open("rb") as handle:
@@ -55,9 +47,22 @@ def load_context(cert_file: Path, key_file: Path | None) -> ssl.SSLContext:
     """A server context for ``cert_file`` (the certificate, then its chain) and ``key_file``
     (``None``: the key is in ``cert_file``), or :class:`ConfigurationError` saying which
     file is wrong. TLS 1.2 and later, Python's default (server-preferred) cipher choice."""
+    return _load(cert_file, key_file)[0]
+
+
+def _load(cert_file: Path, key_file: Path | None) -> tuple[ssl.SSLContext, str, datetime]:
+    """The context, the certificate's subject and the end of its validity."""
+    from cryptography import x509
+
     _readable(cert_file, "certificate")
     if key_file is not None:
         _readable(key_file, "key")
+    try:
+        first = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+    except (ValueError, IndexError):
+        raise ConfigurationError(
+            f"the TLS certificate file {cert_file} holds no PEM certificate"
+        ) from None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
@@ -70,22 +75,15 @@ def load_context(cert_file: Path, key_file: Path | None) -> ssl.SSLContext:
             "(readable only by its user)"
         ) from None
     except ssl.SSLError as exc:
-        raise ConfigurationError(_explain(exc, cert_file, key_shown)) from None
-    return context
-
-
-def _explain(exc: ssl.SSLError, cert_file: Path, key_file: Path) -> str:
-    reason = (exc.reason or "").upper()
-    if "KEY_VALUES_MISMATCH" in reason:
-        return f"the TLS key {key_file} does not belong to the certificate in {cert_file}"
-    if reason in ("NO_START_LINE", "PEM_LIB", "BAD_END_LINE", "BAD_BASE64_DECODE", ""):
-        library = (exc.library or "").upper()
-        if library == "PEM" or "PEM" in reason or not reason:
-            return (
-                f"cannot load the TLS certificate {cert_file} with the key {key_file}: "
-                f"each must be in PEM format ({exc.reason or exc})"
+        if "KEY_VALUES_MISMATCH" in (exc.reason or ""):
+            problem = f"the TLS key {key_shown} does not belong to the certificate in {cert_file}"
+        else:
+            problem = (
+                f"the TLS key file {key_shown} holds no usable PEM private key "
+                f"({exc.reason or exc})"
             )
-    return f"cannot load the TLS certificate {cert_file} with the key {key_file}: {exc.reason}"
+        raise ConfigurationError(problem) from None
+    return context, first.subject.rfc4514_string(), first.not_valid_after_utc
 
 
 class ServerTls:
@@ -94,15 +92,9 @@ class ServerTls:
     def __init__(self, cert_file: Path, key_file: Path | None) -> None:
         self.cert_file = cert_file
         self.key_file = key_file
-        self.current = load_context(cert_file, key_file)
+        self.current, self.subject, self.not_after = _load(cert_file, key_file)
         self.context = self.current
         self.context.sni_callback = self._choose
-        try:
-            self.subject, self.not_after = _certificate_summary(cert_file)
-        except ValueError as exc:
-            raise ConfigurationError(
-                f"cannot read the TLS certificate {cert_file}: {exc}"
-            ) from None
         self._warn_if_expired()
 
     def _choose(
@@ -116,9 +108,8 @@ class ServerTls:
         """Load the files again; serve them to new connections if they load, else keep the
         certificate in service and log why. True when the new files are in service."""
         try:
-            context = load_context(self.cert_file, self.key_file)
-            subject, not_after = _certificate_summary(self.cert_file)
-        except (ConfigurationError, ValueError, OSError) as exc:
+            context, subject, not_after = _load(self.cert_file, self.key_file)
+        except (ConfigurationError, OSError) as exc:
             log.error("TLS reload failed, still serving %s: %s", self.subject, exc)
             return False
         self.current, self.subject, self.not_after = context, subject, not_after

@@ -169,8 +169,16 @@ def test_a_key_of_another_certificate_is_named(files: TlsFiles, tmp_path: Path) 
 def test_files_that_are_not_pem_are_refused(files: TlsFiles, tmp_path: Path) -> None:
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
-    assert "PEM format" in _refused(garbage, files.key_file)
-    assert "PEM format" in _refused(files.cert_file, garbage)
+    assert _refused(garbage, files.key_file) == (
+        f"the TLS certificate file {garbage} holds no PEM certificate"
+    )
+    assert _refused(files.cert_file, garbage).startswith(
+        f"the TLS key file {garbage} holds no usable PEM private key ("
+    )
+    # A certificate given as the key.
+    assert _refused(files.cert_file, files.cert_file).startswith(
+        f"the TLS key file {files.cert_file} holds no usable PEM private key ("
+    )
 
 
 def test_an_encrypted_key_is_refused_without_asking_for_a_password(
