@@ -4,10 +4,13 @@ right-most untrusted entry, never the part the client wrote itself."""
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import pytest
 
+from backend.config import load_settings
 from backend.domain.forwarded import ClientAddress, client_address, parse_node
+from backend.errors import ConfigurationError
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("2001:db8:f::/48"))
 
@@ -94,3 +97,22 @@ def test_ipv4_mapped_addresses_count_as_ipv4() -> None:
 )
 def test_nodes_are_checked_strictly(text: str) -> None:
     assert parse_node(text) is None or text.strip() == "1.2.3.4"
+
+
+def test_trusted_proxies_are_read_strictly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENMFA_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.7 2001:db8::/32")
+    settings = load_settings(home=tmp_path)
+    assert settings.trusted_proxies == ("10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32")
+    (tmp_path / "openmfa.toml").write_text('trusted_proxies = ["127.0.0.1"]\n')
+    monkeypatch.delenv("OPENMFA_TRUSTED_PROXIES")
+    assert load_settings(home=tmp_path).trusted_networks == (ipaddress.ip_network("127.0.0.1"),)
+    for bad, why in (
+        ("10.0.0.1/8", "host bits set"),
+        ("10.0.0.0/255.0.0.0", "is not an IP address or CIDR"),
+        ("proxy.example", "is not an IP address or CIDR"),
+        ("10.0.0.0/33", "10.0.0.0/33"),
+    ):
+        with pytest.raises(ConfigurationError, match=why):
+            load_settings(home=tmp_path, trusted_proxies=bad)
+    with pytest.raises(ConfigurationError, match="trusted_proxy_header"):
+        load_settings(home=tmp_path, trusted_proxy_header="x-real-ip")
