@@ -13,6 +13,8 @@ import socket
 import ssl
 import subprocess
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -118,11 +120,38 @@ def test_sighup_serves_a_renewed_certificate_to_new_connections_only(tmp_path: P
     assert "Traceback" not in server.log
 
 
-def test_old_protocol_versions_are_refused(tmp_path: Path) -> None:
+def _handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> str:
+    """One handshake over a socket pair: the version agreed, or the client's error."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs, ThreadPoolExecutor(1) as pool:
+        serving = pool.submit(server.wrap_socket, ours, server_side=True)
+        try:
+            with client.wrap_socket(theirs, server_hostname="127.0.0.1") as tls:
+                return str(tls.version())
+        except ssl.SSLError as exc:
+            return f"refused: {exc.reason}"
+        finally:
+            with contextlib.suppress(ssl.SSLError, OSError):
+                serving.result(10).close()
+
+
+def test_tls_1_2_and_1_3_only_with_the_servers_cipher_preference(tmp_path: Path) -> None:
     files = make_tls(tmp_path)
-    tls = ServerTls(files.cert_file, files.key_file)
-    assert tls.context.minimum_version >= ssl.TLSVersion.TLSv1_2
-    assert not tls.context.options & ssl.OP_NO_TLSv1_3
+    server = ServerTls(files.cert_file, files.key_file).context
+    assert server.options & ssl.OP_CIPHER_SERVER_PREFERENCE
+    assert _handshake(server, files.client_context()) == "TLSv1.3"
+    for version, expected in (
+        (ssl.TLSVersion.TLSv1_2, "TLSv1.2"),
+        (ssl.TLSVersion.TLSv1_1, "refused: TLSV1_ALERT_PROTOCOL_VERSION"),  # server alert
+    ):
+        client = files.client_context()
+        with warnings.catch_warnings():  # asking for TLS 1.1 on purpose is deprecated
+            warnings.simplefilter("ignore", DeprecationWarning)
+            client.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+            client.maximum_version = version
+        with contextlib.suppress(ssl.SSLError):  # a client library that cannot go that low
+            client.set_ciphers("DEFAULT:@SECLEVEL=0")
+        assert _handshake(server, client).startswith(expected)
 
 
 def test_without_tls_sighup_does_not_stop_the_server(tmp_path: Path) -> None:
