@@ -11,6 +11,7 @@ import logging
 import signal
 import socket
 import ssl
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -72,11 +73,15 @@ class _Server(uvicorn.Server):
         self._loop = asyncio.get_running_loop()
         # SIGHUP would end the process by default; a service manager sends it to reload
         # (systemd's ExecReload), so it never stops the server, with or without TLS.
-        self._loop.add_signal_handler(signal.SIGHUP, self._reload)
+        # Signals reach the main thread only (uvicorn skips its own handlers elsewhere too).
+        hup = threading.current_thread() is threading.main_thread()
+        if hup:
+            self._loop.add_signal_handler(signal.SIGHUP, self._reload)
         try:
             await super().serve(sockets)
         finally:
-            self._loop.remove_signal_handler(signal.SIGHUP)
+            if hup:
+                self._loop.remove_signal_handler(signal.SIGHUP)
 
     def _reload(self) -> None:
         if self._tls is not None:
