@@ -11,6 +11,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 
 from backend.api import app_v1, bridge_v1, gateway_v1, health, openapi, pipush_v1
+from backend.api.client_address import ForwardedClientMiddleware
 from backend.api.middleware import RequestIdMiddleware
 from backend.api.problems import client_gone, http_error, openmfa_error, unexpected_error
 from backend.config import Settings
@@ -19,6 +20,19 @@ from backend.services import Services
 from backend.services.context import Clock
 from backend.store.tables import now
 from webportal.app import routes as web_routes
+
+
+def _proxies(settings: Settings) -> list[Middleware]:
+    # Outermost, so the access log and everything after it see the forwarded client.
+    if not settings.trusted_proxies:
+        return []
+    return [
+        Middleware(
+            ForwardedClientMiddleware,
+            trusted=settings.trusted_networks,
+            header=settings.trusted_proxy_header,
+        )
+    ]
 
 
 def create_app(settings: Settings, clock: Clock = now) -> Starlette:
@@ -43,7 +57,7 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
             *pipush_v1.routes,  # the privacyIDEA Authenticator (docs/apps.md)
             *web_routes(),  # /portal, /admin, /static (docs/portal.md)
         ],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[*_proxies(settings), Middleware(RequestIdMiddleware)],
         exception_handlers={
             OpenMFAError: openmfa_error,
             HTTPException: http_error,

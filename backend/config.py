@@ -14,7 +14,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from backend.errors import ConfigurationError
 
@@ -82,6 +89,16 @@ class Settings(BaseModel):
     http_max_connections: int = Field(default=30000, ge=10, le=1000000)
     # Prometheus metrics on a listener of their own (HOST:PORT); empty: not served at all.
     metrics_listen: str = ""
+
+    # -- HTTPS and reverse proxies (docs/operations.md, "TLS" and "Behind a reverse proxy") --
+    # PEM certificate (then its chain) and key: `openmfa run` serves HTTPS itself; SIGHUP
+    # reloads both. Without a key file the key is read from the certificate file.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # Peers (CIDRs or addresses) whose forwarding header names the client; empty: none, the
+    # TCP peer is the client. Only the header named in trusted_proxy_header is read.
+    trusted_proxies: tuple[str, ...] = ()
+    trusted_proxy_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
 
     # -- push (docs/push.md). A transport left unconfigured is reported at start; its
     # devices are served by polling. --
@@ -154,6 +171,21 @@ class Settings(BaseModel):
             _split_host_port(value)
         return value
 
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> tuple[str, ...]:
+        # The environment gives one string: "10.0.0.0/8, 192.0.2.7" (commas or spaces).
+        items = value.replace(",", " ").split() if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ValueError('trusted_proxies is a list of CIDRs, e.g. ["10.0.0.0/8"]')
+        return tuple(_network(item) for item in items)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_key_file is set without tls_cert_file")
+        return self
+
     @field_validator("issuer")
     @classmethod
     def _plain_issuer(cls, value: str) -> str:
@@ -171,7 +203,17 @@ class Settings(BaseModel):
         host = "[::1]" if host == "::" else host
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
+
+    @property
+    def tls(self) -> bool:
+        """True when ``openmfa run`` serves HTTPS itself."""
+        return self.tls_cert_file is not None
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` as networks."""
+        return tuple(ipaddress.ip_network(item) for item in self.trusted_proxies)
 
     @property
     def metrics_address(self) -> tuple[str, int] | None:
@@ -212,6 +254,17 @@ def _split_host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _network(item: object) -> str:
+    """One ``trusted_proxies`` entry, checked and written in its canonical form."""
+    text = item.strip() if isinstance(item, str) else ""
+    if not re.fullmatch(r"[0-9A-Fa-f:.]{2,45}(/[0-9]{1,3})?", text):
+        raise ValueError(f"{item!r} is not an IP address or CIDR (e.g. 10.0.0.0/8)")
+    try:
+        return str(ipaddress.ip_network(text, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: {exc}") from None
+
+
 def _from_environment() -> dict[str, Any]:
     values: dict[str, Any] = {}
     for name in Settings.model_fields:
@@ -249,6 +302,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         return Settings.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+            ".".join(str(p) for p in err["loc"]) + ": " * bool(err["loc"]) + err["msg"]
+            for err in exc.errors()
         )
         raise ConfigurationError(f"invalid settings: {problems}") from exc

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+import ssl
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -26,6 +29,7 @@ from backend.http_limits import HttpLimits, HttpMetrics, protocol_class
 from backend.logs import configure_logging
 from backend.push.factory import push_summary
 from backend.services import Services
+from backend.tls import ServerTls
 
 if TYPE_CHECKING:  # the bridge is imported only when RADIUS is on
     from radius_bridge.config import BridgeSettings
@@ -53,20 +57,44 @@ class _Server(uvicorn.Server):
         app: Starlette,
         radius: _Radius | None,
         metrics: _MetricsServer | None = None,
+        tls: ServerTls | None = None,
+        handshake_seconds: float = 10.0,
     ) -> None:
         super().__init__(config)
+        self._handshake_seconds = handshake_seconds
         self._app = app
         self._radius = radius
         self._metrics = metrics
+        self._tls = tls
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing: asyncio.Task[None] | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        # SIGHUP would end the process by default; a service manager sends it to reload
+        # (systemd's ExecReload), so it never stops the server, with or without TLS.
+        # Signals reach the main thread only (uvicorn skips its own handlers elsewhere too).
+        hup = threading.current_thread() is threading.main_thread()
+        if hup:
+            self._loop.add_signal_handler(signal.SIGHUP, self._reload)
+        try:
+            await super().serve(sockets)
+        finally:
+            if hup:
+                self._loop.remove_signal_handler(signal.SIGHUP)
+
+    def _reload(self) -> None:
+        if self._tls is not None:
+            self._tls.reload()
+        else:
+            log.info("SIGHUP: nothing to reload (HTTPS is not served: no tls_cert_file)")
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        if self._tls is None:
+            await super().startup(sockets)
+        else:
+            async with _handshake_timeout(self._handshake_seconds):
+                await super().startup(sockets)
         if self._radius is not None and not self.should_exit:
             try:
                 await self._radius.start(self._app)
@@ -109,6 +137,26 @@ class _Server(uvicorn.Server):
         services = getattr(self._app.state, "services", None)
         if services is not None:
             await services.bus.close()
+
+
+@contextlib.asynccontextmanager
+async def _handshake_timeout(seconds: float) -> AsyncIterator[None]:
+    """While uvicorn creates its listeners, give them a TLS handshake deadline.
+
+    uvicorn calls ``loop.create_server`` without ``ssl_handshake_timeout``, so a connection
+    that never sends its ClientHello was held for asyncio's 60 s, and is not yet counted
+    against ``http_max_connections`` (the protocol sees it only after the handshake). The
+    handshake gets the time a plain request has to arrive (``http_request_timeout_seconds``).
+    Only this loop's method is wrapped, and only during start-up.
+    """
+    loop = asyncio.get_running_loop()
+    loop.create_server = functools.partial(  # type: ignore[method-assign]
+        loop.create_server, ssl_handshake_timeout=seconds
+    )
+    try:
+        yield
+    finally:
+        del loop.create_server
 
 
 class _Radius:
@@ -231,11 +279,16 @@ class Listeners:
     """
 
     def __init__(
-        self, http: list[socket.socket], radius: _Radius | None, metrics: socket.socket | None
+        self,
+        http: list[socket.socket],
+        radius: _Radius | None,
+        metrics: socket.socket | None,
+        tls: ServerTls | None = None,
     ) -> None:
         self.http = http
         self.radius = radius
         self.metrics = metrics
+        self.tls = tls
 
     def close(self) -> None:
         """Release whatever was not handed over to a running server."""
@@ -280,8 +333,12 @@ def _bind_tcp(host: str, port: int, what: str, hint: str) -> list[socket.socket]
 
 
 def claim_listeners(settings: Settings) -> Listeners:
-    """Bind the HTTP port, the RADIUS UDP port(s) and the metrics port, or raise
-    :class:`ConfigurationError` naming the one that is taken (nothing is left bound)."""
+    """Load the TLS certificate and key (when HTTPS is asked for), bind the HTTP port, the
+    RADIUS UDP port(s) and the metrics port, or raise :class:`ConfigurationError` naming the
+    file that is wrong or the port that is taken (nothing is left bound)."""
+    tls = (
+        ServerTls(settings.tls_cert_file, settings.tls_key_file) if settings.tls_cert_file else None
+    )
     http = _bind_tcp(
         settings.host,
         settings.port,
@@ -304,7 +361,18 @@ def claim_listeners(settings: Settings) -> Listeners:
         if radius is not None:
             radius.close_sockets()
         raise
-    return Listeners(http, radius, metrics[0] if metrics else None)
+    return Listeners(http, radius, metrics[0] if metrics else None, tls)
+
+
+def _tls_factory(
+    tls: ServerTls,
+) -> Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext]:
+    """uvicorn's hook for a context of our own: the one :class:`ServerTls` swaps behind."""
+
+    def factory(config: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        return tls.context
+
+    return factory
 
 
 def http_limits(settings: Settings) -> HttpLimits:
@@ -370,7 +438,7 @@ def serve(settings: Settings, listeners: Listeners | None = None) -> None:
         app = create_app(settings)
         http_metrics = HttpMetrics()
         limits = http_limits(settings)
-        radius = listeners.radius
+        radius, tls = listeners.radius, listeners.tls
         metrics = (
             _MetricsServer(listeners.metrics, http_metrics, radius, limits)
             if listeners.metrics is not None
@@ -388,14 +456,19 @@ def serve(settings: Settings, listeners: Listeners | None = None) -> None:
             proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds)),
+            ssl_context_factory=_tls_factory(tls) if tls is not None else None,
         )
         for sock in listeners.http:
             host, port = sock.getsockname()[:2]
             shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
-            log.info("serving HTTP on %s:%d", shown, port)
+            log.info("serving %s on %s:%d", "HTTPS" if tls else "HTTP", shown, port)
+        if tls is not None:
+            log.info("TLS certificate: %s (SIGHUP reloads it)", tls.describe())
         if listeners.metrics is not None:
             host, port = listeners.metrics.getsockname()[:2]
             log.info("serving Prometheus metrics on http://%s:%d/metrics", host, port)
-        _Server(config, app, radius, metrics).run(sockets=listeners.http)
+        _Server(
+            config, app, radius, metrics, tls, handshake_seconds=limits.request_timeout_seconds
+        ).run(sockets=listeners.http)
     finally:
         listeners.close()

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 import jinja2
 from starlette.requests import Request
 
+from backend.api.client_address import client_address as client_address  # for the pages
 from backend.logs import request_id_var
 from backend.services.context import Actor
 from webportal.ratelimit import AddressLimiter
@@ -51,11 +52,6 @@ def area_of(request: Request) -> Area:
     if area not in ("portal", "admin"):
         raise RuntimeError("webportal pages must be served under webportal.app.routes()")
     return "portal" if area == "portal" else "admin"
-
-
-def client_address(request: Request) -> str:
-    """The peer address (the proxy's, behind a reverse proxy: see docs/portal.md)."""
-    return request.client.host if request.client else ""
 
 
 def web_actor(request: Request, name: str) -> Actor:

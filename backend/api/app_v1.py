@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from backend.api.client_address import client_address
 from backend.api.http import json_response, parse_json, read_body, services_of, target_of
 from backend.api.schemas import (
     ActivateRequest,
@@ -31,17 +32,15 @@ from backend.services.geoip import GeoIp
 ACTIVATION_DEVICE = "activation"
 
 
-def _client(request: Request) -> str:
-    return request.client.host if request.client else ""
-
-
 async def _signed_device(request: Request) -> tuple[DeviceRecord, bytes]:
     body = await read_body(request)
     services = services_of(request)
     device = await services.devices.authenticate(
         request.method, target_of(request), dict(request.headers), body
     )
-    request.state.actor = Actor(f"device:{device.id}", _client(request), request_id_var.get())
+    request.state.actor = Actor(
+        f"device:{device.id}", client_address(request), request_id_var.get()
+    )
     request.state.user_name = device.user_name  # so refusals from here on name the user
     return device, body
 
@@ -94,7 +93,7 @@ async def activate(request: Request) -> Response:
         body,
     )
     signing.verify(public_key, signed.signature, message)
-    actor = Actor("device:activating", _client(request), request_id_var.get())
+    actor = Actor("device:activating", client_address(request), request_id_var.get())
     request.state.actor = actor
     device = await services.activation.activate(
         actor,

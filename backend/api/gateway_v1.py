@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from backend.api.client_address import client_address
 from backend.api.http import json_response, parse_json, read_body, services_of
 from backend.api.schemas import (
     Authentication,
@@ -40,7 +41,7 @@ async def authenticate_gateway(request: Request, scope: str = "gateway") -> ApiT
     token = _bearer(request)
     tokens = services_of(request).tokens
     record = await tokens.authenticate(token)
-    client = request.client.host if request.client else ""
+    client = client_address(request)
     request.state.actor = Actor(f"gateway:{record.name}", client, request_id_var.get())
     tokens.authorize(record, scope)
     return record
@@ -131,7 +132,7 @@ async def verify_otp(request: Request) -> Response:
     token = _bearer(request)
     payload = parse_json(await read_body(request), VerifyRequest)
     request.state.user_name = payload.user.casefold()
-    client = request.client.host if request.client else ""
+    client = client_address(request)
     services = services_of(request)
     bearer: str | None = token
     # The in-process bridge's token lives in memory only; the query would not find it.

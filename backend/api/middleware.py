@@ -10,6 +10,7 @@ import time
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend.api.client_address import PEER_KEY
 from backend.api.problems import unexpected_error
 from backend.logs import request_id_var
 
@@ -26,6 +27,16 @@ _QUIET_POLLS = frozenset({("/gateway/v1/radius/clients", 304)})
 def loggable_path(path: str) -> str:
     """``path`` as the access log may show it."""
     return _CREDENTIAL_PATHS.sub(r"\1<token>", path)
+
+
+def _addresses(scope: Scope) -> dict[str, str]:
+    """The client (behind a trusted proxy: the one it forwarded for) and that proxy."""
+    client = scope.get("client")
+    shown = {"client": str(client[0]) if client else ""}
+    peer = scope.get(PEER_KEY)
+    if isinstance(peer, str):
+        shown["peer"] = peer
+    return shown
 
 
 class RequestIdMiddleware:
@@ -72,6 +83,10 @@ class RequestIdMiddleware:
                 scope["method"],
                 loggable_path(scope["path"]),
                 status,
-                extra={"status": status, "ms": round((time.perf_counter() - started) * 1000, 2)},
+                extra={
+                    "status": status,
+                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                    **_addresses(scope),
+                },
             )
             request_id_var.reset(token)

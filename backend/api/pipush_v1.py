@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from backend.api.client_address import client_address
 from backend.api.http import read_body, services_of
 from backend.api.problems import request_actor
 from backend.errors import BadRequest, DatabaseError, OpenMFAError, PayloadTooLarge
@@ -100,7 +101,7 @@ async def _refused(request: Request, exc: OpenMFAError, what: str) -> JSONRespon
 
 async def push_endpoint(request: Request) -> Response:
     """Every request of the privacyIDEA Authenticator (see the module docstring)."""
-    client = request.client.host if request.client else ""
+    client = client_address(request)
     actor = Actor("pipush:anonymous", client, request_id_var.get())
     request.state.actor = actor
     what = "poll" if request.method == "GET" else "request"

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from backend.api.client_address import client_address
 from backend.errors import DatabaseError, OpenMFAError
 from backend.logs import request_id_var
 from backend.services.context import Actor
@@ -61,7 +62,7 @@ def request_actor(request: Request, error: OpenMFAError | None = None) -> Actor:
         actor = getattr(request.state, "actor", None)
     if isinstance(actor, Actor):
         return actor
-    client = request.client.host if request.client else ""
+    client = client_address(request)
     return Actor("anonymous", client, request_id_var.get())
 
 

@@ -99,6 +99,10 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="UDP port of the built-in RADIUS bridge (default 1812; 0: off)",
     )
+    run.add_argument(
+        "--tls-cert", type=Path, help="serve HTTPS with this PEM certificate (and chain)"
+    )
+    run.add_argument("--tls-key", type=Path, help="the certificate's PEM key (SIGHUP reloads both)")
     run.set_defaults(handler="run")
 
     # `openmfa radius ...` hands its arguments to the bridge's own parser (radius_bridge.cli),
@@ -389,6 +393,10 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["port"] = args.port
     if getattr(args, "radius_port", None) is not None:
         overrides["radius_port"] = args.radius_port
+    if getattr(args, "tls_cert", None):
+        overrides["tls_cert_file"] = args.tls_cert
+    if getattr(args, "tls_key", None):
+        overrides["tls_key_file"] = args.tls_key
     return load_settings(args.config, **overrides)
 
 
@@ -471,7 +479,8 @@ def _banner(settings: Settings, bootstrap: str | None = None) -> None:
         else "RADIUS off (--radius-port 0)\n"
     )
     print(
-        f"OpenMFA {__version__} on http://{settings.host}:{settings.port}\n"
+        f"OpenMFA {__version__} on {'https' if settings.tls else 'http'}://"
+        f"{settings.host}:{settings.port}\n"
         f"{radius}"
         f"Data directory: {settings.home}\n"
         "Next, in another terminal:\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -99,13 +100,23 @@ class ServerProcess:
     """
 
     def __init__(
-        self, home: Path, port: int, env: dict[str, str], exe: Path = EXE, cwd: Path | None = None
+        self,
+        home: Path,
+        port: int,
+        env: dict[str, str],
+        tls_ca: Path | None = None,
+        exe: Path = EXE,
+        cwd: Path | None = None,
     ) -> None:
         self.exe = exe
         self.cwd = cwd
         self.home = home
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        # With ``tls_ca`` the server is expected to serve HTTPS with a certificate of that CA.
+        self.url = f"{'https' if tls_ca else 'http'}://127.0.0.1:{port}"
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(tls_ca)) if tls_ca else True
+        )
         # RADIUS off unless a test asks for it (OPENMFA_RADIUS_PORT in ``env``): servers
         # running side by side would otherwise all claim UDP 1812.
         self.env = {**os.environ, "OPENMFA_HOME": str(home), "OPENMFA_RADIUS_PORT": "0", **env}
@@ -133,7 +144,8 @@ class ServerProcess:
                     f"openmfa run exited {self.process.returncode} during start-up:\n{self.log}"
                 )
             try:
-                return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+                answer = httpx.get(self.url + "/healthz", timeout=2, verify=self.verify)
+                return answer.status_code == 200
             except httpx.TransportError:
                 return False
 

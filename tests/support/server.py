@@ -33,7 +33,11 @@ class LiveServer:
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self._ready = threading.Event()
-        config = uvicorn.Config(app, lifespan="on", log_config=None, access_log=False)
+        # proxy_headers off as `openmfa run` has it: uvicorn's default believes X-Forwarded-For
+        # from 127.0.0.1, which every test client is.
+        config = uvicorn.Config(
+            app, lifespan="on", log_config=None, access_log=False, proxy_headers=False
+        )
         self._server = _Server(config, self._ready)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
