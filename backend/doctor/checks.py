@@ -128,7 +128,8 @@ def check_public_url(public_url: str, pipush_devices: int | None, probe: UrlProb
                 "public_url",
                 "error",
                 f"{target} is unreachable: {probe.error}",
-                "start the server (openmfa run), or fix public_url, the proxy or the firewall",
+                "start the server (openmfa run), or fix public_url, the proxy, the firewall or "
+                "the TLS certificate (it must be one phones trust)",
             )
         )
     return findings
@@ -327,8 +328,8 @@ def check_radius_clients(clients: list[ClientFacts] | None, why_not: str = "") -
                 Finding(
                     "radius clients",
                     "warning",
-                    f"{client.name}: Message-Authenticator is not required (BlastRADIUS; "
-                    "docs/security.md, finding 24)",
+                    f"{client.name}: Message-Authenticator is not required: spoofed requests "
+                    "can start pushes (BlastRADIUS, docs/radius-clients.md)",
                     f"openmfa client set {client.name} --require-message-authenticator once the "
                     "gateway sends it",
                 )
