@@ -119,6 +119,10 @@ def test_the_values_are_the_ones_the_server_would_use(
                 if value is None
                 else (str(value).lower() if isinstance(value, bool) else str(value))
             )
+            derived = getattr(settings, f"resolved_{name}", None)
+            if not expected and derived:
+                expected = str(derived)
+                assert views[name].source == "default, derived"
             assert views[name].value == mask_url(expected), name
     assert views["radius_port"].source == "environment OPENMFA_RADIUS_PORT"
 

@@ -89,6 +89,11 @@ def describe(
             source = "default"
         secret = is_secret_field(name)
         value = _text(getattr(settings, name))
+        derived = getattr(settings, f"resolved_{name}", None)
+        if not value and derived:
+            # Left empty, the setting takes a value derived from others (home, host, port):
+            # show that, since it is what the server uses.
+            value, source = _text(derived), f"{source}, derived"
         value = MASK if secret and value else mask_url(value)
         views.append(SettingView(name, value, source, secret))
     return views
