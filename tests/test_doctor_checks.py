@@ -127,6 +127,19 @@ def test_radius_port() -> None:
     assert "CAP_NET_BIND_SERVICE" in low.fix
 
 
+def test_tcp_ports_and_ipv6_addresses() -> None:
+    busy = checks.check_port("http port", PortFacts("::1", 8080, "in use", protocol="tcp"))
+    assert busy.level == "error"
+    assert busy.message.startswith("tcp [::1]:8080")
+    assert "ss -tlpn" in busy.fix
+
+
+def test_geoip() -> None:
+    assert checks.check_geoip(None, None).level == "skip"
+    assert checks.check_geoip("/x.mmdb", None).level == "ok"
+    assert checks.check_geoip("/x.mmdb", "not a MaxMind database").level == "error"
+
+
 def test_radius_clients() -> None:
     assert levels(checks.check_radius_clients([])) == ["ok"]
     assert levels(checks.check_radius_clients(None, "no key")) == ["skip"]

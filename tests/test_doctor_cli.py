@@ -80,14 +80,19 @@ def home(template: Path, tmp_path: Path) -> Path:
     return copy
 
 
+def isolated(healthy: Cli) -> dict[str, str]:
+    """``public_url`` is the healthy server; RADIUS off; a free HTTP port of its own."""
+    return {
+        "OPENMFA_PUBLIC_URL": healthy.env["OPENMFA_PUBLIC_URL"],
+        "OPENMFA_RADIUS_PORT": "0",
+        "OPENMFA_PORT": str(free_port()),
+    }
+
+
 @pytest.fixture
 def cli(home: Path, healthy: Cli) -> Cli:
-    """A CLI on a copy of the template; ``public_url`` is the healthy server, RADIUS off."""
-    return Cli(
-        home,
-        OPENMFA_PUBLIC_URL=healthy.env["OPENMFA_PUBLIC_URL"],
-        OPENMFA_RADIUS_PORT="0",
-    )
+    """A CLI on a copy of the template, with :func:`isolated` settings."""
+    return Cli(home, **isolated(healthy))
 
 
 def test_a_healthy_set_up_passes(healthy: Cli) -> None:
@@ -97,6 +102,7 @@ def test_a_healthy_set_up_passes(healthy: Cli) -> None:
     assert any(line.startswith("ok") and "database" in line for line in lines), lines
     report = findings(healthy("doctor", "--json"))
     assert "in use by the running OpenMFA server" in report["radius port"][0]["message"]
+    assert "in use by the running OpenMFA server" in report["http port"][0]["message"]
     assert [f["level"] for f in report["radius clients"]] == ["ok"]
     assert report["server key"][0]["level"] == "ok"
     assert "matches the database" in report["server key"][0]["message"]
@@ -140,7 +146,7 @@ def test_a_missing_database_is_an_error_and_nothing_is_created(
 ) -> None:
     home = tmp_path / "empty"
     home.mkdir(mode=0o700)
-    cli = Cli(home, OPENMFA_PUBLIC_URL=healthy.env["OPENMFA_PUBLIC_URL"], OPENMFA_RADIUS_PORT="0")
+    cli = Cli(home, **isolated(healthy))
     result = cli("doctor", check=False)
     assert result.returncode == 1
     assert "fix: run `openmfa db upgrade` to create it" in result.stdout
@@ -151,7 +157,7 @@ def test_an_old_schema_is_an_error(tmp_path: Path, healthy: Cli) -> None:
     home = tmp_path / "old"
     home.mkdir(mode=0o700)
     migrations.upgrade(f"sqlite+aiosqlite:///{home / 'openmfa.db'}", "0007")
-    cli = Cli(home, OPENMFA_PUBLIC_URL=healthy.env["OPENMFA_PUBLIC_URL"], OPENMFA_RADIUS_PORT="0")
+    cli = Cli(home, **isolated(healthy))
     result = cli("doctor", "--json", check=False)
     assert result.returncode == 1
     assert errors(result) == {"database"}
@@ -169,6 +175,17 @@ def test_a_busy_radius_port_is_an_error(cli: Cli) -> None:
     assert result.returncode == 1
     assert errors(result) == {"radius port"}
     assert "another process" in findings(result)["radius port"][0]["message"]
+
+
+def test_a_busy_http_port_is_an_error(cli: Cli) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        cli.env["OPENMFA_PORT"] = str(squatter.getsockname()[1])
+        result = cli("doctor", "--json", check=False)
+    assert result.returncode == 1
+    assert errors(result) == {"http port"}
+    assert "ss -tlpn" in findings(result)["http port"][0]["fix"]
 
 
 def test_an_unreachable_public_url_is_an_error(cli: Cli) -> None:

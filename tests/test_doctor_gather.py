@@ -64,3 +64,12 @@ async def test_the_doctor_creates_no_key(services: Services, settings: Settings)
     assert finding.level == "error"
     assert "restore" in finding.fix
     assert not key.exists()
+
+
+async def test_a_geoip_file_that_is_not_a_database_is_an_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "GeoLite2-City.mmdb"
+    garbage.write_bytes(b"not a MaxMind database")
+    settings = Settings(home=tmp_path, geoip_database=garbage, radius_port=0)
+    [finding] = by_check(await run_checks(settings, "test"))["geoip"]
+    assert finding.level == "error"
+    assert str(garbage) in finding.message

@@ -258,38 +258,46 @@ def check_server_key(facts: KeyFacts) -> list[Finding]:
 
 @dataclass(frozen=True, slots=True)
 class PortFacts:
-    """Whether the RADIUS UDP port could be bound, and who answers on the HTTP port."""
+    """Whether a listening port could be bound, and whether OpenMFA answers on the HTTP port."""
 
     host: str
     port: int
     bind_error: str | None = None
     permission_denied: bool = False
     server_running: bool = False  # an OpenMFA server answers /healthz on host:port
+    protocol: str = "udp"
 
 
-def check_radius_port(facts: PortFacts) -> Finding:
-    """The built-in bridge's port is free (or held by the running OpenMFA server)."""
-    if facts.port == 0:
-        return Finding("radius port", "skip", "RADIUS is off (radius_port = 0)")
-    where = f"udp {facts.host}:{facts.port}"
+def check_port(check: str, facts: PortFacts) -> Finding:
+    """A port ``openmfa run`` listens on is free, or held by the running OpenMFA server."""
+    host = f"[{facts.host}]" if ":" in facts.host else facts.host
+    where = f"{facts.protocol} {host}:{facts.port}"
     if facts.bind_error is None:
-        return _ok("radius port", f"{where} is free to bind")
+        return _ok(check, f"{where} is free to bind")
     if facts.permission_denied:
         return Finding(
-            "radius port",
+            check,
             "error",
             f"{where} cannot be bound: {facts.bind_error}",
             "ports below 1024 need CAP_NET_BIND_SERVICE (AmbientCapabilities= in the unit), "
             "or use a port above 1023",
         )
     if facts.server_running:
-        return _ok("radius port", f"{where} is in use by the running OpenMFA server")
+        return _ok(check, f"{where} is in use by the running OpenMFA server")
+    flags = "ulpn" if facts.protocol == "udp" else "tlpn"
     return Finding(
-        "radius port",
+        check,
         "error",
         f"{where} is in use by another process",
-        f"find it with `ss -ulpn 'sport = :{facts.port}'`, stop it, or set radius_port",
+        f"find it with `ss -{flags} 'sport = :{facts.port}'`, stop it, or choose another port",
     )
+
+
+def check_radius_port(facts: PortFacts) -> Finding:
+    """The built-in bridge's port is free (or held by the running OpenMFA server)."""
+    if facts.port == 0:
+        return Finding("radius port", "skip", "RADIUS is off (radius_port = 0)")
+    return check_port("radius port", facts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,6 +473,18 @@ def check_clock(facts: ClockFacts) -> list[Finding]:
             )
         )
     return findings
+
+
+# -- GeoIP -----------------------------------------------------------------------------------
+
+
+def check_geoip(path: str | None, error: str | None) -> Finding:
+    """The GeoIP database opens, when one is configured."""
+    if path is None:
+        return Finding("geoip", "skip", "not configured: challenges show no place (geoip_database)")
+    if error is not None:
+        return Finding("geoip", "error", error, "fix geoip_database (docs/operations.md, GeoIP)")
+    return _ok("geoip", f"{path} opens")
 
 
 # -- directories -----------------------------------------------------------------------------

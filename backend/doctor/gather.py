@@ -207,27 +207,74 @@ async def _server_running(settings: Settings) -> bool:
     return False
 
 
-async def radius_port(ctx: Context) -> list[Finding]:
-    """The built-in bridge's UDP port can be bound (or the running server holds it)."""
-    settings = ctx.settings
-    host, port = settings.resolved_radius_host, settings.radius_port
-    if port == 0:
-        return [checks.check_radius_port(checks.PortFacts(host, 0))]
+def _bind_error(host: str, port: int, kind: socket.SocketKind) -> OSError | None:
+    """Bind ``host:port`` as ``openmfa run`` would and let it go; the error, if any."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        with socket.socket(family, kind) as sock:
+            if kind == socket.SOCK_STREAM:
+                # As the server binds (backend/server.py): a port in TIME_WAIT is free.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
     except OSError as exc:
-        running = await _server_running(settings)
-        facts = checks.PortFacts(
-            host,
-            port,
-            bind_error=exc.strerror or str(exc),
-            permission_denied=exc.errno in (errno.EACCES, errno.EPERM),
-            server_running=running,
+        return exc
+    return None
+
+
+async def _port_facts(
+    settings: Settings, host: str, port: int, kind: socket.SocketKind
+) -> checks.PortFacts:
+    protocol = "udp" if kind == socket.SOCK_DGRAM else "tcp"
+    error = _bind_error(host, port, kind)
+    if error is None:
+        return checks.PortFacts(host, port, protocol=protocol)
+    return checks.PortFacts(
+        host,
+        port,
+        bind_error=error.strerror or str(error),
+        permission_denied=error.errno in (errno.EACCES, errno.EPERM),
+        server_running=await _server_running(settings),
+        protocol=protocol,
+    )
+
+
+async def ports(ctx: Context) -> list[Finding]:
+    """The HTTP port, the metrics listener (when set) and the built-in bridge's UDP port."""
+    settings = ctx.settings
+    findings = [
+        checks.check_port(
+            "http port",
+            await _port_facts(settings, settings.host, settings.port, socket.SOCK_STREAM),
         )
-        return [checks.check_radius_port(facts)]
-    return [checks.check_radius_port(checks.PortFacts(host, port))]
+    ]
+    metrics = settings.metrics_address
+    if metrics is not None:
+        facts = await _port_facts(settings, metrics[0], metrics[1], socket.SOCK_STREAM)
+        findings.append(checks.check_port("metrics port", facts))
+    host, port = settings.resolved_radius_host, settings.radius_port
+    if port == 0:
+        findings.append(checks.check_radius_port(checks.PortFacts(host, 0)))
+    else:
+        facts = await _port_facts(settings, host, port, socket.SOCK_DGRAM)
+        findings.append(checks.check_radius_port(facts))
+    return findings
+
+
+async def geoip(ctx: Context) -> list[Finding]:
+    """The GeoIP database opens as the server opens it."""
+    from backend.errors import ConfigurationError
+    from backend.services.geoip import GeoIp
+
+    path = ctx.settings.geoip_database
+    if path is None:
+        return [checks.check_geoip(None, None)]
+    try:
+        opened = GeoIp.open(path)
+    except ConfigurationError as exc:
+        return [checks.check_geoip(str(path), str(exc))]
+    if opened is not None:
+        opened.close()
+    return [checks.check_geoip(str(path), None)]
 
 
 async def radius_clients(ctx: Context) -> list[Finding]:
@@ -378,10 +425,11 @@ STEPS: tuple[Step, ...] = (
     database,
     server_key,
     public_url,
-    radius_port,
+    ports,
     radius_clients,
     push,
     smtp,
+    geoip,
     clock,
 )
 
