@@ -9,7 +9,7 @@ import pytest
 
 from backend.config import Settings
 from backend.doctor.checks import Finding
-from backend.doctor.gather import run_checks
+from backend.doctor.gather import Context, data_dir, run_checks
 from backend.services import Services
 from tests.support.process import free_port
 
@@ -73,3 +73,15 @@ async def test_a_geoip_file_that_is_not_a_database_is_an_error(tmp_path: Path) -
     [finding] = by_check(await run_checks(settings, "test"))["geoip"]
     assert finding.level == "error"
     assert str(garbage) in finding.message
+
+
+async def test_a_check_that_breaks_is_an_error_and_the_others_still_run(tmp_path: Path) -> None:
+    async def exploding(ctx: Context) -> list[Finding]:
+        raise RuntimeError("postgresql://u:pw-SENTINEL@h/d is odd")
+
+    settings = Settings(home=tmp_path, radius_port=0)
+    findings = await run_checks(settings, "test", (exploding, data_dir))
+    assert [f.check for f in findings] == ["settings", "exploding", "data directory"]
+    assert findings[1].level == "error"
+    assert "RuntimeError" in findings[1].message
+    assert "SENTINEL" not in findings[1].message

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from backend.config import Settings
 from backend.doctor import checks
 from backend.doctor.checks import Finding
+from backend.doctor.settings_view import mask_url
 
 NETWORK_TIMEOUT = 3.0  # seconds for each probe: a doctor that hangs is no help at 3 a.m.
 
@@ -64,6 +65,8 @@ async def data_dir(ctx: Context) -> list[Finding]:
         info = home.stat()
     except FileNotFoundError:
         return [checks.check_data_dir(checks.DirFacts(str(home), exists=False))]
+    except OSError:  # a parent this user cannot enter
+        return [checks.check_data_dir(checks.DirFacts(str(home), True, writable=False))]
     facts = checks.DirFacts(
         str(home),
         exists=True,
@@ -97,7 +100,7 @@ async def database(ctx: Context) -> list[Finding]:
                 revision = await migrations.current_revision(conn)
     except Exception as exc:  # whatever the driver raises (no route, auth, TLS) is the finding
         await db.dispose()
-        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        error = mask_url(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
         return [checks.check_database(checks.DatabaseFacts(shown, head, error=error))]
     finding = checks.check_database(checks.DatabaseFacts(shown, head, revision=revision))
     if finding.level == "ok":
@@ -122,6 +125,9 @@ async def server_key(ctx: Context) -> list[Finding]:
         info = path.stat()
     except FileNotFoundError:
         return checks.check_server_key(checks.KeyFacts(str(path), False, recorded=recorded))
+    except OSError as exc:
+        error = f"cannot read the server key {path}: {exc}"
+        return checks.check_server_key(checks.KeyFacts(str(path), True, read_error=error))
     try:
         key = read_key(path)
     except ServerKeyError as exc:
@@ -434,15 +440,27 @@ STEPS: tuple[Step, ...] = (
 )
 
 
-async def run_checks(settings: Settings, source: str) -> list[Finding]:
+async def run_checks(
+    settings: Settings, source: str, steps: tuple[Step, ...] = STEPS
+) -> list[Finding]:
     """Every check against ``settings`` (already loaded from ``source``), in order."""
     from backend.store.database import Database
 
     ctx = Context(settings)
     findings = [checks.check_settings(source, None)]
     try:
-        for step in STEPS:
-            findings += await step(ctx)
+        for step in steps:
+            try:
+                findings += await step(ctx)
+            except Exception as exc:  # one broken check must not hide the others' findings
+                findings.append(
+                    Finding(
+                        step.__name__.replace("_", " "),
+                        "error",
+                        f"the check itself failed: {type(exc).__name__}: {mask_url(str(exc))}",
+                        "fix what it names; if it names nothing of yours, report it as a bug",
+                    )
+                )
     finally:
         if isinstance(ctx.db, Database):
             await ctx.db.dispose()
