@@ -148,9 +148,11 @@ def test_radius_clients() -> None:
             ClientFacts("good", 32, False, True),
             ClientFacts("short", 8, True, True),
             ClientFacts("old", 40, False, False),
+            ClientFacts("proxy", 40, False, True, upstream_secret_short=True),
         ]
     )
-    assert levels(found) == ["ok", "warning", "warning"]
+    assert levels(found) == ["ok", "warning", "warning", "warning"]
+    assert "upstream" in found[3].message
     assert "short" in found[1].message
     assert "secret-stdin" in found[1].fix
     assert "Message-Authenticator" in found[2].message

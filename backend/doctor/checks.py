@@ -308,6 +308,7 @@ class ClientFacts:
     secret_bytes: int
     secret_short: bool
     require_message_authenticator: bool
+    upstream_secret_short: bool = False  # primary ``radius``: the upstream server's secret
 
 
 def check_radius_clients(clients: list[ClientFacts] | None, why_not: str = "") -> list[Finding]:
@@ -329,6 +330,17 @@ def check_radius_clients(clients: list[ClientFacts] | None, why_not: str = "") -
                     "guessed offline",
                     f"set a random one of 32+ characters: openssl rand -base64 24 | "
                     f"openmfa client set {client.name} --secret-stdin (and on the gateway)",
+                )
+            )
+        if client.upstream_secret_short:
+            problems.append(
+                Finding(
+                    "radius clients",
+                    "warning",
+                    f"{client.name}: the upstream server's secret is shorter than "
+                    f"{SHORT_SECRET_CHARS} characters",
+                    f"set a random one of 32+ characters on the upstream server and with "
+                    f"openmfa client set {client.name} --upstream-secret-file FILE",
                 )
             )
         if not client.require_message_authenticator:

@@ -300,7 +300,11 @@ async def radius_clients(ctx: Context) -> list[Finding]:
     return checks.check_radius_clients(
         [
             checks.ClientFacts(
-                r.name, r.secret_bytes, r.secret_short, r.require_message_authenticator
+                r.name,
+                r.secret_bytes,
+                r.secret_short,
+                r.require_message_authenticator,
+                upstream_secret_short=r.upstream is not None and r.upstream.secret_short,
             )
             for r in records
         ]
