@@ -30,6 +30,7 @@ from backend.doctor.checks import Finding
 from backend.doctor.settings_view import mask_url
 
 NETWORK_TIMEOUT = 3.0  # seconds for each probe: a doctor that hangs is no help at 3 a.m.
+LOCAL_TIMEOUT = 1.0  # asking our own host whether the process on a port is OpenMFA
 
 
 @dataclass
@@ -201,7 +202,7 @@ async def _server_running(settings: Settings) -> bool:
     for url in (local, "https://" + local.removeprefix("http://")):
         try:
             async with httpx.AsyncClient(
-                timeout=NETWORK_TIMEOUT,
+                timeout=LOCAL_TIMEOUT,
                 trust_env=False,
                 verify=False,  # noqa: S501 (see above)
             ) as client:
