@@ -41,6 +41,11 @@ def _read_key(path: Path) -> bytes:
     return key
 
 
+def read_key(path: Path) -> bytes:
+    """Read an existing key file, never creating one; :class:`ServerKeyError` if unusable."""
+    return _read_key(path)
+
+
 def load_or_create_key(path: Path, create: bool) -> bytes:
     """Read the key; create it (mode 0600, atomically) only when ``create`` is true."""
     if path.exists():

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from backend import __version__
 from backend.authenticator.client import AuthenticatorError
-from backend.cli import admin, clients, device, fraud
+from backend.cli import admin, clients, device, doctor, fraud
 from backend.cli.output import clean
 from backend.config import Settings, load_settings
 from backend.errors import OpenMFAError
@@ -306,6 +306,7 @@ def _parser() -> argparse.ArgumentParser:
 
     clients.add_parser(groups)
     fraud.add_parser(groups)
+    doctor.add_parser(groups)
 
     aud = groups.add_parser(
         "audit",
@@ -503,6 +504,8 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         if hasattr(args, "device_handler"):
             return int(args.device_handler(args))
+        if hasattr(args, "doctor_handler"):  # loads the settings itself (a bad file is a finding)
+            return int(args.doctor_handler(args))
         if args.handler == "radius":
             from backend.logs import configure_logging
             from radius_bridge.cli import main as radius_main

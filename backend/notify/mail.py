@@ -203,6 +203,27 @@ class MailSender:
         message.set_content(body)
         return message
 
+    async def probe(self) -> None:
+        """Connect, STARTTLS or TLS and log in as :meth:`send` would, then QUIT; sends nothing.
+
+        For ``openmfa doctor``: raises ``aiosmtplib.SMTPException`` or ``OSError``.
+        """
+        client = aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            username=self._credentials.username if self._credentials else None,
+            password=self._credentials.password if self._credentials else None,
+            use_tls=self.security == "tls",
+            start_tls=self.security == "starttls",
+            tls_context=self._tls,
+            timeout=self._timeout,
+        )
+        try:
+            await client.connect()
+            await client.quit()
+        finally:
+            client.close()
+
     async def send(self, recipients: Sequence[str], message: EmailMessage) -> str:
         """One attempt to deliver ``message``; the server's final reply, or :class:`MailError`."""
         client = aiosmtplib.SMTP(

@@ -1,0 +1,87 @@
+"""The doctor's fact gathering in process, on SQLite and PostgreSQL: a healthy database and
+key pass, an unreachable database is one error, and nothing the doctor reads is changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backend.config import Settings
+from backend.doctor.checks import Finding
+from backend.doctor.gather import Context, data_dir, run_checks
+from backend.services import Services
+from tests.support.process import free_port
+
+pytestmark = pytest.mark.anyio
+
+
+def by_check(findings: list[Finding]) -> dict[str, list[Finding]]:
+    grouped: dict[str, list[Finding]] = {}
+    for finding in findings:
+        grouped.setdefault(finding.check, []).append(finding)
+    return grouped
+
+
+async def test_a_migrated_database_with_its_key_passes(
+    services: Services, settings: Settings
+) -> None:
+    quiet = settings.model_copy(update={"radius_port": 0})
+    found = by_check(await run_checks(quiet, "test"))
+    assert [f.level for f in found["database"]] == ["ok"]
+    assert [f.level for f in found["server key"]] == ["ok"]
+    assert "matches the database" in found["server key"][0].message
+    assert [f.level for f in found["radius clients"]] == ["ok"]
+    if not settings.uses_sqlite:
+        # PostgreSQL's clock is compared with ours: on one machine they agree.
+        assert any("agrees with the database server" in f.message for f in found["clock"])
+
+
+async def test_an_unreachable_database_is_one_error_and_the_rest_still_runs(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    settings = Settings(
+        home=tmp_path,
+        database_url=f"postgresql+asyncpg://openmfa:pw-SENTINEL@127.0.0.1:{port}/openmfa",
+        radius_port=0,
+    )
+    findings = await run_checks(settings, "test")
+    found = by_check(findings)
+    [database] = found["database"]
+    assert database.level == "error"
+    assert "does not answer" in database.message
+    assert "SENTINEL" not in " ".join(f.message + f.fix for f in findings)
+    assert found["radius clients"][0].level == "skip"
+    assert "clock" in found  # the later checks ran
+
+
+async def test_the_doctor_creates_no_key(services: Services, settings: Settings) -> None:
+    key = settings.resolved_key_file
+    key.unlink()
+    found = by_check(await run_checks(settings.model_copy(update={"radius_port": 0}), "test"))
+    [finding] = found["server key"]
+    assert finding.level == "error"
+    assert "restore" in finding.fix
+    assert not key.exists()
+
+
+async def test_a_geoip_file_that_is_not_a_database_is_an_error(tmp_path: Path) -> None:
+    garbage = tmp_path / "GeoLite2-City.mmdb"
+    garbage.write_bytes(b"not a MaxMind database")
+    settings = Settings(home=tmp_path, geoip_database=garbage, radius_port=0)
+    [finding] = by_check(await run_checks(settings, "test"))["geoip"]
+    assert finding.level == "error"
+    assert str(garbage) in finding.message
+
+
+async def test_a_check_that_breaks_is_an_error_and_the_others_still_run(tmp_path: Path) -> None:
+    async def exploding(ctx: Context) -> list[Finding]:
+        raise RuntimeError("postgresql://u:pw-SENTINEL@h/d is odd")
+
+    settings = Settings(home=tmp_path, radius_port=0)
+    findings = await run_checks(settings, "test", (exploding, data_dir))
+    assert [f.check for f in findings] == ["settings", "exploding", "data directory"]
+    assert findings[1].level == "error"
+    assert "RuntimeError" in findings[1].message
+    assert "SENTINEL" not in findings[1].message
