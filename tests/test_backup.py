@@ -36,8 +36,16 @@ def field(output: str, pattern: str) -> str:
     return match.group(1)
 
 
-def oath_secret(cli: Cli, user: str) -> str:
-    return field(cli("activation", "create", user, "--oath").stdout, r"^secret:\s+(\S+)$")
+def oath_secret(capsys: pytest.CaptureFixture[str], user: str) -> str:
+    return field(run(capsys, "activation", "create", user, "--oath")[1], r"^secret:\s+(\S+)$")
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``openmfa ARGS`` in this process: status, stdout, stderr."""
+    capsys.readouterr()
+    status = main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 def code_at(secret: str, step: int) -> str:
@@ -110,20 +118,21 @@ def verify(url: str, token: str, user: str, code: str) -> str:
 
 
 def test_a_backup_taken_under_load_restores_codes_devices_and_replay_state(
-    tmp_path: Path,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home, files = tmp_path / "home", tmp_path / "files"
     files.mkdir()
     port = free_port()
-    cli = Cli(home)
-    cli("db", "upgrade")
+    cli = Cli(home)  # backup and restore run as the operator runs them: subprocesses
+    monkeypatch.setenv("OPENMFA_HOME", str(home))  # the set-up and checks, in process
+    assert run(capsys, "db", "upgrade")[0] == 0
     db = home / "openmfa.db"
     pad_audit_trail(db, 120_000)
     for user in ("alice", "bob", "loader"):
-        cli("user", "add", user)
-    alice, bob = oath_secret(cli, "alice"), oath_secret(cli, "bob")
-    oath_secret(cli, "loader")
-    token = cli("token", "create", "vpn").stdout.strip()
+        assert run(capsys, "user", "add", user)[0] == 0
+    alice, bob = oath_secret(capsys, "alice"), oath_secret(capsys, "bob")
+    oath_secret(capsys, "loader")
+    token = run(capsys, "token", "create", "vpn")[1].strip()
     backup = files / "openmfa-backup.db"
 
     with ServerProcess(home, port, {}) as server:
@@ -151,7 +160,7 @@ def test_a_backup_taken_under_load_restores_codes_devices_and_replay_state(
         assert copied > before  # the load's commits up to the snapshot are in it
 
         # After the backup: a user the restore must take away again.
-        cli("user", "add", "carol")
+        assert run(capsys, "user", "add", "carol")[0] == 0
         # The database is open in the server: no restore, --force or not.
         refused = cli.fails("restore", str(backup), "--force")
         assert "open in another process" in refused
@@ -160,9 +169,10 @@ def test_a_backup_taken_under_load_restores_codes_devices_and_replay_state(
     restored = cli("restore", str(backup), "--force")
     assert "before-restore-" in restored.stdout
     assert audit_rows(db) == copied
-    assert {"alice", "bob", "loader"} <= set(cli("user", "list").stdout.split())
-    assert "carol" not in cli("user", "list").stdout
-    assert "oath" in cli("user", "show", "alice").stdout
+    listed = run(capsys, "user", "list")[1]
+    assert {"alice", "bob", "loader"} <= set(listed.split())
+    assert "carol" not in listed
+    assert "oath" in run(capsys, "user", "show", "alice")[1]
 
     with ServerProcess(home, port, {}) as server:
         # Seeds decrypt: bob's code for now is accepted, once.
@@ -199,13 +209,6 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     assert main(["user", "add", "alice"]) == 0
     assert main(["activation", "create", "alice", "--oath"]) == 0
     return path
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = main(list(args))
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def test_backup_refuses_to_replace_a_file_without_force(
