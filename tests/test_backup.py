@@ -60,6 +60,20 @@ def audit_rows(db: Path) -> int:
         conn.close()
 
 
+def last_audit(db: Path, prefix: str = "database.") -> tuple[str, str, str]:
+    """The newest audit row whose action starts with ``prefix``."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute(
+            "SELECT action, result, detail FROM audit_events WHERE action LIKE ? "
+            "ORDER BY id DESC LIMIT 1",
+            (prefix + "%",),
+        ).fetchone()
+        return (str(row[0]), str(row[1]), str(row[2]))
+    finally:
+        conn.close()
+
+
 def pad_audit_trail(db: Path, rows: int) -> None:
     """Old audit entries, so that the copy takes many backup steps (test set-up only)."""
     conn = sqlite3.connect(db)
@@ -153,6 +167,11 @@ def test_a_backup_taken_under_load_restores_codes_devices_and_replay_state(
         # throughout: the copy is one snapshot.
         assert len(progress) == -(-total // 1024) > 3, result.stderr
         assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+        assert last_audit(db) == (
+            "database.backup",
+            "ok",
+            f"{backup} ({backup.stat().st_size} bytes)",
+        )
         assert "users:          3" in result.stdout
         assert "devices:        3 (3 active)" in result.stdout
         assert "NOT in this backup" in result.stdout
@@ -164,11 +183,14 @@ def test_a_backup_taken_under_load_restores_codes_devices_and_replay_state(
         # The database is open in the server: no restore, --force or not.
         refused = cli.fails("restore", str(backup), "--force")
         assert "open in another process" in refused
+        assert last_audit(db)[:2] == ("database.restore", "database-unavailable")
         server.terminate()
 
     restored = cli("restore", str(backup), "--force")
+    taken = field(restored.stdout, r"^taken at:\s+(\S+)$")
     assert "before-restore-" in restored.stdout
-    assert audit_rows(db) == copied
+    assert audit_rows(db) == copied + 1
+    assert last_audit(db) == ("database.restore", "ok", f"from {backup} (taken at {taken})")
     listed = run(capsys, "user", "list")[1]
     assert {"alice", "bob", "loader"} <= set(listed.split())
     assert "carol" not in listed
@@ -273,7 +295,8 @@ def test_restore_refuses_files_that_are_not_openmfa_backups(
     conn.execute("UPDATE alembic_version SET version_num = '9999'")
     conn.commit()
     conn.close()
-    before = (home / "openmfa.db").read_bytes()
+    db = home / "openmfa.db"
+    before = audit_rows(db)
     for path, message in (
         (text, "not an SQLite database"),
         (other, "lacks OpenMFA's tables"),
@@ -284,7 +307,10 @@ def test_restore_refuses_files_that_are_not_openmfa_backups(
         assert status == 1, path
         assert err.startswith("openmfa: error: "), err
         assert message in err, err
-    assert (home / "openmfa.db").read_bytes() == before
+    # The database stayed; each refusal is in its audit trail.
+    assert audit_rows(db) == before + 4
+    assert last_audit(db)[:2] == ("database.restore", "database-unavailable")
+    assert [p.name for p in home.iterdir() if "before-restore" in p.name] == []
 
 
 def test_restore_refuses_a_backup_whose_key_is_not_the_key_file(

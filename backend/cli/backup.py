@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import secrets
 import shlex
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend import __version__
+from backend.cli.output import clean
 from backend.errors import Conflict, DatabaseError, OpenMFAError, ServerKeyError
 
 if TYPE_CHECKING:
@@ -81,7 +84,52 @@ def add_parser(groups: Any) -> None:
 
 
 def backup_command(settings: Settings, args: argparse.Namespace) -> int:
-    """``openmfa backup FILE``."""
+    """``openmfa backup FILE``; audited in the database it copies."""
+    return _audited(settings, "database.backup", lambda: _backup(settings, args))
+
+
+def restore_command(settings: Settings, args: argparse.Namespace) -> int:
+    """``openmfa restore FILE``; audited in the restored database (a refusal: in the one
+    that stays)."""
+    return _audited(settings, "database.restore", lambda: _restore(settings, args))
+
+
+def _audited(settings: Settings, action: str, command: Callable[[], str]) -> int:
+    try:
+        detail = command()
+    except NotSupported:
+        raise  # PostgreSQL: nothing was done, and the database may be out of reach
+    except OpenMFAError as exc:
+        _audit(settings, action, exc.type, clean(exc))
+        raise
+    _audit(settings, action, "ok", detail)
+    return 0
+
+
+def _audit(settings: Settings, action: str, result: str, detail: str) -> None:
+    """One audit row, when the database is one this version runs on. A missing database or
+    one at another schema (an old backup just restored) has no audit trail to write to."""
+    import asyncio
+    import getpass
+
+    from backend.services import open_database
+    from backend.services.audit import AuditLog
+    from backend.services.context import Actor
+    from backend.store.tables import now
+
+    async def record() -> None:
+        db = await open_database(settings)
+        try:
+            actor = Actor(f"cli:{getpass.getuser()}", "local")
+            await AuditLog(db, now).record(actor, action, result, detail=detail)
+        finally:
+            await db.dispose()
+
+    with contextlib.suppress(OpenMFAError):
+        asyncio.run(record())
+
+
+def _backup(settings: Settings, args: argparse.Namespace) -> str:
     from backend.store import backup as store
 
     if not settings.uses_sqlite:
@@ -129,7 +177,7 @@ def backup_command(settings: Settings, args: argparse.Namespace) -> int:
         f"devices:        {contents.devices} ({contents.active_devices} active)"
     )
     print(_key_note(settings, contents, included=key is not None))
-    return 0
+    return f"{target} ({size} bytes{', with the server key' if key is not None else ''})"
 
 
 def _progress() -> Any:
@@ -202,8 +250,7 @@ def _read_key(path: Path) -> bytes:
 # -- restore ---------------------------------------------------------------------------------
 
 
-def restore_command(settings: Settings, args: argparse.Namespace) -> int:
-    """``openmfa restore FILE``."""
+def _restore(settings: Settings, args: argparse.Namespace) -> str:
     from backend.store import backup as store
 
     if not settings.uses_sqlite:
@@ -266,7 +313,7 @@ def restore_command(settings: Settings, args: argparse.Namespace) -> int:
             f"next:           the backup's schema is older than this version's ({known[-1]}): "
             "run `openmfa db upgrade` before `openmfa run`"
         )
-    return 0
+    return f"from {source} (taken at {taken})"
 
 
 def _restore_key_plan(path: Path, contents: Contents, ignore_key: bool) -> bytes | None:
