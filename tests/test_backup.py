@@ -313,6 +313,24 @@ def test_restore_refuses_files_that_are_not_openmfa_backups(
     assert [p.name for p in home.iterdir() if "before-restore" in p.name] == []
 
 
+def test_a_plain_copy_of_a_stopped_database_restores_and_leaves_no_files_beside_it(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    plain = copies / "openmfa.db"
+    plain.write_bytes((home / "openmfa.db").read_bytes())  # WAL mode in its header
+    status, out, _ = run(capsys, "restore", str(plain), "--force")
+    assert status == 0, out
+    assert "not made by openmfa backup" in out
+    assert sorted(p.name for p in copies.iterdir()) == ["openmfa.db"]
+    # A log beside the copy holds its last commits: refused rather than silently dropped.
+    Path(f"{plain}-wal").write_bytes(b"\0" * 32)
+    status, _, err = run(capsys, "restore", str(plain), "--force")
+    assert status == 1
+    assert "exists beside the backup" in err
+
+
 def test_restore_refuses_a_backup_whose_key_is_not_the_key_file(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

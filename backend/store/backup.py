@@ -69,6 +69,12 @@ def _connect(path: Path, timeout: float = 5.0) -> sqlite3.Connection:
     return conn
 
 
+def _open_backup(path: Path) -> sqlite3.Connection:
+    # immutable: no locks, and no -shm/-wal files made beside the backup (a plain copy of a
+    # WAL database would otherwise get them in the backup's folder).
+    return sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True, isolation_level=None)
+
+
 def copy_online(
     source: Path,
     target: Path,
@@ -130,7 +136,15 @@ def read_contents(path: Path) -> Contents:
         raise NotABackup(f"cannot read {path}: {exc.strerror}") from exc
     if magic != SQLITE_MAGIC:
         raise NotABackup(f"{path} is not an OpenMFA backup (not an SQLite database)")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    log = Path(f"{path}-wal")
+    if log.exists() and log.stat().st_size > 0:
+        # Read as immutable (below), the file's own log would be ignored, and with it the
+        # copy's last commits.
+        raise NotABackup(
+            f"{log} exists beside the backup: its last commits are in that log. Open the copy "
+            "once with sqlite3 (which folds the log in), or take the backup with openmfa backup"
+        )
+    conn = _open_backup(path)
     try:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
         if not {"alembic_version", "meta", "users", "devices"} <= tables:
@@ -203,7 +217,7 @@ def prepare_restore(backup: Path, directory: Path) -> Path:
     temporary = directory / f".openmfa-restore-{secrets.token_hex(8)}.db"
     os.close(os.open(temporary, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     try:
-        src = sqlite3.connect(f"file:{backup}?mode=ro", uri=True, isolation_level=None)
+        src = _open_backup(backup)
         try:
             dst = sqlite3.connect(temporary, isolation_level=None)
             try:
