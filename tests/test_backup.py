@@ -260,6 +260,21 @@ def test_restore_refuses_a_database_with_data_without_force(
     assert [p.name for p in home.iterdir() if "before-restore" in p.name] == []
 
 
+def test_restore_treats_a_file_that_is_not_sqlite_as_data(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    backup = tmp_path / "b.db"
+    assert run(capsys, "backup", str(backup))[0] == 0
+    (home / "openmfa.db").write_bytes(b"whatever this is, it is not ours to drop" * 100)
+    status, _, err = run(capsys, "restore", str(backup))
+    assert status == 1
+    assert "holds data; pass --force" in err
+    status, out, _ = run(capsys, "restore", str(backup), "--force")
+    assert status == 0, out
+    kept = [p for p in home.iterdir() if "before-restore" in p.name]
+    assert [p.read_bytes()[:8] for p in kept] == [b"whatever"]
+
+
 def test_restore_into_an_empty_home_needs_no_force(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import os
 import secrets
 import shlex
+import sqlite3
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -112,6 +113,8 @@ def _audit(settings: Settings, action: str, result: str, detail: str) -> None:
     import asyncio
     import getpass
 
+    from sqlalchemy.exc import SQLAlchemyError
+
     from backend.services import open_database
     from backend.services.audit import AuditLog
     from backend.services.context import Actor
@@ -125,7 +128,9 @@ def _audit(settings: Settings, action: str, result: str, detail: str) -> None:
         finally:
             await db.dispose()
 
-    with contextlib.suppress(OpenMFAError):
+    # Not a database this version can open (missing, another schema, not SQLite at all):
+    # there is no audit trail to write to, and the command's own outcome stands.
+    with contextlib.suppress(OpenMFAError, SQLAlchemyError, sqlite3.Error, OSError):
         asyncio.run(record())
 
 
@@ -277,7 +282,7 @@ def _restore(settings: Settings, args: argparse.Namespace) -> str:
         raise DatabaseError(f"the database directory {target.parent} does not exist")
     keep: Path | None = None
     with store.exclusive(target) as holder:
-        replaced = store.has_data(holder)
+        replaced = store.has_data(target, holder)
         if replaced and not args.force:
             raise Conflict(
                 f"the database {target} holds data; pass --force to replace it (it is kept "

@@ -174,19 +174,24 @@ def read_contents(path: Path) -> Contents:
     )
 
 
-def has_data(holder: sqlite3.Connection | None) -> bool:
-    """True when the database ``holder`` (from :func:`exclusive`) holds any table: an empty
-    file left by a failed start is not data worth a ``--force``."""
+def has_data(path: Path, holder: sqlite3.Connection | None) -> bool:
+    """True when ``path`` holds any table (``holder`` from :func:`exclusive`) or is not an
+    SQLite file at all: an empty file left by a failed start is not data worth a ``--force``.
+    """
     if holder is None:
-        return False
-    return int(holder.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]) > 0
+        return path.exists() and path.stat().st_size > 0
+    try:
+        return int(holder.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]) > 0
+    except sqlite3.DatabaseError:
+        return True  # not even SQLite: whatever it is, only --force replaces it
 
 
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[sqlite3.Connection | None]:
     """Hold ``path`` so that no other process opens it meanwhile, or raise
     :class:`DatabaseInUse` when one already has (a running server, a command). Yields the
-    holding connection (``None`` when there is no file) for :func:`put_in_place`.
+    holding connection (``None`` when there is no file, or it is not SQLite) for
+    :func:`has_data` and :func:`put_in_place`.
 
     In WAL mode every open connection keeps a shared lock on the file; with
     ``locking_mode=EXCLUSIVE`` our first transaction needs an exclusive one, which SQLite
@@ -197,16 +202,21 @@ def exclusive(path: Path) -> Iterator[sqlite3.Connection | None]:
         return
     conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, isolation_level=None, timeout=0.5)
     try:
+        sqlite = True
         try:
             conn.execute("PRAGMA locking_mode = EXCLUSIVE").fetchone()
             conn.execute("BEGIN EXCLUSIVE")
             conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise DatabaseError(f"the database {path} cannot be opened: {exc}") from exc
             raise DatabaseInUse(
                 f"the database {path} is open in another process (a running `openmfa run` "
                 "or command); stop the server and try again"
             ) from exc
-        yield conn
+        except sqlite3.DatabaseError:
+            sqlite = False  # not an SQLite file: no server can be using it
+        yield conn if sqlite else None
     finally:
         conn.close()
 
