@@ -292,8 +292,7 @@ def _restore(settings: Settings, args: argparse.Namespace) -> str:
         try:
             if write_key is not None:
                 _write_key(settings.resolved_key_file, write_key)
-            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-            keep = target.with_name(f"{target.name}.before-restore-{stamp}") if replaced else None
+            keep = _kept_name(target) if replaced else None
             store.put_in_place(holder, temporary, target, keep)
         except BaseException:
             temporary.unlink(missing_ok=True)
@@ -319,6 +318,15 @@ def _restore(settings: Settings, args: argparse.Namespace) -> str:
             "run `openmfa db upgrade` before `openmfa run`"
         )
     return f"from {source} (taken at {taken})"
+
+
+def _kept_name(target: Path) -> Path:
+    """``openmfa.db.before-restore-<UTC time>``, never the name of an earlier one."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    kept = target.with_name(f"{target.name}.before-restore-{stamp}")
+    while kept.exists():  # two restores within a second
+        kept = target.with_name(f"{target.name}.before-restore-{stamp}-{secrets.token_hex(2)}")
+    return kept
 
 
 def _restore_key_plan(path: Path, contents: Contents, ignore_key: bool) -> bytes | None:
