@@ -25,7 +25,7 @@ import pytest
 from backend.cli.main import main
 from backend.crypto import key_fingerprint, load_or_create_key
 from backend.store import migrations
-from tests.support.process import Cli, ServerProcess, free_port
+from tests.support.process import Cli, ServerProcess, free_port, wait_for
 
 STEP = 30
 
@@ -156,8 +156,7 @@ def test_a_backup_taken_under_load_restores_codes_devices_and_replay_state(
         assert verify(server.url, token, "alice", code_at(alice, accepted_step)) == "accept"
         with Load(server.url, token, "loader") as load:
             before = audit_rows(db)
-            while load.done < 20:  # the load is flowing before the copy starts
-                time.sleep(0.01)
+            wait_for(lambda: load.done >= 20, 30, "the load to flow before the copy starts")
             result = cli("backup", str(backup))
             during = load.done
         assert during > 20
