@@ -265,6 +265,8 @@ def put_in_place(
         holder.execute("PRAGMA journal_mode = DELETE").fetchone()
     if target.exists():
         if keep_old_as is not None:
+            # Two renames, not one: a crash between them leaves no database at ``target``
+            # (the server then says so) and the old one under ``keep_old_as``, never a mix.
             os.replace(target, keep_old_as)
         else:
             target.unlink()
