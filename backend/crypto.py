@@ -23,7 +23,9 @@ from backend.errors import ServerKeyError
 
 KEY_BYTES = 32
 _VERSION = b"\x01"
-_HEADER = "# OpenMFA server key. Keep it secret, keep a backup; without it no seed decrypts.\n"
+KEY_FILE_HEADER = (
+    "# OpenMFA server key. Keep it secret, keep a backup; without it no seed decrypts.\n"
+)
 
 
 def _read_key(path: Path) -> bytes:
@@ -62,7 +64,7 @@ def load_or_create_key(path: Path, create: bool) -> bytes:
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(_HEADER + base64.b64encode(key).decode("ascii") + "\n")
+        handle.write(KEY_FILE_HEADER + base64.b64encode(key).decode("ascii") + "\n")
     os.replace(tmp, path)
     return key
 

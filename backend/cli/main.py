@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from backend import __version__
 from backend.authenticator.client import AuthenticatorError
-from backend.cli import admin, clients, device, doctor, fraud
+from backend.cli import admin, backup, clients, device, doctor, fraud
 from backend.cli.output import clean
 from backend.config import Settings, load_settings
 from backend.errors import OpenMFAError
@@ -307,6 +307,7 @@ def _parser() -> argparse.ArgumentParser:
     clients.add_parser(groups)
     fraud.add_parser(groups)
     doctor.add_parser(groups)
+    backup.add_parser(groups)
 
     aud = groups.add_parser(
         "audit",
@@ -527,6 +528,8 @@ def _main(argv: Sequence[str] | None) -> int:
                 raise
             serve(settings, listeners)
             return 0
+        if hasattr(args, "settings_handler"):  # backup, restore: no services, any schema
+            return int(args.settings_handler(settings, args))
         if args.handler == "db-upgrade":
             return _db_upgrade(settings)
         if args.handler == "db-current":
