@@ -2,21 +2,34 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# `make run` needs only the runtime dependencies; the test tools (pytest, ruff, mypy,
+# playwright, ...) are installed by `make install` / `make test` alone.
+RUNTIME := $(VENV)/.installed-runtime
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test install tools lint typecheck pytest bench clean deb
 
-$(STAMP): pyproject.toml
+define make_venv
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
 	  echo "error: cannot create a virtualenv; on Debian: apt-get install python3-venv" >&2; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+endef
+
+$(RUNTIME): pyproject.toml
+	$(make_venv)
+	$(BIN)/python -m pip install --quiet -e .
 	@touch $@
+
+# The test extras include the runtime dependencies: a later `make run` installs nothing.
+$(STAMP): pyproject.toml
+	$(make_venv)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@ $(RUNTIME)
 
 install: $(STAMP)
 
-## run: venv, install, migrate the database, serve on http://127.0.0.1:8080
-run: $(STAMP)
+## run: venv, install (runtime only), migrate the database, serve on http://127.0.0.1:8080
+run: $(RUNTIME)
 	$(BIN)/openmfa db upgrade
 	$(BIN)/openmfa run
 

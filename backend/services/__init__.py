@@ -293,13 +293,9 @@ async def open_database(settings: Settings) -> Database:
     )
     try:
         async with db.read() as conn:
-            current = await migrations.current_revision(conn)
-        head = migrations.SCHEMA_REVISION
-        if current != head:
-            raise DatabaseError(
-                f"the database schema is at {current or 'nothing'}, this version needs {head}; "
-                "run `openmfa db upgrade`"
-            )
+            problem = await migrations.schema_problem(conn)
+        if problem is not None:
+            raise DatabaseError(problem)
     except BaseException:
         await db.dispose()
         raise

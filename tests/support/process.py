@@ -98,7 +98,11 @@ class ServerProcess:
     exit within 15 s, SIGKILL.
     """
 
-    def __init__(self, home: Path, port: int, env: dict[str, str]) -> None:
+    def __init__(
+        self, home: Path, port: int, env: dict[str, str], exe: Path = EXE, cwd: Path | None = None
+    ) -> None:
+        self.exe = exe
+        self.cwd = cwd
         self.home = home
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -114,7 +118,8 @@ class ServerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.process = subprocess.Popen(
-                [str(EXE), "run", "--host", "127.0.0.1", "--port", str(self.port)],
+                [str(self.exe), "run", "--host", "127.0.0.1", "--port", str(self.port)],
+                cwd=self.cwd,
                 stdout=out,
                 stderr=err,
                 stdin=subprocess.DEVNULL,
