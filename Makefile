@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install tools lint typecheck pytest bench clean
+.PHONY: run test install tools lint typecheck pytest bench clean deb
 
 define make_venv
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { \
@@ -53,6 +53,16 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(BIN)/python bench/totp_gateway.py
 	$(BIN)/python bench/wakeup.py
+
+## deb: the Debian package (build/deb/openmfa_*.deb), built from a copy of this tree and
+## checked with lintian; needs debhelper, python3-venv and lintian (.ci/install-tools)
+DEB_DIR := build/deb
+deb:
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	tar -cf - --exclude-vcs --exclude=./.venv --exclude=./build --exclude=./dist \
+	  --exclude='*.egg-info' --exclude=__pycache__ --exclude='.*_cache' . | tar -xf - -C $(DEB_DIR)/src
+	cd $(DEB_DIR)/src && dpkg-buildpackage --build=binary --no-sign
+	lintian --fail-on error $(DEB_DIR)/openmfa_*.deb
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
