@@ -65,8 +65,22 @@ def load_or_create_key(path: Path, create: bool) -> bytes:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(KEY_FILE_HEADER + base64.b64encode(key).decode("ascii") + "\n")
+        # On disk before the rename and before the database records the key's fingerprint:
+        # after a power cut the database must never name a key that was lost.
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    _fsync_directory(path.parent)
     return key
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def key_fingerprint(key: bytes) -> str:

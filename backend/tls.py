@@ -50,6 +50,13 @@ def load_context(cert_file: Path, key_file: Path | None) -> ssl.SSLContext:
     return _load(cert_file, key_file)[0]
 
 
+def describe(cert_file: Path, key_file: Path | None) -> tuple[str, datetime]:
+    """The certificate's subject and the end of its validity, after loading it exactly as the
+    server does (:class:`ConfigurationError` as :func:`load_context` raises it)."""
+    _, subject, not_after = _load(cert_file, key_file)
+    return subject, not_after
+
+
 def _load(cert_file: Path, key_file: Path | None) -> tuple[ssl.SSLContext, str, datetime]:
     """The context, the certificate's subject and the end of its validity."""
     from cryptography import x509

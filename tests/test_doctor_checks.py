@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from backend.doctor import checks
@@ -204,3 +206,15 @@ def test_data_dir() -> None:
 def test_exit_status_is_one_only_for_errors() -> None:
     assert checks.exit_status([Finding("a", "ok", ""), Finding("b", "warning", "", "x")]) == 0
     assert checks.exit_status([Finding("a", "skip", ""), Finding("b", "error", "", "x")]) == 1
+
+
+def test_tls() -> None:
+    now = datetime(2026, 12, 6, tzinfo=UTC)
+    assert checks.check_tls(checks.TlsFacts(None), now).level == "skip"
+    broken = checks.TlsFacts("/etc/cert.pem", error="the TLS key does not belong to the cert")
+    assert checks.check_tls(broken, now).level == "error"
+    for days, level in ((-1, "error"), (3, "warning"), (60, "ok")):
+        facts = checks.TlsFacts("/etc/cert.pem", "CN=mfa", now + timedelta(days=days))
+        finding = checks.check_tls(facts, now)
+        assert finding.level == level, days
+        assert (finding.fix != "") == (level != "ok")

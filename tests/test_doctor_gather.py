@@ -11,6 +11,7 @@ from backend.config import Settings
 from backend.doctor.checks import Finding
 from backend.doctor.gather import Context, data_dir, run_checks
 from backend.services import Services
+from tests.fakes.tls import make_tls
 from tests.support.process import free_port
 
 pytestmark = pytest.mark.anyio
@@ -85,3 +86,19 @@ async def test_a_check_that_breaks_is_an_error_and_the_others_still_run(tmp_path
     assert findings[1].level == "error"
     assert "RuntimeError" in findings[1].message
     assert "SENTINEL" not in findings[1].message
+
+
+async def test_the_https_certificate_is_loaded_as_the_server_loads_it(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path / "tls")
+    good = Settings(
+        home=tmp_path, tls_cert_file=tls.cert_file, tls_key_file=tls.key_file, radius_port=0
+    )
+    [finding] = by_check(await run_checks(good, "test"))["tls"]
+    # The test CA's certificates are short-lived: "ends in N day(s)" is the honest answer.
+    assert finding.level in ("ok", "warning"), finding
+    assert "CN=" in finding.message
+    other = make_tls(tmp_path / "other")  # a key that belongs to another certificate
+    bad = good.model_copy(update={"tls_key_file": other.key_file})
+    [finding] = by_check(await run_checks(bad, "test"))["tls"]
+    assert finding.level == "error"
+    assert "does not belong" in finding.message

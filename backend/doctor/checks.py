@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import stat
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Literal
 
 from backend.domain.radius import SHORT_SECRET_CHARS
@@ -485,6 +486,49 @@ def check_clock(facts: ClockFacts) -> list[Finding]:
             )
         )
     return findings
+
+
+# -- TLS -------------------------------------------------------------------------------------
+
+#: A certificate that ends sooner than this is worth a warning: renewals fail quietly.
+TLS_RENEW_WARNING = timedelta(days=14)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFacts:
+    """The HTTPS listener's certificate as the server would load it (``None``: no TLS)."""
+
+    cert_file: str | None
+    subject: str = ""
+    not_after: datetime | None = None
+    error: str | None = None
+
+
+def check_tls(facts: TlsFacts, now: datetime) -> Finding:
+    """The certificate and key load and the certificate is not about to end."""
+    if facts.cert_file is None:
+        return Finding(
+            "tls", "skip", "off: plain HTTP (tls_cert_file), fine behind a TLS reverse proxy"
+        )
+    if facts.error is not None:
+        return Finding("tls", "error", facts.error, "fix tls_cert_file / tls_key_file")
+    assert facts.not_after is not None  # noqa: S101 - set whenever there is no error
+    left = facts.not_after - now
+    if left <= timedelta(0):
+        return Finding(
+            "tls",
+            "error",
+            f"the certificate for {facts.subject} ended {facts.not_after:%Y-%m-%d %H:%M} UTC",
+            "renew it, then `systemctl reload openmfa` (SIGHUP loads it without a restart)",
+        )
+    if left < TLS_RENEW_WARNING:
+        return Finding(
+            "tls",
+            "warning",
+            f"the certificate for {facts.subject} ends in {left.days} day(s)",
+            "renew it, then `systemctl reload openmfa` (SIGHUP loads it without a restart)",
+        )
+    return _ok("tls", f"{facts.subject}, valid until {facts.not_after:%Y-%m-%d}")
 
 
 # -- GeoIP -----------------------------------------------------------------------------------

@@ -267,6 +267,22 @@ async def ports(ctx: Context) -> list[Finding]:
     return findings
 
 
+async def tls(ctx: Context) -> list[Finding]:
+    """The HTTPS certificate and key load as the server loads them."""
+    from backend import tls as server_tls
+    from backend.errors import ConfigurationError
+
+    cert, key = ctx.settings.tls_cert_file, ctx.settings.tls_key_file
+    if cert is None:
+        return [checks.check_tls(checks.TlsFacts(None), datetime.now(UTC))]
+    try:
+        subject, not_after = server_tls.describe(cert, key)
+    except ConfigurationError as exc:
+        return [checks.check_tls(checks.TlsFacts(str(cert), error=str(exc)), datetime.now(UTC))]
+    facts = checks.TlsFacts(str(cert), subject, not_after)
+    return [checks.check_tls(facts, datetime.now(UTC))]
+
+
 async def geoip(ctx: Context) -> list[Finding]:
     """The GeoIP database opens as the server opens it."""
     from backend.errors import ConfigurationError
@@ -436,6 +452,7 @@ STEPS: tuple[Step, ...] = (
     database,
     server_key,
     public_url,
+    tls,
     ports,
     radius_clients,
     push,
