@@ -57,6 +57,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     # A TOML basic string has JSON's escapes for the characters a default can hold.
     return json.dumps(str(value))
 

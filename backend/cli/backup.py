@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from backend import __version__
 from backend.cli.output import clean
-from backend.errors import Conflict, DatabaseError, OpenMFAError, ServerKeyError
+from backend.errors import BadRequest, Conflict, DatabaseError, OpenMFAError, ServerKeyError
 
 if TYPE_CHECKING:
     from backend.config import Settings
@@ -36,10 +36,11 @@ MIB = 1024 * 1024
 PG_KEY_QUERY = "SELECT value FROM meta WHERE key = 'server_key_id';"
 
 
-class NotSupported(OpenMFAError):
-    type = "not-supported"
+class NotSupported(BadRequest):
+    """A set-up the command cannot copy (PostgreSQL, an in-memory database): it says what to
+    use instead. A command's answer only, never the API's, so no problem type of its own."""
+
     title = "This command does not handle this set-up"
-    status = 400
 
 
 def add_parser(groups: Any) -> None:
