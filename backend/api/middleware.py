@@ -6,12 +6,16 @@ import logging
 import re
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.api.problems import unexpected_error
 from backend.logs import request_id_var
+
+if TYPE_CHECKING:
+    from backend.metrics import BackendMetrics
 
 _VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Pages whose last path segment is a one-time credential (an invitation, the first
@@ -29,10 +33,12 @@ def loggable_path(path: str) -> str:
 
 
 class RequestIdMiddleware:
-    """Accept a sane ``X-Request-ID`` or make one; echo it; log the request when done."""
+    """Accept a sane ``X-Request-ID`` or make one; echo it; log the request when done, and
+    count it in ``metrics`` (its start time and status are taken here anyway)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: BackendMetrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,12 +72,15 @@ class RequestIdMiddleware:
             response = await unexpected_error(Request(scope, receive), exc)
             await response(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.observe_request(scope, status, elapsed)
             log.log(
                 logging.DEBUG if (scope["path"], status) in _QUIET_POLLS else logging.INFO,
                 "%s %s %s",
                 scope["method"],
                 loggable_path(scope["path"]),
                 status,
-                extra={"status": status, "ms": round((time.perf_counter() - started) * 1000, 2)},
+                extra={"status": status, "ms": round(elapsed * 1000, 2)},
             )
             request_id_var.reset(token)
