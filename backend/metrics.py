@@ -108,7 +108,12 @@ class BackendMetrics:
     def observe_request(self, scope: Scope, status: int, seconds: float) -> None:
         """Count one answered request (called by the request-id middleware)."""
         method = scope.get("method", "")
-        key = (route_template(scope), method if method in _METHODS else "other", status)
+        route = route_template(scope)
+        if b"wait=" in scope.get("query_string", b""):
+            # A long-poll lasts as long as the person takes: its own label, so that it does
+            # not hide the latency of the same route's plain reads.
+            route += "?wait"
+        key = (route, method if method in _METHODS else "other", status)
         children = self._request_children.get(key)
         if children is None:
             children = (

@@ -123,6 +123,9 @@ def test_held_long_polls_are_a_gauge(api: ApiHarness) -> None:
     thread.join(timeout=10)
     assert result["response"].json()["state"] == "approved"
     assert value(api, "openmfa_long_polls_held") == 0
+    # A long-poll has a label of its own, apart from the same route's quick reads.
+    route = f"{START}/{{auth_id}}?wait"
+    assert value(api, "openmfa_http_request_duration_seconds_count", route=route) == 1
 
 
 def test_argon2_refusals_are_exported_even_before_the_first(api: ApiHarness) -> None:
