@@ -10,12 +10,16 @@ tests/test_metrics_dashboard.py.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from backend.config import load_settings
 from backend.domain import totp
 from backend.domain.stepup import ADMINISTRATOR
+from backend.errors import ConfigurationError
 from backend.metrics import BackendMetrics
 from tests.support.api import ADMIN, ApiHarness
 from tests.support.clock import FakeClock
@@ -155,3 +159,13 @@ def test_a_scrape_needs_no_services_and_names_no_secret() -> None:
     text = BackendMetrics().render().decode()
     assert "openmfa_http_requests_total" in text
     assert "openmfa_sign_ins_total" not in text
+
+
+def test_metrics_listen_as_a_bare_port_means_this_host_only(tmp_path: Path) -> None:
+    assert load_settings(home=tmp_path, metrics_listen="9108").metrics_address == (
+        "127.0.0.1",
+        9108,
+    )
+    assert load_settings(home=tmp_path).metrics_address is None  # off unless asked for
+    with pytest.raises(ConfigurationError, match="metrics_listen"):
+        load_settings(home=tmp_path, metrics_listen="0")
