@@ -181,7 +181,7 @@ class _ServicesCollector(Collector):
         pushes = services.push.by_transport.items() if services.push is not None else ()
         yield _counter(
             "openmfa_push_attempts",
-            "Push sends by transport (apns, fcm, webpush) and outcome "
+            "Push sends by transport (apns, fcm) and outcome "
             "(delivered, retry, invalid-token, failed)",
             ["transport", "outcome"],
             pushes,
