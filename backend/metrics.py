@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -95,6 +95,8 @@ class BackendMetrics:
         self._live = _ServicesCollector()
         self.registry.register(_OwnCollector(self))
         self.registry.register(self._live)
+        # CPU, memory, open files of the process (process_*), read from /proc at scrape time.
+        ProcessCollector(registry=self.registry)
 
     def observe_request(self, scope: Scope, status: int, seconds: float) -> None:
         """Count one answered request (called by the request-id middleware)."""

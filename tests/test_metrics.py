@@ -159,6 +159,7 @@ def test_a_scrape_needs_no_services_and_names_no_secret() -> None:
     text = BackendMetrics().render().decode()
     assert "openmfa_http_requests_total" in text
     assert "openmfa_sign_ins_total" not in text
+    assert "process_resident_memory_bytes" in text  # the process's own figures (Linux)
 
 
 def test_metrics_listen_as_a_bare_port_means_this_host_only(tmp_path: Path) -> None:
