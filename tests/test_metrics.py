@@ -154,7 +154,7 @@ def test_each_app_has_its_own_registry(api: ApiHarness, clock: FakeClock) -> Non
     )
 
 
-def test_a_scrape_needs_no_services_and_names_no_secret() -> None:
+def test_a_scrape_works_before_the_services_open() -> None:
     # Before the lifespan opened the services (or after it closed them), a scrape still works.
     text = BackendMetrics().render().decode()
     assert "openmfa_http_requests_total" in text
