@@ -16,6 +16,7 @@ from backend.api.middleware import RequestIdMiddleware
 from backend.api.problems import client_gone, http_error, openmfa_error, unexpected_error
 from backend.config import Settings
 from backend.errors import OpenMFAError
+from backend.metrics import BackendMetrics
 from backend.services import Services
 from backend.services.context import Clock
 from backend.store.tables import now
@@ -36,18 +37,24 @@ def _proxies(settings: Settings) -> list[Middleware]:
 
 
 def create_app(settings: Settings, clock: Clock = now) -> Starlette:
-    """The backend's ASGI application. Resources open in the lifespan, not at import."""
+    """The backend's ASGI application. Resources open in the lifespan, not at import.
+
+    Its metrics (``app.state.metrics``, one registry per app) are served by ``openmfa run``
+    on ``metrics_listen``, never on the app's own routes."""
+    metrics = BackendMetrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await Services.open(settings, clock=clock)
         app.state.services = services
+        metrics.attach(services)
         try:
             yield
         finally:
+            metrics.detach()
             await services.close()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *health.routes,
             *openapi.routes,
@@ -57,7 +64,7 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
             *pipush_v1.routes,  # the privacyIDEA Authenticator (docs/apps.md)
             *web_routes(),  # /portal, /admin, /static (docs/portal.md)
         ],
-        middleware=[*_proxies(settings), Middleware(RequestIdMiddleware)],
+        middleware=[*_proxies(settings), Middleware(RequestIdMiddleware, metrics=metrics)],
         exception_handlers={
             OpenMFAError: openmfa_error,
             HTTPException: http_error,
@@ -66,3 +73,5 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
         },
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
+    return app

@@ -168,7 +168,7 @@ class Settings(BaseModel):
     @classmethod
     def _host_port(cls, value: str) -> str:
         if value:
-            _split_host_port(value)
+            _metrics_address(value)
         return value
 
     @field_validator("trusted_proxies", mode="before")
@@ -218,7 +218,7 @@ class Settings(BaseModel):
     @property
     def metrics_address(self) -> tuple[str, int] | None:
         """``metrics_listen`` as (host, port), or ``None`` when metrics are off."""
-        return _split_host_port(self.metrics_listen) if self.metrics_listen else None
+        return _metrics_address(self.metrics_listen) if self.metrics_listen else None
 
     @property
     def resolved_radius_host(self) -> str:
@@ -263,6 +263,14 @@ def _network(item: object) -> str:
         return str(ipaddress.ip_network(text, strict=True))
     except ValueError as exc:
         raise ValueError(f"{text!r}: {exc}") from None
+
+
+def _metrics_address(text: str) -> tuple[str, int]:
+    """``IP:PORT``, or a bare ``PORT`` on 127.0.0.1: the figures show the load and name the
+    RADIUS clients, so they are never served beyond this host unless an address says so."""
+    if re.fullmatch(r"[0-9]{1,5}", text):
+        return _split_host_port(f"127.0.0.1:{text}")
+    return _split_host_port(text)
 
 
 def _from_environment() -> dict[str, Any]:

@@ -27,6 +27,7 @@ from backend.config import Settings
 from backend.errors import ConfigurationError
 from backend.http_limits import HttpLimits, HttpMetrics, protocol_class
 from backend.logs import configure_logging
+from backend.metrics import BackendMetrics
 from backend.push.factory import push_summary
 from backend.services import Services
 from backend.tls import ServerTls
@@ -226,12 +227,17 @@ class _MetricsServer:
     business outside (issue 13, finding 14)."""
 
     def __init__(
-        self, sock: socket.socket, http: HttpMetrics, radius: _Radius | None, limits: HttpLimits
+        self,
+        sock: socket.socket,
+        http: HttpMetrics,
+        radius: _Radius | None,
+        limits: HttpLimits,
+        backend: BackendMetrics,
     ) -> None:
         from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
         async def endpoint(request: Request) -> Response:
-            text = generate_latest(http.registry)
+            text = generate_latest(http.registry) + backend.render()
             if radius is not None:
                 text += radius.metrics.render()
             return Response(text, media_type=CONTENT_TYPE_LATEST)
@@ -440,7 +446,7 @@ def serve(settings: Settings, listeners: Listeners | None = None) -> None:
         limits = http_limits(settings)
         radius, tls = listeners.radius, listeners.tls
         metrics = (
-            _MetricsServer(listeners.metrics, http_metrics, radius, limits)
+            _MetricsServer(listeners.metrics, http_metrics, radius, limits, app.state.metrics)
             if listeners.metrics is not None
             else None
         )

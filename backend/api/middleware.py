@@ -6,6 +6,7 @@ import logging
 import re
 import secrets
 import time
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,6 +14,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backend.api.client_address import PEER_KEY
 from backend.api.problems import unexpected_error
 from backend.logs import request_id_var
+
+if TYPE_CHECKING:
+    from backend.metrics import BackendMetrics
 
 _VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # Pages whose last path segment is a one-time credential (an invitation, the first
@@ -40,10 +44,12 @@ def _addresses(scope: Scope) -> dict[str, str]:
 
 
 class RequestIdMiddleware:
-    """Accept a sane ``X-Request-ID`` or make one; echo it; log the request when done."""
+    """Accept a sane ``X-Request-ID`` or make one; echo it; log the request when done, and
+    count it in ``metrics`` (its start time and status are taken here anyway)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: BackendMetrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,6 +83,9 @@ class RequestIdMiddleware:
             response = await unexpected_error(Request(scope, receive), exc)
             await response(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.observe_request(scope, status, elapsed)
             log.log(
                 logging.DEBUG if (scope["path"], status) in _QUIET_POLLS else logging.INFO,
                 "%s %s %s",
@@ -85,7 +94,7 @@ class RequestIdMiddleware:
                 status,
                 extra={
                     "status": status,
-                    "ms": round((time.perf_counter() - started) * 1000, 2),
+                    "ms": round(elapsed * 1000, 2),
                     **_addresses(scope),
                 },
             )

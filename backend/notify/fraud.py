@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -113,6 +114,7 @@ class FraudMailer:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._busy: set[int] = set()  # reports in an SMTP conversation or its bookkeeping
         self._closed = False
+        self.counts: Counter[str] = Counter()  # attempts by result, for metrics
 
     @property
     def attempts(self) -> int:
@@ -293,6 +295,7 @@ class FraudMailer:
     async def _record(
         self, report: FraudReportView, attempt: int, result: str, detail: str
     ) -> None:
+        self.counts[result] += 1
         values: dict[str, object] = {"notify_attempts": fraud_reports_t.c.notify_attempts + 1}
         if result == "sent":
             values |= {"notify_state": "sent", "notified_at": self._clock()}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -69,6 +70,7 @@ class NoticeMailer:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self.counts: Counter[str] = Counter()  # attempts by result, for metrics
 
     @property
     def attempts(self) -> int:
@@ -197,6 +199,7 @@ class NoticeMailer:
     async def _record(
         self, row: Any, attempt: int, result: str, detail: str, delay: float = 0.0
     ) -> None:
+        self.counts[result] += 1
         now = self._clock()
         values: dict[str, object] = {"attempts": attempt}
         if result == "sent":

@@ -130,6 +130,7 @@ class PushDispatcher:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = asyncio.Event()  # set once close() has begun
         self.counts: Counter[str] = Counter()  # attempts per outcome, for metrics and tests
+        self.by_transport: Counter[tuple[str, str]] = Counter()  # (transport, outcome), metrics
 
     @property
     def transports(self) -> dict[str, PushTransport]:
@@ -300,6 +301,7 @@ class PushDispatcher:
         """Put an attempt in the journal and make sure a writer is on its way."""
         elapsed = (time.perf_counter() - started) * 1000
         self.counts[result.outcome.value] += 1
+        self.by_transport[target.transport, result.outcome.value] += 1
         self._journal.append(_Attempt(target, result, elapsed, self._clock()))
         if self._writer is None or self._writer.done():
             # Not one of the tracked tasks: close() cancels late sends, never the recording.

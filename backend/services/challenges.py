@@ -12,6 +12,7 @@ import contextlib
 import functools
 import secrets
 import weakref
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -162,6 +163,10 @@ class ChallengeService:
         self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        # Push sign-ins by how they ended (``accept``, denied, fraud, expired), counted where
+        # the state is decided and read by backend.metrics at scrape time. A challenge closed
+        # by a code is counted by OtpService, which checked the code.
+        self.push_outcomes: Counter[str] = Counter()
 
     # -- gateway side -------------------------------------------------------------------------
 
@@ -533,6 +538,7 @@ class ChallengeService:
                 )
             )
             if quick is not None:
+                self.push_outcomes[_sign_in_outcome(quick.state)] += 1
                 await self._announce([Outcome(quick.id, quick.state.value, quick.answered_at)])
                 return quick
         # Everything else (refusals, PIN checks, a wrong number, fraud, late or repeated
@@ -692,6 +698,7 @@ class ChallengeService:
         published: list[Outcome] = []
         reports: list[int] = []
         late = False
+        decided: str | None = None  # a push sign-in's outcome, counted once committed
         async with self._db.write() as conn:
             row, user_name = await _load(conn, challenge_id, lock=True)
             view = _view(row, user_name)
@@ -708,6 +715,7 @@ class ChallengeService:
                 )
                 published.append(Outcome(challenge_id, ChallengeState.EXPIRED.value))
                 late = True
+                decided = ChallengeState.EXPIRED.value if row.method == "push" else None
             else:
                 transition = apply(status, event)  # raises to refuse; nothing written yet
                 if transition.changed:
@@ -723,6 +731,11 @@ class ChallengeService:
                     published += await self._after_transition(
                         conn, actor, row, user_name, transition.status.state, event, device, reports
                     )
+                    by_code = isinstance(event, Answered) and event.by == "otp"
+                    if row.method == "push" and not by_code:
+                        decided = _sign_in_outcome(transition.status.state)
+        if decided is not None:
+            self.push_outcomes[decided] += 1
         await self._announce(published, reports)
         if late:
             raise ChallengeExpired("the challenge expired before it was answered")
@@ -961,3 +974,8 @@ async def _load(conn: AsyncConnection, challenge_id: str, lock: bool = False) ->
     if row is None:
         raise NotFound("no such challenge")
     return row, str(row.name)
+
+
+def _sign_in_outcome(state: ChallengeState) -> str:
+    """A push challenge's final state as a sign-in outcome: ``accept`` like a right code."""
+    return "accept" if state is ChallengeState.APPROVED else state.value

@@ -10,6 +10,7 @@ same commit, so no answer is given before its record is durable.
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -77,6 +78,9 @@ class OtpService:
         self._box = box
         self._audit = audit
         self._clock = clock
+        # Code checks by outcome (``accept``, the refusal's reason or error type), read by
+        # backend.metrics at scrape time: one increment here is all the hot path pays.
+        self.outcomes: Counter[str] = Counter()
 
     async def verify(
         self,
@@ -109,7 +113,13 @@ class OtpService:
         # 5 without it. An advisory lock, not the user's row: a push answer writes the device
         # row and then the user's, and taking the user's row first could deadlock with it.
         lock = (OTP_LOCK, zlib.crc32(key.encode()) - 2**31)
-        return await self._db.run_job(lambda tx: self._verify(tx, attempt), lock=lock)
+        try:
+            result = await self._db.run_job(lambda tx: self._verify(tx, attempt), lock=lock)
+        except OpenMFAError as exc:
+            self.outcomes[exc.type] += 1
+            raise
+        self.outcomes["accept" if result.accepted else result.reason] += 1
+        return result
 
     def _verify(self, tx: Tx, attempt: _Attempt) -> OtpResult:
         actor = attempt.actor

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from backend.domain.stepup import FactorAction, Proof
 from backend.errors import (
     BadRequest,
     Conflict,
+    OpenMFAError,
     OtpLocked,
     PinLocked,
     PinRequired,
@@ -92,6 +94,8 @@ class UserService:
         self._audit = audit
         self._clock = clock
         self._notices = notices
+        # Password checks by outcome, read by backend.metrics at scrape time.
+        self.password_outcomes: Counter[str] = Counter()
 
     async def add(
         self,
@@ -345,6 +349,17 @@ class UserService:
         which names exist. A full hashing pool raises :class:`HashingBusy` before anything
         is counted.
         """
+        try:
+            result = await self._verify_password(actor, name, password, context)
+        except OpenMFAError as exc:
+            self.password_outcomes[exc.type] += 1
+            raise
+        self.password_outcomes["accept" if result.accepted else result.reason] += 1
+        return result
+
+    async def _verify_password(
+        self, actor: Actor, name: str, password: str, context: SignInContext | None
+    ) -> PasswordResult:
         now = self._clock()
         where = "" if context is None else f"{context.client_name} {context.client_ip}".strip()
         key = user_key(name)  # a name that cannot exist says nothing about who does

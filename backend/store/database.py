@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import event, select
 from sqlalchemy.engine import make_url
@@ -36,6 +37,13 @@ from backend.store.fastpath import (
 from backend.store.tables import meta_t
 
 _WRITE = "openmfa_write"
+
+
+class Observer(Protocol):
+    """Where a job's duration goes (a Prometheus histogram's child, see backend.metrics)."""
+
+    def observe(self, amount: float) -> None:
+        """Record one duration in seconds."""
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -130,6 +138,9 @@ class Database:
         elif not self.is_sqlite:
             dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
             self._pg_jobs = PostgresJobs(dsn, pool_size)
+        # Set by backend.metrics for ``openmfa run``: (write jobs, read jobs). Commands leave
+        # it unset and pay nothing.
+        self.job_timers: tuple[Observer, Observer] | None = None
 
     @property
     def is_sqlite(self) -> bool:
@@ -168,6 +179,16 @@ class Database:
 
         ``lock``: jobs with the same two keys run one at a time (a PostgreSQL advisory lock
         taken with the BEGIN; SQLite's one writer runs every job one at a time anyway)."""
+        if self.job_timers is None:
+            return await self._run_job(job, lock)
+        # The wait for the writer (or a pool connection) is part of what a caller waits for.
+        started = time.perf_counter()
+        try:
+            return await self._run_job(job, lock)
+        finally:
+            self.job_timers[0].observe(time.perf_counter() - started)
+
+    async def _run_job(self, job: Job[T], lock: tuple[int, int] | None) -> T:
         if self._fast is not None:
             return await self._fast.run(job)
         if self._pg_jobs is not None:
@@ -176,6 +197,15 @@ class Database:
 
     async def run_read(self, job: Job[T]) -> T:
         """Run a raw-SQL job that only reads, beside the writes (a snapshot on SQLite)."""
+        if self.job_timers is None:
+            return await self._run_read(job)
+        started = time.perf_counter()
+        try:
+            return await self._run_read(job)
+        finally:
+            self.job_timers[1].observe(time.perf_counter() - started)
+
+    async def _run_read(self, job: Job[T]) -> T:
         if self._fast_reads is not None:
             return await self._fast_reads.run(job)
         if self._pg_jobs is not None:
