@@ -19,9 +19,10 @@ import pytest
 from tests.conftest import openmfa
 
 # What each command may not load: the web stack is for `openmfa run` only, the database and
-# settings libraries for commands that use them, httpx for the reference authenticator.
+# settings libraries for commands that use them, httpx for the reference authenticator, the
+# PostgreSQL driver, SMTP and GeoIP libraries for set-ups and commands that use them.
 NOT_FOR_HELP = ("sqlalchemy", "sqlmodel", "pydantic", "starlette", "uvicorn", "httpx", "asyncio")
-NOT_FOR_ADMIN = ("starlette", "uvicorn", "httpx", "jinja2", "h2", "aiosmtplib")
+NOT_FOR_ADMIN = ("starlette", "uvicorn", "httpx", "jinja2", "h2", "aiosmtplib", "asyncpg", "geoip2")
 
 PROBE = """
 import json, sys
