@@ -431,8 +431,7 @@ def test_user_states_passwords_and_pins(live: Live) -> None:
         (["user", "set-pin", "carol", "--pin-stdin"], "1234\n", "too easy to guess"),
         (["user", "set-pin", "carol", "--pin-stdin"], "\n", "no PIN on standard input"),
     ]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        messages = list(pool.map(lambda r: cli.fails(*r[0], stdin=r[1]), refusals))
+    messages = [cli.fails(*args, stdin=stdin) for args, stdin, _ in refusals]
     for (_, _, expected), message in zip(refusals, messages, strict=True):
         assert expected in message
 
