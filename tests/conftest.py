@@ -1,5 +1,5 @@
 """Shared fixtures: a migrated database (SQLite, and PostgreSQL where one answers), services
-on a fake clock, a live server over real HTTP, and the ``openmfa`` command as a subprocess."""
+on a fake clock, a live server over real HTTP, and the ``openmfa`` command."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 import os
 import secrets
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from backend.config import Settings, load_settings
 from backend.services import Services
 from backend.store import migrations
 from tests.support.api import ApiHarness, harness
+from tests.support.cli import run_in_process
 from tests.support.clock import FakeClock
 from tests.support.database import migrated_sqlite
 
@@ -149,18 +149,8 @@ async def services(settings: Settings, clock: FakeClock) -> AsyncIterator[Servic
 def openmfa(
     home: Path, *args: str, stdin: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``openmfa`` command against ``home``."""
-    exe = Path(sys.executable).parent / "openmfa"
-    env = {**os.environ, "OPENMFA_HOME": str(home)}
-    result = subprocess.run(
-        [str(exe), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    """Run the ``openmfa`` command against ``home``, in this process (tests/support/cli.py)."""
+    result = run_in_process(args, {"OPENMFA_HOME": str(home)}, stdin)
     if check and result.returncode != 0:
         raise AssertionError(
             f"openmfa {' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}"

@@ -1,6 +1,6 @@
-"""The ``openmfa`` command as an operator uses it: real subprocesses against a real
-``openmfa run`` on a loopback port, QR codes decoded with ``zbarimg``, codes checked with
-``oathtool``.
+"""The ``openmfa`` command as an operator uses it: against a real ``openmfa run`` on a loopback
+port (commands in this process; the whole life of a user as real subprocesses), QR codes
+decoded with ``zbarimg``, codes checked with ``oathtool``.
 
 Most tests share one running server (module scope) and use a user of their own; the tests
 that stop a server or need an empty data directory start their own.
@@ -34,6 +34,7 @@ from backend.store import migrations
 from tests.support.process import (
     EXE,
     Cli,
+    CliProcess,
     ServerProcess,
     free_port,
     request_consumed,
@@ -110,7 +111,10 @@ def same_step(*producers: Any) -> list[str]:
 
 
 def run_all(cli: Cli, commands: Sequence[Sequence[str]]) -> list[subprocess.CompletedProcess[str]]:
-    """Independent commands, a few at a time (each costs an interpreter start-up)."""
+    """Independent commands: in this process one after another (the streams it swaps are the
+    process's own), as subprocesses a few at a time (each costs an interpreter start-up)."""
+    if cli.in_process:
+        return [cli(*args, check=False) for args in commands]
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(lambda args: cli(*args, check=False), commands))
 
@@ -234,7 +238,8 @@ def gateway(live: Live, request: pytest.FixtureRequest) -> Iterator[Gateway]:
 
 @needs_tools
 def test_the_whole_life_of_a_user_from_the_command_line(live: Live, gateway: Gateway) -> None:
-    cli, files = live.cli, live.files
+    # End to end: the installed script in its own process, as the operator types it.
+    cli, files = CliProcess(live.cli.home, **cli_env(live.server.port)), live.files
     gw, token = gateway, gateway.token
 
     added = cli(
@@ -426,8 +431,7 @@ def test_user_states_passwords_and_pins(live: Live) -> None:
         (["user", "set-pin", "carol", "--pin-stdin"], "1234\n", "too easy to guess"),
         (["user", "set-pin", "carol", "--pin-stdin"], "\n", "no PIN on standard input"),
     ]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        messages = list(pool.map(lambda r: cli.fails(*r[0], stdin=r[1]), refusals))
+    messages = [cli.fails(*args, stdin=stdin) for args, stdin, _ in refusals]
     for (_, _, expected), message in zip(refusals, messages, strict=True):
         assert expected in message
 

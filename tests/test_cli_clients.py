@@ -23,7 +23,10 @@ ENV = {"OPENMFA_LOG_FORMAT": "json", "OPENMFA_RADIUS_PORT": "0"}
 def run_all(
     cli: Cli, commands: Sequence[Sequence[str]], stdin: str | None = None
 ) -> list[subprocess.CompletedProcess[str]]:
-    """Independent commands, a few at a time (each costs an interpreter start-up)."""
+    """Independent commands: in this process one after another (the streams it swaps are the
+    process's own), as subprocesses a few at a time (each costs an interpreter start-up)."""
+    if cli.in_process:
+        return [cli(*args, stdin=stdin, check=False) for args in commands]
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(lambda args: cli(*args, stdin=stdin, check=False), commands))
 
@@ -291,8 +294,7 @@ def test_refusals_exit_1_with_one_clear_line(cli: Cli, upstream_file: Path) -> N
         (["client", "set", "nope", "--mode", "otp"], None, "no RADIUS client named 'nope'"),
         (["client", "remove", "nope"], None, "no RADIUS client named 'nope'"),
     ]
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = list(pool.map(lambda c: cli(*c[0], stdin=c[1], check=False), cases))
+    results = [cli(*args, stdin=stdin, check=False) for args, stdin, _ in cases]
     for (args, _, message), result in zip(cases, results, strict=True):
         assert result.returncode == 1, (args, result)
         assert "Traceback" not in result.stderr, (args, result.stderr)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import re
 import sys
 from dataclasses import asdict
@@ -11,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backend.cli.guard import guard_lines
 from backend.cli.output import as_json, clean, table, when
 from backend.domain.stepup import ADMINISTRATOR
 from backend.errors import BadRequest
@@ -120,6 +118,8 @@ async def user_show(services: Services, args: argparse.Namespace, actor: Actor) 
     )
     if user.otp_locked_until and user.otp_locked_until > services.clock():
         print(f"codes locked:  until {when(user.otp_locked_until)}")
+    from backend.cli.guard import guard_lines
+
     print("\n".join(guard_lines(await services.challenges.guard_state(user.name))))
     print()
     if devices:
@@ -196,6 +196,8 @@ async def user_delete(services: Services, args: argparse.Namespace, actor: Actor
         if not sys.stdin.isatty():
             raise BadRequest(f"deleting {args.name} needs --yes (or type the name on a terminal)")
         prompt = f"Delete {args.name} with their devices? Type the name to confirm: "
+        import asyncio  # loaded already: every admin command runs under asyncio.run
+
         typed = await asyncio.to_thread(input, prompt)
         if typed.strip() != args.name:
             raise BadRequest(f"{args.name} not deleted: the name typed did not match")

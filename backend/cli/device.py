@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from backend.authenticator.client import AppClient, AuthenticatorError, load_store, save_store
 from backend.cli.output import as_json, clean, table
+
+if TYPE_CHECKING:  # httpx and cryptography: imported when a device command runs
+    from backend.authenticator.client import AppClient
 
 
 def _client(store: Path) -> AppClient:
+    from backend.authenticator.client import AppClient, load_store
+
     return AppClient(load_store(store))
 
 
 def activate(args: argparse.Namespace) -> int:
+    from backend.authenticator.client import AppClient, AuthenticatorError, save_store
+
     # Check the store before redeeming the single-use code, so a bad path wastes no code.
     if args.store.exists() and not args.force:
         raise AuthenticatorError(f"{args.store} exists; pass --force to replace it")

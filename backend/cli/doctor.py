@@ -7,7 +7,6 @@ settings that do not load are a finding of the doctor rather than the end of the
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +66,8 @@ def doctor_command(args: argparse.Namespace) -> int:
     except ConfigurationError as exc:
         findings = [checks.check_settings("", str(exc))]
     else:
+        import asyncio
+
         findings = asyncio.run(run_checks(settings, _source(args, settings.home)))
     _print(findings, args.json)
     return checks.exit_status(findings)

@@ -7,7 +7,6 @@ Commands that touch the database open the same :class:`Services` the server uses
 from __future__ import annotations
 
 import argparse
-import asyncio
 import difflib
 import getpass
 import os
@@ -17,13 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend import __version__
-from backend.authenticator.client import AuthenticatorError
 from backend.cli import admin, backup, clients, device, doctor, fraud
 from backend.cli.output import clean
-from backend.config import Settings, load_settings
 from backend.errors import OpenMFAError
 
-if TYPE_CHECKING:  # loaded by the commands that need them, not for ``--help``
+# Start-up time: `openmfa --help` must not pay for pydantic, SQLAlchemy, httpx or the server.
+# The modules above import only the standard library at load time; everything heavier is
+# imported by the code that runs a command (tests/test_cli_startup.py keeps it so).
+if TYPE_CHECKING:
+    from backend.config import Settings
     from backend.services import Services
     from backend.services.context import Actor
 
@@ -388,6 +389,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from backend.config import load_settings
+
     overrides = {"home": args.home}
     if getattr(args, "host", None):
         overrides["host"] = args.host
@@ -500,11 +503,21 @@ def _banner(settings: Settings, bootstrap: str | None = None) -> None:
         )
 
 
+def _device(args: argparse.Namespace) -> int:
+    from backend.authenticator.client import AuthenticatorError
+
+    try:
+        return int(args.device_handler(args))
+    except AuthenticatorError as exc:
+        print(f"openmfa: error: {clean(exc)}", file=sys.stderr)
+        return 1
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if hasattr(args, "device_handler"):
-            return int(args.device_handler(args))
+            return _device(args)
         if hasattr(args, "doctor_handler"):  # loads the settings itself (a bad file is a finding)
             return int(args.doctor_handler(args))
         if args.handler == "radius":
@@ -512,6 +525,8 @@ def _main(argv: Sequence[str] | None) -> int:
             from radius_bridge.cli import main as radius_main
 
             return radius_main(args.args, configure_logging)
+        import asyncio
+
         settings = _settings(args)
         if args.handler == "run":
             from backend.server import check_startup, claim_listeners, serve
@@ -535,7 +550,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.handler == "db-current":
             return asyncio.run(_db_current(settings))
         return asyncio.run(_run_admin(settings, args.handler, args))
-    except (OpenMFAError, AuthenticatorError) as exc:
+    except OpenMFAError as exc:
         print(f"openmfa: error: {clean(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

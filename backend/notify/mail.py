@@ -20,8 +20,6 @@ from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr
 from pathlib import Path
 
-import aiosmtplib
-
 from backend.config import Settings
 from backend.domain.emails import is_email
 from backend.errors import ConfigurationError
@@ -208,6 +206,8 @@ class MailSender:
 
         For ``openmfa doctor``: raises ``aiosmtplib.SMTPException`` or ``OSError``.
         """
+        import aiosmtplib
+
         client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
@@ -226,6 +226,9 @@ class MailSender:
 
     async def send(self, recipients: Sequence[str], message: EmailMessage) -> str:
         """One attempt to deliver ``message``; the server's final reply, or :class:`MailError`."""
+        # Imported here: `openmfa` commands build a sender to check the settings but never send.
+        import aiosmtplib
+
         client = aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,

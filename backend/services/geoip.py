@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import NamedTuple
-
-import geoip2.database
-import geoip2.errors
-import maxminddb
+from typing import TYPE_CHECKING, NamedTuple
 
 from backend.errors import ConfigurationError
+
+if TYPE_CHECKING:  # the readers load only where a database is configured (start-up time)
+    import geoip2.database
 
 log = logging.getLogger("openmfa.geoip")
 
@@ -44,6 +43,9 @@ class GeoIp:
         """The database at ``path`` (``None`` when no database is configured)."""
         if path is None:
             return None
+        import geoip2.database
+        import maxminddb
+
         try:
             reader = geoip2.database.Reader(str(path))
         except OSError as exc:
@@ -68,6 +70,9 @@ class GeoIp:
         """City and country of ``ip``, or ``None`` when the database does not know it."""
         if not ip:
             return None
+        import geoip2.errors  # loaded by open() already
+        import maxminddb
+
         try:
             found = self._reader.city(ip)
         except (geoip2.errors.AddressNotFoundError, ValueError):

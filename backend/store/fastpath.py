@@ -34,12 +34,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import asyncpg
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from backend.errors import DatabaseError
+
+if TYPE_CHECKING:  # loaded by PostgresJobs only: SQLite set-ups and commands never need it
+    import asyncpg
 
 T = TypeVar("T")
 log = logging.getLogger("openmfa.store")
@@ -156,6 +158,8 @@ class PostgresJobs:
         self._opening = asyncio.Lock()
 
     async def _get_pool(self) -> asyncpg.Pool:
+        import asyncpg
+
         async with self._opening:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
@@ -171,6 +175,8 @@ class PostgresJobs:
         ``lock``: a transaction-scoped advisory lock (two int4 keys) taken before the job
         runs, sent with the BEGIN in one round trip: jobs with the same key run one at a time.
         """
+        import asyncpg  # loaded by _get_pool
+
         pool = await self._get_pool()
         try:
             async with pool.acquire() as conn:

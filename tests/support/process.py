@@ -1,5 +1,6 @@
-"""The ``openmfa`` command as a subprocess: one-shot commands, and ``openmfa run`` in the
-background on a free loopback port, stopped with SIGTERM (or killed) whatever happens."""
+"""The ``openmfa`` command: one-shot commands (in this process or as a subprocess), and
+``openmfa run`` in the background on a free loopback port, stopped with SIGTERM (or killed)
+whatever happens."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from types import TracebackType
 from typing import Any
 
 import httpx
+
+from tests.support.cli import run_in_process, runs_in_process
 
 EXE = Path(sys.executable).parent / "openmfa"
 
@@ -50,24 +53,34 @@ def stop_process(process: subprocess.Popen[Any], timeout: float) -> int:
 
 
 class Cli:
-    """``cli("user", "add", "alice")`` runs ``openmfa`` on ``home`` with extra environment."""
+    """``cli("user", "add", "alice")`` runs ``openmfa`` on ``home`` with extra environment.
+
+    In this process (``tests/support/cli.py``), except ``run`` and ``radius``, which serve
+    until stopped; :class:`CliProcess` runs every command as the installed script.
+    """
+
+    in_process = True
 
     def __init__(self, home: Path, **env: str) -> None:
         self.home = home
-        self.env = {**os.environ, "OPENMFA_HOME": str(home), **env}
+        self.extra_env = {"OPENMFA_HOME": str(home), **env}
+        self.env = {**os.environ, **self.extra_env}
 
     def __call__(
         self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [str(EXE), *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-            check=False,
-        )
+        if self.in_process and runs_in_process(args):
+            result = run_in_process(args, self.extra_env, stdin)
+        else:
+            result = subprocess.run(
+                [str(EXE), *args],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                env=self.env,
+                timeout=timeout,
+                check=False,
+            )
         if check and result.returncode != 0:
             raise AssertionError(
                 f"openmfa {' '.join(args)} exited {result.returncode}\n"
@@ -89,6 +102,14 @@ class Cli:
         else:
             assert "usage: openmfa" in result.stderr, result.stderr
         return result.stderr
+
+
+class CliProcess(Cli):
+    """:class:`Cli` as the installed ``openmfa`` script in a subprocess, for the end-to-end
+    tests of the command itself (its entry point, exit status and streams as a shell sees
+    them)."""
+
+    in_process = False
 
 
 class ServerProcess:
