@@ -70,7 +70,10 @@ class Cli:
         self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         if self.in_process and runs_in_process(args):
-            result = run_in_process(args, self.extra_env, stdin)
+            # What the test set on ``env`` after construction counts too, as it does for a
+            # subprocess (tests change one variable of a prepared Cli).
+            changed = {k: v for k, v in self.env.items() if os.environ.get(k) != v}
+            result = run_in_process(args, {**self.extra_env, **changed}, stdin)
         else:
             result = subprocess.run(
                 [str(EXE), *args],
