@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from backend.errors import ServerKeyError
+from backend.files import fsync_directory
 
 KEY_BYTES = 32
 _VERSION = b"\x01"
@@ -70,17 +71,8 @@ def load_or_create_key(path: Path, create: bool) -> bytes:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
     return key
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def key_fingerprint(key: bytes) -> str:

@@ -19,10 +19,14 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, make_msgid, parseaddr
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backend.config import Settings
 from backend.domain.emails import is_email
 from backend.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import aiosmtplib
 
 SEND_TIMEOUT = 30.0  # seconds for one whole SMTP conversation step (connect, each command)
 
@@ -201,14 +205,12 @@ class MailSender:
         message.set_content(body)
         return message
 
-    async def probe(self) -> None:
-        """Connect, STARTTLS or TLS and log in as :meth:`send` would, then QUIT; sends nothing.
-
-        For ``openmfa doctor``: raises ``aiosmtplib.SMTPException`` or ``OSError``.
-        """
+    def _client(self) -> aiosmtplib.SMTP:
+        """A client for one conversation with the configured server and credentials."""
+        # Imported here: `openmfa` commands build a sender to check the settings but never send.
         import aiosmtplib
 
-        client = aiosmtplib.SMTP(
+        return aiosmtplib.SMTP(
             hostname=self.host,
             port=self.port,
             username=self._credentials.username if self._credentials else None,
@@ -218,6 +220,13 @@ class MailSender:
             tls_context=self._tls,
             timeout=self._timeout,
         )
+
+    async def probe(self) -> None:
+        """Connect, STARTTLS or TLS and log in as :meth:`send` would, then QUIT; sends nothing.
+
+        For ``openmfa doctor``: raises ``aiosmtplib.SMTPException`` or ``OSError``.
+        """
+        client = self._client()
         try:
             await client.connect()
             await client.quit()
@@ -226,19 +235,9 @@ class MailSender:
 
     async def send(self, recipients: Sequence[str], message: EmailMessage) -> str:
         """One attempt to deliver ``message``; the server's final reply, or :class:`MailError`."""
-        # Imported here: `openmfa` commands build a sender to check the settings but never send.
         import aiosmtplib
 
-        client = aiosmtplib.SMTP(
-            hostname=self.host,
-            port=self.port,
-            username=self._credentials.username if self._credentials else None,
-            password=self._credentials.password if self._credentials else None,
-            use_tls=self.security == "tls",
-            start_tls=self.security == "starttls",
-            tls_context=self._tls,
-            timeout=self._timeout,
-        )
+        client = self._client()
         try:
             try:
                 await client.connect()  # and STARTTLS, and the login

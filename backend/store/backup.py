@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.errors import DatabaseError
+from backend.files import fsync, fsync_directory
 
 MARKER_TABLE = "openmfa_backup"  # a constant: the f-strings below interpolate only it
 FORMAT = "1"
@@ -241,7 +242,7 @@ def prepare_restore(backup: Path, directory: Path) -> Path:
                 dst.close()
         finally:
             src.close()
-        _fsync(temporary)
+        fsync(temporary)
     except sqlite3.Error as exc:
         temporary.unlink(missing_ok=True)
         raise NotABackup(f"{backup} cannot be restored: {exc}") from exc
@@ -273,27 +274,11 @@ def put_in_place(
     for suffix in ("-wal", "-shm", "-journal"):
         Path(f"{target}{suffix}").unlink(missing_ok=True)
     os.replace(temporary, target)
-    _fsync_directory(target.parent)
+    fsync_directory(target.parent)
 
 
 def finish_copy(temporary: Path, target: Path) -> None:
     """Flush ``temporary`` and rename it to ``target`` (a new backup appears whole or not)."""
-    _fsync(temporary)
+    fsync(temporary)
     os.replace(temporary, target)
-    _fsync_directory(target.parent)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(target.parent)
