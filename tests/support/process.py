@@ -63,7 +63,10 @@ class Cli:
 
     def __init__(self, home: Path, **env: str) -> None:
         self.home = home
-        self.extra_env = {"OPENMFA_HOME": str(home), **env}
+        # RADIUS off unless the test asks for it, as for ServerProcess: since `openmfa run`
+        # claims its ports before anything else, tests on parallel workers that each run a
+        # server (even one meant to stop at a configuration error) would race for UDP 1812.
+        self.extra_env = {"OPENMFA_HOME": str(home), "OPENMFA_RADIUS_PORT": "0", **env}
         self.env = {**os.environ, **self.extra_env}
 
     def __call__(
