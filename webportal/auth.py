@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlencode, urlsplit
 
 from starlette.requests import Request
 
+from backend.domain.devices import can_answer_push
 from backend.domain.stepup import is_live_factor
 from backend.errors import Forbidden
 from backend.services.context import Actor
@@ -104,11 +105,25 @@ async def require_user(request: Request) -> SignedIn:
     return SignedIn(user, session, web_actor(request, f"portal:{user.name}"))
 
 
-async def has_second_factor(request: Request, user: UserRecord) -> bool:
-    """True when ``user`` has a live factor: an ``active`` authenticator. A ``pending`` one
-    (activated, never used) proves nothing and counts as none."""
+@dataclass(frozen=True, slots=True)
+class LiveFactors:
+    """What ``user`` can prove a factor with: any live factor, and one that answers a push."""
+
+    any: bool
+    push: bool
+
+
+async def live_factors(request: Request, user: UserRecord) -> LiveFactors:
+    """The user's live factors: ``active`` authenticators. A ``pending`` one (activated,
+    never used) proves nothing and counts as none, for a code and for a push alike."""
     devices = await services_of(request).devices.list_for_user(user.name)
-    return any(is_live_factor(d.kind, d.state) for d in devices)
+    live = [d for d in devices if is_live_factor(d.kind, d.state)]
+    return LiveFactors(bool(live), any(can_answer_push(d.kind, d.state) for d in live))
+
+
+async def has_second_factor(request: Request, user: UserRecord) -> bool:
+    """True when ``user`` has a live factor (see :func:`live_factors`)."""
+    return (await live_factors(request, user)).any
 
 
 async def require_admin(request: Request) -> SignedIn:

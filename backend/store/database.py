@@ -11,7 +11,6 @@ of this.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -51,20 +50,6 @@ def _sqlite_path(url: str) -> Path | None:
     if not database or database == ":memory:":
         return None
     return Path(database)
-
-
-def create_sqlite_file(url: str) -> None:
-    """Create an empty SQLite database file readable by its owner only, if there is none.
-
-    SQLite gives its ``-wal`` and ``-shm`` files the mode of the database file, so the
-    whole database stays private even when the home directory's mode is relaxed later.
-    """
-    path = _sqlite_path(url) if url.startswith("sqlite") else None
-    if path is None or path.exists():
-        return
-    if not path.parent.is_dir():
-        raise DatabaseError(f"the database directory {path.parent} does not exist")
-    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
 
 
 def display_url(url: str) -> str:

@@ -14,13 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from backend.domain.challenge import ChallengeState
-from backend.domain.devices import can_answer_push
 from backend.errors import Forbidden, NotFound, OpenMFAError, OtpLocked
 from backend.services.challenges import ChallengeView
 from backend.services.context import SignInContext
 from backend.services.web_sessions import WebSessionRecord
 from backend.store.queries import UserRecord
-from webportal.auth import SignInRequired, has_second_factor, safe_next
+from webportal.auth import SignInRequired, has_second_factor, live_factors, safe_next
 from webportal.forms import field
 from webportal.routing import page
 from webportal.sessions import current_session, end_session, flash, start_session
@@ -141,12 +140,11 @@ async def _verify_page(
     error: str = "",
     status: int = 200,
 ) -> Response:
-    devices = await services_of(request).devices.list_for_user(user.name)
     context = {
         "next": target,
         "admin_name": user.name,
         # Only a live factor proves anything: a pending app is not offered.
-        "can_push": any(can_answer_push(d.kind, d.state) and d.state == "active" for d in devices),
+        "can_push": (await live_factors(request, user)).push,
         "challenge": await _challenge(request, session),
         "error": error,
     }

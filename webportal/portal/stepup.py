@@ -19,12 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from backend.domain.challenge import ChallengeState
-from backend.domain.devices import can_answer_push
 from backend.domain.stepup import FactorAction, Outcome, SessionProof
 from backend.errors import NotFound, OpenMFAError, OtpLocked
 from backend.services.challenges import ChallengeView
 from backend.services.context import SignInContext
-from webportal.auth import SignedIn, require_user, safe_next
+from webportal.auth import SignedIn, live_factors, require_user, safe_next
 from webportal.forms import field
 from webportal.routing import page
 from webportal.sessions import flash
@@ -77,13 +76,6 @@ def _context(request: Request) -> SignInContext:
     )
 
 
-async def _live_devices(request: Request, me: SignedIn) -> tuple[bool, bool]:
-    """(has an active factor at all, one of them can answer a push)."""
-    devices = await services_of(request).devices.list_for_user(me.user.name)
-    active = [d for d in devices if d.state == "active"]
-    return bool(active), any(can_answer_push(d.kind, d.state) for d in active)
-
-
 async def _challenge(request: Request, me: SignedIn) -> ChallengeView | None:
     challenge_id = me.session.challenge_id
     if challenge_id is None:
@@ -98,7 +90,7 @@ async def _challenge(request: Request, me: SignedIn) -> ChallengeView | None:
 async def _page(
     request: Request, me: SignedIn, target: str, error: str = "", status: int = 200
 ) -> Response:
-    _, can_push = await _live_devices(request, me)
+    can_push = (await live_factors(request, me.user)).push
     context = {
         "next": target,
         "can_push": can_push,
@@ -113,7 +105,7 @@ async def step_up(request: Request) -> Response:
     """The page: push (when an active device can answer one) and code."""
     me = await require_user(request)
     target = safe_next(request.query_params.get("next"), "portal")
-    has_factor, _ = await _live_devices(request, me)
+    has_factor = (await live_factors(request, me.user)).any
     if not has_factor:  # nothing to prove: the target page says what applies instead
         return RedirectResponse(target, status_code=303)
     return await _page(request, me, target)
