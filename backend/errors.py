@@ -240,6 +240,35 @@ class InvalidRadiusClient(BadRequest):
     title = "The RADIUS client settings are not valid"
 
 
+class InvalidDirectory(BadRequest):
+    type = "invalid-directory"
+    title = "The directory settings are not valid"
+
+
+class DirectoryError(OpenMFAError):
+    """The directory refused what we asked (the service account's bind, a bad base DN or
+    filter): the settings need fixing, retrying will not help."""
+
+    type = "directory-error"
+    title = "The directory refused the request"
+    status = 502
+
+
+class DirectoryUnavailable(OpenMFAError):
+    """No URL of the directory answered (connection, TLS or timeout)."""
+
+    type = "directory-unavailable"
+    title = "The directory cannot be reached"
+    status = 503
+
+
+class SyncStopped(Conflict):
+    """A sync would disable more users than the directory's threshold allows."""
+
+    type = "sync-stopped"
+    title = "The sync would disable too many users; check the directory, or force it"
+
+
 class InvitationInvalid(OpenMFAError):
     type = "invitation-invalid"
     title = "This invitation link is not valid; ask your administrator for a new one"

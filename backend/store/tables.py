@@ -56,6 +56,9 @@ class Meta(SQLModel, table=True):
 
 class User(SQLModel, table=True):
     __tablename__ = "users"
+    __table_args__ = (
+        UniqueConstraint("directory_id", "external_id", name="uq_users_directory_external_id"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     name_key: str = Field(max_length=128, unique=True)
     name: str = Field(max_length=128)
@@ -75,6 +78,20 @@ class User(SQLModel, table=True):
     created_at: datetime = utc_column()
     # A first-enrolment window an administrator opened (see backend/domain/stepup.py).
     enrol_until: datetime | None = utc_column(nullable=True)
+    phone: str = Field(default="", max_length=64, sa_column_kwargs={"server_default": ""})
+    # Why the user is disabled ("" when not), and who disabled it: "admin" (a person; a sync
+    # never enables such a user) or "directory" (a sync did, and a later sync may undo it).
+    disabled_reason: str = Field(
+        default="", max_length=256, sa_column_kwargs={"server_default": ""}
+    )
+    disabled_by: str = Field(default="", max_length=16, sa_column_kwargs={"server_default": ""})
+    # A user from a directory is tied to it by the directory's stable id (objectGUID,
+    # entryUUID), never by name; local users have neither. See backend/directory/.
+    directory_id: int | None = Field(
+        default=None, foreign_key="directories.id", ondelete="RESTRICT", index=True
+    )
+    external_id: str | None = Field(default=None, max_length=64)
+    directory_dn: str = Field(default="", max_length=1024, sa_column_kwargs={"server_default": ""})
 
 
 class Device(SQLModel, table=True):
@@ -209,8 +226,67 @@ class RadiusClient(SQLModel, table=True):
     number_matching: str = Field(
         default="policy", max_length=16, sa_column_kwargs={"server_default": "policy"}
     )
+    # The directory whose password is the primary factor when primary_auth is "ldap".
+    directory_id: int | None = Field(
+        default=None, foreign_key="directories.id", ondelete="RESTRICT"
+    )
     created_at: datetime = utc_column()
     updated_at: datetime = utc_column()
+
+
+class Directory(SQLModel, table=True):
+    """An AD or LDAP directory that users come from (see backend/directory/config.py).
+
+    The bind password is sealed with the server key, bound to the row
+    (``directory-bind-password:<id>``). ``urls`` and ``attributes`` are JSON text.
+    """
+
+    __tablename__ = "directories"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    name_key: str = Field(max_length=64, unique=True)
+    kind: str = Field(max_length=8)
+    urls: str = text_column()
+    ca_pem: str | None = Field(default=None, sa_column=Column(Text(), nullable=True))
+    bind_dn: str = Field(max_length=1024)
+    bind_password_enc: bytes = blob_column()
+    base_dn: str = Field(max_length=1024)
+    user_filter: str = Field(default="", max_length=1024)
+    group_dn: str = Field(default="", max_length=1024)
+    admin_group_dn: str = Field(default="", max_length=1024)
+    attributes: str = text_column()
+    connect_timeout: float
+    search_timeout: float
+    page_size: int
+    sync_interval: int
+    disable_percent: int
+    disable_minimum: int
+    created_at: datetime = utc_column()
+    updated_at: datetime = utc_column()
+
+
+class DirectorySync(SQLModel, table=True):
+    """One sync run (or dry run) of a directory and its summary; ``report`` is JSON text with
+    the changes by kind (names only, bounded) and the errors, for the console."""
+
+    __tablename__ = "directory_syncs"
+    __table_args__ = (Index("ix_directory_syncs_directory_started", "directory_id", "started_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    directory_id: int = Field(foreign_key="directories.id", ondelete="CASCADE")
+    actor: str = Field(max_length=128)
+    dry_run: bool = False
+    state: str = Field(max_length=16)  # running, done, stopped (threshold), failed
+    started_at: datetime = utc_column()
+    finished_at: datetime | None = utc_column(nullable=True)
+    created: int = 0
+    updated: int = 0
+    renamed: int = 0
+    disabled: int = 0
+    enabled: int = 0
+    unchanged: int = 0
+    errors: int = 0
+    message: str = Field(default="", max_length=1024)
+    report: str = text_column()
 
 
 class PolicyValue(SQLModel, table=True):
