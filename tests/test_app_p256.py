@@ -272,3 +272,26 @@ def test_the_service_refuses_bad_keys_by_itself(api: ApiHarness) -> None:
     for public in ((1).to_bytes(32, "little"), b"\x04" + bytes(64), b"\x02" + bytes(32)):
         with pytest.raises(BadRequest, match="public_key"):
             api.run(api.services.activation.activate(Actor("test"), code, public, "web"))
+
+
+@sqlite_only
+def test_the_cli_activates_a_p256_web_device(api: ApiHarness, tmp_path: Any) -> None:
+    """``openmfa device activate --key-type p256 --platform web``, then ``pending``."""
+    from tests.support.cli import run_in_process
+
+    api.add_user("alice")
+    store = tmp_path / "web.json"
+    env = {"OPENMFA_HOME": str(tmp_path)}
+    uri = api.activation_uri("alice")
+    args = ["device", "activate", uri, "--store", str(store), "--platform", "web"]
+    done = run_in_process([*args, "--key-type", "p256"], env)
+    assert done.returncode == 0, done.stderr
+    saved = json.loads(store.read_text())
+    assert (saved["key_type"], saved["platform"]) == ("p256", "web")
+    record = api.run(api.services.devices.get(saved["device_id"]))
+    assert record.public_key is not None
+    assert len(record.public_key) == 65
+    started = api.start("alice")
+    pending = run_in_process(["device", "pending", "--store", str(store)], env)
+    assert pending.returncode == 0, pending.stderr
+    assert started["id"] in pending.stdout
