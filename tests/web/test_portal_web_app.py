@@ -126,7 +126,8 @@ def test_the_web_option_does_not_bypass_the_enrolment_rules(web: WebHarness) -> 
 @pytest.fixture
 def plain_http(settings: Settings, clock: FakeClock) -> Iterator[WebHarness]:
     changed = settings.model_copy(update={"public_url": "http://mfa.example.com"})
-    with WebHarness(changed, clock) as web:
+    web = WebHarness(changed, clock)
+    with web:
         yield web
 
 
