@@ -346,3 +346,23 @@ def test_invalid_signature_exception_is_not_leaked() -> None:
         assert not issubclass(BadSignature, InvalidSignature)
         with pytest.raises(BadSignature):  # InvalidSignature would escape this
             signing.verify(public, signature, MESSAGE)
+
+
+def test_the_p256_test_vector_in_the_app_api_docs() -> None:
+    """docs/app-api.md, "Test vector", P-256: the key and a signature that must verify."""
+    key = ec.derive_private_key(int.from_bytes(bytes(range(1, 33)), "big"), ec.SECP256R1())
+    assert b64u_encode(signing.public_bytes(key)) == (
+        "BFFcPW6545a5BNP-yn9U_c0MwemXvzddylFa0KbDtANfRTa-OlDzGPv5pUdZAqIhUCvvDVfgjFOyzApW8X2fk1Q"
+    )
+    message = canonical_request(
+        "POST",
+        "/app/v1/challenges/ch_kIos3zCGyF8YGxFM-WFrHQ/answer",
+        "dev_W7-7AKI1EPyIyCkSjWNTLA",
+        "1767225600",
+        "q7X2mS9dLk3vPz8wRt5yUa",
+        b'{"answer":"approve"}',
+    )
+    signature = b64u_decode(
+        "mh9Tt-7vHWt-wydI5rfuj5J7voTEK8pMy-Nc4-KJAklKlotP3SwHOh5C-rtItnj62A9we8-8GE7zeOjlfSCR5Q"
+    )
+    signing.verify(signing.public_bytes(key), signature, message)
