@@ -5,7 +5,7 @@ from __future__ import annotations
 #: States in which a device can answer: ``pending`` until its first round trip, then ``active``.
 LIVE_STATES = ("pending", "active")
 #: Platforms an app declares at activation; ``reference`` is the Python reference authenticator,
-#: ``web`` the web app served at ``/app/`` (its push, if any, is Web Push).
+#: ``web`` the web app (/app/), whose push token is a Web Push subscription.
 PLATFORMS = ("ios", "android", "reference", "web")
 
 
