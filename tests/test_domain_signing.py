@@ -303,11 +303,12 @@ def test_b64u_round_trip_and_strictness() -> None:
 
 
 def test_public_keys_must_be_32_bytes() -> None:
+    """Or 65 (P-256, tests/test_domain_signing_p256.py): no other length is a key."""
     for raw in (b"", PUBLIC[:31], PUBLIC + b"\x00"):
-        with pytest.raises(BadSignature, match="32 bytes"):
+        with pytest.raises(BadSignature, match="32-byte Ed25519"):
             signing.load_public_key(raw)
     message = canonical_request("GET", "/", "dev_abc", "1", "n" * 16, b"")
-    with pytest.raises(BadSignature, match="32 bytes"):
+    with pytest.raises(BadSignature, match="32-byte Ed25519"):
         signing.verify(PUBLIC[:31], KEY.sign(message), message)
 
 

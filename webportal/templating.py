@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse
 
 from backend.services.web_sessions import WebSessionRecord
 from backend.store.queries import UserRecord
+from webportal.device_labels import platform_label, push_state
 from webportal.sessions import csrf_token, current_session
 from webportal.state import area_of, services_of, web_of
 
@@ -36,6 +37,8 @@ def make_environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["when"] = when
+    env.filters["platform_label"] = platform_label
+    env.filters["push_state"] = push_state
     return env
 
 

@@ -277,7 +277,8 @@ def build_document() -> dict[str, Any]:
                     "type": "apiKey",
                     "in": "header",
                     "name": "X-OpenMFA-Signature",
-                    "description": "Ed25519 request signature; see docs/app-api.md",
+                    "description": "request signature (Ed25519, or P-256 ECDSA as r||s); "
+                    "see docs/app-api.md",
                 },
             },
         },

@@ -17,8 +17,12 @@ class Body(BaseModel):
 
 class ActivateRequest(Body):
     code: str = Field(min_length=1, max_length=128)
-    public_key: str = Field(description="raw 32-byte Ed25519 public key, base64url", max_length=64)
-    platform: Literal["ios", "android", "reference"]
+    public_key: str = Field(
+        description="base64url of a raw 32-byte Ed25519 public key or of a 65-byte "
+        "uncompressed P-256 point (0x04 || X || Y); the length decides the key type",
+        max_length=88,
+    )
+    platform: Literal["ios", "android", "reference", "web"]
     push_token: str | None = Field(default=None, max_length=512)
     name: str = Field(default="", max_length=128)
     pin: str | None = Field(default=None, max_length=16)

@@ -14,12 +14,15 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from backend.domain import signing, totp
 
 ACTIVATION_DEVICE = "activation"
+#: Device key types: ``ed25519`` (the default) or ``p256`` (ECDSA, as the web app makes where
+#: the browser's WebCrypto lacks Ed25519).
+KEY_TYPES = (signing.ED25519, signing.P256)
 
 
 class AuthenticatorError(Exception):
@@ -38,12 +41,30 @@ class StoredDevice:
     url: str
     device_id: str
     user: str
-    private_key: str  # raw Ed25519 seed, base64url
+    private_key: str  # raw Ed25519 seed or P-256 private scalar (32 bytes), base64url
     totp_secret: str
     platform: str = "reference"
+    key_type: str = signing.ED25519  # stores from before P-256 have no key_type: Ed25519
 
-    def key(self) -> Ed25519PrivateKey:
-        return Ed25519PrivateKey.from_private_bytes(signing.b64u_decode(self.private_key))
+    def key(self) -> signing.SigningKey:
+        """The device's private key."""
+        raw = signing.b64u_decode(self.private_key)
+        if self.key_type == signing.P256:
+            return ec.derive_private_key(int.from_bytes(raw, "big"), ec.SECP256R1())
+        if self.key_type != signing.ED25519:
+            raise AuthenticatorError(f"unknown key type {self.key_type!r} in the store")
+        return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def new_key(key_type: str) -> tuple[signing.SigningKey, bytes]:
+    """A fresh device key and its private bytes (what the store keeps)."""
+    if key_type == signing.P256:
+        p256 = ec.generate_private_key(ec.SECP256R1())
+        return p256, p256.private_numbers().private_value.to_bytes(32, "big")
+    if key_type != signing.ED25519:
+        raise AuthenticatorError(f"key type must be one of {', '.join(KEY_TYPES)}")
+    ed = Ed25519PrivateKey.generate()
+    return ed, ed.private_bytes_raw()
 
 
 def save_store(path: Path, device: StoredDevice) -> None:
@@ -115,7 +136,7 @@ class AppClient:
         method: str,
         path: str,
         payload: dict[str, Any] | None = None,
-        key: Ed25519PrivateKey | None = None,
+        key: signing.SigningKey | None = None,
         device_id: str | None = None,
         base_url: str | None = None,
     ) -> httpx.Response:
@@ -146,11 +167,13 @@ class AppClient:
         platform: str = "reference",
         pin: str | None = None,
         push_token: str | None = None,
+        key_type: str = signing.ED25519,
     ) -> StoredDevice:
-        """Create a key pair, redeem the code, and remember what the server answered."""
+        """Create a key pair (``key_type``: ed25519 or p256), redeem the code, and remember
+        what the server answered."""
         base_url, code = parse_activation_uri(uri)
-        key = Ed25519PrivateKey.generate()
-        public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        key, private = new_key(key_type)
+        public = signing.public_bytes(key)
         payload: dict[str, Any] = {
             "code": code,
             "public_key": signing.b64u_encode(public),
@@ -167,9 +190,10 @@ class AppClient:
             url=base_url,
             device_id=data["device_id"],
             user=data["user"],
-            private_key=signing.b64u_encode(key.private_bytes_raw()),
+            private_key=signing.b64u_encode(private),
             totp_secret=data["totp"]["secret"],
             platform=platform,
+            key_type=key_type,
         )
         return self.device
 

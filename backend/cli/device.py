@@ -28,7 +28,7 @@ def activate(args: argparse.Namespace) -> int:
     if not args.store.resolve().parent.is_dir():
         raise AuthenticatorError(f"cannot write {args.store}: its directory does not exist")
     device = AppClient().activate(
-        args.uri, args.name or "", args.platform, args.pin, args.push_token
+        args.uri, args.name or "", args.platform, args.pin, args.push_token, args.key_type
     )
     save_store(args.store, device)
     print(f"activated device {device.device_id} for {device.user} at {device.url}")

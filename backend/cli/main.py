@@ -347,8 +347,15 @@ def _parser() -> argparse.ArgumentParser:
     dact.add_argument(
         "--platform",
         default="reference",
-        choices=["reference", "ios", "android"],
+        choices=["reference", "ios", "android", "web"],
         help="what the server records the device as (default reference)",
+    )
+    dact.add_argument(
+        "--key-type",
+        default="ed25519",
+        choices=["ed25519", "p256"],
+        help="the device key: Ed25519 (default) or P-256 ECDSA, as the web app uses where "
+        "the browser has no Ed25519",
     )
     dact.add_argument("--pin", help="set the approval PIN at activation")
     dact.add_argument("--push-token", help="an APNs or FCM token (default: none, it polls)")

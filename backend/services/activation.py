@@ -5,13 +5,13 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from backend.crypto import SecretBox, new_token, token_digest
-from backend.domain import totp
+from backend.domain import signing, totp
 from backend.domain.devices import PLATFORMS
 from backend.domain.notices import AccountChange
 from backend.domain.policy import check_pin
@@ -21,6 +21,7 @@ from backend.errors import (
     ActivationCodeInvalid,
     ActivationCodeUsed,
     BadRequest,
+    BadSignature,
     Conflict,
     UserBlocked,
     UserDisabled,
@@ -119,6 +120,14 @@ class ActivationService:
         """``openmfa://activate?url=<backend>&code=<code>``: all an app needs to activate."""
         return f"{ACTIVATION_SCHEME}?{urlencode({'url': self._public_url, 'code': code})}"
 
+    def web_app_url(self, code: str) -> str:
+        """``<public URL>/app/#activate=<code>``: the web app's link for the same code.
+
+        In the fragment, so the code never reaches a server or proxy log; the app reads it
+        once and removes it from the address bar and history.
+        """
+        return f"{self._public_url.rstrip('/')}/app/#activate={quote(code, safe='')}"
+
     async def create_code(
         self, actor: Actor, proof: Proof, user_name: str, ttl_seconds: int | None = None
     ) -> ActivationOffer:
@@ -206,8 +215,10 @@ class ActivationService:
         """Redeem an activation code: create the (pending) device and hand out its seed."""
         if platform not in PLATFORMS:
             raise BadRequest(f"platform must be one of {', '.join(PLATFORMS)}")
-        if len(public_key) != 32:
-            raise BadRequest("public_key must be a raw 32-byte Ed25519 key")
+        try:  # Ed25519 (32 bytes) or P-256 (65, uncompressed): a valid, strong point
+            signing.load_public_key(public_key)
+        except BadSignature as exc:
+            raise BadRequest(f"public_key: {exc.detail}") from None
         push_token = check_push_token(push_token)
         if len(name) > 128:
             raise BadRequest("the device name has at most 128 characters")

@@ -226,7 +226,7 @@ def signed_request(
     http: httpx.Client,
     method: str,
     target: str,
-    key: Ed25519PrivateKey,
+    key: signing.SigningKey,
     device: str,
     payload: Any = None,
     timestamp: int | None = None,

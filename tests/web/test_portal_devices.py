@@ -50,10 +50,10 @@ def test_the_list_shows_each_device_and_an_invalid_push_token(web: WebHarness) -
     page = browser.get("/portal/devices").text
     assert "alice&#39;s phone" in page
     assert "OpenMFA app" in page
-    assert "(reference)" in page
+    assert "(reference authenticator)" in page
     assert "Aegis" in page
     assert "codes only (standard OATH app)" in page
-    assert "push token invalid — open the app" in page
+    assert "push lost — open the app to renew" in page
     assert 'data-label="Last used"' in page  # stacks readably on a phone
 
 

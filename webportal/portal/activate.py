@@ -1,6 +1,8 @@
 """``/portal/activate``: activate an authenticator app by QR code, with a live status.
 
-Our app: "Generate activation code" shows the code as text and as a QR code; the page polls
+Our app: "Generate activation code" shows the code as text and as a QR code, and the same code
+as a link and QR code of the web app (``<public URL>/app/#activate=<code>``, "Use this
+phone's browser"); the page polls
 ``/portal/activate/status?ref=<digest>`` (the code's stored digest, never the code) and turns to
 "activated" by itself when the phone redeems it; a test push then makes the device active. The
 privacyIDEA Authenticator: an ``otpauth://pipush/...`` QR; the page polls the pending token's
@@ -10,6 +12,7 @@ state until the app rolled it out. Standard OATH apps have their own page (:mod:
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -25,6 +28,21 @@ from webportal.state import services_of
 from webportal.templating import render
 
 MAX_REFERENCE = 64
+#: Hosts a browser treats as a secure context over plain http (the web app needs one for
+#: WebCrypto keys, its service worker and Web Push).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def web_app_offer(url: str) -> dict[str, str]:
+    """The "Use this phone's browser" link and its QR code, or why there is none.
+
+    Browsers give WebCrypto, service workers and push only to https:// pages (and loopback),
+    so with an http:// public URL a link would open an app that cannot work: say so instead.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "https" and parts.hostname not in LOOPBACK_HOSTS:
+        return {"web_url": "", "web_qr": ""}
+    return {"web_url": url, "web_qr": qr_data_uri(url)}
 
 
 async def _page(
@@ -60,6 +78,8 @@ async def activate(request: Request) -> Response:
         "qr": qr_data_uri(offer.uri),
         "reference": activation_reference(offer.code),
         "expires_in": seconds_left(offer.expires_at, services.clock()),
+        # The same code for the web app at /app/ (in the URL's fragment): one code, either app.
+        **web_app_offer(services.activation.web_app_url(offer.code)),
     }
     return await _page(request, me, context)
 

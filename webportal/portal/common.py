@@ -15,6 +15,7 @@ from backend.errors import NotFound
 from backend.services.challenges import ChallengeView
 from backend.services.devices import DeviceRecord
 from webportal.auth import SignedIn
+from webportal.device_labels import push_state
 from webportal.state import services_of
 
 #: What a test push's state means to the person waiting for it.
@@ -74,13 +75,8 @@ def push_summary(device: DeviceRecord) -> str:
         return "codes only (standard OATH app)"
     if device.kind == "pipush":
         return "push (privacyIDEA Authenticator)" if device.state == "active" else "-"
-    if not device.push_token:
-        return "the app checks for sign-ins itself (no push token)"
-    if device.push_status == "invalid":
-        return "push token invalid — open the app"
-    if device.push_status == "ok":
-        return "push works"
-    return "push (not tried yet)"
+    state = push_state(device)
+    return state.label if state is not None else "-"
 
 
 KINDS = {"app": "OpenMFA app", "oath": "Standard OATH app", "pipush": "privacyIDEA Authenticator"}

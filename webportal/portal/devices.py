@@ -15,6 +15,7 @@ from backend.domain.stepup import FactorAction
 from backend.errors import BadRequest
 from backend.services.devices import LOST, MAX_DEVICE_NAME
 from webportal.auth import require_user
+from webportal.device_labels import platform_label, push_state
 from webportal.forms import field
 from webportal.portal.common import KINDS, STATES, own_device, push_summary
 from webportal.portal.stepup import gate, proof_of, step_up_url
@@ -35,8 +36,9 @@ async def devices(request: Request) -> Response:
             "device": d,
             "kind": KINDS.get(d.kind, d.kind),
             "state": STATES.get(d.state, d.state),
+            "platform": platform_label(d.platform) if d.platform else "",
             "push": push_summary(d),
-            "push_invalid": d.kind == "app" and d.push_status == "invalid",
+            "push_state": state.state if (state := push_state(d)) is not None else "",
             "lost": d.state == LOST,
         }
         for d in listed
