@@ -110,7 +110,8 @@ async def test_add_detects_the_kind_and_seals_the_password(services: Services) -
     assert factory.built[0].closed  # the probe was closed
     assert view.urls == ("ldaps://dc1.corp.example", "ldaps://dc2.corp.example:3269")
     assert view.attributes.name == "sAMAccountName"
-    assert view.users == 0 and view.radius_clients == 0
+    assert view.users == 0
+    assert view.radius_clients == 0
     assert PASSWORD not in repr(view)
     async with services.db.read() as conn:
         row = (await conn.execute(select(directories_t))).one()
@@ -122,10 +123,13 @@ async def test_add_detects_the_kind_and_seals_the_password(services: Services) -
     with pytest.raises(Exception):  # noqa: B017, PT011 - the box's own error type
         box.open(bytes(row.bind_password_enc), password_purpose(row.id + 1))
     [(result, detail)] = await audit_rows(services, "directory.add")
-    assert result == "ok" and "kind=ad" in detail and PASSWORD not in detail
+    assert result == "ok"
+    assert "kind=ad" in detail
+    assert PASSWORD not in detail
 
     config = await service.config(view.id)
-    assert config.kind == "ad" and config.group_dn == view.group_dn
+    assert config.kind == "ad"
+    assert config.group_dn == view.group_dn
     reader = await service.reader(view.id)
     assert reader is await service.reader(view.id)  # cached, shared
     assert factory.built[-1].password == PASSWORD
@@ -161,7 +165,8 @@ async def test_update_changes_settings_and_password_and_replaces_the_reader(
         DirectoryChanges(user_filter="(department=Sales)", group_dn="", email_attribute="upn"),
         bind_password="N3w-Password!",
     )
-    assert changed.user_filter == "(department=Sales)" and changed.group_dn == ""
+    assert changed.user_filter == "(department=Sales)"
+    assert changed.group_dn == ""
     assert changed.attributes.email == "upn"
     assert first.closed  # type: ignore[attr-defined]
     second = await service.reader(view.id)
@@ -169,7 +174,8 @@ async def test_update_changes_settings_and_password_and_replaces_the_reader(
     assert factory.built[-1].password == "N3w-Password!"
     updates = await audit_rows(services, "directory.update")
     assert updates[0][0] == "unchanged"
-    assert updates[1][0] == "ok" and "bind_password" in updates[1][1]
+    assert updates[1][0] == "ok"
+    assert "bind_password" in updates[1][1]
     assert "N3w-Password!" not in updates[1][1]
     with pytest.raises(InvalidDirectory):
         await service.update(ADMIN, "corp", DirectoryChanges(page_size=5000))
@@ -231,4 +237,3 @@ async def test_list_and_the_services_container(services: Services) -> None:
     assert [v.name for v in await services.directories.list()] == ["A-dir", "b-dir"]
     ldap = await service.get("b-dir")
     assert ldap.attributes.name == "uid"
-

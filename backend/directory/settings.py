@@ -16,6 +16,7 @@ from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+
 from backend.directory.config import (
     DEFAULT_ATTRIBUTES,
     DEFAULT_CONNECT_TIMEOUT,
