@@ -811,6 +811,11 @@ def _unbind(conn: Any) -> None:
     # The connection is being dropped either way; a failing unbind changes nothing.
     with contextlib.suppress(Exception):
         conn.unbind()
+    # ldap3 leaves the socket of a failed open (refused, TLS error) to the garbage collector.
+    sock = getattr(conn, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(Exception):
+            sock.close()
 
 
 def _unbind_all(conns: Iterable[Any]) -> None:
