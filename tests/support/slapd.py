@@ -10,7 +10,8 @@ How it runs: a generated ``slapd.conf`` (schemas core, cosine, inetorgperson, ni
 database in a temporary directory; overlays ``memberof`` for groupOfNames and ``refint``),
 base entries loaded with ``slapadd``, then ``slapd -d 0`` in the foreground as our child, in
 its own process group, listening on 127.0.0.1 only: LDAPS and plain LDAP (for StartTLS) on
-ports the OS handed out just before. The certificate comes from a throw-away CA
+ports the OS handed out just before (a watchdog, watchdog.py, stops it if the worker dies
+without running its finalizers). The certificate comes from a throw-away CA
 (``ca_file``). Readiness is a real LDAPS bind, polled until a deadline. Unlike Samba, slapd is
 cheap to start (well under a second), so each xdist worker runs its own, and
 :func:`running_slapd` gives a test or a benchmark a private one. ``entryUUID`` is
@@ -46,6 +47,7 @@ from ldap3.utils.dn import escape_rdn
 from tests.fakes.tls import make_tls
 from tests.support.ldapops import Admin, DirectoryUser, connect, unique_name, wait_for_bind
 from tests.support.process import free_port
+from tests.support.watchdog import start_watchdog
 
 BASE_DN = "dc=openmfa,dc=test"
 START_TIMEOUT = 30.0
@@ -179,6 +181,8 @@ access to *
         )  # fmt: skip
         log.close()
         process = self._process
+        # stops slapd should this worker die without running its finalizers
+        start_watchdog(process.pid, "--owner", str(os.getpid()))
         try:
             wait_for_bind(
                 self.url, self.ca_file, self.bind_dn, self.bind_password,
