@@ -26,7 +26,8 @@ How it runs (decisions, and why):
 * One DC per test run, not per xdist worker: each costs memory and start-up. Workers share
   ``getbasetemp().parent`` (the run's directory); the first worker to take the file lock
   starts the DC and writes its state there, each worker counts itself in, and the last one
-  out stops it (SIGTERM to the process group, SIGKILL after a bounded wait). Without
+  out stops it (SIGTERM to the process group, SIGKILL after a bounded wait). A watchdog
+  (watchdog.py) stops it too if every worker using it has died without cleaning up. Without
   xdist the run's own base directory is used. Tests create uniquely named users and groups
   (:meth:`SambaDC.new_name`), so sharing the DC is safe.
 * Readiness is a real LDAPS bind as Administrator, polled until a deadline; no sleeps.
@@ -66,6 +67,7 @@ from ldap3.utils.dn import escape_rdn
 
 from tests.fakes.tls import make_tls
 from tests.support.ldapops import Admin, DirectoryUser, connect, unique_name, wait_for_bind
+from tests.support.watchdog import start_watchdog
 
 REALM = "CORP.OPENMFA.TEST"
 DOMAIN = "OPENMFATEST"
@@ -109,7 +111,8 @@ class DcState:
     directory: str
     admin_password: str
     bind_password: str
-    users: int
+    #: pids of the processes using the DC (the watchdog stops it when none is alive)
+    users: list[int]
 
     def as_json(self) -> str:
         """The state file's text."""
@@ -201,9 +204,11 @@ class SambaDC:
         phone: str | None = None,
         must_change: bool = False,
         disabled: bool = False,
+        parent: str | None = None,
     ) -> DirectoryUser:
-        """Create an enabled (or ``disabled``) user in CN=Users with ``password``."""
-        dn = f"CN={escape_rdn(name)},{self.users_dn}"
+        """Create an enabled (or ``disabled``) user with ``password`` in CN=Users, or in
+        ``parent`` (e.g. an OU from :meth:`add_ou`)."""
+        dn = f"CN={escape_rdn(name)},{parent or self.users_dn}"
         attrs: dict[str, Any] = {
             "sAMAccountName": name,
             "userPrincipalName": f"{name}@{REALM.lower()}",
@@ -295,10 +300,18 @@ class SambaDC:
 
     delete = delete_user
 
-    # -- groups ----------------------------------------------------------------------------
-    def add_group(self, name: str) -> str:
-        """A global security group in CN=Users; returns its DN."""
-        dn = f"CN={escape_rdn(name)},{self.users_dn}"
+    # -- containers and groups ---------------------------------------------------------------
+    def add_ou(self, name: str, parent: str | None = None) -> str:
+        """An organizational unit under the domain (or ``parent``); returns its DN. The DC is
+        shared by the whole run, so a test that counts users gives itself an OU (or a group)
+        and uses it as the base DN."""
+        dn = f"OU={escape_rdn(name)},{parent or BASE_DN}"
+        self._admin.add(dn, ["top", "organizationalUnit"], {"ou": name})
+        return dn
+
+    def add_group(self, name: str, parent: str | None = None) -> str:
+        """A global security group in CN=Users (or ``parent``); returns its DN."""
+        dn = f"CN={escape_rdn(name)},{parent or self.users_dn}"
         self._admin.add(dn, ["top", "group"], {"sAMAccountName": name})
         return dn
 
@@ -379,7 +392,7 @@ def _log_tail(directory: Path) -> str:
 
 
 #: Changes whenever what _provision writes changes, so that stale templates are not used.
-TEMPLATE_FORMAT = "1"
+TEMPLATE_FORMAT = "2"
 #: The address a template is provisioned with; each copy gets its own.
 _TEMPLATE_ADDRESS = "127.0.0.1"
 
@@ -397,6 +410,11 @@ def _provision(target: Path, admin_password: str) -> None:
         "tls keyfile": str(dc / "tls" / "server.key"),
         "tls cafile": str(dc / "tls" / "test-ca.pem"),
         "log file": str(dc / "log.samba"),
+        # the defaults are machine-wide (/run/samba): a second DC would refuse to start
+        "pid directory": str(dc / "run"),
+        "ncalrpc dir": str(dc / "run" / "ncalrpc"),
+        "winbindd socket directory": str(dc / "run" / "winbindd"),
+        "ntp signd socket directory": str(dc / "run" / "ntp_signd"),
         "prefork children": "1",
     }
     command = [
@@ -470,14 +488,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _start(directory: Path) -> DcState:
-    """Provision, start and configure a DC in ``directory``; return its state."""
+def _start(directory: Path, state_file: Path, lock_file: Path) -> DcState:
+    """Start and configure a DC in a new directory under ``directory`` (with a watchdog that
+    reads the owners from ``state_file``); return its state."""
     binary = samba_binary()
     if os.geteuid() != 0:
         raise RuntimeError("the Samba test DC needs root (Samba's LDAP ports are 389/636)")
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
+    # a fresh directory each time: a DC a watchdog is still stopping may hold the last one
+    directory = Path(tempfile.mkdtemp(prefix="samba-dc-", dir=directory))
     address = _free_loopback_address()
     bind_password = "Svc-" + secrets.token_urlsafe(12) + "-7y"
     admin_password = _instantiate(_template(), directory, address)
@@ -489,7 +507,11 @@ def _start(directory: Path) -> DcState:
             start_new_session=True, env=_env(),
         )  # fmt: skip
     _STARTED[process.pid] = process
-    state = DcState(process.pid, address, str(directory), admin_password, bind_password, 0)
+    start_watchdog(
+        process.pid, "--owner", str(os.getpid()), "--state", str(state_file),
+        "--lock", str(lock_file),
+    )  # fmt: skip
+    state = DcState(process.pid, address, str(directory), admin_password, bind_password, [])
     try:
         dc = SambaDC(state)
         wait_for_bind(
@@ -570,8 +592,8 @@ def running_samba_dc(run_directory: Path) -> Iterator[SambaDC]:
     with _locked(lock):
         state = _read_state(state_file)
         if state is None or not _alive(state.pid):
-            state = _start(run_directory / "samba-dc")
-        state = DcState(**{**json.loads(state.as_json()), "users": state.users + 1})
+            state = _start(run_directory, state_file, lock)
+        state = DcState(**{**json.loads(state.as_json()), "users": [*state.users, os.getpid()]})
         state_file.write_text(state.as_json())
         state_file.chmod(0o600)
     dc = SambaDC(state)
@@ -582,9 +604,10 @@ def running_samba_dc(run_directory: Path) -> Iterator[SambaDC]:
         with _locked(lock):
             current = _read_state(state_file)
             if current is not None and current.pid == state.pid:
-                if current.users <= 1:
-                    _stop(current.pid)
-                    state_file.unlink()
-                else:
-                    left = {**json.loads(current.as_json()), "users": current.users - 1}
+                others = [p for p in current.users if p != os.getpid() and _alive(p)]
+                if others:
+                    left = {**json.loads(current.as_json()), "users": others}
                     state_file.write_text(DcState(**left).as_json())
+                else:
+                    state_file.unlink()
+                    _stop(current.pid)
