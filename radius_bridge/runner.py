@@ -67,6 +67,7 @@ from radius_bridge.model import (
     Result,
     Unavailable,
     UpstreamAuthenticate,
+    UpstreamRelay,
     WaitOutcome,
 )
 from radius_bridge.names import printable
@@ -409,7 +410,7 @@ class Bridge:
                 except StopIteration as stop:
                     decision = stop.value
                     break
-                if isinstance(effect, UpstreamAuthenticate | Audit):
+                if isinstance(effect, UpstreamAuthenticate | UpstreamRelay | Audit):
                     result = await self._perform(effect, request, deadline)
                 else:
                     # Directly, not through _perform: one frame less per held request.
@@ -448,6 +449,11 @@ class Bridge:
             return await self.upstream.authenticate(
                 upstream, effect.user_name, effect.password, deadline
             )
+        if isinstance(effect, UpstreamRelay):
+            upstream = request.client.upstream
+            if upstream is None:
+                return Unavailable("primary radius without an upstream server")
+            return await self.upstream.relay(upstream, effect.attributes, deadline)
         if isinstance(effect, Audit):
             # Fire and forget: an exemption or a fail-safe accept must not wait on (or fail
             # with) the backend it is reported to.
