@@ -111,12 +111,14 @@ def authenticate(
         )
         return Reject("invalid-attribute", None, _failure(request, packet, eap_id))
     user = normalise(name, client.user_names)
-    if not answer.user_name and _anonymous(outer, user):
+    if _anonymous(name, user):
+        # Also when the upstream's User-Name is the anonymous one: FreeRADIUS copies the
+        # outer User-Name into an EAP Accept unless told to send the inner one.
         yield Audit(
             "radius.relay_refused",
-            printable(outer),
-            f"client {client.name}: the upstream accepted the anonymous outer identity "
-            f"{printable(outer, 64)!r} without naming the inner user (User-Name in its "
+            printable(name),
+            f"client {client.name}: the upstream accepted the anonymous identity "
+            f"{printable(name, 64)!r} without naming the inner user (User-Name in its "
             "Access-Accept); no push sent",
         )
         return Reject("anonymous-identity", None, _failure(request, packet, eap_id))
