@@ -40,7 +40,6 @@ from tests.support.freeradius import (
     UPSTREAM_SECRET,
     FreeRadius,
     _clients,
-    _config_string,
     _listen,
     _single_quoted,
     _user_name,
