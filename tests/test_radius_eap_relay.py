@@ -44,6 +44,7 @@ PASSWORDS = {
     "dave": "dave-pw-4",
     "erin": "erin-pw-5",
     "frank": "frank-pw-6",
+    "grace": "grace-pw-7",
 }
 _sources = itertools.count(40)
 
@@ -153,6 +154,26 @@ def test_slow_approval_within_the_window_succeeds_after_retransmissions(
     assert result.success, result.output[-3000:]
     assert result.mppe_ok
     assert len(lab.audit("dave", "auth.start")) == 1  # retransmissions sent no second push
+
+
+def test_outer_identity_of_someone_else_does_not_get_the_push(
+    lab: RadiusLab, upstream: FreeRadius, tmp_path: Path
+) -> None:
+    # The attack: mallory knows grace's password. She puts her own name as PEAP's outer
+    # identity (nobody checks it) and grace's inside, hoping to approve on her own phone.
+    source = gateway(lab, upstream, "wifi-spoof")
+    mallory = lab.user("mallory")
+    grace = lab.user("grace")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(
+            sign_in, lab, upstream, tmp_path, source, "peap", "grace", outer="mallory"
+        )
+        wait_for(lambda: len(grace.pending()) == 1, 30, "the push to the inner user")
+        assert mallory.pending() == []
+        grace.answer(grace.pending()[0]["id"], "deny")
+        result = running.result(timeout=60)
+    assert not result.success
+    assert lab.audit("mallory", "auth.start") == []
 
 
 def test_wrong_password_is_relayed_failure_without_a_push(

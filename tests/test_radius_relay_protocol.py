@@ -416,17 +416,40 @@ def test_push_timeout_is_eap_failure() -> None:
 @pytest.mark.parametrize("outer", [b"anonymous@corp", b"@corp", b"ANONYMOUS", None])
 def test_anonymous_identity_without_inner_name_is_refused(outer: bytes | None) -> None:
     core = BridgeCore(ClientTable([make_client()]))
-    reply, effects, decision = run(core, eap_request(user=outer), with_upstream(accept(None)))
+    mschapv2 = b"\x02\x05\x00\x06\x1a\x02"
+    reply, effects, decision = run(
+        core, eap_request(user=outer, eap=mschapv2), with_upstream(accept(None))
+    )
     assert reply.code == codec.ACCESS_REJECT
     assert reply.get(79) == b"\x04\x0b\x00\x04"
     assert not any(isinstance(e, StartAuthentication) for e in effects)
     assert any(isinstance(e, Audit) and e.action == "radius.relay_refused" for e in effects)
     assert decision.reason == "anonymous-identity"
+    # Even when the upstream names the anonymous identity itself (FreeRADIUS copies the
+    # outer User-Name into an EAP Accept by default).
+    if outer:
+        _, effects, decision = run(
+            core, eap_request(identifier=5, user=outer), with_upstream(accept(outer.decode()))
+        )
+        assert decision.reason == "anonymous-identity"
+
+
+def test_tunnelled_method_without_an_inner_name_from_the_upstream_is_refused() -> None:
+    # PEAP: mallory holds bob's password, puts her own name outside, bob's inside.
+    core = BridgeCore(ClientTable([make_client()]))
+    _, effects, decision = run(core, eap_request(user=b"mallory"), with_upstream(accept(None)))
+    assert decision.reason == "anonymous-identity"
+    assert not any(isinstance(e, StartAuthentication) for e in effects)
+    audit = next(e for e in effects if isinstance(e, Audit))
+    assert "tunnelled" in audit.detail
 
 
 def test_outer_identity_is_used_when_the_upstream_names_nobody() -> None:
     core = BridgeCore(ClientTable([make_client()]))
-    _, effects, decision = run(core, eap_request(user=b"bob@corp"), with_upstream(accept(None)))
+    mschapv2 = b"\x02\x05\x00\x06\x1a\x02"  # EAP-MSCHAPv2 directly: not tunnelled
+    _, effects, decision = run(
+        core, eap_request(user=b"bob@corp", eap=mschapv2), with_upstream(accept(None))
+    )
     start = next(e for e in effects if isinstance(e, StartAuthentication))
     assert start.user == "bob"
     assert isinstance(decision, Accept)

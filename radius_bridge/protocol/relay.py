@@ -56,6 +56,9 @@ EAP_RESPONSE: Final = 2
 EAP_SUCCESS: Final = 3
 EAP_FAILURE: Final = 4
 EAP_TYPE_IDENTITY: Final = 1
+#: EAP methods that run the real authentication inside a TLS tunnel, behind an outer
+#: identity nobody checks: TTLS (21), PEAP (25), FAST (43), TEAP (55).
+TUNNELLED_TYPES: Final = frozenset({21, 25, 43, 55})
 
 #: Never forwarded to the upstream: the hop's own signature and Proxy-State, and values
 #: hidden with the gateway's secret (useless, and a leak, under another one).
@@ -156,6 +159,13 @@ def eap_identity(eap: bytes) -> str | None:
     if length < 5 or length > len(eap):
         return None
     return eap[5:length].decode("utf-8", "replace")
+
+
+def tunnelled(eap: bytes) -> bool:
+    """Whether ``eap`` is an EAP-Response of a tunnelled method (PEAP, TTLS, FAST, TEAP),
+    whose outer identity proves nothing (RFC 3748 7.3 and the PEAP / TTLS drafts: the inner
+    identity is the authenticated one)."""
+    return len(eap) >= 5 and eap[0] == EAP_RESPONSE and eap[4] in TUNNELLED_TYPES
 
 
 def eap_failure(identifier: int) -> Relayed:

@@ -11,9 +11,11 @@ only the round the upstream accepts reaches the second factor, so a sign-in gets
 * Upstream Access-Reject: relayed as it came (EAP-Failure, MS-CHAP-Error, Reply-Message).
 * Upstream Access-Accept: the push, for the user named by the Accept's User-Name (the
   *inner* identity of PEAP / TTLS, when the upstream sends it back) or else the request's
-  User-Name / EAP identity (the outer one). An anonymous or realm-only outer identity with
-  no inner name is refused and audited: a push to a guessed user is a push to the wrong
-  person. Push only: neither EAP nor MS-CHAPv2 can carry a code or show a number, so the
+  User-Name / EAP identity (the outer one) -- but never the outer identity of a tunnelled
+  method (PEAP, TTLS...), which nobody checks: someone holding another user's password
+  could put their own name outside and approve on their own phone. An anonymous or
+  realm-only identity is refused and audited too: a push to a guessed user is a push to
+  the wrong person. Push only: neither EAP nor MS-CHAPv2 can carry a code or show a number, so the
   flow runs as for a ``push`` client that cannot show a number (number matching falls back
   as the user's policy says, or refuses), and a user who can only answer with codes is
   refused with an audit. Approved: Accept with the upstream's EAP-Success, MS-CHAP2-Success
@@ -103,6 +105,18 @@ def authenticate(
         eap_id = answer.eap_identifier  # the EAP-Failure replaces this EAP-Success
     outer = request.user_name or relay.eap_identity(eap) or ""
     name = answer.user_name or outer
+    if answer.user_name is None and relay.tunnelled(eap):
+        # PEAP / TTLS: the outer identity is never checked by anyone. Pushing to it would
+        # let a user holding another's password send their *own* name outside and approve
+        # on their own phone. Only the name the upstream vouches for will do.
+        yield Audit(
+            "radius.relay_refused",
+            printable(outer),
+            f"client {client.name}: the upstream accepted a tunnelled EAP sign-in "
+            f"(outer identity {printable(outer, 64)!r}) without naming the inner user "
+            "(User-Name in its Access-Accept); no push sent",
+        )
+        return Reject("anonymous-identity", None, _failure(request, packet, eap_id))
     if has_control(name):
         yield Audit(
             "radius.relay_refused",
