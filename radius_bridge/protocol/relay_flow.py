@@ -63,7 +63,9 @@ DEFAULT_LIMITS: Final = FlowLimits()
 ANONYMOUS: Final = frozenset({"anonymous", "anon"})
 
 RELAY_MESSAGES: Final[dict[str, str]] = {
-    "code-only": "This sign-in needs an approval on your phone. Contact your help desk",
+    # Codes only: the user has no app, or the push-fatigue guard or number matching turned
+    # the push into a code request. Either way there is nowhere to type a code.
+    "code-only": "This sign-in needs a code, which this connection cannot take. Try later",
 }
 
 

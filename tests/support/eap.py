@@ -316,8 +316,10 @@ def eapol_test(
     host: str = "127.0.0.1",
     source: str | None = None,
     timeout: int = 30,
+    mac: str | None = None,
 ) -> EapolResult:
-    """Run ``eapol_test`` once against ``host:port`` (sending from ``source``)."""
+    """Run ``eapol_test`` once against ``host:port`` (sending from ``source``; ``mac`` is
+    the Calling-Station-Id, 02:00:00:00:00:01 unless given)."""
     binary = eapol_test_binary()
     if binary is None:
         raise RuntimeError("eapol_test not installed (Debian package eapoltest)")
@@ -325,6 +327,8 @@ def eapol_test(
     command += ["-t", str(timeout)]
     if source is not None:
         command += ["-A", source]
+    if mac is not None:
+        command += ["-M", mac]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=timeout + 15, check=False
     )
