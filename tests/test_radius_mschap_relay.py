@@ -10,6 +10,7 @@ authenticator response the client expects: both prove the relay end to end.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import re
@@ -82,7 +83,13 @@ needs_freeradius = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 UPSTREAM_SECRET = "mschap-upstream-secret-1"
 GATEWAY_SECRET = "mschap-gateway-secret-1"
-PASSWORDS = {"CORP\\mia": "mia-pw-1", "noah": "noah-pw-2", "olga": "olga-pw-3", "paul": "p-4"}
+PASSWORDS = {
+    "CORP\\mia": "mia-pw-1",
+    "noah": "noah-pw-2",
+    "olga": "olga-pw-3",
+    "paul": "p-4",
+    "rita": "rita-pw-5",
+}
 _sources = itertools.count(60)
 
 
@@ -246,3 +253,34 @@ def test_relay_needs_primary_radius_and_is_audited(lab: RadiusLab, tmp_path: Pat
     assert reply.code == pyrad_packet.AccessReject
     assert phone.pending() == []
     wait_for(lambda: bool(lab.audit("quinn", "radius.relay_refused")), 10, "the audit record")
+
+
+def chap_request(client: Any, user: str, password: str) -> Any:
+    """CHAP as RFC 2865 5.3 allows it: no CHAP-Challenge, the Request Authenticator is the
+    challenge; CHAP-Password = Ident + MD5(Ident + password + challenge) (RFC 1994)."""
+    packet = client.CreateAuthPacket(code=pyrad_packet.AccessRequest, User_Name=user)
+    packet.authenticator = packet.CreateAuthenticator()
+    ident = 0x42
+    digest = hashlib.md5(bytes((ident,)) + password.encode() + packet.authenticator).digest()  # noqa: S324 - CHAP
+    packet["CHAP-Password"] = bytes((ident,)) + digest
+    packet["NAS-Identifier"] = "chap-gw"
+    return packet
+
+
+@needs_freeradius
+def test_chap_is_relayed_with_the_gateways_authenticator_as_challenge(
+    lab: RadiusLab, upstream: FreeRadius
+) -> None:
+    # The upstream hop has another Request Authenticator, so the bridge must send the
+    # gateway's along as CHAP-Challenge or the upstream could not check the response.
+    source = gateway(lab, upstream, "chap-gw")
+    phone = lab.user("rita")
+    client = lab.pyrad(source, GATEWAY_SECRET, timeout=30)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(client.SendPacket, chap_request(client, "rita", PASSWORDS["rita"]))
+        wait_for(lambda: len(phone.pending()) == 1, 15, "the push")
+        phone.answer(phone.pending()[0]["id"], "approve")
+        assert running.result(timeout=30).code == pyrad_packet.AccessAccept
+    wrong = client.SendPacket(chap_request(client, "rita", "guess"))
+    assert wrong.code == pyrad_packet.AccessReject
+    assert len(lab.audit("rita", "auth.start")) == 1

@@ -8,6 +8,7 @@ passwords four ways, all against one users file of cleartext passwords:
   throw-away CA and server certificate written next to the configuration; TLS 1.2, as
   FreeRADIUS 3.2 does PEAP);
 * MS-CHAPv2 without EAP (the ``mschap`` module: MS-CHAP2-Success and MPPE keys);
+* CHAP (the ``chap`` module);
 * PAP, as :meth:`FreeRadius.upstream`.
 
 With ``return_inner_name`` the inner tunnel copies the inner User-Name to the outer reply
@@ -137,6 +138,8 @@ modules {{
 	pap {{
 		normalise = no
 	}}
+	chap {{
+	}}
 	mschap {{
 		use_mppe = yes
 		require_encryption = no
@@ -209,6 +212,7 @@ server inner-tunnel {{
 server upstream {{
 {_listen(host, port)}
 	authorize {{
+		chap
 		mschap
 		eap {{
 			ok = return
@@ -219,6 +223,9 @@ server upstream {{
 	authenticate {{
 		Auth-Type PAP {{
 			pap
+		}}
+		Auth-Type CHAP {{
+			chap
 		}}
 		Auth-Type MS-CHAP {{
 			mschap
