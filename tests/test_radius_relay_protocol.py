@@ -5,6 +5,7 @@ helpers of :mod:`radius_bridge.protocol.relay`, and the relay flow driven throug
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import secrets
@@ -142,6 +143,8 @@ def test_classify() -> None:
     assert relay.classify(attrs(other_vendor)) is None
     broken = codec.encode_attribute(26, (311).to_bytes(4, "big") + b"\x19\x40x")
     assert relay.classify(attrs(broken)) is None
+    orphan = codec.encode_attribute(26, (311).to_bytes(4, "big") + b"\x19\x03x\x01")
+    assert relay.classify(attrs(orphan)) is None
 
 
 def test_upstream_attributes_leave_out_the_hops_own() -> None:
@@ -218,6 +221,8 @@ def test_interpret_challenge_and_reject_relay_everything_but_the_hops_own() -> N
         + codec.encode_attribute(relay.EAP_MESSAGE, b"\x01\x02\x00\x06\x19\x20")
         + codec.encode_attribute(codec.REPLY_MESSAGE, b"hi")
         + codec.encode_attribute(26, (9).to_bytes(4, "big") + b"\x01\x03x")
+        # MS-CHAP-MPPE-Keys: hidden with the upstream's secret, never relayed as it came
+        + relay.microsoft_attribute(12, bytes(32))
     )
     reply = codec.decode(codec.encode_reply(11, 1, AUTH, UPSTREAM_SECRET, body))
     answer = relay.interpret(reply, UPSTREAM_SECRET, AUTH, dictionary)
@@ -594,3 +599,99 @@ def test_pap_stays_pap_and_malformed_or_refused_bridge_uses_the_plain_flow() -> 
     with pytest.raises(StopIteration) as stop:
         next(flow)
     assert stop.value.value.reason == "bridge-unauthorized"
+
+
+# -- the upstream client's relay over real UDP --------------------------------------------------
+
+
+class _Upstream(asyncio.DatagramProtocol):
+    """A scripted upstream: answers each request with ``reply(request)``; counts them."""
+
+    def __init__(self, reply: Callable[[codec.Packet], bytes | None]) -> None:
+        self.reply = reply
+        self.received: list[bytes] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.append(data)
+        answer = self.reply(codec.decode(data))
+        if answer is not None and self.transport is not None:
+            self.transport.sendto(answer, addr)
+
+
+def _relay_once(
+    reply: Callable[[codec.Packet], bytes | None], timeout: float = 2.0
+) -> tuple[Any, list[bytes]]:
+    from radius_bridge.upstream import UpstreamClient
+
+    async def go() -> tuple[Any, list[bytes]]:
+        loop = asyncio.get_running_loop()
+        transport, server = await loop.create_datagram_endpoint(
+            lambda: _Upstream(reply), local_addr=("127.0.0.1", 0)
+        )
+        port = transport.get_extra_info("sockname")[1]
+        client = UpstreamClient()
+        try:
+            upstream = Upstream("127.0.0.1", port, UPSTREAM_SECRET, timeout=timeout)
+            body = codec.encode_attribute(codec.USER_NAME, b"alice") + MS_CHAP2_RESPONSE
+            answer = await client.relay(upstream, body, loop.time() + timeout)
+        finally:
+            await client.aclose()
+            transport.close()
+        return answer, server.received
+
+    return asyncio.run(go())
+
+
+def test_upstream_relay_signs_the_hop_and_decrypts_the_keys() -> None:
+    key = bytes(range(32))
+
+    def accept_with_key(request: codec.Packet) -> bytes:
+        assert codec.verify_message_authenticator(request, UPSTREAM_SECRET)
+        hidden = salt.encrypt(key, UPSTREAM_SECRET, request.authenticator)
+        body = relay.microsoft_attribute(relay.MS_MPPE_SEND_KEY, hidden)
+        return codec.encode_reply(
+            2, request.identifier, request.authenticator, UPSTREAM_SECRET, body
+        )
+
+    answer, received = _relay_once(accept_with_key)
+    assert isinstance(answer, RelayAnswer)
+    assert answer.relayed.keys == ((relay.MS_MPPE_SEND_KEY, key),)
+    assert len(received) == 1
+
+
+def test_upstream_relay_key_that_does_not_decrypt_is_unavailable_at_once() -> None:
+    def bad_key(request: codec.Packet) -> bytes:
+        hidden = salt.encrypt(bytes(32), b"another secret", request.authenticator, b"\x80\x01")
+        body = relay.microsoft_attribute(relay.MS_MPPE_SEND_KEY, hidden)
+        return codec.encode_reply(
+            2, request.identifier, request.authenticator, UPSTREAM_SECRET, body
+        )
+
+    # A wrong secret makes the length octet misfit in about 4 of 5 cases; the Request
+    # Authenticator is random, so a few tries give one (and a fit gives garbage, not a crash).
+    for _ in range(20):
+        answer, _ = _relay_once(bad_key)
+        if isinstance(answer, Unavailable):
+            assert "MPPE key" in answer.detail
+            return
+    raise AssertionError("a key under another secret decrypted 20 times in a row")
+
+
+def test_upstream_relay_retransmits_the_same_request() -> None:
+    seen: list[bytes] = []
+
+    def silent_then_reject(request: codec.Packet) -> bytes | None:
+        seen.append(request.data)
+        if len(seen) < 2:
+            return None  # lost: the client must send the very same datagram again
+        return codec.encode_reply(3, request.identifier, request.authenticator, UPSTREAM_SECRET)
+
+    answer, received = _relay_once(silent_then_reject, timeout=4.0)
+    assert isinstance(answer, RelayAnswer)
+    assert answer.code == 3
+    assert len(received) == 2
+    assert received[0] == received[1]
