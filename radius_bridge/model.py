@@ -127,6 +127,16 @@ class AccessRequest:
     relay: RelayKind | None = None
 
     @property
+    def share_user(self) -> str:
+        """Whose share of the held pool this request takes (:mod:`.protocol.shares`): the
+        user; for a relayed request (EAP, MS-CHAPv2) the user *and* Calling-Station-Id, since
+        PEAP's outer identity is often the same ``anonymous`` for every user of a gateway,
+        and 16 held sign-ins for all of them together would be far too few."""
+        if self.relay is None:
+            return self.user
+        return f"{self.user}\x00{self.calling_station_id or ''}"
+
+    @property
     def idempotency_key(self) -> str:
         """Same for every retransmission of this request, different for every new one."""
         nas = self.nas_identifier or self.nas_ip_address or self.source[0]

@@ -298,7 +298,7 @@ class Bridge:
             return
         if isinstance(out, Begin):
             request = out.request
-            if not self.shares.claim(request.client.name, request.user):
+            if not self.shares.claim(request.client.name, request.share_user):
                 # Beyond the client's (or this user's) share of max_held: the gateway
                 # retransmits, and other clients keep their room (protocol.shares).
                 self.core.abandon(request)
@@ -427,7 +427,7 @@ class Bridge:
             decision = Reject("internal-error")
         finally:
             self._held.pop(key, None)
-            self.shares.release(client.name, request.user)
+            self.shares.release(client.name, request.share_user)
             self.metrics.held.set(len(self._held))
         assert decision is not None  # noqa: S101 - set on every path that gets here
         try:

@@ -695,3 +695,20 @@ def test_upstream_relay_retransmits_the_same_request() -> None:
     assert answer.code == 3
     assert len(received) == 2
     assert received[0] == received[1]
+
+
+def test_relayed_requests_share_the_held_pool_per_user_and_station() -> None:
+    core = BridgeCore(ClientTable([make_client()]))
+    first = core.receive(eap_request(identifier=1), SOURCE, 0.0)
+    pap = core.receive(
+        codec.encode_request(2, SECRET, codec.encode_attribute(1, b"anonymous"), password=b"x"),
+        SOURCE,
+        0.0,
+    )
+    assert isinstance(first, Begin)
+    assert isinstance(pap, Begin)
+    assert pap.request.share_user == "anonymous"
+    # Every PEAP user may be "anonymous" outside: the station tells them apart.
+    station = replace(first.request, calling_station_id="02-00-00-00-00-01")
+    assert station.share_user != pap.request.share_user
+    assert station.share_user != replace(station, calling_station_id="02-00-00-00-00-02").share_user
