@@ -22,6 +22,7 @@ FailMode = Literal["secure", "safe"]
 Unenrolled = Literal["reject", "allow"]
 NameFormat = Literal["strip", "keep", "map"]
 NumberMatching = Literal["policy", "on", "off"]
+RelayKind = Literal["eap", "mschapv2", "mschapv1", "chap"]
 
 DEFAULT_PROMPT = "Approve the sign-in on your phone, or type the code from the app"
 #: The longest code the gateway API takes: a longer challenge answer is not sent as a code,
@@ -120,6 +121,20 @@ class AccessRequest:
     #: Why the request is refused before anything else (a string attribute holding a
     #: control character); None for a well-formed request.
     malformed: str | None = None
+    #: How the password is proven when it is not User-Password: ``eap``, ``mschapv2``,
+    #: ``mschapv1`` or ``chap`` (see :mod:`radius_bridge.protocol.relay`); None for PAP or
+    #: no password at all.
+    relay: RelayKind | None = None
+
+    @property
+    def share_user(self) -> str:
+        """Whose share of the held pool this request takes (:mod:`.protocol.shares`): the
+        user; for a relayed request (EAP, MS-CHAPv2) the user *and* Calling-Station-Id, since
+        PEAP's outer identity is often the same ``anonymous`` for every user of a gateway,
+        and 16 held sign-ins for all of them together would be far too few."""
+        if self.relay is None:
+            return self.user
+        return f"{self.user}\x00{self.calling_station_id or ''}"
 
     @property
     def idempotency_key(self) -> str:
@@ -145,6 +160,14 @@ class UpstreamAuthenticate:
 
     user_name: str
     password: bytes
+
+
+@dataclass(frozen=True)
+class UpstreamRelay:
+    """Relay the gateway's request to the upstream (EAP, MS-CHAPv2): ``attributes`` in wire
+    form, Message-Authenticator and Proxy-State left out (the upstream hop gets its own)."""
+
+    attributes: bytes
 
 
 @dataclass(frozen=True)
@@ -202,6 +225,7 @@ class Audit:
         "radius.unenrolled_allowed",
         "radius.failsafe_accept",
         "radius.invalid_attribute",
+        "radius.relay_refused",
     ]
     user: str
     detail: str
@@ -210,6 +234,7 @@ class Audit:
 Effect = (
     VerifyPassword
     | UpstreamAuthenticate
+    | UpstreamRelay
     | StartAuthentication
     | WaitOutcome
     | SubmitCode
@@ -294,7 +319,38 @@ class Done:
     """Result of effects that return nothing (``Audit``, ``CancelAuthentication``)."""
 
 
-Result = Checked | UpstreamAnswer | Started | Refused | Outcome | Unavailable | Done
+@dataclass(frozen=True)
+class Relayed:
+    """Attributes passed on from the upstream's answer in wire form: ``attributes`` as
+    ``(type, value)`` (EAP-Message, State, MS-CHAP2-Success inside its Vendor-Specific...),
+    ``keys`` as ``(Microsoft sub-type, plaintext key)`` -- MS-MPPE-Send-Key and -Recv-Key,
+    salt-encrypted for the gateway only when the reply is encoded, since that needs the
+    gateway's secret and Request Authenticator (RFC 2548 2.4.2)."""
+
+    attributes: tuple[tuple[int, bytes], ...] = ()
+    keys: tuple[tuple[int, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class RelayAnswer:
+    """Result of ``UpstreamRelay``: the upstream's verified reply, taken apart.
+
+    ``code``: Access-Accept (2), -Reject (3) or -Challenge (11). ``granted``: what an Accept
+    grants, as :class:`UpstreamAnswer` copies it. ``relayed``: what goes back to the gateway
+    besides (EAP-Message, State, MS-CHAP2-Success / MS-CHAP-Error, the MPPE keys decrypted).
+    ``user_name``: the User-Name of an Accept (the inner identity of PEAP / TTLS) or None.
+    ``eap_identifier``: the Identifier of the EAP packet in the reply (for the EAP-Failure
+    replacing an EAP-Success), or None without EAP-Message.
+    """
+
+    code: int
+    granted: tuple[Attribute, ...] = ()
+    relayed: Relayed = Relayed()
+    user_name: str | None = None
+    eap_identifier: int | None = None
+
+
+Result = Checked | UpstreamAnswer | RelayAnswer | Started | Refused | Outcome | Unavailable | Done
 
 
 # -- decisions ---------------------------------------------------------------------------------
@@ -304,12 +360,14 @@ Result = Checked | UpstreamAnswer | Started | Refused | Outcome | Unavailable | 
 class Accept:
     attributes: tuple[Attribute, ...] = ()
     reason: str = "ok"
+    relayed: Relayed | None = None  # from the upstream (EAP, MS-CHAPv2), after attributes
 
 
 @dataclass(frozen=True)
 class Reject:
     reason: str  # for the log and metrics: wrong-password, denied, timeout, blocked, ...
     reply_message: str | None = None
+    relayed: Relayed | None = None  # EAP-Failure, MS-CHAP-Error
 
 
 @dataclass(frozen=True)
@@ -332,6 +390,8 @@ class Challenge:
     reply_message: str
     reason: str = "challenge"
     next_round: ChallengeRound | None = None  # None: the State is not recorded
+    #: An upstream's EAP round relayed (its State is among these; ``state`` is then empty).
+    relayed: Relayed | None = None
 
 
 Decision = Accept | Reject | Challenge

@@ -67,6 +67,7 @@ from radius_bridge.model import (
     Result,
     Unavailable,
     UpstreamAuthenticate,
+    UpstreamRelay,
     WaitOutcome,
 )
 from radius_bridge.names import printable
@@ -297,7 +298,7 @@ class Bridge:
             return
         if isinstance(out, Begin):
             request = out.request
-            if not self.shares.claim(request.client.name, request.user):
+            if not self.shares.claim(request.client.name, request.share_user):
                 # Beyond the client's (or this user's) share of max_held: the gateway
                 # retransmits, and other clients keep their room (protocol.shares).
                 self.core.abandon(request)
@@ -409,7 +410,7 @@ class Bridge:
                 except StopIteration as stop:
                     decision = stop.value
                     break
-                if isinstance(effect, UpstreamAuthenticate | Audit):
+                if isinstance(effect, UpstreamAuthenticate | UpstreamRelay | Audit):
                     result = await self._perform(effect, request, deadline)
                 else:
                     # Directly, not through _perform: one frame less per held request.
@@ -426,7 +427,7 @@ class Bridge:
             decision = Reject("internal-error")
         finally:
             self._held.pop(key, None)
-            self.shares.release(client.name, request.user)
+            self.shares.release(client.name, request.share_user)
             self.metrics.held.set(len(self._held))
         assert decision is not None  # noqa: S101 - set on every path that gets here
         try:
@@ -448,6 +449,11 @@ class Bridge:
             return await self.upstream.authenticate(
                 upstream, effect.user_name, effect.password, deadline
             )
+        if isinstance(effect, UpstreamRelay):
+            upstream = request.client.upstream
+            if upstream is None:
+                return Unavailable("primary radius without an upstream server")
+            return await self.upstream.relay(upstream, effect.attributes, deadline)
         if isinstance(effect, Audit):
             # Fire and forget: an exemption or a fail-safe accept must not wait on (or fail
             # with) the backend it is reported to.

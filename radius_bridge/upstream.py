@@ -28,11 +28,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from typing import cast
 
-from radius_bridge.model import Unavailable, Upstream, UpstreamAnswer
+from radius_bridge.model import RelayAnswer, Unavailable, Upstream, UpstreamAnswer
 from radius_bridge.protocol import packet as codec
+from radius_bridge.protocol import relay
 from radius_bridge.protocol.dictionary import Dictionary, default_dictionary
+from radius_bridge.protocol.salt import SaltError
 
 log = logging.getLogger("openmfa.radius.upstream")
 
@@ -148,6 +151,48 @@ class UpstreamClient:
     ) -> UpstreamAnswer | Unavailable:
         """Ask ``upstream`` about ``user_name`` / ``password``; answer by ``deadline``
         (loop clock) and within ``upstream.timeout``."""
+
+        def encode(identifier: int) -> bytes:
+            return codec.encode_upstream_request(
+                identifier,
+                upstream.secret,
+                user_name,
+                password,
+                nas_identifier=self._nas_identifier,
+            )
+
+        answer = await self._exchange(upstream, encode, deadline)
+        if isinstance(answer, Unavailable):
+            return answer
+        return codec.upstream_answer(answer[0], self._dictionary)
+
+    async def relay(
+        self, upstream: Upstream, attributes: bytes, deadline: float
+    ) -> RelayAnswer | Unavailable:
+        """Relay a gateway's MS-CHAPv2 / CHAP / EAP request (``attributes`` in wire form,
+        :func:`radius_bridge.protocol.relay.upstream_attributes`) to ``upstream`` under a
+        new Request Authenticator and Message-Authenticator; the verified reply taken apart
+        with its MPPE keys decrypted (:func:`radius_bridge.protocol.relay.interpret`)."""
+
+        def encode(identifier: int) -> bytes:
+            return codec.encode_request(identifier, upstream.secret, attributes)
+
+        answer = await self._exchange(upstream, encode, deadline)
+        if isinstance(answer, Unavailable):
+            return answer
+        reply, authenticator = answer
+        try:
+            return relay.interpret(reply, upstream.secret, authenticator, self._dictionary)
+        except SaltError as exc:
+            where = f"{upstream.host}:{upstream.port}"
+            log.warning("upstream %s sent an MPPE key that does not decrypt: %s", where, exc)
+            return Unavailable(f"upstream {where}: MPPE key does not decrypt")
+
+    async def _exchange(
+        self, upstream: Upstream, encode: Callable[[int], bytes], deadline: float
+    ) -> tuple[codec.Packet, bytes] | Unavailable:
+        """Send ``encode(identifier)`` to ``upstream`` (retransmitted unchanged) and return
+        the verified reply with our Request Authenticator, or Unavailable."""
         loop = asyncio.get_running_loop()
         stop = min(deadline, loop.time() + upstream.timeout)
         where = f"{upstream.host}:{upstream.port}"
@@ -157,13 +202,7 @@ class UpstreamClient:
             log.warning("cannot reach upstream %s: %s", where, exc)
             return Unavailable(f"upstream {where}: {exc}")
         try:
-            datagram = codec.encode_upstream_request(
-                identifier,
-                upstream.secret,
-                user_name,
-                password,
-                nas_identifier=self._nas_identifier,
-            )
+            datagram = encode(identifier)
         except ValueError as exc:  # a password above 128 octets, a name above 253
             sock.waiting.pop(identifier, None)
             return Unavailable(f"cannot forward to upstream {where}: {exc}")
@@ -198,7 +237,7 @@ class UpstreamClient:
                                 )
                                 continue
                             self._note_signing(key, reply.has_message_authenticator, where)
-                            return codec.upstream_answer(reply, self._dictionary)
+                            return reply, authenticator
                 except TimeoutError:
                     continue
         finally:

@@ -34,7 +34,7 @@ from radius_bridge.model import (
     Reject,
 )
 from radius_bridge.names import has_control, normalise
-from radius_bridge.protocol import dedup
+from radius_bridge.protocol import dedup, relay, relay_flow
 from radius_bridge.protocol import packet as codec
 from radius_bridge.protocol.dictionary import Dictionary, default_dictionary
 from radius_bridge.protocol.flow import Flow, FlowLimits, authenticate, truncate_message
@@ -238,13 +238,29 @@ class BridgeCore:
             # A control character is never part of a name or address: refused (and audited)
             # rather than cleaned, so "alice\n" cannot pass as some other user.
             malformed=(f"{', '.join(malformed)} holds a control character" if malformed else None),
+            # Only without User-Password: PAP stays PAP whatever else the request carries.
+            relay=relay.classify(packet.attributes) if password is None else None,
         )
 
     # -- the decision -----------------------------------------------------------------------
 
     def authenticate(self, request: AccessRequest, clock: Callable[[], float]) -> Flow:
         """The decision flow for ``request``, wired to this core's State table and pending
-        pushes (see :mod:`radius_bridge.protocol.flow`)."""
+        pushes (see :mod:`radius_bridge.protocol.flow`; MS-CHAPv2, CHAP and EAP requests:
+        :mod:`radius_bridge.protocol.relay_flow`)."""
+        if (
+            request.relay is not None
+            and request.malformed is None
+            and self.credential_refused is None
+        ):
+            return relay_flow.authenticate(
+                request,
+                clock=clock,
+                states=self.states,
+                pushes=self.pushes,
+                dictionary=self.dictionary,
+                limits=self.limits,
+            )
         return authenticate(
             request,
             clock=clock,
@@ -282,13 +298,18 @@ class BridgeCore:
             attributes = codec.encode_attributes(decision.attributes, self.dictionary)
         elif isinstance(decision, Challenge):
             code = codec.ACCESS_CHALLENGE
-            attributes = codec.encode_attribute(codec.STATE, decision.state) + _reply_message(
-                decision.reply_message
-            )
+            attributes = (
+                codec.encode_attribute(codec.STATE, decision.state) if decision.state else b""
+            ) + _reply_message(decision.reply_message)
         else:
             code = codec.ACCESS_REJECT
             attributes = (
                 b"" if decision.reply_message is None else _reply_message(decision.reply_message)
+            )
+        if decision.relayed is not None:
+            # After our own attributes; MPPE keys encrypted for this gateway only now.
+            attributes += relay.encode_relayed(
+                decision.relayed, request.client.secret, request.authenticator
             )
         return codec.encode_reply(
             code,

@@ -206,6 +206,26 @@ def authenticate(
     return _Flow(request, clock, states, pushes, limits, bridge_refused).run()
 
 
+def second_factor(
+    request: AccessRequest,
+    granted: tuple[Attribute, ...],
+    *,
+    clock: Callable[[], float],
+    states: StateTable,
+    pushes: PendingPushes,
+    limits: FlowLimits = FlowLimits(),
+) -> Flow:
+    """Rules 4-7 alone, for a request whose password someone else already proved (the
+    upstream accepted a relayed MS-CHAPv2 or EAP sign-in, :mod:`.relay_flow`): exemptions,
+    then the push for ``request.user``. ``granted`` goes on the Accept."""
+    flow = _Flow(request, clock, states, pushes, limits)
+    flow.granted = granted
+    exempt = yield from flow._exemption()
+    if exempt is not None:
+        return exempt
+    return (yield from flow._second_factor())
+
+
 class _Flow:
     def __init__(
         self,
