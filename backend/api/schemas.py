@@ -18,8 +18,12 @@ class Body(BaseModel):
 class ActivateRequest(Body):
     code: str = Field(min_length=1, max_length=128)
     public_key: str = Field(description="raw 32-byte Ed25519 public key, base64url", max_length=64)
-    platform: Literal["ios", "android", "reference"]
-    push_token: str | None = Field(default=None, max_length=512)
+    platform: Literal["ios", "android", "reference", "web"]
+    push_token: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="APNs / FCM token; for platform web the PushSubscription JSON",
+    )
     name: str = Field(default="", max_length=128)
     pin: str | None = Field(default=None, max_length=16)
 
@@ -83,7 +87,16 @@ class AnswerResponse(Body):
 
 
 class PushTokenRequest(Body):
-    push_token: str | None = Field(max_length=512)
+    push_token: str | None = Field(
+        max_length=2048, description="APNs / FCM token; for platform web the PushSubscription JSON"
+    )
+
+
+class WebPushKey(Body):
+    vapid_public_key: str = Field(
+        description="the server's VAPID public key: the 65-byte uncompressed P-256 point, "
+        "base64url (pushManager.subscribe's applicationServerKey)"
+    )
 
 
 # -- gateway API ------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 #: States in which a device can answer: ``pending`` until its first round trip, then ``active``.
 LIVE_STATES = ("pending", "active")
-#: Platforms an app declares at activation; ``reference`` is the Python reference authenticator.
-PLATFORMS = ("ios", "android", "reference")
+#: Platforms an app declares at activation; ``reference`` is the Python reference authenticator,
+#: ``web`` the web app (/app/), whose push token is a Web Push subscription.
+PLATFORMS = ("ios", "android", "reference", "web")
 
 
 def can_answer_push(kind: str, state: str) -> bool:
