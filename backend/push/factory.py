@@ -84,9 +84,7 @@ def push_summary(settings: Settings) -> list[str]:
             f"{len(settings.webpush_allowed_origins)} allowed push service origin(s)"
         )
         if not settings.resolved_public_url.startswith("https://"):
-            line += (
-                "; the web app needs HTTPS: set public_url to the https:// address (docs/push.md)"
-            )
+            line += "; the web app needs HTTPS: set public_url to its https:// address"
         lines.append(line)
     else:
         lines.append("Web Push off (webpush_enabled = false): web devices are served by polling")
