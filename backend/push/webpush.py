@@ -35,6 +35,7 @@ import math
 import os
 import ssl
 import struct
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -126,8 +127,10 @@ class WebPushTransport:
         ca_file: Path | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_connections: int = 200,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.signer = VapidSigner(key, webpush.check_subject(subject))
+        self._clock = clock  # the challenge service's clock: TTL = its expiry minus now
         self.allowed = allowed
         self._client = httpx.AsyncClient(
             verify=ssl_context(ca_file),
@@ -173,7 +176,7 @@ class WebPushTransport:
         )
         if len(plaintext) > max_plaintext():
             return PushResult(PushOutcome.FAILED, reason="payload-too-large")
-        ttl = max(0, math.floor((message.expires_at - datetime.now(UTC)).total_seconds()))
+        ttl = max(0, math.floor((message.expires_at - self._clock()).total_seconds()))
         headers = {
             "TTL": str(ttl),
             "Urgency": "high",

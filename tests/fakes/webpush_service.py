@@ -35,6 +35,7 @@ import re
 import secrets
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ class PushRequest:
     urgency: str = ""
     status: int = 0
     received_at: float = 0.0  # time.monotonic() on arrival
+    body: bytes = b""  # as received (encrypted)
 
 
 @dataclass
@@ -92,6 +94,7 @@ class _Subscription:
 class _Failure:
     status: int
     retry_after: str | None
+    location: str | None = None
 
 
 @dataclass
@@ -113,6 +116,9 @@ class FakePushService(PushFake[PushRequest]):
         self._failures: list[_Failure] = []
         #: when set, the only VAPID public key (``k=``, base64url) accepted
         self.expected_vapid_key: str | None = None
+        #: called with each request on arrival, before it is answered (a test moves its
+        #: clock at an exact point this way, without sleeping)
+        self.on_request: Callable[[PushRequest], None] | None = None
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -184,9 +190,12 @@ class FakePushService(PushFake[PushRequest]):
         sub_id = self.subscription_id(token_or_id) if "{" in token_or_id else token_or_id
         self._subscriptions[sub_id].gone = status
 
-    def fail_next(self, n: int, status: int, retry_after: str | None = None) -> None:
-        """Answer the next ``n`` well-formed pushes with ``status`` (429, 500, 503, ...)."""
-        self._failures.extend(_Failure(status, retry_after) for _ in range(n))
+    def fail_next(
+        self, n: int, status: int, retry_after: str | None = None, location: str | None = None
+    ) -> None:
+        """Answer the next ``n`` well-formed pushes with ``status`` (429, 500, 503, or a
+        redirect to ``location``)."""
+        self._failures.extend(_Failure(status, retry_after, location) for _ in range(n))
 
     def received_for(self, token_or_id: str) -> list[PushRequest]:
         """The pushes received for one subscription."""
@@ -250,9 +259,11 @@ class FakePushService(PushFake[PushRequest]):
         if request.method != b"POST" or match is None:
             self._violation(f"{request.method.decode()} {target}: only POST /push/<id> exists")
             return _Reply(404)
-        record = PushRequest(match.group(1), headers, received_at=time.monotonic())
+        record = PushRequest(match.group(1), headers, received_at=time.monotonic(), body=body)
         self.requests.append(record)
         self._notify()
+        if self.on_request is not None:
+            self.on_request(record)
         reply = self._answer(record, body)
         if self.delay > 0:
             assert self._stopping is not None
@@ -307,6 +318,8 @@ class FakePushService(PushFake[PushRequest]):
         if self._failures:
             failure = self._failures.pop(0)
             extra = [("retry-after", failure.retry_after)] if failure.retry_after else []
+            if failure.location:
+                extra.append(("location", failure.location))
             return _Reply(failure.status, b'{"reason":"injected"}', extra)
         location = f"{self.origin}/message/{secrets.token_urlsafe(12)}"
         return _Reply(201, headers=[("location", location)])
