@@ -51,7 +51,8 @@ def test_a_browser_subscription_parses_and_is_stored_compact() -> None:
     assert (len(parsed.p256dh), len(parsed.auth)) == (65, 16)
     stored = check_push_token(json.dumps(json.loads(token), indent=2), "web", DEFAULT)
     assert stored == parsed.compact()
-    assert " " not in stored and json.loads(stored) == json.loads(token)
+    assert " " not in stored
+    assert json.loads(stored) == json.loads(token)
 
 
 @pytest.mark.parametrize(
@@ -97,7 +98,7 @@ def test_anything_else_is_refused_at_store_time(endpoint: str) -> None:
         (sub("https://user:pw@fcm.googleapis.com/x"), "user name"),
         (sub("https://fcm.googleapis.com@evil.example/x"), "user name"),
         (sub("https://fcm.googleapis.com/x#frag"), "fragment"),
-        (sub("https://fcm.googleapis.com\\@evil.example/x"), "backslash"),
+        (sub("https://fcm.googleapis.com\\.evil.example/x"), "backslash"),
         (sub("https://fcm.googleapis.com/x y"), "spaces"),
         (sub("https://fcm.googleapis.com:99999/x"), "port"),
         (sub("https://fcm.googleapis.com/\u00e9"), "ASCII"),
