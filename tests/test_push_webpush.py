@@ -489,3 +489,16 @@ def test_the_fake_hands_out_browser_shaped_subscriptions(tmp_path: Path) -> None
     assert set(data) == {"endpoint", "keys"}
     assert set(data["keys"]) == {"p256dh", "auth"}
     assert data["endpoint"] == "https://127.0.0.1:1/push/abc"
+
+
+async def test_a_long_subscription_fits_the_widened_column(
+    world: World, service: FakePushService
+) -> None:
+    # Real endpoints run to a few hundred characters; migration 0010 leaves room for 2048.
+    token = json.loads(service.subscription())
+    token["endpoint"] += "-" + "a" * 1700
+    device = await world.device("alice", json.dumps(token))
+    stored = (await world.services.devices.get(device)).push_token
+    assert stored is not None
+    assert len(stored) > 1800
+    assert json.loads(stored) == token
