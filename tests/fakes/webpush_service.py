@@ -46,6 +46,10 @@ import http_ece
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded
+from h2.exceptions import H2Error
 
 from tests.fakes.base import PushFake
 from tests.fakes.tls import TlsFiles
@@ -110,9 +114,14 @@ class FakePushService(PushFake[PushRequest]):
     label = "Web Push fake"
     tls_folder = "webpush-fake-tls"
 
-    def __init__(self, directory: Path, *, tls: TlsFiles | None = None) -> None:
+    def __init__(self, directory: Path, *, tls: TlsFiles | None = None, http2: bool = True) -> None:
         super().__init__(directory, tls)
+        #: offer HTTP/2 (ALPN h2) besides HTTP/1.1, as the browsers' push services do
+        self.http2 = http2
+        #: connections per negotiated protocol ("h2", "http/1.1")
+        self.protocols: dict[str, int] = {}
         self._subscriptions: dict[str, _Subscription] = {}
+        self._verified: dict[tuple[str, str], dict[str, Any]] = {}
         self._failures: list[_Failure] = []
         #: when set, the only VAPID public key (``k=``, base64url) accepted
         self.expected_vapid_key: str | None = None
@@ -137,8 +146,9 @@ class FakePushService(PushFake[PushRequest]):
         """Listen on an ephemeral port of 127.0.0.1 with TLS (HTTP/1.1)."""
         tls = self._starting()
         self._stopping = asyncio.Event()
+        alpn = ["h2", "http/1.1"] if self.http2 else ["http/1.1"]
         self._server = await asyncio.start_server(
-            self._connection, "127.0.0.1", 0, ssl=tls.server_context()
+            self._connection, "127.0.0.1", 0, ssl=tls.server_context(alpn=alpn)
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.url = f"https://127.0.0.1:{self.port}"
@@ -210,7 +220,13 @@ class FakePushService(PushFake[PushRequest]):
         self._tasks.add(task)
         self._writers.add(writer)
         self.connections_made += 1
+        ssl_object = writer.get_extra_info("ssl_object")
+        protocol = (ssl_object.selected_alpn_protocol() if ssl_object else None) or "http/1.1"
+        self.protocols[protocol] = self.protocols.get(protocol, 0) + 1
         self._notify()
+        if protocol == "h2":
+            await self._h2_connection(reader, writer, task)
+            return
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=65536)
         try:
             while True:
@@ -252,12 +268,79 @@ class FakePushService(PushFake[PushRequest]):
             self._tasks.discard(task)
             self._notify()
 
+    async def _h2_connection(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        task: asyncio.Task[None],
+    ) -> None:
+        conn = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        streams: dict[int, tuple[dict[str, str], bytearray]] = {}
+        answering: set[asyncio.Task[None]] = set()
+
+        async def answer(stream_id: int, headers: dict[str, str], body: bytes) -> None:
+            method, target = headers.pop(":method", ""), headers.pop(":path", "")
+            for pseudo in (":scheme", ":authority"):
+                headers.pop(pseudo, None)
+            reply = await self._handle(method, target, headers, body)
+            if writer.is_closing():
+                return
+            with contextlib.suppress(H2Error):
+                out = [(":status", str(reply.status)), ("content-length", str(len(reply.body)))]
+                conn.send_headers(stream_id, out + reply.headers, end_stream=not reply.body)
+                if reply.body:
+                    conn.send_data(stream_id, reply.body, end_stream=True)
+                writer.write(conn.data_to_send())
+
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, RequestReceived):
+                        streams[event.stream_id] = (dict(event.headers), bytearray())  # type: ignore[arg-type]
+                    elif isinstance(event, DataReceived):
+                        if event.stream_id in streams:
+                            streams[event.stream_id][1].extend(event.data)
+                        conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    elif isinstance(event, StreamEnded) and event.stream_id in streams:
+                        headers, body = streams.pop(event.stream_id)
+                        job = asyncio.ensure_future(answer(event.stream_id, headers, bytes(body)))
+                        answering.add(job)
+                        job.add_done_callback(answering.discard)
+                    elif isinstance(event, ConnectionTerminated):
+                        return
+                writer.write(conn.data_to_send())
+        except (H2Error, ConnectionError, ssl.SSLError):
+            pass
+        except asyncio.CancelledError:
+            pass  # stop()
+        finally:
+            for job in answering:
+                job.cancel()
+            self._writers.discard(writer)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self._tasks.discard(task)
+            self._notify()
+
     async def _dispatch(self, request: h11.Request, body: bytes) -> _Reply:
         target = request.target.decode("ascii", "replace")
         headers = {k.decode().lower(): v.decode("latin-1") for k, v in request.headers}
+        return await self._handle(request.method.decode("ascii", "replace"), target, headers, body)
+
+    async def _handle(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> _Reply:
         match = _PATH.match(urlsplit(target).path)
-        if request.method != b"POST" or match is None:
-            self._violation(f"{request.method.decode()} {target}: only POST /push/<id> exists")
+        if method != "POST" or match is None:
+            self._violation(f"{method} {target}: only POST /push/<id> exists")
             return _Reply(404)
         record = PushRequest(match.group(1), headers, received_at=time.monotonic(), body=body)
         self.requests.append(record)
@@ -338,6 +421,12 @@ class FakePushService(PushFake[PushRequest]):
             )
         except ValueError:
             return ["k= is not a P-256 point"]
+        cached = self._verified.get((token, key_text))
+        if cached is not None:  # a push service checks a JWT once, then only its expiry
+            record.claims = cached
+            if int(cached["exp"]) <= time.time():
+                return ["JWT expired"]
+            return []
         try:
             header = jwt.get_unverified_header(token)
             claims = jwt.decode(
@@ -358,6 +447,8 @@ class FakePushService(PushFake[PushRequest]):
         sub = str(claims["sub"])
         if not (sub.startswith("mailto:") or sub.startswith("https://")):
             problems.append(f"sub {sub!r} is neither mailto: nor https:")
+        if not problems:
+            self._verified[(token, key_text)] = claims
         return problems
 
 
