@@ -36,9 +36,8 @@ def point() -> bytes:
 
 
 def sub(endpoint: str = "https://fcm.googleapis.com/fcm/send/abc:def", **keys: object) -> str:
-    data = {"endpoint": endpoint, "keys": {"p256dh": b64u(point()), "auth": b64u(b"a" * 16)}}
-    data["keys"].update(keys)  # type: ignore[union-attr]
-    return json.dumps(data)
+    key_data: dict[str, object] = {"p256dh": b64u(point()), "auth": b64u(b"a" * 16), **keys}
+    return json.dumps({"endpoint": endpoint, "keys": key_data})
 
 
 DEFAULT = OriginAllowList(DEFAULT_ALLOWED_ORIGINS)
