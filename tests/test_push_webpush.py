@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import delete, update
 
-from backend.config import Settings
+from backend.cli.main import main
+from backend.config import Settings, load_settings
 from backend.crypto import SecretBox, read_key
 from backend.domain.stepup import ADMINISTRATOR
 from backend.domain.webpush import DEFAULT_ALLOWED_ORIGINS, OriginAllowList, topic_for
@@ -502,3 +503,25 @@ async def test_a_long_subscription_fits_the_widened_column(
     assert stored is not None
     assert len(stored) > 1800
     assert json.loads(stored) == token
+
+
+def test_a_backup_carries_the_vapid_key_so_subscriptions_survive_a_restore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def public_key(home: Path) -> bytes:
+        services = await Services.open(load_settings(config_file=None, home=home))
+        try:
+            assert services.webpush_key is not None
+            return services.webpush_key.public_bytes
+        finally:
+            await services.close()
+
+    monkeypatch.delenv("OPENMFA_DATABASE_URL", raising=False)
+    monkeypatch.delenv("OPENMFA_KEY_FILE", raising=False)
+    monkeypatch.setenv("OPENMFA_HOME", str(tmp_path / "home"))
+    assert main(["db", "upgrade"]) == 0
+    before = asyncio.run(public_key(tmp_path / "home"))
+    assert main(["backup", str(tmp_path / "b.db"), "--include-key"]) == 0
+    monkeypatch.setenv("OPENMFA_HOME", str(tmp_path / "fresh"))
+    assert main(["restore", str(tmp_path / "b.db")]) == 0
+    assert asyncio.run(public_key(tmp_path / "fresh")) == before
