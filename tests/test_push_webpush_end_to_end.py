@@ -170,6 +170,7 @@ def test_a_web_device_gets_a_push_it_can_decrypt_and_approves(world: World) -> N
     assert request.payload["challenge_id"] == auth
     assert request.payload["user"] == "alice"
     assert request.payload["display"] == "Sign-in to vpn from 203.0.113.7"
+    assert request.payload["expires_at"].endswith("Z")
     assert request.claims["aud"] == world.service.origin
     assert request.claims["sub"] == "mailto:ops@example.com"
     assert 0 < (request.ttl or 0) <= 120

@@ -25,7 +25,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -247,12 +247,17 @@ def payload(challenge_id: str, display: str, expires_at: datetime, user: str) ->
             "v": 1,
             "challenge_id": challenge_id,
             "display": display,
-            "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
+            "expires_at": _utc(expires_at).isoformat().replace("+00:00", "Z"),
             "user": user,
         },
         separators=(",", ":"),
         ensure_ascii=False,
     ).encode("utf-8")
+
+
+def _utc(moment: datetime) -> datetime:
+    # The store hands back naive UTC on some databases: say so explicitly for the app.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def check_subject(subject: str) -> str:
