@@ -263,7 +263,9 @@ class FakePushService(PushFake[PushRequest]):
         finally:
             self._writers.discard(writer)
             writer.close()
-            with contextlib.suppress(Exception):
+            # Cancelled by stop(): end quietly (asyncio logs a connection task that ends
+            # cancelled as an error of its own).
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
             self._tasks.discard(task)
             self._notify()
@@ -325,7 +327,9 @@ class FakePushService(PushFake[PushRequest]):
                 job.cancel()
             self._writers.discard(writer)
             writer.close()
-            with contextlib.suppress(Exception):
+            # Cancelled by stop(): end quietly (asyncio logs a connection task that ends
+            # cancelled as an error of its own).
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
             self._tasks.discard(task)
             self._notify()
