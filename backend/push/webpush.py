@@ -186,6 +186,14 @@ class WebPushTransport:
                 subscription.origin,
             )
             return PushResult(PushOutcome.INVALID_TOKEN, reason="origin-not-allowed")
+        url = httpx.URL(subscription.endpoint)
+        if (url.scheme, url.host, url.port or 443) != (
+            "https",
+            subscription.host,
+            subscription.port,
+        ):
+            # The HTTP client would read the URL differently from the check: never send.
+            return PushResult(PushOutcome.INVALID_TOKEN, reason="endpoint-ambiguous")
         plaintext = webpush.payload(
             message.challenge_id, message.display, message.expires_at, message.user
         )
@@ -204,9 +212,7 @@ class WebPushTransport:
         self.requests_made += 1
         try:
             async with self._slot(subscription.origin):
-                response = await self._client.post(
-                    subscription.endpoint, content=body, headers=headers
-                )
+                response = await self._client.post(url, content=body, headers=headers)
         except httpx.TimeoutException:
             return PushResult(PushOutcome.RETRY, reason="timeout")
         except httpx.TransportError as exc:
