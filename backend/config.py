@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from backend.domain.webpush import DEFAULT_ALLOWED_ORIGINS, check_subject, parse_origin_rule
 from backend.errors import ConfigurationError
 
 ENV_PREFIX = "OPENMFA_"
@@ -118,6 +119,14 @@ class Settings(BaseModel):
     fcm_ca_file: Path | None = None
     fcm_workers: int = Field(default=4, ge=1, le=64)  # threads for the synchronous FCM client
     push_concurrency: int = Field(default=200, ge=1, le=10000)  # sends in flight at once
+    # Web Push to the web app (/app/): no account anywhere, the server's own VAPID key (made at
+    # the first start, kept in the database sealed with the server key).
+    webpush_enabled: bool = True
+    # The VAPID contact (mailto:... or https://...); empty: the public URL when it is https.
+    webpush_subject: str = ""
+    # Push-service origins a subscription may point at ("https://*.suffix": any name below).
+    webpush_allowed_origins: tuple[str, ...] = DEFAULT_ALLOWED_ORIGINS
+    webpush_ca_file: Path | None = None  # a CA to trust besides the system's (tests, relays)
 
     # -- fraud e-mail (docs/security.md) --
     smtp_host: str = ""  # empty: no e-mail is sent (reports are still stored and audited)
@@ -185,6 +194,24 @@ class Settings(BaseModel):
         if self.tls_key_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_key_file is set without tls_cert_file")
         return self
+
+    @field_validator("webpush_subject")
+    @classmethod
+    def _vapid_subject(cls, value: str) -> str:
+        return check_subject(value) if value else value
+
+    @field_validator("webpush_allowed_origins", mode="before")
+    @classmethod
+    def _push_origins(cls, value: object) -> tuple[str, ...]:
+        # The environment gives one string: "https://a.example, https://*.b.example".
+        items = value.replace(",", " ").split() if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ValueError(
+                'webpush_allowed_origins is a list, e.g. ["https://fcm.googleapis.com"]'
+            )
+        for item in items:
+            parse_origin_rule(item)
+        return tuple(item.strip() for item in items)
 
     @field_validator("issuer")
     @classmethod

@@ -18,6 +18,7 @@ from backend.doctor.checks import (
     PushFacts,
     SmtpFacts,
     UrlProbe,
+    WebPushFacts,
 )
 
 
@@ -218,3 +219,16 @@ def test_tls() -> None:
         finding = checks.check_tls(facts, now)
         assert finding.level == level, days
         assert (finding.fix != "") == (level != "ok")
+
+
+def test_webpush() -> None:
+    assert levels(checks.check_webpush(WebPushFacts(False))) == ["skip"]
+    ok = checks.check_webpush(WebPushFacts(True, "ok", "mailto:ops@example.com"))
+    assert levels(ok) == ["ok", "ok"]
+    assert "mailto:ops@example.com" in ok[1].message
+    assert levels(checks.check_webpush(WebPushFacts(True, "none", "https://x"))) == ["ok", "ok"]
+    broken = checks.check_webpush(WebPushFacts(True, "does not decrypt", "https://x"))
+    assert levels(broken) == ["error", "ok"]
+    plain = checks.check_webpush(WebPushFacts(True, "ok", "https://x", https=False))
+    assert levels(plain) == ["ok", "ok", "warning"]
+    assert "HTTPS" in plain[2].message

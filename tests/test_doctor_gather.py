@@ -6,11 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from backend.config import Settings
+from backend.crypto import SecretBox
 from backend.doctor.checks import Finding
 from backend.doctor.gather import Context, data_dir, run_checks
+from backend.push.vapid import VapidKey
 from backend.services import Services
+from backend.store.tables import meta_t
 from tests.fakes.tls import make_tls
 from tests.support.process import free_port
 
@@ -36,6 +40,22 @@ async def test_a_migrated_database_with_its_key_passes(
     if not settings.uses_sqlite:
         # PostgreSQL's clock is compared with ours: on one machine they agree.
         assert any("agrees with the database server" in f.message for f in found["clock"])
+
+
+async def test_the_vapid_key_is_checked_against_the_server_key(
+    services: Services, settings: Settings
+) -> None:
+    quiet = settings.model_copy(update={"radius_port": 0})
+    found = by_check(await run_checks(quiet, "test"))
+    assert [f.level for f in found["push Web Push"]] == ["ok", "ok", "warning"]
+    assert "opens with the server key" in found["push Web Push"][0].message
+    async with services.db.write() as conn:  # a key sealed with some other server key
+        other = VapidKey.generate().seal(SecretBox(b"\x02" * 32))
+        await conn.execute(
+            update(meta_t).where(meta_t.c.key == "webpush_vapid_key").values(value=other)
+        )
+    found = by_check(await run_checks(quiet, "test"))
+    assert found["push Web Push"][0].level == "error"
 
 
 async def test_an_unreachable_database_is_one_error_and_the_rest_still_runs(

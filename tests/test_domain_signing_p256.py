@@ -311,7 +311,13 @@ def flip_unused_bits(text: str) -> str:
     return text[:-1] + alphabet[last | unused]
 
 
-@pytest.mark.parametrize("data", [P256_PUBLIC, ED_PUBLIC, signing.sign(P256_KEY, MESSAGE)])
+# Explicit ids: an ECDSA signature differs on every run, and xdist workers must collect the
+# same test names.
+@pytest.mark.parametrize(
+    "data",
+    [P256_PUBLIC, ED_PUBLIC, signing.sign(P256_KEY, MESSAGE)],
+    ids=["p256-key", "ed25519-key", "p256-signature"],
+)
 def test_non_canonical_base64url_is_refused(data: bytes) -> None:
     text = b64u_encode(data)
     twin = flip_unused_bits(text)

@@ -203,7 +203,9 @@ async def test_each_eligible_device_gets_one_push_through_its_platforms_transpor
     assert [m.token for m in env.fcm.sent] == ["tok-pixel"]
     message = env.apns.sent[0]
     # Only the id, the display string and the expiry: nothing to match, nothing secret.
-    assert message == PushMessage(challenge, "tok-iphone", view.display, view.expires_at)
+    assert message == PushMessage(
+        challenge, "tok-iphone", view.display, view.expires_at, user="alice"
+    )
     assert view.display == "Sign-in to vpn from 203.0.113.7"
     assert env.fcm.sent[0].challenge_id == challenge
     assert (await env.device_record(iphone)).push_status == "ok"
@@ -578,7 +580,9 @@ async def test_a_hung_send_is_bounded_and_counted_as_a_retry(env: Env) -> None:
 
 async def test_services_wire_a_dispatcher_unless_push_is_off(services: Services) -> None:
     assert services.push is not None
-    assert services.push.transports == {}  # nothing configured in the test settings
+    # Nothing configured in the test settings: only Web Push, which needs no account.
+    assert sorted(services.push.transports) == ["webpush"]
+    assert services.webpush_key is not None
     cli = await Services.open(services.settings, push=False)
     try:
         assert cli.push is None

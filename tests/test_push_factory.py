@@ -37,7 +37,13 @@ async def test_nothing_configured_means_polling_for_every_platform(tmp_path: Pat
     assert push_summary(settings) == [
         "APNs not configured: iOS devices are served by polling",
         "FCM not configured: Android devices are served by polling",
+        "Web Push on: VAPID subject https://127.0.0.1, 4 allowed push service origin(s); "
+        "the web app needs HTTPS: set public_url to its https:// address",
     ]
+    off = _settings(tmp_path, webpush_enabled=False)
+    assert push_summary(off)[2] == (
+        "Web Push off (webpush_enabled = false): web devices are served by polling"
+    )
 
 
 async def test_both_transports_are_built_from_their_settings(tmp_path: Path) -> None:
@@ -54,6 +60,8 @@ async def test_both_transports_are_built_from_their_settings(tmp_path: Path) -> 
     assert push_summary(settings) == [
         "APNs on: topic org.openmfa.test, Apple's endpoint",
         "FCM on: https://fcm.googleapis.com, 2 worker thread(s)",
+        "Web Push on: VAPID subject https://127.0.0.1, 4 allowed push service origin(s); "
+        "the web app needs HTTPS: set public_url to its https:// address",
     ]
 
 

@@ -18,11 +18,12 @@ from backend.api.schemas import (
     DeviceChallenge,
     PushTokenRequest,
     TotpParameters,
+    WebPushKey,
 )
 from backend.domain import signing
 from backend.domain.challenge import Answer
 from backend.domain.stepup import DeviceProof
-from backend.errors import BadSignature, StaleRequest
+from backend.errors import BadSignature, NotFound, StaleRequest
 from backend.logs import request_id_var
 from backend.services.challenges import ChallengeView
 from backend.services.context import Actor
@@ -167,6 +168,14 @@ async def deactivate(request: Request) -> Response:
     return Response(status_code=204)
 
 
+async def webpush_key(request: Request) -> Response:
+    """The VAPID public key the web app subscribes with (not signed: it is public)."""
+    key = services_of(request).webpush_key
+    if key is None:
+        raise NotFound("Web Push is switched off on this server")
+    return json_response(WebPushKey(vapid_public_key=key.public_b64u))
+
+
 routes = [
     Route("/app/v1/activate", activate, methods=["POST"]),
     Route("/app/v1/challenges", list_challenges, methods=["GET"]),
@@ -174,4 +183,5 @@ routes = [
     Route("/app/v1/challenges/{challenge_id}/answer", answer_challenge, methods=["POST"]),
     Route("/app/v1/device/push-token", update_push_token, methods=["PUT"]),
     Route("/app/v1/device", deactivate, methods=["DELETE"]),
+    Route("/app/v1/webpush/key", webpush_key, methods=["GET"]),
 ]

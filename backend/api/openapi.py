@@ -82,6 +82,14 @@ OPERATIONS = (
     ),
     Operation("delete", "/app/v1/device", "Remove this device", None, 204, security=SIGNED),
     Operation(
+        "get",
+        "/app/v1/webpush/key",
+        "The server's VAPID public key for Web Push",
+        s.WebPushKey,
+        description="Not signed. 404 not-found when Web Push is switched off "
+        "(webpush_enabled = false).",
+    ),
+    Operation(
         "post",
         "/gateway/v1/authentications",
         "Start an authentication",

@@ -23,7 +23,11 @@ class ActivateRequest(Body):
         max_length=88,
     )
     platform: Literal["ios", "android", "reference", "web"]
-    push_token: str | None = Field(default=None, max_length=512)
+    push_token: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="APNs / FCM token; for platform web the PushSubscription JSON",
+    )
     name: str = Field(default="", max_length=128)
     pin: str | None = Field(default=None, max_length=16)
 
@@ -87,7 +91,16 @@ class AnswerResponse(Body):
 
 
 class PushTokenRequest(Body):
-    push_token: str | None = Field(max_length=512)
+    push_token: str | None = Field(
+        max_length=2048, description="APNs / FCM token; for platform web the PushSubscription JSON"
+    )
+
+
+class WebPushKey(Body):
+    vapid_public_key: str = Field(
+        description="the server's VAPID public key: the 65-byte uncompressed P-256 point, "
+        "base64url (pushManager.subscribe's applicationServerKey)"
+    )
 
 
 # -- gateway API ------------------------------------------------------------------------------

@@ -404,6 +404,52 @@ def check_push(facts: PushFacts) -> list[Finding]:
     return findings
 
 
+@dataclass(frozen=True, slots=True)
+class WebPushFacts:
+    """Web Push: on or off, the VAPID key's state, the subject sent, the public URL's scheme."""
+
+    enabled: bool
+    key: str = "none"  # "ok", "none" (made at the next start) or why it does not open
+    subject: str = ""
+    https: bool = True
+    subject_error: str | None = None
+
+
+def check_webpush(facts: WebPushFacts) -> list[Finding]:
+    """The VAPID key opens with the server key, the subject is valid, the site is HTTPS."""
+    check = "push Web Push"
+    if not facts.enabled:
+        return [Finding(check, "skip", "off (webpush_enabled): web devices are served by polling")]
+    if facts.subject_error is not None:
+        return [Finding(check, "error", facts.subject_error, "set webpush_subject (docs/push.md)")]
+    findings = []
+    if facts.key == "ok":
+        findings.append(_ok(check, "the VAPID key is stored and opens with the server key"))
+    elif facts.key == "none":
+        findings.append(_ok(check, "no VAPID key yet: `openmfa run` makes it at its next start"))
+    else:
+        findings.append(
+            Finding(
+                check,
+                "error",
+                f"the stored VAPID key does not open: {facts.key}",
+                "restore the server key this database was encrypted with (docs/operations.md)",
+            )
+        )
+    findings.append(_ok(check, f"pushes name the contact {facts.subject}"))
+    if not facts.https:
+        findings.append(
+            Finding(
+                check,
+                "warning",
+                "public_url is not https: browsers run the web app's service worker, and so "
+                "receive pushes, only over HTTPS",
+                "serve the site over HTTPS and set public_url to that address (docs/push.md)",
+            )
+        )
+    return findings
+
+
 # -- SMTP ------------------------------------------------------------------------------------
 
 

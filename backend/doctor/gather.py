@@ -360,6 +360,34 @@ async def push(ctx: Context) -> list[Finding]:
     return findings
 
 
+async def webpush(ctx: Context) -> list[Finding]:
+    """Web Push: the VAPID key in the database opens with the server key; subject, HTTPS."""
+    from backend.crypto import SecretBox
+    from backend.errors import OpenMFAError
+    from backend.push.vapid import META_KEY, VapidKey
+    from backend.push.webpush import subject_of
+    from backend.store.database import Database
+
+    settings = ctx.settings
+    if not settings.webpush_enabled:
+        return checks.check_webpush(checks.WebPushFacts(enabled=False))
+    try:
+        subject = subject_of(settings)
+    except ValueError as exc:
+        return checks.check_webpush(checks.WebPushFacts(True, subject_error=str(exc)))
+    key = "none"
+    if isinstance(ctx.db, Database) and ctx.key is not None:
+        stored = await ctx.db.get_meta(META_KEY)
+        if stored is not None:
+            try:
+                VapidKey.unseal(stored, SecretBox(ctx.key))
+                key = "ok"
+            except OpenMFAError as exc:
+                key = exc.detail
+    https = settings.resolved_public_url.startswith("https://")
+    return checks.check_webpush(checks.WebPushFacts(True, key, subject, https))
+
+
 def _without_other_transport(keep: str) -> dict[str, object]:
     """Settings updates that switch off the transport other than ``keep`` (each is checked
     on its own, so one's error is not reported under the other's name)."""
@@ -456,6 +484,7 @@ STEPS: tuple[Step, ...] = (
     ports,
     radius_clients,
     push,
+    webpush,
     smtp,
     geoip,
     clock,

@@ -36,6 +36,7 @@ class PushMessage:
     token: str
     display: str
     expires_at: datetime
+    user: str = ""  # the user's name, for apps holding several accounts (Web Push payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,7 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 class PushTransport(Protocol):
-    """One push service (APNs, FCM)."""
+    """One push service (APNs, FCM, Web Push)."""
 
     name: str
 

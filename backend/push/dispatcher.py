@@ -22,7 +22,8 @@ returns; everything else happens in tracked background tasks:
 
 Eligible devices (docs/push.md): ``kind = 'app'``, state pending or active, a push token, a
 push status other than ``invalid``, and a platform with a configured transport (``ios`` →
-APNs, ``android`` → FCM). Every other device is served by polling the app API's pending list.
+APNs, ``android`` → FCM, ``web`` → Web Push). Every other device is served by polling the
+app API's pending list.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ if TYPE_CHECKING:  # push sits below the services; they hand it what it needs
 
 log = logging.getLogger("openmfa.push")
 
-PLATFORM_TRANSPORT = {"ios": "apns", "android": "fcm"}
+PLATFORM_TRANSPORT = {"ios": "apns", "android": "fcm", "web": "webpush"}
 MAX_BATCH = 500  # challenge ids per load query (keeps the IN list well under any limit)
 
 
@@ -80,6 +81,7 @@ class _Target:
     display: str
     expires_at: datetime
     user_key: str
+    user_name: str
     device_id: str
     token: str
     transport: str
@@ -208,6 +210,7 @@ class PushDispatcher:
                 c.expires_at,
                 c.state,
                 u.name_key,
+                u.name.label("user_name"),
                 d.id.label("device_id"),
                 d.platform,
                 d.push_token,
@@ -236,6 +239,7 @@ class PushDispatcher:
                 display=row.display,
                 expires_at=row.expires_at,
                 user_key=row.name_key,
+                user_name=row.user_name,
                 device_id=row.device_id,
                 token=row.push_token,
                 transport=PLATFORM_TRANSPORT[row.platform],
@@ -273,7 +277,9 @@ class PushDispatcher:
     async def _attempt(self, target: _Target) -> PushResult | None:
         """One send, recorded; None when the challenge expired while waiting for a slot."""
         transport = self._transports[target.transport]
-        message = PushMessage(target.challenge_id, target.token, target.display, target.expires_at)
+        message = PushMessage(
+            target.challenge_id, target.token, target.display, target.expires_at, target.user_name
+        )
         async with self._slots[target.transport]:
             # Never wait on a send beyond the challenge's life: its answer would be moot.
             remaining = (target.expires_at - self._clock()).total_seconds()

@@ -9,10 +9,15 @@ server refuses to start instead of failing at the first push.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from backend.config import Settings
 from backend.errors import ConfigurationError
 from backend.push.base import PushTransport
 from backend.push.dispatcher import close_transports
+
+if TYPE_CHECKING:
+    from backend.push.vapid import VapidKey
 
 APNS_REQUIRED = ("apns_key_file", "apns_key_id", "apns_team_id", "apns_topic")
 APNS_OPTIONAL = ("apns_url", "apns_ca_file")
@@ -71,18 +76,35 @@ def push_summary(settings: Settings) -> list[str]:
         lines.append(f"FCM on: {where}, {settings.fcm_workers} worker thread(s)")
     else:
         lines.append("FCM not configured: Android devices are served by polling")
+    if settings.webpush_enabled:
+        from backend.push.webpush import subject_of
+
+        line = (
+            f"Web Push on: VAPID subject {subject_of(settings)}, "
+            f"{len(settings.webpush_allowed_origins)} allowed push service origin(s)"
+        )
+        if not settings.resolved_public_url.startswith("https://"):
+            line += "; the web app needs HTTPS: set public_url to its https:// address"
+        lines.append(line)
+    else:
+        lines.append("Web Push off (webpush_enabled = false): web devices are served by polling")
     return lines
 
 
-async def build_transports(settings: Settings) -> dict[str, PushTransport]:
-    """The configured transports by name ("apns", "fcm"); raises ConfigurationError (and
-    closes whatever it built before the failure)."""
+async def build_transports(
+    settings: Settings, vapid: VapidKey | None = None
+) -> dict[str, PushTransport]:
+    """The configured transports by name ("apns", "fcm", "webpush"); raises
+    ConfigurationError (and closes whatever it built before the failure). Web Push is built
+    when it is enabled and the server's VAPID key is given (it lives in the database)."""
     transports: dict[str, PushTransport] = {}
     try:
         if apns_configured(settings):
             transports["apns"] = _apns(settings)
         if fcm_configured(settings):
             transports["fcm"] = _fcm(settings)
+        if settings.webpush_enabled and vapid is not None:
+            transports["webpush"] = _webpush(settings, vapid)
     except BaseException as exc:
         await close_transports(transports)
         if isinstance(exc, (OSError, ValueError)):
@@ -105,3 +127,9 @@ def _fcm(settings: Settings) -> PushTransport:
     from backend.push.fcm import FcmTransport
 
     return FcmTransport.from_settings(settings)
+
+
+def _webpush(settings: Settings, vapid: VapidKey) -> PushTransport:
+    from backend.push.webpush import WebPushTransport
+
+    return WebPushTransport.from_settings(settings, vapid)

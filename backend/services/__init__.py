@@ -16,6 +16,7 @@ from sqlalchemy import insert
 
 from backend.config import Settings
 from backend.crypto import SecretBox, key_fingerprint, load_or_create_key
+from backend.domain.webpush import OriginAllowList
 from backend.errors import DatabaseError, ServerKeyError
 from backend.events import InProcessOutcomeBus, OutcomeBus
 from backend.notify import fraud as fraud_mail
@@ -24,6 +25,7 @@ from backend.notify.mail import MailSender
 from backend.passwords import PasswordHasher
 from backend.push.dispatcher import PushDispatcher, close_transports
 from backend.push.factory import build_transports
+from backend.push.vapid import VapidKey, load_or_create_vapid_key
 from backend.services.access import AccessService
 from backend.services.accounts import AccountService
 from backend.services.activation import ActivationService
@@ -88,6 +90,8 @@ class Services:
     geoip: GeoIp | None = None  # None without settings.geoip_database
     # None where mail is off (CLI commands) or not set up; commands still queue notices.
     notice_mailer: notice_mail.NoticeMailer | None = None
+    # The VAPID key the web app subscribes with; None where Web Push is off or push is off.
+    webpush_key: VapidKey | None = None
 
     @classmethod
     async def open(
@@ -117,7 +121,12 @@ class Services:
             db = await open_database(settings)
             on_error.push_async_callback(db.dispose)
             box = SecretBox(await _server_key(db, settings.resolved_key_file))
-            transports = await build_transports(settings) if push else None
+            webpush_key = (
+                await load_or_create_vapid_key(db, box)
+                if push and settings.webpush_enabled
+                else None
+            )
+            transports = await build_transports(settings, webpush_key) if push else None
             hasher = PasswordHasher(
                 settings.argon2_memory_kib,
                 settings.argon2_time_cost,
@@ -139,6 +148,7 @@ class Services:
                 step_up=timedelta(minutes=settings.step_up_minutes),
                 grant=timedelta(minutes=settings.first_enrolment_minutes),
             )
+            push_origins = OriginAllowList(settings.webpush_allowed_origins)
             users = UserService(db, hasher, audit, clock, factors, notices=notices)
             otp = OtpService(db, box, audit, clock)
             dispatcher = (
@@ -222,9 +232,16 @@ class Services:
                     settings.issuer,
                     factors,
                     notices=notices,
+                    push_origins=push_origins,
                 ),
                 devices=DeviceService(
-                    db, audit, clock, settings.signature_skew_seconds, factors, notices=notices
+                    db,
+                    audit,
+                    clock,
+                    settings.signature_skew_seconds,
+                    factors,
+                    notices=notices,
+                    push_origins=push_origins,
                 ),
                 otp=otp,
                 challenges=challenges,
@@ -258,6 +275,7 @@ class Services:
                 fraud_mailer=mailer,
                 geoip=geoip,
                 notice_mailer=notice_mailer,
+                webpush_key=webpush_key,
             )
             on_error.pop_all()  # from here on, services.close() releases all of it
             on_error.push_async_callback(services.close)

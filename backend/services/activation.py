@@ -16,6 +16,7 @@ from backend.domain.devices import PLATFORMS
 from backend.domain.notices import AccountChange
 from backend.domain.policy import check_pin
 from backend.domain.stepup import AdministratorProof, FactorAction, Proof
+from backend.domain.webpush import OriginAllowList
 from backend.errors import (
     ActivationCodeExpired,
     ActivationCodeInvalid,
@@ -105,9 +106,11 @@ class ActivationService:
         issuer: str,
         factors: FactorGuard,
         notices: AccountNotices | None = None,
+        push_origins: OriginAllowList | None = None,
     ) -> None:
         self._db = db
         self._factors = factors
+        self._push_origins = push_origins
         self._box = box
         self._hasher = hasher
         self._audit = audit
@@ -219,7 +222,7 @@ class ActivationService:
             signing.load_public_key(public_key)
         except BadSignature as exc:
             raise BadRequest(f"public_key: {exc.detail}") from None
-        push_token = check_push_token(push_token)
+        push_token = check_push_token(push_token, platform, self._push_origins)
         if len(name) > 128:
             raise BadRequest("the device name has at most 128 characters")
         if len(code) > 128:

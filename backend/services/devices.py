@@ -14,6 +14,7 @@ from backend.domain.devices import LIVE_STATES
 from backend.domain.notices import AccountChange
 from backend.domain.stepup import FactorAction, Proof
 from backend.domain.text import has_control_character
+from backend.domain.webpush import DEFAULT_ALLOWED_ORIGINS, OriginAllowList, parse_subscription
 from backend.errors import BadRequest, BadSignature, NotFound, ReplayedRequest, StaleRequest
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
@@ -132,10 +133,18 @@ def device_gone() -> BadSignature:
     return BadSignature("unknown or removed device: it was marked lost or removed meanwhile")
 
 
-def check_push_token(token: str | None) -> str | None:
-    """Push tokens are opaque printable strings of bounded length."""
+def check_push_token(
+    token: str | None, platform: str = "", allowed: OriginAllowList | None = None
+) -> str | None:
+    """Push tokens are opaque printable strings of bounded length (APNs, FCM); a web device's
+    is its push subscription (JSON), whose endpoint must be on the push-service allow-list:
+    it is stored in its canonical compact form."""
     if token is None or token == "":
         return None
+    if platform == "web":
+        subscription = parse_subscription(token)
+        (allowed or OriginAllowList(DEFAULT_ALLOWED_ORIGINS)).check(subscription)
+        return subscription.compact()
     if len(token) > 512 or not token.isascii() or not token.isprintable():
         raise BadRequest("the push token must be printable ASCII of at most 512 characters")
     return token
@@ -152,6 +161,7 @@ class DeviceService:
         skew_seconds: int,
         factors: FactorGuard,
         notices: AccountNotices | None = None,
+        push_origins: OriginAllowList | None = None,
     ) -> None:
         self._db = db
         self._factors = factors
@@ -159,6 +169,7 @@ class DeviceService:
         self._clock = clock
         self._skew = skew_seconds
         self._notices = notices
+        self._push_origins = push_origins or OriginAllowList(DEFAULT_ALLOWED_ORIGINS)
 
     async def authenticate(
         self, method: str, target: str, headers: dict[str, str], body: bytes
@@ -228,7 +239,7 @@ class DeviceService:
         self, actor: Actor, device: DeviceRecord, token: str | None
     ) -> None:
         """Replace (or clear) the device's push token; its push status starts afresh."""
-        token = check_push_token(token)
+        token = check_push_token(token, device.platform, self._push_origins)
         async with self._db.write() as conn:
             done = await conn.execute(
                 update(devices_t)

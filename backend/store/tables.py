@@ -112,7 +112,7 @@ class Device(SQLModel, table=True):
     name: str = Field(default="", max_length=128)
     platform: str = Field(default="", max_length=16)
     public_key: bytes | None = blob_column(nullable=True)
-    push_token: str | None = Field(default=None, max_length=512)
+    push_token: str | None = Field(default=None, max_length=2048)
     seed_enc: bytes = blob_column()
     last_step: int | None = None
     state: str = Field(max_length=16)
