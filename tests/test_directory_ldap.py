@@ -11,7 +11,10 @@ silent server that must not block the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +24,9 @@ import pytest
 
 from backend.directory.config import DEFAULT_ATTRIBUTES, DirectoryConfig
 from backend.directory.entries import DirectoryEntry
-from backend.directory.ldap import LdapDirectory, bind_refusal_outcome
+from backend.directory.ldap import LdapDirectory, bind_refusal_outcome, tls_context
 from backend.errors import DirectoryError, DirectoryUnavailable
+from tests.fakes.tls import make_tls
 from tests.support.ldapops import connect
 from tests.support.process import free_port
 from tests.support.samba_dc import SambaDC
@@ -405,3 +409,62 @@ async def test_a_silent_server_never_blocks_the_event_loop(slapd: Slapd) -> None
         assert result.outcome == "unavailable"
         assert elapsed < 8
         assert ticks >= elapsed / 0.01 * 0.5  # the loop ran all along
+
+
+class TlsListener:
+    """A TLS server on 127.0.0.1 that completes handshakes (or fails them) and then hangs up:
+    enough to see what the adapter's certificate checks say, without LDAP."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(8)
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                self._context.wrap_socket(conn, server_side=True).close()
+
+    def close(self) -> None:
+        self._sock.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.mark.anyio
+async def test_certificates_that_do_not_name_the_host_or_are_not_trusted(
+    tmp_path: Path, slapd: Slapd
+) -> None:
+    elsewhere = make_tls(tmp_path / "elsewhere", hosts=("elsewhere.example",))
+    listener = TlsListener(elsewhere.server_context())
+    try:
+        url = f"ldaps://127.0.0.1:{listener.port}"
+        trusted_ca = elsewhere.ca_file.read_text(encoding="ascii")
+        for ca, message in (
+            (trusted_ca, "certificate does not name the host of the URL"),
+            (a_ca_pem("Another CA"), "certificate not trusted: give --ca-file"),
+            (None, "certificate not trusted: give --ca-file"),  # the system's store
+        ):
+            reader = LdapDirectory(ldap_config(slapd, urls=(url,), ca_pem=ca), "pw")
+            try:
+                with pytest.raises(DirectoryUnavailable, match=message):
+                    await reader.test()
+            finally:
+                await reader.close()
+    finally:
+        listener.close()
+
+
+def test_the_tls_context_verifies_names_and_refuses_old_protocols() -> None:
+    context = tls_context(a_ca_pem())
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert len(context.get_ca_certs()) == 1  # the private CA alone, not the system's store

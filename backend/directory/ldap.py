@@ -209,8 +209,15 @@ def _why(exc: BaseException) -> str:
     carry the socket error and the server's address only)."""
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        detail = "hostname mismatch" if "hostname" in text.lower() else "unknown CA"
-        return f"{CERTIFICATE_HINT} ({detail})"
+        lowered = text.lower()
+        if "mismatch" in lowered:  # "Hostname mismatch" / "IP address mismatch"
+            return (
+                "the server's certificate does not name the host of the URL: use a name the "
+                "certificate has"
+            )
+        if "expired" in lowered or "not yet valid" in lowered:
+            return "the server's certificate has expired or is not yet valid"
+        return f"{CERTIFICATE_HINT} (it does not chain to a trusted CA)"
     if isinstance(exc, LDAPStartTLSError):
         return "StartTLS failed: " + (text[:160] or type(exc).__name__)
     return (text or type(exc).__name__)[:200]
