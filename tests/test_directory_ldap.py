@@ -468,3 +468,22 @@ def test_the_tls_context_verifies_names_and_refuses_old_protocols() -> None:
     assert context.check_hostname
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
     assert len(context.get_ca_certs()) == 1  # the private CA alone, not the system's store
+
+
+@pytest.mark.anyio
+async def test_closing_a_reader_during_a_paged_read_ends_it_cleanly(slapd: Slapd) -> None:
+    """The service replaces a reader when its settings change, perhaps while a sync reads
+    pages: the read stops with DirectoryUnavailable and its connection is released."""
+    prefix = slapd.new_name("cl")
+    for i in range(4):
+        slapd.add_user(f"{prefix}{i}", PASSWORD)
+    reader = LdapDirectory(
+        ldap_config(slapd, user_filter=f"(uid={prefix}*)", page_size=1), slapd.bind_password
+    )
+    pages = reader.user_pages()
+    first = await anext(pages)
+    assert len(first) == 1
+    await reader.close()
+    with pytest.raises(DirectoryUnavailable, match="closed"):
+        await anext(pages)
+    await pages.aclose()

@@ -690,8 +690,19 @@ class LdapDirectory:
                 if page:
                     yield page
         finally:
-            # Not through _call: closing must still release the connection.
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._finish, state)
+            await self._release(state)
+
+    async def _release(self, state: _Paging) -> None:
+        """End a paged read and give its connection back (or drop it). Not through
+        :meth:`_call`: a reader closed meanwhile must still release the connection."""
+        if not self._closed:
+            try:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._executor, self._finish, state)
+                return
+            except RuntimeError:  # the executor was shut down meanwhile
+                pass
+        await asyncio.to_thread(_unbind, state.conn)
 
     async def test(self) -> TestReport:
         """Connect, bind, read the root DSE, count the selection and its admins."""
@@ -704,7 +715,7 @@ class LdapDirectory:
                 users += len(page)
                 admins += sum(1 for e in page if e.admin)
         finally:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._finish, state)
+            await self._release(state)
         return TestReport(
             url=state.url,
             kind=state.kind,
