@@ -42,7 +42,6 @@ from ldap3.core.exceptions import (
     LDAPResponseTimeoutError,
     LDAPStartTLSError,
 )
-from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
 from backend.directory.config import DirectoryConfig, Kind
@@ -99,9 +98,19 @@ def bind_refusal_outcome(description: str, message: str) -> BindOutcome:
     return "not-permitted"
 
 
+_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@+=, ")
+
+
 def escape_value(value: str) -> str:
-    """A value for an LDAP filter, escaped as RFC 4515 says."""
-    return str(escape_filter_chars(value))
+    """A value for an LDAP filter (RFC 4515): every byte of its UTF-8 form that is not a
+    letter, digit or one of ``.-_@+=,`` as ``\\xx``. More than the RFC's minimum
+    (``*()\\`` and NUL): ldap3 strips surrounding white space and control characters from
+    filter values, so those are escaped too and a name is matched exactly as given."""
+    data = value.encode("utf-8")
+    if value.strip() != value:
+        # Leading/trailing spaces escaped as well: ldap3 would trim them.
+        return "".join(chr(b) if b in _PLAIN and b != 0x20 else f"\\{b:02x}" for b in data)
+    return "".join(chr(b) if b in _PLAIN else f"\\{b:02x}" for b in data)
 
 
 def escape_bytes(value: bytes) -> str:
