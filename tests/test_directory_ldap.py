@@ -410,6 +410,27 @@ async def test_a_silent_server_never_blocks_the_event_loop(slapd: Slapd) -> None
         assert elapsed < 8
         assert ticks >= elapsed / 0.01 * 0.5  # the loop ran all along
 
+        # Checks beyond the threads and the waiting room are refused at once, not queued.
+        bounded = LdapDirectory(
+            ldap_config(slapd, urls=(url,), connect_timeout=1.0, search_timeout=1.0),
+            slapd.bind_password,
+            max_workers=1,
+            max_waiting=1,
+        )
+        try:
+            first, second = (
+                asyncio.create_task(bounded.authenticate(f"u{i}", PASSWORD)) for i in (1, 2)
+            )
+            await asyncio.sleep(0)  # both admitted: one running, one waiting
+            started = time.monotonic()
+            third = await bounded.authenticate("u3", PASSWORD)
+            assert third.outcome == "unavailable"
+            assert "already wait" in third.detail
+            assert time.monotonic() - started < 0.5
+            assert (await first).outcome == (await second).outcome == "unavailable"
+        finally:
+            await bounded.close()
+
 
 class TlsListener:
     """A TLS server on 127.0.0.1 that completes handshakes (or fails them) and then hangs up:

@@ -272,7 +272,9 @@ class _Paging:
 class LdapDirectory:
     """One directory over LDAP: pooled service-account connections, failover across URLs.
 
-    ``clock`` gives Unix seconds (accountExpires is compared to it; tests move it).
+    ``max_workers`` threads do this directory's LDAP work; at most ``max_waiting`` password
+    checks wait for one (more are answered ``unavailable`` at once: a slow or dead DC must
+    not pile up requests). ``clock`` gives Unix seconds (accountExpires is compared to it).
     """
 
     def __init__(
@@ -281,6 +283,7 @@ class LdapDirectory:
         bind_password: str,
         *,
         max_workers: int = 4,
+        max_waiting: int = 64,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -291,6 +294,8 @@ class LdapDirectory:
             max_workers=max_workers, thread_name_prefix=f"ldap-{config.name}"
         )
         self._max_idle = max_workers
+        self._admit = max_workers + max_waiting
+        self._checking = 0  # password checks running or waiting (event loop only)
         self._idle: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
         self._memberof: dict[str, bool] = {}  # group DN key -> the server evaluates memberOf
@@ -751,12 +756,19 @@ class LdapDirectory:
         """Find the user with the service account, then bind as them on a new connection."""
         if not password:
             return BindResult("empty-password", detail="empty password: refused without a bind")
+        if self._checking >= self._admit:
+            return BindResult(
+                "unavailable",
+                detail=f"{self._checking} password checks already wait for the directory "
+                f"{self.config.name}",
+            )
+        self._checking += 1
         try:
             return await self._call(self._authenticate, user_name, password, external_id)
-        except DirectoryUnavailable as exc:
+        except (DirectoryUnavailable, DirectoryError) as exc:
             return BindResult("unavailable", detail=exc.detail)
-        except DirectoryError as exc:
-            return BindResult("unavailable", detail=exc.detail)
+        finally:
+            self._checking -= 1
 
     def _find(
         self, user_name: str, external_id: str | None
