@@ -30,7 +30,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -695,7 +695,7 @@ class LdapDirectory:
 
     # -- DirectoryReader ------------------------------------------------------------------------
 
-    async def user_pages(self) -> AsyncIterator[list[DirectoryEntry]]:
+    async def user_pages(self) -> AsyncGenerator[list[DirectoryEntry], None]:
         """The selection's users, one page at a time (one LDAP page per thread call)."""
         state = await self._call(self._start)
         try:
