@@ -508,3 +508,29 @@ async def test_closing_a_reader_during_a_paged_read_ends_it_cleanly(slapd: Slapd
     with pytest.raises(DirectoryUnavailable, match="closed"):
         await anext(pages)
     await pages.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_silent_first_server_is_tried_last_for_a_while(slapd: Slapd) -> None:
+    """Failover: the first URL accepts connections and never answers. The first connection
+    waits out the timeout and moves on; the next ones go to the live server first."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        dead = f"ldaps://127.0.0.1:{silent.getsockname()[1]}"
+        reader = LdapDirectory(
+            ldap_config(slapd, urls=(dead, slapd.url), connect_timeout=1.0, search_timeout=1.0),
+            slapd.bind_password,
+        )
+        try:
+            started = time.monotonic()
+            report = await reader.test()
+            assert report.url == slapd.url
+            assert time.monotonic() - started >= 0.9  # waited for the silent one
+            started = time.monotonic()
+            url, conn = await asyncio.to_thread(reader._open, slapd.bind_dn, slapd.bind_password)
+            conn.unbind()
+            assert url == slapd.url
+            assert time.monotonic() - started < 0.9  # the silent one was not tried first
+        finally:
+            await reader.close()

@@ -65,6 +65,7 @@ LDAP_USERS: Final = "(|(objectClass=inetOrgPerson)(objectClass=posixAccount))"
 UAC_ACCOUNTDISABLE: Final = 0x2
 FILETIME_NEVER: Final = (0, 0x7FFFFFFFFFFFFFFF)
 FILETIME_EPOCH_OFFSET: Final = 11644473600  # seconds from 1601-01-01 to 1970-01-01
+DOWN_FOR: Final = 30.0  # seconds a failed server is tried after the others
 CERTIFICATE_HINT: Final = "certificate not trusted: give --ca-file"
 
 #: AD's "data NNN" in the diagnostic message of a refused bind (invalidCredentials, 49).
@@ -298,6 +299,7 @@ class LdapDirectory:
         self._checking = 0  # password checks running or waiting (event loop only)
         self._idle: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
+        self._down: dict[str, float] = {}  # URL -> until when it is tried last (monotonic)
         self._memberof: dict[str, bool] = {}  # group DN key -> the server evaluates memberOf
         self._closed = False
 
@@ -356,12 +358,23 @@ class LdapDirectory:
         if first in urls:
             urls.remove(first)
             urls.insert(0, first)
+        # A server that just failed is tried last for a while: with the first DC down (and
+        # silent), every new connection would otherwise wait the connect timeout first.
+        now = time.monotonic()
+        with self._lock:
+            urls.sort(key=lambda u: self._down.get(u, 0.0) > now)
         problems: list[str] = []
         for url in urls:
             try:
-                return url, self._connect(url, dn, password)
+                conn = self._connect(url, dn, password)
             except _CONNECTION_ERRORS as exc:
                 problems.append(f"{url}: {_why(exc)}")
+                with self._lock:
+                    self._down[url] = time.monotonic() + DOWN_FOR
+                continue
+            with self._lock:
+                self._down.pop(url, None)
+            return url, conn
         raise DirectoryUnavailable(
             f"no server of the directory {self.config.name} answered: " + "; ".join(problems)
         )
