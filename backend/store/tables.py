@@ -458,3 +458,4 @@ class AccountNotice(SQLModel, table=True):
 
 
 account_notices_t = _table(AccountNotice)
+directories_t = _table(Directory)
