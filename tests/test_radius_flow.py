@@ -543,7 +543,7 @@ def test_primary_without_password_or_with_invalid_utf8() -> None:
 def test_primary_ldap_sends_the_client_name_then_the_code(mode: str) -> None:
     env = Env()
     client = make_client(primary="ldap", mode=mode)
-    decision, effects = drive(
+    decision, _ = drive(
         env.flow(make_request(client, "CONTOSO\\alice", b"Pa,ss w0rd,123456")),
         [
             (VerifyPassword("alice", "Pa,ss w0rd", "asa1"), Checked(True, "ok")),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -182,20 +182,25 @@ def _clients_query() -> Any:
     )
 
 
-async def _directory_id(conn: AsyncConnection, s: ClientSettings) -> int | None:
-    """The id of the client's directory (by name, any case); refused when there is none."""
+async def _resolve_directory(
+    conn: AsyncConnection, s: ClientSettings
+) -> tuple[ClientSettings, int | None]:
+    """The settings with the directory spelled as stored, and its id (by name, any case);
+    refused when there is no such directory."""
     if s.directory is None:
-        return None
+        return s, None
     found = (
         await conn.execute(
-            select(directories_t.c.id).where(directories_t.c.name_key == s.directory.casefold())
+            select(directories_t.c.id, directories_t.c.name).where(
+                directories_t.c.name_key == s.directory.casefold()
+            )
         )
-    ).scalar()
+    ).first()
     if found is None:
         raise InvalidRadiusClient(
             f"no directory named {s.directory!r} (see openmfa directory list)"
         )
-    return int(found)
+    return replace(s, directory=str(found.name)), int(found.id)
 
 
 class RadiusClientService:
@@ -309,6 +314,7 @@ class RadiusClientService:
                 if taken.first() is not None:
                     raise Conflict(f"a RADIUS client named {name!r} already exists")
                 await self._check_addresses(conn, settings, exclude_id=None)
+                settings, directory_id = await _resolve_directory(conn, settings)
                 client_id = (
                     await conn.execute(
                         insert(radius_clients_t)
@@ -318,7 +324,7 @@ class RadiusClientService:
                             secret_enc=b"",  # sealed below, once the id it is bound to exists
                             created_at=now,
                             updated_at=now,
-                            directory_id=await _directory_id(conn, settings),
+                            directory_id=directory_id,
                             **self._columns(settings, None),
                         )
                         .returning(radius_clients_t.c.id)
@@ -354,7 +360,9 @@ class RadiusClientService:
         async with self._db.write() as conn:
             row = await self._row(conn, name)
             current = self._settings(row)
-            settings = normalise(merge(current, changes))
+            settings, directory_id = await _resolve_directory(
+                conn, normalise(merge(current, changes))
+            )
             changed = changed_settings(current, settings)
             if not changed:
                 await self._audit.add(
@@ -368,7 +376,7 @@ class RadiusClientService:
                 .where(radius_clients_t.c.id == row.id)
                 .values(
                     **self._columns(settings, row.id),
-                    directory_id=await _directory_id(conn, settings),
+                    directory_id=directory_id,
                     updated_at=self._clock(),
                 )
             )

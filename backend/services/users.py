@@ -282,6 +282,16 @@ class UserService:
 
         A user from a directory has no local password: their password is the directory's,
         checked there at every sign-in, so setting one here is refused (and audited)."""
+        await self.refuse_directory_user(actor, name)
+        check_password(password)
+        password_hash = await self._hasher.hash(password)
+        user = await self._change(actor, name, "user.set_password", password_hash=password_hash)
+        if self._notices is not None:
+            await self._notices.changed(actor, user.id, AccountChange.PASSWORD_SET)
+
+    async def refuse_directory_user(self, actor: Actor, name: str) -> None:
+        """Refuse (audited) to set a local password for a user from a directory; callers
+        that read the new password check this first, so nobody types it for nothing."""
         directory = await self._directory_of(name)
         if directory is not None:
             await self._audit.record(
@@ -291,11 +301,6 @@ class UserService:
                 f"{name} comes from the directory {directory!r}: their password is the "
                 "directory's; change it there"
             )
-        check_password(password)
-        password_hash = await self._hasher.hash(password)
-        user = await self._change(actor, name, "user.set_password", password_hash=password_hash)
-        if self._notices is not None:
-            await self._notices.changed(actor, user.id, AccountChange.PASSWORD_SET)
 
     async def _directory_of(self, name: str) -> str | None:
         """The name of the directory ``name`` comes from, or ``None`` for a local user;
