@@ -31,6 +31,7 @@ from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService
 from backend.services.context import Actor, Clock
 from backend.services.devices import DeviceService
+from backend.services.directories import DirectoryService
 from backend.services.factors import FactorGuard
 from backend.services.fraud import FraudService
 from backend.services.geoip import GeoIp
@@ -68,6 +69,7 @@ class Services:
     challenges: ChallengeService
     tokens: ApiTokenService
     radius_clients: RadiusClientService
+    directories: DirectoryService
     fraud: FraudService
     pipush: PiPushService
     invitations: InvitationService
@@ -228,6 +230,7 @@ class Services:
                 challenges=challenges,
                 tokens=ApiTokenService(db, audit, clock),
                 radius_clients=RadiusClientService(db, box, audit, clock),
+                directories=DirectoryService(db, box, audit, clock),
                 fraud=fraud,
                 pipush=PiPushService(
                     db,
@@ -274,6 +277,7 @@ class Services:
             await self.fraud_mailer.close()  # bounded; unsent reports stay pending
         if self.notice_mailer is not None:
             await self.notice_mailer.close()  # bounded; unsent notices stay due
+        await self.directories.close()  # unbinds pooled LDAP connections, stops their threads
         await self.bus.close()
         self.hasher.close()
         if self.geoip is not None:
