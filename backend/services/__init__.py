@@ -259,6 +259,7 @@ class Services:
                 geoip=geoip,
                 notice_mailer=notice_mailer,
             )
+            users.directories = services.directories  # directory users' passwords
             on_error.pop_all()  # from here on, services.close() releases all of it
             on_error.push_async_callback(services.close)
             if mailer is not None:

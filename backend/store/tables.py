@@ -460,4 +460,3 @@ class AccountNotice(SQLModel, table=True):
 
 
 account_notices_t = _table(AccountNotice)
-directories_t = _table(Directory)
