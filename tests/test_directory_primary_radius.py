@@ -143,17 +143,13 @@ def test_a_dead_dc_does_not_stall_other_clients_otp_traffic(
         # The bind is under way once the directory's server has a connection.
         wait_for(lambda: black_hole.held >= 1, 10, "the LDAP connection to the black hole")
         answers = []
-        import time
-        t0 = time.monotonic()
-        times = []
         for name, phone in phones.items():
-            times.append(time.monotonic() - t0)
             answers.append(
                 fast_gateway.SendPacket(access_request(fast_gateway, name, phone.code()))
             )
             answers.append(fast_gateway.SendPacket(access_request(fast_gateway, name, "000000")))
         # Every code check was answered while the password check still hangs.
-        assert not stuck.done(), (times, time.monotonic() - t0, stuck.result().code, lab.audit("stuck", "password.verify"))
+        assert not stuck.done()
         assert [a.code for a in answers] == [ACCEPT, REJECT] * len(phones)
         black_hole.close()
         reply = stuck.result(timeout=30)
