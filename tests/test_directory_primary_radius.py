@@ -10,6 +10,7 @@ checks against a real Samba DC are in tests/test_directory_primary_samba.py.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import uuid
@@ -58,6 +59,8 @@ class BlackHole:
             return len(self._held)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the blocked accept() (Linux)
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         with self._lock:
             held, self._held = self._held, []
@@ -70,6 +73,12 @@ class BlackHole:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadiusLab]:
     with RadiusLab(tmp_path_factory.mktemp("radius-lab")) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def _close_clients(lab: RadiusLab) -> Iterator[None]:
+    yield
+    lab.close_pyrad_clients()
 
 
 @pytest.fixture
