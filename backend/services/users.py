@@ -466,12 +466,12 @@ class UserService:
                     self._claim_password, actor, key, now, where, client, bool(password)
                 )
             )
-            if isinstance(found, _DirectorySlot | _NotInDirectory):
+            if isinstance(found, _DirectorySlot | _Refused):
                 pass  # no argon2id: the directory checks it, outside the hashing pool
             elif isinstance(found, _PasswordSlot):
                 matches, new_hash = await self._hasher.verify(found.slot.stored or "", password)
                 return await self._password_checked(actor, found, matches, new_hash, where)
-        if isinstance(found, _NotInDirectory):
+        if isinstance(found, _Refused):
             return PasswordResult(False, found.reason, found.name)
         if isinstance(found, _DirectorySlot):
             return await self._directory_check(actor, found, password, where)
@@ -497,14 +497,7 @@ class UserService:
         given: bool,
         tx: Tx,
     ) -> (
-        _PasswordSlot
-        | _DirectorySlot
-        | _NotInDirectory
-        | Locked
-        | UserDisabled
-        | UserBlocked
-        | str
-        | None
+        _PasswordSlot | _DirectorySlot | _Refused | Locked | UserDisabled | UserBlocked | str | None
     ):
         """The user and one claimed attempt; or why not: ``None`` for an unknown name, the
         refusal, the lock, or the user's name when they have no password (audited here).
@@ -527,9 +520,15 @@ class UserService:
             # A gateway of primary ldap checks one directory's passwords: a local user, or
             # one from another directory, has no password it could check.
             self._audit.add_job(
-                tx, actor, now, "password.verify", "reject", key, f"not-in-directory {where}"
+                tx,
+                actor,
+                now,
+                "password.verify",
+                "reject",
+                key,
+                f"not-in-directory {where}".strip(),
             )
-            return _NotInDirectory(str(user_name), "not-in-directory")
+            return _Refused(str(user_name), "not-in-directory")
         if directory_id is not None:
             return self._claim_directory(
                 tx, actor, now, where, key, given, user_id, str(user_name), directory_id, ext
@@ -579,7 +578,7 @@ class UserService:
         user_name: str,
         directory_id: int,
         external_id: str | None,
-    ) -> _DirectorySlot | _NotInDirectory | Locked:
+    ) -> _DirectorySlot | _Refused | Locked:
         """One attempt slot for a directory user, as for a local password."""
         row = tx.one("SELECT name FROM directories WHERE id = ?", directory_id)
         directory = str(row[0]) if row is not None else f"#{directory_id}"
@@ -594,7 +593,7 @@ class UserService:
                 key,
                 f"directory {directory}: empty-password {where}".strip(),
             )
-            return _NotInDirectory(user_name, "wrong-password")
+            return _Refused(user_name, "wrong-password")
         policy = effective_policy_job(tx, user_id)
         slot = attempts.claim(
             tx, "otp", user_id, now, policy.otp_max_failures, policy.otp_lockout_seconds
@@ -726,7 +725,7 @@ class _DirectorySlot:
 
 
 @dataclass(frozen=True, slots=True)
-class _NotInDirectory:
+class _Refused:
     """Refused before any check (audited already): the reason and the user's name."""
 
     name: str
