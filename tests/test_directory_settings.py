@@ -283,44 +283,35 @@ def test_normalise_merge_and_config() -> None:
 
 # -- the adapter's pure parts ----------------------------------------------------------------
 
-# Diagnostic messages of refused simple binds, as Windows AD DCs write them (the forms
-# documented by Microsoft and seen in the field) and as Samba 4 writes them (same layout, its
-# own DSID and version); the Samba strings are checked against the live test DC in
-# tests/test_directory_ldap.py.
+# Diagnostic messages of refused simple binds. Windows AD DCs: the form Microsoft documents
+# (DSID and version vary by build). Samba 4 AD DC: recorded from the test DC
+# (tests/support/samba_dc.py), and checked against it live in tests/test_directory_ldap.py.
+WINDOWS = "80090308: LdapErr: DSID-0C09042A, comment: AcceptSecurityContext error, data {}, v3839"
+SAMBA = "80090308: LdapErr: DSID-0C0903A9, comment: AcceptSecurityContext error, data {}, v1db1"
 AD_MESSAGES = {
     "80090308: LdapErr: DSID-0C09044E, comment: AcceptSecurityContext error, data 52e, v4563": (
         "wrong-password"
     ),
-    "80090308: LdapErr: DSID-0C09042A, comment: AcceptSecurityContext error, data 525, v3839": (
-        "no-such-user"
-    ),
-    "80090308: LdapErr: DSID-0C09042A, comment: AcceptSecurityContext error, data 530, v3839": (
-        "not-permitted"
-    ),
-    "80090308: LdapErr: DSID-0C09042A, comment: AcceptSecurityContext error, data 531, v3839": (
-        "not-permitted"
-    ),
-    "80090308: LdapErr: DSID-0C09042A, comment: AcceptSecurityContext error, data 532, v3839": (
-        "password-expired"
-    ),
-    "80090308: LdapErr: DSID-0C09042A, comment: AcceptSecurityContext error, data 533, v3839": (
-        "disabled"
-    ),
-    "80090308: LdapErr: DSID-0C09042A, comment: AcceptSecurityContext error, data 701, v3839": (
-        "expired"
-    ),
-    "80090308: LdapErr: DSID-0C09042A, comment: AcceptSecurityContext error, data 773, v3839": (
-        "must-change"
-    ),
-    "80090308: LdapErr: DSID-0C09042A, comment: AcceptSecurityContext error, data 775, v3839": (
-        "locked"
-    ),
-    "80090308: LdapErr: DSID-0C0903A9, comment: AcceptSecurityContext error, data 52e, v1db1": (
-        "wrong-password"
-    ),
-    "80090308: LdapErr: DSID-0C0903A9, comment: AcceptSecurityContext error, data 533, v1db1": (
-        "disabled"
-    ),
+    **{
+        WINDOWS.format(code): outcome
+        for code, outcome in (
+            ("525", "no-such-user"),
+            ("530", "not-permitted"),
+            ("531", "not-permitted"),
+            ("532", "password-expired"),
+            ("533", "disabled"),
+            ("701", "expired"),
+            ("773", "must-change"),
+            ("775", "locked"),
+        )
+    },
+    # Samba: wrong password (also what a disabled account says to a wrong password),
+    # disabled, expired, must change (pwdLastSet=0), locked out.
+    SAMBA.format("52e"): "wrong-password",
+    SAMBA.format("533"): "disabled",
+    SAMBA.format("701"): "expired",
+    SAMBA.format("773"): "must-change",
+    SAMBA.format("775"): "locked",
 }
 
 

@@ -209,8 +209,15 @@ def _why(exc: BaseException) -> str:
     carry the socket error and the server's address only)."""
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        detail = "hostname mismatch" if "hostname" in text.lower() else "unknown CA"
-        return f"{CERTIFICATE_HINT} ({detail})"
+        lowered = text.lower()
+        if "mismatch" in lowered:  # "Hostname mismatch" / "IP address mismatch"
+            return (
+                "the server's certificate does not name the host of the URL: use a name the "
+                "certificate has"
+            )
+        if "expired" in lowered or "not yet valid" in lowered:
+            return "the server's certificate has expired or is not yet valid"
+        return f"{CERTIFICATE_HINT} (it does not chain to a trusted CA)"
     if isinstance(exc, LDAPStartTLSError):
         return "StartTLS failed: " + (text[:160] or type(exc).__name__)
     return (text or type(exc).__name__)[:200]
@@ -683,8 +690,19 @@ class LdapDirectory:
                 if page:
                     yield page
         finally:
-            # Not through _call: closing must still release the connection.
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._finish, state)
+            await self._release(state)
+
+    async def _release(self, state: _Paging) -> None:
+        """End a paged read and give its connection back (or drop it). Not through
+        :meth:`_call`: a reader closed meanwhile must still release the connection."""
+        if not self._closed:
+            try:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._executor, self._finish, state)
+                return
+            except RuntimeError:  # the executor was shut down meanwhile
+                pass
+        await asyncio.to_thread(_unbind, state.conn)
 
     async def test(self) -> TestReport:
         """Connect, bind, read the root DSE, count the selection and its admins."""
@@ -697,7 +715,7 @@ class LdapDirectory:
                 users += len(page)
                 admins += sum(1 for e in page if e.admin)
         finally:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._finish, state)
+            await self._release(state)
         return TestReport(
             url=state.url,
             kind=state.kind,
