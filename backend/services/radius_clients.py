@@ -197,9 +197,7 @@ async def _resolve_directory(
         )
     ).first()
     if found is None:
-        raise InvalidRadiusClient(
-            f"no directory named {s.directory!r} (see openmfa directory list)"
-        )
+        raise InvalidRadiusClient(f"no directory named {s.directory!r}")
     return replace(s, directory=str(found.name)), int(found.id)
 
 

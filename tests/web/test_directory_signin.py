@@ -164,3 +164,30 @@ def test_invitation_of_a_directory_user_takes_the_directory_password(
     offer = web.run(web.services.invitations.create(ADMIN, "lena", 24))
     with pytest.raises(BadRequest, match="a password is needed"):
         web.run(web.services.invitations.accept(ADMIN, offer.url.rsplit("/", 1)[1], None))
+
+
+# -- the console's client form with primary ldap -------------------------------------------------
+
+
+def test_console_client_form_with_primary_ldap(web: WebHarness, corp: FakeReader) -> None:
+    from tests.web.test_admin_clients import add, edit, field_error
+
+    admin = web.admin_browser()
+    missing = add(admin, primary="ldap")
+    assert missing.status_code == 400
+    assert "Primary ldap needs the directory" in field_error(missing.text, "directory")
+    unknown = add(admin, primary="ldap", directory="nope")
+    assert unknown.status_code == 400
+    assert field_error(unknown.text, "directory") == "No directory named 'nope'"
+    added = add(admin, primary="ldap", directory="CORP", mode="challenge")
+    assert added.status_code == 200, added.text
+    record = web.run(web.services.radius_clients.get("asa1"))
+    assert (record.primary, record.directory) == ("ldap", "corp")
+    listing = admin.get("/admin/clients").text
+    assert "ldap (corp)" in listing
+    page = admin.get("/admin/clients/asa1/edit").text
+    assert 'value="corp"' in page
+    # Another primary: the directory typed in the form is ignored and dropped.
+    assert edit(admin, "asa1", primary="local", directory="corp").status_code in (200, 303)
+    record = web.run(web.services.radius_clients.get("asa1"))
+    assert (record.primary, record.directory) == ("local", None)

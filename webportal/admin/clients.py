@@ -61,6 +61,7 @@ _FIELD_HINTS: tuple[tuple[str, str], ...] = (
     ("shared secret", "secret"),
     ("address", "addresses"),
     ("client named", "name"),
+    ("directory", "directory"),
 )
 
 
