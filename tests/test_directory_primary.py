@@ -6,19 +6,22 @@ over real RADIUS in tests/test_directory_primary_radius.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from backend.config import Settings
 from backend.domain import radius
 from backend.domain.radius import ClientChanges, merge, normalise
-from backend.errors import BadRequest, InvalidRadiusClient, OtpLocked
+from backend.errors import BadRequest, HashingBusy, InvalidRadiusClient, OtpLocked
 from backend.services import Services
 from backend.services.context import Actor
 from backend.store.tables import radius_clients_t, users_t
 from radius_bridge.clients import parse_clients
+from tests.support.clock import FakeClock
 from tests.support.directory_binds import (
     FakeDirectories,
     FakeReader,
@@ -287,3 +290,38 @@ async def test_client_directory_by_name_in_store_and_document(env: Corp) -> None
     assert stored is None
     rows = await env.services.audit.query(action="radius_client.*")
     assert "primary=ldap directory=corp" in rows[-1].detail
+
+
+@pytest.mark.anyio
+async def test_a_full_hashing_pool_does_not_hold_up_directory_users(
+    settings: Settings, clock: FakeClock
+) -> None:
+    """A flood of local password checks fills the argon2 pool: local checks are refused
+    `busy` at once, but a directory user's check needs no hashing and still runs."""
+    full = settings.model_copy(update={"hash_workers": 1, "hash_queue_limit": 0})
+    services = await Services.open(full, clock=clock)
+    try:
+        corp_id = await add_directory(services, "corp")
+        await add_directory_user(services, "alice", corp_id)
+        await services.users.add(ADMIN, "lena", password=LOCAL_PASSWORD)
+        reader = FakeReader({"alice": (RIGHT, "ok")})
+        services.users.directories = FakeDirectories({corp_id: reader})
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:  # one check in the pool (capacity 1), until released
+            with services.hasher.admission():
+                holding.set()
+                await release.wait()
+
+        holder = asyncio.create_task(hold())
+        await holding.wait()
+        with pytest.raises(HashingBusy):
+            await services.users.verify_password(BRIDGE, "lena", LOCAL_PASSWORD)
+        result = await services.users.verify_password(BRIDGE, "alice", RIGHT)
+        assert (result.accepted, result.reason) == (True, "ok")
+        assert await otp_failures(services, "lena") == 0  # the busy refusal spent nothing
+        release.set()
+        await holder
+        assert (await services.users.verify_password(BRIDGE, "lena", LOCAL_PASSWORD)).accepted
+    finally:
+        await services.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 from collections import Counter
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from backend.errors import (
     Conflict,
     DirectoryError,
     DirectoryUnavailable,
+    HashingBusy,
     OpenMFAError,
     OtpLocked,
     PinLocked,
@@ -460,12 +462,24 @@ class UserService:
         if client is not None and client not in where:
             where = f"client {client} {where}".strip()
         key = user_key(name)  # a name that cannot exist says nothing about who does
-        with self._hasher.admission():
+        with contextlib.ExitStack() as admitted:
+            hashing = True
+            try:
+                admitted.enter_context(self._hasher.admission())
+            except HashingBusy:
+                # A full hashing pool refuses before an attempt is spent; but a directory
+                # user's check needs no hashing, so a flood of local checks must not hold
+                # it up (the extra read happens only while the pool is full).
+                if not await self._from_directory(key):
+                    raise
+                hashing = False
             found = await self._db.run_job(
                 functools.partial(
-                    self._claim_password, actor, key, now, where, client, bool(password)
+                    self._claim_password, actor, key, now, where, client, bool(password), hashing
                 )
             )
+            if isinstance(found, HashingBusy):
+                raise found
             if isinstance(found, _DirectorySlot | _Refused):
                 pass  # no argon2id: the directory checks it, outside the hashing pool
             elif isinstance(found, _PasswordSlot):
@@ -495,14 +509,25 @@ class UserService:
         where: str,
         client: str | None,
         given: bool,
+        hashing: bool,
         tx: Tx,
     ) -> (
-        _PasswordSlot | _DirectorySlot | _Refused | Locked | UserDisabled | UserBlocked | str | None
+        _PasswordSlot
+        | _DirectorySlot
+        | _Refused
+        | Locked
+        | UserDisabled
+        | UserBlocked
+        | HashingBusy
+        | str
+        | None
     ):
         """The user and one claimed attempt; or why not: ``None`` for an unknown name, the
         refusal, the lock, or the user's name when they have no password (audited here).
 
-        ``given``: the password is not empty (an empty one is never sent to a directory)."""
+        ``given``: the password is not empty (an empty one is never sent to a directory).
+        ``hashing``: the hashing pool admitted this check; without it only a directory user
+        is checked (the user became local meanwhile: :class:`HashingBusy`, nothing claimed)."""
         row = tx.one(
             "SELECT id, name, disabled, blocked, blocked_reason, password_hash, directory_id, "
             "external_id FROM users WHERE name_key = ?",
@@ -533,6 +558,8 @@ class UserService:
             return self._claim_directory(
                 tx, actor, now, where, key, given, user_id, str(user_name), directory_id, ext
             )
+        if not hashing:
+            return HashingBusy("too many password and PIN checks at once; try again in a moment")
         if stored is None:
             # Not counted: there is nothing to guess. Checked first, so no slot is taken.
             locked = tx.one("SELECT otp_locked_until FROM users WHERE id = ?", user_id)
@@ -550,6 +577,15 @@ class UserService:
         if isinstance(slot, Locked):
             return slot
         return _PasswordSlot(user_id, str(user_name), key, slot, policy.otp_max_failures)
+
+    async def _from_directory(self, key: str) -> bool:
+        """Whether the user ``key`` comes from a directory (False for unknown names)."""
+
+        def job(tx: Tx) -> bool:
+            row = tx.one("SELECT directory_id FROM users WHERE name_key = ?", key)
+            return row is not None and row[0] is not None
+
+        return await self._db.run_job(job)
 
     @staticmethod
     def _required_directory(tx: Tx, client: str | None) -> int | None:
