@@ -16,7 +16,7 @@ from tests.support.directory_binds import (
     add_directory,
     add_directory_user,
 )
-from tests.support.web import PASSWORD, WebHarness, post_form, sign_in
+from tests.support.web import PASSWORD, WebHarness, csrf_from, post_form, sign_in
 
 RIGHT = "Directory-Passw0rd!"
 WRONG = "The user name or password is wrong."
@@ -191,3 +191,30 @@ def test_console_client_form_with_primary_ldap(web: WebHarness, corp: FakeReader
     assert edit(admin, "asa1", primary="local", directory="corp").status_code in (200, 303)
     record = web.run(web.services.radius_clients.get("asa1"))
     assert (record.primary, record.directory) == ("local", None)
+
+
+# -- the step-up rules hold for the directory password too ----------------------------------------
+
+
+def test_the_directory_password_alone_never_changes_a_factor(
+    web: WebHarness, corp: FakeReader
+) -> None:
+    """The attack of issue 13 with a directory password: a session opened with it POSTs
+    straight to the forms that add a factor; refused, nothing added."""
+    from backend.services.context import SignInContext
+    from tests.web.test_stepup_attacks import live_devices
+
+    phone = web.device("alice")
+    assert web.run(
+        web.services.otp.verify(ADMIN, "alice", phone.code(web.clock.now), SignInContext())
+    ).accepted
+    web.clock.advance(30)
+    before = live_devices(web)
+    browser = web.browser()
+    assert sign_in(browser, "alice", RIGHT).status_code == 303
+    token = csrf_from(browser.get("/portal/").text)
+    oath = browser.post("/portal/oath", data={"csrf_token": token, "name": "attacker"})
+    assert oath.status_code == 403
+    assert "oath-secret" not in oath.text
+    assert live_devices(web) == before
+    assert web.audit("factor.refuse", "alice")
