@@ -31,6 +31,12 @@ HTML_ONLY = {
     # is refused, if ever, as factor-change-refused).
     "step-up-required",
     "enrolment-not-allowed",
+    # Directories are administered in the console and the CLI only; a directory password
+    # check through the gateway API answers with its outcome, never with these.
+    "invalid-directory",
+    "directory-error",
+    "directory-unavailable",
+    "sync-stopped",
 }
 # The web pages (webportal), outside the API the document describes.
 WEB_MOUNTS = {"/portal", "/admin", "/static"}
