@@ -33,7 +33,8 @@ class _StaticFiles(StaticFiles):
 
 def routes() -> list[BaseRoute]:
     """Mounts for ``/portal``, ``/admin``, ``/static`` and ``/app`` (the web app); one
-    :class:`WebState` shared by both areas of this application (its template cache and sign-in rate limiter)."""
+    :class:`WebState` shared by both areas of this application (its template cache and
+    sign-in rate limiter)."""
     web = WebState(templates=make_environment())
     return [
         Mount(

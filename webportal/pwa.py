@@ -68,4 +68,3 @@ class AppHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-

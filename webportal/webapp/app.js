@@ -6,7 +6,7 @@
  */
 const { ApiError, ID, api, apiBase, b64uDecode, generateDeviceKey, importTotpKey, pushToken, store, totpCode } =
   self.OpenMFACore;
-const { t, language } = self.OpenMFAI18n;
+const { language, problem, t } = self.OpenMFAI18n;
 
 /* Set only by the browser tests (Playwright's add_init_script) before this script runs: it
  * stands in for the browser's push service, which headless Chromium cannot reach. Production
@@ -151,7 +151,7 @@ async function activate(code) {
     await syncPush({ ask: true });
     refreshPending();
   } catch (error) {
-    status.textContent = t("activate.failed", { detail: error.message || String(error) });
+    status.textContent = t("activate.failed", { detail: problem(error) });
     status.classList.add("error");
   } finally {
     $("activate-button").disabled = false;
@@ -210,7 +210,7 @@ async function removeAccount(account) {
     // Already gone on the server (removed by an administrator): forget it here too. Any other
     // failure keeps the key, or the server would go on showing a device nobody can use.
     if (!(error instanceof ApiError && error.type === "bad-signature")) {
-      toast(t("error.generic", { detail: error.message }));
+      toast(problem(error));
       return;
     }
   }
@@ -310,7 +310,7 @@ async function refreshPending() {
       for (const challenge of await api.pending(account)) items.push({ account, challenge });
     } catch (error) {
       if (error.type === "unreachable") unreachable = true;
-      else status.textContent = `${account.user}: ${error.message}`;
+      else status.textContent = `${account.user}: ${problem(error)}`;
     }
   }
   list.replaceChildren();
@@ -430,7 +430,7 @@ async function answer(kind) {
     result.textContent = t(`state.${outcome.state}`);
     $("ch-form").hidden = true;
   } catch (error) {
-    result.textContent = t("error.generic", { detail: error.message });
+    result.textContent = problem(error);
     result.classList.add("error");
     // A wrong number denies the challenge; a wrong PIN leaves it pending: show what is true now.
     try {

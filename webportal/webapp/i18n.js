@@ -74,7 +74,19 @@
       "state.expired": "This request has expired.",
       "state.cancelled": "This request was cancelled.",
       "state.pending": "Waiting for your answer.",
-      "error.generic": "{detail}",
+      "problem.wrong-pin": "The PIN is wrong.",
+      "problem.pin-required": "Type your PIN.",
+      "problem.pin-locked": "Too many wrong PINs. Approvals are locked for a while.",
+      "problem.wrong-number": "That was not the number on the sign-in screen.",
+      "problem.challenge-closed": "This request was already answered or cancelled.",
+      "problem.challenge-expired": "This request has expired.",
+      "problem.user-blocked": "Your account is blocked. Ask your administrator.",
+      "problem.user-disabled": "Your account is disabled. Ask your administrator.",
+      "problem.stale-request": "This phone's clock is wrong. Set it to automatic time.",
+      "problem.unreachable": "The server cannot be reached.",
+      "problem.activation-code-invalid": "This activation code is not known. Ask for a new one.",
+      "problem.activation-code-used": "This activation code was used already. Ask for a new one.",
+      "problem.activation-code-expired": "This activation code has expired. Ask for a new one.",
       "notify.title": "Sign-in request",
       "notify.titleUser": "Sign-in request for {user}",
       "notify.approve": "Approve",
@@ -148,7 +160,19 @@
       "state.expired": "Diese Anfrage ist abgelaufen.",
       "state.cancelled": "Diese Anfrage wurde abgebrochen.",
       "state.pending": "Wartet auf Ihre Antwort.",
-      "error.generic": "{detail}",
+      "problem.wrong-pin": "Die PIN ist falsch.",
+      "problem.pin-required": "Geben Sie Ihre PIN ein.",
+      "problem.pin-locked": "Zu viele falsche PINs. Best\u00e4tigungen sind eine Weile gesperrt.",
+      "problem.wrong-number": "Das war nicht die Zahl vom Anmeldebildschirm.",
+      "problem.challenge-closed": "Diese Anfrage wurde schon beantwortet oder abgebrochen.",
+      "problem.challenge-expired": "Diese Anfrage ist abgelaufen.",
+      "problem.user-blocked": "Ihr Konto ist gesperrt. Wenden Sie sich an Ihren Administrator.",
+      "problem.user-disabled": "Ihr Konto ist deaktiviert. Wenden Sie sich an Ihren Administrator.",
+      "problem.stale-request": "Die Uhr dieses Telefons geht falsch. Stellen Sie die Zeit auf automatisch.",
+      "problem.unreachable": "Der Server ist nicht erreichbar.",
+      "problem.activation-code-invalid": "Dieser Aktivierungscode ist unbekannt. Fordern Sie einen neuen an.",
+      "problem.activation-code-used": "Dieser Aktivierungscode wurde schon verwendet. Fordern Sie einen neuen an.",
+      "problem.activation-code-expired": "Dieser Aktivierungscode ist abgelaufen. Fordern Sie einen neuen an.",
       "notify.title": "Anmeldeanfrage",
       "notify.titleUser": "Anmeldeanfrage f\u00fcr {user}",
       "notify.approve": "Best\u00e4tigen",
@@ -176,5 +200,13 @@
     );
   }
 
-  global.OpenMFAI18n = { CATALOGUE, language, pickLanguage, t };
+  /* What to show for a refusal: our own words for the problem types an app meets (docs/app-api.md),
+   * else the server's detail (English). */
+  function problem(error) {
+    const key = `problem.${error && error.type}`;
+    if (CATALOGUE.en[key]) return t(key);
+    return (error && error.message) || String(error);
+  }
+
+  global.OpenMFAI18n = { CATALOGUE, language, pickLanguage, problem, t };
 })(self);
