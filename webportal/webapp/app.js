@@ -17,6 +17,8 @@ const BASE = apiBase(location.href);
 const POLL_MS = 3000;
 const CODE = /^[A-Za-z0-9_-]{1,128}$/;
 const $ = (id) => document.getElementById(id);
+// Dates in the user's own variant of the app's language (en-GB: 6 Dec 2026, 14:05:09).
+const LOCALE = (navigator.languages || []).find((tag) => tag.toLowerCase().split("-")[0] === language) || language;
 
 const state = {
   accounts: [],
@@ -24,6 +26,7 @@ const state = {
   installPrompt: null,
   pollTimer: 0,
   busy: false,
+  adding: false, // the "add another account" form is open
 };
 
 // -- small helpers -------------------------------------------------------------------------
@@ -48,7 +51,7 @@ function toast(text) {
 function formatTime(iso) {
   const when = new Date(iso);
   if (Number.isNaN(when.getTime())) return t("challenge.unknown");
-  return when.toLocaleString(language, { dateStyle: "medium", timeStyle: "medium" });
+  return when.toLocaleString(LOCALE, { dateStyle: "medium", timeStyle: "medium" });
 }
 
 function isIos() {
@@ -139,13 +142,16 @@ async function activate(code) {
       createdAt: new Date().toISOString(),
     };
     await store.putAccount(account);
-    status.textContent = [
+    state.adding = false;
+    status.textContent = "";
+    const notes = [
       t("activate.done", { user: account.user }),
       t("activate.algorithm", { algorithm: account.algorithm }),
       account.requirePin && !account.hasPin ? t("activate.pinMissing") : "",
     ]
       .filter(Boolean)
       .join(" ");
+    $("account-note").textContent = notes;
     $("activate-code").value = "";
     await loadAccounts();
     await syncPush({ ask: true });
@@ -169,7 +175,11 @@ function renderAccounts() {
   const list = $("account-list");
   list.replaceChildren();
   $("accounts").hidden = state.accounts.length === 0;
-  $("activate-heading").textContent = t(state.accounts.length ? "accounts.add" : "activate.heading");
+  // With accounts, "add another" is one button away instead of a form under the codes.
+  const some = state.accounts.length > 0;
+  $("activate").hidden = some && !state.adding;
+  $("add-account").hidden = !some || state.adding;
+  $("activate-heading").textContent = t(some ? "accounts.add" : "activate.heading");
   for (const account of state.accounts) {
     const item = el("li", "account");
     item.dataset.account = account.id;
@@ -454,6 +464,8 @@ async function answer(kind) {
 function route() {
   const fragment = takeFragment();
   if (fragment.activate !== undefined) {
+    state.adding = true; // show the activation's progress and any refusal
+    renderAccounts();
     showHome();
     activate(fragment.activate);
   } else if (fragment.challenge) {
@@ -526,6 +538,11 @@ async function start() {
     showHome();
   });
   $("push-enable").addEventListener("click", () => syncPush({ ask: true }));
+  $("add-account").addEventListener("click", () => {
+    state.adding = true;
+    renderAccounts();
+    $("activate-code").focus();
+  });
   addEventListener("hashchange", route);
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible") {
