@@ -144,6 +144,33 @@ def test_a_used_activation_code_is_refused_and_shown(live_app: WebHarness, phone
     assert len(live_app.run(live_app.services.devices.list_for_user("alice"))) == 1
 
 
+IPHONE_SAFARI = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 "
+    "(KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1"
+)
+
+
+def test_iphone_safari_keeps_the_code_for_the_home_screen_app(
+    chromium: Browser, live_app: WebHarness
+) -> None:
+    """On iOS only the Home Screen app gets pushes, and its storage is not Safari's: the code
+    is not spent in the Safari tab but kept for the user to paste there."""
+    live_app.add_user("alice")
+    code = live_app.activation_code("alice")
+    with open_phone(chromium, live_app, user_agent=IPHONE_SAFARI) as page:
+        page.goto(f"{live_app.url}/app/#activate={code}")
+        expect(page.locator("#install")).to_contain_text("Add to Home Screen")
+        expect(page.locator("#activate-status")).to_contain_text("first add this app")
+        expect(page.get_by_label("Activation link or code")).to_have_value(code)
+        assert page.evaluate("location.hash") == ""
+        assert live_app.run(live_app.services.devices.list_for_user("alice")) == []
+        # Activating in Safari anyway still works (without notifications).
+        page.get_by_role("button", name="Activate").click()
+        page.locator("#account-list li").wait_for()
+        expect(page.locator("#push-status")).to_contain_text("Home Screen")
+        assert len(live_app.run(live_app.services.devices.list_for_user("alice"))) == 1
+
+
 # -- answering sign-ins -----------------------------------------------------------------------
 
 

@@ -107,6 +107,7 @@ def open_phone(
     locale: str = "en-GB",
     key_algorithm: str | None = None,
     push_hook: bool = True,
+    user_agent: str | None = None,
 ) -> Iterator[Page]:
     """A phone-sized page in a fresh context (own storage and service workers)."""
     context = chromium.new_context(
@@ -116,6 +117,7 @@ def open_phone(
         has_touch=True,
         locale=locale,
         service_workers="allow",
+        user_agent=user_agent,
     )
     context.grant_permissions(["notifications"], origin=app.url)
     p256dh, auth = subscription_keys()

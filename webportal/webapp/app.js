@@ -467,6 +467,14 @@ function route() {
     state.adding = true; // show the activation's progress and any refusal
     renderAccounts();
     showHome();
+    if (isIos() && !standalone()) {
+      // On iOS the Home Screen app has storage of its own: an account activated in this Safari
+      // tab would not be in it, and only the Home Screen app gets notifications. Keep the
+      // code for the user to paste there (or to activate here anyway).
+      $("activate-code").value = fragment.activate;
+      $("activate-status").textContent = t("activate.iosFirst");
+      return;
+    }
     activate(fragment.activate);
   } else if (fragment.challenge) {
     openChallenge(fragment.challenge);

@@ -21,6 +21,8 @@
       "activate.code": "Activation link or code",
       "activate.button": "Activate",
       "activate.working": "Creating the key and activating\u2026",
+      "activate.iosFirst":
+        "iPhone: first add this app to the Home Screen (Share, then \u201cAdd to Home Screen\u201d), open it from there and paste the code above. Copy it now. Or tap Activate to use the app in Safari only, without notifications.",
       "activate.done": "Activated for {user}.",
       "activate.failed": "Activation failed: {detail}",
       "activate.algorithm": "Key: {algorithm}, kept in this browser and never exported.",
@@ -107,6 +109,8 @@
       "activate.code": "Aktivierungslink oder -code",
       "activate.button": "Aktivieren",
       "activate.working": "Schl\u00fcssel wird erzeugt und aktiviert \u2026",
+      "activate.iosFirst":
+        "iPhone: f\u00fcgen Sie die App zuerst zum Home-Bildschirm hinzu (\u201eTeilen\u201c, dann \u201eZum Home-Bildschirm\u201c), \u00f6ffnen Sie sie dort und f\u00fcgen Sie den Code oben ein. Kopieren Sie ihn jetzt. Oder tippen Sie auf \u201eAktivieren\u201c, um die App nur in Safari zu nutzen, ohne Mitteilungen.",
       "activate.done": "Aktiviert f\u00fcr {user}.",
       "activate.failed": "Aktivierung fehlgeschlagen: {detail}",
       "activate.algorithm": "Schl\u00fcssel: {algorithm}, bleibt in diesem Browser und wird nie exportiert.",
