@@ -1,24 +1,27 @@
-"""The web authenticator's push leg in headless Chromium.
+"""The web authenticator's push leg in headless Chromium, through the whole chain.
 
-Chromium here cannot reach a push service, so (see tests/browser/webapp_support.py) the
-subscription comes from the page's test hook, and pushes are handed to the app's service
-worker through the DevTools protocol (``ServiceWorker.deliverPushMessage``), the way the
-browser hands over a decrypted push. The server's side (encrypting, VAPID, sending) is tested
-against a fake push service in tests/test_push_webpush*.py.
+The subscription the page registers is one of the Web Push fake's (tests/fakes/
+webpush_service.py; headless Chromium cannot subscribe to a real push service, so the page's
+test hook hands it to the app). A sign-in started at the gateway makes the server push to the
+fake over TLS; the fake verifies the VAPID JWT and decrypts the body with the subscription's
+private key; the test hands that plaintext to the app's service worker through the DevTools
+protocol (``ServiceWorker.deliverPushMessage``), as the browser does with a push it received,
+and checks the notification and what tapping it (or its buttons) does.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from backend.config import Settings
 from tests.browser.webapp_support import (
     WAIT_MS,
+    LivePushService,
     PushLeg,
     activate,
     gateway_state,
@@ -30,8 +33,26 @@ from tests.support.web import WebHarness
 
 
 @pytest.fixture
-def phone(chromium: Browser, live_app: WebHarness) -> Iterator[Page]:
-    with open_phone(chromium, live_app) as page:
+def push(tmp_path: Path) -> Iterator[LivePushService]:
+    with LivePushService(tmp_path / "push") as service:
+        yield service
+
+
+@pytest.fixture
+def settings(settings: Settings, push: LivePushService) -> Settings:
+    """The server pushes to the fake (the only allowed push-service origin here)."""
+    return push.settings(settings)
+
+
+@pytest.fixture
+def tokens(push: LivePushService) -> list[str]:
+    """The subscriptions the browser will get, in turn (a second after losing the first)."""
+    return [push.fake.subscription(), push.fake.subscription()]
+
+
+@pytest.fixture
+def phone(chromium: Browser, live_app: WebHarness, tokens: list[str]) -> Iterator[Page]:
+    with open_phone(chromium, live_app, subscriptions=tokens) as page:
         yield page
 
 
@@ -40,31 +61,16 @@ def push_token(app: WebHarness, user: str) -> str | None:
     return device.push_token
 
 
-def payload(challenge: dict[str, Any], display: str, user: str = "alice") -> dict[str, Any]:
-    """The decrypted Web Push payload as the server sends it (I15 contract, item 4)."""
-    expires = datetime.now(UTC) + timedelta(seconds=60)
-    return {
-        "v": 1,
-        "challenge_id": challenge["id"],
-        "display": display,
-        "expires_at": expires.isoformat().replace("+00:00", "Z"),
-        "user": user,
-    }
-
-
-def test_activation_registers_the_subscription(live_app: WebHarness, phone: Page) -> None:
+def test_activation_registers_the_subscription(
+    live_app: WebHarness, phone: Page, tokens: list[str]
+) -> None:
     problems = watch_console(phone)
     live_app.add_user("alice")
     with phone.expect_request(lambda r: r.url.endswith("/app/v1/device/push-token")) as sent:
         activate(phone, live_app, "alice")
-    body = json.loads(sent.value.post_data or "")
-    token = body["push_token"]
     # Compact JSON of PushSubscription.toJSON() without expirationTime, nothing else.
-    assert token == json.dumps(json.loads(token), separators=(",", ":"))
-    subscription = json.loads(token)
-    assert set(subscription) == {"endpoint", "keys"}
-    assert set(subscription["keys"]) == {"p256dh", "auth"}
-    assert subscription["endpoint"].endswith("/openmfa-test-1")
+    token = json.loads(sent.value.post_data or "")["push_token"]
+    assert token == tokens[0]
     expect(phone.locator("#push-status")).to_have_text("Notifications: on")
     assert push_token(live_app, "alice") == token
     # The applicationServerKey the app subscribed with is the server's VAPID key.
@@ -77,24 +83,21 @@ def test_activation_registers_the_subscription(live_app: WebHarness, phone: Page
 
 
 def test_a_lost_subscription_is_noticed_at_start_and_registered_again(
-    live_app: WebHarness, phone: Page
+    live_app: WebHarness, phone: Page, tokens: list[str]
 ) -> None:
     live_app.add_user("alice")
     activate(phone, live_app, "alice")
     expect(phone.locator("#push-status")).to_have_text("Notifications: on")
-    first = push_token(live_app, "alice")
-    assert first is not None
-    assert "openmfa-test-1" in first
+    assert push_token(live_app, "alice") == tokens[0]
 
     # The browser dropped the subscription (expired, or the push service forgot it).
     phone.evaluate("localStorage.removeItem('openmfa-test-subscription')")
     with phone.expect_request(lambda r: r.url.endswith("/app/v1/device/push-token")) as sent:
         phone.reload()
-    token = json.loads(sent.value.post_data or "")["push_token"]
-    assert "openmfa-test-2" in token
+    assert json.loads(sent.value.post_data or "") == {"push_token": tokens[1]}
     expect(phone.locator("#push-status")).to_contain_text("registered again")
     expect(phone.locator("#push-status")).to_have_attribute("data-state", "ok")
-    assert push_token(live_app, "alice") == token
+    assert push_token(live_app, "alice") == tokens[1]
 
 
 def test_revoked_permission_clears_the_token_and_is_shown(
@@ -114,17 +117,27 @@ def test_revoked_permission_clears_the_token_and_is_shown(
     assert push_token(live_app, "alice") is None  # the server falls back to polling
 
 
-def test_push_shows_a_notification_and_tapping_it_opens_the_challenge(
-    live_app: WebHarness, phone: Page
+def test_a_sign_in_arrives_as_a_notification_and_tapping_it_opens_the_challenge(
+    live_app: WebHarness, phone: Page, push: LivePushService
 ) -> None:
     problems = watch_console(phone)
     live_app.add_user("alice", number_matching=True)
     activate(phone, live_app, "alice")
-    started = start_push(
-        live_app, "alice", context={"client_name": "vpn-asa", "client_ip": "203.0.113.7"}
-    )
+    expect(phone.locator("#push-status")).to_have_text("Notifications: on")
     leg = PushLeg(phone, live_app)
-    leg.deliver(payload(started, "Sign in to VPN-ASA from 203.0.113.7"))
+    started = start_push(
+        live_app,
+        "alice",
+        context={
+            "client_name": "vpn-asa",
+            "client_ip": "203.0.113.7",
+            "display": "Sign in to VPN-ASA from 203.0.113.7",
+        },
+    )
+    sent = push.push_for(started["id"])  # verified and decrypted by the fake
+    assert sent.payload["display"] == "Sign in to VPN-ASA from 203.0.113.7"
+    assert str(started["number"]) not in json.dumps(sent.payload)  # never the number
+    leg.deliver(sent.plaintext)
 
     [shown] = leg.notifications()
     assert shown["title"] == "Sign-in request for alice"
@@ -137,8 +150,8 @@ def test_push_shows_a_notification_and_tapping_it_opens_the_challenge(
     view = phone.locator("#view-challenge")
     expect(view).to_be_visible(timeout=WAIT_MS)
     assert phone.evaluate("location.hash") == f"#challenge={started['id']}"
-    # What the screen shows comes from the server, not from the push payload.
-    expect(view.locator("#ch-display")).to_have_text("Sign-in to vpn-asa from 203.0.113.7")
+    expect(view.locator("#ch-display")).to_have_text("Sign in to VPN-ASA from 203.0.113.7")
+    expect(view.locator("#ch-context")).to_contain_text("vpn-asa")
     expect(phone.get_by_label("Number shown on the sign-in screen")).to_be_visible()
     phone.get_by_label("Number shown on the sign-in screen").fill(str(started["number"]))
     phone.get_by_role("button", name="Approve").click()
@@ -149,29 +162,30 @@ def test_push_shows_a_notification_and_tapping_it_opens_the_challenge(
 
 
 def test_notification_buttons_answer_only_without_number_or_pin(
-    live_app: WebHarness, phone: Page
+    live_app: WebHarness, phone: Page, push: LivePushService
 ) -> None:
     live_app.add_user("alice")
     activate(phone, live_app, "alice")
+    expect(phone.locator("#push-status")).to_have_text("Notifications: on")
     leg = PushLeg(phone, live_app)
 
     # No number, no PIN: Approve on the notification answers from the service worker.
     plain = start_push(live_app, "alice")
-    leg.deliver(payload(plain, "Sign in to VPN-ASA"))
+    leg.deliver(push.push_for(plain["id"]).plaintext)
     leg.notifications()
     leg.tap(plain["id"], "approve")
     wait_for_state(live_app, plain["id"], "approved")
     expect(phone.locator("#view-challenge")).to_be_hidden()
 
     denied = start_push(live_app, "alice")
-    leg.deliver(payload(denied, "Sign in to VPN-ASA"))
+    leg.deliver(push.push_for(denied["id"]).plaintext)
     leg.notifications()
     leg.tap(denied["id"], "deny")
     wait_for_state(live_app, denied["id"], "denied")
 
     # Number matching: the button does not answer; the app opens on the challenge instead.
     matched = start_push(live_app, "alice", number_matching=True)
-    leg.deliver(payload(matched, "Sign in to VPN-ASA"))
+    leg.deliver(push.push_for(matched["id"]).plaintext)
     leg.notifications()
     leg.tap(matched["id"], "approve")
     expect(phone.locator("#view-challenge")).to_be_visible(timeout=WAIT_MS)

@@ -2,8 +2,8 @@
 
     .venv/bin/python -m tests.browser.webapp_screenshots [--out docs/screenshots]
 
-Starts the app on a live server with a fresh SQLite home (as tests/browser/screenshots.py
-does), activates the web app in headless Chromium from the portal's link for two users, and
+Starts the app on a live server with a fresh SQLite home and the Web Push fake (as the
+browser tests do), activates the web app in headless Chromium from the portal's link for two users, and
 saves: the app right after activation, a sign-in with number matching, and the offline codes
 with the network cut. Nothing here is a test; it fails loudly when a step does not work.
 """
@@ -15,10 +15,32 @@ import sys
 import tempfile
 from pathlib import Path
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.browser.screenshots import CHROMIUM, DEFAULT_OUT, demo_app
-from tests.browser.webapp_support import activate, open_phone, start_push
+from backend.config import load_settings
+from backend.store import migrations
+from tests.browser.screenshots import CHROMIUM, DEFAULT_OUT
+from tests.browser.webapp_support import LivePushService, activate, open_phone, start_push
+from tests.support.clock import FakeClock
+from tests.support.web import WebHarness
+
+
+@contextmanager
+def app_with_push(home: Path) -> Iterator[tuple[WebHarness, LivePushService]]:
+    """The app on a live server, pushing to the Web Push fake (so the app shows push on)."""
+    url = f"sqlite+aiosqlite:///{home / 'openmfa.db'}"
+    with ThreadPoolExecutor(max_workers=1) as pool:  # alembic runs asyncio.run() itself
+        pool.submit(migrations.upgrade, url).result()
+    with LivePushService(home / "push") as push:
+        settings = load_settings(
+            config_file=None, home=home, public_url="https://mfa.example.com", radius_port=0
+        )
+        with WebHarness(push.settings(settings), FakeClock()) as app:
+            yield app, push
 
 
 def take(out: Path) -> list[Path]:
@@ -31,12 +53,12 @@ def take(out: Path) -> list[Path]:
         page.screenshot(path=str(path))
         saved.append(path)
 
-    with tempfile.TemporaryDirectory() as home, demo_app(Path(home)) as (app, _):
+    with tempfile.TemporaryDirectory() as home, app_with_push(Path(home)) as (app, push):
         app.add_user("dana", display_name="Dana Scully", number_matching=True)
         app.add_user("erik", display_name="Erik Berg")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
-            with open_phone(browser, app) as page:
+            with open_phone(browser, app, subscriptions=[push.fake.subscription()]) as page:
                 activate(page, app, "dana")
                 expect(page.locator("#push-status")).to_have_text("Notifications: on")
                 shot(page, "activation")

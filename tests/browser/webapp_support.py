@@ -2,32 +2,35 @@
 
 ``open_phone``: a browser context at a phone's size with notification permission granted,
 and the page's test hook (``window.__OPENMFA_TEST__``, set before the app's scripts run by
-``add_init_script``) that stands in for the browser's push service: headless Chromium cannot
-reach one. The hook's ``subscribe`` returns a subscription whose endpoint is on loopback
-(port 9, discard: nothing listens, so no push ever leaves this machine) and whose keys are a
-real P-256 point and 16 random bytes, as the server's validation wants. It keeps the
-subscription in ``localStorage`` so that it survives reloads like a real one; a test removes
-it there to simulate a lost subscription.
+``add_init_script``) that stands in for the browser's side of the push service: headless
+Chromium cannot subscribe to one. ``pushManager.subscribe`` is answered, in turn, with the
+subscriptions the test passes (made by the Web Push fake, tests/fakes/webpush_service.py, which
+holds their private keys); with none left it fails as a browser without a push service does.
+The current subscription is kept in ``localStorage`` so that it survives reloads like a real
+one; a test removes it there to simulate a lost subscription.
 
-``PushLeg`` delivers a push message to the app's service worker through the DevTools protocol
-(``ServiceWorker.deliverPushMessage``), as the browser's push service would after decrypting.
+``LivePushService``: that fake on an event loop of its own, for these synchronous tests; the
+server's pushes to it are verified (VAPID JWT) and decrypted there. ``PushLeg`` hands such a
+decrypted push to the app's service worker through the DevTools protocol
+(``ServiceWorker.deliverPushMessage``), which is what the browser does with a push it received.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
 
 import httpx
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from playwright.sync_api import (
     Browser,
-    BrowserContext,
     CDPSession,
     ConsoleMessage,
     Page,
@@ -35,23 +38,19 @@ from playwright.sync_api import (
     Worker,
 )
 
-from backend.domain.signing import b64u_encode
+from backend.config import Settings
+from tests.fakes.webpush_service import FakePushService, PushRequest
 from tests.support.web import WebHarness
 
+T = TypeVar("T")
 WAIT_MS = 15_000
 START = "/gateway/v1/authentications"
 PHONE: ViewportSize = {"width": 390, "height": 844}
-#: A made-up VAPID public key for pages whose server has Web Push off (GET
-#: /app/v1/webpush/key answers 404): the browser side of subscribing is what is tested here.
-TEST_VAPID_KEY = b64u_encode(
-    ec.generate_private_key(ec.SECP256R1())
-    .public_key()
-    .public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-)
 
 HOOK = """
 (() => {
   const STORE = "openmfa-test-subscription";
+  const TOKENS = %(tokens)s;
   window.__OPENMFA_TEST__ = {
     keyAlgorithm: %(key_algorithm)s,
     push: {
@@ -60,13 +59,11 @@ HOOK = """
         return text ? JSON.parse(text) : null;
       },
       subscribe(key) {
-        const count = Number(localStorage.getItem(STORE + "-count") || "0") + 1;
-        localStorage.setItem(STORE + "-count", String(count));
-        const subscription = {
-          endpoint: "https://127.0.0.1:9/push/openmfa-test-" + count,
-          expirationTime: null,
-          keys: { p256dh: %(p256dh)s, auth: %(auth)s },
-        };
+        const count = Number(localStorage.getItem(STORE + "-count") || "0");
+        if (count >= TOKENS.length) throw new Error("no push service (test)");
+        localStorage.setItem(STORE + "-count", String(count + 1));
+        // What PushSubscription.toJSON() gives: the fake's subscription plus expirationTime.
+        const subscription = { ...JSON.parse(TOKENS[count]), expirationTime: null };
         localStorage.setItem(STORE, JSON.stringify(subscription));
         localStorage.setItem(STORE + "-vapid", key);
         return subscription;
@@ -77,14 +74,54 @@ HOOK = """
 """
 
 
-def subscription_keys() -> tuple[str, str]:
-    """A real P-256 point and 16 bytes, base64url, as a browser's subscription has them."""
-    point = (
-        ec.generate_private_key(ec.SECP256R1())
-        .public_key()
-        .public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
-    )
-    return b64u_encode(point), b64u_encode(b"openmfa-test-16b")
+class LivePushService:
+    """``with LivePushService(tmp_path) as push: push.fake.subscription()``; stopping checks
+    that every push the server sent was well formed (VAPID, headers, decryptable)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.fake = FakePushService(directory)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def __enter__(self) -> LivePushService:
+        self._thread.start()
+        self.run(self.fake.start())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.run(self.fake.stop(check=exc_type is None))
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()
+
+    def settings(self, settings: Settings) -> Settings:
+        """``settings`` with the server pushing to this fake (and trusting its CA)."""
+        return settings.model_copy(
+            update={
+                "webpush_allowed_origins": (self.fake.origin,),
+                "webpush_ca_file": self.fake.ca_file,
+                "webpush_subject": "mailto:ops@example.com",
+            }
+        )
+
+    def push_for(self, challenge_id: str) -> PushRequest:
+        """The (decrypted) push the server sent for ``challenge_id``, once it arrived."""
+
+        def found() -> bool:
+            return any(r.payload.get("challenge_id") == challenge_id for r in self.fake.requests)
+
+        self.run(self.fake.wait_until(found, WAIT_MS / 1000, f"a push for {challenge_id}"))
+        return next(r for r in self.fake.requests if r.payload["challenge_id"] == challenge_id)
 
 
 def watch_console(page: Page) -> list[str]:
@@ -106,10 +143,11 @@ def open_phone(
     app: WebHarness,
     locale: str = "en-GB",
     key_algorithm: str | None = None,
-    push_hook: bool = True,
+    subscriptions: Sequence[str] = (),
     user_agent: str | None = None,
 ) -> Iterator[Page]:
-    """A phone-sized page in a fresh context (own storage and service workers)."""
+    """A phone-sized page in a fresh context (own storage and service workers);
+    ``subscriptions``: what the page's ``pushManager.subscribe`` answers, in turn."""
     context = chromium.new_context(
         viewport=PHONE,
         device_scale_factor=2,
@@ -120,36 +158,19 @@ def open_phone(
         user_agent=user_agent,
     )
     context.grant_permissions(["notifications"], origin=app.url)
-    p256dh, auth = subscription_keys()
-    if push_hook:
-        context.add_init_script(
-            HOOK
-            % {
-                "key_algorithm": json.dumps(key_algorithm),
-                "p256dh": json.dumps(p256dh),
-                "auth": json.dumps(auth),
-            }
-        )
-    if app.http.get("/app/v1/webpush/key").status_code == 404:
-        serve_test_vapid_key(context)
+    context.add_init_script(
+        HOOK
+        % {
+            "key_algorithm": json.dumps(key_algorithm),
+            "tokens": json.dumps(list(subscriptions)),
+        }
+    )
     context.set_default_timeout(WAIT_MS)
     page = context.new_page()
     try:
         yield page
     finally:
         context.close()
-
-
-def serve_test_vapid_key(context: BrowserContext) -> None:
-    """Answer GET /app/v1/webpush/key in the browser when the server has Web Push off."""
-    context.route(
-        "**/app/v1/webpush/key",
-        lambda route: route.fulfill(
-            status=200,
-            content_type="application/json",
-            body=json.dumps({"vapid_public_key": TEST_VAPID_KEY}),
-        ),
-    )
 
 
 def activate(page: Page, app: WebHarness, user: str) -> dict[str, Any]:
@@ -219,15 +240,13 @@ class PushLeg:
             self.page.evaluate("1")  # lets Playwright dispatch the pending CDP events
         return self.registrations[scope]
 
-    def deliver(self, payload: dict[str, Any]) -> None:
-        """What the browser's push service hands the worker after decryption."""
+    def deliver(self, data: bytes | dict[str, Any]) -> None:
+        """Hand the worker a push as the browser does after decrypting it: ``data`` is the
+        plaintext the server sent (or, for a message no server would send, a dict)."""
+        text = data.decode() if isinstance(data, bytes) else json.dumps(data)
         self.cdp.send(
             "ServiceWorker.deliverPushMessage",
-            {
-                "origin": self.app.url,
-                "registrationId": self.registration_id(),
-                "data": json.dumps(payload),
-            },
+            {"origin": self.app.url, "registrationId": self.registration_id(), "data": text},
         )
 
     def notifications(self, count: int = 1) -> list[dict[str, Any]]:
