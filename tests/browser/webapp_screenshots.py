@@ -3,8 +3,8 @@
     .venv/bin/python -m tests.browser.webapp_screenshots [--out docs/screenshots]
 
 Starts the app on a live server with a fresh SQLite home and the Web Push fake (as the
-browser tests do), activates the web app in headless Chromium from the portal's link for two users, and
-saves: the app right after activation, a sign-in with number matching, and the offline codes
+browser tests do), activates the web app in headless Chromium from the portal's link for two
+users, and saves: the app right after activation, a sign-in with number matching, and the offline codes
 with the network cut. Nothing here is a test; it fails loudly when a step does not work.
 """
 
@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from pathlib import Path
-
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 from playwright.sync_api import Page, expect, sync_playwright
 
