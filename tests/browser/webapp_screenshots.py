@@ -4,8 +4,9 @@
 
 Starts the app on a live server with a fresh SQLite home and the Web Push fake (as the
 browser tests do), activates the web app in headless Chromium from the portal's link for two
-users, and saves: the app right after activation, a sign-in with number matching, and the offline codes
-with the network cut. Nothing here is a test; it fails loudly when a step does not work.
+users, and saves: the app right after activation, a sign-in with number matching, and the
+offline codes with the network cut. Nothing here is a test; it fails loudly when a step does
+not work.
 """
 
 from __future__ import annotations
