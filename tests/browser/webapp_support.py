@@ -223,7 +223,10 @@ class PushLeg:
         self.cdp: CDPSession = page.context.new_cdp_session(page)
         self.registrations: dict[str, str] = {}  # scope URL -> registration id
         self.cdp.on("ServiceWorker.workerRegistrationUpdated", self._updated)
-        page.evaluate("navigator.serviceWorker.ready.then(() => true)")
+        # Pushes go to an activated worker (one still activating may drop them).
+        page.wait_for_function(
+            "navigator.serviceWorker.controller?.state === 'activated'", timeout=WAIT_MS
+        )
         self.cdp.send("ServiceWorker.enable")
 
     def _updated(self, event: dict[str, Any]) -> None:
