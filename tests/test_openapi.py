@@ -31,7 +31,7 @@ HTML_ONLY = {
     "enrolment-not-allowed",
 }
 # The web pages (webportal), outside the API the document describes.
-WEB_MOUNTS = {"/portal", "/admin", "/static"}
+WEB_MOUNTS = {"/portal", "/admin", "/static", "/app"}  # /app: the web app's files
 
 
 @pytest.fixture
