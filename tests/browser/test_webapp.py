@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Browser, Dialog, Page, expect
@@ -27,7 +28,7 @@ from tests.browser.webapp_support import (
     watch_console,
 )
 from tests.support.api import ADMIN
-from tests.support.web import WebHarness
+from tests.support.web import PASSWORD, WebHarness
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -129,6 +130,39 @@ def test_activation_from_the_portal_link_makes_a_non_extractable_key_and_offline
     )
     assert verified.status_code == 200, verified.text
     assert problems == []
+
+
+def test_the_portal_link_opens_the_app_which_activates(
+    chromium: Browser, live_app: WebHarness
+) -> None:
+    """The whole hand-off on one phone: the portal's "Use this phone's browser" link opens the
+    app, which activates; the portal page, still open in its tab, turns to activated."""
+    live_app.add_user("alice")
+    live_app.allow_enrolment("alice")
+    with open_phone(chromium, live_app) as portal:
+        portal.goto(f"{live_app.url}/portal/sign-in?next=/portal/activate")
+        portal.get_by_label("User name").fill("alice")
+        portal.get_by_label("Password").fill(PASSWORD)
+        portal.get_by_role("button", name="Sign in").click()
+        portal.get_by_role("button", name="Use this phone's browser").click()
+        href = portal.locator("#web-app-link").get_attribute("href")
+        assert href is not None
+        # The link names the settings' public_url (a port nothing listens on here): the same
+        # path and fragment on the live server.
+        parts = urlsplit(href)
+        assert parts.path == "/app/"
+        assert parts.fragment.startswith("activate=")
+        app = portal.context.new_page()
+        with app.expect_response(lambda r: r.url.endswith("/app/v1/activate")) as info:
+            app.goto(f"{live_app.url}{parts.path}#{parts.fragment}")
+        assert info.value.status == 201
+        app.locator('#account-list li:has(.account-user:text-is("alice"))').wait_for()
+        assert app.evaluate("location.hash") == ""
+        expect(portal.locator("#activation-status")).to_have_attribute(
+            "data-state", "activated", timeout=WAIT_MS
+        )
+        [device] = live_app.run(live_app.services.devices.list_for_user("alice"))
+        assert device.platform == "web"
 
 
 def test_a_used_activation_code_is_refused_and_shown(live_app: WebHarness, phone: Page) -> None:
