@@ -311,6 +311,15 @@ def test_offline_reload_serves_the_shell_and_codes(live_app: WebHarness, phone: 
     phone.evaluate("navigator.serviceWorker.ready.then(() => true)")
     phone.wait_for_function("navigator.serviceWorker.controller !== null")
 
+    # Online, the worker fetches the page from the server (the cache is only the fallback).
+    fetched: list[str] = []
+    phone.context.route(
+        f"{live_app.url}/app/", lambda route: (fetched.append("x"), route.continue_())
+    )
+    phone.reload()
+    assert fetched == ["x"]
+    phone.locator("#account-list li").wait_for()
+
     phone.context.set_offline(True)
     phone.reload()
     expect(phone.locator("#offline")).to_be_visible()

@@ -64,7 +64,8 @@ self.addEventListener("fetch", (event) => {
       // The app page is cached under the scope URL, whatever query a link added.
       const key = event.request.mode === "navigate" ? new Request(SCOPE.href) : event.request;
       try {
-        const response = await fetch(event.request, { cache: "no-cache" });
+        // The server marks every app file no-cache, so this revalidates with the server.
+        const response = await fetch(event.request);
         if (response.ok && response.type === "basic" && SHELL.some((p) => new URL(p, SCOPE).href === new URL(key.url).href)) {
           await cache.put(key, response.clone());
         }
