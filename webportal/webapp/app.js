@@ -249,14 +249,22 @@ function showPushState(key, detail) {
   $("push-enable").hidden = key !== "push.none";
 }
 
-/* Tell every account's server about `token` (null: none, the device falls back to polling). */
+/* Tell every account's server about `token` (null: none, the device falls back to polling).
+ * One refusal (say, an account an administrator removed) does not keep the others from it;
+ * the first is raised after all were tried, and the next start tries again. */
 async function sendToken(token) {
+  let failure = null;
   for (const account of await store.accounts()) {
     if (account.pushToken === token) continue;
-    await api.setPushToken(account, token);
-    account.pushToken = token;
-    await store.putAccount(account);
+    try {
+      await api.setPushToken(account, token);
+      account.pushToken = token;
+      await store.putAccount(account);
+    } catch (error) {
+      failure = failure || error;
+    }
   }
+  if (failure) throw failure;
 }
 
 /* Make sure the server has this browser's current push subscription; run at each start and
@@ -267,6 +275,7 @@ async function syncPush({ ask = false } = {}) {
   if (!accounts.length) return;
   if (!push.supported()) return showPushState(isIos() && !standalone() ? "push.needsInstall" : "push.unsupported");
   if (isIos() && !standalone()) return showPushState("push.needsInstall"); // iOS: push only when installed
+  if (!navigator.onLine) return; // checked again when the network is back
   try {
     let permission = push.permission();
     if (permission === "default" && ask && !TEST) permission = await Notification.requestPermission();
@@ -301,7 +310,7 @@ async function syncPush({ ask = false } = {}) {
     showPushState("push.ok");
     if (await store.get("pushRenewed")) $("push-status").textContent += ` \u2014 ${t("push.renewed")}`;
   } catch (error) {
-    showPushState("push.error", error.message || String(error));
+    showPushState("push.error", problem(error));
   }
 }
 
@@ -524,6 +533,7 @@ async function start() {
   addEventListener("online", () => {
     showOnline();
     refreshPending();
+    syncPush();
   });
   addEventListener("offline", showOnline);
   $("activate-form").addEventListener("submit", (event) => {
