@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Dialog, Page, expect
+from playwright.sync_api import Browser, Dialog, Page, Route, expect
 
 from backend.domain.signing import b64u_encode
 from backend.domain.stepup import ADMINISTRATOR
@@ -313,11 +313,14 @@ def test_offline_reload_serves_the_shell_and_codes(live_app: WebHarness, phone: 
 
     # Online, the worker fetches the page from the server (the cache is only the fallback).
     fetched: list[str] = []
-    phone.context.route(
-        f"{live_app.url}/app/", lambda route: (fetched.append("x"), route.continue_())
-    )
+
+    def from_the_server(route: Route) -> None:
+        fetched.append(route.request.url)
+        route.continue_()
+
+    phone.context.route(f"{live_app.url}/app/", from_the_server)
     phone.reload()
-    assert fetched == ["x"]
+    assert fetched == [f"{live_app.url}/app/"]
     phone.locator("#account-list li").wait_for()
 
     phone.context.set_offline(True)

@@ -39,7 +39,8 @@ def app_with_push(home: Path) -> Iterator[tuple[WebHarness, LivePushService]]:
         settings = load_settings(
             config_file=None, home=home, public_url="https://mfa.example.com", radius_port=0
         )
-        with WebHarness(push.settings(settings), FakeClock()) as app:
+        app = WebHarness(push.settings(settings), FakeClock())
+        with app:
             yield app, push
 
 
