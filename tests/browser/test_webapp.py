@@ -11,11 +11,13 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Browser, Dialog, Page, Route, expect
 
+from backend.config import Settings
 from backend.domain.signing import b64u_encode
 from backend.domain.stepup import ADMINISTRATOR
 from tests.browser.webapp_support import (
@@ -28,6 +30,7 @@ from tests.browser.webapp_support import (
     watch_console,
 )
 from tests.support.api import ADMIN
+from tests.support.geoip import write_database
 from tests.support.web import PASSWORD, WebHarness
 
 CSP = (
@@ -35,6 +38,12 @@ CSP = (
     "connect-src 'self'; manifest-src 'self'; worker-src 'self'; base-uri 'none'; "
     "form-action 'none'; frame-ancestors 'none'"
 )
+
+
+@pytest.fixture
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    """With a small GeoIP database, so sign-ins from 203.0.113.0/24 show Berlin, Germany."""
+    return settings.model_copy(update={"geoip_database": write_database(tmp_path / "city.mmdb")})
 
 
 @pytest.fixture
@@ -229,6 +238,7 @@ def test_approve_with_number_matching_and_pin(live_app: WebHarness, phone: Page)
     expect(view.locator("#ch-context")).to_contain_text("vpn-asa")
     expect(view.locator("#ch-context")).to_contain_text("203.0.113.7")
     expect(view.locator("#ch-context")).to_contain_text("alice")
+    expect(view.locator("#ch-context")).to_contain_text("Berlin, Germany")
     number_field = phone.get_by_label("Number shown on the sign-in screen")
     pin_field = phone.get_by_label("Your PIN")
     expect(number_field).to_be_visible()

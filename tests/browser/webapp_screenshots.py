@@ -26,6 +26,7 @@ from backend.store import migrations
 from tests.browser.screenshots import CHROMIUM, DEFAULT_OUT
 from tests.browser.webapp_support import LivePushService, activate, open_phone, start_push
 from tests.support.clock import FakeClock
+from tests.support.geoip import write_database
 from tests.support.web import WebHarness
 
 
@@ -37,7 +38,11 @@ def app_with_push(home: Path) -> Iterator[tuple[WebHarness, LivePushService]]:
         pool.submit(migrations.upgrade, url).result()
     with LivePushService(home / "push") as push:
         settings = load_settings(
-            config_file=None, home=home, public_url="https://mfa.example.com", radius_port=0
+            config_file=None,
+            home=home,
+            public_url="https://mfa.example.com",
+            radius_port=0,
+            geoip_database=write_database(home / "city.mmdb"),  # 203.0.113.7: Berlin
         )
         app = WebHarness(push.settings(settings), FakeClock())
         with app:

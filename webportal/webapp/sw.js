@@ -116,8 +116,15 @@ self.addEventListener("push", (event) => {
         ];
       }
       // Browsers want every push to show a notification (userVisibleOnly), even a bad one.
-      await self.registration.showNotification(user ? t("notify.titleUser", { user }) : t("notify.title"), options);
-      await tellClients({ type: "push", challenge_id: id });
+      const title = user ? t("notify.titleUser", { user }) : t("notify.title");
+      await self.registration.showNotification(title, options);
+      // An open app refreshes its list; it is also told what was shown (the tests read it).
+      const actions = (options.actions || []).map((a) => a.action);
+      await tellClients({
+        type: "push",
+        challenge_id: id,
+        shown: { title, body: options.body, tag: options.tag, data: options.data, actions },
+      });
     })(),
   );
 });
@@ -159,21 +166,20 @@ async function openApp(id) {
   await self.clients.openWindow(new URL(id ? `./#challenge=${id}` : "./", SCOPE).href);
 }
 
+/* A tap on the notification (action "") or on one of its buttons. A global function so that
+ * the browser tests can run it as a tap does: headless Chromium has no notification to tap. */
+self.openmfaNotificationClick = async (data, action) => {
+  const { challenge_id: raw, user } = data || {};
+  const id = typeof raw === "string" && ID.test(raw) ? raw : null;
+  if (id && (action === "approve" || action === "deny")) {
+    if (await answerFromNotification(id, user, action)) return;
+  }
+  await openApp(id);
+};
+
 self.addEventListener("notificationclick", (event) => {
   event.notification.close();
-  const { challenge_id: raw, user } = event.notification.data || {};
-  const id = typeof raw === "string" && ID.test(raw) ? raw : null;
-  const work = (async () => {
-    if (id && (event.action === "approve" || event.action === "deny")) {
-      if (await answerFromNotification(id, user, event.action)) return;
-    }
-    await openApp(id);
-  })();
-  try {
-    event.waitUntil(work);
-  } catch (error) {
-    // an event dispatched by a test (not trusted) cannot be extended; the work still runs
-  }
+  event.waitUntil(self.openmfaNotificationClick(event.notification.data, event.action));
 });
 
 self.addEventListener("pushsubscriptionchange", (event) => {
