@@ -319,7 +319,7 @@ def test_offline_reload_serves_the_shell_and_codes(live_app: WebHarness, phone: 
     live_app.add_user("alice")
     body = activate(phone, live_app, "alice")
     phone.evaluate("navigator.serviceWorker.ready.then(() => true)")
-    phone.wait_for_function("navigator.serviceWorker.controller !== null")
+    phone.wait_for_function("() => navigator.serviceWorker.controller !== null")
 
     # Online, the worker fetches the page from the server (the cache is only the fallback).
     fetched: list[str] = []

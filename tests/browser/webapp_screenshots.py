@@ -89,7 +89,7 @@ def take(out: Path) -> list[Path]:
 
                 page.get_by_role("button", name="Back").click()
                 activate(page, app, "erik")
-                page.wait_for_function("navigator.serviceWorker.controller !== null")
+                page.wait_for_function("() => navigator.serviceWorker.controller !== null")
                 page.context.set_offline(True)
                 page.reload()
                 page.locator("#offline").wait_for()

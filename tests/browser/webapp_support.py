@@ -224,9 +224,9 @@ class PushLeg:
         self.registrations: dict[str, str] = {}  # scope URL -> registration id
         self.cdp.on("ServiceWorker.workerRegistrationUpdated", self._updated)
         # Pushes go to an activated worker (one still activating may drop them).
-        page.wait_for_function(
-            "navigator.serviceWorker.controller?.state === 'activated'", timeout=WAIT_MS
-        )
+        # (Functions, not expressions: Playwright evaluates a polled expression with eval(),
+        # which the app's CSP forbids.)
+        page.wait_for_function("() => navigator.serviceWorker.controller?.state === 'activated'")
         page.evaluate(
             """() => {
                 window.__openmfaShown = [];
@@ -264,7 +264,7 @@ class PushLeg:
         """What the worker showed (title, body, tag, data, action buttons), as it tells the
         open app, once there are ``count``. (Its ``getNotifications()`` is not used: in
         headless Chromium a shown notification is sometimes missing from it.)"""
-        self.page.wait_for_function(f"window.__openmfaShown.length >= {count}")
+        self.page.wait_for_function("(n) => window.__openmfaShown.length >= n", arg=count)
         shown: list[dict[str, Any]] = self.page.evaluate("window.__openmfaShown")
         return shown
 
