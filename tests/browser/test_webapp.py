@@ -95,6 +95,36 @@ def test_app_files_are_served_with_the_strict_headers(live_app: WebHarness) -> N
     assert live_app.http.get("/app/v1/challenges").status_code == 401
 
 
+def test_requests_are_signed_exactly_as_the_documented_test_vector(
+    live_app: WebHarness, phone: Page
+) -> None:
+    """docs/app-api.md's Ed25519 test vector, through the app's own canonical request and
+    signing (Ed25519 signatures are deterministic, so the bytes must match)."""
+    phone.goto(f"{live_app.url}/app/")
+    signatures = phone.evaluate(
+        """async () => {
+            const C = OpenMFACore;
+            const jwk = {kty: "OKP", crv: "Ed25519",
+                         d: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+                         x: "A6EHv_POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg"};
+            const key = await crypto.subtle.importKey(
+                "jwk", jwk, {name: "Ed25519"}, false, ["sign"]);
+            const device = "dev_W7-7AKI1EPyIyCkSjWNTLA";
+            const answer = await C.canonicalRequest("POST",
+                "/app/v1/challenges/ch_kIos3zCGyF8YGxFM-WFrHQ/answer", device, "1767225600",
+                "q7X2mS9dLk3vPz8wRt5yUa", new TextEncoder().encode('{"answer":"approve"}'));
+            const list = await C.canonicalRequest("get", "/app/v1/challenges", device,
+                "1767225600", "bW9uZGF5LW1vcm5pbmc", new Uint8Array(0));
+            return [C.b64uEncode(await C.signBytes("Ed25519", key, answer)),
+                    C.b64uEncode(await C.signBytes("Ed25519", key, list))];
+        }"""
+    )
+    assert signatures == [
+        "hFY8thfHD--m5OY5u2AZsP1_nWTRidI8c8rqXrRHfqjTRQOjLcAxVibwsuQqKaMo-ER9VLO7Tl19tU3rA_yMBA",
+        "dawjmq12GRNC7aBFydNHiMLAsqzR_6wSPIZfz0dbF3ca-505wZUwOjukAGD039IKrMUGZkK5cWgom33BWTw6Dg",
+    ]
+
+
 # -- activation, keys and offline codes -------------------------------------------------------
 
 

@@ -189,14 +189,20 @@
     return b64uEncode(crypto.getRandomValues(new Uint8Array(18)));
   }
 
+  /* The exact bytes that are signed (docs/app-api.md, "Canonical request"). */
+  async function canonicalRequest(method, target, deviceId, timestamp, once, body) {
+    const lines = [SCHEME, method.toUpperCase(), target, deviceId, timestamp, once, await sha256Hex(body)];
+    return new TextEncoder().encode(lines.join("\n"));
+  }
+
   /* One signed request. `signer`: {deviceId, algorithm, privateKey}. */
   async function signedFetch(base, signer, method, path, payload) {
     const body = payload === undefined ? new Uint8Array(0) : new TextEncoder().encode(JSON.stringify(payload));
     const target = base + path;
     const timestamp = String(Math.floor(Date.now() / 1000));
     const once = nonce();
-    const canonical = [SCHEME, method, target, signer.deviceId, timestamp, once, await sha256Hex(body)].join("\n");
-    const signature = await signBytes(signer.algorithm, signer.privateKey, new TextEncoder().encode(canonical));
+    const canonical = await canonicalRequest(method, target, signer.deviceId, timestamp, once, body);
+    const signature = await signBytes(signer.algorithm, signer.privateKey, canonical);
     const headers = {
       "X-OpenMFA-Device": signer.deviceId,
       "X-OpenMFA-Timestamp": timestamp,
@@ -277,9 +283,11 @@
     apiBase,
     b64uDecode,
     b64uEncode,
+    canonicalRequest,
     generateDeviceKey,
     importTotpKey,
     pushToken,
+    signBytes,
     store,
     totpCode,
   };
