@@ -39,7 +39,7 @@ HTML_ONLY = {
     "sync-stopped",
 }
 # The web pages (webportal), outside the API the document describes.
-WEB_MOUNTS = {"/portal", "/admin", "/static"}
+WEB_MOUNTS = {"/portal", "/admin", "/static", "/app"}  # /app: the web app's files
 
 
 @pytest.fixture

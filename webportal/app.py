@@ -11,7 +11,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from webportal import admin, portal
+from webportal import admin, portal, pwa
 from webportal.middleware import AreaMiddleware
 from webportal.security import SecurityHeadersMiddleware
 from webportal.state import WebState
@@ -32,8 +32,9 @@ class _StaticFiles(StaticFiles):
 
 
 def routes() -> list[BaseRoute]:
-    """Mounts for ``/portal``, ``/admin`` and ``/static``; one :class:`WebState` shared by
-    both areas of this application (its template cache and sign-in rate limiter)."""
+    """Mounts for ``/portal``, ``/admin``, ``/static`` and ``/app`` (the web app); one
+    :class:`WebState` shared by both areas of this application (its template cache and
+    sign-in rate limiter)."""
     web = WebState(templates=make_environment())
     return [
         Mount(
@@ -57,5 +58,11 @@ def routes() -> list[BaseRoute]:
             app=_StaticFiles(directory=STATIC),
             name="static",
             middleware=[Middleware(SecurityHeadersMiddleware, pages=False)],
+        ),
+        Mount(  # the web authenticator (docs/webapp.md); /app/v1 (the API) is routed first
+            "/app",
+            app=_StaticFiles(directory=pwa.WEBAPP, html=True),
+            name="webapp",
+            middleware=[Middleware(pwa.AppHeadersMiddleware)],
         ),
     ]
