@@ -31,6 +31,7 @@ from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService
 from backend.services.context import Actor, Clock
 from backend.services.devices import DeviceService
+from backend.services.directory_sync import DirectorySyncService, MailInviter, NoDirectories
 from backend.services.factors import FactorGuard
 from backend.services.fraud import FraudService
 from backend.services.geoip import GeoIp
@@ -78,6 +79,7 @@ class Services:
     accounts: AccountService
     notices: AccountNotices
     factors: FactorGuard
+    directory_sync: DirectorySyncService
     clock: Clock
     # None where push is off (CLI commands): see Services.open's ``push``.
     push: PushDispatcher | None = None
@@ -196,6 +198,9 @@ class Services:
                 notices=notices,
             )
             fraud = FraudService(db, audit, clock, challenges)
+            invitations = InvitationService(
+                db, hasher, audit, clock, settings.resolved_public_url, notices=notices
+            )
             web_sessions = WebSessionService(
                 db,
                 clock,
@@ -240,9 +245,7 @@ class Services:
                     notices=notices,
                     factors=factors,
                 ),
-                invitations=InvitationService(
-                    db, hasher, audit, clock, settings.resolved_public_url, notices=notices
-                ),
+                invitations=invitations,
                 web_sessions=web_sessions,
                 reports=ReportService(db, clock),
                 sign_ins=SignInService(db, clock),
@@ -250,6 +253,17 @@ class Services:
                 accounts=AccountService(db, challenges, audit),
                 notices=notices,
                 factors=factors,
+                directory_sync=DirectorySyncService(
+                    db,
+                    audit,
+                    clock,
+                    challenges,
+                    notices,
+                    NoDirectories(),
+                    None
+                    if sender is None
+                    else MailInviter(users, invitations, audit, sender, settings.issuer),
+                ),
                 clock=clock,
                 push=dispatcher,
                 fraud_mailer=mailer,
