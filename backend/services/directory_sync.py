@@ -249,7 +249,11 @@ class DirectorySyncService:
         returns a report in state ``stopped`` instead of raising.
         """
         started = self._clock()
-        directory, sync_id = await self._claim(actor, name, dry_run, started)
+        try:
+            directory, sync_id = await self._claim(actor, name, dry_run, started)
+        except Conflict as exc:  # audited after the claim's rollback
+            await self._audit.record(actor, "directory.sync", "refused", detail=exc.detail)
+            raise
         tally = _Tally()
         clock_start = time.monotonic()
         try:
@@ -335,9 +339,6 @@ class DirectorySyncService:
                     )
                 ).first()
                 if running is not None:
-                    await self._audit.add(
-                        conn, actor, "directory.sync", "refused", detail=f"{directory.name} busy"
-                    )
                     raise Conflict(
                         f"a sync of {directory.name} is already running (started "
                         f"{running.started_at:%Y-%m-%d %H:%M:%S} UTC by {running.actor}); "
