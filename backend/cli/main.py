@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend import __version__
-from backend.cli import admin, backup, clients, device, doctor, fraud
+from backend.cli import admin, backup, clients, device, directory_sync, doctor, fraud
 from backend.cli.output import clean
 from backend.errors import OpenMFAError
 
@@ -309,6 +309,7 @@ def _parser() -> argparse.ArgumentParser:
     fraud.add_parser(groups)
     doctor.add_parser(groups)
     backup.add_parser(groups)
+    directory_sync.add_parser(groups)  # `directory sync`, `directory syncs`
 
     aud = groups.add_parser(
         "audit",

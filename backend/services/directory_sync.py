@@ -47,7 +47,14 @@ from backend.directory.planner import (
 from backend.directory.reader import DirectoryReader
 from backend.domain.names import object_name
 from backend.domain.notices import AccountChange
-from backend.errors import ConfigurationError, Conflict, NotFound, OpenMFAError, SyncStopped
+from backend.errors import (
+    BadRequest,
+    ConfigurationError,
+    Conflict,
+    NotFound,
+    OpenMFAError,
+    SyncStopped,
+)
 from backend.events import Outcome
 from backend.notify.mail import MailError, MailSender
 from backend.services.audit import AuditLog
@@ -210,7 +217,7 @@ class DirectorySyncService:
     async def history(self, name: str, limit: int = 20) -> list[SyncReport]:
         """The latest ``limit`` runs of directory ``name``, newest first."""
         if not 1 <= limit <= 500:
-            raise Conflict("limit must be from 1 to 500")
+            raise BadRequest("limit must be from 1 to 500")
         async with self._db.read() as conn:
             directory = await _directory(conn, name)
             rows = (await conn.execute(_reports(directory.id).limit(limit))).all()
