@@ -18,7 +18,7 @@ from backend.domain.radius import ClientChanges
 from backend.errors import Conflict, DirectoryUnavailable, SyncStopped
 from backend.services import Services
 from backend.services.context import Actor
-from backend.services.directory_sync import SyncProgress
+from backend.services.directory_sync import SyncProgress, SyncSchedule
 from backend.store.tables import audit_t, directory_syncs_t, users_t
 from tests.fakes.directory import FakeDirectories, FakeDirectory
 from tests.support.directories import add_directory_row
@@ -408,3 +408,53 @@ async def test_a_renamed_user_a_radius_client_exempts_by_name_is_not_renamed(
     report = await services.directory_sync.run(SYNC, "corp")
     assert report.renamed == 0
     assert "a RADIUS client exempts svc-backup" in report.details["errors"][0]
+
+
+# -- the schedule inside `openmfa run` ---------------------------------------------------------
+
+
+async def test_the_schedule_syncs_due_directories_and_survives_failures(
+    services: Services,
+) -> None:
+    source = FakeDirectories()
+    services.directory_sync.readers = source
+    corp = await source.reader(await add_directory_row(services, "corp", sync_interval=600))
+    broken = await source.reader(await add_directory_row(services, "broken", sync_interval=60))
+    off = await source.reader(await add_directory_row(services, "off", sync_interval=0))
+    for fake in (corp, broken, off):
+        fake.add(f"user-of-{id(fake)}")
+    broken.fail_after_pages = 0
+    schedule = SyncSchedule(services.directory_sync, first_delay=5.0, poll=30.0)
+    start = 1000.0
+    assert await schedule.run_due(start, start) == 5.0  # nothing due yet: the first delay
+    wait = await schedule.run_due(start + 5.0, start)  # both due; one fails, quietly
+    assert 0 < wait <= 30.0
+    corp_report = await services.directory_sync.last("corp")
+    broken_report = await services.directory_sync.last("broken")
+    assert corp_report is not None
+    assert (corp_report.state, corp_report.created, corp_report.actor) == (
+        "done",
+        1,
+        "directory:corp",
+    )
+    assert broken_report is not None
+    assert broken_report.state == "failed"
+    assert await services.directory_sync.last("off") is None
+    # Not due again before its interval.
+    await schedule.run_due(start + 10.0, start)
+    assert len(await services.directory_sync.history("corp")) == 1
+
+
+async def test_the_schedule_stops_cleanly_in_the_middle_of_a_sync(services: Services) -> None:
+    directory_id = await add_directory_row(services)
+    source = FakeDirectories()
+    gated = source.readers[directory_id] = _GatedDirectory()
+    services.directory_sync.readers = source
+    gated.add("alice")
+    schedule = SyncSchedule(services.directory_sync, first_delay=0.0)
+    await schedule.start()
+    await asyncio.wait_for(gated.reading.wait(), 30)
+    await schedule.close()  # the server stops: the sync is interrupted, not left running
+    last = await services.directory_sync.last("corp")
+    assert last is not None
+    assert (last.state, last.message) == ("failed", "failed: interrupted (the server stopped)")

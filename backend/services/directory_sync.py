@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -312,8 +314,13 @@ class DirectorySyncService:
         except SyncStopped:
             raise
         except BaseException as exc:
-            message = exc.detail if isinstance(exc, OpenMFAError) else f"{type(exc).__name__}"
-            if not isinstance(exc, OpenMFAError):
+            if isinstance(exc, asyncio.CancelledError):
+                message = "interrupted (the server stopped)"
+            elif isinstance(exc, OpenMFAError):
+                message = exc.detail
+            else:
+                message = type(exc).__name__
+            if not isinstance(exc, OpenMFAError | asyncio.CancelledError):
                 log.exception("directory sync of %s failed", directory.name)
             report = await self._finish(
                 sync_id, directory, "failed", f"failed: {message}", tally, {}, clock_start
@@ -882,3 +889,86 @@ class MailInviter:
         await self._audit.record(actor, "invitation.mail", "sent", user.name_key, user.email)
         await self._invitations.retire_others(actor, offer)
         return None
+
+
+#: Seconds after ``openmfa run`` starts before the first scheduled syncs.
+FIRST_RUN_DELAY: Final = 15.0
+#: How often the schedule rereads the directories (new ones, changed intervals).
+SCHEDULE_POLL: Final = 60.0
+
+
+class SyncSchedule:
+    """The scheduled syncs inside ``openmfa run``: each directory every ``sync_interval``
+    seconds (0: never), the first shortly after the start.
+
+    One background task; a sync's failure is logged (and kept in its report), never raised,
+    so nothing here can stop the server. :meth:`run_due` is one pass over the directories,
+    the unit a node lease (issue 18) will wrap.
+    """
+
+    def __init__(
+        self,
+        sync: DirectorySyncService,
+        first_delay: float = FIRST_RUN_DELAY,
+        poll: float = SCHEDULE_POLL,
+    ) -> None:
+        self._sync = sync
+        self._first_delay = first_delay
+        self._poll = poll
+        self._due: dict[str, float] = {}  # directory name -> monotonic time of its next run
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start the background task."""
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="directory-sync")
+
+    async def close(self) -> None:
+        """Stop: a sync in progress is interrupted (its report says so)."""
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        started = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                wait = await self.run_due(time.monotonic(), started)
+            except Exception:  # the database away for a moment: try again at the next poll
+                log.exception("scheduled directory syncs: cannot read the directories")
+                wait = self._poll
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=wait)
+
+    async def run_due(self, now: float, started: float) -> float:
+        """Sync every directory whose time has come: seconds until the next pass."""
+        scheduled = dict(await self._sync.scheduled())
+        for name in list(self._due):
+            if name not in scheduled:  # removed, or its schedule turned off
+                del self._due[name]
+        for name, interval in scheduled.items():
+            due = self._due.setdefault(name, started + self._first_delay)
+            if due > now:
+                continue
+            await self._run_one(name)
+            self._due[name] = now + interval  # from the pass's start: no drift per run
+        upcoming = [due - now for due in self._due.values()]
+        return max(0.0, min([self._poll, *upcoming]))
+
+    async def _run_one(self, name: str) -> None:
+        actor = Actor(f"directory:{name}", "schedule")
+        try:
+            report = await self._sync.run(actor, name)
+        except Conflict as exc:
+            log.info("scheduled sync of %s skipped: %s", name, exc.detail)
+        except SyncStopped as exc:
+            log.warning("scheduled sync of %s stopped: %s", name, exc.detail)
+        except OpenMFAError as exc:
+            log.error("scheduled sync of %s failed: %s", name, exc.detail)
+        except Exception:
+            log.exception("scheduled sync of %s failed", name)
+        else:
+            log.info("scheduled sync of %s: %s", name, report.message)
