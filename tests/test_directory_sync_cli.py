@@ -12,7 +12,7 @@ import pytest
 from backend.config import load_settings
 from backend.directory.reader import DirectoryReader
 from backend.services import Services
-from backend.services.directory_sync import NoDirectories
+from backend.services.directories import DirectoryService
 from tests.conftest import openmfa
 from tests.fakes.directory import FakeDirectory
 from tests.support.database import migrated_sqlite
@@ -37,11 +37,11 @@ def corp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeDirectory:
     for name in ("alice", "bob", "carol"):
         fake.add(name, email=f"{name}@corp.example")
 
-    async def reader(self: NoDirectories, directory_id: int) -> DirectoryReader:
+    async def reader(self: DirectoryService, directory_id: int) -> DirectoryReader:
         return fake
 
     # The command opens its own services: their reader source hands out the fake.
-    monkeypatch.setattr(NoDirectories, "reader", reader)
+    monkeypatch.setattr(DirectoryService, "reader", reader)
     return fake
 
 

@@ -28,17 +28,6 @@ EXIT_STOPPED = 3
 _KINDS = ("created", "updated", "renamed", "disabled", "enabled", "clashes", "errors")
 
 
-def add_parser(groups: Any) -> None:
-    """Register ``openmfa directory`` with ``sync`` and ``syncs`` (until the directory
-    settings commands provide the group; then they call :func:`register`)."""
-    directory = groups.add_parser(
-        "directory",
-        help="directories (Active Directory, LDAP)",
-        description="Directories users come from.",
-    )
-    register(directory.add_subparsers(dest="directory_command", required=True, metavar="ACTION"))
-
-
 def register(cmds: Any) -> None:
     """Add ``sync`` and ``syncs`` to the ``openmfa directory`` subcommands ``cmds``."""
     sync = cmds.add_parser(

@@ -51,7 +51,6 @@ from backend.domain.names import object_name
 from backend.domain.notices import AccountChange
 from backend.errors import (
     BadRequest,
-    ConfigurationError,
     Conflict,
     NotFound,
     OpenMFAError,
@@ -837,14 +836,6 @@ def _report(row: Row[Any], directory: str) -> SyncReport:
         message=str(row.message),
         details=details if isinstance(details, dict) else {},
     )
-
-
-class NoDirectories:
-    """The reader source until the directory settings service is wired in."""
-
-    async def reader(self, directory_id: int) -> DirectoryReader:
-        """Always refuses: no connection can be made without the directory service."""
-        raise ConfigurationError("directory connections are not available in this build")
 
 
 class MailInviter:
