@@ -8,10 +8,13 @@
 
 How it runs (decisions, and why):
 
-* ``samba-tool domain provision --server-role=dc --dns-backend=NONE --use-rfc2307`` into a
-  temporary directory, then ``samba -i -M single`` in the foreground as our child, in its own
-  process group. Only the ``ldap`` service runs (no KDC, DNS, SMB, RPC, NetBIOS): the tests
-  speak LDAP, and every other service would claim more fixed ports.
+* ``samba-tool domain provision --server-role=dc --dns-backend=NONE --use-rfc2307``, once
+  per machine and Samba version into a cached template (``$OPENMFA_TEST_CACHE``, default
+  ``~/.cache/openmfa-tests``; see :func:`_template`), copied into the run's directory, then
+  ``samba -i -M single`` in the foreground as our child, in its own process group. A DC
+  answers about 3 s after the fixture is asked for (20-40 s when the template is built).
+  Only the ``ldap`` service runs (no KDC, DNS, SMB, RPC, NetBIOS): the tests speak LDAP, and
+  every other service would claim more fixed ports.
 * Samba's LDAP ports are fixed (389, 636 and the global catalogue's 3268/3269; smb.conf has no
   option to move them). So instead of moving the port, each DC gets **its own loopback
   address**, a random 127.x.y.z (Linux routes all of 127.0.0.0/8 to ``lo``), with
@@ -20,10 +23,11 @@ How it runs (decisions, and why):
   first (a wildcard listener on 636 makes the fixture fail with a clear message). The URL is
   ``ldaps://127.x.y.z:636``; the certificate names that address plus 127.0.0.1, ::1 and
   localhost, signed by a throw-away CA (``ca_file``), and clients verify it as a site would.
-* One DC per test run, not per xdist worker: provisioning costs 10-40 s on the 2-core machine.
-  Workers share ``getbasetemp().parent`` (the run's directory); the first worker to take the
-  file lock starts the DC and writes its state there, each worker counts itself in, and the
-  last one out stops it (SIGTERM to the process group, SIGKILL after a bounded wait). Without
+* One DC per test run, not per xdist worker: each costs memory and start-up. Workers share
+  ``getbasetemp().parent`` (the run's directory); the first worker to take the file lock
+  starts the DC and writes its state there, each worker counts itself in, and the last one
+  out stops it (SIGTERM to the process group, SIGKILL after a bounded wait). A watchdog
+  (watchdog.py) stops it too if every worker using it has died without cleaning up. Without
   xdist the run's own base directory is used. Tests create uniquely named users and groups
   (:meth:`SambaDC.new_name`), so sharing the DC is safe.
 * Readiness is a real LDAPS bind as Administrator, polled until a deadline; no sleeps.
@@ -38,14 +42,17 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -60,6 +67,7 @@ from ldap3.utils.dn import escape_rdn
 
 from tests.fakes.tls import make_tls
 from tests.support.ldapops import Admin, DirectoryUser, connect, unique_name, wait_for_bind
+from tests.support.watchdog import start_watchdog
 
 REALM = "CORP.OPENMFA.TEST"
 DOMAIN = "OPENMFATEST"
@@ -103,7 +111,8 @@ class DcState:
     directory: str
     admin_password: str
     bind_password: str
-    users: int
+    #: pids of the processes using the DC (the watchdog stops it when none is alive)
+    users: list[int]
 
     def as_json(self) -> str:
         """The state file's text."""
@@ -133,7 +142,7 @@ class SambaDC:
         self.url = f"ldaps://{state.address}:636"
         #: plain LDAP, for StartTLS (simple binds without TLS are refused by the DC)
         self.starttls_url = f"ldap://{state.address}:389"
-        self.ca_file = self.directory / "tls" / "test-ca.pem"
+        self.ca_file = self.directory / "dc" / "tls" / "test-ca.pem"
         self.admin_user = f"Administrator@{REALM}"
         self.admin_password = state.admin_password
         self.bind_dn = f"CN={SERVICE_ACCOUNT},{self.users_dn}"
@@ -195,9 +204,11 @@ class SambaDC:
         phone: str | None = None,
         must_change: bool = False,
         disabled: bool = False,
+        parent: str | None = None,
     ) -> DirectoryUser:
-        """Create an enabled (or ``disabled``) user in CN=Users with ``password``."""
-        dn = f"CN={escape_rdn(name)},{self.users_dn}"
+        """Create an enabled (or ``disabled``) user with ``password`` in CN=Users, or in
+        ``parent`` (e.g. an OU from :meth:`add_ou`)."""
+        dn = f"CN={escape_rdn(name)},{parent or self.users_dn}"
         attrs: dict[str, Any] = {
             "sAMAccountName": name,
             "userPrincipalName": f"{name}@{REALM.lower()}",
@@ -289,10 +300,18 @@ class SambaDC:
 
     delete = delete_user
 
-    # -- groups ----------------------------------------------------------------------------
-    def add_group(self, name: str) -> str:
-        """A global security group in CN=Users; returns its DN."""
-        dn = f"CN={escape_rdn(name)},{self.users_dn}"
+    # -- containers and groups ---------------------------------------------------------------
+    def add_ou(self, name: str, parent: str | None = None) -> str:
+        """An organizational unit under the domain (or ``parent``); returns its DN. The DC is
+        shared by the whole run, so a test that counts users gives itself an OU (or a group)
+        and uses it as the base DN."""
+        dn = f"OU={escape_rdn(name)},{parent or BASE_DN}"
+        self._admin.add(dn, ["top", "organizationalUnit"], {"ou": name})
+        return dn
+
+    def add_group(self, name: str, parent: str | None = None) -> str:
+        """A global security group in CN=Users (or ``parent``); returns its DN."""
+        dn = f"CN={escape_rdn(name)},{parent or self.users_dn}"
         self._admin.add(dn, ["top", "group"], {"sAMAccountName": name})
         return dn
 
@@ -372,22 +391,34 @@ def _log_tail(directory: Path) -> str:
         return "(no log)"
 
 
-def _provision(directory: Path, address: str, admin_password: str) -> None:
-    """Provision the domain into ``directory`` (smb.conf holds all our options)."""
-    tls = make_tls(directory / "tls", hosts=(address, "127.0.0.1", "localhost", "::1"))
+#: Changes whenever what _provision writes changes, so that stale templates are not used.
+TEMPLATE_FORMAT = "2"
+#: The address a template is provisioned with; each copy gets its own.
+_TEMPLATE_ADDRESS = "127.0.0.1"
+
+
+def _provision(target: Path, admin_password: str) -> None:
+    """Provision the domain into ``target``/dc (smb.conf holds all our options; the address
+    and the certificate are set per copy by :func:`_instantiate`)."""
+    dc = target / "dc"
     options = {
-        "interfaces": f"{address}/8",
+        "interfaces": f"{_TEMPLATE_ADDRESS}/8",
         "bind interfaces only": "yes",
         "server services": "ldap",
         "tls enabled": "yes",
-        "tls certfile": str(tls.cert_file),
-        "tls keyfile": str(tls.key_file),
-        "tls cafile": str(tls.ca_file),
-        "log file": str(directory / "log.samba"),
+        "tls certfile": str(dc / "tls" / "server.pem"),
+        "tls keyfile": str(dc / "tls" / "server.key"),
+        "tls cafile": str(dc / "tls" / "test-ca.pem"),
+        "log file": str(dc / "log.samba"),
+        # the defaults are machine-wide (/run/samba): a second DC would refuse to start
+        "pid directory": str(dc / "run"),
+        "ncalrpc dir": str(dc / "run" / "ncalrpc"),
+        "winbindd socket directory": str(dc / "run" / "winbindd"),
+        "ntp signd socket directory": str(dc / "run" / "ntp_signd"),
         "prefork children": "1",
     }
     command = [
-        "samba-tool", "domain", "provision", f"--targetdir={directory / 'dc'}",
+        "samba-tool", "domain", "provision", f"--targetdir={dc}",
         f"--realm={REALM}", f"--domain={DOMAIN}", "--server-role=dc", "--dns-backend=NONE",
         "--use-rfc2307", "--host-name=dc1", f"--adminpass={admin_password}",
         *(f"--option={key}={value}" for key, value in options.items()),
@@ -403,6 +434,53 @@ def _provision(directory: Path, address: str, admin_password: str) -> None:
         )
 
 
+def _template() -> Path:
+    """A provisioned domain, made once per machine and Samba version and copied for each run.
+
+    Provisioning costs 10-40 s of CPU on the 2-core machine; copying the 35 MB takes a
+    fraction of a second. Only smb.conf names paths and the address (checked: the databases
+    hold none), so a copy is a complete DC once smb.conf is rewritten. The cache lives in
+    ``$OPENMFA_TEST_CACHE`` (default ``~/.cache/openmfa-tests``), built under a lock into a
+    temporary directory and renamed into place, so a half-built template is never used.
+    """
+    version = subprocess.run(
+        [samba_binary(), "--version"], capture_output=True, text=True, check=True, env=_env()
+    ).stdout.strip()
+    key = hashlib.sha256(f"{TEMPLATE_FORMAT}|{version}|{REALM}|{DOMAIN}".encode()).hexdigest()
+    root = Path(os.environ.get("OPENMFA_TEST_CACHE", Path.home() / ".cache" / "openmfa-tests"))
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    template = root / f"samba-dc-{key[:16]}"
+    with _locked(root / "samba-dc-template.lock"):
+        if (template / "admin-password").is_file():
+            return template
+        building = Path(tempfile.mkdtemp(prefix="samba-dc-build-", dir=root))
+        try:
+            admin_password = "Adm-" + secrets.token_urlsafe(12) + "-9x"
+            _provision(building, admin_password)
+            conf = building / "dc" / "etc" / "smb.conf"
+            conf.write_text(conf.read_text().replace(str(building / "dc"), str(template / "dc")))
+            password_file = building / "admin-password"
+            password_file.write_text(admin_password)
+            password_file.chmod(0o600)
+            building.rename(template)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return template
+
+
+def _instantiate(template: Path, directory: Path, address: str) -> str:
+    """Copy the template's DC into ``directory``/dc for ``address``, with a certificate of
+    its own; returns the Administrator's password."""
+    dc = directory / "dc"
+    shutil.copytree(template / "dc", dc, symlinks=True)
+    make_tls(dc / "tls", hosts=(address, "127.0.0.1", "localhost", "::1"))
+    conf = dc / "etc" / "smb.conf"
+    text = conf.read_text().replace(str(template / "dc"), str(dc))
+    text = re.sub(r"(?m)^(\s*interfaces\s*=).*$", rf"\g<1> {address}/8", text)
+    conf.write_text(text)
+    return (template / "admin-password").read_text().strip()
+
+
 def _env() -> dict[str, str]:
     # samba-tool is Debian's Python; our venv's variables must not leak into it
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
@@ -410,18 +488,17 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _start(directory: Path) -> DcState:
-    """Provision, start and configure a DC in ``directory``; return its state."""
+def _start(directory: Path, state_file: Path, lock_file: Path) -> DcState:
+    """Start and configure a DC in a new directory under ``directory`` (with a watchdog that
+    reads the owners from ``state_file``); return its state."""
     binary = samba_binary()
     if os.geteuid() != 0:
         raise RuntimeError("the Samba test DC needs root (Samba's LDAP ports are 389/636)")
-    if directory.exists():
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True)
+    # a fresh directory each time: a DC a watchdog is still stopping may hold the last one
+    directory = Path(tempfile.mkdtemp(prefix="samba-dc-", dir=directory))
     address = _free_loopback_address()
-    admin_password = "Adm-" + secrets.token_urlsafe(12) + "-9x"
     bind_password = "Svc-" + secrets.token_urlsafe(12) + "-7y"
-    _provision(directory, address, admin_password)
+    admin_password = _instantiate(_template(), directory, address)
     with (directory / "samba.out").open("wb") as out:
         process = subprocess.Popen(
             [binary, "-i", "-M", "single", "--debug-stdout", "-d", "1",
@@ -430,7 +507,11 @@ def _start(directory: Path) -> DcState:
             start_new_session=True, env=_env(),
         )  # fmt: skip
     _STARTED[process.pid] = process
-    state = DcState(process.pid, address, str(directory), admin_password, bind_password, 0)
+    start_watchdog(
+        process.pid, "--owner", str(os.getpid()), "--state", str(state_file),
+        "--lock", str(lock_file),
+    )  # fmt: skip
+    state = DcState(process.pid, address, str(directory), admin_password, bind_password, [])
     try:
         dc = SambaDC(state)
         wait_for_bind(
@@ -511,8 +592,8 @@ def running_samba_dc(run_directory: Path) -> Iterator[SambaDC]:
     with _locked(lock):
         state = _read_state(state_file)
         if state is None or not _alive(state.pid):
-            state = _start(run_directory / "samba-dc")
-        state = DcState(**{**json.loads(state.as_json()), "users": state.users + 1})
+            state = _start(run_directory, state_file, lock)
+        state = DcState(**{**json.loads(state.as_json()), "users": [*state.users, os.getpid()]})
         state_file.write_text(state.as_json())
         state_file.chmod(0o600)
     dc = SambaDC(state)
@@ -523,9 +604,10 @@ def running_samba_dc(run_directory: Path) -> Iterator[SambaDC]:
         with _locked(lock):
             current = _read_state(state_file)
             if current is not None and current.pid == state.pid:
-                if current.users <= 1:
-                    _stop(current.pid)
-                    state_file.unlink()
-                else:
-                    left = {**json.loads(current.as_json()), "users": current.users - 1}
+                others = [p for p in current.users if p != os.getpid() and _alive(p)]
+                if others:
+                    left = {**json.loads(current.as_json()), "users": others}
                     state_file.write_text(DcState(**left).as_json())
+                else:
+                    state_file.unlink()
+                    _stop(current.pid)

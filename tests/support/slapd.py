@@ -10,7 +10,8 @@ How it runs: a generated ``slapd.conf`` (schemas core, cosine, inetorgperson, ni
 database in a temporary directory; overlays ``memberof`` for groupOfNames and ``refint``),
 base entries loaded with ``slapadd``, then ``slapd -d 0`` in the foreground as our child, in
 its own process group, listening on 127.0.0.1 only: LDAPS and plain LDAP (for StartTLS) on
-ports the OS handed out just before. The certificate comes from a throw-away CA
+ports the OS handed out just before (a watchdog, watchdog.py, stops it if the worker dies
+without running its finalizers). The certificate comes from a throw-away CA
 (``ca_file``). Readiness is a real LDAPS bind, polled until a deadline. Unlike Samba, slapd is
 cheap to start (well under a second), so each xdist worker runs its own, and
 :func:`running_slapd` gives a test or a benchmark a private one. ``entryUUID`` is
@@ -46,6 +47,7 @@ from ldap3.utils.dn import escape_rdn
 from tests.fakes.tls import make_tls
 from tests.support.ldapops import Admin, DirectoryUser, connect, unique_name, wait_for_bind
 from tests.support.process import free_port
+from tests.support.watchdog import start_watchdog
 
 BASE_DN = "dc=openmfa,dc=test"
 START_TIMEOUT = 30.0
@@ -179,6 +181,8 @@ access to *
         )  # fmt: skip
         log.close()
         process = self._process
+        # stops slapd should this worker die without running its finalizers
+        start_watchdog(process.pid, "--owner", str(os.getpid()))
         try:
             wait_for_bind(
                 self.url, self.ca_file, self.bind_dn, self.bind_password,
@@ -279,9 +283,11 @@ access to *
         phone: str | None = None,
         cn: str | None = None,
         sn: str | None = None,
+        parent: str | None = None,
     ) -> DirectoryUser:
-        """An inetOrgPerson ``uid=name,ou=people`` with ``password`` (stored as {SSHA})."""
-        dn = f"uid={escape_rdn(name)},{self.people_dn}"
+        """An inetOrgPerson ``uid=name`` in ou=people (or ``parent``, e.g. from
+        :meth:`add_ou`) with ``password`` (stored as {SSHA})."""
+        dn = f"uid={escape_rdn(name)},{parent or self.people_dn}"
         attrs: dict[str, Any] = {
             "uid": name,
             "cn": cn or display_name or name,
@@ -338,12 +344,19 @@ access to *
 
     delete_user = remove = delete
 
-    # -- groups ----------------------------------------------------------------------------
-    def add_group(self, name: str, *members: str) -> str:
+    # -- containers and groups ---------------------------------------------------------------
+    def add_ou(self, name: str, parent: str | None = None) -> str:
+        """An organizationalUnit under the base (or ``parent``); returns its DN. Tests that
+        count users give themselves one and use it as the base DN."""
+        dn = f"ou={escape_rdn(name)},{parent or BASE_DN}"
+        self._admin.add(dn, ["organizationalUnit"], {"ou": name})
+        return dn
+
+    def add_group(self, name: str, *members: str, parent: str | None = None) -> str:
         """A groupOfNames ``cn=name,ou=groups`` with ``members`` (names or DNs); returns its
         DN. groupOfNames must have a member: an empty group holds the rootdn, which is no
         entry (the memberof overlay ignores it)."""
-        dn = f"cn={escape_rdn(name)},{self.groups_dn}"
+        dn = f"cn={escape_rdn(name)},{parent or self.groups_dn}"
         member = [self.dn_of(m) for m in members] or [self.admin_dn]
         self._admin.add(dn, ["groupOfNames"], {"cn": name, "member": member})
         return dn
