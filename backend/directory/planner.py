@@ -205,7 +205,7 @@ def _entry_problem(entry: DirectoryEntry) -> str | None:
         return f"the name {entry.name!r} is not allowed here: {exc.detail}"
     if len(entry.dn) > _DN_MAX:
         return f"the DN is longer than {_DN_MAX} characters"
-    if not entry.enabled and entry.inactive_reason not in INACTIVE_REASONS:
+    if not entry.enabled and entry.inactive_reason not in ("", *INACTIVE_REASONS):
         return f"unknown inactive reason {entry.inactive_reason!r}"
     return None
 
@@ -236,16 +236,54 @@ def plan_page(
     """
     page = _Page()
     entries = list(entries)
-    # Names this page's tied users give up by a rename: free for another entry of the page.
-    released = {
-        user.name_key
-        for entry in entries
-        if (user := tied.get(entry.external_id)) is not None
-        and entry.name.casefold() != user.name_key
-    }
+    released = _released(entries, tied, holders, directory_id, seen)
     for entry in entries:
         _plan_entry(page, entry, tied, holders, released, directory_id, seen, manage_admin)
     return PagePlan(tuple(page.changes), page.unchanged, tuple(page.seen))
+
+
+def _released(
+    entries: list[DirectoryEntry],
+    tied: Mapping[str, LocalUser],
+    holders: Mapping[str, LocalUser],
+    directory_id: int,
+    seen: Set[str],
+) -> set[str]:
+    """The names this page's tied users give up by a rename that will happen: free for
+    another entry of the page (names swapped or passed along a chain within one page).
+
+    A rename happens when its new name is wanted by no other entry of the page and is free,
+    or held by a user whose own rename happens; the largest such set (a swap depends on
+    itself) is found by dropping renames that fail until none does.
+    """
+    valid: list[DirectoryEntry] = []
+    ids: set[str] = set()
+    for entry in entries:
+        if entry.external_id in seen or entry.external_id in ids:
+            continue
+        ids.add(entry.external_id)
+        if _entry_problem(entry) is None:
+            valid.append(entry)
+    wanted: dict[str, int] = {}
+    for entry in valid:
+        wanted[entry.name.casefold()] = wanted.get(entry.name.casefold(), 0) + 1
+    renames: dict[str, str] = {}  # old name key -> new name key
+    for entry in valid:
+        user = tied.get(entry.external_id)
+        if user is not None and entry.name.casefold() != user.name_key:
+            renames[user.name_key] = entry.name.casefold()
+    changed = True
+    while changed:
+        changed = False
+        for old, new in list(renames.items()):
+            holder = holders.get(new)
+            free = holder is None or (
+                holder.directory_id == directory_id and holder.name_key in renames
+            )
+            if wanted[new] > 1 or not free:
+                del renames[old]
+                changed = True
+    return set(renames)
 
 
 def _plan_entry(
@@ -326,19 +364,20 @@ def _plan_tied(
     profile = profile_of(entry, user.is_admin, manage_admin)
     fields = _changed_fields(user, profile)
     reason: str | None = None
+    inactive = entry.inactive_reason or DISABLED_IN_DIRECTORY
     if (
         not entry.enabled
         and user.disabled
         and user.disabled_by == BY_DIRECTORY
-        and user.disabled_reason != entry.inactive_reason
+        and user.disabled_reason != inactive
     ):
-        reason = entry.inactive_reason
+        reason = inactive
         fields = (*fields, "disabled_reason")
     if fields:
         page.changes.append(Update(user.id, name, profile, fields, reason))
         changed = True
     if not entry.enabled and not user.disabled:
-        page.changes.append(Disable(user.id, name, entry.inactive_reason or DISABLED_IN_DIRECTORY))
+        page.changes.append(Disable(user.id, name, inactive))
         changed = True
     elif entry.enabled and user.disabled and user.disabled_by == BY_DIRECTORY:
         page.changes.append(Enable(user.id, name))
