@@ -67,7 +67,7 @@ def plan(
     keys = {e.name.casefold() for e in entries}
     return plan_page(
         entries,
-        {u.external_id: u for u in users if u.directory_id == D and u.external_id in ids},  # type: ignore[misc]
+        {u.external_id: u for u in users if u.directory_id == D and u.external_id in ids},
         {u.name_key: u for u in users if u.name_key in keys},
         directory_id=D,
         seen=seen,
