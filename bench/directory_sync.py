@@ -121,7 +121,8 @@ def main() -> None:
             text=True,
         ).stdout
         f = json.loads(out.strip().splitlines()[-1])
-        assert f["created"] == users and f["changed_on_resync"] == 0, f
+        if f["created"] != users or f["changed_on_resync"] != 0:
+            raise SystemExit(f"unexpected sync result: {f}")
         print(
             f"{users:>6}   {f['first_s']:>8.1f} s  {f['resync_s']:>6.1f} s  "
             f"{f['peak_rss_mib']:>6.0f} MiB  {f['traced_peak_mib']:>8.1f} MiB"
