@@ -92,6 +92,8 @@ def test_the_operator_walk_against_the_samba_dc(cli: Cli, samba_dc: SambaDC) -> 
     disabled = sync(cli)
     assert disabled["details"]["disabled"] == [f"{cat} (disabled)"]
     assert users(cli)[cat]["state"] == "disabled"
+    shown = cli("user", "show", cat).stdout
+    assert "state:         disabled (by the directory sync: disabled)" in shown
 
     # Out of the group: disabled as gone; back in: enabled again.
     dc.remove_members(vpn, bea)
