@@ -310,6 +310,15 @@ def _plan_entry(
     key = entry.name.casefold()
     user = tied.get(entry.external_id)
     clash = _clash(page, entry, key, user, holders, released, directory_id)
+    if (
+        clash is None
+        and user is not None
+        and key != user.name_key
+        and user.name_key not in released
+    ):
+        # Another entry of the page wants the same name: neither rename happens (as
+        # _released decided, so that the name this user keeps is not handed out).
+        clash = NameClash(entry.name, entry.external_id, "another entry of the same answer")
     if clash is None and (user is not None or entry.enabled):
         page.claimed[key] = entry.external_id
     if entry.email.strip() and email_problem(entry.email.strip()) is not None:
