@@ -408,6 +408,8 @@ async def test_a_renamed_user_a_radius_client_exempts_by_name_is_not_renamed(
     report = await services.directory_sync.run(SYNC, "corp")
     assert report.renamed == 0
     assert "a RADIUS client exempts svc-backup" in report.details["errors"][0]
+    moved = await services.audit.query(action="user.update")  # the DN moved all the same
+    assert [(e.user_name, e.detail) for e in moved] == [("svc-backup", "dn (directory corp)")]
 
 
 # -- the schedule inside `openmfa run` ---------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -632,9 +633,15 @@ class DirectorySyncService:
 def _refuse_exempt_renames(changes: Iterable[Change], exempt: frozenset[str]) -> list[Change]:
     """A rename of a user a RADIUS client exempts by name becomes an error (the exemption
     would pass to whoever takes the old name next)."""
+    changes = list(changes)
+    refused = {
+        c.user_id: c.old for c in changes if isinstance(c, Rename) and c.old.casefold() in exempt
+    }
     kept: list[Change] = []
     for change in changes:
-        if isinstance(change, Rename) and change.old.casefold() in exempt:
+        if isinstance(change, Update | Disable | Enable) and change.user_id in refused:
+            change = dataclasses.replace(change, name=refused[change.user_id])  # not renamed
+        if isinstance(change, Rename) and change.user_id in refused:
             kept.append(
                 Error(
                     "",
