@@ -410,6 +410,27 @@ async def test_a_silent_server_never_blocks_the_event_loop(slapd: Slapd) -> None
         assert elapsed < 8
         assert ticks >= elapsed / 0.01 * 0.5  # the loop ran all along
 
+        # Checks beyond the threads and the waiting room are refused at once, not queued.
+        bounded = LdapDirectory(
+            ldap_config(slapd, urls=(url,), connect_timeout=1.0, search_timeout=1.0),
+            slapd.bind_password,
+            max_workers=1,
+            max_waiting=1,
+        )
+        try:
+            first, second = (
+                asyncio.create_task(bounded.authenticate(f"u{i}", PASSWORD)) for i in (1, 2)
+            )
+            await asyncio.sleep(0)  # both admitted: one running, one waiting
+            started = time.monotonic()
+            third = await bounded.authenticate("u3", PASSWORD)
+            assert third.outcome == "unavailable"
+            assert "already wait" in third.detail
+            assert time.monotonic() - started < 0.5
+            assert (await first).outcome == (await second).outcome == "unavailable"
+        finally:
+            await bounded.close()
+
 
 class TlsListener:
     """A TLS server on 127.0.0.1 that completes handshakes (or fails them) and then hangs up:
@@ -468,3 +489,48 @@ def test_the_tls_context_verifies_names_and_refuses_old_protocols() -> None:
     assert context.check_hostname
     assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
     assert len(context.get_ca_certs()) == 1  # the private CA alone, not the system's store
+
+
+@pytest.mark.anyio
+async def test_closing_a_reader_during_a_paged_read_ends_it_cleanly(slapd: Slapd) -> None:
+    """The service replaces a reader when its settings change, perhaps while a sync reads
+    pages: the read stops with DirectoryUnavailable and its connection is released."""
+    prefix = slapd.new_name("cl")
+    for i in range(4):
+        slapd.add_user(f"{prefix}{i}", PASSWORD)
+    reader = LdapDirectory(
+        ldap_config(slapd, user_filter=f"(uid={prefix}*)", page_size=1), slapd.bind_password
+    )
+    pages = reader.user_pages()
+    first = await anext(pages)
+    assert len(first) == 1
+    await reader.close()
+    with pytest.raises(DirectoryUnavailable, match="closed"):
+        await anext(pages)
+    await pages.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_silent_first_server_is_tried_last_for_a_while(slapd: Slapd) -> None:
+    """Failover: the first URL accepts connections and never answers. The first connection
+    waits out the timeout and moves on; the next ones go to the live server first."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        dead = f"ldaps://127.0.0.1:{silent.getsockname()[1]}"
+        reader = LdapDirectory(
+            ldap_config(slapd, urls=(dead, slapd.url), connect_timeout=1.0, search_timeout=1.0),
+            slapd.bind_password,
+        )
+        try:
+            started = time.monotonic()
+            report = await reader.test()
+            assert report.url == slapd.url
+            assert time.monotonic() - started >= 0.9  # waited for the silent one
+            started = time.monotonic()
+            url, conn = await asyncio.to_thread(reader._open, slapd.bind_dn, slapd.bind_password)
+            conn.unbind()
+            assert url == slapd.url
+            assert time.monotonic() - started < 0.9  # the silent one was not tried first
+        finally:
+            await reader.close()
