@@ -412,6 +412,23 @@ async def test_a_renamed_user_a_radius_client_exempts_by_name_is_not_renamed(
     assert [(e.user_name, e.detail) for e in moved] == [("svc-backup", "dn (directory corp)")]
 
 
+async def test_a_sync_failing_mid_read_releases_the_directory_read(
+    services: Services, corp: FakeDirectory
+) -> None:
+    for number in range(7):
+        corp.add(f"user{number}")
+
+    def broken_progress(progress: SyncProgress) -> None:
+        raise RuntimeError("the progress display broke")
+
+    with pytest.raises(RuntimeError):
+        await services.directory_sync.run(SYNC, "corp", progress=broken_progress)
+    assert (corp.pages_read, corp.open_reads) == (1, 0)  # closed at once, not left open
+    last = await services.directory_sync.last("corp")
+    assert last is not None
+    assert last.message == "failed: RuntimeError"
+
+
 # -- the schedule inside `openmfa run` ---------------------------------------------------------
 
 

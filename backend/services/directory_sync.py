@@ -385,27 +385,35 @@ class DirectorySyncService:
         """Every page planned (and applied unless dry): the disables, still to do."""
         seen: set[str] = set()
         disables: list[Disable] = []
-        async for entries in reader.user_pages():
-            tally.pages += 1
-            tally.entries += len(entries)
-            async with self._db.read() as conn:
-                tied, holders = await _lookups(conn, directory.id, entries)
-            plan = planner.plan_page(
-                entries,
-                tied,
-                holders,
-                directory_id=directory.id,
-                seen=seen,
-                manage_admin=directory.manage_admin,
-            )
-            seen.update(plan.seen)
-            changes = _refuse_exempt_renames(plan.changes, exempt)
-            tally.unchanged += plan.unchanged
-            if not dry_run:
-                await self._apply_page(actor, directory, changes)
-            _count(tally, changes, disables)
-            if progress is not None:
-                progress(_progress(directory.name, tally, len(disables)))
+        pages = reader.user_pages()
+        try:
+            async for entries in pages:
+                tally.pages += 1
+                tally.entries += len(entries)
+                async with self._db.read() as conn:
+                    tied, holders = await _lookups(conn, directory.id, entries)
+                plan = planner.plan_page(
+                    entries,
+                    tied,
+                    holders,
+                    directory_id=directory.id,
+                    seen=seen,
+                    manage_admin=directory.manage_admin,
+                )
+                seen.update(plan.seen)
+                changes = _refuse_exempt_renames(plan.changes, exempt)
+                tally.unchanged += plan.unchanged
+                if not dry_run:
+                    await self._apply_page(actor, directory, changes)
+                _count(tally, changes, disables)
+                if progress is not None:
+                    progress(_progress(directory.name, tally, len(disables)))
+        finally:
+            # A failed page (the database, a bad answer) stops the read: release the
+            # reader's connection now, not when the generator is collected.
+            close = getattr(pages, "aclose", None)
+            if close is not None:
+                await close()
         # The users tied to the directory that the answer did not contain are gone.
         after = 0
         while True:

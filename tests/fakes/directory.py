@@ -28,6 +28,7 @@ class FakeDirectory:
         self.base_dn = base_dn
         self.entries: dict[str, DirectoryEntry] = {}
         self.pages_read = 0
+        self.open_reads = 0
         self.closed = False
         #: set to make the next reads fail as an unreachable DC would (after this many pages)
         self.fail_after_pages: int | None = None
@@ -111,11 +112,15 @@ class FakeDirectory:
     async def user_pages(self) -> AsyncIterator[list[DirectoryEntry]]:
         """The snapshot's entries, ``page_size`` at a time."""
         snapshot = [self.entries[key] for key in sorted(self.entries)]
-        for start in range(0, len(snapshot), self.page_size):
-            if self.fail_after_pages is not None and self.pages_read >= self.fail_after_pages:
-                raise DirectoryUnavailable("no directory server answered (fake)")
-            self.pages_read += 1
-            yield snapshot[start : start + self.page_size]
+        self.open_reads += 1  # a paged search holds a connection until it ends or is closed
+        try:
+            for start in range(0, len(snapshot), self.page_size):
+                if self.fail_after_pages is not None and self.pages_read >= self.fail_after_pages:
+                    raise DirectoryUnavailable("no directory server answered (fake)")
+                self.pages_read += 1
+                yield snapshot[start : start + self.page_size]
+        finally:
+            self.open_reads -= 1
 
     async def authenticate(
         self, user_name: str, password: str, *, external_id: str | None = None
