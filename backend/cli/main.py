@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend import __version__
-from backend.cli import admin, backup, clients, device, directory, doctor, fraud
+from backend.cli import admin, backup, clients, device, directory, directory_sync, doctor, fraud
 from backend.cli.output import clean
 from backend.errors import OpenMFAError
 
@@ -306,7 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     trevoke.set_defaults(handler=admin.token_revoke)
 
     clients.add_parser(groups)
-    directory.add_parser(groups)  # returns its subcommands: `directory sync` adds itself there
+    directory_sync.register(directory.add_parser(groups))  # `directory sync`, `syncs`
     fraud.add_parser(groups)
     doctor.add_parser(groups)
     backup.add_parser(groups)

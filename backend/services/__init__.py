@@ -34,6 +34,7 @@ from backend.services.challenges import ChallengeService
 from backend.services.context import Actor, Clock
 from backend.services.devices import DeviceService
 from backend.services.directories import DirectoryService
+from backend.services.directory_sync import DirectorySyncService, MailInviter
 from backend.services.factors import FactorGuard
 from backend.services.fraud import FraudService
 from backend.services.geoip import GeoIp
@@ -82,6 +83,7 @@ class Services:
     accounts: AccountService
     notices: AccountNotices
     factors: FactorGuard
+    directory_sync: DirectorySyncService
     clock: Clock
     # None where push is off (CLI commands): see Services.open's ``push``.
     push: PushDispatcher | None = None
@@ -208,6 +210,10 @@ class Services:
                 notices=notices,
             )
             fraud = FraudService(db, audit, clock, challenges)
+            invitations = InvitationService(
+                db, hasher, audit, clock, settings.resolved_public_url, notices=notices
+            )
+            directories = DirectoryService(db, box, audit, clock)
             web_sessions = WebSessionService(
                 db,
                 clock,
@@ -247,7 +253,7 @@ class Services:
                 challenges=challenges,
                 tokens=ApiTokenService(db, audit, clock),
                 radius_clients=RadiusClientService(db, box, audit, clock),
-                directories=DirectoryService(db, box, audit, clock),
+                directories=directories,
                 fraud=fraud,
                 pipush=PiPushService(
                     db,
@@ -260,9 +266,7 @@ class Services:
                     notices=notices,
                     factors=factors,
                 ),
-                invitations=InvitationService(
-                    db, hasher, audit, clock, settings.resolved_public_url, notices=notices
-                ),
+                invitations=invitations,
                 web_sessions=web_sessions,
                 reports=ReportService(db, clock),
                 sign_ins=SignInService(db, clock),
@@ -270,6 +274,17 @@ class Services:
                 accounts=AccountService(db, challenges, audit),
                 notices=notices,
                 factors=factors,
+                directory_sync=DirectorySyncService(
+                    db,
+                    audit,
+                    clock,
+                    challenges,
+                    notices,
+                    directories,
+                    None
+                    if sender is None
+                    else MailInviter(users, invitations, audit, sender, settings.issuer),
+                ),
                 clock=clock,
                 push=dispatcher,
                 fraud_mailer=mailer,

@@ -63,6 +63,34 @@ class AuditLog:
             )
         )
 
+    async def add_many(
+        self,
+        conn: AsyncConnection,
+        actor: Actor,
+        rows: list[tuple[str, str, str, str]],
+    ) -> None:
+        """Rows of (action, result, user name, detail) in one statement, in ``conn``'s
+        transaction: a directory sync audits thousands of changes at once."""
+        if not rows:
+            return
+        at = self._clock()
+        await conn.execute(
+            insert(audit_t),
+            [
+                {
+                    "at": at,
+                    "actor": _clip(actor.name, 128),
+                    "user_name": _clip(user_name, 128),
+                    "source": _clip(actor.source, 64),
+                    "action": action,
+                    "result": result,
+                    "detail": _clip(detail, 1024),
+                    "request_id": actor.request_id[:64],
+                }
+                for action, result, user_name, detail in rows
+            ],
+        )
+
     def add_job(
         self,
         tx: Tx,
