@@ -221,11 +221,12 @@ def test_gone_users_are_disabled_once_and_local_users_never() -> None:
     assert changes[1].disabled_reason == "gone"
 
 
-def test_the_threshold_is_a_share_with_a_floor() -> None:
-    assert disable_limit(0, 10, 5) == 5
+def test_the_threshold_is_a_share_and_a_floor() -> None:
+    # "10% and at least 5 users": both must hold for a sync to stop.
+    assert disable_limit(0, 10, 5) == 4
     assert disable_limit(2000, 10, 5) == 200
-    assert not over_threshold(5, 10, 10, 5)
-    assert over_threshold(6, 10, 10, 5)
+    assert not over_threshold(4, 10, 10, 5)
+    assert over_threshold(5, 10, 10, 5)
     assert not over_threshold(200, 2000, 10, 5)
     assert over_threshold(201, 2000, 10, 5)
 
@@ -401,8 +402,6 @@ def test_property_renames_follow_the_external_id(
 
 @given(st.integers(0, 10_000), st.integers(0, 100), st.integers(0, 1000), st.integers(0, 20_000))
 def test_property_threshold(tied_users: int, percent: int, minimum: int, disables: int) -> None:
-    limit = disable_limit(tied_users, percent, minimum)
-    assert limit >= minimum
-    assert over_threshold(disables, tied_users, percent, minimum) == (disables > limit)
-    if disables <= minimum:
-        assert not over_threshold(disables, tied_users, percent, minimum)
+    # Stops exactly when it would disable more than the share *and* at least the minimum.
+    over = over_threshold(disables, tied_users, percent, minimum)
+    assert over == (disables * 100 > tied_users * percent and disables >= minimum)

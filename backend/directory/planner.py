@@ -431,9 +431,11 @@ def plan_gone(tied: Iterable[LocalUser], seen: Set[str]) -> tuple[Change, ...]:
 
 
 def disable_limit(tied: int, percent: int, minimum: int) -> int:
-    """How many users one sync may disable without ``--force``: ``percent`` % of the users
-    tied to the directory, and at least ``minimum`` ("10% and at least 5 users")."""
-    return max(minimum, tied * percent // 100)
+    """How many users one sync may disable without ``--force``. A sync stops when it would
+    disable more than ``percent`` % of the users tied to the directory *and* at least
+    ``minimum`` of them ("10% and at least 5 users"): with the defaults, 4 disables always
+    pass, 5 stop a directory of up to 49 users."""
+    return max(minimum - 1, tied * percent // 100)
 
 
 def over_threshold(disables: int, tied: int, percent: int, minimum: int) -> bool:
