@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend import __version__
-from backend.cli import admin, backup, clients, device, doctor, fraud
+from backend.cli import admin, backup, clients, device, doctor, fraud, imports
 from backend.cli.output import clean
 from backend.errors import OpenMFAError
 
@@ -305,6 +305,7 @@ def _parser() -> argparse.ArgumentParser:
     trevoke.add_argument("name")
     trevoke.set_defaults(handler=admin.token_revoke)
 
+    imports.add_parsers(user_cmds, tok_cmds)  # user import, token import (CSV)
     clients.add_parser(groups)
     fraud.add_parser(groups)
     doctor.add_parser(groups)

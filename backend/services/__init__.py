@@ -34,6 +34,7 @@ from backend.services.devices import DeviceService
 from backend.services.factors import FactorGuard
 from backend.services.fraud import FraudService
 from backend.services.geoip import GeoIp
+from backend.services.imports import ImportService
 from backend.services.invitations import InvitationService
 from backend.services.notices import AccountNotices
 from backend.services.otp import OtpService
@@ -79,6 +80,7 @@ class Services:
     notices: AccountNotices
     factors: FactorGuard
     clock: Clock
+    imports: ImportService
     # None where push is off (CLI commands): see Services.open's ``push``.
     push: PushDispatcher | None = None
     # None where fraud mail is off (CLI commands, see Services.open's ``notify``) or not set up.
@@ -251,6 +253,7 @@ class Services:
                 notices=notices,
                 factors=factors,
                 clock=clock,
+                imports=ImportService(db, box, audit, clock, factors, notices=notices),
                 push=dispatcher,
                 fraud_mailer=mailer,
                 geoip=geoip,
