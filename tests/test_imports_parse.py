@@ -63,7 +63,8 @@ def test_a_users_file_with_a_bom_and_every_admin_spelling() -> None:
 
 def test_only_the_name_column_is_required() -> None:
     parsed = parse_users(b"name\nalice\n")
-    assert parsed.ok and parsed.rows == (UserRow(2, "alice"),)
+    assert parsed.ok
+    assert parsed.rows == (UserRow(2, "alice"),)
 
 
 @pytest.mark.parametrize(
@@ -114,7 +115,8 @@ def test_a_name_twice_in_the_file_is_refused_case_insensitively() -> None:
 )
 def test_files_refused_before_any_row(data: bytes, reason: str) -> None:
     problems = reasons(data)
-    assert problems and reason in problems[0], problems
+    assert problems
+    assert reason in problems[0], problems
 
 
 # -- tokens --------------------------------------------------------------------------------
@@ -132,11 +134,13 @@ def test_entra_s_own_sample_is_read() -> None:
 
 def test_headers_are_case_and_space_tolerant_and_secrets_may_be_grouped() -> None:
     data = (
-        "UPN , Serial  Number,Secret Key,TIME INTERVAL,Manufacturer,Model\n"
-        "alice,C302-0001,jbsw y3dp ehpk 3pxp jbsw y3dp ehpk 3pxp,30,Token2,C302\n"
-    ).encode()
+        b"UPN , Serial  Number,Secret Key,TIME INTERVAL,Manufacturer,Model\n"
+        b"alice,C302-0001,jbsw y3dp ehpk 3pxp jbsw y3dp ehpk 3pxp,30,Token2,C302\n"
+    )
     parsed = parse_tokens(data)
-    assert parsed.ok and parsed.rows[0].secret == SECRET and not parsed.warnings
+    assert parsed.ok
+    assert parsed.rows[0].secret == SECRET
+    assert not parsed.warnings
 
 
 def test_secret_strength_80_bits_taken_with_a_warning_79_refused() -> None:
@@ -144,7 +148,8 @@ def test_secret_strength_80_bits_taken_with_a_warning_79_refused() -> None:
     nine = base64.b32encode(b"\x01" * 9).decode().rstrip("=")  # 72 bits
     head = "upn,serial number,secret key,time interval,manufacturer,model\n"
     weak = parse_tokens(f"{head}alice,s1,{ten},30,,\n".encode())
-    assert weak.ok and [str(w) for w in weak.warnings] == [
+    assert weak.ok
+    assert [str(w) for w in weak.warnings] == [
         "line 2: the secret key has fewer than 128 bits (RFC 4226 asks for at least 128; taken)"
     ]
     assert reasons(f"{head}alice,s1,{nine},30,,\n".encode(), parse_tokens) == [
@@ -324,10 +329,7 @@ def test_property_any_single_bad_token_row_refuses_the_file(
         case "serial":
             serial = "bad serial"
         case "duplicate":
-            if at == 0:
-                serial = "bad serial"
-            else:
-                serial = rows[0].serial.upper()
+            serial = "bad serial" if at == 0 else rows[0].serial.upper()
     rows[at] = TokenRow(good.line, good.upn, serial, secret, period, good.manufacturer, good.model)
     parsed = parse_tokens(tokens_csv(rows))
     assert not parsed.ok

@@ -105,8 +105,14 @@ async def user_import(services: Services, args: argparse.Namespace, actor: Actor
             table(
                 ["LINE", "NAME", "E-MAIL", "DISPLAY NAME", "PHONE", "ADMIN"],
                 [
-                    [r.line, r.name, r.email or "-", r.display_name or "-", r.phone or "-"]
-                    + ["yes" if r.admin else "no"]
+                    [
+                        r.line,
+                        r.name,
+                        r.email or "-",
+                        r.display_name or "-",
+                        r.phone or "-",
+                        "yes" if r.admin else "no",
+                    ]
                     for r in plan.users
                 ],
             )
