@@ -123,7 +123,8 @@ def test_token_import_dry_run_then_import_with_serial_shown(home: Path, tmp_path
     assert "C302-0001" in shown
     # The seed is sealed: neither form of it is stored or printed.
     for (blob,) in db_rows(home, "SELECT seed_enc FROM devices"):
-        assert SECRET.encode() not in bytes(blob)  # type: ignore[arg-type]
+        assert isinstance(blob, bytes)
+        assert SECRET.encode() not in blob
     everything = dry.stdout + dry.stderr + done.stdout + done.stderr + shown
     audit = json.dumps(db_rows(home, "SELECT action, user_name, detail FROM audit_events"))
     for secret in (SECRET, OTHER, OTHER.lower()):

@@ -212,7 +212,7 @@ def test_neutralise_quotes_formula_starts() -> None:
 
 _names = st.from_regex(r"[a-z][a-z0-9._-]{0,20}", fullmatch=True)
 _text = st.text(
-    st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_categories=("Cc",)),
+    st.characters(min_codepoint=0x20, max_codepoint=0x2FF, exclude_categories=["Cc"]),
     max_size=30,
 ).map(str.strip)
 _emails = st.one_of(st.just(""), st.from_regex(r"[a-z]{1,10}@[a-z]{1,10}\.example", fullmatch=True))

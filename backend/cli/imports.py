@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from backend.cli.output import as_json, clean, table
 from backend.domain.imports import MAX_BYTES
@@ -24,10 +24,7 @@ if TYPE_CHECKING:
 JSON_HELP = "print JSON instead of a table"
 
 
-def add_parsers(
-    user_cmds: argparse._SubParsersAction[argparse.ArgumentParser],
-    token_cmds: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> None:
+def add_parsers(user_cmds: Any, token_cmds: Any) -> None:
     """Register ``user import`` and ``token import``."""
     users = user_cmds.add_parser(
         "import",
