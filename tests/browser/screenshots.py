@@ -218,6 +218,8 @@ def take(out: Path) -> list[Path]:
             if response is None or response.status != 200:
                 raise SystemExit(f"{path} answered {response.status if response else 'nothing'}")
             shot(page, name)
+        _import_preview(page, app.url)
+        shot(page, "admin-import")
 
         phone = browser.new_context(
             viewport=PHONE,  # type: ignore[arg-type]
@@ -243,6 +245,26 @@ def take(out: Path) -> list[Path]:
         shot(page, "phone-admin-dashboard")
         browser.close()
     return saved
+
+
+def _import_preview(page: object, url: str) -> None:
+    """The Import page showing the preview of a hardware-token file (nothing written)."""
+    rows = [
+        ("alice", "C302-0001", "Token2", "C302", 30),
+        ("bob@example.com", "C302-0002", "Token2", "C302", 30),
+        ("carol", "OTPC200-88", "Feitian", "OTP c200", 60),
+    ]
+    content = "upn,serial number,secret key,time interval,manufacturer,model\n" + "".join(
+        f"{upn},{serial},JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP,{period},{maker},{model}\n"
+        for upn, serial, maker, model, period in rows
+    )
+    page.goto(url + "/admin/import")  # type: ignore[attr-defined]
+    page.get_by_label("Hardware tokens", exact=False).check()  # type: ignore[attr-defined]
+    page.get_by_label("CSV file").set_input_files(  # type: ignore[attr-defined]
+        {"name": "tokens.csv", "mimeType": "text/csv", "buffer": content.encode()}
+    )
+    page.get_by_role("button", name="Preview").click()  # type: ignore[attr-defined]
+    page.get_by_text("will be added").wait_for()  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> int:
