@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend import __version__
-from backend.cli import admin, backup, clients, device, doctor, fraud, imports
+from backend.cli import admin, backup, clients, device, directory, doctor, fraud, imports
 from backend.cli.output import clean
 from backend.errors import OpenMFAError
 
@@ -307,6 +307,7 @@ def _parser() -> argparse.ArgumentParser:
 
     imports.add_parsers(user_cmds, tok_cmds)  # user import, token import (CSV)
     clients.add_parser(groups)
+    directory.add_parser(groups)  # returns its subcommands: `directory sync` adds itself there
     fraud.add_parser(groups)
     doctor.add_parser(groups)
     backup.add_parser(groups)

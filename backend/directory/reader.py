@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 from backend.directory.entries import DirectoryEntry
 
@@ -49,6 +49,8 @@ class BindResult:
 @dataclass(frozen=True, slots=True)
 class TestReport:
     """What ``openmfa directory test`` shows: which server answered, and the selection."""
+
+    __test__: ClassVar[bool] = False  # not a pytest test class, whatever its name
 
     url: str  # the URL that answered
     kind: Literal["ad", "ldap"]  # as detected from the root DSE

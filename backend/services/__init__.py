@@ -31,6 +31,7 @@ from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService
 from backend.services.context import Actor, Clock
 from backend.services.devices import DeviceService
+from backend.services.directories import DirectoryService
 from backend.services.factors import FactorGuard
 from backend.services.fraud import FraudService
 from backend.services.geoip import GeoIp
@@ -69,6 +70,7 @@ class Services:
     challenges: ChallengeService
     tokens: ApiTokenService
     radius_clients: RadiusClientService
+    directories: DirectoryService
     fraud: FraudService
     pipush: PiPushService
     invitations: InvitationService
@@ -230,6 +232,7 @@ class Services:
                 challenges=challenges,
                 tokens=ApiTokenService(db, audit, clock),
                 radius_clients=RadiusClientService(db, box, audit, clock),
+                directories=DirectoryService(db, box, audit, clock),
                 fraud=fraud,
                 pipush=PiPushService(
                     db,
@@ -277,6 +280,7 @@ class Services:
             await self.fraud_mailer.close()  # bounded; unsent reports stay pending
         if self.notice_mailer is not None:
             await self.notice_mailer.close()  # bounded; unsent notices stay due
+        await self.directories.close()  # unbinds pooled LDAP connections, stops their threads
         await self.bus.close()
         self.hasher.close()
         if self.geoip is not None:

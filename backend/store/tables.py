@@ -385,6 +385,8 @@ fraud_reports_t = _table(FraudReport)
 audit_t = _table(AuditEvent)
 used_nonces_t = _table(UsedNonce)
 pipush_nonces_t = _table(PiPushNonce)
+directories_t = _table(Directory)
+directory_syncs_t = _table(DirectorySync)
 
 
 # -- web portal and admin console (webportal/) --------------------------------------------------
