@@ -17,7 +17,8 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 METHODS = {"get", "put", "post", "delete", "patch", "options", "head", "trace"}
 UNDOCUMENTED = {("get", "/openapi.json")}
 # Raised only while loading settings, before any HTTP server exists.
-NOT_FROM_HTTP = {"configuration-error"}
+# import-refused: CSV imports run in the CLI and the admin console (HTML) only.
+NOT_FROM_HTTP = {"configuration-error", "import-refused"}
 # Raised only by the portal and admin pages, which answer HTML, not problem documents.
 HTML_ONLY = {
     "bootstrap-invalid",
