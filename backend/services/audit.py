@@ -63,6 +63,36 @@ class AuditLog:
             )
         )
 
+    async def add_many(
+        self,
+        conn: AsyncConnection,
+        actor: Actor,
+        action: str,
+        result: str,
+        rows: list[tuple[str, str]],
+    ) -> None:
+        """Add one row per (user name, detail) to ``conn``'s transaction in one statement
+        (bulk work such as a CSV import: thousands of rows, one round trip)."""
+        if not rows:
+            return
+        at = self._clock()
+        await conn.execute(
+            insert(audit_t),
+            [
+                {
+                    "at": at,
+                    "actor": _clip(actor.name, 128),
+                    "user_name": _clip(user_name, 128),
+                    "source": _clip(actor.source, 64),
+                    "action": action,
+                    "result": result,
+                    "detail": _clip(detail, 1024),
+                    "request_id": actor.request_id[:64],
+                }
+                for user_name, detail in rows
+            ],
+        )
+
     def add_job(
         self,
         tx: Tx,

@@ -121,26 +121,32 @@ class ImportService:
                 plan = await self._plan_users(conn, parse_users(data), skip_existing)
                 if not plan.ok:
                     raise _refusal(plan)
-                for row in plan.users:
+                if plan.users:
                     await conn.execute(
-                        insert(users_t).values(
-                            name_key=user_key(row.name),
-                            name=row.name,
-                            display_name=row.display_name,
-                            email=row.email,
-                            phone=row.phone,
-                            is_admin=row.admin,
-                            created_at=now,
-                        )
+                        insert(users_t),
+                        [
+                            {
+                                "name_key": user_key(row.name),
+                                "name": row.name,
+                                "display_name": row.display_name,
+                                "email": row.email,
+                                "phone": row.phone,
+                                "is_admin": row.admin,
+                                "created_at": now,
+                            }
+                            for row in plan.users
+                        ],
                     )
-                    await self._audit.add(
-                        conn,
-                        actor,
-                        "user.add",
-                        "ok",
-                        user_key(row.name),
-                        f"import line {row.line}" + (" admin" if row.admin else ""),
-                    )
+                await self._audit.add_many(
+                    conn,
+                    actor,
+                    "user.add",
+                    "ok",
+                    [
+                        (user_key(r.name), f"import line {r.line}" + (" admin" if r.admin else ""))
+                        for r in plan.users
+                    ],
+                )
                 await self._audit.add(
                     conn,
                     actor,
@@ -200,50 +206,58 @@ class ImportService:
         with ``proof`` first. ``dry_run``: check only, write nothing."""
         plan = await self.preview_tokens(data)
         await self._refuse_if_bad(actor, plan)
-        for user_name in sorted({name for _, name in plan.tokens}):
-            await self._factors.require(actor, proof, FactorAction.ENROL_OATH, user_name)
+        await self._factors.require_all(
+            actor, proof, FactorAction.ENROL_OATH, [name for _, name in plan.tokens]
+        )
         if dry_run:
             return plan
         now = self._clock()
         created: list[tuple[int, str, str]] = []
+        queued = False
         try:
             async with self._db.write() as conn:
                 # Checked again inside the write: a serial taken or a user removed since.
                 plan = await self._plan_tokens(conn, parse_tokens(data))
                 if not plan.ok:
                     raise _refusal(plan)
+                ids = await _user_ids(conn, [name for _, name in plan.tokens])
+                devices: list[dict[str, object]] = []
+                audit: list[tuple[str, str]] = []
                 for row, user_name in plan.tokens:
-                    user_id = (
-                        await conn.execute(
-                            select(users_t.c.id).where(users_t.c.name_key == user_name)
-                        )
-                    ).scalar_one()
                     device_id = new_device_id()
-                    await conn.execute(
-                        insert(devices_t).values(
-                            id=device_id,
-                            user_id=user_id,
-                            kind="oath",
-                            name=row.device_name,
-                            platform="",
-                            seed_enc=self._box.seal(row.secret.encode(), f"seed:{device_id}"),
-                            state="active",
-                            created_at=now,
-                            activated_at=now,
-                            serial=row.serial,
-                            period=row.period,
+                    devices.append(
+                        {
+                            "id": device_id,
+                            "user_id": ids[user_name],
+                            "kind": "oath",
+                            "name": row.device_name,
+                            "platform": "",
+                            "seed_enc": self._box.seal(row.secret.encode(), f"seed:{device_id}"),
+                            "state": "active",
+                            "created_at": now,
+                            "activated_at": now,
+                            "serial": row.serial,
+                            "period": row.period,
+                        }
+                    )
+                    audit.append(
+                        (
+                            user_name,
+                            f"{device_id} serial {row.serial} period {row.period}s "
+                            f"(import line {row.line})",
                         )
                     )
-                    await self._audit.add(
-                        conn,
-                        actor,
-                        "device.import",
-                        "ok",
-                        user_name,
-                        f"{device_id} serial {row.serial} period {row.period}s "
-                        f"(import line {row.line})",
-                    )
-                    created.append((user_id, device_id, row.device_name))
+                    created.append((ids[user_name], device_id, row.device_name))
+                if devices:
+                    await conn.execute(insert(devices_t), devices)
+                await self._audit.add_many(conn, actor, "device.import", "ok", audit)
+                # The user's notice ("a sign-in method was added"), in the same commit.
+                for user_id, device_id, name in created:
+                    if self._notices is not None:
+                        _, mailed = await self._notices.changed_in(
+                            conn, actor, user_id, AccountChange.OATH_ADDED, f"{device_id} “{name}”"
+                        )
+                        queued = queued or mailed
                 await self._audit.add(
                     conn, actor, "token.import", "ok", detail=f"{len(plan.tokens)} token(s) created"
                 )
@@ -254,11 +268,8 @@ class ImportService:
             refusal = ImportRefused("a serial number in the file was taken meanwhile")
             await self._audit_refusal(actor, "token.import", refusal)
             raise refusal from exc
-        if self._notices is not None:
-            for user_id, device_id, name in created:
-                await self._notices.changed(
-                    actor, user_id, AccountChange.OATH_ADDED, f"{device_id} “{name}”"
-                )
+        if queued and self._notices is not None and self._notices.wake is not None:
+            self._notices.wake()
         return _replace_written(plan)
 
     async def _plan_tokens(self, conn: AsyncConnection, parsed: Parsed[TokenRow]) -> ImportPlan:
@@ -272,9 +283,10 @@ class ImportService:
                     select(devices_t.c.serial).where(func.lower(devices_t.c.serial).in_(chunk))
                 )
             }
+        owners = await _Owners.load(conn, [row.upn for row in parsed.rows])
         tokens: list[tuple[TokenRow, str]] = []
         for row in parsed.rows:
-            owner, why = await _find_owner(conn, row.upn)
+            owner, why = owners.find(row.upn)
             if row.serial.casefold() in taken:
                 problems.append(Problem(row.line, f"the serial number {row.serial} is in use"))
             if owner is None:
@@ -328,29 +340,66 @@ class ImportService:
         await self._audit.record(actor, action, "refused", detail=detail)
 
 
-async def _find_owner(conn: AsyncConnection, upn: str) -> tuple[str | None, str]:
-    """The user a token's ``upn`` names: the user of that name, else the one user whose
-    e-mail address it is; else ``None`` and why."""
+@dataclass(frozen=True, slots=True)
+class _Owners:
+    """Who the file's ``upn`` values name: user names found, and users by e-mail address."""
+
+    names: frozenset[str]
+    by_email: dict[str, list[str]]
+
+    @classmethod
+    async def load(cls, conn: AsyncConnection, upns: Sequence[str]) -> _Owners:
+        """Read, in bounded IN lists, the users the ``upn`` values could name."""
+        keys = sorted({k for k in (_key_or_none(u) for u in upns) if k is not None})
+        emails = sorted({u.casefold() for u in upns})
+        names: set[str] = set()
+        by_email: dict[str, list[str]] = {}
+        for chunk in _chunks(keys):
+            names |= {
+                str(key)
+                for (key,) in await conn.execute(
+                    select(users_t.c.name_key).where(users_t.c.name_key.in_(chunk))
+                )
+            }
+        for chunk in _chunks(emails):
+            rows = await conn.execute(
+                select(func.lower(users_t.c.email), users_t.c.name_key).where(
+                    func.lower(users_t.c.email).in_(chunk)
+                )
+            )
+            for email, key in rows:
+                by_email.setdefault(str(email), []).append(str(key))
+        return cls(frozenset(names), by_email)
+
+    def find(self, upn: str) -> tuple[str | None, str]:
+        """The user ``upn`` names: the user of that name, else the one user whose e-mail
+        address it is; else ``None`` and why."""
+        key = _key_or_none(upn)
+        if key is not None and key in self.names:
+            return key, ""
+        matches = self.by_email.get(upn.casefold(), [])
+        if len(matches) == 1:
+            return matches[0], ""
+        if len(matches) > 1:
+            return None, f"the upn {upn} is the e-mail address of several users: use the user name"
+        return None, f"no user is named {upn} or has it as e-mail address"
+
+
+def _key_or_none(name: str) -> str | None:
     try:
-        key = user_key(upn)
+        return user_key(name)
     except InvalidName:
-        key = None
-    if key is not None:
-        found = (
-            await conn.execute(select(users_t.c.name_key).where(users_t.c.name_key == key))
-        ).first()
-        if found is not None:
-            return str(found.name_key), ""
-    matches = (
-        await conn.execute(
-            select(users_t.c.name_key).where(func.lower(users_t.c.email) == upn.casefold()).limit(2)
+        return None
+
+
+async def _user_ids(conn: AsyncConnection, keys: Sequence[str]) -> dict[str, int]:
+    ids: dict[str, int] = {}
+    for chunk in _chunks(sorted(set(keys))):
+        rows = await conn.execute(
+            select(users_t.c.name_key, users_t.c.id).where(users_t.c.name_key.in_(chunk))
         )
-    ).all()
-    if len(matches) == 1:
-        return str(matches[0].name_key), ""
-    if len(matches) > 1:
-        return None, f"the upn {upn} is the e-mail address of several users: use the user name"
-    return None, f"no user is named {upn} or has it as e-mail address"
+        ids.update({str(key): int(user_id) for key, user_id in rows})
+    return ids
 
 
 def _refusal(plan: ImportPlan) -> ImportRefused:
