@@ -19,6 +19,8 @@ from tests.support.api import ApiHarness, harness
 from tests.support.cli import run_in_process
 from tests.support.clock import FakeClock
 from tests.support.database import migrated_sqlite
+from tests.support.samba_dc import SambaDC, running_samba_dc
+from tests.support.slapd import Slapd, running_slapd
 
 PG_ADMIN_URL = os.environ.get(
     "OPENMFA_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -144,6 +146,28 @@ async def services(settings: Settings, clock: FakeClock) -> AsyncIterator[Servic
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture(scope="session")
+def samba_dc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaDC]:
+    """A Samba AD DC for the whole run, shared by the xdist workers (tests/support/samba_dc.py).
+
+    The workers of one run share their base directory's parent; a run without xdist uses
+    its own base directory. Tests create uniquely named entries (``samba_dc.new_name``).
+    """
+    base = tmp_path_factory.getbasetemp()
+    run_directory = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with running_samba_dc(run_directory) as dc:
+        yield dc
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Slapd]:
+    """An OpenLDAP server for this worker's session (tests/support/slapd.py); tests create
+    uniquely named entries (``slapd.new_name``). For a server of your own (e.g. to
+    ``bulk_add`` thousands of users), use ``tests.support.slapd.running_slapd(tmp_path)``."""
+    with running_slapd(tmp_path_factory.mktemp("slapd")) as server:
+        yield server
 
 
 def openmfa(
