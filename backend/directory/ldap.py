@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import re
 import ssl
 import threading
@@ -311,7 +312,7 @@ class LdapDirectory:
             auto_referrals=False,
             read_only=True,
             raise_exceptions=False,
-            receive_timeout=self.config.search_timeout,
+            receive_timeout=math.ceil(self.config.search_timeout),  # ldap3 packs it as an int
             auto_escape=False,  # we escape every value ourselves
             check_names=False,
             return_empty_attributes=False,
@@ -787,7 +788,8 @@ class LdapDirectory:
             outcome = bind_refusal_outcome(exc.description, exc.message)
             if outcome == "ok":  # pragma: no cover - a refusal is never ok
                 outcome = "not-permitted"
-            return BindResult(outcome, entry, f"{exc.description}: {exc.message[:160]}".strip())
+            detail = exc.description + (f": {exc.message[:160]}" if exc.message else "")
+            return BindResult(outcome, entry, detail)
         except DirectoryUnavailable as exc:
             return BindResult("unavailable", entry, exc.detail)
         _unbind(conn)
@@ -809,6 +811,11 @@ def _unbind(conn: Any) -> None:
     # The connection is being dropped either way; a failing unbind changes nothing.
     with contextlib.suppress(Exception):
         conn.unbind()
+    # ldap3 leaves the socket of a failed open (refused, TLS error) to the garbage collector.
+    sock = getattr(conn, "socket", None)
+    if sock is not None:
+        with contextlib.suppress(Exception):
+            sock.close()
 
 
 def _unbind_all(conns: Iterable[Any]) -> None:

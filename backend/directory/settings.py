@@ -128,7 +128,7 @@ def check_name(name: str) -> str:
 
 def check_url(url: str) -> str:
     """``ldaps://host[:port]`` or ``ldap://host[:port]`` (then StartTLS), in canonical form."""
-    match = _URL.fullmatch(url.strip())
+    match = _URL.fullmatch(url)
     if match is None:
         raise InvalidDirectory(
             f"{url!r} is not a directory URL: give ldaps://HOST[:PORT] (TLS) or "
