@@ -1,6 +1,6 @@
 """Admin console, Directories: the list with each directory's settings in short; Test against
-a directory that is down (a real refused TCP connection: an error shown, audited) and one that
-answers (a fake reader speaking the DirectoryReader interface); administrators only, CSRF."""
+a directory that is down (a real refused TCP connection: an error shown, audited) and against
+a real OpenLDAP server (the group's members counted); administrators only, CSRF."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ import gc
 import html
 import socket
 import warnings
-from collections.abc import AsyncIterator
+from pathlib import Path
 
-from backend.directory.config import DirectoryConfig
-from backend.directory.entries import DirectoryEntry
-from backend.directory.reader import BindResult, TestReport
 from backend.directory.settings import DirectorySettings
 from tests.support.api import ADMIN
+from tests.support.slapd import Slapd
 from tests.support.web import WebHarness, csrf_from, sign_in
 
 BIND = "S3rvice-Acc0unt-Passw0rd!"
@@ -26,28 +24,6 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-class AnsweringReader:
-    """A directory that answers ``test`` (the LDAP adapter has its own tests on real
-    servers)."""
-
-    def __init__(self, config: DirectoryConfig, password: str) -> None:
-        self.config = config
-
-    async def test(self) -> TestReport:
-        return TestReport(self.config.urls[0], "ad", "Windows 2016", 42, 3, 0.05)
-
-    async def user_pages(self) -> AsyncIterator[list[DirectoryEntry]]:
-        yield []
-
-    async def authenticate(
-        self, user_name: str, password: str, *, external_id: str | None = None
-    ) -> BindResult:
-        return BindResult("unavailable")
-
-    async def close(self) -> None:
-        return None
 
 
 def add_directory(web: WebHarness, name: str, url: str) -> None:
@@ -98,17 +74,30 @@ def test_test_of_a_directory_that_is_down_shows_why(web: WebHarness) -> None:
         gc.collect()
 
 
-def test_test_of_a_directory_that_answers(web: WebHarness) -> None:
+def test_test_of_a_real_openldap_directory(web: WebHarness, slapd: Slapd) -> None:
     admin = web.admin_browser()
-    add_directory(web, "corp", "ldaps://dc1.corp.example")
-    # The server's directory service builds this reader instead of an LDAP connection.
-    web.server_services.directories._factory = AnsweringReader  # type: ignore[assignment]
+    group = slapd.new_name("vpn")
+    alice = slapd.add_user(slapd.new_name("alice"), "Alice-Passw0rd!")
+    bob = slapd.add_user(slapd.new_name("bob"), "Bob-Passw0rd!")
+    group_dn = slapd.add_group(group, alice.name, bob.name)
+    settings = DirectorySettings(
+        name="lab",
+        urls=(slapd.url,),
+        bind_dn=slapd.bind_dn,
+        base_dn=slapd.base_dn,
+        kind="ldap",
+        ca_pem=Path(slapd.ca_file).read_text(),
+        group_dn=group_dn,
+    )
+    web.run(web.services.directories.add(ADMIN, settings, slapd.bind_password))
     page = admin.get("/admin/directories")
-    response = admin.post("/admin/directories/corp/test", data={"csrf_token": csrf_from(page.text)})
+    response = admin.post("/admin/directories/lab/test", data={"csrf_token": csrf_from(page.text)})
     assert response.status_code == 200, response.text
     text = html.unescape(response.text)
-    assert "ldaps://dc1.corp.example answered (ad, Windows 2016)" in text
-    assert "42 user(s) selected, 3 in the admin group" in text
+    assert f"Test of lab: {slapd.url} answered (ldap" in text
+    assert "the service account's bind worked; 2 user(s) selected" in text
+    assert slapd.bind_password not in text
+    assert [e.result for e in web.audit("directory.test")][:1] == ["ok"]
 
 
 def test_test_needs_csrf_and_a_known_directory(web: WebHarness) -> None:
