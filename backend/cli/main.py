@@ -286,8 +286,9 @@ def _parser() -> argparse.ArgumentParser:
 
     token = groups.add_parser(
         "token",
-        help="API tokens for gateways",
-        description="Bearer tokens for the gateway API (RADIUS bridges).",
+        help="API tokens for gateways; hardware OATH tokens (import)",
+        description="Bearer tokens for the gateway API (RADIUS bridges), and the import of "
+        "hardware OATH tokens from a CSV file (token import).",
     )
     tok_cmds = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     tcreate = tok_cmds.add_parser("create", help="create a token; printed once")
