@@ -120,7 +120,12 @@ def test_token_import_dry_run_then_import_with_serial_shown(home: Path, tmp_path
         ("oath", "active", "C302-0002", 30, "Token2 C302 (serial C302-0002)"),
     ]
     shown = openmfa(home, "user", "show", "alice").stdout
-    assert "C302-0001" in shown
+    assert "Token2 C302 (serial C302-0001)" in shown
+    # Renamed by an administrator, the device still shows its serial.
+    device_id = str(db_rows(home, "SELECT id FROM devices WHERE serial = 'C302-0001'")[0][0])
+    with sqlite3.connect(home / "openmfa.db") as conn:
+        conn.execute("UPDATE devices SET name = 'Alice fob' WHERE id = ?", (device_id,))
+    assert "Alice fob (serial C302-0001)" in openmfa(home, "user", "show", "alice").stdout
     # The seed is sealed: neither form of it is stored or printed.
     for (blob,) in db_rows(home, "SELECT seed_enc FROM devices"):
         assert isinstance(blob, bytes)
