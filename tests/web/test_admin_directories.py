@@ -8,12 +8,19 @@ import gc
 import html
 import socket
 import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from backend.directory.settings import DirectorySettings
+from backend.errors import SyncStopped
 from tests.support.api import ADMIN
 from tests.support.slapd import Slapd
 from tests.support.web import WebHarness, csrf_from, sign_in
+from webportal.admin import directories as directories_page
 
 BIND = "S3rvice-Acc0unt-Passw0rd!"
 
@@ -107,3 +114,103 @@ def test_test_needs_csrf_and_a_known_directory(web: WebHarness) -> None:
     missing = admin.post("/admin/directories/nope/test", data={"csrf_token": csrf_from(page.text)})
     assert missing.status_code == 303
     assert "no directory named nope" in html.unescape(admin.get("/admin/directories").text)
+
+
+# -- Dry run, Sync now, Sync anyway: the page on the sync service's contract ---------------
+
+
+@dataclass(frozen=True)
+class FakeReport:
+    """A ``SyncReport`` as the issue 14 contract describes it (a directory_syncs row)."""
+
+    dry_run: bool
+    state: str
+    started_at: datetime
+    finished_at: datetime | None
+    created: int = 0
+    updated: int = 0
+    renamed: int = 0
+    disabled: int = 0
+    enabled: int = 0
+    unchanged: int = 0
+    errors: int = 0
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.finished_at is None else 1.5
+
+
+@dataclass
+class FakeSync:
+    """``services.directory_sync`` speaking the contract's ``run`` and ``last``: a dry run
+    plans two new users, a sync is stopped at the threshold unless forced."""
+
+    now: datetime
+    runs: list[tuple[str, bool, bool]] = field(default_factory=list)
+    reports: list[FakeReport] = field(default_factory=list)
+
+    async def run(
+        self,
+        actor: Any,
+        name: str,
+        *,
+        dry_run: bool = False,
+        force: bool = False,
+        progress: Any = None,
+    ) -> FakeReport:
+        self.runs.append((name, dry_run, force))
+        details = {"created": ["alice", "bob"], "disabled": ["carol (gone)"]}
+        if not dry_run and not force:
+            report = FakeReport(
+                False, "stopped", self.now, self.now, message="would disable 9 of 10"
+            )
+            self.reports.append(report)
+            raise SyncStopped("it would disable 9 of 10 users (the limit is 5).")
+        report = FakeReport(dry_run, "done", self.now, self.now, 2, 0, 0, 1, 0, 7, 0, "", details)
+        self.reports.append(report)
+        return report
+
+    async def last(self, name: str, *, dry_run: bool | None = None) -> FakeReport | None:
+        found = [r for r in self.reports if dry_run is None or r.dry_run == dry_run]
+        return found[-1] if found else None
+
+
+def test_dry_run_sync_stopped_and_sync_anyway(
+    web: WebHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeSync(web.clock.now)
+    monkeypatch.setattr(directories_page, "_sync_service", lambda request: fake)
+    admin = web.admin_browser()
+    add_directory(web, "corp", "ldaps://dc1.corp.example")
+    page = admin.get("/admin/directories")
+    assert "Not synced yet" in page.text
+    assert "Sync anyway" not in page.text
+    token = csrf_from(page.text)
+
+    dry = admin.post("/admin/directories/corp/sync", data={"csrf_token": token, "mode": "dry-run"})
+    assert dry.status_code == 303
+    text = html.unescape(admin.get("/admin/directories").text)
+    assert "Dry run of corp done: 2 created" in text
+    assert "(nothing written)" in text
+    assert "Last dry run" in text
+    assert "alice, bob" in text
+    assert "carol (gone)" in text
+
+    admin.post("/admin/directories/corp/sync", data={"csrf_token": token, "mode": "sync"})
+    text = html.unescape(admin.get("/admin/directories").text)
+    assert "The sync of corp stopped: it would disable 9 of 10 users" in text
+    assert "Nobody was disabled" in text
+    assert "Sync anyway" in text
+
+    admin.post("/admin/directories/corp/sync", data={"csrf_token": token, "mode": "force"})
+    assert fake.runs == [("corp", True, False), ("corp", False, False), ("corp", False, True)]
+    text = html.unescape(admin.get("/admin/directories").text)
+    assert "Sync of corp done" in text
+    assert "Sync anyway" not in text
+    bogus = admin.post("/admin/directories/corp/sync", data={"csrf_token": token, "mode": "wipe"})
+    assert bogus.status_code == 303
+    assert len(fake.runs) == 3
+    assert admin.post("/admin/directories/corp/sync", data={"mode": "sync"}).status_code == 403
+    assert len(fake.runs) == 3
