@@ -19,6 +19,7 @@ from backend.errors import OpenMFAError
 from backend.metrics import BackendMetrics
 from backend.services import Services
 from backend.services.context import Clock
+from backend.services.directory_sync import SyncSchedule
 from backend.store.tables import now
 from webportal.app import routes as web_routes
 
@@ -48,9 +49,12 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
         services = await Services.open(settings, clock=clock)
         app.state.services = services
         metrics.attach(services)
+        schedule = SyncSchedule(services.directory_sync)
+        await schedule.start()
         try:
             yield
         finally:
+            await schedule.close()  # before the services it uses
             metrics.detach()
             await services.close()
 

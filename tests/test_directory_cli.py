@@ -2,8 +2,8 @@
 password on standard input, never echoed, never stored or audited in clear), list, show,
 set, test, remove; the refusals and their one-line errors.
 
-The walk against real directory servers (kind detection, counting users, a wrong service
-password, an untrusted CA) is in tests/test_directory_ldap.py.
+And the issue's walk against the real Samba AD DC and slapd: the kind detected, users counted,
+a wrong service password and an untrusted CA reported in one line.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.process import Cli
+from tests.support.samba_dc import SambaDC
+from tests.support.slapd import Slapd
 from tests.test_directory_settings import a_ca_pem
 
 PASSWORD = "Svc-Bind-Passw0rd-7f3c2a!"
@@ -167,3 +169,82 @@ def test_usage_errors(cli: Cli, tmp_path: Path) -> None:
     cli(*add_args("corp"), stdin=PASSWORD)
     taken = cli(*add_args("Corp"), stdin=PASSWORD, check=False)
     assert "already exists" in taken.stderr
+
+
+def test_the_operator_walk_against_the_samba_dc(cli: Cli, samba_dc: SambaDC) -> None:
+    """The issue's walk: add (kind detected, password piped), test, show, set, remove."""
+    dc = samba_dc
+    vpn, admins = dc.new_name("vpn"), dc.new_name("adm")
+    vpn_dn, admins_dn = dc.add_group(vpn), dc.add_group(admins)
+    users = [dc.add_user(dc.new_name("walk"), "Walk-Passw0rd!") for _ in range(3)]
+    dc.add_members(vpn, *(u.name for u in users))
+    dc.add_members(admins, users[0].name)
+    added = cli(
+        "directory",
+        "add",
+        "corp",
+        "--url",
+        dc.url,
+        "--ca-file",
+        str(dc.ca_file),
+        "--bind-dn",
+        dc.bind_dn,
+        "--bind-password-stdin",
+        "--base-dn",
+        dc.base_dn,
+        "--group",
+        vpn_dn,
+        "--admin-group",
+        admins_dn,
+        stdin=dc.bind_password + "\n",
+    )
+    assert "directory corp added: ad" in added.stdout  # detected from the root DSE
+    tested = cli("directory", "test", "corp")
+    assert f"directory corp: {dc.url.removesuffix(':636')} answered" in tested.stdout  # canonical
+    assert "3 users, 1 admin;" in tested.stdout
+    report = json.loads(cli("directory", "test", "corp", "--json").stdout)
+    assert (report["kind"], report["users"], report["admins"]) == ("ad", 3, 1)
+
+    # A wrong service password: one clear line, exit status 1.
+    cli("directory", "set", "corp", "--bind-password-stdin", stdin="Wrong-password-1")
+    wrong = cli("directory", "test", "corp", check=False)
+    assert wrong.returncode == 1
+    assert "refused the service account's bind" in wrong.stderr
+    assert "data 52e" in wrong.stderr
+    assert wrong.stderr.count("\n") == 1
+    cli("directory", "set", "corp", "--bind-password-stdin", stdin=dc.bind_password)
+
+    # The system's trust store does not know the test CA.
+    cli("directory", "set", "corp", "--system-ca")
+    untrusted = cli("directory", "test", "corp", check=False)
+    assert untrusted.returncode == 1
+    assert "certificate not trusted: give --ca-file" in untrusted.stderr
+    cli("directory", "set", "corp", "--ca-file", str(dc.ca_file))
+    assert cli("directory", "test", "corp").returncode == 0
+
+    stored = everything_stored(cli.home)
+    assert dc.bind_password.encode() not in stored
+    cli("directory", "remove", "corp")
+
+
+def test_add_detects_plain_ldap_and_refuses_a_wrong_password(cli: Cli, slapd: Slapd) -> None:
+    common = [
+        "--url",
+        slapd.starttls_url,
+        "--ca-file",
+        str(slapd.ca_file),
+        "--bind-dn",
+        slapd.bind_dn,
+        "--bind-password-stdin",
+        "--base-dn",
+        slapd.base_dn,
+    ]
+    refused = cli("directory", "add", "people", *common, stdin="not-it\n", check=False)
+    assert refused.returncode == 1
+    assert "refused the service account's bind (invalidCredentials)" in refused.stderr
+    assert "not-it" not in refused.stderr
+    assert "no directories" in cli("directory", "list").stdout
+    added = cli("directory", "add", "people", *common, stdin=slapd.bind_password + "\n")
+    assert "directory people added: ldap" in added.stdout
+    shown = json.loads(cli("directory", "show", "people", "--json").stdout)
+    assert shown["attributes"]["name"] == "uid"

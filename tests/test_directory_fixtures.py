@@ -141,6 +141,18 @@ def test_samba_account_states_and_the_bind_answers(samba_dc: SambaDC) -> None:
     connect(url, ca, user.dn, PASSWORD + "2").unbind()
 
 
+def test_samba_ou_as_a_private_base_dn(samba_dc: SambaDC) -> None:
+    ou = samba_dc.add_ou(samba_dc.new_name("t"))
+    mine = {samba_dc.add_user(samba_dc.new_name("u"), PASSWORD, parent=ou).dn for _ in range(3)}
+    samba_dc.add_user(samba_dc.new_name("elsewhere"), PASSWORD)
+    conn = connect(samba_dc.url, samba_dc.ca_file, samba_dc.bind_dn, samba_dc.bind_password)
+    try:
+        found = _search(conn, ou, "(&(objectCategory=person)(objectClass=user))")
+    finally:
+        conn.unbind()
+    assert {e.entry_dn for e in found} == mine
+
+
 def test_samba_deleted_user_is_gone(samba_dc: SambaDC) -> None:
     erin = samba_dc.add_user(samba_dc.new_name("erin"), PASSWORD)
     samba_dc.delete_user(erin.name)
@@ -205,6 +217,19 @@ def test_slapd_member_of_follows_group_changes(slapd: Slapd) -> None:
     assert slapd.member_of(new_dn) == {staff}
     slapd.delete(new_dn)
     assert slapd.value(staff, "member") == slapd.admin_dn  # only the placeholder is left
+
+
+def test_slapd_ou_as_a_private_base_dn(slapd: Slapd) -> None:
+    ou = slapd.add_ou(slapd.new_name("t"))
+    mine = {slapd.add_user(slapd.new_name("u"), PASSWORD, parent=ou).dn for _ in range(3)}
+    slapd.add_user(slapd.new_name("elsewhere"), PASSWORD)
+    conn = connect(slapd.url, slapd.ca_file, slapd.bind_dn, slapd.bind_password)
+    try:
+        found = _search(conn, ou, "(objectClass=inetOrgPerson)")
+    finally:
+        conn.unbind()
+    assert {e.entry_dn for e in found} == mine
+    assert slapd.dn_of(next(iter(mine)).split(",")[0][4:]) in mine
 
 
 def test_slapd_posix_group_lists_uids(slapd: Slapd) -> None:

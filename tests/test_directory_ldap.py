@@ -11,7 +11,10 @@ silent server that must not block the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +24,9 @@ import pytest
 
 from backend.directory.config import DEFAULT_ATTRIBUTES, DirectoryConfig
 from backend.directory.entries import DirectoryEntry
-from backend.directory.ldap import LdapDirectory, bind_refusal_outcome
+from backend.directory.ldap import LdapDirectory, bind_refusal_outcome, tls_context
 from backend.errors import DirectoryError, DirectoryUnavailable
+from tests.fakes.tls import make_tls
 from tests.support.ldapops import connect
 from tests.support.process import free_port
 from tests.support.samba_dc import SambaDC
@@ -405,3 +409,128 @@ async def test_a_silent_server_never_blocks_the_event_loop(slapd: Slapd) -> None
         assert result.outcome == "unavailable"
         assert elapsed < 8
         assert ticks >= elapsed / 0.01 * 0.5  # the loop ran all along
+
+        # Checks beyond the threads and the waiting room are refused at once, not queued.
+        bounded = LdapDirectory(
+            ldap_config(slapd, urls=(url,), connect_timeout=1.0, search_timeout=1.0),
+            slapd.bind_password,
+            max_workers=1,
+            max_waiting=1,
+        )
+        try:
+            first, second = (
+                asyncio.create_task(bounded.authenticate(f"u{i}", PASSWORD)) for i in (1, 2)
+            )
+            await asyncio.sleep(0)  # both admitted: one running, one waiting
+            started = time.monotonic()
+            third = await bounded.authenticate("u3", PASSWORD)
+            assert third.outcome == "unavailable"
+            assert "already wait" in third.detail
+            assert time.monotonic() - started < 0.5
+            assert (await first).outcome == (await second).outcome == "unavailable"
+        finally:
+            await bounded.close()
+
+
+class TlsListener:
+    """A TLS server on 127.0.0.1 that completes handshakes (or fails them) and then hangs up:
+    enough to see what the adapter's certificate checks say, without LDAP."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._context = context
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(8)
+        self.port = self._sock.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                self._context.wrap_socket(conn, server_side=True).close()
+
+    def close(self) -> None:
+        self._sock.close()
+        self._thread.join(timeout=5)
+
+
+@pytest.mark.anyio
+async def test_certificates_that_do_not_name_the_host_or_are_not_trusted(
+    tmp_path: Path, slapd: Slapd
+) -> None:
+    elsewhere = make_tls(tmp_path / "elsewhere", hosts=("elsewhere.example",))
+    listener = TlsListener(elsewhere.server_context())
+    try:
+        url = f"ldaps://127.0.0.1:{listener.port}"
+        trusted_ca = elsewhere.ca_file.read_text(encoding="ascii")
+        for ca, message in (
+            (trusted_ca, "certificate does not name the host of the URL"),
+            (a_ca_pem("Another CA"), "certificate not trusted: give --ca-file"),
+            (None, "certificate not trusted: give --ca-file"),  # the system's store
+        ):
+            reader = LdapDirectory(ldap_config(slapd, urls=(url,), ca_pem=ca), "pw")
+            try:
+                with pytest.raises(DirectoryUnavailable, match=message):
+                    await reader.test()
+            finally:
+                await reader.close()
+    finally:
+        listener.close()
+
+
+def test_the_tls_context_verifies_names_and_refuses_old_protocols() -> None:
+    context = tls_context(a_ca_pem())
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert context.check_hostname
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert len(context.get_ca_certs()) == 1  # the private CA alone, not the system's store
+
+
+@pytest.mark.anyio
+async def test_closing_a_reader_during_a_paged_read_ends_it_cleanly(slapd: Slapd) -> None:
+    """The service replaces a reader when its settings change, perhaps while a sync reads
+    pages: the read stops with DirectoryUnavailable and its connection is released."""
+    prefix = slapd.new_name("cl")
+    for i in range(4):
+        slapd.add_user(f"{prefix}{i}", PASSWORD)
+    reader = LdapDirectory(
+        ldap_config(slapd, user_filter=f"(uid={prefix}*)", page_size=1), slapd.bind_password
+    )
+    pages = reader.user_pages()
+    first = await anext(pages)
+    assert len(first) == 1
+    await reader.close()
+    with pytest.raises(DirectoryUnavailable, match="closed"):
+        await anext(pages)
+    await pages.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_silent_first_server_is_tried_last_for_a_while(slapd: Slapd) -> None:
+    """Failover: the first URL accepts connections and never answers. The first connection
+    waits out the timeout and moves on; the next ones go to the live server first."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        dead = f"ldaps://127.0.0.1:{silent.getsockname()[1]}"
+        reader = LdapDirectory(
+            ldap_config(slapd, urls=(dead, slapd.url), connect_timeout=1.0, search_timeout=1.0),
+            slapd.bind_password,
+        )
+        try:
+            started = time.monotonic()
+            report = await reader.test()
+            assert report.url == slapd.url
+            assert time.monotonic() - started >= 0.9  # waited for the silent one
+            started = time.monotonic()
+            url, conn = await asyncio.to_thread(reader._open, slapd.bind_dn, slapd.bind_password)
+            conn.unbind()
+            assert url == slapd.url
+            assert time.monotonic() - started < 0.9  # the silent one was not tried first
+        finally:
+            await reader.close()

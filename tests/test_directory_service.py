@@ -237,3 +237,32 @@ async def test_list_and_the_services_container(services: Services) -> None:
     assert [v.name for v in await services.directories.list()] == ["A-dir", "b-dir"]
     ldap = await service.get("b-dir")
     assert ldap.attributes.name == "uid"
+
+
+@pytest.mark.anyio
+async def test_a_change_made_by_another_process_replaces_the_cached_reader(
+    services: Services,
+) -> None:
+    """``openmfa directory set`` runs in its own process while ``openmfa run`` serves: the
+    server's cached reader must not keep the old password or settings."""
+    factory = Factory()
+    box: SecretBox = services.directories._box
+    server = DirectoryService(
+        services.db, box, services.audit, services.clock, factory, freshness=0.0
+    )
+    command, _ = with_fake(services)
+    view = await command.add(ADMIN, corp(kind="ad"), PASSWORD)
+    first = await server.reader(view.id)
+    assert await server.reader(view.id) is first  # unchanged: kept
+    services.clock.advance(60)  # type: ignore[attr-defined]
+    await command.update(ADMIN, "corp", DirectoryChanges(page_size=42), "An0ther-password")
+    second = await server.reader(view.id)
+    assert second is not first
+    assert first.closed  # type: ignore[attr-defined]
+    assert second.config.page_size == 42  # type: ignore[attr-defined]
+    assert second.password == "An0ther-password"  # type: ignore[attr-defined]
+    await command.remove(ADMIN, "corp")
+    with pytest.raises(NotFound):
+        await server.reader(view.id)
+    assert second.closed  # type: ignore[attr-defined]
+    await server.close()

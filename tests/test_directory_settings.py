@@ -362,3 +362,28 @@ def test_values_in_filters_are_escaped() -> None:
     assert adapter.dn_key("CN=VPN Users, OU=Groups,DC=corp,DC=example") == adapter.dn_key(
         "cn=vpn users,ou=groups,dc=corp,dc=example"
     )
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_an_escaped_name_is_one_equality_filter_with_that_exact_value(name: str) -> None:
+    """The attack surface of authenticate(): whatever a user types as their name, the filter
+    built from it is one equality match on the name attribute, for exactly that value."""
+    import re
+
+    from ldap3.operation.search import MATCH_EQUAL, parse_filter
+
+    root = parse_filter(
+        f"(sAMAccountName={adapter.escape_value(name)})",
+        None,
+        False,
+        True,
+        None,
+        False,  # type: ignore[no-untyped-call]
+    )
+    assert len(root.elements) == 1
+    node = root.elements[0]
+    assert node.tag == MATCH_EQUAL
+    assert not node.elements
+    assert node.assertion["attr"] == "sAMAccountName"
+    raw = re.sub(rb"\\([0-9a-fA-F]{2})", lambda m: bytes([int(m[1], 16)]), node.assertion["value"])
+    assert raw.decode("utf-8") == name

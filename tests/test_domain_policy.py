@@ -37,6 +37,7 @@ def test_defaults() -> None:
         push_limit_window_seconds=300,
         push_max_unanswered=3,
         deny_limit_per_device=3,
+        directory_invite_new_users=False,
     )
     assert resolve() == expected
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the services (SQLAlchemy, Alembic, ...) load only when a co
     # so that ``--help`` and usage errors answer at once
     from backend.services import Services
     from backend.services.context import Actor
+    from backend.store.queries import UserRecord
 
 _DURATION = re.compile(r"([0-9]+)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -103,12 +104,20 @@ async def user_list(services: Services, args: argparse.Namespace, actor: Actor) 
     return 0
 
 
+def _disabled_by(user: UserRecord) -> str:
+    """Who disabled the user, and why when a directory sync did."""
+    if user.disabled_by == "directory":
+        return f" (by the directory sync: {clean(user.disabled_reason or '-')})"
+    return " (by an administrator)" if user.disabled_by == "admin" else ""
+
+
 async def user_show(services: Services, args: argparse.Namespace, actor: Actor) -> int:
     user = await services.users.get(args.name)
     devices = await services.devices.list_for_user(args.name)
     print(
         f"name:          {clean(user.name)}\nstate:         {user.state}"
         + (f" ({clean(user.blocked_reason)})" if user.blocked else "")
+        + (_disabled_by(user) if user.disabled else "")
         + f"\ndisplay name:  {clean(user.display_name or '-')}"
         f"\ne-mail:        {clean(user.email or '-')}"
         f"\nadministrator: {'yes' if user.is_admin else 'no'}"

@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend import __version__
-from backend.cli import admin, backup, clients, device, directory, doctor, fraud, imports
+from backend.cli import (
+    admin,
+    backup,
+    clients,
+    device,
+    directory,
+    directory_sync,
+    doctor,
+    fraud,
+    imports,
+)
 from backend.cli.output import clean
 from backend.errors import OpenMFAError
 
@@ -308,7 +318,7 @@ def _parser() -> argparse.ArgumentParser:
 
     imports.add_parsers(user_cmds, tok_cmds)  # user import, token import (CSV)
     clients.add_parser(groups)
-    directory.add_parser(groups)  # returns its subcommands: `directory sync` adds itself there
+    directory_sync.register(directory.add_parser(groups))  # `directory sync`, `syncs`
     fraud.add_parser(groups)
     doctor.add_parser(groups)
     backup.add_parser(groups)

@@ -30,7 +30,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -42,7 +42,6 @@ from ldap3.core.exceptions import (
     LDAPResponseTimeoutError,
     LDAPStartTLSError,
 )
-from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
 from backend.directory.config import DirectoryConfig, Kind
@@ -66,6 +65,7 @@ LDAP_USERS: Final = "(|(objectClass=inetOrgPerson)(objectClass=posixAccount))"
 UAC_ACCOUNTDISABLE: Final = 0x2
 FILETIME_NEVER: Final = (0, 0x7FFFFFFFFFFFFFFF)
 FILETIME_EPOCH_OFFSET: Final = 11644473600  # seconds from 1601-01-01 to 1970-01-01
+DOWN_FOR: Final = 30.0  # seconds a failed server is tried after the others
 CERTIFICATE_HINT: Final = "certificate not trusted: give --ca-file"
 
 #: AD's "data NNN" in the diagnostic message of a refused bind (invalidCredentials, 49).
@@ -99,9 +99,19 @@ def bind_refusal_outcome(description: str, message: str) -> BindOutcome:
     return "not-permitted"
 
 
+_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_@+=, ")
+
+
 def escape_value(value: str) -> str:
-    """A value for an LDAP filter, escaped as RFC 4515 says."""
-    return str(escape_filter_chars(value))
+    """A value for an LDAP filter (RFC 4515): every byte of its UTF-8 form that is not a
+    letter, digit or one of ``.-_@+=,`` as ``\\xx``. More than the RFC's minimum
+    (``*()\\`` and NUL): ldap3 strips surrounding white space and control characters from
+    filter values, so those are escaped too and a name is matched exactly as given."""
+    data = value.encode("utf-8")
+    if value.strip() != value:
+        # Leading/trailing spaces escaped as well: ldap3 would trim them.
+        return "".join(chr(b) if b in _PLAIN and b != 0x20 else f"\\{b:02x}" for b in data)
+    return "".join(chr(b) if b in _PLAIN else f"\\{b:02x}" for b in data)
 
 
 def escape_bytes(value: bytes) -> str:
@@ -209,8 +219,15 @@ def _why(exc: BaseException) -> str:
     carry the socket error and the server's address only)."""
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        detail = "hostname mismatch" if "hostname" in text.lower() else "unknown CA"
-        return f"{CERTIFICATE_HINT} ({detail})"
+        lowered = text.lower()
+        if "mismatch" in lowered:  # "Hostname mismatch" / "IP address mismatch"
+            return (
+                "the server's certificate does not name the host of the URL: use a name the "
+                "certificate has"
+            )
+        if "expired" in lowered or "not yet valid" in lowered:
+            return "the server's certificate has expired or is not yet valid"
+        return f"{CERTIFICATE_HINT} (it does not chain to a trusted CA)"
     if isinstance(exc, LDAPStartTLSError):
         return "StartTLS failed: " + (text[:160] or type(exc).__name__)
     return (text or type(exc).__name__)[:200]
@@ -256,7 +273,9 @@ class _Paging:
 class LdapDirectory:
     """One directory over LDAP: pooled service-account connections, failover across URLs.
 
-    ``clock`` gives Unix seconds (accountExpires is compared to it; tests move it).
+    ``max_workers`` threads do this directory's LDAP work; at most ``max_waiting`` password
+    checks wait for one (more are answered ``unavailable`` at once: a slow or dead DC must
+    not pile up requests). ``clock`` gives Unix seconds (accountExpires is compared to it).
     """
 
     def __init__(
@@ -265,6 +284,7 @@ class LdapDirectory:
         bind_password: str,
         *,
         max_workers: int = 4,
+        max_waiting: int = 64,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -275,8 +295,11 @@ class LdapDirectory:
             max_workers=max_workers, thread_name_prefix=f"ldap-{config.name}"
         )
         self._max_idle = max_workers
+        self._admit = max_workers + max_waiting
+        self._checking = 0  # password checks running or waiting (event loop only)
         self._idle: list[tuple[str, Any]] = []
         self._lock = threading.Lock()
+        self._down: dict[str, float] = {}  # URL -> until when it is tried last (monotonic)
         self._memberof: dict[str, bool] = {}  # group DN key -> the server evaluates memberOf
         self._closed = False
 
@@ -335,12 +358,23 @@ class LdapDirectory:
         if first in urls:
             urls.remove(first)
             urls.insert(0, first)
+        # A server that just failed is tried last for a while: with the first DC down (and
+        # silent), every new connection would otherwise wait the connect timeout first.
+        now = time.monotonic()
+        with self._lock:
+            urls.sort(key=lambda u: self._down.get(u, 0.0) > now)
         problems: list[str] = []
         for url in urls:
             try:
-                return url, self._connect(url, dn, password)
+                conn = self._connect(url, dn, password)
             except _CONNECTION_ERRORS as exc:
                 problems.append(f"{url}: {_why(exc)}")
+                with self._lock:
+                    self._down[url] = time.monotonic() + DOWN_FOR
+                continue
+            with self._lock:
+                self._down.pop(url, None)
+            return url, conn
         raise DirectoryUnavailable(
             f"no server of the directory {self.config.name} answered: " + "; ".join(problems)
         )
@@ -674,7 +708,7 @@ class LdapDirectory:
 
     # -- DirectoryReader ------------------------------------------------------------------------
 
-    async def user_pages(self) -> AsyncIterator[list[DirectoryEntry]]:
+    async def user_pages(self) -> AsyncGenerator[list[DirectoryEntry], None]:
         """The selection's users, one page at a time (one LDAP page per thread call)."""
         state = await self._call(self._start)
         try:
@@ -683,8 +717,19 @@ class LdapDirectory:
                 if page:
                     yield page
         finally:
-            # Not through _call: closing must still release the connection.
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._finish, state)
+            await self._release(state)
+
+    async def _release(self, state: _Paging) -> None:
+        """End a paged read and give its connection back (or drop it). Not through
+        :meth:`_call`: a reader closed meanwhile must still release the connection."""
+        if not self._closed:
+            try:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._executor, self._finish, state)
+                return
+            except RuntimeError:  # the executor was shut down meanwhile
+                pass
+        await asyncio.to_thread(_unbind, state.conn)
 
     async def test(self) -> TestReport:
         """Connect, bind, read the root DSE, count the selection and its admins."""
@@ -697,7 +742,7 @@ class LdapDirectory:
                 users += len(page)
                 admins += sum(1 for e in page if e.admin)
         finally:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._finish, state)
+            await self._release(state)
         return TestReport(
             url=state.url,
             kind=state.kind,
@@ -724,12 +769,19 @@ class LdapDirectory:
         """Find the user with the service account, then bind as them on a new connection."""
         if not password:
             return BindResult("empty-password", detail="empty password: refused without a bind")
+        if self._checking >= self._admit:
+            return BindResult(
+                "unavailable",
+                detail=f"{self._checking} password checks already wait for the directory "
+                f"{self.config.name}",
+            )
+        self._checking += 1
         try:
             return await self._call(self._authenticate, user_name, password, external_id)
-        except DirectoryUnavailable as exc:
+        except (DirectoryUnavailable, DirectoryError) as exc:
             return BindResult("unavailable", detail=exc.detail)
-        except DirectoryError as exc:
-            return BindResult("unavailable", detail=exc.detail)
+        finally:
+            self._checking -= 1
 
     def _find(
         self, user_name: str, external_id: str | None

@@ -128,6 +128,13 @@ KEYS: dict[str, PolicyKey] = {
             3,
             "denies from one device per window before pushes stop (0: no limit)",
         ),
+        # Read from the global scope only: it concerns users who do not exist yet.
+        PolicyKey(
+            "directory_invite_new_users",
+            _parse_bool,
+            False,
+            "a directory sync e-mails an invitation to each new user with an address",
+        ),
     )
 }
 
@@ -151,6 +158,7 @@ class Policy:
     push_limit_window_seconds: int
     push_max_unanswered: int
     deny_limit_per_device: int
+    directory_invite_new_users: bool
 
 
 def parse_value(key: str, raw: str) -> Any:

@@ -32,6 +32,7 @@ from backend.services.challenges import ChallengeService
 from backend.services.context import Actor, Clock
 from backend.services.devices import DeviceService
 from backend.services.directories import DirectoryService
+from backend.services.directory_sync import DirectorySyncService, MailInviter
 from backend.services.factors import FactorGuard
 from backend.services.fraud import FraudService
 from backend.services.geoip import GeoIp
@@ -81,6 +82,7 @@ class Services:
     accounts: AccountService
     notices: AccountNotices
     factors: FactorGuard
+    directory_sync: DirectorySyncService
     clock: Clock
     imports: ImportService
     # None where push is off (CLI commands): see Services.open's ``push``.
@@ -200,6 +202,10 @@ class Services:
                 notices=notices,
             )
             fraud = FraudService(db, audit, clock, challenges)
+            invitations = InvitationService(
+                db, hasher, audit, clock, settings.resolved_public_url, notices=notices
+            )
+            directories = DirectoryService(db, box, audit, clock)
             web_sessions = WebSessionService(
                 db,
                 clock,
@@ -232,7 +238,7 @@ class Services:
                 challenges=challenges,
                 tokens=ApiTokenService(db, audit, clock),
                 radius_clients=RadiusClientService(db, box, audit, clock),
-                directories=DirectoryService(db, box, audit, clock),
+                directories=directories,
                 fraud=fraud,
                 pipush=PiPushService(
                     db,
@@ -245,9 +251,7 @@ class Services:
                     notices=notices,
                     factors=factors,
                 ),
-                invitations=InvitationService(
-                    db, hasher, audit, clock, settings.resolved_public_url, notices=notices
-                ),
+                invitations=invitations,
                 web_sessions=web_sessions,
                 reports=ReportService(db, clock),
                 sign_ins=SignInService(db, clock),
@@ -255,6 +259,17 @@ class Services:
                 accounts=AccountService(db, challenges, audit),
                 notices=notices,
                 factors=factors,
+                directory_sync=DirectorySyncService(
+                    db,
+                    audit,
+                    clock,
+                    challenges,
+                    notices,
+                    directories,
+                    None
+                    if sender is None
+                    else MailInviter(users, invitations, audit, sender, settings.issuer),
+                ),
                 clock=clock,
                 imports=ImportService(db, box, audit, clock, factors, notices=notices),
                 push=dispatcher,

@@ -67,12 +67,10 @@ class AuditLog:
         self,
         conn: AsyncConnection,
         actor: Actor,
-        action: str,
-        result: str,
-        rows: list[tuple[str, str]],
+        rows: list[tuple[str, str, str, str]],
     ) -> None:
-        """Add one row per (user name, detail) to ``conn``'s transaction in one statement
-        (bulk work such as a CSV import: thousands of rows, one round trip)."""
+        """Rows of (action, result, user name, detail) in one statement, in ``conn``'s
+        transaction: a directory sync audits thousands of changes at once."""
         if not rows:
             return
         at = self._clock()
@@ -89,7 +87,7 @@ class AuditLog:
                     "detail": _clip(detail, 1024),
                     "request_id": actor.request_id[:64],
                 }
-                for user_name, detail in rows
+                for action, result, user_name, detail in rows
             ],
         )
 

@@ -440,6 +440,18 @@ class ChallengeService:
         await self._announce(cancelled)
         return len(cancelled)
 
+    async def cancel_pending_in(
+        self, conn: AsyncConnection, actor: Actor, user_id: int, user_name: str, reason: str
+    ) -> list[Outcome]:
+        """:meth:`cancel_pending_for_user` inside the caller's transaction (a sync disabling
+        many users at once); the caller passes the outcomes to :meth:`announce` after its
+        commit."""
+        return await self._cancel_pending(conn, actor, user_id, user_name, reason)
+
+    async def announce(self, outcomes: list[Outcome]) -> None:
+        """Wake whoever waits on these challenges (after the transaction that ended them)."""
+        await self._announce(outcomes)
+
     async def _cancel_pending(
         self, conn: AsyncConnection, actor: Actor, user_id: int, user_name: str, reason: str
     ) -> list[Outcome]:

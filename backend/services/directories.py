@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -166,6 +167,16 @@ def _columns(s: DirectorySettings) -> dict[str, Any]:
     }
 
 
+@dataclass(slots=True)
+class _Cached:
+    """A shared reader, the ``updated_at`` of the settings it was built from, and when that
+    was last compared with the database (monotonic seconds)."""
+
+    reader: DirectoryReader
+    updated_at: datetime
+    checked: float
+
+
 class DirectoryService:
     """Add, change, list, test and remove directories; hand out their shared readers."""
 
@@ -176,13 +187,15 @@ class DirectoryService:
         audit: AuditLog,
         clock: Clock,
         reader_factory: ReaderFactory | None = None,
+        freshness: float = 5.0,
     ) -> None:
         self._db = db
         self._box = box
         self._audit = audit
         self._clock = clock
         self._factory: ReaderFactory = reader_factory or _ldap_reader
-        self._readers: dict[int, DirectoryReader] = {}
+        self._freshness = freshness
+        self._readers: dict[int, _Cached] = {}
         self._lock = asyncio.Lock()
 
     # -- reading --------------------------------------------------------------------------------
@@ -253,7 +266,7 @@ class DirectoryService:
             ).all()
             return [await self._view(conn, row) for row in rows]
 
-    async def _load(self, directory_id: int) -> tuple[DirectoryConfig, str]:
+    async def _load(self, directory_id: int) -> tuple[DirectoryConfig, str, datetime]:
         async with self._db.read() as conn:
             row = (
                 await conn.execute(select(directories_t).where(directories_t.c.id == directory_id))
@@ -263,36 +276,70 @@ class DirectoryService:
         password = self._box.open(
             bytes(row.bind_password_enc), password_purpose(directory_id)
         ).decode("utf-8")
-        return to_config(directory_id, _settings(row)), password
+        return to_config(directory_id, _settings(row)), password, row.updated_at
 
     async def config(self, directory_id: int) -> DirectoryConfig:
         """The adapter's settings of one directory (no password); :class:`NotFound`."""
-        config, _ = await self._load(directory_id)
+        config, _, _ = await self._load(directory_id)
         return config
 
     async def reader(self, directory_id: int) -> DirectoryReader:
         """The shared reader of one directory, built on first use. Callers never close it:
-        :meth:`update`, :meth:`remove` and :meth:`close` do."""
-        async with self._lock:
-            reader = self._readers.get(directory_id)
-            if reader is None:
-                config, password = await self._load(directory_id)
+        :meth:`update`, :meth:`remove` and :meth:`close` do.
+
+        A change made by another process (``openmfa directory set`` while ``openmfa run``
+        serves) is noticed within ``freshness`` seconds: the stored ``updated_at`` is compared
+        then, and a reader built from older settings is replaced (and closed)."""
+        stale: DirectoryReader | None = None
+        try:
+            async with self._lock:
+                cached = self._readers.get(directory_id)
+                now = time.monotonic()
+                if cached is not None and now - cached.checked < self._freshness:
+                    return cached.reader
+                if cached is not None:
+                    if await self._updated_at(directory_id) == cached.updated_at:
+                        cached.checked = now
+                        return cached.reader
+                    stale = self._readers.pop(directory_id).reader
+                config, password, updated_at = await self._load(directory_id)
                 reader = self._factory(config, password)
-                self._readers[directory_id] = reader
-            return reader
+                self._readers[directory_id] = _Cached(reader, updated_at, now)
+                return reader
+        except NotFound:
+            # Removed by another process: forget what was cached for it.
+            async with self._lock:
+                gone = self._readers.pop(directory_id, None)
+            if gone is not None:
+                stale = gone.reader
+            raise
+        finally:
+            if stale is not None:
+                await stale.close()
+
+    async def _updated_at(self, directory_id: int) -> datetime:
+        async with self._db.read() as conn:
+            value = (
+                await conn.execute(
+                    select(directories_t.c.updated_at).where(directories_t.c.id == directory_id)
+                )
+            ).scalar()
+        if value is None:
+            raise NotFound(f"no directory with id {directory_id}")
+        return value  # type: ignore[no-any-return]
 
     async def _forget_reader(self, directory_id: int) -> None:
         async with self._lock:
-            reader = self._readers.pop(directory_id, None)
-        if reader is not None:
-            await reader.close()
+            cached = self._readers.pop(directory_id, None)
+        if cached is not None:
+            await cached.reader.close()
 
     async def close(self) -> None:
         """Close every cached reader (server shutdown, end of a command)."""
         async with self._lock:
-            readers, self._readers = list(self._readers.values()), {}
-        for reader in readers:
-            await reader.close()
+            cached, self._readers = list(self._readers.values()), {}
+        for entry in cached:
+            await entry.reader.close()
 
     # -- changing -------------------------------------------------------------------------------
 

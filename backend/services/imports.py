@@ -140,10 +140,13 @@ class ImportService:
                 await self._audit.add_many(
                     conn,
                     actor,
-                    "user.add",
-                    "ok",
                     [
-                        (user_key(r.name), f"import line {r.line}" + (" admin" if r.admin else ""))
+                        (
+                            "user.add",
+                            "ok",
+                            user_key(r.name),
+                            f"import line {r.line}" + (" admin" if r.admin else ""),
+                        )
                         for r in plan.users
                     ],
                 )
@@ -222,7 +225,7 @@ class ImportService:
                     raise _refusal(plan)
                 ids = await _user_ids(conn, [name for _, name in plan.tokens])
                 devices: list[dict[str, object]] = []
-                audit: list[tuple[str, str]] = []
+                audit: list[tuple[str, str, str, str]] = []
                 for row, user_name in plan.tokens:
                     device_id = new_device_id()
                     devices.append(
@@ -242,6 +245,8 @@ class ImportService:
                     )
                     audit.append(
                         (
+                            "device.import",
+                            "ok",
                             user_name,
                             f"{device_id} serial {row.serial} period {row.period}s "
                             f"(import line {row.line})",
@@ -250,7 +255,7 @@ class ImportService:
                     created.append((ids[user_name], device_id, row.device_name))
                 if devices:
                     await conn.execute(insert(devices_t), devices)
-                await self._audit.add_many(conn, actor, "device.import", "ok", audit)
+                await self._audit.add_many(conn, actor, audit)
                 # The user's notice ("a sign-in method was added"), in the same commit.
                 for user_id, device_id, name in created:
                     if self._notices is not None:

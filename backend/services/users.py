@@ -220,9 +220,15 @@ class UserService:
             return await load_user(conn, name)
 
     async def set_disabled(self, actor: Actor, name: str, disabled: bool) -> UserRecord:
-        """Disable (no sign-in at all) or enable a user."""
+        """Disable (no sign-in at all) or enable a user. Recorded as an administrator's
+        decision, which a directory sync never undoes (backend/directory/planner.py)."""
         return await self._change(
-            actor, name, "user.disable" if disabled else "user.enable", disabled=disabled
+            actor,
+            name,
+            "user.disable" if disabled else "user.enable",
+            disabled=disabled,
+            disabled_by="admin" if disabled else "",
+            disabled_reason="",
         )
 
     async def set_blocked(

@@ -40,6 +40,8 @@ class UserRecord:
     otp_locked_until: datetime | None
     last_sign_in_at: datetime | None
     created_at: datetime
+    disabled_by: str = ""  # "admin", "directory" (a sync; see backend/directory/planner.py)
+    disabled_reason: str = ""  # a sync's reason: disabled, expired or gone
 
     @property
     def state(self) -> str:
@@ -69,6 +71,8 @@ def user_from_row(row: Any) -> UserRecord:
         otp_locked_until=row.otp_locked_until,
         last_sign_in_at=row.last_sign_in_at,
         created_at=row.created_at,
+        disabled_by=row.disabled_by or "",
+        disabled_reason=row.disabled_reason or "",
     )
 
 

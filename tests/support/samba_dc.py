@@ -204,9 +204,11 @@ class SambaDC:
         phone: str | None = None,
         must_change: bool = False,
         disabled: bool = False,
+        parent: str | None = None,
     ) -> DirectoryUser:
-        """Create an enabled (or ``disabled``) user in CN=Users with ``password``."""
-        dn = f"CN={escape_rdn(name)},{self.users_dn}"
+        """Create an enabled (or ``disabled``) user with ``password`` in CN=Users, or in
+        ``parent`` (e.g. an OU from :meth:`add_ou`)."""
+        dn = f"CN={escape_rdn(name)},{parent or self.users_dn}"
         attrs: dict[str, Any] = {
             "sAMAccountName": name,
             "userPrincipalName": f"{name}@{REALM.lower()}",
@@ -298,10 +300,18 @@ class SambaDC:
 
     delete = delete_user
 
-    # -- groups ----------------------------------------------------------------------------
-    def add_group(self, name: str) -> str:
-        """A global security group in CN=Users; returns its DN."""
-        dn = f"CN={escape_rdn(name)},{self.users_dn}"
+    # -- containers and groups ---------------------------------------------------------------
+    def add_ou(self, name: str, parent: str | None = None) -> str:
+        """An organizational unit under the domain (or ``parent``); returns its DN. The DC is
+        shared by the whole run, so a test that counts users gives itself an OU (or a group)
+        and uses it as the base DN."""
+        dn = f"OU={escape_rdn(name)},{parent or BASE_DN}"
+        self._admin.add(dn, ["top", "organizationalUnit"], {"ou": name})
+        return dn
+
+    def add_group(self, name: str, parent: str | None = None) -> str:
+        """A global security group in CN=Users (or ``parent``); returns its DN."""
+        dn = f"CN={escape_rdn(name)},{parent or self.users_dn}"
         self._admin.add(dn, ["top", "group"], {"sAMAccountName": name})
         return dn
 

@@ -283,9 +283,11 @@ access to *
         phone: str | None = None,
         cn: str | None = None,
         sn: str | None = None,
+        parent: str | None = None,
     ) -> DirectoryUser:
-        """An inetOrgPerson ``uid=name,ou=people`` with ``password`` (stored as {SSHA})."""
-        dn = f"uid={escape_rdn(name)},{self.people_dn}"
+        """An inetOrgPerson ``uid=name`` in ou=people (or ``parent``, e.g. from
+        :meth:`add_ou`) with ``password`` (stored as {SSHA})."""
+        dn = f"uid={escape_rdn(name)},{parent or self.people_dn}"
         attrs: dict[str, Any] = {
             "uid": name,
             "cn": cn or display_name or name,
@@ -342,12 +344,19 @@ access to *
 
     delete_user = remove = delete
 
-    # -- groups ----------------------------------------------------------------------------
-    def add_group(self, name: str, *members: str) -> str:
+    # -- containers and groups ---------------------------------------------------------------
+    def add_ou(self, name: str, parent: str | None = None) -> str:
+        """An organizationalUnit under the base (or ``parent``); returns its DN. Tests that
+        count users give themselves one and use it as the base DN."""
+        dn = f"ou={escape_rdn(name)},{parent or BASE_DN}"
+        self._admin.add(dn, ["organizationalUnit"], {"ou": name})
+        return dn
+
+    def add_group(self, name: str, *members: str, parent: str | None = None) -> str:
         """A groupOfNames ``cn=name,ou=groups`` with ``members`` (names or DNs); returns its
         DN. groupOfNames must have a member: an empty group holds the rootdn, which is no
         entry (the memberof overlay ignores it)."""
-        dn = f"cn={escape_rdn(name)},{self.groups_dn}"
+        dn = f"cn={escape_rdn(name)},{parent or self.groups_dn}"
         member = [self.dn_of(m) for m in members] or [self.admin_dn]
         self._admin.add(dn, ["groupOfNames"], {"cn": name, "member": member})
         return dn
