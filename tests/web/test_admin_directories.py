@@ -214,3 +214,54 @@ def test_dry_run_sync_stopped_and_sync_anyway(
     assert len(fake.runs) == 3
     assert admin.post("/admin/directories/corp/sync", data={"mode": "sync"}).status_code == 403
     assert len(fake.runs) == 3
+
+
+def test_dry_run_sync_and_a_stop_at_the_threshold_against_slapd(
+    web: WebHarness, slapd: Slapd
+) -> None:
+    """The real sync service and a real OpenLDAP server: dry run (nothing written), sync
+    (users created), the group emptied (the sync stops: nobody disabled), Sync anyway."""
+    admin = web.admin_browser()
+    names = [slapd.new_name("emp") for _ in range(6)]
+    for name in names:
+        slapd.add_user(name, "Emp-Passw0rd!", email=f"{name}@example.com")
+    group = slapd.new_name("staff")
+    group_dn = slapd.add_group(group, *names)
+    settings = DirectorySettings(
+        name="ldap1",
+        urls=(slapd.url,),
+        bind_dn=slapd.bind_dn,
+        base_dn=slapd.base_dn,
+        kind="ldap",
+        ca_pem=Path(slapd.ca_file).read_text(),
+        group_dn=group_dn,
+    )
+    web.run(web.services.directories.add(ADMIN, settings, slapd.bind_password))
+    token = csrf_from(admin.get("/admin/directories").text)
+
+    def press(mode: str) -> str:
+        done = admin.post("/admin/directories/ldap1/sync", data={"csrf_token": token, "mode": mode})
+        assert done.status_code == 303, done.text
+        return html.unescape(admin.get("/admin/directories").text)
+
+    text = press("dry-run")
+    assert "Dry run of ldap1 done: 6 created" in text
+    assert "(nothing written)" in text
+    assert all(name in text for name in names)  # the names that would be created
+    assert not any(u.user.name in names for u in web.run(web.services.users.list()))
+
+    text = press("sync")
+    assert "Sync of ldap1 done: 6 created" in text
+    assert {u.user.name for u in web.run(web.services.users.list())} >= set(names)
+
+    slapd.remove_members(group, *names)
+    text = press("sync")
+    assert "The sync of ldap1 stopped" in text
+    assert "Nobody was disabled" in text
+    assert "Sync anyway" in text
+    assert not any(web.user(name).disabled for name in names)
+
+    text = press("force")
+    assert "Sync of ldap1 done: 0 created, 0 updated, 0 renamed, 6 disabled" in text
+    assert "Sync anyway" not in text
+    assert all(web.user(name).disabled for name in names)

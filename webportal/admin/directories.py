@@ -11,9 +11,7 @@ A sync the safety threshold stopped offers "Sync anyway", which forces it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -26,6 +24,7 @@ from backend.errors import (
     NotFound,
     SyncStopped,
 )
+from backend.services.directory_sync import DirectorySyncService, SyncReport
 from webportal.auth import require_admin
 from webportal.forms import field
 from webportal.routing import page
@@ -45,61 +44,11 @@ CHANGE_KINDS = (
 )
 
 
-class SyncReportView(Protocol):
-    """What the page reads of a sync report (``services.directory_sync``'s ``SyncReport``)."""
-
-    @property
-    def dry_run(self) -> bool: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def started_at(self) -> datetime: ...
-    @property
-    def finished_at(self) -> datetime | None: ...
-    @property
-    def created(self) -> int: ...
-    @property
-    def updated(self) -> int: ...
-    @property
-    def renamed(self) -> int: ...
-    @property
-    def disabled(self) -> int: ...
-    @property
-    def enabled(self) -> int: ...
-    @property
-    def unchanged(self) -> int: ...
-    @property
-    def errors(self) -> int: ...
-    @property
-    def message(self) -> str: ...
-    @property
-    def details(self) -> dict[str, Any]: ...
-    @property
-    def duration(self) -> float | None: ...
+def _sync_service(request: Request) -> DirectorySyncService:
+    return services_of(request).directory_sync
 
 
-class SyncRunner(Protocol):
-    """The part of ``services.directory_sync`` (the issue 14 contract) the page uses."""
-
-    async def run(
-        self,
-        actor: Any,
-        name: str,
-        *,
-        dry_run: bool = False,
-        force: bool = False,
-        progress: Callable[[Any], None] | None = None,
-    ) -> Any: ...
-
-    async def last(self, name: str, *, dry_run: bool | None = None) -> Any: ...
-
-
-def _sync_service(request: Request) -> SyncRunner | None:
-    sync: SyncRunner | None = getattr(services_of(request), "directory_sync", None)
-    return sync
-
-
-def report_names(report: SyncReportView) -> list[tuple[str, list[str]]]:
+def report_names(report: SyncReport) -> list[tuple[str, list[str]]]:
     """(label, names) for each change kind the report lists names for."""
     out = []
     for key, label in CHANGE_KINDS:
@@ -119,8 +68,8 @@ async def _page(
     sync = _sync_service(request)
     rows = []
     for view in await services.directories.list():
-        last = await sync.last(view.name, dry_run=False) if sync is not None else None
-        dry = await sync.last(view.name, dry_run=True) if sync is not None else None
+        last = await sync.last(view.name, dry_run=False)
+        dry = await sync.last(view.name, dry_run=True)
         # The newer of the two is shown first; both when there are both.
         reports = [r for r in (last, dry) if r is not None]
         reports.sort(key=lambda r: r.started_at, reverse=True)
@@ -135,7 +84,7 @@ async def _page(
         "rows": rows,
         "tested": tested,
         "test_error": test_error,
-        "can_sync": sync is not None,
+        "can_sync": True,
     }
     return await render(request, "admin/directories.html", context, status=status)
 
@@ -166,7 +115,7 @@ async def sync(request: Request) -> Response:
     name = request.path_params["name"]
     mode = await field(request, "mode", 16)
     runner = _sync_service(request)
-    if runner is None or mode not in ("dry-run", "sync", "force"):
+    if mode not in ("dry-run", "sync", "force"):
         await flash(request, "Choose a dry run or a sync.", "error")
         return RedirectResponse("/admin/directories", status_code=303)
     try:
