@@ -235,6 +235,17 @@ class InvalidName(BadRequest):
     title = "The name is not allowed"
 
 
+class ImportRefused(BadRequest):
+    """A CSV import refused as a whole; ``problems`` holds each bad line and why."""
+
+    type = "import-refused"
+    title = "The file was not imported"
+
+    def __init__(self, detail: str | None = None, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(detail, problems=list(problems))
+        self.problems = problems
+
+
 class InvalidRadiusClient(BadRequest):
     type = "invalid-radius-client"
     title = "The RADIUS client settings are not valid"

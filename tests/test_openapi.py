@@ -31,8 +31,9 @@ HTML_ONLY = {
     # is refused, if ever, as factor-change-refused).
     "step-up-required",
     "enrolment-not-allowed",
-    # Directories are administered in the console and the CLI only; a directory password
-    # check through the gateway API answers with its outcome, never with these.
+    # Directories and CSV imports are administered in the console and the CLI only; a
+    # directory password check through the gateway API answers with its outcome, never these.
+    "import-refused",
     "invalid-directory",
     "directory-error",
     "directory-unavailable",

@@ -27,6 +27,10 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_FIELDS = 200
 
 
+#: The request scope key where ``page(..., upload_bytes=N)`` allows one uploaded file.
+UPLOAD_BYTES = "openmfa.upload_bytes"
+
+
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
@@ -47,8 +51,10 @@ def _same_origin(request: Request) -> bool:
 
 async def read_form(request: Request) -> FormData:
     """The request's form (parsed once and cached by Starlette), bounded in size: no files,
-    at most ``max_body_bytes``."""
-    limit = services_of(request).settings.max_body_bytes
+    at most ``max_body_bytes`` (a route made with ``page(..., upload_bytes=N)``: one file, and
+    at most N bytes)."""
+    upload = int(request.scope.get(UPLOAD_BYTES, 0))
+    limit = max(services_of(request).settings.max_body_bytes, upload)
     declared = request.headers.get("content-length")
     if declared is None or not declared.isdigit():
         if "transfer-encoding" in request.headers:
@@ -56,7 +62,7 @@ async def read_form(request: Request) -> FormData:
         declared = "0"
     if int(declared) > limit:
         raise PayloadTooLarge(f"the form may have at most {limit} bytes")
-    return await request.form(max_files=0, max_fields=MAX_FIELDS)
+    return await request.form(max_files=1 if upload else 0, max_fields=MAX_FIELDS)
 
 
 async def check_csrf(request: Request) -> None:

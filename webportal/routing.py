@@ -13,21 +13,36 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from webportal.csrf import SAFE_METHODS, check_csrf
+from webportal.csrf import SAFE_METHODS, UPLOAD_BYTES, check_csrf
 
 Handler = Callable[[Request], Awaitable[Response]]
 CSRF_MARK = "__openmfa_csrf_checked__"
 
 
 def page(
-    path: str, handler: Handler, methods: Sequence[str] = ("GET",), name: str | None = None
+    path: str,
+    handler: Handler,
+    methods: Sequence[str] = ("GET",),
+    name: str | None = None,
+    upload_bytes: int = 0,
 ) -> Route:
-    """A route whose unsafe methods must carry the session's CSRF token."""
+    """A route whose unsafe methods must carry the session's CSRF token.
+
+    ``upload_bytes``: the route takes one uploaded file and a form of up to this many bytes
+    (the console's CSV import); other forms take no file and ``max_body_bytes``."""
 
     async def guarded(request: Request) -> Response:
-        if request.method not in SAFE_METHODS:
-            await check_csrf(request)
-        return await handler(request)
+        if not upload_bytes:
+            if request.method not in SAFE_METHODS:
+                await check_csrf(request)
+            return await handler(request)
+        request.scope[UPLOAD_BYTES] = upload_bytes
+        try:
+            if request.method not in SAFE_METHODS:
+                await check_csrf(request)
+            return await handler(request)
+        finally:
+            await request.close()  # the spooled upload, refused or not
 
     guarded.__name__ = handler.__name__
     guarded.__doc__ = handler.__doc__

@@ -139,7 +139,7 @@ async def user_show(services: Services, args: argparse.Namespace, actor: Actor) 
                     [
                         d.id,
                         d.kind,
-                        d.name,
+                        d.label,
                         d.state,
                         when(d.activated_at),
                         when(d.last_used_at),

@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backend import __version__
-from backend.cli import admin, backup, clients, device, directory, directory_sync, doctor, fraud
+from backend.cli import (
+    admin,
+    backup,
+    clients,
+    device,
+    directory,
+    directory_sync,
+    doctor,
+    fraud,
+    imports,
+)
 from backend.cli.output import clean
 from backend.errors import OpenMFAError
 
@@ -286,8 +296,9 @@ def _parser() -> argparse.ArgumentParser:
 
     token = groups.add_parser(
         "token",
-        help="API tokens for gateways",
-        description="Bearer tokens for the gateway API (RADIUS bridges).",
+        help="API tokens for gateways; hardware OATH tokens (import)",
+        description="Bearer tokens for the gateway API (RADIUS bridges), and the import of "
+        "hardware OATH tokens from a CSV file (token import).",
     )
     tok_cmds = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     tcreate = tok_cmds.add_parser("create", help="create a token; printed once")
@@ -305,6 +316,7 @@ def _parser() -> argparse.ArgumentParser:
     trevoke.add_argument("name")
     trevoke.set_defaults(handler=admin.token_revoke)
 
+    imports.add_parsers(user_cmds, tok_cmds)  # user import, token import (CSV)
     clients.add_parser(groups)
     directory_sync.register(directory.add_parser(groups))  # `directory sync`, `syncs`
     fraud.add_parser(groups)

@@ -19,9 +19,9 @@ def new_seed() -> str:
     return base64.b32encode(secrets.token_bytes(SEED_BYTES)).decode("ascii").rstrip("=")
 
 
-def time_step(at: datetime) -> int:
-    """The RFC 6238 counter for a moment."""
-    return int(at.timestamp()) // PERIOD
+def time_step(at: datetime, period: int = PERIOD) -> int:
+    """The RFC 6238 counter for a moment (``period``: seconds per step)."""
+    return int(at.timestamp()) // period
 
 
 def code_at_step(seed: str, step: int) -> str:
@@ -29,9 +29,9 @@ def code_at_step(seed: str, step: int) -> str:
     return pyotp.TOTP(seed, digits=DIGITS, interval=PERIOD).generate_otp(step)
 
 
-def current_code(seed: str, at: datetime) -> str:
-    """The code an app shows at ``at``."""
-    return code_at_step(seed, time_step(at))
+def current_code(seed: str, at: datetime, period: int = PERIOD) -> str:
+    """The code an app (or a token stepping every ``period`` seconds) shows at ``at``."""
+    return code_at_step(seed, time_step(at, period))
 
 
 def is_well_formed(code: str) -> bool:
@@ -39,16 +39,20 @@ def is_well_formed(code: str) -> bool:
     return len(code) == DIGITS and code.isascii() and code.isdigit()
 
 
-def matching_step(seed: str, code: str, at: datetime, window: int = 1) -> int | None:
+def matching_step(
+    seed: str, code: str, at: datetime, window: int = 1, period: int = PERIOD
+) -> int | None:
     """The step within ``±window`` of ``at`` whose code equals ``code``, else ``None``.
+    ``period`` is the device's step in seconds (30, or 60 for some hardware tokens); steps
+    are counted in it, so a device's ``last_step`` stays comparable with itself.
 
     Every candidate is compared in constant time, and all of them are computed, so the time
     taken does not reveal which step matched.
     """
     if not is_well_formed(code):
         return None
-    totp = pyotp.TOTP(seed, digits=DIGITS, interval=PERIOD)
-    now = time_step(at)
+    totp = pyotp.TOTP(seed, digits=DIGITS, interval=period)
+    now = time_step(at, period)
     found: int | None = None
     for step in range(now - window, now + window + 1):
         if pyotp.utils.strings_equal(totp.generate_otp(step), code) and found is None:

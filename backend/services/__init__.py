@@ -38,6 +38,7 @@ from backend.services.directory_sync import DirectorySyncService, MailInviter
 from backend.services.factors import FactorGuard
 from backend.services.fraud import FraudService
 from backend.services.geoip import GeoIp
+from backend.services.imports import ImportService
 from backend.services.invitations import InvitationService
 from backend.services.notices import AccountNotices
 from backend.services.otp import OtpService
@@ -85,6 +86,7 @@ class Services:
     factors: FactorGuard
     directory_sync: DirectorySyncService
     clock: Clock
+    imports: ImportService
     # None where push is off (CLI commands): see Services.open's ``push``.
     push: PushDispatcher | None = None
     # None where fraud mail is off (CLI commands, see Services.open's ``notify``) or not set up.
@@ -286,6 +288,7 @@ class Services:
                     else MailInviter(users, invitations, audit, sender, settings.issuer),
                 ),
                 clock=clock,
+                imports=ImportService(db, box, audit, clock, factors, notices=notices),
                 push=dispatcher,
                 fraud_mailer=mailer,
                 geoip=geoip,

@@ -50,6 +50,16 @@ class DeviceRecord:
     push_status: str = ""
     push_error: str = ""
     push_status_at: datetime | None = None
+    # A hardware token's serial number (CSV import), or a privacyIDEA token's serial.
+    serial: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The name, with a hardware token's serial when the name does not show it (an
+        administrator may have renamed the device)."""
+        if self.kind == "oath" and self.serial and self.serial not in self.name:
+            return f"{self.name} (serial {self.serial})".strip()
+        return self.name
 
     @property
     def push_summary(self) -> str:
@@ -95,6 +105,7 @@ def device_from_row(row: Any, user_name: str = "") -> DeviceRecord:
         push_status=row.push_status,
         push_error=row.push_error,
         push_status_at=row.push_status_at,
+        serial=row.serial,
     )
 
 

@@ -16,11 +16,13 @@ into a wrong acceptance.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
+from backend.domain.names import user_key
 from backend.domain.stepup import (
     Decision,
     FactorAction,
@@ -132,6 +134,43 @@ class FactorGuard:
         if decision.outcome is Outcome.STEP_UP_REQUIRED:
             raise StepUpRequired()
         raise FactorChangeRefused(decision.reason)
+
+    async def require_all(
+        self, actor: Actor, proof: Proof, action: FactorAction, user_names: Sequence[str]
+    ) -> None:
+        """:meth:`require` for many users at once (bulk work such as a token import): the
+        same rule per user, their states read in a few queries instead of three per user.
+        The first refusal is audited and raised (by :meth:`require`, which reads that user
+        again)."""
+        keys = sorted({user_key(name) for name in user_names})
+        states: dict[str, FactorState] = {}
+        async with self._db.read() as conn:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                users = (
+                    await conn.execute(
+                        select(users_t.c.id, users_t.c.name_key, users_t.c.enrol_until).where(
+                            users_t.c.name_key.in_(chunk)
+                        )
+                    )
+                ).all()
+                live: set[int] = set()
+                for user_id, kind, state in await conn.execute(
+                    select(devices_t.c.user_id, devices_t.c.kind, devices_t.c.state).where(
+                        devices_t.c.user_id.in_([u.id for u in users])
+                    )
+                ):
+                    if is_live_factor(kind, state):
+                        live.add(int(user_id))
+                for u in users:
+                    states[str(u.name_key)] = FactorState(int(u.id), u.id in live, u.enrol_until)
+        now = self._clock()
+        for key in keys:
+            if key not in states:
+                raise NotFound(f"no user named {key!r}")
+            decision = decide(action, proof, states[key], now, self.step_up)
+            if not decision.allowed:
+                await self.require(actor, proof, action, key)
 
     async def allow_enrolment(self, actor: Actor, user_name: str, hours: float) -> datetime:
         """An administrator opens a first-enrolment window for the user (audited): until when.

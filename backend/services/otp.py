@@ -129,7 +129,7 @@ class OtpService:
             rows = tx.all(
                 "SELECT (SELECT name FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL),"
                 " u.id, u.name, u.disabled, u.blocked, u.blocked_reason, u.otp_locked_until,"
-                " d.id, d.seed_enc"
+                " d.id, d.seed_enc, d.period"
                 " FROM (SELECT 1 AS one) AS base"
                 " LEFT JOIN users AS u ON u.name_key = ?"
                 " LEFT JOIN devices AS d ON d.user_id = u.id AND (d.state = 'active'"
@@ -155,7 +155,7 @@ class OtpService:
     def _verify_user(
         self, tx: Tx, attempt: _Attempt, actor: Actor, rows: list[tuple[Any, ...]]
     ) -> OtpResult:
-        _, user_id, name, disabled, blocked, blocked_reason, locked_until, _, _ = rows[0]
+        _, user_id, name, disabled, blocked, blocked_reason, locked_until, _, _, _ = rows[0]
         if user_id is None:
             raise UnknownUser(f"no user named {attempt.user_name!r}")
         if disabled:
@@ -165,14 +165,15 @@ class OtpService:
         locked = tx.read_time(locked_until)
         if locked is not None and locked > attempt.now:
             raise OtpLocked(f"codes are locked until {locked.isoformat(timespec='seconds')}")
-        devices = [(row[7], row[8]) for row in rows if row[7] is not None]
+        devices = [(row[7], row[8], int(row[9] or 30)) for row in rows if row[7] is not None]
         if not devices:
             raise UserNotEnrolled()
         where = f"{attempt.context.client_name} {attempt.context.client_ip}".strip()
         now = tx.time(attempt.now)
-        for device_id, seed_enc in devices:
+        for device_id, seed_enc, period in devices:
             seed = self._box.open(bytes(seed_enc), f"seed:{device_id}").decode()
-            step = totp.matching_step(seed, attempt.code, attempt.now)
+            # The device's own step (60 s hardware tokens): a 30 s code of its seed is wrong.
+            step = totp.matching_step(seed, attempt.code, attempt.now, period=period)
             if step is None:
                 continue
             claimed = tx.run(

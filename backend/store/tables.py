@@ -132,6 +132,9 @@ class Device(SQLModel, table=True):
     # The QR told the app to lock the token behind the phone's screen lock (``pin=True``):
     # then the phone, not a PIN we check, stands for policy ``require_pin``.
     app_lock: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    # The TOTP time step in seconds: 30 for apps; hardware tokens imported from a CSV may
+    # step every 60 s. Every code check reads it (backend/services/otp.py).
+    period: int = Field(default=30, sa_column_kwargs={"server_default": "30"})
 
 
 class ActivationCode(SQLModel, table=True):

@@ -28,6 +28,7 @@ from backend.services.context import SignInContext
 from backend.store import migrations
 from tests.support.api import ADMIN
 from tests.support.clock import FakeClock
+from tests.support.slapd import Slapd, running_slapd
 from tests.support.web import PASSWORD, WebHarness
 
 CHROMIUM = os.environ.get("OPENMFA_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -168,8 +169,10 @@ def take(out: Path) -> list[Path]:
     with (
         tempfile.TemporaryDirectory() as tmp,
         demo_app(Path(tmp)) as (app, root),
+        running_slapd(Path(tmp) / "slapd") as slapd,
         sync_playwright() as pw,
     ):
+        _demo_directory(app, slapd)
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
 
         def shot(page: object, name: str, full: bool = True) -> None:
@@ -218,6 +221,10 @@ def take(out: Path) -> list[Path]:
             if response is None or response.status != 200:
                 raise SystemExit(f"{path} answered {response.status if response else 'nothing'}")
             shot(page, name)
+        _import_preview(page, app.url)
+        shot(page, "admin-import")
+        page.goto(app.url + "/admin/directories")
+        shot(page, "admin-directories")
 
         phone = browser.new_context(
             viewport=PHONE,  # type: ignore[arg-type]
@@ -243,6 +250,50 @@ def take(out: Path) -> list[Path]:
         shot(page, "phone-admin-dashboard")
         browser.close()
     return saved
+
+
+def _demo_directory(app: WebHarness, slapd: Slapd) -> None:
+    """An OpenLDAP directory with a VPN group, synced once and dry-run once since."""
+    from backend.directory.settings import DirectorySettings
+
+    people = ["erin", "frank", "gina", "hank", "ivy", "jack"]
+    for uid in people:
+        slapd.add_user(uid, "Demo-Passw0rd!", email=f"{uid}@example.com")
+    group = slapd.add_group("vpn-users", *people[:5])
+    settings = DirectorySettings(
+        name="corp-ldap",
+        urls=(slapd.url,),
+        bind_dn=slapd.bind_dn,
+        base_dn=slapd.base_dn,
+        kind="ldap",
+        ca_pem=Path(slapd.ca_file).read_text(),
+        group_dn=group,
+    )
+    app.run(app.services.directories.add(ADMIN, settings, slapd.bind_password))
+    app.run(app.services.directory_sync.run(ADMIN, "corp-ldap"))
+    slapd.add_members("vpn-users", "jack")
+    slapd.remove_members("vpn-users", "hank")
+    app.run(app.services.directory_sync.run(ADMIN, "corp-ldap", dry_run=True))
+
+
+def _import_preview(page: object, url: str) -> None:
+    """The Import page showing the preview of a hardware-token file (nothing written)."""
+    rows = [
+        ("alice", "C302-0001", "Token2", "C302", 30),
+        ("bob@example.com", "C302-0002", "Token2", "C302", 30),
+        ("carol", "OTPC200-88", "Feitian", "OTP c200", 60),
+    ]
+    content = "upn,serial number,secret key,time interval,manufacturer,model\n" + "".join(
+        f"{upn},{serial},JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP,{period},{maker},{model}\n"
+        for upn, serial, maker, model, period in rows
+    )
+    page.goto(url + "/admin/import")  # type: ignore[attr-defined]
+    page.get_by_label("Hardware tokens", exact=False).check()  # type: ignore[attr-defined]
+    page.get_by_label("CSV file").set_input_files(  # type: ignore[attr-defined]
+        {"name": "tokens.csv", "mimeType": "text/csv", "buffer": content.encode()}
+    )
+    page.get_by_role("button", name="Preview").click()  # type: ignore[attr-defined]
+    page.get_by_text("will be added").wait_for()  # type: ignore[attr-defined]
 
 
 def main(argv: list[str] | None = None) -> int:

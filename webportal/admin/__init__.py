@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.routing import BaseRoute
 
 from webportal.admin import audit as audit_log
-from webportal.admin import bootstrap, fraud, home, policies, signin, users
+from webportal.admin import bootstrap, directories, fraud, home, imports, policies, signin, users
 from webportal.admin import clients as radius_clients
 from webportal.admin import tokens as api_tokens
 
@@ -22,3 +22,5 @@ NAV += [
     ("Policies", "/admin/policies"),
 ]
 routes += [*users.routes, *fraud.routes, *audit_log.routes, *policies.routes]
+NAV += [("Directories", "/admin/directories"), ("Import", "/admin/import")]
+routes += [*directories.routes, *imports.routes]
