@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backend.store.migrations import SCHEMA_REVISION
 from tests.support.process import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,11 +125,12 @@ def test_the_installed_command_migrates_and_serves(installed: Path, tmp_path: Pa
     upgraded = _run(
         [str(installed / "openmfa"), "db", "upgrade"], outside, 120, OPENMFA_HOME=str(home)
     )
-    assert upgraded.startswith("database at 0008:"), upgraded
+    # The installed package knows every migration of this checkout.
+    assert upgraded.startswith(f"database at {SCHEMA_REVISION}:"), upgraded
     current = _run(
         [str(installed / "openmfa"), "db", "current"], outside, 60, OPENMFA_HOME=str(home)
     )
-    assert current.strip() == "0008"
+    assert current.strip() == SCHEMA_REVISION
 
     env = {**_clean_env(), "OPENMFA_RADIUS_PORT": str(free_port())}
     with ServerProcess(home, free_port(), env, exe=installed / "openmfa", cwd=outside) as server:
