@@ -40,6 +40,7 @@ GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("Fraud", ("fraud_blocks_user",)),
     ("Lifetimes", ("activation_code_ttl_seconds", "challenge_ttl_seconds")),
+    ("Directories", ("directory_invite_new_users",)),
 )
 
 
@@ -85,6 +86,7 @@ LABELS: dict[str, str] = {
     "fraud_blocks_user": "A fraud report blocks the user",
     "activation_code_ttl_seconds": "Activation code lifetime (seconds)",
     "challenge_ttl_seconds": "Push answer time (seconds)",
+    "directory_invite_new_users": "Invite users a directory sync creates (by e-mail)",
 }
 
 
