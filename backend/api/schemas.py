@@ -217,6 +217,7 @@ class BridgeAuditRequest(Body):
         "radius.unenrolled_allowed",
         "radius.failsafe_accept",
         "radius.invalid_attribute",
+        "radius.radsec_refused",
     ]
     user: str = Field(default="", max_length=128)
     detail: str = Field(default="", max_length=1024)

@@ -48,9 +48,10 @@ BRIDGE_AUDIT_ACTIONS = (
     "radius.unenrolled_allowed",
     "radius.failsafe_accept",
     "radius.invalid_attribute",
+    "radius.radsec_refused",
 )
 #: Of those, the refusals (the rest record a sign-in the bridge let through).
-BRIDGE_AUDIT_REFUSALS = ("radius.invalid_attribute",)
+BRIDGE_AUDIT_REFUSALS = ("radius.invalid_attribute", "radius.radsec_refused")
 
 MAX_SECRET_BYTES = 128  # RFC 2865 puts no limit; 128 is what gateways accept in practice
 SHORT_SECRET_CHARS = 16  # below this an offline guess of a captured packet is realistic
