@@ -31,7 +31,6 @@ import logging
 import socket
 import ssl
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, cast
@@ -120,72 +119,38 @@ def _subject(certificate: dict[str, Any] | None) -> str:
 class RadsecConnection(asyncio.Protocol):
     """One accepted TLS connection, bound to one RADIUS client."""
 
-    def __init__(self, server: RadsecServer) -> None:
+    def __init__(self, server: RadsecServer, peer: tuple[str, int]) -> None:
         from radius_bridge.protocol.stream import StreamFramer
 
         self.server = server
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.client: ClientConfig | None = None
-        self.peer: tuple[str, int] = ("", 0)
+        self.peer = peer
         self.in_flight = 0
         self._queue: deque[bytes] = deque()
         self._paused = False
         self._idle: asyncio.TimerHandle | None = None
         self._counted = False
-        self._handshake: asyncio.Task[None] | None = None
 
     # -- asyncio ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # The plain TCP connection: counted against max_connections before the handshake
-        # (handshakes cost CPU), then upgraded here rather than by create_server(ssl=...)
-        # so that a failed handshake (a certificate from another CA) is seen and reported.
+        # Called once the TLS handshake is done: the chain verified against the client CA.
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername") or ("", 0)
-        self.peer = (str(peer[0]), int(peer[1]))
         server = self.server
-        if len(server.connections) >= server.limits.max_connections:
-            server.handler.radsec_event("over-limit")
-            self.transport.abort()
-            return
         server.connections.add(self)
         self._counted = True
-        # Nothing may be read as plain data before the TLS layer takes over.
-        self.transport.pause_reading()
-        self._handshake = asyncio.get_running_loop().create_task(self._upgrade(self.transport))
-
-    async def _upgrade(self, raw: asyncio.Transport) -> None:
-        server = self.server
-        loop = asyncio.get_running_loop()
-        try:
-            secured = await loop.start_tls(
-                raw,
-                self,
-                server.context,
-                server_side=True,
-                ssl_handshake_timeout=server.limits.handshake_timeout,
-            )
-        except (ssl.SSLError, ConnectionError, OSError, TimeoutError) as exc:
-            raw.abort()
-            self.connection_lost(None)
-            why = "timeout" if isinstance(exc, TimeoutError) else _reason(exc)
-            server.handler.radsec_refused(self.peer, why)
-            return
-        if secured is None or raw.is_closing():  # the peer went away meanwhile
-            self.connection_lost(None)
-            return
-        self.transport = secured
-        ssl_object = secured.get_extra_info("ssl_object")
+        ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not der:  # CERT_REQUIRED makes this unreachable; fail closed anyway
-            secured.abort()
+            self.transport.abort()
             server.handler.radsec_refused(self.peer, "no client certificate")
             return
         digest = certificate_fingerprint(der)
         client = server.handler.radsec_client(digest, self.peer, _subject(ssl_object.getpeercert()))
         if client is None:
-            secured.abort()  # before reading any packet
+            self.transport.abort()  # before reading any packet
             return
         self.client = client
         server.handler.radsec_event("accepted")
@@ -213,7 +178,6 @@ class RadsecConnection(asyncio.Protocol):
         self._drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        # Called by the TLS layer, or by _upgrade when the handshake failed.
         self.transport = None
         self._queue.clear()
         if self._idle is not None:
@@ -222,6 +186,7 @@ class RadsecConnection(asyncio.Protocol):
         if self._counted:
             self._counted = False
             self.server.connections.discard(self)
+            self.server.slots -= 1
             if self.client is not None:
                 self.server.handler.radsec_event("closed")
 
@@ -278,14 +243,19 @@ class RadsecConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close at once (shutdown)."""
-        if self._handshake is not None and not self._handshake.done():
-            self._handshake.cancel()
         if self.transport is not None:
             self.transport.abort()
 
 
 class RadsecServer:
-    """One listening TCP socket serving RadSec."""
+    """One listening TCP socket serving RadSec.
+
+    The accept loop is ours rather than ``loop.create_server(ssl=...)``'s: each accepted
+    socket goes through ``loop.connect_accepted_socket(ssl=...)``, which raises when the
+    handshake fails, so a certificate from another CA (or none, or a stalled handshake) is
+    seen and reported instead of vanishing into the loop's debug log. Handshakes in progress
+    count against ``max_connections`` like established connections.
+    """
 
     def __init__(
         self,
@@ -299,39 +269,84 @@ class RadsecServer:
         self.context = context
         self.limits = limits
         self.connections: set[RadsecConnection] = set()
-        self._server: asyncio.Server | None = None
+        #: Accepted sockets: handshaking or established (bounded by max_connections).
+        self.slots = 0
+        self._socket: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
+        self._handshakes: set[asyncio.Task[None]] = set()
 
     async def start(self, sock: socket.socket | None = None) -> None:
         """Listen (on ``sock`` when pre-bound). Raises OSError when it cannot bind."""
-        loop = asyncio.get_running_loop()
         sock = sock if sock is not None else make_socket(self.address)
-        factory: Callable[[], asyncio.Protocol] = lambda: RadsecConnection(self)  # noqa: E731
         try:
-            self._server = await loop.create_server(
-                factory,
-                sock=sock,
-                backlog=self.limits.max_connections,
-            )
+            sock.listen(min(self.limits.max_connections, socket.SOMAXCONN))
         except BaseException:
             sock.close()
             raise
+        self._socket = sock
+        self._accepting = asyncio.get_running_loop().create_task(
+            self._accept_loop(sock), name=f"radsec-accept-{self.address}"
+        )
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, peer = await loop.sock_accept(listener)
+            except OSError as exc:  # EMFILE and the like: keep serving the open connections
+                log.warning("RadSec: cannot accept a connection: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            if self.slots >= self.limits.max_connections:
+                self.handler.radsec_event("over-limit")
+                conn.close()
+                continue
+            self.slots += 1
+            task = loop.create_task(self._handshake(conn, (str(peer[0]), int(peer[1]))))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                lambda: RadsecConnection(self, peer),
+                conn,
+                ssl=self.context,
+                ssl_handshake_timeout=self.limits.handshake_timeout,
+            )
+        except asyncio.CancelledError:
+            self.slots -= 1
+            conn.close()
+            raise
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            self.slots -= 1
+            conn.close()
+            why = "timeout" if isinstance(exc, TimeoutError) else _reason(exc)
+            self.handler.radsec_refused(peer, why)
 
     @property
     def bound(self) -> ListenAddress:
         """The address actually bound (the real port when 0 was asked for)."""
-        if self._server is None or not self._server.sockets:
+        if self._socket is None:
             return self.address
-        return ListenAddress(self.address.host, int(self._server.sockets[0].getsockname()[1]))
+        return ListenAddress(self.address.host, int(self._socket.getsockname()[1]))
 
     async def close(self) -> None:
         """Stop accepting and close every connection."""
-        if self._server is not None:
-            self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
+            self._accepting = None
+        for task in list(self._handshakes):
+            task.cancel()
+        if self._handshakes:
+            await asyncio.gather(*self._handshakes, return_exceptions=True)
         for connection in list(self.connections):
             connection.close()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
 
 def make_socket(address: ListenAddress) -> socket.socket:

@@ -107,7 +107,8 @@ RECHECK_SECONDS = 1.0
 RECHECK_BURST = 4
 #: ... and at most this many such datagrams wait for it (the rest are dropped as before).
 RECHECK_QUEUE = 64
-#: A refused RadSec connection is audited at most once per this many seconds per address:
+#: A refused RadSec connection is audited at most once per this many seconds (per address,
+#: certificate and reason):
 #: a scanner or a misconfigured gateway reconnecting in a loop must not flood the audit log.
 RADSEC_AUDIT_SECONDS = 60.0
 
@@ -438,14 +439,16 @@ class Bridge:
         self.metrics.radsec_connections.labels("refused").inc()
         host = str(peer[0])
         now = time.monotonic()
-        last = self._radsec_audited.get(host)
+        # Keyed by the whole text (address, certificate, reason): each distinct refusal is
+        # recorded, a gateway retrying the same one in a loop once a minute.
+        last = self._radsec_audited.get(detail)
         if last is not None and now - last < RADSEC_AUDIT_SECONDS:
             return
         if len(self._radsec_audited) >= RECHECK_QUEUE * 16:
             self._radsec_audited = {
                 h: t for h, t in self._radsec_audited.items() if now - t < RADSEC_AUDIT_SECONDS
             }
-        self._radsec_audited[host] = now
+        self._radsec_audited[detail] = now
         log.warning("%s", detail, extra={"peer": host, "reason": "radsec-refused"})
         self._send_audit(Audit("radius.radsec_refused", "", detail))
 

@@ -173,7 +173,11 @@ class RadiusUserNames(Body):
 class RadiusClient(Body):
     name: str
     addresses: list[str] = Field(description="addresses and CIDR networks the client sends from")
-    secret: str = Field(description="the shared secret, UTF-8")
+    secret: str | None = Field(
+        default=None,
+        description="the shared secret, UTF-8; absent for a RadSec-only client (RadSec uses "
+        "the fixed secret radsec, RFC 6614)",
+    )
     mode: Literal["push", "challenge", "otp"]
     primary: Literal["none", "local", "radius"]
     upstream: RadiusUpstream | None = Field(description="set for, and only for, primary radius")
@@ -191,6 +195,11 @@ class RadiusClient(Body):
     )
     number_matching: Literal["policy", "on", "off"] = Field(
         description="policy: the user's policy decides; on / off: this gateway overrides it"
+    )
+    radsec_fingerprints: list[str] = Field(
+        default_factory=list,
+        description="RadSec: SHA-256 fingerprints (SHA256:AB:CD:...) of the client "
+        "certificates bound to this client; empty: UDP only",
     )
 
 
