@@ -240,7 +240,7 @@ realm * {{
     def __enter__(self) -> Radsecproxy:
         # In the foreground radsecproxy logs to stderr: kept in a file for failure messages.
         with self.log_file.open("wb") as log:
-            self.process = subprocess.Popen(  # noqa: S603 - a fixed program, our own config
+            self.process = subprocess.Popen(
                 [self._binary, "-f", "-d", "4", "-c", str(self.config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
