@@ -139,10 +139,9 @@ def _record(row: Any, s: ClientSettings) -> RadiusClientRecord:
 def _document_entry(name: str, s: ClientSettings) -> dict[str, Any]:
     """One CLIENT of the bridge contract (docs/radius-clients.md)."""
     entry = _udp_entry(name, s)
-    if s.radsec_fingerprints:
-        entry["radsec_fingerprints"] = list(s.radsec_fingerprints)
-        if not s.secret:
-            del entry["secret"]  # RadSec only: the bridge matches no datagram to it
+    entry["radsec_fingerprints"] = list(s.radsec_fingerprints)
+    if not s.secret:
+        entry["secret"] = None  # RadSec only: the bridge matches no datagram to it
     return entry
 
 
