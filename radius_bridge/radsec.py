@@ -228,6 +228,9 @@ class RadsecConnection(asyncio.Protocol):
     def _touch(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
+            self._idle = None
+        if self.transport is None:
+            return  # closed: a request finishing late must not arm a timer
         loop = asyncio.get_running_loop()
         self._idle = loop.call_later(self.server.limits.idle_timeout, self._idle_check)
 

@@ -404,3 +404,48 @@ def test_udp_datagrams_never_match_a_radsec_only_client(
         10,
         "the datagram to be dropped as from an unknown client",
     )
+
+
+# -- openmfa run's settings ------------------------------------------------------------------
+
+
+def test_openmfa_run_binds_radsec_beside_udp(tmp_path: Path, pki: Pki) -> None:
+    from backend.config import load_settings
+    from backend.errors import ConfigurationError
+    from backend.server import _Radius
+    from tests.support.freeradius import free_udp_port
+
+    with pytest.raises(ConfigurationError, match="radius_radsec_cert_file"):
+        load_settings(home=tmp_path, radius_radsec_listen="127.0.0.1:0")
+    with pytest.raises(ConfigurationError, match="radius_radsec_listen"):
+        load_settings(home=tmp_path, radius_radsec_listen="not-an-address")
+    files = {
+        "radius_radsec_cert_file": pki.server.cert_file,
+        "radius_radsec_key_file": pki.server.key_file,
+        "radius_radsec_client_ca_file": pki.ca.ca_file,
+    }
+    settings = load_settings(
+        home=tmp_path,
+        radius_host="127.0.0.1",
+        radius_port=free_udp_port(),
+        radius_radsec_listen="127.0.0.1:0",
+        **files,
+    )
+    radius = _Radius(settings)
+    try:
+        (sock,) = radius.radsec_sockets.values()
+        assert sock.type == socket.SOCK_STREAM
+        assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        radius.close_sockets()
+    # A key that does not load stops the start with one clear line, and frees the ports.
+    broken = load_settings(
+        home=tmp_path,
+        radius_host="127.0.0.1",
+        radius_port=settings.radius_port,
+        radius_radsec_listen="127.0.0.1:0",
+        **{**files, "radius_radsec_key_file": pki.ca.ca_file},
+    )
+    with pytest.raises(ConfigurationError, match="RadSec certificate"):
+        _Radius(broken)
+    _Radius(settings).close_sockets()  # the UDP port was released
