@@ -386,6 +386,7 @@ async def test_round_trip_and_the_document_of_the_contract(services: Services) -
             "password_separator": "|",
             "reply_attributes": [["Filter-Id", "vpn-users"], ["Tunnel-Type:1", "VLAN"]],
             "number_matching": "policy",
+            "radsec_fingerprints": [],
         },
         {
             "name": "rdgw",
@@ -405,6 +406,7 @@ async def test_round_trip_and_the_document_of_the_contract(services: Services) -
             "password_separator": ",",
             "reply_attributes": [],
             "number_matching": "policy",
+            "radsec_fingerprints": [],
         },
     ]
     # The document is what the API serves: it validates against the published schema.
