@@ -126,6 +126,7 @@ class RadsecConnection(asyncio.Protocol):
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.client: ClientConfig | None = None
+        self.digest = b""  # the peer certificate's SHA-256, once the handshake is done
         self.peer = peer
         self.in_flight = 0
         self._queue: deque[bytes] = deque()
@@ -148,6 +149,7 @@ class RadsecConnection(asyncio.Protocol):
             server.handler.radsec_refused(self.peer, "no client certificate")
             return
         digest = certificate_fingerprint(der)
+        self.digest = digest
         client = server.handler.radsec_client(digest, self.peer, _subject(ssl_object.getpeercert()))
         if client is None:
             self.transport.abort()  # before reading any packet

@@ -316,6 +316,31 @@ def test_a_held_push_is_answered_on_its_connection(
         assert answer_of(held, gateway.receive()).code == pyrad_packet.AccessAccept
 
 
+def test_unbinding_a_certificate_closes_its_open_connection(
+    lab: RadiusLab, pki: Pki, request: pytest.FixtureRequest
+) -> None:
+    """Removing a client (or its certificate) must not leave an established connection
+    serving it with the settings it had."""
+    from tests.support.api import ADMIN
+
+    name = name_of(request)
+    certificate = pki.gateway()
+    radsec_client(lab, name, certificate)
+    status = pyrad_packet.AuthPacket(
+        code=pyrad_packet.StatusServer, id=9, secret=b"radsec", dict=pyrad_dictionary()
+    )
+    status.add_message_authenticator()
+    with RadsecSocket(radsec_port(lab), pki.ca, certificate) as gateway:
+        gateway.send(status.RequestPacket())
+        assert answer_of(status, gateway.receive()).id == 9
+        service = lab.api.services.radius_clients
+        lab.api.run(service.remove(ADMIN, name))
+        revision = lab.api.run(service.revision())
+        wait_for(lambda: lab.bridge.revision == revision, 10, "the bridge to drop the client")
+        assert gateway.closed_by_peer()
+    lab._clients.discard(name)
+
+
 def test_a_certificate_bound_to_no_client_is_closed_unread_and_audited(
     lab: RadiusLab, pki: Pki
 ) -> None:
