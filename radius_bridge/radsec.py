@@ -103,6 +103,9 @@ def server_context(cert_file: Path, key_file: Path, client_ca_file: Path) -> ssl
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
         return str(exc.reason or exc.strerror or "TLS error").lower().replace("_", " ")
+    if isinstance(exc, TimeoutError) or "longer than" in str(exc):
+        # asyncio and uvloop abort a slow handshake with ConnectionAbortedError
+        return "timeout: no handshake within the handshake timeout"
     return type(exc).__name__
 
 
@@ -327,8 +330,7 @@ class RadsecServer:
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             self.slots -= 1
             conn.close()
-            why = "timeout" if isinstance(exc, TimeoutError) else _reason(exc)
-            self.handler.radsec_refused(peer, why)
+            self.handler.radsec_refused(peer, _reason(exc))
 
     @property
     def bound(self) -> ListenAddress:

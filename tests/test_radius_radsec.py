@@ -474,3 +474,17 @@ def test_openmfa_run_binds_radsec_beside_udp(tmp_path: Path, pki: Pki) -> None:
     with pytest.raises(ConfigurationError, match="RadSec certificate"):
         _Radius(broken)
     _Radius(settings).close_sockets()  # the UDP port was released
+
+
+def test_a_stalled_handshake_is_dropped_after_the_handshake_timeout(lab: RadiusLab) -> None:
+    """A peer that connects and never says hello holds a slot for the handshake timeout
+    (5 s in this lab), not for ever; the refusal is counted and audited."""
+    refused = metric(lab, "refused")
+    with socket.create_connection(("127.0.0.1", radsec_port(lab)), timeout=30) as raw:
+        assert raw.recv(1) == b""  # closed by the bridge
+    assert metric(lab, "refused") == refused + 1
+    wait_for(
+        lambda: any("timeout" in row.detail for row in refusals(lab)),
+        10,
+        "the stalled handshake to be audited",
+    )
