@@ -172,3 +172,51 @@ def test_an_idle_connection_is_closed_but_not_one_holding_a_request(
             await server.close()
 
     asyncio.run(run())
+
+
+def test_standalone_settings(tmp_path: Path) -> None:
+    from radius_bridge.cli import build_parser, settings_from
+    from radius_bridge.config import BridgeConfigError, load_bridge_settings
+
+    token = tmp_path / "token"
+    token.write_text("omfa_token")
+    token.chmod(0o600)
+    base = ["--backend", "https://mfa.example.com", "--token-file", str(token)]
+    with pytest.raises(BridgeConfigError, match="RadSec needs"):
+        settings_from(build_parser().parse_args([*base, "--radsec-listen", "127.0.0.1"]))
+    settings = settings_from(
+        build_parser().parse_args(
+            [
+                *base,
+                "--radsec-listen",
+                "127.0.0.2",
+                "--radsec-listen",
+                "[::1]:3000",
+                "--radsec-cert-file",
+                "c.pem",
+                "--radsec-key-file",
+                "k.pem",
+                "--radsec-client-ca-file",
+                "ca.pem",
+            ]
+        )
+    )
+    assert settings.radsec_listen == (
+        ListenAddress("127.0.0.2", 2083),
+        ListenAddress("::1", 3000),
+    )
+    from_env = load_bridge_settings(
+        environ={
+            "OPENMFA_BRIDGE_BACKEND": "https://mfa.example.com",
+            "OPENMFA_BRIDGE_TOKEN": "omfa_token",
+            "OPENMFA_BRIDGE_RADSEC_LISTEN": "127.0.0.1:2084",
+            "OPENMFA_BRIDGE_RADSEC_CERT_FILE": "c.pem",
+            "OPENMFA_BRIDGE_RADSEC_KEY_FILE": "k.pem",
+            "OPENMFA_BRIDGE_RADSEC_CLIENT_CA_FILE": "ca.pem",
+            "OPENMFA_BRIDGE_RADSEC_IDLE_TIMEOUT": "30",
+        }
+    )
+    assert from_env.radsec_listen == (ListenAddress("127.0.0.1", 2084),)
+    assert from_env.radsec_idle_timeout == 30.0
+    plain = {"OPENMFA_BRIDGE_BACKEND": "https://mfa.example.com", "OPENMFA_BRIDGE_TOKEN": "t0k"}
+    assert load_bridge_settings(environ=plain).radsec_listen == ()  # off by default
