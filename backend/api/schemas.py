@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.directory.reader import PasswordReason
+
 
 class Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -238,20 +240,7 @@ class PasswordVerifyResponse(Body):
     result: Literal["accept", "reject"]
     #: ``no-password``: a local user with none set; the rest but ``wrong-password`` concern
     #: users from a directory (the directory's answer, or it could not be reached).
-    reason: Literal[
-        "ok",
-        "wrong-password",
-        "no-password",
-        "not-in-directory",
-        "directory-unavailable",
-        "no-such-user",
-        "disabled",
-        "locked",
-        "expired",
-        "password-expired",
-        "must-change",
-        "not-permitted",
-    ]
+    reason: PasswordReason
 
 
 class BridgeAuditRequest(Body):

@@ -31,6 +31,26 @@ BindOutcome = Literal[
 ]
 
 
+#: Why a password was refused. ``no-password``: a local user with none set. The rest are for
+#: users from a directory: the directory's answers (:data:`BindOutcome`), ``not-in-directory``
+#: (a RADIUS client of primary ldap, and the user is local or from another directory) and
+#: ``directory-unavailable`` (no server answered: a refusal, never the client's failmode).
+PasswordReason = Literal[
+    "ok",
+    "wrong-password",
+    "no-password",
+    "not-in-directory",
+    "directory-unavailable",
+    "no-such-user",
+    "disabled",
+    "locked",
+    "expired",
+    "password-expired",
+    "must-change",
+    "not-permitted",
+]
+
+
 @dataclass(frozen=True, slots=True)
 class BindResult:
     """What the directory said about a user's password; ``detail`` is for the audit (never

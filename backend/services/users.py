@@ -8,12 +8,12 @@ import functools
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from backend.directory.reader import BindOutcome, BindResult, DirectoryReader
+from backend.directory.reader import BindOutcome, BindResult, DirectoryReader, PasswordReason
 from backend.domain.devices import LIVE_STATES
 from backend.domain.emails import email_problem
 from backend.domain.names import user_key
@@ -57,24 +57,6 @@ MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 
 
-#: Why a password was refused. ``no-password``: a local user with none set. The rest are for
-#: users from a directory: the directory's answers (:data:`BindOutcome`), ``not-in-directory``
-#: (a RADIUS client of primary ldap, and the user is local or from another directory) and
-#: ``directory-unavailable`` (no server answered: a refusal, never the client's failmode).
-PasswordReason = Literal[
-    "ok",
-    "wrong-password",
-    "no-password",
-    "not-in-directory",
-    "directory-unavailable",
-    "no-such-user",
-    "disabled",
-    "locked",
-    "expired",
-    "password-expired",
-    "must-change",
-    "not-permitted",
-]
 #: Directory outcomes that are not the person's failure: their attempt is given back.
 _NOT_COUNTED: frozenset[BindOutcome] = frozenset({"ok", "unavailable"})
 
