@@ -17,14 +17,14 @@ from typing import Any
 import httpx
 import pytest
 from alembic import command
-from sqlalchemy import insert, select, text
+from sqlalchemy import column, insert, select, table, text
 
 from backend.config import Settings
 from backend.domain import signing
 from backend.domain.stepup import ADMINISTRATOR
 from backend.store import migrations
 from backend.store.database import Database
-from backend.store.tables import challenges_t, devices_t
+from backend.store.tables import UtcDateTime, challenges_t, devices_t
 from tests.support.api import ADMIN, ApiHarness, assert_problem, new_key, signed_request
 from tests.support.clock import FakeClock
 from tests.support.piapp import PiLab
@@ -164,6 +164,15 @@ def test_a_pipush_rollout_with_a_phone_key_already_registered_is_refused(
 # -- the migration -------------------------------------------------------------------------------
 
 
+#: The devices table as revision 0005 has it (the current model has later columns).
+DEVICES_AT_0005 = table(
+    "devices",
+    *(column(c) for c in ("id", "user_id", "kind", "name", "platform", "public_key", "seed_enc")),
+    column("state"),
+    column("created_at", UtcDateTime()),
+)
+
+
 def test_upgrading_keeps_a_shared_key_with_the_oldest_device_and_marks_who_started(
     database_url: str,
 ) -> None:
@@ -190,10 +199,11 @@ def test_upgrading_keeps_a_shared_key_with_the_oldest_device_and_marks_who_start
                     (("dev_old", "active"), ("dev_new", "pending"), ("dev_lost", "lost")), 1
                 ):
                     await conn.execute(
-                        insert(devices_t).values(
+                        insert(DEVICES_AT_0005).values(
                             id=device_id,
                             user_id=1,
                             kind="app",
+                            name="",
                             platform="ios",
                             public_key=key,
                             seed_enc=b"s",

@@ -83,6 +83,7 @@ class PiRadiusLab(RadiusLab):
             load_settings(config_file=None, home=home, public_url=self.front.url), FakeClock()
         )
         self._listen = ("127.0.0.1",)
+        self._bridge_options: dict[str, Any] = {}
         self._clients: set[str] = set()
         self._pyrad: list[Any] = []
         self.token = ""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.responses import PlainTextResponse, Response
-from starlette.routing import BaseRoute, Mount
+from starlette.routing import BaseRoute, Match, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
@@ -29,6 +30,23 @@ class _StaticFiles(StaticFiles):
             return await super().get_response(path, scope)
         except HTTPException as exc:
             return PlainTextResponse(exc.detail, exc.status_code, headers=exc.headers)
+
+
+#: The app API's namespace (``/app/v1``, and any later version) inside the web app's mount.
+_APP_API = re.compile(r"/app/v[0-9]+(?:/.*)?")
+
+
+class _WebAppMount(Mount):
+    """The web app's files at ``/app``, except the app API's namespace: an unknown or
+    wrongly-called ``/app/v1/...`` stays the API's (a problem document, 405 with ``Allow``),
+    never the web app's plain-text 404."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path: str = scope.get("path", "")
+        root: str = scope.get("root_path", "")
+        if _APP_API.fullmatch(path.removeprefix(root)):
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 def routes() -> list[BaseRoute]:
@@ -59,7 +77,7 @@ def routes() -> list[BaseRoute]:
             name="static",
             middleware=[Middleware(SecurityHeadersMiddleware, pages=False)],
         ),
-        Mount(  # the web authenticator (docs/webapp.md); /app/v1 (the API) is routed first
+        _WebAppMount(  # the web authenticator (docs/webapp.md); /app/v1 is the API's
             "/app",
             app=_StaticFiles(directory=pwa.WEBAPP, html=True),
             name="webapp",
