@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import shutil
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,11 +44,12 @@ from tests.support.freeradius import (
     _single_quoted,
     _user_name,
 )
+from tests.support.process import system_program
 
 
 def eapol_test_binary() -> str | None:
     """Path of ``eapol_test`` (Debian installs it in /usr/bin or /usr/sbin), or None."""
-    return shutil.which("eapol_test") or shutil.which("eapol_test", path="/usr/sbin:/sbin")
+    return system_program("eapol_test")
 
 
 def write_certificates(directory: Path) -> Path:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import socket
 import ssl
 import subprocess
@@ -29,12 +28,12 @@ from radius_bridge.certs import format_fingerprint
 from radius_bridge.protocol.stream import StreamFramer
 from tests.fakes.tls import alt_names, ca_certificate, validity, write_private_key
 from tests.support.freeradius import free_udp_port
-from tests.support.process import wait_for
+from tests.support.process import system_program, wait_for
 
 
 def radsecproxy_binary() -> str | None:
     """The radsecproxy program (``/usr/sbin`` is often not on a user's PATH)."""
-    return shutil.which("radsecproxy") or shutil.which("radsecproxy", path="/usr/sbin")
+    return system_program("radsecproxy")
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import time
@@ -48,7 +47,7 @@ from backend.directory.config import DEFAULT_ATTRIBUTES, DirectoryConfig
 from backend.directory.settings import DirectorySettings
 from tests.fakes.tls import make_tls
 from tests.support.ldapops import Admin, DirectoryUser, connect, unique_name, wait_for_bind
-from tests.support.process import free_port
+from tests.support.process import free_port, require_program
 from tests.support.watchdog import start_watchdog
 
 BASE_DN = "dc=openmfa,dc=test"
@@ -61,13 +60,10 @@ SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
 
 def slapd_binary() -> str:
     """The ``slapd`` binary; fails (not skips) when OpenLDAP is not installed."""
-    for name in ("slapd", "/usr/sbin/slapd"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise RuntimeError(
+    return require_program(
+        "slapd",
         "OpenLDAP is not installed: the directory tests need `slapd` and `slapadd` "
-        "(Debian: slapd ldap-utils; see .ci/install-tools)"
+        "(Debian: slapd ldap-utils; see .ci/install-tools)",
     )
 
 
