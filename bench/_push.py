@@ -11,12 +11,13 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from backend.config import Settings
+from backend.push.base import PushTransport
 from backend.services import Services
 from backend.services.context import Actor
 from backend.store.tables import challenges_t, devices_t, now, users_t
@@ -288,3 +289,41 @@ def print_latency(
     print(
         f"    start sent -> push received:     p50 {ms(from_send, 0.5)}, p99 {ms(from_send, 0.99)}"
     )
+
+
+# -- (b) sustained throughput, dispatcher in process -----------------------------------------
+
+
+async def dispatch_timed(
+    settings: Settings,
+    services: Services,
+    transports: Mapping[str, PushTransport],
+    warm_up: Sequence[str],
+    ids: Sequence[str],
+) -> tuple[float, float, dict[str, int]]:
+    """Hand ``warm_up`` to a push dispatcher (connections, tokens: not measured), then
+    ``ids`` at once; the wall and CPU seconds until all are delivered and audited, and the
+    dispatcher's result counts for ``ids``."""
+    from backend.push.dispatcher import PushDispatcher
+
+    dispatcher = PushDispatcher(
+        services.db,
+        services.audit,
+        now,
+        Actor("system:push"),
+        transports,
+        settings.push_concurrency,
+    )
+    try:
+        for challenge_id in warm_up:
+            dispatcher.challenge_started(challenge_id)
+        await dispatcher.wait_idle()
+        dispatcher.counts.clear()
+        began, cpu = time.monotonic(), time.process_time()
+        for challenge_id in ids:
+            dispatcher.challenge_started(challenge_id)
+        await dispatcher.wait_idle()
+        took, cpu = time.monotonic() - began, time.process_time() - cpu
+        return took, cpu, dict(dispatcher.counts)
+    finally:
+        await dispatcher.close()

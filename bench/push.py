@@ -35,12 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.config import Settings, load_settings
 from backend.services import Services
-from backend.services.context import Actor
 from backend.store import migrations
-from backend.store.tables import now
 from bench._process import free_port, start_server, stop
 from bench._push import (
     FakeProcess,
+    dispatch_timed,
     first_arrivals,
     gateway_token,
     ms,
@@ -223,34 +222,18 @@ def _count_pending(home: Path) -> int:
 
 
 async def _throughput(
-    settings: Settings, prefix: str, warm_up: list[str], ids: list[str]
+    settings: Settings, warm_up: list[str], ids: list[str]
 ) -> tuple[float, dict[str, int]]:
-    from backend.push.dispatcher import PushDispatcher, close_transports
+    from backend.push.dispatcher import close_transports
     from backend.push.factory import build_transports
 
     services = await Services.open(settings, push=False)
     transports = await build_transports(settings)
-    dispatcher = PushDispatcher(
-        services.db,
-        services.audit,
-        now,
-        Actor("system:push"),
-        transports,
-        settings.push_concurrency,
-    )
     try:
-        for challenge_id in warm_up:  # connections and the OAuth token, not measured
-            dispatcher.challenge_started(challenge_id)
-        await dispatcher.wait_idle()
-        dispatcher.counts.clear()
-        began = time.monotonic()
-        for challenge_id in ids:
-            dispatcher.challenge_started(challenge_id)
-        await dispatcher.wait_idle()
-        took = time.monotonic() - began
-        return took, dict(dispatcher.counts)
+        # The warm-up opens the connections and fetches the OAuth token, not measured.
+        took, _, counts = await dispatch_timed(settings, services, transports, warm_up, ids)
+        return took, counts
     finally:
-        await dispatcher.close()
         await close_transports(transports)
         await services.close()
 
@@ -265,7 +248,7 @@ def _sustained(home: Path, kind: str, pushes: int) -> None:
         asyncio.run(populate(settings, platform, tokens, prefix))
         ids = asyncio.run(pending_challenges(settings, prefix, ttl=600))
         os.sched_setaffinity(0, {0})
-        took, counts = asyncio.run(_throughput(settings, prefix, ids[:200], ids[200:]))
+        took, counts = asyncio.run(_throughput(settings, ids[:200], ids[200:]))
         _, violations = fake.stop()
     finally:
         fake.kill()

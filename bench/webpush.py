@@ -38,12 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.config import Settings, load_settings
 from backend.domain.webpush import DEFAULT_ALLOWED_ORIGINS
 from backend.services import Services
-from backend.services.context import Actor
 from backend.store import migrations
-from backend.store.tables import now
 from bench._process import free_port, start_server, stop
 from bench._push import (
     FakeProcess,
+    dispatch_timed,
     gateway_token,
     pending_challenges,
     populate,
@@ -159,7 +158,7 @@ async def _throughput(
     settings: Settings, warm_up: list[str], ids: list[str]
 ) -> tuple[float, dict[str, int], int]:
     from backend.crypto import SecretBox, read_key
-    from backend.push.dispatcher import PushDispatcher, close_transports
+    from backend.push.dispatcher import close_transports
     from backend.push.factory import build_transports
     from backend.push.vapid import load_or_create_vapid_key
 
@@ -168,30 +167,15 @@ async def _throughput(
         services.db, SecretBox(read_key(settings.resolved_key_file))
     )
     transports = await build_transports(settings, key)
-    dispatcher = PushDispatcher(
-        services.db,
-        services.audit,
-        now,
-        Actor("system:push"),
-        {"webpush": transports["webpush"]},
-        settings.push_concurrency,
-    )
     try:
-        for challenge_id in warm_up:  # connections and the JWT, not measured
-            dispatcher.challenge_started(challenge_id)
-        await dispatcher.wait_idle()
-        dispatcher.counts.clear()
-        began, cpu = time.monotonic(), time.process_time()
-        for challenge_id in ids:
-            dispatcher.challenge_started(challenge_id)
-        await dispatcher.wait_idle()
-        took, cpu = time.monotonic() - began, time.process_time() - cpu
+        # The warm-up opens the connections and signs the JWT, not measured.
+        took, cpu, counts = await dispatch_timed(
+            settings, services, {"webpush": transports["webpush"]}, warm_up, ids
+        )
         signed = transports["webpush"].signer.signed  # type: ignore[attr-defined]
-        counts = dict(dispatcher.counts)
         counts["cpu_ms"] = round(cpu * 1000)
         return took, counts, signed
     finally:
-        await dispatcher.close()
         await close_transports(transports)
         await services.close()
 
