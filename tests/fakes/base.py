@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -98,6 +99,15 @@ class PushFake(Generic[RequestT]):
         self._notify()
 
 
+@dataclass
+class Reply:
+    """One answer of a stream-served fake: status, body, extra headers."""
+
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
 class StreamPushFake(PushFake[RequestT]):
     """A push fake served with :func:`asyncio.start_server` over TLS on 127.0.0.1: the
     listener, its connection tasks and :meth:`stop`. A subclass serves one connection in
@@ -113,6 +123,37 @@ class StreamPushFake(PushFake[RequestT]):
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         raise NotImplementedError
+
+    async def _dispatch(self, request: h11.Request, body: bytes) -> Reply:
+        raise NotImplementedError
+
+    async def _serve_h11(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        max_event_size: int,
+        max_body: int,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Answer HTTP/1.1 requests on one connection with :meth:`_dispatch` until either
+        side closes it; ``headers`` go before Content-Length in every response. Protocol
+        errors propagate (the caller ends the connection)."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_event_size)
+        while True:
+            event = await next_h11_event(conn, reader)
+            if isinstance(event, h11.ConnectionClosed):
+                break
+            if not isinstance(event, h11.Request):
+                self._violation(f"unexpected HTTP event {type(event).__name__}")
+                break
+            body = await read_h11_body(conn, reader, max_body)
+            reply = await self._dispatch(event, body)
+            out = [*headers, ("content-length", str(len(reply.body))), *reply.headers]
+            await write_h11_reply(conn, writer, reply.status, out, reply.body)
+            if conn.our_state is h11.MUST_CLOSE:
+                break
+            conn.start_next_cycle()
 
     async def _listen(self, alpn: Sequence[str] = ()) -> None:
         """Listen on an ephemeral port of 127.0.0.1 with TLS, offering ``alpn``."""

@@ -36,7 +36,7 @@ import re
 import secrets
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -46,7 +46,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.fakes.base import StreamPushFake, next_h11_event, read_h11_body, write_h11_reply
+from tests.fakes.base import Reply as _Reply
+from tests.fakes.base import StreamPushFake
 from tests.fakes.tls import TlsFiles
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -156,13 +157,6 @@ class _Issued:
     account: _Account
     expires: float
     expired: bool = False
-
-
-@dataclass
-class _Reply:
-    status: int
-    body: bytes
-    headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 class FcmFake(StreamPushFake[FcmRequest]):
@@ -298,26 +292,14 @@ class FcmFake(StreamPushFake[FcmRequest]):
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = self._opened(writer)
         self._notify()
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_BODY)
         try:
-            while True:
-                event = await next_h11_event(conn, reader)
-                if isinstance(event, h11.ConnectionClosed):
-                    break
-                if not isinstance(event, h11.Request):
-                    self._violation(f"unexpected HTTP event {type(event).__name__}")
-                    break
-                body = await read_h11_body(conn, reader, _MAX_BODY)
-                reply = await self._dispatch(event, body)
-                headers = [
-                    ("content-type", "application/json; charset=UTF-8"),
-                    ("content-length", str(len(reply.body))),
-                    *reply.headers,
-                ]
-                await write_h11_reply(conn, writer, reply.status, headers, reply.body)
-                if conn.our_state is h11.MUST_CLOSE:
-                    break
-                conn.start_next_cycle()
+            await self._serve_h11(
+                reader,
+                writer,
+                max_event_size=_MAX_BODY,
+                max_body=_MAX_BODY,
+                headers=[("content-type", "application/json; charset=UTF-8")],
+            )
         except (h11.ProtocolError, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass  # the client went away or spoke garbage; nothing to answer
         except asyncio.CancelledError:

@@ -51,7 +51,8 @@ from h2.connection import H2Connection
 from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded
 from h2.exceptions import H2Error
 
-from tests.fakes.base import StreamPushFake, next_h11_event, read_h11_body, write_h11_reply
+from tests.fakes.base import Reply as _Reply
+from tests.fakes.base import StreamPushFake
 from tests.fakes.tls import TlsFiles
 
 _PATH = re.compile(r"^/push/([A-Za-z0-9_-]{1,64})$")
@@ -99,13 +100,6 @@ class _Failure:
     status: int
     retry_after: str | None
     location: str | None = None
-
-
-@dataclass
-class _Reply:
-    status: int
-    body: bytes = b""
-    headers: list[tuple[str, str]] = field(default_factory=list)
 
 
 class FakePushService(StreamPushFake[PushRequest]):
@@ -193,22 +187,13 @@ class FakePushService(StreamPushFake[PushRequest]):
         if protocol == "h2":
             await self._h2_connection(reader, writer, task)
             return
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=65536)
         try:
-            while True:
-                event = await next_h11_event(conn, reader)
-                if isinstance(event, h11.ConnectionClosed):
-                    break
-                if not isinstance(event, h11.Request):
-                    self._violation(f"unexpected HTTP event {type(event).__name__}")
-                    break
-                body = await read_h11_body(conn, reader, 1 << 20)
-                reply = await self._dispatch(event, body)
-                headers = [("content-length", str(len(reply.body))), *reply.headers]
-                await write_h11_reply(conn, writer, reply.status, headers, reply.body)
-                if conn.our_state is h11.MUST_CLOSE:
-                    break
-                conn.start_next_cycle()
+            await self._serve_h11(
+                reader,
+                writer,
+                max_event_size=65536,
+                max_body=1 << 20,
+            )
         except (h11.ProtocolError, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass  # the client went away or spoke garbage
         except asyncio.CancelledError:
