@@ -5,21 +5,26 @@ over keep-alive connections, and the latency figures they print.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from backend.config import Settings
+from backend.config import Settings, load_settings
 from backend.push.base import PushTransport
 from backend.services import Services
 from backend.services.context import Actor
+from backend.store import migrations
 from backend.store.tables import challenges_t, devices_t, now, users_t
 from bench._http import build_post, percentile, read_response
 
@@ -327,3 +332,38 @@ async def dispatch_timed(
         return took, cpu, dict(dispatcher.counts)
     finally:
         await dispatcher.close()
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def bench_main(
+    doc: str,
+    name: str,
+    serve_fake: Callable[[Sequence[str]], None],
+    latency: Callable[[Path, Settings, int, int], None],
+    sustained: Callable[[Path, int], None],
+) -> None:
+    """A push benchmark's ``main``: ``--fake A B`` runs the fake (the child process), else
+    phase (a) ``latency`` and (b) ``sustained`` against one throw-away SQLite home."""
+    if len(sys.argv) == 4 and sys.argv[1] == "--fake":
+        serve_fake(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--challenges", type=int, default=1000)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--pushes", type=int, default=5000)
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-sustained", action="store_true")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix=f"openmfa-bench-{name}-"))
+    try:
+        migrations.upgrade(f"sqlite+aiosqlite:///{home / 'openmfa.db'}")
+        settings = load_settings(home=home)
+        if not args.skip_latency:
+            latency(home, settings, args.challenges, args.connections)
+        if not args.skip_sustained:
+            sustained(home, args.pushes)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

@@ -19,14 +19,11 @@ Figures are printed, not asserted; docs/push.md and docs/performance.md quote th
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import secrets
-import shutil
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.config import Settings, load_settings
 from backend.services import Services
-from backend.store import migrations
 from bench._process import free_port, start_server, stop
 from bench._push import (
     FakeProcess,
+    bench_main,
     dispatch_timed,
     first_arrivals,
     gateway_token,
@@ -261,29 +258,20 @@ def _sustained(home: Path, kind: str, pushes: int) -> None:
     )
 
 
-def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--fake":
-        _serve_fake(sys.argv[2], Path(sys.argv[3]))
-        return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--challenges", type=int, default=1000)
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--pushes", type=int, default=5000)
-    parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--skip-sustained", action="store_true")
-    args = parser.parse_args()
+def _sustained_both(home: Path, pushes: int) -> None:
+    _sustained(home, "apns", pushes)
+    _sustained(home, "fcm", pushes)
 
-    home = Path(tempfile.mkdtemp(prefix="openmfa-bench-push-"))
-    try:
-        migrations.upgrade(f"sqlite+aiosqlite:///{home / 'openmfa.db'}")
-        settings = load_settings(home=home)
-        if not args.skip_latency:
-            _latency(home, settings, args.challenges, args.connections)
-        if not args.skip_sustained:
-            _sustained(home, "apns", args.pushes)
-            _sustained(home, "fcm", args.pushes)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+
+def main() -> None:
+    assert __doc__ is not None
+    bench_main(
+        __doc__,
+        "push",
+        lambda args: _serve_fake(args[0], Path(args[1])),
+        _latency,
+        _sustained_both,
+    )
 
 
 if __name__ == "__main__":

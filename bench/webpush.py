@@ -22,14 +22,11 @@ Figures are printed, not asserted; docs/performance.md quotes them.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.config import Settings, load_settings
 from backend.domain.webpush import DEFAULT_ALLOWED_ORIGINS
 from backend.services import Services
-from backend.store import migrations
 from bench._process import free_port, start_server, stop
 from bench._push import (
     FakeProcess,
+    bench_main,
     dispatch_timed,
     gateway_token,
     pending_challenges,
@@ -206,27 +203,14 @@ def _sustained(home: Path, pushes: int) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--fake":
-        _serve_fake(Path(sys.argv[2]), int(sys.argv[3]))
-        return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--challenges", type=int, default=1000)
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--pushes", type=int, default=5000)
-    parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--skip-sustained", action="store_true")
-    args = parser.parse_args()
-
-    home = Path(tempfile.mkdtemp(prefix="openmfa-bench-webpush-"))
-    try:
-        migrations.upgrade(f"sqlite+aiosqlite:///{home / 'openmfa.db'}")
-        settings = load_settings(home=home)
-        if not args.skip_latency:
-            _latency(home, settings, args.challenges, args.connections)
-        if not args.skip_sustained:
-            _sustained(home, args.pushes)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    assert __doc__ is not None
+    bench_main(
+        __doc__,
+        "webpush",
+        lambda args: _serve_fake(Path(args[0]), int(args[1])),
+        _latency,
+        _sustained,
+    )
 
 
 if __name__ == "__main__":
