@@ -1,7 +1,7 @@
 """Processes for the benchmarks: ``openmfa run`` on a free port, ready, and stopped again.
 
 Shared by the benchmarks that run the server as a process of its own (bench/totp_gateway.py,
-bench/radius_bridge.py, bench/push.py).
+bench/radius_bridge.py, bench/push.py, bench/webpush.py).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.directory.config import DEFAULT_ATTRIBUTES, DirectoryConfig
+from backend.directory.config import DirectoryConfig
 from backend.directory.ldap import LdapDirectory
 from bench._http import percentile
 from tests.support.slapd import BULK_PASSWORD, running_slapd
@@ -99,17 +99,7 @@ def main() -> None:
         started = time.monotonic()
         names = slapd.bulk_add(args.users)
         print(f"slapd with {len(names)} users loaded in {time.monotonic() - started:.1f} s")
-        config = DirectoryConfig(
-            id=1,
-            name="bench",
-            kind="ldap",
-            urls=(slapd.url,),
-            ca_pem=Path(slapd.ca_file).read_text(encoding="ascii"),
-            bind_dn=slapd.bind_dn,
-            base_dn=slapd.base_dn,
-            attributes=DEFAULT_ATTRIBUTES["ldap"],
-            page_size=args.page_size,
-        )
+        config = slapd.directory_config("bench", page_size=args.page_size)
         asyncio.run(measure(config, slapd.bind_password, names, args))
 
 

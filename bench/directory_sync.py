@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.config import load_settings
-from backend.directory.config import DEFAULT_ATTRIBUTES, DirectoryConfig
+from backend.directory.config import DirectoryConfig
 from backend.directory.ldap import LdapDirectory
 from backend.directory.reader import DirectoryReader
 from backend.services import Services
@@ -89,17 +89,7 @@ def one(users: int) -> None:
         home = Path(tmp) / "home"
         home.mkdir()
         migrations.upgrade(f"sqlite+aiosqlite:///{home / 'openmfa.db'}")
-        config = DirectoryConfig(
-            id=1,
-            name="bench",
-            kind="ldap",
-            urls=(slapd.url,),
-            ca_pem=Path(slapd.ca_file).read_text(encoding="ascii"),
-            bind_dn=slapd.bind_dn,
-            base_dn=slapd.base_dn,
-            attributes=DEFAULT_ATTRIBUTES["ldap"],
-            page_size=500,
-        )
+        config = slapd.directory_config("bench", page_size=500)
         figures = asyncio.run(measure(home, config, slapd.bind_password))
         print(json.dumps({"users": users, "load_s": loaded, **figures}))
 

@@ -19,32 +19,34 @@ Figures are printed, not asserted; docs/push.md and docs/performance.md quote th
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import secrets
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.config import Settings, load_settings
 from backend.services import Services
-from backend.services.context import Actor
-from backend.store import migrations
-from backend.store.tables import challenges_t, devices_t, now, users_t
-from bench._http import build_post, percentile, read_response
 from bench._process import free_port, start_server, stop
+from bench._push import (
+    FakeProcess,
+    bench_main,
+    dispatch_timed,
+    first_arrivals,
+    gateway_token,
+    ms,
+    pending_challenges,
+    populate,
+    print_latency,
+    start_all,
+    start_requests,
+)
 
-ADMIN = Actor("bench")
 TOPIC = "org.openmfa.bench"
 
 
@@ -100,205 +102,44 @@ def _serve_fake(kind: str, directory: Path) -> None:
     asyncio.run(serve())
 
 
-class Fake:
+class Fake(FakeProcess):
     """The parent's handle on a fake process."""
 
     def __init__(self, kind: str, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            ["taskset", "-c", "1", sys.executable, __file__, "--fake", kind, str(directory)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise SystemExit(f"the {kind} fake did not start")
-        self.settings: dict[str, str] = json.loads(line)
+        super().__init__(__file__, [kind, str(directory)], kind)
+        self.settings: dict[str, str] = self.hello
         self.offset = 0.0
 
     def stop(self) -> tuple[dict[str, float], list[str]]:
         """Stop it; the monotonic arrival time of each challenge's first push, and any
         wire-format violations it saw. :attr:`offset` then turns those into epoch seconds."""
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.write("stop\n")
-        self.process.stdin.flush()
-        report = json.loads(self.process.stdout.readline())
-        self.process.wait(timeout=30)
+        report = self.stop_report()
         self.offset = float(report["offset"])
-        first: dict[str, float] = {}
-        for challenge_id, at in report["received"]:
-            first.setdefault(challenge_id, at)
-        return first, report["violations"]
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
-# -- set-up -----------------------------------------------------------------------------------
-
-
-async def _populate(settings: Settings, users: int, platform: str, prefix: str) -> None:
-    """``users`` users with one app device each (bulk Core inserts: the ORM path would take
-    minutes), tokens in the platform's format."""
-    services = await Services.open(settings, push=False)
-    try:
-        created = now()
-        async with services.db.write() as conn:
-            await conn.execute(
-                users_t.insert(),
-                [
-                    {
-                        "name_key": f"{prefix}{i:06d}",
-                        "name": f"{prefix}{i:06d}",
-                        "created_at": created,
-                    }
-                    for i in range(users)
-                ],
-            )
-            ids = dict(
-                (
-                    await conn.execute(
-                        users_t.select()
-                        .with_only_columns(users_t.c.name_key, users_t.c.id)
-                        .where(users_t.c.name_key.like(f"{prefix}%"))
-                    )
-                ).all()
-            )
-            await conn.execute(
-                devices_t.insert(),
-                [
-                    {
-                        "id": f"dev_{prefix}{i:06d}",
-                        "user_id": ids[f"{prefix}{i:06d}"],
-                        "kind": "app",
-                        "platform": platform,
-                        "public_key": secrets.token_bytes(32),
-                        "push_token": secrets.token_hex(32)
-                        if platform == "ios"
-                        else "fcm-" + secrets.token_urlsafe(40),
-                        "seed_enc": b"unused by push",
-                        "state": "active",
-                        "created_at": created,
-                    }
-                    for i in range(users)
-                ],
-            )
-    finally:
-        await services.close()
-
-
-async def _pending_challenges(settings: Settings, prefix: str, ttl: int) -> list[str]:
-    """One pending push challenge per ``prefix`` user, inserted directly (phase b)."""
-    services = await Services.open(settings, push=False)
-    try:
-        created = now()
-        async with services.db.write() as conn:
-            rows = (
-                await conn.execute(
-                    users_t.select()
-                    .with_only_columns(users_t.c.id)
-                    .where(users_t.c.name_key.like(f"{prefix}%"))
-                )
-            ).all()
-            ids = ["ch_" + secrets.token_urlsafe(16) for _ in rows]
-            await conn.execute(
-                challenges_t.insert(),
-                [
-                    {
-                        "id": cid,
-                        "user_id": row.id,
-                        "method": "push",
-                        "state": "pending",
-                        "created_at": created,
-                        "expires_at": created + timedelta(seconds=ttl),
-                        "display": "Sign-in to VPN from 203.0.113.7",
-                    }
-                    for cid, row in zip(ids, rows, strict=True)
-                ],
-            )
-        return ids
-    finally:
-        await services.close()
-
-
-async def _token(settings: Settings) -> str:
-    services = await Services.open(settings, push=False)
-    try:
-        return await services.tokens.create(ADMIN, "bench")
-    finally:
-        await services.close()
+        return first_arrivals(report), report["violations"]
 
 
 # -- (a) latency through the server -----------------------------------------------------------
 
 
-@dataclass
-class Started:
-    challenge_id: str
-    sent_at: float
-    returned_at: float
-
-
-async def _start_all(port: int, requests: Sequence[bytes], connections: int) -> list[Started]:
-    """Send every start request once over ``connections`` keep-alive connections."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for request in requests:
-        queue.put_nowait(request)
-    started: list[Started] = []
-    statuses: dict[int, int] = {}
-
-    async def worker() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while not queue.empty():
-                request = queue.get_nowait()
-                sent = time.monotonic()
-                writer.write(request)
-                status, body = await read_response(reader)
-                returned = time.monotonic()
-                statuses[status] = statuses.get(status, 0) + 1
-                if status == 201:
-                    started.append(Started(json.loads(body)["id"], sent, returned))
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(worker() for _ in range(connections)))
-    if set(statuses) != {201}:
-        print(f"warning: start statuses {statuses}")
-    return started
+def _push_tokens(platform: str, count: int) -> list[str]:
+    """Device tokens in the platform's format."""
+    if platform == "ios":
+        return [secrets.token_hex(32) for _ in range(count)]
+    return ["fcm-" + secrets.token_urlsafe(40) for _ in range(count)]
 
 
 def _latency(home: Path, settings: Settings, challenges: int, connections: int) -> None:
-    asyncio.run(_populate(settings, challenges, "ios", "lat"))
-    token = asyncio.run(_token(settings))
+    asyncio.run(populate(settings, "ios", _push_tokens("ios", challenges), "lat"))
+    token = asyncio.run(gateway_token(settings))
     fake = Fake("apns", home / "apns-a")
     port = free_port()
     server = start_server(home, port, {f"OPENMFA_{k.upper()}": v for k, v in fake.settings.items()})
     try:
         os.sched_setaffinity(0, {1})
-        headers = {"Authorization": f"Bearer {token}"}
-        requests = [
-            build_post(
-                f"127.0.0.1:{port}",
-                "/gateway/v1/authentications",
-                json.dumps(
-                    {
-                        "user": f"lat{i:06d}",
-                        "method": "push",
-                        "context": {"client_name": "VPN", "client_ip": "203.0.113.7"},
-                    }
-                ).encode(),
-                headers,
-            )
-            for i in range(challenges)
-        ]
+        requests = start_requests(port, token, "lat", challenges)
         began = time.monotonic()
-        started = asyncio.run(_start_all(port, requests, connections))
+        started = asyncio.run(start_all(port, requests, connections))
         took = time.monotonic() - began
         # Every push must arrive; wait for the last one (bounded), then read the fake's log.
         deadline = time.monotonic() + 60
@@ -311,42 +152,22 @@ def _latency(home: Path, settings: Settings, challenges: int, connections: int) 
     finally:
         stop(server)
         fake.kill()
-    from_return = [
-        arrivals[s.challenge_id] - s.returned_at for s in started if s.challenge_id in arrivals
-    ]
-    from_send = [
-        arrivals[s.challenge_id] - s.sent_at for s in started if s.challenge_id in arrivals
-    ]
     created, committed = _created_at(home)
     from_row = [arrivals[cid] + fake.offset - at for cid, at in created.items() if cid in arrivals]
     from_commit = [
         arrivals[cid] + fake.offset - at for cid, at in committed.items() if cid in arrivals
     ]
-    start_latency = [s.returned_at - s.sent_at for s in started]
-    for violation in violations[:3]:
-        print(f"violation: {violation}")
-    print(
-        f"(a) {len(started)} push challenges started in {took:.2f} s over {connections} "
-        f"connections ({len(started) / took:,.0f}/s; start p50 "
-        f"{percentile(start_latency, 0.5) * 1000:.1f} ms, p99 "
-        f"{percentile(start_latency, 0.99) * 1000:.1f} ms); {len(arrivals)} pushes received "
-        f"by the APNs fake, wire-format violations: {len(violations)}"
+    print_latency(
+        started,
+        arrivals,
+        violations,
+        took=took,
+        connections=connections,
+        what="push challenges",
+        received_by="by the APNs fake, wire-format violations",
+        note_early=True,
     )
-    if from_return:
-        early = sum(1 for d in from_return if d < 0)
-
-        def ms(values: list[float], q: float) -> str:
-            return f"{percentile(values, q) * 1000:.1f} ms"
-
-        print(
-            f"    start returned -> push received: p50 {ms(from_return, 0.5)}, p99 "
-            f"{ms(from_return, 0.99)}, max {max(from_return) * 1000:.1f} ms ({early} pushes "
-            "arrived before the start's response did)"
-        )
-        print(
-            f"    start sent -> push received:     p50 {ms(from_send, 0.5)}, p99 "
-            f"{ms(from_send, 0.99)}"
-        )
+    if any(s.challenge_id in arrivals for s in started):
         print(
             f"    commit -> push received:         p50 {ms(from_commit, 0.5)}, p99 "
             f"{ms(from_commit, 0.99)} (the auth.start audit row, stamped just before COMMIT)"
@@ -398,34 +219,18 @@ def _count_pending(home: Path) -> int:
 
 
 async def _throughput(
-    settings: Settings, prefix: str, warm_up: list[str], ids: list[str]
+    settings: Settings, warm_up: list[str], ids: list[str]
 ) -> tuple[float, dict[str, int]]:
-    from backend.push.dispatcher import PushDispatcher, close_transports
+    from backend.push.dispatcher import close_transports
     from backend.push.factory import build_transports
 
     services = await Services.open(settings, push=False)
     transports = await build_transports(settings)
-    dispatcher = PushDispatcher(
-        services.db,
-        services.audit,
-        now,
-        Actor("system:push"),
-        transports,
-        settings.push_concurrency,
-    )
     try:
-        for challenge_id in warm_up:  # connections and the OAuth token, not measured
-            dispatcher.challenge_started(challenge_id)
-        await dispatcher.wait_idle()
-        dispatcher.counts.clear()
-        began = time.monotonic()
-        for challenge_id in ids:
-            dispatcher.challenge_started(challenge_id)
-        await dispatcher.wait_idle()
-        took = time.monotonic() - began
-        return took, dict(dispatcher.counts)
+        # The warm-up opens the connections and fetches the OAuth token, not measured.
+        took, _, counts = await dispatch_timed(settings, services, transports, warm_up, ids)
+        return took, counts
     finally:
-        await dispatcher.close()
         await close_transports(transports)
         await services.close()
 
@@ -436,10 +241,11 @@ def _sustained(home: Path, kind: str, pushes: int) -> None:
     fake = Fake(kind, home / f"{kind}-b")
     try:
         settings = load_settings(None, home=home, **fake.settings)
-        asyncio.run(_populate(settings, pushes + 200, platform, prefix))
-        ids = asyncio.run(_pending_challenges(settings, prefix, ttl=600))
+        tokens = _push_tokens(platform, pushes + 200)
+        asyncio.run(populate(settings, platform, tokens, prefix))
+        ids = asyncio.run(pending_challenges(settings, prefix, ttl=600))
         os.sched_setaffinity(0, {0})
-        took, counts = asyncio.run(_throughput(settings, prefix, ids[:200], ids[200:]))
+        took, counts = asyncio.run(_throughput(settings, ids[:200], ids[200:]))
         _, violations = fake.stop()
     finally:
         fake.kill()
@@ -452,29 +258,20 @@ def _sustained(home: Path, kind: str, pushes: int) -> None:
     )
 
 
-def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--fake":
-        _serve_fake(sys.argv[2], Path(sys.argv[3]))
-        return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--challenges", type=int, default=1000)
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--pushes", type=int, default=5000)
-    parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--skip-sustained", action="store_true")
-    args = parser.parse_args()
+def _sustained_both(home: Path, pushes: int) -> None:
+    _sustained(home, "apns", pushes)
+    _sustained(home, "fcm", pushes)
 
-    home = Path(tempfile.mkdtemp(prefix="openmfa-bench-push-"))
-    try:
-        migrations.upgrade(f"sqlite+aiosqlite:///{home / 'openmfa.db'}")
-        settings = load_settings(home=home)
-        if not args.skip_latency:
-            _latency(home, settings, args.challenges, args.connections)
-        if not args.skip_sustained:
-            _sustained(home, "apns", args.pushes)
-            _sustained(home, "fcm", args.pushes)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+
+def main() -> None:
+    assert __doc__ is not None
+    bench_main(
+        __doc__,
+        "push",
+        lambda args: _serve_fake(args[0], Path(args[1])),
+        _latency,
+        _sustained_both,
+    )
 
 
 if __name__ == "__main__":

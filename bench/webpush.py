@@ -22,20 +22,12 @@ Figures are printed, not asserted; docs/performance.md quotes them.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
-import secrets
-import shutil
 import sqlite3
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,14 +35,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.config import Settings, load_settings
 from backend.domain.webpush import DEFAULT_ALLOWED_ORIGINS
 from backend.services import Services
-from backend.services.context import Actor
-from backend.store import migrations
-from backend.store.tables import challenges_t, devices_t, now, users_t
-from bench._http import build_post, percentile, read_response
 from bench._process import free_port, start_server, stop
-
-ADMIN = Actor("bench")
-
+from bench._push import (
+    FakeProcess,
+    bench_main,
+    dispatch_timed,
+    gateway_token,
+    pending_challenges,
+    populate,
+    print_latency,
+    start_all,
+    start_requests,
+)
 
 # -- the fake, in a process of its own ----------------------------------------------------------
 
@@ -79,34 +75,15 @@ def _serve_fake(directory: Path, subscriptions: int) -> None:
     asyncio.run(serve())
 
 
-class Fake:
+class Fake(FakeProcess):
     """The parent's handle on the fake's process."""
 
     def __init__(self, directory: Path, subscriptions: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                "taskset",
-                "-c",
-                "1",
-                sys.executable,
-                __file__,
-                "--fake",
-                str(directory),
-                str(subscriptions),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise SystemExit("the Web Push fake did not start")
-        hello = json.loads(line)
-        self.origin: str = hello["origin"]
-        self.ca_file: str = hello["ca_file"]
-        self.subscriptions: list[str] = hello["subscriptions"]
+        super().__init__(__file__, [str(directory), str(subscriptions)], "Web Push")
+        self.origin: str = self.hello["origin"]
+        self.ca_file: str = self.hello["ca_file"]
+        self.subscriptions: list[str] = self.hello["subscriptions"]
 
     def settings(self) -> dict[str, object]:
         return {
@@ -122,155 +99,8 @@ class Fake:
             "OPENMFA_WEBPUSH_SUBJECT": "mailto:bench@example.com",
         }
 
-    def stop(self) -> tuple[dict[str, float], list[str]]:
-        """Stop it; each challenge's first push arrival (monotonic) and any violations."""
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        self.process.stdin.write("stop\n")
-        self.process.stdin.flush()
-        report = json.loads(self.process.stdout.readline())
-        self.process.wait(timeout=30)
-        first: dict[str, float] = {}
-        for challenge_id, at in report["received"]:
-            first.setdefault(challenge_id, at)
-        return first, report["violations"]
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-
-# -- set-up -----------------------------------------------------------------------------------
-
-
-async def _populate(settings: Settings, subscriptions: Sequence[str], prefix: str) -> None:
-    """One user with one web device per subscription (bulk Core inserts)."""
-    services = await Services.open(settings, push=False)
-    try:
-        created = now()
-        async with services.db.write() as conn:
-            await conn.execute(
-                users_t.insert(),
-                [
-                    {
-                        "name_key": f"{prefix}{i:06d}",
-                        "name": f"{prefix}{i:06d}",
-                        "created_at": created,
-                    }
-                    for i in range(len(subscriptions))
-                ],
-            )
-            ids = dict(
-                (
-                    await conn.execute(
-                        users_t.select()
-                        .with_only_columns(users_t.c.name_key, users_t.c.id)
-                        .where(users_t.c.name_key.like(f"{prefix}%"))
-                    )
-                ).all()
-            )
-            await conn.execute(
-                devices_t.insert(),
-                [
-                    {
-                        "id": f"dev_{prefix}{i:06d}",
-                        "user_id": ids[f"{prefix}{i:06d}"],
-                        "kind": "app",
-                        "platform": "web",
-                        "public_key": secrets.token_bytes(32),
-                        "push_token": token,
-                        "seed_enc": b"unused by push",
-                        "state": "active",
-                        "created_at": created,
-                    }
-                    for i, token in enumerate(subscriptions)
-                ],
-            )
-    finally:
-        await services.close()
-
-
-async def _pending_challenges(settings: Settings, prefix: str, ttl: int) -> list[str]:
-    """One pending push challenge per ``prefix`` user, inserted directly (phase b)."""
-    services = await Services.open(settings, push=False)
-    try:
-        created = now()
-        async with services.db.write() as conn:
-            rows = (
-                await conn.execute(
-                    users_t.select()
-                    .with_only_columns(users_t.c.id)
-                    .where(users_t.c.name_key.like(f"{prefix}%"))
-                )
-            ).all()
-            ids = ["ch_" + secrets.token_urlsafe(16) for _ in rows]
-            await conn.execute(
-                challenges_t.insert(),
-                [
-                    {
-                        "id": cid,
-                        "user_id": row.id,
-                        "method": "push",
-                        "state": "pending",
-                        "created_at": created,
-                        "expires_at": created + timedelta(seconds=ttl),
-                        "display": "Sign-in to VPN from 203.0.113.7",
-                    }
-                    for cid, row in zip(ids, rows, strict=True)
-                ],
-            )
-        return ids
-    finally:
-        await services.close()
-
-
-async def _token(settings: Settings) -> str:
-    services = await Services.open(settings, push=False)
-    try:
-        await services.policies.set(ADMIN, "push_limit", "0")
-        return await services.tokens.create(ADMIN, "bench")
-    finally:
-        await services.close()
-
 
 # -- (a) latency through the server -----------------------------------------------------------
-
-
-@dataclass
-class Started:
-    challenge_id: str
-    sent_at: float
-    returned_at: float
-
-
-async def _start_all(port: int, requests: Sequence[bytes], connections: int) -> list[Started]:
-    """Send every start request once over ``connections`` keep-alive connections."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for request in requests:
-        queue.put_nowait(request)
-    started: list[Started] = []
-    statuses: dict[int, int] = {}
-
-    async def worker() -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            while not queue.empty():
-                request = queue.get_nowait()
-                sent = time.monotonic()
-                writer.write(request)
-                status, body = await read_response(reader)
-                returned = time.monotonic()
-                statuses[status] = statuses.get(status, 0) + 1
-                if status == 201:
-                    started.append(Started(json.loads(body)["id"], sent, returned))
-        finally:
-            writer.close()
-
-    await asyncio.gather(*(worker() for _ in range(connections)))
-    if set(statuses) != {201}:
-        print(f"warning: start statuses {statuses}")
-    return started
 
 
 def _delivered(home: Path) -> int:
@@ -289,30 +119,15 @@ def _delivered(home: Path) -> int:
 def _latency(home: Path, settings: Settings, challenges: int, connections: int) -> None:
     fake = Fake(home / "fake-a", challenges)
     try:
-        asyncio.run(_populate(settings, fake.subscriptions, "lat"))
-        token = asyncio.run(_token(settings))
+        asyncio.run(populate(settings, "web", fake.subscriptions, "lat"))
+        token = asyncio.run(gateway_token(settings, unlimited_pushes=True))
         port = free_port()
         server = start_server(home, port, fake.env())
         try:
             os.sched_setaffinity(0, {1})
-            headers = {"Authorization": f"Bearer {token}"}
-            requests = [
-                build_post(
-                    f"127.0.0.1:{port}",
-                    "/gateway/v1/authentications",
-                    json.dumps(
-                        {
-                            "user": f"lat{i:06d}",
-                            "method": "push",
-                            "context": {"client_name": "VPN", "client_ip": "203.0.113.7"},
-                        }
-                    ).encode(),
-                    headers,
-                )
-                for i in range(challenges)
-            ]
+            requests = start_requests(port, token, "lat", challenges)
             began = time.monotonic()
-            started = asyncio.run(_start_all(port, requests, connections))
+            started = asyncio.run(start_all(port, requests, connections))
             took = time.monotonic() - began
             deadline = time.monotonic() + 60
             while _delivered(home) < len(started) and time.monotonic() < deadline:
@@ -322,35 +137,15 @@ def _latency(home: Path, settings: Settings, challenges: int, connections: int) 
         arrivals, violations = fake.stop()
     finally:
         fake.kill()
-    from_return = [
-        arrivals[s.challenge_id] - s.returned_at for s in started if s.challenge_id in arrivals
-    ]
-    from_send = [
-        arrivals[s.challenge_id] - s.sent_at for s in started if s.challenge_id in arrivals
-    ]
-    start_latency = [s.returned_at - s.sent_at for s in started]
-    for violation in violations[:3]:
-        print(f"violation: {violation}")
-    print(
-        f"(a) {len(started)} push challenges for web devices started in {took:.2f} s over "
-        f"{connections} connections ({len(started) / took:,.0f}/s; start p50 "
-        f"{percentile(start_latency, 0.5) * 1000:.1f} ms, p99 "
-        f"{percentile(start_latency, 0.99) * 1000:.1f} ms); {len(arrivals)} pushes received "
-        f"and decrypted by the fake, violations: {len(violations)}"
+    print_latency(
+        started,
+        arrivals,
+        violations,
+        took=took,
+        connections=connections,
+        what="push challenges for web devices",
+        received_by="and decrypted by the fake, violations",
     )
-    if from_return:
-
-        def ms(values: list[float], q: float) -> str:
-            return f"{percentile(values, q) * 1000:.1f} ms"
-
-        print(
-            f"    start returned -> push received: p50 {ms(from_return, 0.5)}, p99 "
-            f"{ms(from_return, 0.99)}, max {max(from_return) * 1000:.1f} ms"
-        )
-        print(
-            f"    start sent -> push received:     p50 {ms(from_send, 0.5)}, p99 "
-            f"{ms(from_send, 0.99)}"
-        )
 
 
 # -- (b) sustained throughput, dispatcher in process -----------------------------------------
@@ -360,7 +155,7 @@ async def _throughput(
     settings: Settings, warm_up: list[str], ids: list[str]
 ) -> tuple[float, dict[str, int], int]:
     from backend.crypto import SecretBox, read_key
-    from backend.push.dispatcher import PushDispatcher, close_transports
+    from backend.push.dispatcher import close_transports
     from backend.push.factory import build_transports
     from backend.push.vapid import load_or_create_vapid_key
 
@@ -369,30 +164,15 @@ async def _throughput(
         services.db, SecretBox(read_key(settings.resolved_key_file))
     )
     transports = await build_transports(settings, key)
-    dispatcher = PushDispatcher(
-        services.db,
-        services.audit,
-        now,
-        Actor("system:push"),
-        {"webpush": transports["webpush"]},
-        settings.push_concurrency,
-    )
     try:
-        for challenge_id in warm_up:  # connections and the JWT, not measured
-            dispatcher.challenge_started(challenge_id)
-        await dispatcher.wait_idle()
-        dispatcher.counts.clear()
-        began, cpu = time.monotonic(), time.process_time()
-        for challenge_id in ids:
-            dispatcher.challenge_started(challenge_id)
-        await dispatcher.wait_idle()
-        took, cpu = time.monotonic() - began, time.process_time() - cpu
+        # The warm-up opens the connections and signs the JWT, not measured.
+        took, cpu, counts = await dispatch_timed(
+            settings, services, {"webpush": transports["webpush"]}, warm_up, ids
+        )
         signed = transports["webpush"].signer.signed  # type: ignore[attr-defined]
-        counts = dict(dispatcher.counts)
         counts["cpu_ms"] = round(cpu * 1000)
         return took, counts, signed
     finally:
-        await dispatcher.close()
         await close_transports(transports)
         await services.close()
 
@@ -401,8 +181,8 @@ def _sustained(home: Path, pushes: int) -> None:
     fake = Fake(home / "fake-b", pushes + 200)
     try:
         settings = load_settings(None, home=home, **fake.settings())
-        asyncio.run(_populate(settings, fake.subscriptions, "thr"))
-        ids = asyncio.run(_pending_challenges(settings, "thr", ttl=600))
+        asyncio.run(populate(settings, "web", fake.subscriptions, "thr"))
+        ids = asyncio.run(pending_challenges(settings, "thr", ttl=600))
         os.sched_setaffinity(0, {0})
         took, counts, signed = asyncio.run(_throughput(settings, ids[:200], ids[200:]))
         _, violations = fake.stop()
@@ -423,27 +203,14 @@ def _sustained(home: Path, pushes: int) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--fake":
-        _serve_fake(Path(sys.argv[2]), int(sys.argv[3]))
-        return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--challenges", type=int, default=1000)
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--pushes", type=int, default=5000)
-    parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--skip-sustained", action="store_true")
-    args = parser.parse_args()
-
-    home = Path(tempfile.mkdtemp(prefix="openmfa-bench-webpush-"))
-    try:
-        migrations.upgrade(f"sqlite+aiosqlite:///{home / 'openmfa.db'}")
-        settings = load_settings(home=home)
-        if not args.skip_latency:
-            _latency(home, settings, args.challenges, args.connections)
-        if not args.skip_sustained:
-            _sustained(home, args.pushes)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
+    assert __doc__ is not None
+    bench_main(
+        __doc__,
+        "webpush",
+        lambda args: _serve_fake(Path(args[0]), int(args[1])),
+        _latency,
+        _sustained,
+    )
 
 
 if __name__ == "__main__":

@@ -10,114 +10,46 @@ device keeps working by polling.
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
-import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlencode
 
-import httpx
 import pytest
 
 from backend.authenticator.client import AppClient
-from backend.config import load_settings
-from backend.domain.stepup import ADMINISTRATOR
-from backend.services import Services
-from backend.services.context import Actor
 from tests.fakes.apns import ApnsFake, make_apns_key
 from tests.fakes.fcm import FcmFake
 from tests.support.database import migrated_sqlite
-from tests.support.process import Cli, ServerProcess, free_port, wait_for
+from tests.support.process import Cli, free_port, wait_for
+from tests.support.push_e2e import LoopThread, PushWorld, gateway_server, prepare
 
-T = TypeVar("T")
-ADMIN = Actor("test:admin")
 TOPIC = "org.openmfa.test"
 USERS = ("alice", "bob", "carol", "dave")
 
 
-class LoopThread:
-    """An event loop in a background thread, for the fakes (the server is another process)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
-
-
 @dataclass
-class World:
-    server: ServerProcess
-    cli: Cli
-    fakes: LoopThread
+class World(PushWorld):
     apns: ApnsFake
     fcm: FcmFake
-    gateway: httpx.Client
-    codes: dict[str, str]
 
     def app(self, user: str, platform: str, push_token: str) -> AppClient:
         """The reference authenticator, activated for ``user`` against the running server."""
         client = AppClient()
-        uri = f"openmfa://activate?{urlencode({'url': self.server.url, 'code': self.codes[user]})}"
-        client.activate(uri, name=f"{user}'s phone", platform=platform, push_token=push_token)
+        client.activate(
+            self.activation_uri(user),
+            name=f"{user}'s phone",
+            platform=platform,
+            push_token=push_token,
+        )
         return client
-
-    def start(self, user: str) -> dict[str, Any]:
-        response = self.gateway.post(
-            "/gateway/v1/authentications",
-            json={
-                "user": user,
-                "method": "push",
-                "context": {"client_name": "vpn", "client_ip": "203.0.113.7"},
-            },
-        )
-        assert response.status_code == 201, response.text
-        data: dict[str, Any] = response.json()
-        return data
-
-    def outcome(self, auth_id: str) -> str:
-        """The gateway's long-poll: the state once final (or after 10 s)."""
-        response = self.gateway.get(f"/gateway/v1/authentications/{auth_id}", params={"wait": 10})
-        assert response.status_code == 200, response.text
-        return str(response.json()["state"])
-
-    def audit(self, action: str) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = json.loads(
-            self.cli("audit", "--action", action, "--json").stdout
-        )
-        return rows
-
-
-async def _prepare(home: Path) -> tuple[str, dict[str, str]]:
-    """A database with the users, a gateway token and an activation code per user."""
-    settings = load_settings(config_file=None, home=home)
-    services = await Services.open(settings, push=False)
-    try:
-        token = await services.tokens.create(ADMIN, "vpn")
-        codes = {}
-        for user in USERS:
-            await services.users.add(ADMIN, user)
-            codes[user] = (await services.activation.create_code(ADMIN, ADMINISTRATOR, user)).code
-    finally:
-        await services.close()
-    return token, codes
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     home = tmp_path_factory.mktemp("push-e2e")
     migrated_sqlite(home)
-    token, codes = asyncio.run(_prepare(home))
+    token, codes = asyncio.run(prepare(home, USERS))
 
     fakes = LoopThread()
     key = make_apns_key(home / "apns")
@@ -139,13 +71,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "OPENMFA_FCM_URL": fcm.url,
             "OPENMFA_FCM_CA_FILE": str(fcm.ca_file),
         }
-        with (
-            ServerProcess(home, free_port(), env) as server,
-            httpx.Client(
-                base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-            ) as gateway,
-        ):
-            yield World(server, Cli(home, **env), fakes, apns, fcm, gateway, codes)
+        with gateway_server(home, token, env) as (server, gateway):
+            yield World(
+                server=server,
+                cli=Cli(home, **env),
+                fakes=fakes,
+                gateway=gateway,
+                codes=codes,
+                apns=apns,
+                fcm=fcm,
+            )
             assert server.terminate() == 0
         # Stopped after the server, so its connections close from its side first; raises
         # if either fake saw anything on the wire that Apple or Google would refuse.
@@ -168,7 +103,7 @@ def test_ios_push_through_apns_is_approved_by_the_authenticator(world: World) ->
     app = world.app("alice", "ios", token)
     before = len(world.apns.requests)
 
-    auth = world.start("alice")
+    auth = world.start_push("alice")
     [request] = world.fakes.run(world.apns.wait_for(before + 1, timeout=10))[before:]
 
     assert request.violations == []
@@ -197,7 +132,7 @@ def test_android_push_through_fcm_is_approved_by_the_authenticator(world: World)
     app = world.app("bob", "android", token)
     before = len(world.fcm.requests)
 
-    auth = world.start("bob")
+    auth = world.start_push("bob")
     [request] = world.fakes.run(world.fcm.wait_for(before + 1, timeout=10))[before:]
 
     assert request.token == token
@@ -219,7 +154,7 @@ def test_a_dead_token_is_marked_shown_to_the_admin_and_the_app_polls(world: Worl
         world.apns.fail_token(token, 410, "Unregistered")
 
     world.fakes.run(unregister())
-    auth = world.start("carol")
+    auth = world.start_push("carol")
 
     def marked() -> bool:
         return "push token invalid: Unregistered" in world.cli("user", "show", "carol").stdout
@@ -247,7 +182,7 @@ def test_a_push_service_that_is_down_for_a_moment_is_retried(world: World) -> No
         world.apns.fail_next(1, 503, "ServiceUnavailable")
 
     world.fakes.run(unavailable_once())
-    auth = world.start("dave")
+    auth = world.start_push("dave")
     requests = world.fakes.run(world.apns.wait_for(before + 2, timeout=15))[before:]
     assert [r.payload["challenge_id"] for r in requests] == [auth["id"]] * 2
 

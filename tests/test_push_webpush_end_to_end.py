@@ -17,71 +17,39 @@ import base64
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import httpx
 import pytest
 
 from backend.authenticator.client import AppClient, AuthenticatorError
-from backend.config import load_settings
-from backend.domain.stepup import ADMINISTRATOR
 from backend.domain.webpush import DEFAULT_ALLOWED_ORIGINS
-from backend.services import Services
-from backend.services.context import Actor
 from tests.fakes.tls import make_tls
 from tests.fakes.webpush_service import FakePushService
 from tests.support.database import migrated_sqlite
-from tests.support.process import Cli, ServerProcess, free_port, wait_for
-from tests.test_push_end_to_end import LoopThread
+from tests.support.process import Cli, wait_for
+from tests.support.push_e2e import LoopThread, PushWorld, gateway_server, prepare
 
-ADMIN = Actor("test:admin")
 USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 
 
 @dataclass
-class World:
-    server: ServerProcess
-    cli: Cli
-    fakes: LoopThread
+class World(PushWorld):
     service: FakePushService
     rogue: FakePushService
-    gateway: httpx.Client
-    codes: dict[str, str]
-
-    def uri(self, user: str) -> str:
-        return f"openmfa://activate?{urlencode({'url': self.server.url, 'code': self.codes[user]})}"
 
     def app(self, user: str, push_token: str | None) -> AppClient:
         client = AppClient()
         client.activate(
-            self.uri(user), name=f"{user}'s browser", platform="web", push_token=push_token
+            self.activation_uri(user),
+            name=f"{user}'s browser",
+            platform="web",
+            push_token=push_token,
         )
         return client
 
     def start(self, user: str) -> str:
-        response = self.gateway.post(
-            "/gateway/v1/authentications",
-            json={
-                "user": user,
-                "method": "push",
-                "context": {"client_name": "vpn", "client_ip": "203.0.113.7"},
-            },
-        )
-        assert response.status_code == 201, response.text
-        return str(response.json()["id"])
-
-    def outcome(self, auth_id: str) -> str:
-        response = self.gateway.get(f"/gateway/v1/authentications/{auth_id}", params={"wait": 10})
-        assert response.status_code == 200, response.text
-        return str(response.json()["state"])
-
-    def audit(self, action: str) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = json.loads(
-            self.cli("audit", "--action", action, "--json").stdout
-        )
-        return rows
+        return str(self.start_push(user)["id"])
 
     def pushes_for(self, token: str, count: int) -> list[Any]:
         def arrived() -> bool:
@@ -91,26 +59,11 @@ class World:
         return self.service.received_for(token)
 
 
-async def _prepare(home: Path) -> tuple[str, dict[str, str]]:
-    settings = load_settings(config_file=None, home=home)
-    services = await Services.open(settings, push=False)
-    try:
-        token = await services.tokens.create(ADMIN, "vpn")
-        codes = {}
-        for user in USERS:
-            await services.users.add(ADMIN, user)
-            codes[user] = (await services.activation.create_code(ADMIN, ADMINISTRATOR, user)).code
-        await services.policies.set(ADMIN, "push_limit", "0")
-    finally:
-        await services.close()
-    return token, codes
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     home = tmp_path_factory.mktemp("webpush-e2e")
     migrated_sqlite(home)
-    token, codes = asyncio.run(_prepare(home))
+    token, codes = asyncio.run(prepare(home, USERS, unlimited_pushes=True))
     fakes = LoopThread()
     tls = make_tls(home / "tls")
     service = FakePushService(home / "service", tls=tls)
@@ -124,15 +77,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "OPENMFA_WEBPUSH_CA_FILE": str(tls.ca_file),
             "OPENMFA_WEBPUSH_SUBJECT": "mailto:ops@example.com",
         }
-        with (
-            ServerProcess(home, free_port(), env) as server,
-            httpx.Client(
-                base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
-            ) as gateway,
-        ):
+        with gateway_server(home, token, env) as (server, gateway):
             key = httpx.get(f"{server.url}/app/v1/webpush/key").json()["vapid_public_key"]
             service.expected_vapid_key = key  # any other k= is a violation
-            yield World(server, Cli(home, **env), fakes, service, rogue, gateway, codes)
+            yield World(
+                server=server,
+                cli=Cli(home, **env),
+                fakes=fakes,
+                gateway=gateway,
+                codes=codes,
+                service=service,
+                rogue=rogue,
+            )
             assert server.terminate() == 0
         fakes.run(service.stop())
         fakes.run(rogue.stop())
@@ -222,7 +178,7 @@ def test_an_endpoint_off_the_list_is_refused_at_activation(world: World, endpoin
     token["endpoint"] = endpoint.format(rogue=world.rogue.origin)
     client = AppClient()
     with pytest.raises(AuthenticatorError) as refused:
-        client.activate(world.uri("dave"), platform="web", push_token=json.dumps(token))
+        client.activate(world.activation_uri("dave"), platform="web", push_token=json.dumps(token))
     assert (refused.value.type, refused.value.status) == ("invalid-request", 400)
     reason = str(refused.value).split(" (", 1)[0]
     assert "allowed push service" in reason or "https:// URL" in reason

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import re
 import sys
 from dataclasses import asdict
@@ -43,10 +44,16 @@ def parse_since(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def read_secret(what: str) -> str:
-    """One line from standard input (never echoed, never an argument in the process list)."""
-    line = sys.stdin.readline()
-    secret = line.rstrip("\r\n")
+def read_secret(what: str, *, ask_at_terminal: bool = False) -> str:
+    """One line from standard input (never echoed, never an argument in the process list).
+
+    With ``ask_at_terminal``, a terminal on standard input is asked for ``what`` without echo
+    (rather than read from a line the screen shows); piped input is read the same either way.
+    """
+    if ask_at_terminal and sys.stdin.isatty():
+        secret = getpass.getpass(f"{what}: ")
+    else:
+        secret = sys.stdin.readline().rstrip("\r\n")
     if not secret:
         raise BadRequest(f"no {what} on standard input")
     return secret

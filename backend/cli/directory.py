@@ -8,11 +8,11 @@ that it is set. ``test`` connects, binds and counts the users the selection retu
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backend.cli.admin import read_secret
 from backend.cli.output import as_json, clean, table, when
 from backend.directory.config import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -205,23 +205,6 @@ def _setting_options(cmd: argparse.ArgumentParser, new: bool) -> None:
     )
 
 
-def read_password() -> str:
-    """The bind password: one line of standard input, never echoed.
-
-    Piped (``echo "$PW" | openmfa directory add ...``) like ``client add --secret-stdin``; at a
-    terminal it is asked for without echo rather than read from a line the screen shows.
-    """
-    from backend.errors import BadRequest
-
-    if sys.stdin.isatty():
-        password = getpass.getpass("bind password: ")
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise BadRequest("no bind password on standard input")
-    return password
-
-
 def _ca_text(path: Path | None) -> str | None:
     if path is None:
         return None
@@ -238,7 +221,9 @@ def _ca_text(path: Path | None) -> str | None:
 async def directory_add(services: Services, args: argparse.Namespace, actor: Actor) -> int:
     from backend.directory import settings as ds
 
-    password = read_password()
+    # Piped (``echo "$PW" | openmfa directory add ...``) like ``client add --secret-stdin``;
+    # at a terminal asked for without echo rather than read from a line the screen shows.
+    password = read_secret("bind password", ask_at_terminal=True)
     values: dict[str, Any] = {
         "name": args.name,
         "urls": tuple(args.urls),
@@ -299,7 +284,9 @@ async def directory_set(services: Services, args: argparse.Namespace, actor: Act
     changes = ds.DirectoryChanges(**values)
     if changes.empty and not args.bind_password_stdin:
         raise BadRequest("nothing to change; give at least one option (see --help)")
-    password = read_password() if args.bind_password_stdin else None
+    password = (
+        read_secret("bind password", ask_at_terminal=True) if args.bind_password_stdin else None
+    )
     before = await services.directories.get(args.name)
     view = await services.directories.update(actor, args.name, changes, password)
     if view.updated_at != before.updated_at:

@@ -8,7 +8,7 @@ import functools
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -651,25 +651,21 @@ class UserService:
             if outcome in _NOT_COUNTED:
                 # Right, or the directory did not answer (not the person's failure; a DC
                 # outage must not lock everybody out): the slot is given back.
-                attempts.refund(tx, "otp", found.user_id, slot, found.limit)
-                audit_result = "accept" if outcome == "ok" else "reject"
-                self._audit.add_job(
+                self._record_check(
                     tx,
                     actor,
                     audited_at,
-                    "password.verify",
-                    audit_result,
-                    found.key,
+                    found,
+                    "accept" if outcome == "ok" else "reject",
                     f"{detail} {where}".strip(),
                 )
                 return
-            self._audit.add_job(
+            self._record_check(
                 tx,
                 actor,
                 audited_at,
-                "password.verify",
-                "locked" if slot.locked_until else "reject",
-                found.key,
+                found,
+                None,
                 f"{detail} failures={slot.failures} {where}".strip(),
             )
 
@@ -706,7 +702,6 @@ class UserService:
 
         def outcome(tx: Tx) -> None:
             if matches:
-                attempts.refund(tx, "otp", found.user_id, slot, found.limit)
                 if new_hash is not None:  # the hashing parameters were raised since
                     tx.run(
                         "UPDATE users SET password_hash = ? WHERE id = ? AND password_hash = ?",
@@ -714,17 +709,14 @@ class UserService:
                         found.user_id,
                         slot.stored,
                     )
-                self._audit.add_job(
-                    tx, actor, audited_at, "password.verify", "accept", found.key, f"ok {where}"
-                )
+                self._record_check(tx, actor, audited_at, found, "accept", f"ok {where}")
                 return
-            self._audit.add_job(
+            self._record_check(
                 tx,
                 actor,
                 audited_at,
-                "password.verify",
-                "locked" if slot.locked_until else "reject",
-                found.key,
+                found,
+                None,
                 f"wrong-password failures={slot.failures} {where}".strip(),
             )
 
@@ -732,6 +724,29 @@ class UserService:
         if matches:
             return PasswordResult(True, "ok", found.name)
         return PasswordResult(False, "wrong-password", found.name)
+
+    def _record_check(
+        self,
+        tx: Tx,
+        actor: Actor,
+        audited_at: datetime,
+        found: _PasswordSlot | _DirectorySlot,
+        given_back: Literal["accept", "reject"] | None,
+        detail: str,
+    ) -> None:
+        """Book one checked password (local or directory) in ``tx``.
+
+        ``given_back`` set: the attempt does not count (right, or not the person's failure),
+        so the claimed slot is refunded and the check audited with that result. ``None``: a
+        counted failure, audited ``locked`` when it locked the user out, else ``reject``.
+        """
+        result: str
+        if given_back is not None:
+            attempts.refund(tx, "otp", found.user_id, found.slot, found.limit)
+            result = given_back
+        else:
+            result = "locked" if found.slot.locked_until else "reject"
+        self._audit.add_job(tx, actor, audited_at, "password.verify", result, found.key, detail)
 
 
 @dataclass(frozen=True, slots=True)

@@ -254,21 +254,12 @@ def take(out: Path) -> list[Path]:
 
 def _demo_directory(app: WebHarness, slapd: Slapd) -> None:
     """An OpenLDAP directory with a VPN group, synced once and dry-run once since."""
-    from backend.directory.settings import DirectorySettings
 
     people = ["erin", "frank", "gina", "hank", "ivy", "jack"]
     for uid in people:
         slapd.add_user(uid, "Demo-Passw0rd!", email=f"{uid}@example.com")
     group = slapd.add_group("vpn-users", *people[:5])
-    settings = DirectorySettings(
-        name="corp-ldap",
-        urls=(slapd.url,),
-        bind_dn=slapd.bind_dn,
-        base_dn=slapd.base_dn,
-        kind="ldap",
-        ca_pem=Path(slapd.ca_file).read_text(),
-        group_dn=group,
-    )
+    settings = slapd.directory_settings("corp-ldap", group_dn=group)
     app.run(app.services.directories.add(ADMIN, settings, slapd.bind_password))
     app.run(app.services.directory_sync.run(ADMIN, "corp-ldap"))
     slapd.add_members("vpn-users", "jack")

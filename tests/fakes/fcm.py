@@ -36,7 +36,7 @@ import re
 import secrets
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -46,7 +46,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.fakes.base import PushFake
+from tests.fakes.base import Reply as _Reply
+from tests.fakes.base import StreamPushFake
 from tests.fakes.tls import TlsFiles
 
 FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -158,14 +159,7 @@ class _Issued:
     expired: bool = False
 
 
-@dataclass
-class _Reply:
-    status: int
-    body: bytes
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-class FcmFake(PushFake[FcmRequest]):
+class FcmFake(StreamPushFake[FcmRequest]):
     """Google's token endpoint and FCM ``messages:send`` on https://127.0.0.1:<port>; see the
     module docstring. The shape follows :class:`tests.fakes.apns.ApnsFake`."""
 
@@ -189,10 +183,6 @@ class FcmFake(PushFake[FcmRequest]):
         self._holding: set[str] = set()
         self._held = 0
         self._released: asyncio.Event | None = None
-        self._stopping: asyncio.Event | None = None
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
         self._message_ids = 0
 
     # -- life cycle --------------------------------------------------------------------------
@@ -211,34 +201,13 @@ class FcmFake(PushFake[FcmRequest]):
 
     async def start(self) -> None:
         """Listen on an ephemeral port of 127.0.0.1 with TLS."""
-        tls = self._starting()
-        self._stopping = asyncio.Event()
         self._released = asyncio.Event()
-        self._server = await asyncio.start_server(
-            self._connection, "127.0.0.1", 0, ssl=tls.server_context()
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        self.url = f"https://127.0.0.1:{self.port}"
+        await self._listen()
 
     async def stop(self, *, check: bool = True, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """Drop held answers, close every connection and the listener; with ``check``, raise
         on violations."""
-        if self._stopping is not None:
-            self._stopping.set()
-        if self._server is not None:
-            self._server.close()
-            for writer in list(self._writers):
-                writer.close()
-            for task in list(self._tasks):
-                task.cancel()
-            if self._tasks:
-                await asyncio.wait_for(
-                    asyncio.gather(*self._tasks, return_exceptions=True), timeout
-                )
-            await self._server.wait_closed()
-            self._server = None
-        if check:
-            self.assert_clean()
+        await super().stop(check=check, timeout=timeout)
 
     # -- behaviour ---------------------------------------------------------------------------
 
@@ -321,56 +290,22 @@ class FcmFake(PushFake[FcmRequest]):
     # -- HTTP/1.1 over TLS (h11)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
-        self.connections_made += 1
+        task = self._opened(writer)
         self._notify()
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_BODY)
         try:
-            while True:
-                event = await _next_event(conn, reader)
-                if isinstance(event, h11.ConnectionClosed):
-                    break
-                if not isinstance(event, h11.Request):
-                    self._violation(f"unexpected HTTP event {type(event).__name__}")
-                    break
-                body = bytearray()
-                while True:
-                    part = await _next_event(conn, reader)
-                    if isinstance(part, h11.Data):
-                        body += part.data
-                        if len(body) > _MAX_BODY:
-                            raise h11.RemoteProtocolError("body too large")
-                    elif isinstance(part, h11.EndOfMessage):
-                        break
-                    else:
-                        raise h11.RemoteProtocolError(f"unexpected {type(part).__name__}")
-                reply = await self._dispatch(event, bytes(body))
-                headers = [
-                    ("content-type", "application/json; charset=UTF-8"),
-                    ("content-length", str(len(reply.body))),
-                    *reply.headers,
-                ]
-                writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers)))
-                writer.write(conn.send(h11.Data(data=reply.body)))
-                writer.write(conn.send(h11.EndOfMessage()))
-                await writer.drain()
-                if conn.our_state is h11.MUST_CLOSE:
-                    break
-                conn.start_next_cycle()
+            await self._serve_h11(
+                reader,
+                writer,
+                max_event_size=_MAX_BODY,
+                max_body=_MAX_BODY,
+                headers=[("content-type", "application/json; charset=UTF-8")],
+            )
         except (h11.ProtocolError, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass  # the client went away or spoke garbage; nothing to answer
         except asyncio.CancelledError:
             pass  # stop()
         finally:
-            self._writers.discard(writer)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-            self._tasks.discard(task)
-            self._notify()
+            await self._closed(writer, task)
 
     async def _dispatch(self, request: h11.Request, body: bytes) -> _Reply:
         target = request.target.decode("ascii", "replace")
@@ -632,11 +567,3 @@ def _json_reply(
     status: int, body: dict[str, Any], headers: list[tuple[str, str]] | None = None
 ) -> _Reply:
     return _Reply(status, json.dumps(body).encode(), headers or [])
-
-
-async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        conn.receive_data(await reader.read(65536))

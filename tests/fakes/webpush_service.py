@@ -51,7 +51,8 @@ from h2.connection import H2Connection
 from h2.events import ConnectionTerminated, DataReceived, RequestReceived, StreamEnded
 from h2.exceptions import H2Error
 
-from tests.fakes.base import PushFake
+from tests.fakes.base import Reply as _Reply
+from tests.fakes.base import StreamPushFake
 from tests.fakes.tls import TlsFiles
 
 _PATH = re.compile(r"^/push/([A-Za-z0-9_-]{1,64})$")
@@ -101,14 +102,7 @@ class _Failure:
     location: str | None = None
 
 
-@dataclass
-class _Reply:
-    status: int
-    body: bytes = b""
-    headers: list[tuple[str, str]] = field(default_factory=list)
-
-
-class FakePushService(PushFake[PushRequest]):
+class FakePushService(StreamPushFake[PushRequest]):
     """See the module docstring."""
 
     label = "Web Push fake"
@@ -128,10 +122,6 @@ class FakePushService(PushFake[PushRequest]):
         #: called with each request on arrival, before it is answered (a test moves its
         #: clock at an exact point this way, without sleeping)
         self.on_request: Callable[[PushRequest], None] | None = None
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._stopping: asyncio.Event | None = None
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -144,33 +134,7 @@ class FakePushService(PushFake[PushRequest]):
 
     async def start(self) -> None:
         """Listen on an ephemeral port of 127.0.0.1 with TLS (HTTP/1.1)."""
-        tls = self._starting()
-        self._stopping = asyncio.Event()
-        alpn = ["h2", "http/1.1"] if self.http2 else ["http/1.1"]
-        self._server = await asyncio.start_server(
-            self._connection, "127.0.0.1", 0, ssl=tls.server_context(alpn=alpn)
-        )
-        self.port = self._server.sockets[0].getsockname()[1]
-        self.url = f"https://127.0.0.1:{self.port}"
-
-    async def stop(self, *, check: bool = True, timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        """Close every connection and the listener; with ``check``, raise on violations."""
-        if self._stopping is not None:
-            self._stopping.set()
-        if self._server is not None:
-            self._server.close()
-            for writer in list(self._writers):
-                writer.close()
-            for task in list(self._tasks):
-                task.cancel()
-            if self._tasks:
-                await asyncio.wait_for(
-                    asyncio.gather(*self._tasks, return_exceptions=True), timeout
-                )
-            await self._server.wait_closed()
-            self._server = None
-        if check:
-            self.assert_clean()
+        await self._listen(alpn=["h2", "http/1.1"] if self.http2 else ["http/1.1"])
 
     # -- behaviour ---------------------------------------------------------------------------
 
@@ -215,11 +179,7 @@ class FakePushService(PushFake[PushRequest]):
     # -- HTTP/1.1 over TLS (h11)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
-        self.connections_made += 1
+        task = self._opened(writer)
         ssl_object = writer.get_extra_info("ssl_object")
         protocol = (ssl_object.selected_alpn_protocol() if ssl_object else None) or "http/1.1"
         self.protocols[protocol] = self.protocols.get(protocol, 0) + 1
@@ -227,48 +187,19 @@ class FakePushService(PushFake[PushRequest]):
         if protocol == "h2":
             await self._h2_connection(reader, writer, task)
             return
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=65536)
         try:
-            while True:
-                event = await _next_event(conn, reader)
-                if isinstance(event, h11.ConnectionClosed):
-                    break
-                if not isinstance(event, h11.Request):
-                    self._violation(f"unexpected HTTP event {type(event).__name__}")
-                    break
-                body = bytearray()
-                while True:
-                    part = await _next_event(conn, reader)
-                    if isinstance(part, h11.Data):
-                        body += part.data
-                        if len(body) > 1 << 20:
-                            raise h11.RemoteProtocolError("body too large")
-                    elif isinstance(part, h11.EndOfMessage):
-                        break
-                    else:
-                        raise h11.RemoteProtocolError(f"unexpected {type(part).__name__}")
-                reply = await self._dispatch(event, bytes(body))
-                headers = [("content-length", str(len(reply.body))), *reply.headers]
-                writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers)))
-                writer.write(conn.send(h11.Data(data=reply.body)))
-                writer.write(conn.send(h11.EndOfMessage()))
-                await writer.drain()
-                if conn.our_state is h11.MUST_CLOSE:
-                    break
-                conn.start_next_cycle()
+            await self._serve_h11(
+                reader,
+                writer,
+                max_event_size=65536,
+                max_body=1 << 20,
+            )
         except (h11.ProtocolError, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
             pass  # the client went away or spoke garbage
         except asyncio.CancelledError:
             pass  # stop()
         finally:
-            self._writers.discard(writer)
-            writer.close()
-            # Cancelled by stop(): end quietly (asyncio logs a connection task that ends
-            # cancelled as an error of its own).
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await writer.wait_closed()
-            self._tasks.discard(task)
-            self._notify()
+            await self._closed(writer, task)
 
     async def _h2_connection(
         self,
@@ -325,14 +256,7 @@ class FakePushService(PushFake[PushRequest]):
         finally:
             for job in answering:
                 job.cancel()
-            self._writers.discard(writer)
-            writer.close()
-            # Cancelled by stop(): end quietly (asyncio logs a connection task that ends
-            # cancelled as an error of its own).
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await writer.wait_closed()
-            self._tasks.discard(task)
-            self._notify()
+            await self._closed(writer, task)
 
     async def _dispatch(self, request: h11.Request, body: bytes) -> _Reply:
         target = request.target.decode("ascii", "replace")
@@ -454,11 +378,3 @@ class FakePushService(PushFake[PushRequest]):
         if not problems:
             self._verified[(token, key_text)] = claims
         return problems
-
-
-async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        conn.receive_data(await reader.read(65536))

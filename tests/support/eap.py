@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime
 import re
-import shutil
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.fakes.tls import ca_certificate, write_private_key
 from tests.support.freeradius import (
     UPSTREAM_SECRET,
     FreeRadius,
@@ -45,11 +45,12 @@ from tests.support.freeradius import (
     _single_quoted,
     _user_name,
 )
+from tests.support.process import system_program
 
 
 def eapol_test_binary() -> str | None:
     """Path of ``eapol_test`` (Debian installs it in /usr/bin or /usr/sbin), or None."""
-    return shutil.which("eapol_test") or shutil.which("eapol_test", path="/usr/sbin:/sbin")
+    return system_program("eapol_test")
 
 
 def write_certificates(directory: Path) -> Path:
@@ -59,20 +60,8 @@ def write_certificates(directory: Path) -> Path:
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "OpenMFA test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
+    ca = ca_certificate(
+        ca_key, ca_name, now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1)
     )
     key = ec.generate_private_key(ec.SECP256R1())
     server = (
@@ -88,14 +77,7 @@ def write_certificates(directory: Path) -> Path:
     )
     (directory / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (directory / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    (directory / "server.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (directory / "server.key").chmod(0o600)
+    write_private_key(directory / "server.key", key)
     return directory / "ca.pem"
 
 

@@ -50,7 +50,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from tests.support.process import stop_process, wait_for
+from tests.support.process import stop_process, system_program, wait_for
 
 AttributeValue = str | int | bytes
 """A value for :func:`radclient` and the users file: text (quoted for you; FreeRADIUS
@@ -70,7 +70,7 @@ LOOPBACKS = ("127.0.0.1", "::1")
 
 def freeradius_binary() -> str | None:
     """Path of the FreeRADIUS server (Debian installs it in /usr/sbin), or None."""
-    return shutil.which("freeradius") or shutil.which("freeradius", path="/usr/sbin:/sbin")
+    return system_program("freeradius")
 
 
 def radclient_binary() -> str | None:

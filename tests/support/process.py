@@ -5,6 +5,7 @@ whatever happens."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -21,6 +22,20 @@ import httpx
 from tests.support.cli import run_in_process, runs_in_process
 
 EXE = Path(sys.executable).parent / "openmfa"
+
+
+def system_program(name: str) -> str | None:
+    """Path of a Debian-installed program, also where a user's PATH lacks it (/usr/sbin,
+    /sbin), or None."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
+def require_program(name: str, missing: str) -> str:
+    """:func:`system_program`, or a failure (not a skip) saying ``missing``."""
+    found = system_program(name)
+    if found is None:
+        raise RuntimeError(missing)
+    return found
 
 
 def free_port() -> int:

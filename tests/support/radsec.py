@@ -11,10 +11,7 @@
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
-import shutil
 import socket
 import ssl
 import subprocess
@@ -29,13 +26,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from radius_bridge.certs import format_fingerprint
 from radius_bridge.protocol.stream import StreamFramer
+from tests.fakes.tls import alt_names, ca_certificate, validity, write_private_key
 from tests.support.freeradius import free_udp_port
-from tests.support.process import wait_for
+from tests.support.process import system_program, wait_for
 
 
 def radsecproxy_binary() -> str | None:
     """The radsecproxy program (``/usr/sbin`` is often not on a user's PATH)."""
-    return shutil.which("radsecproxy") or shutil.which("radsecproxy", path="/usr/sbin")
+    return system_program("radsecproxy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,38 +53,11 @@ class TestCa:
     def __init__(self, directory: Path, name: str) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        now = datetime.datetime.now(datetime.UTC)
-        self._from = now - datetime.timedelta(hours=1)
-        self._until = now + datetime.timedelta(days=7)
+        self._from, self._until = validity()
         self._key = ec.generate_private_key(ec.SECP256R1())
         self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self.cert = (
-            x509.CertificateBuilder()
-            .subject_name(self._name)
-            .issuer_name(self._name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(self._from)
-            .not_valid_after(self._until)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False
-            )
-            .sign(self._key, hashes.SHA256())
+        self.cert = ca_certificate(
+            self._key, self._name, self._from, self._until, digital_signature=True
         )
         self.ca_file = directory / "ca.pem"
         self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
@@ -108,23 +79,14 @@ class TestCa:
         )
         if server:
             builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-                ),
+                x509.SubjectAlternativeName(alt_names(("127.0.0.1", "localhost"))),
                 critical=False,
             )
         cert = builder.sign(self._key, hashes.SHA256())
         cert_file = self.directory / f"{name}.pem"
         key_file = self.directory / f"{name}.key"
         cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        key_file.chmod(0o600)
+        write_private_key(key_file, key)
         digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
         return Issued(cert_file, key_file, format_fingerprint(digest))
 

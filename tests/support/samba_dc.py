@@ -67,6 +67,7 @@ from ldap3.utils.dn import escape_rdn
 
 from tests.fakes.tls import make_tls
 from tests.support.ldapops import Admin, DirectoryUser, connect, unique_name, wait_for_bind
+from tests.support.process import require_program
 from tests.support.watchdog import start_watchdog
 
 REALM = "CORP.OPENMFA.TEST"
@@ -87,13 +88,10 @@ _FILETIME_UNIX = 116444736000000000
 
 def samba_binary() -> str:
     """The ``samba`` server binary; fails (not skips) when Samba is not installed."""
-    for name in ("samba", "/usr/sbin/samba"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise RuntimeError(
+    return require_program(
+        "samba",
         "Samba is not installed: the directory tests need `samba` "
-        "(Debian: samba samba-ad-provision samba-dsdb-modules; see .ci/install-tools)"
+        "(Debian: samba samba-ad-provision samba-dsdb-modules; see .ci/install-tools)",
     )
 
 

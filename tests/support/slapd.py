@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import time
@@ -44,9 +43,11 @@ import ldap3
 from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import escape_rdn
 
+from backend.directory.config import DEFAULT_ATTRIBUTES, DirectoryConfig
+from backend.directory.settings import DirectorySettings
 from tests.fakes.tls import make_tls
 from tests.support.ldapops import Admin, DirectoryUser, connect, unique_name, wait_for_bind
-from tests.support.process import free_port
+from tests.support.process import free_port, require_program
 from tests.support.watchdog import start_watchdog
 
 BASE_DN = "dc=openmfa,dc=test"
@@ -59,13 +60,10 @@ SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
 
 def slapd_binary() -> str:
     """The ``slapd`` binary; fails (not skips) when OpenLDAP is not installed."""
-    for name in ("slapd", "/usr/sbin/slapd"):
-        found = shutil.which(name)
-        if found:
-            return found
-    raise RuntimeError(
+    return require_program(
+        "slapd",
         "OpenLDAP is not installed: the directory tests need `slapd` and `slapadd` "
-        "(Debian: slapd ldap-utils; see .ci/install-tools)"
+        "(Debian: slapd ldap-utils; see .ci/install-tools)",
     )
 
 
@@ -227,6 +225,33 @@ access to *
             raise RuntimeError(f"slapadd failed ({result.returncode}):\n{result.stderr[-3000:]}")
 
     # -- names -----------------------------------------------------------------------------
+    def directory_settings(self, name: str, *, group_dn: str = "") -> DirectorySettings:
+        """This server as an administrator adds it: kind ``ldap``, its CA, the read-only
+        service account (whose password is :attr:`bind_password`)."""
+        return DirectorySettings(
+            name=name,
+            urls=(self.url,),
+            bind_dn=self.bind_dn,
+            base_dn=self.base_dn,
+            kind="ldap",
+            ca_pem=Path(self.ca_file).read_text(encoding="ascii"),
+            group_dn=group_dn,
+        )
+
+    def directory_config(self, name: str, *, page_size: int) -> DirectoryConfig:
+        """This server as a reader's configuration (id 1, the default ``ldap`` attributes)."""
+        return DirectoryConfig(
+            id=1,
+            name=name,
+            kind="ldap",
+            urls=(self.url,),
+            ca_pem=Path(self.ca_file).read_text(encoding="ascii"),
+            bind_dn=self.bind_dn,
+            base_dn=self.base_dn,
+            attributes=DEFAULT_ATTRIBUTES["ldap"],
+            page_size=page_size,
+        )
+
     @staticmethod
     def new_name(prefix: str = "user") -> str:
         """A name no other test uses."""

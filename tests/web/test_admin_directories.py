@@ -10,7 +10,6 @@ import socket
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -87,15 +86,7 @@ def test_test_of_a_real_openldap_directory(web: WebHarness, slapd: Slapd) -> Non
     alice = slapd.add_user(slapd.new_name("alice"), "Alice-Passw0rd!")
     bob = slapd.add_user(slapd.new_name("bob"), "Bob-Passw0rd!")
     group_dn = slapd.add_group(group, alice.name, bob.name)
-    settings = DirectorySettings(
-        name="lab",
-        urls=(slapd.url,),
-        bind_dn=slapd.bind_dn,
-        base_dn=slapd.base_dn,
-        kind="ldap",
-        ca_pem=Path(slapd.ca_file).read_text(),
-        group_dn=group_dn,
-    )
+    settings = slapd.directory_settings("lab", group_dn=group_dn)
     web.run(web.services.directories.add(ADMIN, settings, slapd.bind_password))
     page = admin.get("/admin/directories")
     response = admin.post("/admin/directories/lab/test", data={"csrf_token": csrf_from(page.text)})
@@ -227,15 +218,7 @@ def test_dry_run_sync_and_a_stop_at_the_threshold_against_slapd(
         slapd.add_user(name, "Emp-Passw0rd!", email=f"{name}@example.com")
     group = slapd.new_name("staff")
     group_dn = slapd.add_group(group, *names)
-    settings = DirectorySettings(
-        name="ldap1",
-        urls=(slapd.url,),
-        bind_dn=slapd.bind_dn,
-        base_dn=slapd.base_dn,
-        kind="ldap",
-        ca_pem=Path(slapd.ca_file).read_text(),
-        group_dn=group_dn,
-    )
+    settings = slapd.directory_settings("ldap1", group_dn=group_dn)
     web.run(web.services.directories.add(ADMIN, settings, slapd.bind_password))
     token = csrf_from(admin.get("/admin/directories").text)
 
