@@ -422,7 +422,9 @@ class BackendClient:
         return await self._checked("/gateway/v1/otp/verify", body, "verify")
 
     async def _verify_password(self, effect: VerifyPassword) -> Result:
-        body = {"user": effect.user, "password": effect.password}
+        body: dict[str, Any] = {"user": effect.user, "password": effect.password}
+        if effect.client_name is not None:
+            body["client"] = effect.client_name  # which directory, for primary ldap
         return await self._checked("/gateway/v1/password/verify", body, "password")
 
     async def _checked(self, path: str, body: dict[str, Any], where: str) -> Result:

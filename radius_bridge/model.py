@@ -141,10 +141,17 @@ class AccessRequest:
 
 @dataclass(frozen=True)
 class VerifyPassword:
-    """Primary ``local``: check the user's OpenMFA password (argon2id, in the backend)."""
+    """Primary ``local`` or ``ldap``: the backend checks the user's password.
+
+    ``local``: the OpenMFA password (argon2id), or the directory password for a user who
+    comes from a directory. ``ldap``: the backend binds as the user to the directory set for
+    ``client_name``; the bridge does no LDAP itself and sends the client's name so the backend
+    knows which directory (and refuses a user of another one).
+    """
 
     user: str
     password: str
+    client_name: str | None = None
 
 
 @dataclass(frozen=True)

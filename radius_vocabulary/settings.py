@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Final, Literal, get_args
 
 Mode = Literal["push", "challenge", "otp"]
-Primary = Literal["none", "local", "radius"]
+Primary = Literal["none", "local", "radius", "ldap"]
 FailMode = Literal["secure", "safe"]
 Unenrolled = Literal["reject", "allow"]
 NameFormat = Literal["strip", "keep", "map"]

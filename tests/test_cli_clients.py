@@ -314,7 +314,7 @@ def test_bad_usage_exits_2(cli: Cli) -> None:
         ["client", "add", "c1", "--address", "10.0.0.1"],  # no --secret-stdin
         ["client", "add", "c1", "--address", "10.0.0.1", "--secret", "s3cret"],
         ["client", "add", "c1", "--address", "10.0.0.1", "--secret-stdin", "--mode", "sms"],
-        ["client", "add", "c1", "--address", "10.0.0.1", "--secret-stdin", "--primary", "ldap"],
+        ["client", "add", "c1", "--address", "10.0.0.1", "--secret-stdin", "--primary", "kerberos"],
         ["client", "add", "c1", "--address", "10.0.0.1", "--secret-stdin", "--push-timeout", "x"],
         ["client", "set", "c1", "--exempt-user", "a", "--clear-exempt-users"],
         ["client", "set", "c1", "--failmode", "open"],

@@ -167,7 +167,7 @@ def test_bad_separators_are_refused(bad: str) -> None:
 def test_enumerations_and_time_limits() -> None:
     for key, good, bad in (
         ("mode", "challenge", "sms"),
-        ("primary", "local", "ldap"),
+        ("primary", "local", "kerberos"),
         ("failmode", "safe", "open"),
         ("unenrolled", "allow", "ignore"),
         ("name_format", "keep", "lower"),
@@ -394,6 +394,7 @@ async def test_round_trip_and_the_document_of_the_contract(services: Services) -
             "password_separator": "|",
             "reply_attributes": [["Filter-Id", "vpn-users"], ["Tunnel-Type:1", "VLAN"]],
             "number_matching": "policy",
+            "directory": None,
         },
         {
             "name": "rdgw",
@@ -413,6 +414,7 @@ async def test_round_trip_and_the_document_of_the_contract(services: Services) -
             "password_separator": ",",
             "reply_attributes": [],
             "number_matching": "policy",
+            "directory": None,
         },
     ]
     # The document is what the API serves: it validates against the published schema.

@@ -112,7 +112,7 @@ def test_minimal_client_gets_safe_defaults() -> None:
         ({"addresses": ["10.0.0.300"]}, "'10.0.0.300' is not an IP address"),
         ({"secret": 5}, "secret: must be a non-empty string"),
         ({"mode": "sms"}, "mode: must be one of push, challenge, otp (got 'sms')"),
-        ({"primary": "ldap"}, "primary: must be one of none, local, radius"),
+        ({"primary": "kerberos"}, "primary: must be one of none, local, radius, ldap"),
         ({"upstream": None}, "upstream: required as an object when primary is radius"),
         ({"upstream": {"port": 1812, "secret": "x"}}, "upstream.host: required"),
         ({"upstream": {"host": "h", "port": 0, "secret": "x"}}, "upstream.port"),

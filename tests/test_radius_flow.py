@@ -494,7 +494,7 @@ def test_primary_local_then_push() -> None:
     decision, _ = drive(
         env.flow(make_request(make_client(primary="local"), password=b"hunter2")),
         [
-            (VerifyPassword("alice", "hunter2"), Checked(True, "ok")),
+            (VerifyPassword("alice", "hunter2", "asa1"), Checked(True, "ok")),
             (StartAuthentication, started()),
             (WaitOutcome, Outcome("approved")),
         ],
@@ -518,7 +518,7 @@ def test_primary_local_failures_end_before_second_factor(result: Result, expecte
     client = make_client(primary="local", failmode="safe", unenrolled="allow")
     decision, effects = drive(
         env.flow(make_request(client, password=b"pw,123456")),
-        [(VerifyPassword("alice", "pw"), result)],
+        [(VerifyPassword("alice", "pw", "asa1"), result)],
     )
     assert decision == expected
     assert len(effects) == 1
@@ -533,6 +533,87 @@ def test_primary_without_password_or_with_invalid_utf8() -> None:
     )
     assert (decision, effects) == (Reject("wrong-password"), [])
     decision, effects = drive(env.flow(make_request(make_client(primary="radius"))), [])
+    assert (decision, effects) == (Reject("no-password"), [])
+
+
+# -- primary ldap: the backend binds to the client's directory ----------------------------------
+
+
+@pytest.mark.parametrize("mode", ["push", "challenge", "otp"])
+def test_primary_ldap_sends_the_client_name_then_the_code(mode: str) -> None:
+    env = Env()
+    client = make_client(primary="ldap", mode=mode)
+    decision, _ = drive(
+        env.flow(make_request(client, "CONTOSO\\alice", b"Pa,ss w0rd,123456")),
+        [
+            (VerifyPassword("alice", "Pa,ss w0rd", "asa1"), Checked(True, "ok")),
+            (VerifyCode("alice", "123456"), Checked(True, "ok")),
+        ],
+    )
+    assert decision == Accept((FILTER,), reason="ok")
+
+
+def test_primary_ldap_then_push() -> None:
+    env = Env()
+    decision, _ = drive(
+        env.flow(make_request(make_client(primary="ldap"), password=b"hunter2")),
+        [
+            (VerifyPassword("alice", "hunter2", "asa1"), Checked(True, "ok")),
+            (StartAuthentication, started()),
+            (WaitOutcome, Outcome("approved")),
+        ],
+    )
+    assert decision.reason == "approved"
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        ("wrong-password", "wrong-password"),
+        ("disabled", "wrong-password"),
+        ("locked", "wrong-password"),
+        ("expired", "wrong-password"),
+        ("password-expired", "wrong-password"),
+        ("must-change", "wrong-password"),
+        ("no-such-user", "wrong-password"),
+        ("not-in-directory", "wrong-password"),
+        ("directory-unavailable", "directory-unavailable"),
+        ("something-newer", "wrong-password"),
+    ],
+)
+def test_primary_ldap_refusals_reject_before_any_push(reason: str, expected: str) -> None:
+    """Every refusal is a Reject with no message and no second-factor effect, whatever the
+    failmode and unenrolled settings: an unreachable directory included."""
+    env = Env()
+    client = make_client(primary="ldap", failmode="safe", unenrolled="allow", mode="push")
+    decision, effects = drive(
+        env.flow(make_request(client, password=b"pw")),
+        [(VerifyPassword("alice", "pw", "asa1"), Checked(False, reason))],
+    )
+    assert decision == Reject(expected)
+    assert len(effects) == 1
+
+
+def test_primary_ldap_backend_down_rejects_even_with_failmode_safe() -> None:
+    env = Env()
+    client = make_client(primary="ldap", failmode="safe")
+    decision, effects = drive(
+        env.flow(make_request(client, password=b"pw")),
+        [(VerifyPassword, Unavailable("down"))],
+    )
+    assert decision == Reject("backend-unavailable", MESSAGES["backend-unavailable"])
+    assert not any(isinstance(e, Audit) for e in effects)
+
+
+@pytest.mark.parametrize("password", [b"", b",123456"])
+@pytest.mark.parametrize("primary", ["ldap", "local"])
+def test_empty_password_never_checked(primary: str, password: bytes) -> None:
+    """An empty password is an anonymous bind to LDAP (a "success" that proves nothing): it
+    is refused before anything is sent, also when only a code came with it."""
+    env = Env()
+    decision, effects = drive(
+        env.flow(make_request(make_client(primary=primary), password=password)), []
+    )
     assert (decision, effects) == (Reject("no-password"), [])
 
 
@@ -585,7 +666,7 @@ def test_password_and_code_in_one_round(mode: str) -> None:
     decision, _ = drive(
         env.flow(make_request(client, password=b"pa,ss,123456")),
         [
-            (VerifyPassword("alice", "pa,ss"), Checked(True, "ok")),
+            (VerifyPassword("alice", "pa,ss", "asa1"), Checked(True, "ok")),
             (VerifyCode("alice", "123456"), Checked(True, "ok")),
         ],
     )
@@ -638,7 +719,7 @@ def test_exempt_user_after_primary() -> None:
     client = make_client(primary="local", exempt_users=frozenset({"svc-backup"}))
     decision, effects = drive(
         env.flow(make_request(client, "CONTOSO\\SVC-Backup", b"pw")),
-        [(VerifyPassword("SVC-Backup", "pw"), Checked(True, "ok")), (Audit, Done())],
+        [(VerifyPassword("SVC-Backup", "pw", "asa1"), Checked(True, "ok")), (Audit, Done())],
     )
     assert decision == Accept((FILTER,), reason="exempt-user")
     audit = effects[-1]

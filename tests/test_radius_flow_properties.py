@@ -44,10 +44,16 @@ PASSWORD_TEXT = "Sup3r-s3cret"
 CODE = "482913"
 REFUSALS = list(get_args(RefusedKind))  # every refusal the backend client can return
 STATES = ["pending", "approved", "denied", "fraud", "expired", "cancelled"]
+#: What the backend answers a password check with (local, and directory outcomes).
+PASSWORD_REASONS = ["ok", "wrong-password", "no-password", "not-in-directory",
+                    "directory-unavailable", "disabled", "locked", "password-expired",
+                    "must-change", "no-such-user"]  # fmt: skip
 
 any_result: st.SearchStrategy[Result] = st.one_of(
     st.builds(Checked, st.booleans(), st.sampled_from(["ok", "wrong-code", "locked",
-                                                       "wrong-password", "no-password"])),
+                                                       "wrong-password", "no-password",
+                                                       "directory-unavailable",
+                                                       "password-expired"])),
     st.builds(UpstreamAnswer, st.booleans(), st.just((Attribute("Class", b"up"),)),
               st.sampled_from([None, "upstream says no"])),
     st.builds(Started, st.sampled_from(["ch_1", "ch_2"]), st.sampled_from(["push", "otp"]),
@@ -62,7 +68,13 @@ any_result: st.SearchStrategy[Result] = st.one_of(
 def plausible(effect: Effect) -> st.SearchStrategy[Result]:
     """Results a correct runner could give for ``effect`` (drawn most of the time, so the
     exploration reaches deep paths instead of ending on the first odd answer)."""
-    if isinstance(effect, VerifyPassword | VerifyCode | SubmitCode):
+    if isinstance(effect, VerifyPassword):
+        return st.one_of(
+            st.builds(Checked, st.booleans(), st.sampled_from(PASSWORD_REASONS)),
+            st.builds(Refused, st.sampled_from(REFUSALS), st.just("-")),
+            st.just(Unavailable("down")),
+        )
+    if isinstance(effect, VerifyCode | SubmitCode):
         return st.one_of(
             st.builds(Checked, st.booleans(), st.sampled_from(["ok", "wrong-code", "locked"])),
             st.builds(Refused, st.sampled_from(REFUSALS), st.just("-")),
@@ -96,7 +108,7 @@ clients = st.builds(
         push_timeout=timeout,
     ),
     st.sampled_from(["push", "challenge", "otp"]),
-    st.sampled_from(["none", "local", "radius"]),
+    st.sampled_from(["none", "local", "radius", "ldap"]),
     st.sampled_from(["secure", "safe"]),
     st.sampled_from(["reject", "allow"]),
     st.booleans(),
@@ -174,6 +186,21 @@ def test_flow_always_decides_safely(
     assert env.pushes.holders == 0
     effects = [effect for effect, _ in trace]
 
+    # A password check always names the client (its directory, for ldap) and never carries
+    # an empty password (an anonymous bind); only primaries local and ldap check one here.
+    for effect in effects:
+        if isinstance(effect, VerifyPassword):
+            assert client.primary in ("local", "ldap")
+            assert effect.client_name == client.name
+            assert effect.password
+    # A refused password check ends the flow there, whatever the failmode: nothing follows.
+    for index, (effect, result) in enumerate(trace):
+        if isinstance(effect, VerifyPassword) and not (
+            isinstance(result, Checked) and result.accepted
+        ):
+            assert index == len(trace) - 1
+            assert isinstance(decision, Reject)
+
     # Secrets only go where they are checked.
     for effect in effects:
         text = repr(effect)
@@ -195,7 +222,7 @@ def test_flow_always_decides_safely(
 
     # An Accept: the evidence its reason claims must be in the trace.
     if state is None:
-        if client.primary == "local":
+        if client.primary in ("local", "ldap"):
             assert answered(trace, (VerifyPassword,), Checked(True, "ok")) or any(
                 isinstance(e, VerifyPassword) and isinstance(r, Checked) and r.accepted
                 for e, r in trace

@@ -31,6 +31,7 @@ from webportal.state import area_of, client_address, services_of, web_actor, web
 
 WRONG = "The user name or password is wrong."
 MAX_FIELD = 1024
+_CANNOT = "This account cannot sign in right now. Please contact your help desk."
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,35 @@ class Refusal:
 
     message: str
     status: int
+
+
+#: What a directory user sees when their directory refused them. AD reports disabled,
+#: expired and must-change only for the right password, and a lock as our own lock would be
+#: shown: nothing here says more than the local sign-in does. A wrong password, a user the
+#: directory does not select and one of another directory all read as WRONG.
+_DIRECTORY_REFUSALS: dict[str, Refusal] = {
+    "password-expired": Refusal(
+        "Your password has expired. Change it in your directory (for example when signing in "
+        "to Windows), then sign in here with the new one.",
+        403,
+    ),
+    "must-change": Refusal(
+        "You must change your password first. Change it in your directory (for example when "
+        "signing in to Windows), then sign in here with the new one.",
+        403,
+    ),
+    "locked": Refusal(
+        "Your account is locked in the directory. Try again later or contact your help desk.",
+        403,
+    ),
+    "disabled": Refusal(_CANNOT, 403),
+    "expired": Refusal(_CANNOT, 403),
+    "not-permitted": Refusal(_CANNOT, 403),
+    "directory-unavailable": Refusal(
+        "The sign-in service cannot reach the directory right now. Try again in a few minutes.",
+        503,
+    ),
+}
 
 
 def anonymous_actor(request: Request) -> Actor:
@@ -108,6 +138,7 @@ async def check_password(request: Request, name: str, password: str) -> UserReco
 
     Unknown, disabled, blocked and password-less users cost the same argon2id check as a
     wrong password (:meth:`UserService.verify_password`), so the time says nothing either.
+    A user from a directory is checked by a bind to it, never against a stored hash.
     """
     name = name.strip()
     if not name or not password:
@@ -132,7 +163,7 @@ async def check_password(request: Request, name: str, password: str) -> UserReco
         return Refusal(WRONG, 401)
     except (UserDisabled, UserBlocked) as exc:
         await audit(request, name, "reject", exc.type)
-        return Refusal("This account cannot sign in right now. Please contact your help desk.", 403)
+        return Refusal(_CANNOT, 403)
     except OtpLocked:
         await audit(request, name, "reject", "locked")
         return Refusal(
@@ -141,7 +172,9 @@ async def check_password(request: Request, name: str, password: str) -> UserReco
             429,
         )
     if not result.accepted:
+        if result.reason == "directory-unavailable":  # not the person's failure
+            release_address(request, claimed)
         await audit(request, name, "reject", result.reason)
-        return Refusal(WRONG, 401)
+        return _DIRECTORY_REFUSALS.get(result.reason, Refusal(WRONG, 401))
     release_address(request, claimed)
     return await services.users.get(result.user_name)

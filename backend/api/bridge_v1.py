@@ -53,12 +53,18 @@ async def radius_clients(request: Request) -> Response:
 
 
 async def verify_password(request: Request) -> Response:
-    """Check a user's local password (argon2id); wrong ones count toward the code lockout."""
+    """Check a user's password: the local one (argon2id), or for a user from a directory (and
+    any user of a client with primary ldap) a bind to the directory. Wrong ones count toward
+    the code lockout; an unreachable directory is a reject with its own reason."""
     await authenticate_gateway(request, BRIDGE)
     payload = parse_json(await read_body(request), PasswordVerifyRequest)
     request.state.user_name = payload.user.casefold()
     result = await services_of(request).users.verify_password(
-        request.state.actor, payload.user, payload.password, sign_in_context(payload.context)
+        request.state.actor,
+        payload.user,
+        payload.password,
+        sign_in_context(payload.context),
+        client=payload.client,
     )
     return json_response(
         PasswordVerifyResponse(

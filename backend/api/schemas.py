@@ -188,7 +188,7 @@ class RadiusClient(Body):
     addresses: list[str] = Field(description="addresses and CIDR networks the client sends from")
     secret: str = Field(description="the shared secret, UTF-8")
     mode: Literal["push", "challenge", "otp"]
-    primary: Literal["none", "local", "radius"]
+    primary: Literal["none", "local", "radius", "ldap"]
     upstream: RadiusUpstream | None = Field(description="set for, and only for, primary radius")
     require_message_authenticator: bool
     failmode: Literal["secure", "safe"]
@@ -205,6 +205,11 @@ class RadiusClient(Body):
     number_matching: Literal["policy", "on", "off"] = Field(
         description="policy: the user's policy decides; on / off: this gateway overrides it"
     )
+    directory: str | None = Field(
+        default=None,
+        description="primary ldap: the directory whose passwords the backend checks (by a "
+        "bind as the user); the bridge only sends the password with the client's name",
+    )
 
 
 class RadiusClients(Body):
@@ -216,11 +221,28 @@ class PasswordVerifyRequest(Body):
     user: str = Field(min_length=1, max_length=128)
     password: str = Field(max_length=1024)
     context: SignInContextBody = SignInContextBody()
+    #: The RADIUS client that asks: with primary ldap, its directory checks the password.
+    client: str | None = Field(default=None, min_length=1, max_length=128)
 
 
 class PasswordVerifyResponse(Body):
     result: Literal["accept", "reject"]
-    reason: Literal["ok", "wrong-password", "no-password"]
+    #: ``no-password``: a local user with none set; the rest but ``wrong-password`` concern
+    #: users from a directory (the directory's answer, or it could not be reached).
+    reason: Literal[
+        "ok",
+        "wrong-password",
+        "no-password",
+        "not-in-directory",
+        "directory-unavailable",
+        "no-such-user",
+        "disabled",
+        "locked",
+        "expired",
+        "password-expired",
+        "must-change",
+        "not-permitted",
+    ]
 
 
 class BridgeAuditRequest(Body):

@@ -169,6 +169,7 @@ async def user_state(services: Services, args: argparse.Namespace, actor: Actor)
 
 
 async def user_set_password(services: Services, args: argparse.Namespace, actor: Actor) -> int:
+    await services.users.refuse_directory_user(actor, args.name)  # before it is typed
     await services.users.set_password(actor, args.name, read_secret("password"))
     print(f"password of {args.name} changed")
     return 0

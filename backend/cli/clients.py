@@ -108,7 +108,12 @@ def _setting_options(cmd: argparse.ArgumentParser, new: bool) -> None:
         "--primary",
         choices=PRIMARIES,
         help="who checks the password: none (the gateway did), local (OpenMFA), radius "
-        "(an upstream server)" + (" (default none)" if new else keep),
+        "(an upstream server), ldap (a bind to --directory)" + (" (default none)" if new else keep),
+    )
+    cmd.add_argument(
+        "--directory",
+        metavar="NAME",
+        help="primary ldap: the directory (openmfa directory list) whose passwords it checks",
     )
     cmd.add_argument(
         "--upstream", metavar="HOST[:PORT]", help="upstream RADIUS server for primary radius"
@@ -259,6 +264,7 @@ def _changes(args: argparse.Namespace) -> radius.ClientChanges:
         password_separator=args.separator,
         reply_attributes=listed("reply_attributes"),
         number_matching=args.number_matching,
+        directory=args.directory,
     )
 
 
@@ -308,8 +314,9 @@ async def client_add(services: Services, args: argparse.Namespace, actor: Actor)
     record = await services.radius_clients.add(actor, args.name, changes)
     count = len(record.addresses)
     print(
-        f"RADIUS client {record.name} added: mode {record.mode}, primary {record.primary}, "
-        f"{count} address{'es' if count != 1 else ''}"
+        f"RADIUS client {record.name} added: mode {record.mode}, primary {record.primary}"
+        + (f" (directory {record.directory})" if record.directory else "")
+        + f", {count} address{'es' if count != 1 else ''}"
     )
     if record.mode != "otp":
         print(
@@ -371,6 +378,7 @@ def describe(record: RadiusClientRecord) -> dict[str, Any]:
         "password_separator": record.password_separator,
         "reply_attributes": [list(pair) for pair in record.reply_attributes],
         "number_matching": record.number_matching,
+        "directory": record.directory,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
     }
@@ -395,7 +403,7 @@ async def client_list(services: Services, args: argparse.Namespace, actor: Actor
                     r.name,
                     ",".join(r.addresses),
                     r.mode,
-                    r.primary,
+                    f"{r.primary} ({r.directory})" if r.directory else r.primary,
                     r.failmode,
                     r.unenrolled,
                     "required" if r.require_message_authenticator else "OFF",
@@ -441,6 +449,7 @@ async def client_show(services: Services, args: argparse.Namespace, actor: Actor
         ("mode", r.mode),
         ("primary", r.primary),
         ("upstream", upstream),
+        ("directory", r.directory or "-"),
         (
             "message-authenticator",
             "required" if r.require_message_authenticator else "NOT required (BlastRADIUS risk)",

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import TypeVar
 
-from backend.domain.names import user_key
+from backend.domain.names import object_name, user_key
 from backend.errors import InvalidName, InvalidRadiusClient
 from radius_vocabulary.dictionary import Attribute, default_dictionary
 from radius_vocabulary.settings import (
@@ -321,6 +321,8 @@ class ClientSettings:
     password_separator: str = DEFAULT_SEPARATOR
     reply_attributes: tuple[tuple[str, str], ...] = ()
     number_matching: str = "policy"
+    #: The directory (by name) whose password is the primary factor; only for primary ldap.
+    directory: str | None = None
 
     def __repr__(self) -> str:  # keep secrets out of tracebacks and debug output
         return f"ClientSettings(mode={self.mode!r}, primary={self.primary!r}, ...)"
@@ -353,6 +355,7 @@ class ClientChanges:
     password_separator: str | None = None
     reply_attributes: Sequence[str] | None = None
     number_matching: str | None = None
+    directory: str | None = None
 
     def __repr__(self) -> str:
         given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
@@ -415,6 +418,16 @@ def merge(current: ClientSettings | None, changes: ClientChanges) -> ClientSetti
         )
     elif changes.touches_upstream:
         raise InvalidRadiusClient("upstream settings are only for primary radius")
+    directory: str | None = None
+    if primary == "ldap":
+        directory = _pick(changes.directory, current.directory)
+        if directory is None:
+            raise InvalidRadiusClient(
+                "primary ldap needs the directory whose passwords it checks (--directory)"
+            )
+    elif changes.directory is not None:
+        # Switching away from ldap drops the directory, as it drops an upstream server.
+        raise InvalidRadiusClient("a directory is only for primary ldap")
     name_format = _pick(changes.name_format, current.name_format)
     if changes.realm_map is not None:
         realm_map = tuple(parse_realm_map_entry(e) for e in changes.realm_map)
@@ -444,7 +457,16 @@ def merge(current: ClientSettings | None, changes: ClientChanges) -> ClientSetti
             else tuple(parse_reply_attribute(a) for a in changes.reply_attributes)
         ),
         number_matching=_pick(changes.number_matching, current.number_matching),
+        directory=directory,
     )
+
+
+def check_directory(name: str) -> str:
+    """A directory's name, as ``openmfa directory add`` takes it."""
+    try:
+        return object_name(name, "directory")
+    except InvalidName as exc:
+        raise InvalidRadiusClient(f"directory {name!r}: {exc.detail}") from None
 
 
 def _networks(texts: Sequence[str], what: str, limit: int) -> tuple[str, ...]:
@@ -471,6 +493,9 @@ def normalise(settings: ClientSettings) -> ClientSettings:
     upstream = settings.upstream
     if (primary == "radius") != (upstream is not None):
         raise InvalidRadiusClient("an upstream server is needed for, and only for, primary radius")
+    if (primary == "ldap") != (settings.directory is not None):
+        raise InvalidRadiusClient("a directory is needed for, and only for, primary ldap")
+    directory = None if settings.directory is None else check_directory(settings.directory)
     if upstream is not None:
         upstream = UpstreamSettings(
             host=check_host(upstream.host),
@@ -512,6 +537,7 @@ def normalise(settings: ClientSettings) -> ClientSettings:
         password_separator=check_separator(settings.password_separator),
         reply_attributes=replies,
         number_matching=check_choice(settings.number_matching, NUMBER_MATCHING, "number-matching"),
+        directory=directory,
     )
 
 

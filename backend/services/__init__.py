@@ -277,6 +277,7 @@ class Services:
                 notice_mailer=notice_mailer,
                 webpush_key=webpush_key,
             )
+            users.directories = services.directories  # directory users' passwords
             on_error.pop_all()  # from here on, services.close() releases all of it
             on_error.push_async_callback(services.close)
             if mailer is not None:

@@ -37,7 +37,7 @@ from backend.services.notices import AccountNotices
 from backend.services.users import check_password
 from backend.store.database import Database
 from backend.store.queries import UserRecord, find_user, load_user, load_user_by_id
-from backend.store.tables import invitations_t, meta_t, users_t
+from backend.store.tables import directories_t, invitations_t, meta_t, users_t
 
 BOOTSTRAP_KEY = "admin_bootstrap_hash"
 DEFAULT_HOURS = 72
@@ -61,6 +61,8 @@ class InvitationView:
     user_name: str
     display_name: str
     expires_at: datetime
+    #: The directory the user comes from (their password is its password), else ``None``.
+    directory: str | None = None
 
 
 class InvitationService:
@@ -135,7 +137,8 @@ class InvitationService:
         async with self._db.read() as conn:
             row = await self._find(conn, token)
             user = await load_user_by_id(conn, row.user_id)
-        return InvitationView(user.name, user.display_name, row.expires_at)
+            directory = await _directory_of(conn, user.id)
+        return InvitationView(user.name, user.display_name, row.expires_at, directory)
 
     async def _find(self, conn: AsyncConnection, token: str) -> Row[Any]:
         """The invitation row; raises unless it is unused and unexpired."""
@@ -154,15 +157,29 @@ class InvitationService:
             raise InvitationExpired()
         return row
 
-    async def accept(self, actor: Actor, token: str, password: str) -> UserRecord:
+    async def accept(self, actor: Actor, token: str, password: str | None) -> UserRecord:
         """Use the invitation: set the user's password (once); every web session the user had
         ends. Raises if the link is unknown, expired or used, or the password breaks the
-        length rules."""
-        check_password(password)
-        password_hash = await self._hasher.hash(password)
+        length rules.
+
+        A user from a directory has no local password: ``password`` is ``None`` for them (the
+        caller has checked their directory password first) and a password is refused."""
+        password_hash: str | None = None
+        if password is not None:
+            check_password(password)
+            password_hash = await self._hasher.hash(password)
         now = self._clock()
         async with self._db.write() as conn:
             row = await self._find(conn, token)
+            directory = await _directory_of(conn, row.user_id)
+            if (directory is None) != (password_hash is not None):
+                # Checked before the link is spent: the person can still use it.
+                raise BadRequest(
+                    f"your password is the one of your {directory} directory account; change "
+                    "it there"
+                    if directory is not None
+                    else "a password is needed"
+                )
             claimed = (
                 await conn.execute(
                     update(invitations_t)
@@ -175,10 +192,20 @@ class InvitationService:
             user = await load_user_by_id(conn, row.user_id)
             if user.disabled:
                 raise UserDisabled()
-            await conn.execute(
-                update(users_t).where(users_t.c.id == user.id).values(password_hash=password_hash)
+            if password_hash is not None:
+                await conn.execute(
+                    update(users_t)
+                    .where(users_t.c.id == user.id)
+                    .values(password_hash=password_hash)
+                )
+            await self._audit.add(
+                conn,
+                actor,
+                "invitation.accept",
+                "ok",
+                user.name_key,
+                "" if directory is None else f"directory {directory}: password checked there",
             )
-            await self._audit.add(conn, actor, "invitation.accept", "ok", user.name_key)
             accepted = await load_user_by_id(conn, user.id)
         if self._notices is not None:
             await self._notices.changed(actor, user.id, AccountChange.INVITATION_ACCEPTED)
@@ -263,3 +290,19 @@ async def _check_bootstrap(conn: AsyncConnection, token: str) -> None:
         raise BootstrapInvalid()
     if await _has_admin(conn):
         raise BootstrapInvalid("an administrator exists already; sign in instead")
+
+
+async def _directory_of(conn: AsyncConnection, user_id: int) -> str | None:
+    """The name of the directory a user comes from, or ``None`` for a local user."""
+    row = (
+        await conn.execute(
+            select(users_t.c.directory_id, directories_t.c.name)
+            .select_from(
+                users_t.outerjoin(directories_t, directories_t.c.id == users_t.c.directory_id)
+            )
+            .where(users_t.c.id == user_id)
+        )
+    ).first()
+    if row is None or row.directory_id is None:
+        return None
+    return str(row.name or f"#{row.directory_id}")

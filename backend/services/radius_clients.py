@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -34,11 +34,11 @@ from backend.domain.radius import (
     normalise,
     parse_network,
 )
-from backend.errors import BadRequest, Conflict, NotFound
+from backend.errors import BadRequest, Conflict, InvalidRadiusClient, NotFound
 from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
 from backend.store.database import Database
-from backend.store.tables import meta_t, radius_clients_t
+from backend.store.tables import directories_t, meta_t, radius_clients_t
 
 REVISION_KEY = "radius_clients_revision"
 
@@ -86,6 +86,7 @@ class RadiusClientRecord:
     password_separator: str
     reply_attributes: tuple[tuple[str, str], ...]
     number_matching: str
+    directory: str | None  # primary ldap: the directory whose passwords it checks
     created_at: datetime
     updated_at: datetime
 
@@ -129,6 +130,7 @@ def _record(row: Any, s: ClientSettings) -> RadiusClientRecord:
         password_separator=s.password_separator,
         reply_attributes=s.reply_attributes,
         number_matching=s.number_matching,
+        directory=s.directory,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
@@ -161,7 +163,42 @@ def _document_entry(name: str, s: ClientSettings) -> dict[str, Any]:
         "password_separator": s.password_separator,
         "reply_attributes": [list(pair) for pair in s.reply_attributes],
         "number_matching": s.number_matching,
+        # For the operator reading the document: the bridge does no LDAP itself, it sends the
+        # password with the client's name to /gateway/v1/password/verify.
+        "directory": s.directory,
     }
+
+
+def _clients_query() -> Any:
+    """Clients by name, each with the name of its directory (primary ldap)."""
+    return (
+        select(radius_clients_t, directories_t.c.name.label("directory_name"))
+        .select_from(
+            radius_clients_t.outerjoin(
+                directories_t, directories_t.c.id == radius_clients_t.c.directory_id
+            )
+        )
+        .order_by(radius_clients_t.c.name_key)
+    )
+
+
+async def _resolve_directory(
+    conn: AsyncConnection, s: ClientSettings
+) -> tuple[ClientSettings, int | None]:
+    """The settings with the directory spelled as stored, and its id (by name, any case);
+    refused when there is no such directory."""
+    if s.directory is None:
+        return s, None
+    found = (
+        await conn.execute(
+            select(directories_t.c.id, directories_t.c.name).where(
+                directories_t.c.name_key == s.directory.casefold()
+            )
+        )
+    ).first()
+    if found is None:
+        raise InvalidRadiusClient(f"no directory named {s.directory!r}")
+    return replace(s, directory=str(found.name)), int(found.id)
 
 
 class RadiusClientService:
@@ -204,12 +241,13 @@ class RadiusClientService:
             password_separator=row.password_separator,
             reply_attributes=tuple((n, v) for n, v in json.loads(row.reply_attributes)),
             number_matching=row.number_matching,
+            directory=row.directory_name,
         )
 
     async def _row(self, conn: AsyncConnection, name: str) -> Any:
         key = object_name(name, "client").casefold()
         row = (
-            await conn.execute(select(radius_clients_t).where(radius_clients_t.c.name_key == key))
+            await conn.execute(_clients_query().where(radius_clients_t.c.name_key == key))
         ).first()
         if row is None:
             raise NotFound(f"no RADIUS client named {name!r}")
@@ -224,9 +262,7 @@ class RadiusClientService:
     async def list(self) -> list[RadiusClientRecord]:
         """Every client, by name."""
         async with self._db.read() as conn:
-            rows = (
-                await conn.execute(select(radius_clients_t).order_by(radius_clients_t.c.name_key))
-            ).all()
+            rows = (await conn.execute(_clients_query())).all()
         return [_record(r, self._settings(r)) for r in rows]
 
     async def revision(self) -> str:
@@ -239,9 +275,7 @@ class RadiusClientService:
             revision = (
                 await conn.execute(select(meta_t.c.value).where(meta_t.c.key == REVISION_KEY))
             ).scalar()
-            rows = (
-                await conn.execute(select(radius_clients_t).order_by(radius_clients_t.c.name_key))
-            ).all()
+            rows = (await conn.execute(_clients_query())).all()
         return ClientsDocument(
             revision=str(revision or "0"),
             clients=[_document_entry(r.name, self._settings(r)) for r in rows],
@@ -278,6 +312,7 @@ class RadiusClientService:
                 if taken.first() is not None:
                     raise Conflict(f"a RADIUS client named {name!r} already exists")
                 await self._check_addresses(conn, settings, exclude_id=None)
+                settings, directory_id = await _resolve_directory(conn, settings)
                 client_id = (
                     await conn.execute(
                         insert(radius_clients_t)
@@ -287,6 +322,7 @@ class RadiusClientService:
                             secret_enc=b"",  # sealed below, once the id it is bound to exists
                             created_at=now,
                             updated_at=now,
+                            directory_id=directory_id,
                             **self._columns(settings, None),
                         )
                         .returning(radius_clients_t.c.id)
@@ -304,7 +340,8 @@ class RadiusClientService:
                     "radius_client.add",
                     "ok",
                     detail=f"{name} mode={settings.mode} primary={settings.primary} "
-                    f"addresses={','.join(settings.addresses)}",
+                    + (f"directory={settings.directory} " if settings.directory else "")
+                    + f"addresses={','.join(settings.addresses)}",
                 )
                 row = await self._row(conn, name)
         except IntegrityError as exc:
@@ -321,7 +358,9 @@ class RadiusClientService:
         async with self._db.write() as conn:
             row = await self._row(conn, name)
             current = self._settings(row)
-            settings = normalise(merge(current, changes))
+            settings, directory_id = await _resolve_directory(
+                conn, normalise(merge(current, changes))
+            )
             changed = changed_settings(current, settings)
             if not changed:
                 await self._audit.add(
@@ -335,6 +374,7 @@ class RadiusClientService:
                 .where(radius_clients_t.c.id == row.id)
                 .values(
                     **self._columns(settings, row.id),
+                    directory_id=directory_id,
                     updated_at=self._clock(),
                 )
             )

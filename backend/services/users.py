@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sqlalchemy import Select, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
+from backend.directory.reader import BindOutcome, BindResult, DirectoryReader
 from backend.domain.devices import LIVE_STATES
 from backend.domain.emails import email_problem
 from backend.domain.names import user_key
@@ -21,6 +23,9 @@ from backend.domain.stepup import FactorAction, Proof
 from backend.errors import (
     BadRequest,
     Conflict,
+    DirectoryError,
+    DirectoryUnavailable,
+    HashingBusy,
     OpenMFAError,
     OtpLocked,
     PinLocked,
@@ -52,13 +57,43 @@ MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 
 
+#: Why a password was refused. ``no-password``: a local user with none set. The rest are for
+#: users from a directory: the directory's answers (:data:`BindOutcome`), ``not-in-directory``
+#: (a RADIUS client of primary ldap, and the user is local or from another directory) and
+#: ``directory-unavailable`` (no server answered: a refusal, never the client's failmode).
+PasswordReason = Literal[
+    "ok",
+    "wrong-password",
+    "no-password",
+    "not-in-directory",
+    "directory-unavailable",
+    "no-such-user",
+    "disabled",
+    "locked",
+    "expired",
+    "password-expired",
+    "must-change",
+    "not-permitted",
+]
+#: Directory outcomes that are not the person's failure: their attempt is given back.
+_NOT_COUNTED: frozenset[BindOutcome] = frozenset({"ok", "unavailable"})
+
+
 @dataclass(frozen=True, slots=True)
 class PasswordResult:
-    """``accepted``, or why not: ``wrong-password`` or ``no-password`` (none is set)."""
+    """``accepted``, or why not (:data:`PasswordReason`)."""
 
     accepted: bool
-    reason: Literal["ok", "wrong-password", "no-password"]
+    reason: PasswordReason
     user_name: str
+
+
+class DirectoryReaders(Protocol):
+    """Where a directory's connection comes from (``services.directories``)."""
+
+    async def reader(self, directory_id: int) -> DirectoryReader:
+        """The shared reader of one directory; callers never close it."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +129,10 @@ class UserService:
         self._audit = audit
         self._clock = clock
         self._notices = notices
+        #: The directories' connections, for users whose password is their directory's; set
+        #: by the container once the directory service exists (``None``: such users are
+        #: refused as ``directory-unavailable``).
+        self.directories: DirectoryReaders | None = None
         # Password checks by outcome, read by backend.metrics at scrape time.
         self.password_outcomes: Counter[str] = Counter()
 
@@ -241,12 +280,51 @@ class UserService:
         return await self._change(actor, name, "user.unblock", blocked=False, blocked_reason="")
 
     async def set_password(self, actor: Actor, name: str, password: str) -> None:
-        """Replace the local password (argon2id); the user's web sessions end."""
+        """Replace the local password (argon2id); the user's web sessions end.
+
+        A user from a directory has no local password: their password is the directory's,
+        checked there at every sign-in, so setting one here is refused (and audited)."""
+        await self.refuse_directory_user(actor, name)
         check_password(password)
         password_hash = await self._hasher.hash(password)
         user = await self._change(actor, name, "user.set_password", password_hash=password_hash)
         if self._notices is not None:
             await self._notices.changed(actor, user.id, AccountChange.PASSWORD_SET)
+
+    async def refuse_directory_user(self, actor: Actor, name: str) -> None:
+        """Refuse (audited) to set a local password for a user from a directory; callers
+        that read the new password check this first, so nobody types it for nothing."""
+        directory = await self._directory_of(name)
+        if directory is not None:
+            await self._audit.record(
+                actor, "user.set_password", "reject", user_key(name), f"directory {directory}"
+            )
+            raise BadRequest(
+                f"{name} comes from the directory {directory!r}: their password is the "
+                "directory's; change it there"
+            )
+
+    async def _directory_of(self, name: str) -> str | None:
+        """The name of the directory ``name`` comes from, or ``None`` for a local user;
+        :class:`UnknownUser` when there is no such user."""
+        key = user_key(name)
+
+        def job(tx: Tx) -> tuple[bool, str | None]:
+            row = tx.one(
+                "SELECT users.directory_id, directories.name FROM users LEFT JOIN directories "
+                "ON directories.id = users.directory_id WHERE users.name_key = ?",
+                key,
+            )
+            if row is None:
+                return False, None
+            if row[0] is None:
+                return True, None
+            return True, str(row[1] or f"#{row[0]}")
+
+        found, directory = await self._db.run_job(job)
+        if not found:
+            raise UnknownUser(f"no user named {name!r}")
+        return directory
 
     async def set_pin(self, actor: Actor, proof: Proof, name: str, pin: str) -> None:
         """Set the approval PIN after checking it against the user's policy."""
@@ -333,10 +411,24 @@ class UserService:
         return slot
 
     async def verify_password(
-        self, actor: Actor, name: str, password: str, context: SignInContext | None = None
+        self,
+        actor: Actor,
+        name: str,
+        password: str,
+        context: SignInContext | None = None,
+        *,
+        client: str | None = None,
     ) -> PasswordResult:
-        """Check a local password (primary authentication ``local`` of a RADIUS client; the
-        portal and console sign-ins).
+        """Check a user's password (primary authentication ``local`` or ``ldap`` of a RADIUS
+        client; the portal and console sign-ins).
+
+        A local user's password is the argon2id hash stored here. A user from a directory
+        has none here: their password is checked by binding to their directory as them
+        (:meth:`DirectoryReader.authenticate`), never against a stored hash. ``client``: the
+        RADIUS client that asks; when its primary is ``ldap`` the user must come from that
+        client's directory (``not-in-directory`` otherwise). Directory checks take the same
+        attempt slots as local ones, so RADIUS and the portal cannot guess directory
+        passwords faster than local ones; an empty password never reaches the directory.
 
         Refuses unknown, disabled, blocked and locked users like a code check does. A wrong
         password counts toward the same lockout as wrong codes (``otp_max_failures``), so
@@ -350,7 +442,7 @@ class UserService:
         is counted.
         """
         try:
-            result = await self._verify_password(actor, name, password, context)
+            result = await self._verify_password(actor, name, password, context, client)
         except OpenMFAError as exc:
             self.password_outcomes[exc.type] += 1
             raise
@@ -358,18 +450,45 @@ class UserService:
         return result
 
     async def _verify_password(
-        self, actor: Actor, name: str, password: str, context: SignInContext | None
+        self,
+        actor: Actor,
+        name: str,
+        password: str,
+        context: SignInContext | None,
+        client: str | None,
     ) -> PasswordResult:
         now = self._clock()
         where = "" if context is None else f"{context.client_name} {context.client_ip}".strip()
+        if client is not None and client not in where:
+            where = f"client {client} {where}".strip()
         key = user_key(name)  # a name that cannot exist says nothing about who does
-        with self._hasher.admission():
+        with contextlib.ExitStack() as admitted:
+            hashing = True
+            try:
+                admitted.enter_context(self._hasher.admission())
+            except HashingBusy:
+                # A full hashing pool refuses before an attempt is spent; but a directory
+                # user's check needs no hashing, so a flood of local checks must not hold
+                # it up (the extra read happens only while the pool is full).
+                if not await self._from_directory(key):
+                    raise
+                hashing = False
             found = await self._db.run_job(
-                functools.partial(self._claim_password, actor, key, now, where)
+                functools.partial(
+                    self._claim_password, actor, key, now, where, client, bool(password), hashing
+                )
             )
-            if isinstance(found, _PasswordSlot):
+            if isinstance(found, HashingBusy):
+                raise found
+            if isinstance(found, _DirectorySlot | _Refused):
+                pass  # no argon2id: the directory checks it, outside the hashing pool
+            elif isinstance(found, _PasswordSlot):
                 matches, new_hash = await self._hasher.verify(found.slot.stored or "", password)
                 return await self._password_checked(actor, found, matches, new_hash, where)
+        if isinstance(found, _Refused):
+            return PasswordResult(False, found.reason, found.name)
+        if isinstance(found, _DirectorySlot):
+            return await self._directory_check(actor, found, password, where)
         if isinstance(found, Locked):
             raise OtpLocked(
                 "too many wrong passwords or codes; sign-ins are locked until "
@@ -383,22 +502,64 @@ class UserService:
         return PasswordResult(False, "no-password", found)
 
     def _claim_password(
-        self, actor: Actor, key: str, now: datetime, where: str, tx: Tx
-    ) -> _PasswordSlot | Locked | UserDisabled | UserBlocked | str | None:
+        self,
+        actor: Actor,
+        key: str,
+        now: datetime,
+        where: str,
+        client: str | None,
+        given: bool,
+        hashing: bool,
+        tx: Tx,
+    ) -> (
+        _PasswordSlot
+        | _DirectorySlot
+        | _Refused
+        | Locked
+        | UserDisabled
+        | UserBlocked
+        | HashingBusy
+        | str
+        | None
+    ):
         """The user and one claimed attempt; or why not: ``None`` for an unknown name, the
-        refusal, the lock, or the user's name when they have no password (audited here)."""
+        refusal, the lock, or the user's name when they have no password (audited here).
+
+        ``given``: the password is not empty (an empty one is never sent to a directory).
+        ``hashing``: the hashing pool admitted this check; without it only a directory user
+        is checked (the user became local meanwhile: :class:`HashingBusy`, nothing claimed)."""
         row = tx.one(
-            "SELECT id, name, disabled, blocked, blocked_reason, password_hash "
-            "FROM users WHERE name_key = ?",
+            "SELECT id, name, disabled, blocked, blocked_reason, password_hash, directory_id, "
+            "external_id FROM users WHERE name_key = ?",
             key,
         )
         if row is None:
             return None
-        user_id, user_name, disabled, blocked, blocked_reason, stored = row
+        user_id, user_name, disabled, blocked, blocked_reason, stored, directory_id, ext = row
         if disabled:
             return UserDisabled()
         if blocked:
             return UserBlocked(blocked_reason or None)
+        required = self._required_directory(tx, client)
+        if required is not None and required != directory_id:
+            # A gateway of primary ldap checks one directory's passwords: a local user, or
+            # one from another directory, has no password it could check.
+            self._audit.add_job(
+                tx,
+                actor,
+                now,
+                "password.verify",
+                "reject",
+                key,
+                f"not-in-directory {where}".strip(),
+            )
+            return _Refused(str(user_name), "not-in-directory")
+        if directory_id is not None:
+            return self._claim_directory(
+                tx, actor, now, where, key, given, user_id, str(user_name), directory_id, ext
+            )
+        if not hashing:
+            return HashingBusy("too many password and PIN checks at once; try again in a moment")
         if stored is None:
             # Not counted: there is nothing to guess. Checked first, so no slot is taken.
             locked = tx.one("SELECT otp_locked_until FROM users WHERE id = ?", user_id)
@@ -416,6 +577,132 @@ class UserService:
         if isinstance(slot, Locked):
             return slot
         return _PasswordSlot(user_id, str(user_name), key, slot, policy.otp_max_failures)
+
+    async def _from_directory(self, key: str) -> bool:
+        """Whether the user ``key`` comes from a directory (False for unknown names)."""
+
+        def job(tx: Tx) -> bool:
+            row = tx.one("SELECT directory_id FROM users WHERE name_key = ?", key)
+            return row is not None and row[0] is not None
+
+        return await self._db.run_job(job)
+
+    @staticmethod
+    def _required_directory(tx: Tx, client: str | None) -> int | None:
+        """The directory a RADIUS client of primary ldap checks passwords against, else
+        ``None`` (no client, another primary, or a client this database does not know: a
+        bridge with its own clients file; the user's own password source applies then)."""
+        if client is None:
+            return None
+        row = tx.one(
+            "SELECT primary_auth, directory_id FROM radius_clients WHERE name_key = ?",
+            client.casefold(),
+        )
+        if row is None or row[0] != "ldap" or row[1] is None:
+            return None
+        return int(row[1])
+
+    def _claim_directory(
+        self,
+        tx: Tx,
+        actor: Actor,
+        now: datetime,
+        where: str,
+        key: str,
+        given: bool,
+        user_id: int,
+        user_name: str,
+        directory_id: int,
+        external_id: str | None,
+    ) -> _DirectorySlot | _Refused | Locked:
+        """One attempt slot for a directory user, as for a local password."""
+        row = tx.one("SELECT name FROM directories WHERE id = ?", directory_id)
+        directory = str(row[0]) if row is not None else f"#{directory_id}"
+        if not given:
+            # An empty password is an anonymous bind to LDAP, which "succeeds": never sent.
+            self._audit.add_job(
+                tx,
+                actor,
+                now,
+                "password.verify",
+                "reject",
+                key,
+                f"directory {directory}: empty-password {where}".strip(),
+            )
+            return _Refused(user_name, "wrong-password")
+        policy = effective_policy_job(tx, user_id)
+        slot = attempts.claim(
+            tx, "otp", user_id, now, policy.otp_max_failures, policy.otp_lockout_seconds
+        )
+        if isinstance(slot, Locked):
+            return slot
+        return _DirectorySlot(
+            user_id,
+            user_name,
+            key,
+            slot,
+            policy.otp_max_failures,
+            directory_id,
+            directory,
+            external_id,
+        )
+
+    async def _directory_check(
+        self, actor: Actor, found: _DirectorySlot, password: str, where: str
+    ) -> PasswordResult:
+        """Bind as the user to their directory; record the outcome like a local check."""
+        result = await self._bind(found, password)
+        audited_at = self._clock()
+        slot = found.slot
+        outcome = result.outcome
+        detail = f"directory {found.directory}: {outcome}"
+        if result.detail:
+            detail += f" ({result.detail[:200]})"
+
+        def record(tx: Tx) -> None:
+            if outcome in _NOT_COUNTED:
+                # Right, or the directory did not answer (not the person's failure; a DC
+                # outage must not lock everybody out): the slot is given back.
+                attempts.refund(tx, "otp", found.user_id, slot, found.limit)
+                audit_result = "accept" if outcome == "ok" else "reject"
+                self._audit.add_job(
+                    tx,
+                    actor,
+                    audited_at,
+                    "password.verify",
+                    audit_result,
+                    found.key,
+                    f"{detail} {where}".strip(),
+                )
+                return
+            self._audit.add_job(
+                tx,
+                actor,
+                audited_at,
+                "password.verify",
+                "locked" if slot.locked_until else "reject",
+                found.key,
+                f"{detail} failures={slot.failures} {where}".strip(),
+            )
+
+        await self._db.run_job(record)
+        if outcome == "ok":
+            return PasswordResult(True, "ok", found.name)
+        return PasswordResult(False, _bind_reason(outcome), found.name)
+
+    async def _bind(self, found: _DirectorySlot, password: str) -> BindResult:
+        """The directory's answer; an outage (or no directory service) is ``unavailable``."""
+        if self.directories is None:
+            return BindResult("unavailable", detail="no directory service")
+        try:
+            reader = await self.directories.reader(found.directory_id)
+            return await reader.authenticate(found.name, password, external_id=found.external_id)
+        except DirectoryUnavailable as exc:
+            return BindResult("unavailable", detail=exc.detail)
+        except DirectoryError as exc:
+            # The service account's bind or the search was refused: the settings need
+            # fixing, and no user can sign in meanwhile.
+            return BindResult("unavailable", detail=f"directory error: {exc.detail}")
 
     async def _password_checked(
         self,
@@ -460,12 +747,45 @@ class UserService:
 
 
 @dataclass(frozen=True, slots=True)
+class _DirectorySlot:
+    """A directory user and one claimed attempt, to be checked by the directory."""
+
+    user_id: int
+    name: str
+    key: str
+    slot: attempts.Claimed
+    limit: int
+    directory_id: int
+    directory: str
+    external_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """Refused before any check (audited already): the reason and the user's name."""
+
+    name: str
+    reason: PasswordReason
+
+
+@dataclass(frozen=True, slots=True)
 class _PasswordSlot:
     user_id: int
     name: str
     key: str
     slot: attempts.Claimed
     limit: int
+
+
+def _bind_reason(outcome: BindOutcome) -> PasswordReason:
+    """A refused bind's outcome as the reason the caller sees."""
+    if outcome == "unavailable":
+        return "directory-unavailable"
+    if outcome == "empty-password":
+        return "wrong-password"
+    if outcome == "ok":
+        raise ValueError("not a refusal")
+    return outcome
 
 
 def _summaries_query() -> Select[Any]:

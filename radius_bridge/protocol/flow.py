@@ -24,8 +24,10 @@ Rules (issue 4), in the order they apply:
    follows is 6-8 digits, so passwords containing the separator still work. With primary
    ``none`` the password is not ours to check, so a User-Password that is nothing but a
    code is taken as the code (a gateway's "OTP" field forwarded as the password).
-3. Primary authentication: ``none`` (the gateway checked it, as NPS does), ``local``
-   (``VerifyPassword``) or ``radius`` (``UpstreamAuthenticate``; its Class, Filter-Id,
+3. Primary authentication: ``none`` (the gateway checked it, as NPS does), ``local`` or
+   ``ldap`` (``VerifyPassword`` with the client's name: the backend checks the password, for
+   ``ldap`` by binding to the client's directory; an empty password is refused before) or
+   ``radius`` (``UpstreamAuthenticate``; its Class, Filter-Id,
    Framed-* and VSAs are kept). Failing it is Reject, whatever the failmode.
 4. Exemptions (``exempt_users``, ``exempt_networks`` against Calling-Station-Id) skip the
    second factor, after the primary, each with an ``Audit``.
@@ -138,6 +140,14 @@ _REFUSED: Final[dict[str, str]] = {
     "number-matching-unavailable": "number-matching",
     "refused": "denied",
     "bridge-unauthorized": "bridge-unauthorized",
+}
+
+#: The backend's reasons for a refused password that the bridge keeps apart in its log and
+#: metrics (the audit in the backend has the detail); anything else is ``wrong-password``.
+_PASSWORD_REASONS: Final[dict[str, str]] = {
+    "no-password": "no-password",
+    "directory-unavailable": "directory-unavailable",
+    "not-in-directory": "wrong-password",
 }
 
 
@@ -307,16 +317,21 @@ class _Flow:
     # -- primary authentication ----------------------------------------------------------------
 
     def _primary(self, password: bytes) -> Generator[Effect, Result, Reject | list[Attribute]]:
-        if self.client.primary == "local":
+        if self.client.primary in ("local", "ldap"):
             try:
                 text = password.decode("utf-8")
             except UnicodeDecodeError:
                 return Reject("wrong-password")  # no stored password is invalid UTF-8
-            result = yield VerifyPassword(self.user, text)
+            if not text:
+                # An empty password is never checked: to a directory it is an anonymous bind,
+                # which "succeeds" without proving anything.
+                return Reject("no-password")
+            result = yield VerifyPassword(self.user, text, self.client.name)
             if isinstance(result, Checked):
                 if result.accepted:
                     return []
-                return Reject("no-password" if result.reason == "no-password" else "wrong-password")
+                # No message either way: before the password is proven we do not say why.
+                return Reject(_PASSWORD_REASONS.get(result.reason, "wrong-password"))
             if isinstance(result, Refused):
                 # No message: before the password is proven we do not tell why.
                 return Reject(_REFUSED.get(result.kind, result.kind))

@@ -72,6 +72,7 @@ _FIELD_HINTS: tuple[tuple[str, str], ...] = (
     ("shared secret", "secret"),
     ("address", "addresses"),
     ("client named", "name"),
+    ("directory", "directory"),
 )
 
 
@@ -148,6 +149,7 @@ def values_of(record: RadiusClientRecord) -> dict[str, str]:
         "password_separator": record.password_separator,
         "reply_attributes": "\n".join(f"{n}={v}" for n, v in record.reply_attributes),
         "number_matching": record.number_matching,
+        "directory": record.directory or "",
     }
 
 
@@ -173,6 +175,7 @@ def default_values() -> dict[str, str]:
         "password_separator": radius.DEFAULT_SEPARATOR,
         "reply_attributes": "",
         "number_matching": "policy",
+        "directory": "",
     }
 
 
@@ -195,6 +198,7 @@ _TEXT_FIELDS = (
     ("password_separator", 8),
     ("reply_attributes", 16384),
     ("number_matching", 32),
+    ("directory", 64),
 )
 
 
@@ -307,6 +311,15 @@ def build_changes(
         elif current is None or current.upstream is None:
             form.errors["upstream_secret"] = NO_UPSTREAM_SECRET
 
+    directory: str | None = None
+    if values["primary"] == "ldap":
+        if values["directory"].strip():
+            directory = _check(
+                form, "directory", lambda: radius.check_directory(values["directory"].strip())
+            )
+        else:
+            form.errors["directory"] = "Primary ldap needs the directory whose passwords it checks."
+
     realm_map: list[str] | None = None
     if values["name_format"] == "map":
         realm_map = _lines(values["realm_map"])
@@ -345,6 +358,7 @@ def build_changes(
         password_separator=values["password_separator"],
         reply_attributes=replies,
         number_matching=values["number_matching"],
+        directory=directory,
     )
     return changes, form
 
