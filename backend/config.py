@@ -52,6 +52,14 @@ class Settings(BaseModel):
     # RADIUS bridge started by `openmfa run` (UDP); 0 turns it off. Empty host: the HTTP host.
     radius_port: int = Field(default=1812, ge=0, le=65535)
     radius_host: str = ""
+    # RadSec (RADIUS over TLS, RFC 6614) of the built-in bridge: TCP addresses "HOST[:PORT]"
+    # (port 2083 by default), comma-separated; empty: off. Needs the three files below.
+    radius_radsec_listen: str = ""
+    # The bridge's TLS certificate and key (PEM) for RadSec.
+    radius_radsec_cert_file: Path | None = None
+    radius_radsec_key_file: Path | None = None
+    # CA certificate(s) (PEM) that sign the gateways' RadSec client certificates.
+    radius_radsec_client_ca_file: Path | None = None
     issuer: str = "OpenMFA"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
@@ -172,6 +180,30 @@ class Settings(BaseModel):
             except ValueError:
                 raise ValueError("radius_host must be an IP address (or empty)") from None
         return value
+
+    @field_validator("radius_radsec_listen")
+    @classmethod
+    def _radsec_listen(cls, value: str) -> str:
+        from radius_bridge.config import BridgeConfigError
+
+        try:
+            radsec_addresses(value)
+        except BridgeConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _radsec_files(self) -> Settings:
+        if self.radius_radsec_listen and None in (
+            self.radius_radsec_cert_file,
+            self.radius_radsec_key_file,
+            self.radius_radsec_client_ca_file,
+        ):
+            raise ValueError(
+                "radius_radsec_listen needs radius_radsec_cert_file, radius_radsec_key_file "
+                "and radius_radsec_client_ca_file"
+            )
+        return self
 
     @field_validator("metrics_listen")
     @classmethod
@@ -341,3 +373,14 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             for err in exc.errors()
         )
         raise ConfigurationError(f"invalid settings: {problems}") from exc
+
+
+def radsec_addresses(text: str) -> tuple[Any, ...]:
+    """``radius_radsec_listen`` as the bridge's listen addresses (port 2083 by default).
+    Raises radius_bridge.config.BridgeConfigError."""
+    from radius_bridge.config import DEFAULT_RADSEC_PORT, parse_host_port
+
+    items = [item for item in text.replace(",", " ").split() if item]
+    return tuple(
+        parse_host_port(item, "radius_radsec_listen", DEFAULT_RADSEC_PORT) for item in items
+    )

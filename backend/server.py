@@ -167,9 +167,16 @@ class _Radius:
     TOKEN_NAME = "builtin-bridge"  # noqa: S105 - a name, not a secret
 
     def __init__(self, settings: Settings) -> None:
+        from backend.config import radsec_addresses
         from radius_bridge.config import ListenAddress
         from radius_bridge.metrics import BridgeMetrics
-        from radius_bridge.runner import StartupError, bind_sockets
+        from radius_bridge.radsec import TlsSetupError
+        from radius_bridge.runner import (
+            StartupError,
+            bind_radsec_sockets,
+            bind_sockets,
+            radsec_context,
+        )
 
         self.settings = settings
         host, port = settings.resolved_radius_host, settings.radius_port
@@ -177,6 +184,7 @@ class _Radius:
         # IPv6 sockets are IPv6-only, so IPv4 gets a socket of its own.
         hosts = ("::", "0.0.0.0") if host == "::" else (host,)  # noqa: S104 - asked for
         self.addresses = tuple(ListenAddress(h, port) for h in hosts)
+        self.radsec_addresses = radsec_addresses(settings.radius_radsec_listen)
         self.metrics = BridgeMetrics()
         self._bridge: Bridge | None = None
         # Only the address matters here; the credential exists once the services are open.
@@ -185,6 +193,22 @@ class _Radius:
         except StartupError as exc:
             raise ConfigurationError(
                 f"{exc}; choose another port with --radius-port (0 turns RADIUS off)"
+            ) from exc
+        self.radsec_sockets: dict[ListenAddress, socket.socket] = {}
+        if self.radsec_addresses:
+            # The certificate, key and CA are loaded once here so that a bad file is one
+            # clear line at start-up, not an error once the server runs.
+            try:
+                radsec_context(self._bridge_settings("omfa_placeholder"))
+            except TlsSetupError as exc:
+                self.close_sockets()
+                raise ConfigurationError(str(exc)) from exc
+        try:
+            self.radsec_sockets = bind_radsec_sockets(self._bridge_settings("omfa_placeholder"))
+        except StartupError as exc:
+            self.close_sockets()
+            raise ConfigurationError(
+                f"{exc}; change radius_radsec_listen (empty turns RadSec off)"
             ) from exc
 
     def _bridge_settings(self, token: str) -> BridgeSettings:
@@ -195,6 +219,10 @@ class _Radius:
             token=token,
             listen=self.addresses,
             long_poll_seconds=float(min(50, self.settings.long_poll_max_seconds)),
+            radsec_listen=self.radsec_addresses,
+            radsec_cert_file=self.settings.radius_radsec_cert_file,
+            radsec_key_file=self.settings.radius_radsec_key_file,
+            radsec_client_ca_file=self.settings.radius_radsec_client_ca_file,
         )
 
     async def start(self, app: Starlette) -> None:
@@ -206,7 +234,7 @@ class _Radius:
         token = services.tokens.register_ephemeral(self.TOKEN_NAME, "bridge")
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         bridge = Bridge(self._bridge_settings(token), transport=transport, metrics=self.metrics)
-        await bridge.start(self.sockets)
+        await bridge.start(self.sockets, self.radsec_sockets)
         self._bridge = bridge
 
     async def stop(self) -> None:
@@ -219,6 +247,8 @@ class _Radius:
         if self._bridge is None:
             for sock in self.sockets.values():
                 sock.close()
+            for tcp in self.radsec_sockets.values():
+                tcp.close()
 
 
 class _MetricsServer:

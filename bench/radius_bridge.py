@@ -14,7 +14,11 @@ in this process) and FreeRADIUS float. Figures printed:
     answer is posted to the backend (signed, as the app does) and the clock runs until the
     gateway has the Access-Accept;
 (d) FreeRADIUS 3.2 PAP on the same machine, same run, driven by the same load generator and
-    by radclient, as the ceiling of RADIUS handling here.
+    by radclient, as the ceiling of RADIUS handling here;
+(e) with ``--radsec``: (a) again over RadSec (RADIUS over TLS, RFC 6614) to a bridge that
+    also listens on TCP: ``--radsec-connections`` mutual-TLS connections (throw-away CA,
+    the bench client bound by its certificate's fingerprint), the same window of requests in
+    flight spread over them, on fresh time steps (the codes of (a) are spent).
 
 Held pushes long-poll in slices of ``--long-poll-seconds`` (default 600, with the backend's
 ``long_poll_max_seconds`` raised to match): one HTTP request per held push for its whole life.
@@ -23,6 +27,7 @@ cost per re-poll (two ORM reads) then limits how fast it can start further pushe
 thousands are held.
 
     python bench/radius_bridge.py [--users 10000] [--home DIR] [--skip-freeradius]
+        [--radsec [--radsec-connections 4]] [--only-codes]
 
 Setting up 10,000 users with an app each takes a few minutes (the ORM path, ~28 ms a user);
 ``--home DIR`` keeps the populated data directory for the next run.
@@ -161,7 +166,9 @@ class Processes:
         )
         self.started.append(process)
 
-    def start_bridge(self, token: str, udp: int, metrics: int) -> subprocess.Popen[bytes]:
+    def start_bridge(
+        self, token: str, udp: int, metrics: int, radsec: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
         token_file = self.home / "bridge.token"
         token_file.write_text(token)
         token_file.chmod(0o600)
@@ -183,6 +190,7 @@ class Processes:
                 f"127.0.0.1:{metrics}",
                 "--max-held",
                 "20000",
+                *radsec,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -440,6 +448,150 @@ async def bench_codes(port: int, devices: dict[str, list[str]], window: int) -> 
     return run
 
 
+# -- (e) password,code over RadSec ----------------------------------------------------------------
+
+
+class _TlsConnection(asyncio.Protocol):
+    """One RadSec connection of the load generator: slots ``base .. base + 127``."""
+
+    def __init__(self, generator: RadsecLoad, base: int) -> None:
+        from radius_bridge.protocol.stream import StreamFramer
+
+        self.generator = generator
+        self.base = base
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        now = time.perf_counter()
+        for packet in self.framer.feed(data):
+            self.generator.received(self.base + packet[1] % PER_SOCKET, packet, now)
+
+
+class RadsecLoad(LoadGenerator):
+    """:class:`LoadGenerator`'s pipelining over TLS connections instead of UDP sockets (one
+    connection stands where a socket stood: 128 slots, identifiers alternating)."""
+
+    def __init__(self, port: int, connections: int, context: Any) -> None:
+        super().__init__(port, connections)
+        self.context = context
+        self.connections: list[_TlsConnection] = []
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        for index in range(self.count):
+            _, protocol = await loop.create_connection(
+                lambda i=index: _TlsConnection(self, i * PER_SOCKET),
+                "127.0.0.1",
+                self.port,
+                ssl=self.context,
+                server_hostname="127.0.0.1",
+            )
+            self.connections.append(protocol)
+
+    def close(self) -> None:
+        for connection in self.connections:
+            if connection.transport is not None:
+                connection.transport.close()
+
+    def send(self, slot: int, data: bytes) -> None:
+        transport = self.connections[slot // PER_SOCKET].transport
+        assert transport is not None
+        self.sent_at[slot] = time.perf_counter()
+        self.last[slot] = data
+        self.outstanding += 1
+        self.run.sent += 1
+        transport.write(data)
+
+    def retransmit(self, older_than: float) -> None:
+        pass  # TCP: a RADIUS client does not retransmit on the same connection (RFC 6614)
+
+
+async def bench_codes_radsec(
+    port: int,
+    devices: dict[str, list[str]],
+    window: int,
+    connections: int,
+    context: Any,
+    after_step: int,
+) -> Run:
+    from backend.domain import totp
+
+    # Codes of steps up to after_step were spent by (a); wait for a step whose own and next
+    # code are both fresh, at its beginning.
+    while True:
+        now = datetime.now(UTC)
+        step = totp.time_step(now)
+        into = time.time() % totp.PERIOD
+        if step > after_step + 1 and into <= 3:
+            break
+        wait = totp.PERIOD - into + 0.3
+        print(f"  waiting {wait:.0f} s for a fresh time step ...", flush=True)
+        await asyncio.sleep(wait)
+    per_connection = min(PER_SOCKET, max(1, window // connections))
+    numbers = [c * PER_SOCKET + j for c in range(connections) for j in range(per_connection)]
+    per_slot: dict[int, list[bytes]] = {slot: [] for slot in numbers}
+    index = 0
+    for offset in (0, 1):
+        for name, (_, _, seed) in devices.items():
+            code = totp.code_at_step(seed, step + offset)
+            slot = numbers[index % len(numbers)]
+            ident = identifier(slot, len(per_slot[slot]))
+            attributes = codec.encode_attribute(
+                codec.USER_NAME, name.encode()
+            ) + codec.encode_attribute(codec.NAS_IDENTIFIER, b"bench-nas")
+            per_slot[slot].append(
+                codec.encode_request(ident, b"radsec", attributes, b"ad-password," + code.encode())
+            )
+            index += 1
+    generator = RadsecLoad(port, connections, context)
+    await generator.open()
+    try:
+        run = await generator.pipeline(per_slot)
+    finally:
+        generator.close()
+    return run
+
+
+def radsec_files(home: Path) -> tuple[list[str], Any, str]:
+    """A throw-away CA, the bridge's certificate and the bench gateway's: the bridge's
+    ``--radsec-*`` arguments (port chosen here), the client's TLS context, its fingerprint."""
+    import ssl
+
+    from tests.support.radsec import TestCa
+
+    ca = TestCa(home / "radsec-pki", "bench RadSec CA")
+    server = ca.issue("bridge", server=True)
+    gateway = ca.issue("bench-gw")
+    context = ssl.create_default_context(cafile=str(ca.ca_file))
+    context.load_cert_chain(gateway.cert_file, gateway.key_file)
+    port = free_port()
+    arguments = [
+        "--radsec-listen",
+        f"127.0.0.1:{port}",
+        "--radsec-cert-file",
+        str(server.cert_file),
+        "--radsec-key-file",
+        str(server.key_file),
+        "--radsec-client-ca-file",
+        str(ca.ca_file),
+    ]
+    return arguments, context, gateway.fingerprint
+
+
+def bind_certificate(home: Path, fingerprint: str) -> None:
+    """Bind the bench gateway's certificate to the bench client (``openmfa client set``)."""
+    subprocess.run(
+        [str(EXE), "client", "set", CLIENT, "--radsec", "--cert-fingerprint", fingerprint],
+        env={**os.environ, "OPENMFA_HOME": str(home)},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+
+
 # -- (b) and (c): held pushes and the answer latency ----------------------------------------------
 
 
@@ -653,7 +805,9 @@ def main() -> None:
     parser.add_argument("--answers", type=int, default=300, help="answers timed for (c)")
     parser.add_argument("--pap-requests", type=int, default=100_000)
     parser.add_argument("--skip-freeradius", action="store_true")
-    parser.add_argument("--only-codes", action="store_true", help="run (a) only")
+    parser.add_argument("--only-codes", action="store_true", help="run (a) (and (e)) only")
+    parser.add_argument("--radsec", action="store_true", help="also run (e): (a) over RadSec")
+    parser.add_argument("--radsec-connections", type=int, default=4, help="TLS connections for (e)")
     parser.add_argument(
         "--long-poll-seconds",
         type=float,
@@ -699,6 +853,39 @@ def main() -> None:
             flush=True,
         )
         procs.stop(bridge)
+
+        # (e)
+        if args.radsec:
+            from backend.domain import totp
+
+            spent = totp.time_step(datetime.now(UTC))
+            arguments, context, fingerprint = radsec_files(home)
+            bind_certificate(home, fingerprint)
+            udp, metrics_port = free_port(socket.SOCK_DGRAM), free_port()
+            bridge = procs.start_bridge(data["token"], udp, metrics_port, arguments)
+            tcp = int(arguments[1].rsplit(":", 1)[1])
+            with asyncio.Runner(loop_factory=factory) as runner:
+                cpu_before = cpu_seconds(bridge.pid)
+                backend_before = cpu_seconds(backend_pid)
+                radsec = runner.run(
+                    bench_codes_radsec(
+                        tcp, devices, args.window, args.radsec_connections, context, spent
+                    )
+                )
+            cpu = cpu_seconds(bridge.pid) - cpu_before
+            backend_cpu = cpu_seconds(backend_pid) - backend_before
+            accepts = radsec.codes.get(codec.ACCESS_ACCEPT, 0)
+            print(
+                f"(e) password,code over RadSec: {radsec.sent} requests in "
+                f"{radsec.seconds:.2f} s on {args.radsec_connections} TLS connections, "
+                f"{args.window} in flight; {accepts} accepted = {accepts / radsec.seconds:,.0f}/s; "
+                f"replies by code {radsec.codes}, lost {radsec.lost}; latency p50 "
+                f"{_ms(radsec.latencies, 0.5)}, p99 {_ms(radsec.latencies, 0.99)}; CPU per "
+                f"request: bridge {cpu / max(1, radsec.sent) * 1e6:.0f} µs, backend "
+                f"{backend_cpu / max(1, radsec.sent) * 1e6:.0f} µs",
+                flush=True,
+            )
+            procs.stop(bridge)
         if args.only_codes:
             return
 

@@ -80,6 +80,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests in progress at once, shared fairly between clients (one client "
         "flooding holds at most three quarters); more are dropped (default 20000)",
     )
+    parser.add_argument(
+        "--radsec-listen",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="TCP address to serve RadSec (RADIUS over TLS, RFC 6614) on, port 2083 by "
+        "default; repeat for several. Off unless given",
+    )
+    parser.add_argument(
+        "--radsec-cert-file", type=Path, metavar="FILE", help="the bridge's TLS certificate (PEM)"
+    )
+    parser.add_argument(
+        "--radsec-key-file", type=Path, metavar="FILE", help="its private key (PEM, mode 0600)"
+    )
+    parser.add_argument(
+        "--radsec-client-ca-file",
+        type=Path,
+        metavar="FILE",
+        help="CA certificate(s) that sign the gateways' client certificates (PEM)",
+    )
+    parser.add_argument(
+        "--radsec-idle-timeout",
+        type=float,
+        metavar="S",
+        help="close a RadSec connection idle this long (default 120; Status-Server keeps it)",
+    )
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log-format", choices=["json", "text"])
     return parser
@@ -99,6 +125,11 @@ def settings_from(args: argparse.Namespace) -> BridgeSettings:
         max_held=args.max_held,
         log_level=args.log_level,
         log_format=args.log_format,
+        radsec_listen=args.radsec_listen,
+        radsec_cert_file=args.radsec_cert_file,
+        radsec_key_file=args.radsec_key_file,
+        radsec_client_ca_file=args.radsec_client_ca_file,
+        radsec_idle_timeout=args.radsec_idle_timeout,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Final, cast, get_args
 
 from radius_bridge.model import Address, ClientConfig, NameRule, Network, Upstream
 from radius_bridge.names import normalise
+from radius_vocabulary.certs import DIGEST_SIZE, parse_fingerprint
 from radius_vocabulary.dictionary import Attribute, Dictionary, default_dictionary
 from radius_vocabulary.settings import (
     DEFAULT_PROMPT,
@@ -83,21 +84,31 @@ def parse_clients(document: object, *, dictionary: Dictionary | None = None) -> 
     errors: list[str] = []
     names: set[str] = set()
     owners: dict[Network, str] = {}
+    certificates: dict[bytes, str] = {}
     for index, entry in enumerate(entries):
         label = _label(entry, index)
         try:
             client = parse_client(entry, dictionary=dictionary)
             if client.name.lower() in names:
                 raise ClientError("name: another client has the same name")
-            for network in client.networks:
+            # Addresses pick the client of a UDP datagram; a RadSec-only client (no secret)
+            # is picked by its certificate, its addresses only restrict where it may connect.
+            for network in client.networks if client.secret else ():
                 if network in owners:
                     raise ClientError(f"addresses: {network} is also client {owners[network]!r}'s")
+            for digest in client.radsec_fingerprints:
+                if digest in certificates:
+                    raise ClientError(
+                        f"radsec_fingerprints: also bound to client {certificates[digest]!r}"
+                    )
         except ClientError as exc:
             errors.append(f"client {label}: {exc}")
             continue
         names.add(client.name.lower())
-        for network in client.networks:
+        for network in client.networks if client.secret else ():
             owners[network] = client.name
+        for digest in client.radsec_fingerprints:
+            certificates[digest] = client.name
         clients.append(client)
     return ClientList(revision, tuple(clients), tuple(errors))
 
@@ -118,7 +129,9 @@ def parse_client(entry: object, *, dictionary: Dictionary | None = None) -> Clie
     fields = cast(dict[str, object], entry)
     name = _text(fields, "name", max_length=128)
     networks = _networks(fields, "addresses", required=True)
-    secret = _text(fields, "secret").encode("utf-8")
+    radsec = _fingerprints(fields, "radsec_fingerprints")
+    # A RadSec client needs no secret of its own (RFC 6614 fixes it as "radsec").
+    secret = _text(fields, "secret", default="" if radsec else None).encode("utf-8")
     mode = cast(Mode, _choice(fields, "mode", get_args(Mode), "push"))
     primary = cast(Primary, _choice(fields, "primary", get_args(Primary), "none"))
     upstream = _upstream(fields.get("upstream")) if primary == "radius" else None
@@ -159,7 +172,22 @@ def parse_client(entry: object, *, dictionary: Dictionary | None = None) -> Clie
         password_separator=separator,
         reply_attributes=reply_attributes,
         number_matching=number_matching,
+        radsec_fingerprints=radsec,
     )
+
+
+def _fingerprints(fields: Mapping[str, object], key: str) -> tuple[bytes, ...]:
+    digests: list[bytes] = []
+    for text in _text_list(fields, key):
+        try:
+            digest = parse_fingerprint(text)
+        except ValueError as exc:
+            raise ClientError(f"{key}: {exc}") from None
+        if len(digest) != DIGEST_SIZE:  # pragma: no cover - parse_fingerprint ensures it
+            raise ClientError(f"{key}: not a SHA-256 digest")
+        if digest not in digests:
+            digests.append(digest)
+    return tuple(digests)
 
 
 def _text(
@@ -311,10 +339,15 @@ class ClientTable:
     def __init__(self, clients: Iterable[ClientConfig]) -> None:
         self.clients = tuple(clients)
         self._by_name = {client.name: client for client in self.clients}
+        self._by_certificate = {
+            digest: client for client in self.clients for digest in client.radsec_fingerprints
+        }
         # Per family: [(prefix length, {network bits: client})], longest prefix first.
         self._v4: dict[int, dict[int, ClientConfig]] = {}
         self._v6: dict[int, dict[int, ClientConfig]] = {}
         for client in self.clients:
+            if not client.secret:
+                continue  # RadSec only: never the answer for a UDP datagram
             for network in client.networks:
                 width, table = (32, self._v4) if network.version == 4 else (128, self._v6)
                 bits = int(network.network_address) >> (width - network.prefixlen)
@@ -331,6 +364,15 @@ class ClientTable:
     def get(self, name: str) -> ClientConfig | None:
         """The client named ``name``, if any."""
         return self._by_name.get(name)
+
+    def by_certificate(self, digest: bytes) -> ClientConfig | None:
+        """The client a RadSec peer certificate (its SHA-256 digest) is bound to, if any."""
+        return self._by_certificate.get(digest)
+
+    @property
+    def has_radsec(self) -> bool:
+        """True when some client may connect over RadSec."""
+        return bool(self._by_certificate)
 
     def match(self, address: str | Address) -> ClientConfig | None:
         """The client whose most specific network contains ``address``, or None. Accepts

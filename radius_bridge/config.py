@@ -24,6 +24,8 @@ DEFAULT_PORT = 1812
 #: default address cannot be bound (a host without IPv6), the bridge warns and goes on with
 #: the others; an address the operator named must bind or the bridge does not start.
 DEFAULT_LISTEN = ("0.0.0.0:1812", "[::]:1812")
+#: RadSec (RFC 6614) listens on TCP 2083 when asked to; off unless an address is given.
+DEFAULT_RADSEC_PORT = 2083
 
 
 class BridgeConfigError(Exception):
@@ -123,6 +125,10 @@ class BridgeSettings:
       gateway retransmits) instead of letting memory grow without bound.
     * ``backend_connections``: the pool for short calls (start, verify, submit, cancel,
       audit, clients). Long-polls have their own pool of up to ``max_held`` connections.
+    * ``radsec_listen``: TCP addresses for RadSec (RADIUS over TLS, RFC 6614); empty: off.
+      Needs ``radsec_cert_file`` / ``radsec_key_file`` (the bridge's certificate) and
+      ``radsec_client_ca_file`` (the CA that signs gateways' client certificates); the
+      timeouts and bounds are described in :mod:`radius_bridge.radsec`.
     """
 
     backend_url: str
@@ -140,6 +146,14 @@ class BridgeSettings:
     receive_buffer_bytes: int = 4 * 1024 * 1024
     log_level: str = "info"
     log_format: str = "json"
+    radsec_listen: tuple[ListenAddress, ...] = ()
+    radsec_cert_file: Path | None = None
+    radsec_key_file: Path | None = None
+    radsec_client_ca_file: Path | None = None
+    radsec_handshake_timeout: float = 10.0
+    radsec_idle_timeout: float = 120.0
+    radsec_max_connections: int = 256
+    radsec_max_in_flight: int = 256
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.backend_url)
@@ -167,6 +181,24 @@ class BridgeSettings:
             raise BridgeConfigError(f"log level {self.log_level!r}: debug, info, warning, error")
         if self.log_format not in ("json", "text"):
             raise BridgeConfigError(f"log format {self.log_format!r}: json or text")
+        if self.radsec_listen:
+            missing = [
+                what
+                for what, value in (
+                    ("RadSec certificate file", self.radsec_cert_file),
+                    ("RadSec key file", self.radsec_key_file),
+                    ("RadSec client CA file", self.radsec_client_ca_file),
+                )
+                if value is None
+            ]
+            if missing:
+                raise BridgeConfigError(f"RadSec needs: {', '.join(missing)}")
+            if len(set(self.radsec_listen)) != len(self.radsec_listen):
+                raise BridgeConfigError("a RadSec listen address is given twice")
+        _number(self.radsec_handshake_timeout, "RadSec handshake timeout", 0.5, 120)
+        _number(self.radsec_idle_timeout, "RadSec idle timeout", 1, 86_400)
+        _number(self.radsec_max_connections, "RadSec max connections", 1, 100_000, integer=True)
+        _number(self.radsec_max_in_flight, "RadSec max in flight", 1, 100_000, integer=True)
 
     @property
     def base_url(self) -> str:
@@ -209,6 +241,11 @@ def load_bridge_settings(
     max_held: int | None = None,
     log_level: str | None = None,
     log_format: str | None = None,
+    radsec_listen: Sequence[str] = (),
+    radsec_cert_file: Path | None = None,
+    radsec_key_file: Path | None = None,
+    radsec_client_ca_file: Path | None = None,
+    radsec_idle_timeout: float | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> BridgeSettings:
     """Arguments win over ``OPENMFA_BRIDGE_*`` variables, which win over the defaults.
@@ -253,6 +290,14 @@ def load_bridge_settings(
         )
 
     held = pick(max_held, "MAX_HELD")
+    radsec_texts = list(radsec_listen)
+    if not radsec_texts and env.get(ENV_PREFIX + "RADSEC_LISTEN"):
+        radsec_texts = [t for t in env[ENV_PREFIX + "RADSEC_LISTEN"].replace(",", " ").split() if t]
+
+    def path(value: Path | None, name: str) -> Path | None:
+        text = pick(value, name)
+        return Path(text) if text else None
+
     return BridgeSettings(
         backend_url=url,
         token=token,
@@ -269,4 +314,11 @@ def load_bridge_settings(
         else int(_number(held, "max held requests", 1, 1_000_000, integer=True)),
         log_level=(pick(log_level, "LOG_LEVEL") or "info").lower(),
         log_format=(pick(log_format, "LOG_FORMAT") or "json").lower(),
+        radsec_listen=tuple(
+            parse_host_port(t, "RadSec listen address", DEFAULT_RADSEC_PORT) for t in radsec_texts
+        ),
+        radsec_cert_file=path(radsec_cert_file, "RADSEC_CERT_FILE"),
+        radsec_key_file=path(radsec_key_file, "RADSEC_KEY_FILE"),
+        radsec_client_ca_file=path(radsec_client_ca_file, "RADSEC_CLIENT_CA_FILE"),
+        radsec_idle_timeout=number(radsec_idle_timeout, "RADSEC_IDLE_TIMEOUT", 120.0),
     )

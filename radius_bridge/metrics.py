@@ -101,6 +101,19 @@ class BridgeMetrics:
             registry=r,
         )
 
+        self.radsec_connections = Counter(
+            "openmfa_radius_radsec_connections",
+            "RadSec (RADIUS over TLS) connection events: accepted, refused (handshake failed "
+            "or certificate bound to no client), over-limit, bad-length, idle-closed, closed",
+            ["event"],
+            registry=r,
+        )
+        self.radsec_open = Gauge(
+            "openmfa_radius_radsec_open_connections",
+            "RadSec connections open now (after the handshake)",
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The registry in Prometheus' text format."""
         return generate_latest(self.registry)

@@ -78,6 +78,9 @@ class ClientConfig:
     password_separator: str = ","  # noqa: S105 - a separator, not a password
     reply_attributes: tuple[tuple[str, str], ...] = ()  # ("Filter-Id", "vpn-users"), ...
     number_matching: NumberMatching = "policy"  # "policy": the user's policy decides
+    #: RadSec (RFC 6614): SHA-256 digests of the client certificates bound to this client.
+    #: Empty: UDP only. With no ``secret`` (b""), RadSec only: no UDP datagram matches it.
+    radsec_fingerprints: tuple[bytes, ...] = ()
 
     @property
     def number_matching_override(self) -> bool | None:
@@ -226,6 +229,7 @@ class Audit:
         "radius.failsafe_accept",
         "radius.invalid_attribute",
         "radius.relay_refused",
+        "radius.radsec_refused",
     ]
     user: str
     detail: str

@@ -34,8 +34,11 @@ finish and send their answer, since a code spent in the backend but never answer
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import ipaddress
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +62,7 @@ from radius_bridge.model import (
     AccessRequest,
     Audit,
     Challenge,
+    ClientConfig,
     Decision,
     Done,
     Effect,
@@ -71,8 +75,17 @@ from radius_bridge.model import (
     WaitOutcome,
 )
 from radius_bridge.names import printable
-from radius_bridge.protocol.core import Absorbed, Begin, BridgeCore, Drop, Send
+from radius_bridge.protocol.core import Absorbed, Begin, BridgeCore, Drop, Received, Send
 from radius_bridge.protocol.shares import HeldShares
+from radius_bridge.radsec import (
+    RADSEC_SECRET,
+    RadsecConnection,
+    RadsecLimits,
+    RadsecServer,
+    TlsSetupError,
+    refusal_detail,
+    server_context,
+)
 from radius_bridge.transport import Peer, RadiusProtocol, listen, make_socket
 from radius_bridge.upstream import UpstreamClient
 
@@ -95,6 +108,13 @@ RECHECK_SECONDS = 1.0
 RECHECK_BURST = 4
 #: ... and at most this many such datagrams wait for it (the rest are dropped as before).
 RECHECK_QUEUE = 64
+#: A refused RadSec connection is audited at most once per this many seconds (per address,
+#: certificate and reason):
+#: a scanner or a misconfigured gateway reconnecting in a loop must not flood the audit log.
+RADSEC_AUDIT_SECONDS = 60.0
+
+Replier = RadiusProtocol | RadsecConnection
+"""Where an answer goes: a UDP socket (to the datagram's source) or a RadSec connection."""
 
 
 @dataclass(slots=True)
@@ -146,6 +166,8 @@ class Bridge:
             else ClientsCache(settings.clients_cache, settings.token)
         )
         self.endpoints: list[RadiusProtocol] = []
+        self.radsec: list[RadsecServer] = []
+        self._radsec_audited: dict[str, float] = {}
         self.revision: str | None = None
         self.client_errors: tuple[str, ...] = ()
         self._held: dict[int, _Held] = {}
@@ -177,11 +199,17 @@ class Bridge:
         assert self._loop is not None  # noqa: S101 - only called while running
         return self._loop.time()
 
-    async def start(self, sockets: dict[ListenAddress, Any] | None = None) -> None:
-        """Bind the listen addresses (or use pre-bound ``sockets``), load the client table
-        once, and start refreshing it. Raises :class:`StartupError` if nothing can bind."""
+    async def start(
+        self,
+        sockets: dict[ListenAddress, Any] | None = None,
+        radsec_sockets: dict[ListenAddress, socket.socket] | None = None,
+    ) -> None:
+        """Bind the listen addresses (or use pre-bound ``sockets``, ``radsec_sockets``), load
+        the client table once, and start refreshing it. Raises :class:`StartupError` if
+        nothing can bind."""
         self._loop = asyncio.get_running_loop()
         await self._bind(sockets or {})
+        await self._bind_radsec(radsec_sockets or {})
         if not await self.refresh_clients() and not self.table_loaded.is_set():
             if self.core.credential_refused is not None:
                 # A revoked token: the cache sealed with it was deleted; serving it would
@@ -203,6 +231,12 @@ class Bridge:
             ", ".join(str(e.bound) for e in self.endpoints),
             extra={"listen": [str(e.bound) for e in self.endpoints]},
         )
+        if self.radsec:
+            log.info(
+                "RadSec (RADIUS over TLS) listening on TCP %s",
+                ", ".join(str(r.bound) for r in self.radsec),
+                extra={"radsec_listen": [str(r.bound) for r in self.radsec]},
+            )
 
     async def _bind(self, sockets: dict[ListenAddress, Any]) -> None:
         loop = asyncio.get_running_loop()
@@ -231,10 +265,34 @@ class Bridge:
         if not self.endpoints:
             raise StartupError("cannot listen for RADIUS: " + "; ".join(failures))
 
+    async def _bind_radsec(self, sockets: dict[ListenAddress, socket.socket]) -> None:
+        settings = self.settings
+        if not settings.radsec_listen:
+            return
+        try:
+            context = radsec_context(settings)
+        except TlsSetupError as exc:
+            await self._close_endpoints()
+            raise StartupError(str(exc)) from exc
+        limits = radsec_limits(settings)
+        for address in settings.radsec_listen:
+            server = RadsecServer(self, address, context, limits)
+            try:
+                await server.start(sockets.get(address))
+            except OSError as exc:
+                await self._close_endpoints()
+                raise StartupError(
+                    f"cannot listen for RadSec on TCP {address}: {exc.strerror or exc}"
+                ) from exc
+            self.radsec.append(server)
+
     async def _close_endpoints(self) -> None:
         for endpoint in self.endpoints:
             endpoint.close()
         self.endpoints.clear()
+        for server in self.radsec:
+            await server.close()
+        self.radsec.clear()
 
     async def stop(self) -> None:
         """Stop (see the module docstring for what happens to held requests)."""
@@ -296,6 +354,19 @@ class Bridge:
             and self._recheck_clients(data, peer, endpoint, out.log)
         ):
             return
+        self._act(out, peer, endpoint, arrived, log_drop)
+
+    def _act(
+        self,
+        out: Received,
+        peer: Peer,
+        endpoint: Replier,
+        arrived: float,
+        log_drop: bool = False,
+        client: ClientConfig | None = None,
+    ) -> asyncio.Task[None] | None:
+        """Carry out what the core decided for one packet; the task deciding a new request.
+        ``client``: the RadSec connection's client (UDP finds it by address)."""
         if isinstance(out, Begin):
             request = out.request
             if not self.shares.claim(request.client.name, request.share_user):
@@ -307,7 +378,7 @@ class Bridge:
                     f"client {request.client.name}: more than its share of "
                     f"{self.settings.max_held} requests in progress"
                 )
-                return
+                return None
             held = _Held(request)
             key = id(held)
             self._held[key] = held
@@ -315,10 +386,12 @@ class Bridge:
             held.task = asyncio.get_running_loop().create_task(
                 self._decide(held, key, endpoint, peer, arrived)
             )
-        elif isinstance(out, Send):
+            return held.task
+        name = client.name if client is not None else None
+        if isinstance(out, Send):
             endpoint.send(out.data, peer)
             if out.reason == "status-server":
-                self.metrics.requests.labels(self._client_name(peer), "status").inc()
+                self.metrics.requests.labels(name or self._client_name(peer), "status").inc()
             else:
                 self.metrics.duplicates.labels("cached").inc()
         elif isinstance(out, Absorbed):
@@ -326,9 +399,74 @@ class Bridge:
         elif isinstance(out, Drop):
             self.metrics.drops.labels(out.reason).inc()
             if out.reason == "bad-message-authenticator":
-                self.metrics.wrong_secret.labels(self._client_name(peer)).inc()
+                self.metrics.wrong_secret.labels(name or self._client_name(peer)).inc()
             if out.log or log_drop:
                 self._log_drop(out.detail, out.reason)
+        return None
+
+    # -- RadSec connections (radius_bridge.radsec calls these) ----------------------------------
+
+    def radsec_client(
+        self, digest: bytes, peer: tuple[Any, ...], subject: str
+    ) -> ClientConfig | None:
+        """The client a verified peer certificate is bound to, with the fixed secret
+        ``radsec``; None (audited) for a certificate bound to no client, or a peer outside
+        the bound client's addresses."""
+        if self._stopping:
+            return None
+        client = self.core.clients.by_certificate(digest)
+        if client is None:
+            self._radsec_refusal(
+                peer, refusal_detail(digest, peer, subject, "certificate bound to no RADIUS client")
+            )
+            return None
+        if not _address_allowed(client, str(peer[0])):
+            self._radsec_refusal(
+                peer,
+                refusal_detail(
+                    digest, peer, subject, f"address outside client {client.name}'s addresses"
+                ),
+            )
+            return None
+        return dataclasses.replace(client, secret=RADSEC_SECRET)
+
+    def radsec_refused(self, peer: tuple[Any, ...], why: str) -> None:
+        """A RadSec handshake failed (no or untrusted certificate, timeout): audited."""
+        self._radsec_refusal(
+            peer, f"RadSec connection from {peer[0]} refused: TLS handshake failed ({why})"
+        )
+
+    def _radsec_refusal(self, peer: tuple[Any, ...], detail: str) -> None:
+        self.metrics.radsec_connections.labels("refused").inc()
+        host = str(peer[0])
+        now = time.monotonic()
+        # Keyed by the whole text (address, certificate, reason): each distinct refusal is
+        # recorded, a gateway retrying the same one in a loop once a minute.
+        last = self._radsec_audited.get(detail)
+        if last is not None and now - last < RADSEC_AUDIT_SECONDS:
+            return
+        if len(self._radsec_audited) >= RECHECK_QUEUE * 16:
+            self._radsec_audited = {
+                h: t for h, t in self._radsec_audited.items() if now - t < RADSEC_AUDIT_SECONDS
+            }
+        self._radsec_audited[detail] = now
+        log.warning("%s", detail, extra={"peer": host, "reason": "radsec-refused"})
+        self._send_audit(Audit("radius.radsec_refused", "", detail))
+
+    def stream_received(
+        self, data: bytes, client: ClientConfig, connection: RadsecConnection
+    ) -> asyncio.Task[None] | None:
+        """One packet from a RadSec connection (see :meth:`datagram_received`)."""
+        if self._stopping:
+            return None
+        arrived = time.perf_counter()
+        out = self.core.receive_for(client, data, connection.peer, self.clock())
+        return self._act(out, connection.peer, connection, arrived, client=client)
+
+    def radsec_event(self, event: str) -> None:
+        """Count what happens to RadSec connections (and how many are open)."""
+        self.metrics.radsec_connections.labels(event).inc()
+        self.metrics.radsec_open.set(sum(len(s.connections) for s in self.radsec))
 
     def _recheck_clients(
         self, data: bytes, peer: Peer, endpoint: RadiusProtocol, log_drop: bool
@@ -387,7 +525,7 @@ class Bridge:
     # -- one request --------------------------------------------------------------------------
 
     async def _decide(
-        self, held: _Held, key: int, endpoint: RadiusProtocol, peer: Peer, arrived: float
+        self, held: _Held, key: int, endpoint: Replier, peer: Peer, arrived: float
     ) -> None:
         request = held.request
         client = request.client
@@ -457,11 +595,11 @@ class Bridge:
         if isinstance(effect, Audit):
             # Fire and forget: an exemption or a fail-safe accept must not wait on (or fail
             # with) the backend it is reported to.
-            self._send_audit(effect, request)
+            self._send_audit(effect)
             return Done()
         return await self.backend.perform(effect, deadline)
 
-    def _send_audit(self, effect: Audit, request: AccessRequest) -> None:
+    def _send_audit(self, effect: Audit) -> None:
         if len(self._audits) >= MAX_AUDIT_TASKS:
             self._audit_lost(effect, "too many audit records in flight")
             return
@@ -681,6 +819,53 @@ class Bridge:
         while True:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             self.core.expire(self.clock())
+
+
+def _address_allowed(client: ClientConfig, host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in client.networks)
+
+
+def radsec_context(settings: BridgeSettings) -> Any:
+    """The TLS server context for RadSec. Raises TlsSetupError."""
+    assert settings.radsec_cert_file is not None  # noqa: S101 - checked by the settings
+    assert settings.radsec_key_file is not None  # noqa: S101
+    assert settings.radsec_client_ca_file is not None  # noqa: S101
+    return server_context(
+        settings.radsec_cert_file, settings.radsec_key_file, settings.radsec_client_ca_file
+    )
+
+
+def radsec_limits(settings: BridgeSettings) -> RadsecLimits:
+    """The RadSec timeouts and bounds from the settings."""
+    return RadsecLimits(
+        handshake_timeout=settings.radsec_handshake_timeout,
+        idle_timeout=settings.radsec_idle_timeout,
+        max_connections=settings.radsec_max_connections,
+        max_in_flight=settings.radsec_max_in_flight,
+    )
+
+
+def bind_radsec_sockets(settings: BridgeSettings) -> dict[ListenAddress, socket.socket]:
+    """Bind every RadSec address now (see :func:`bind_sockets`). Raises StartupError."""
+    from radius_bridge.radsec import make_socket as make_tcp_socket
+
+    bound: dict[ListenAddress, socket.socket] = {}
+    for address in settings.radsec_listen:
+        try:
+            bound[address] = make_tcp_socket(address)
+        except OSError as exc:
+            for sock in bound.values():
+                sock.close()
+            raise StartupError(
+                f"cannot listen for RadSec on TCP {address}: {exc.strerror or exc}"
+            ) from exc
+    return bound
 
 
 def bind_sockets(settings: BridgeSettings) -> dict[ListenAddress, Any]:

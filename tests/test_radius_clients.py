@@ -395,6 +395,7 @@ async def test_round_trip_and_the_document_of_the_contract(services: Services) -
             "reply_attributes": [["Filter-Id", "vpn-users"], ["Tunnel-Type:1", "VLAN"]],
             "number_matching": "policy",
             "directory": None,
+            "radsec_fingerprints": [],
         },
         {
             "name": "rdgw",
@@ -415,6 +416,7 @@ async def test_round_trip_and_the_document_of_the_contract(services: Services) -
             "reply_attributes": [],
             "number_matching": "policy",
             "directory": None,
+            "radsec_fingerprints": [],
         },
     ]
     # The document is what the API serves: it validates against the published schema.

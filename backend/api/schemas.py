@@ -186,7 +186,11 @@ class RadiusUserNames(Body):
 class RadiusClient(Body):
     name: str
     addresses: list[str] = Field(description="addresses and CIDR networks the client sends from")
-    secret: str = Field(description="the shared secret, UTF-8")
+    secret: str | None = Field(
+        default=None,
+        description="the shared secret, UTF-8; absent for a RadSec-only client (RadSec uses "
+        "the fixed secret radsec, RFC 6614)",
+    )
     mode: Literal["push", "challenge", "otp"]
     primary: Literal["none", "local", "radius", "ldap"]
     upstream: RadiusUpstream | None = Field(description="set for, and only for, primary radius")
@@ -209,6 +213,11 @@ class RadiusClient(Body):
         default=None,
         description="primary ldap: the directory whose passwords the backend checks (by a "
         "bind as the user); the bridge only sends the password with the client's name",
+    )
+    radsec_fingerprints: list[str] = Field(
+        default_factory=list,
+        description="RadSec: SHA-256 fingerprints (SHA256:AB:CD:...) of the client "
+        "certificates bound to this client; empty: UDP only",
     )
 
 
@@ -253,6 +262,7 @@ class BridgeAuditRequest(Body):
         "radius.failsafe_accept",
         "radius.invalid_attribute",
         "radius.relay_refused",
+        "radius.radsec_refused",
     ]
     user: str = Field(default="", max_length=128)
     detail: str = Field(default="", max_length=1024)

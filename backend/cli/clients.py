@@ -56,7 +56,7 @@ def add_parser(groups: Any) -> None:
     )
     add.add_argument("name", help="1-64 letters, digits, . _ -; compared case-insensitively")
     _setting_options(add, new=True)
-    add.set_defaults(handler=client_add)
+    add.set_defaults(handler=client_add, usage_check=_add_usage)
 
     change = cmds.add_parser(
         "set",
@@ -81,6 +81,21 @@ def add_parser(groups: Any) -> None:
     remove.set_defaults(handler=client_remove)
 
 
+def _add_usage(args: argparse.Namespace) -> str | None:
+    """What ``client add`` needs besides its name: a RadSec client (identified by its
+    certificate, secret fixed by RFC 6614) needs neither an address nor a secret."""
+    if args.radsec or args.cert_fingerprints:
+        return None
+    missing = [
+        option
+        for option, given in (("--address", args.addresses), ("--secret-stdin", args.secret_stdin))
+        if not given
+    ]
+    if missing:
+        return f"the following arguments are required: {', '.join(missing)}"
+    return None
+
+
 def _setting_options(cmd: argparse.ArgumentParser, new: bool) -> None:
     keep = "" if new else " (unchanged if not given)"
     cmd.add_argument(
@@ -88,14 +103,37 @@ def _setting_options(cmd: argparse.ArgumentParser, new: bool) -> None:
         dest="addresses",
         action="append",
         metavar="CIDR",
-        required=new,
-        help="address or network the client sends from, e.g. 10.0.0.0/24 (repeatable)",
+        help="address or network the client sends from, e.g. 10.0.0.0/24 (repeatable; "
+        "required, except for a RadSec client, which may then connect from anywhere)",
     )
     cmd.add_argument(
         "--secret-stdin",
         action="store_true",
-        required=new,
-        help="read the shared secret from standard input" + ("" if new else " (rotates it)"),
+        help="read the shared secret from standard input"
+        + ("" if new else " (rotates it)")
+        + " (required, except for a RadSec client: RadSec uses the fixed secret 'radsec')",
+    )
+    radsec = cmd.add_mutually_exclusive_group()
+    radsec.add_argument(
+        "--radsec",
+        action="store_true",
+        help="the client also (or only) connects over RadSec (RADIUS over TLS, TCP 2083); "
+        "give its certificate with --cert-fingerprint",
+    )
+    if not new:
+        radsec.add_argument(
+            "--no-radsec",
+            action="store_true",
+            help="unbind every certificate: UDP only (needs a shared secret)",
+        )
+    cmd.add_argument(
+        "--cert-fingerprint",
+        dest="cert_fingerprints",
+        action="append",
+        metavar="SHA256:AB:CD:...",
+        help="SHA-256 fingerprint of the client certificate bound to this client "
+        "(openssl x509 -noout -fingerprint -sha256 -in gateway.pem); repeatable, "
+        "replaces the list",
     )
     cmd.add_argument(
         "--mode",
@@ -265,7 +303,21 @@ def _changes(args: argparse.Namespace) -> radius.ClientChanges:
         reply_attributes=listed("reply_attributes"),
         number_matching=args.number_matching,
         directory=args.directory,
+        radsec_fingerprints=_radsec(args),
     )
+
+
+def _radsec(args: argparse.Namespace) -> list[str] | None:
+    if getattr(args, "no_radsec", False):
+        if args.cert_fingerprints:
+            raise BadRequest("--no-radsec unbinds the certificates; leave out --cert-fingerprint")
+        return []
+    if args.radsec and not args.cert_fingerprints:
+        raise BadRequest(
+            "--radsec needs the client's certificate: --cert-fingerprint SHA256:AB:CD:..."
+        )
+    fingerprints: list[str] | None = args.cert_fingerprints
+    return fingerprints
 
 
 def _warn(message: str) -> None:
@@ -347,7 +399,7 @@ async def client_remove(services: Services, args: argparse.Namespace, actor: Act
 
 
 def _secret(size: int, short: bool) -> dict[str, Any]:
-    return {"set": True, "bytes": size, "short": short}
+    return {"set": size > 0, "bytes": size, "short": short}
 
 
 def describe(record: RadiusClientRecord) -> dict[str, Any]:
@@ -379,6 +431,9 @@ def describe(record: RadiusClientRecord) -> dict[str, Any]:
         "reply_attributes": [list(pair) for pair in record.reply_attributes],
         "number_matching": record.number_matching,
         "directory": record.directory,
+        "radsec": {"fingerprints": list(record.radsec_fingerprints)}
+        if record.radsec_fingerprints
+        else None,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
     }
@@ -445,7 +500,12 @@ async def client_show(services: Services, args: argparse.Namespace, actor: Actor
     rows = [
         ("name", r.name),
         ("addresses", ", ".join(r.addresses)),
-        ("secret", _secret_text(r.secret_bytes, r.secret_short)),
+        (
+            "secret",
+            _secret_text(r.secret_bytes, r.secret_short)
+            if r.secret_bytes
+            else "none (RadSec only: the fixed secret 'radsec')",
+        ),
         ("mode", r.mode),
         ("primary", r.primary),
         ("upstream", upstream),
@@ -464,6 +524,12 @@ async def client_show(services: Services, args: argparse.Namespace, actor: Actor
         ("password separator", r.password_separator),
         ("reply attributes", "; ".join(f"{n}={v}" for n, v in r.reply_attributes) or "-"),
         ("number matching", _number_matching_text(r)),
+        (
+            "radsec",
+            "\n  ".join(["on, certificates:", *r.radsec_fingerprints])
+            if r.radsec_fingerprints
+            else "off",
+        ),
         ("created", when(r.created_at)),
         ("changed", when(r.updated_at)),
     ]

@@ -47,6 +47,12 @@ class _Parser(argparse.ArgumentParser):
         parsed, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}{self._suggestion(extras)}")
+        # A subcommand's rule between options that argparse cannot express (set_defaults
+        # usage_check=...): a usage error with that subcommand's usage, exit status 2.
+        check = getattr(parsed, "usage_check", None)
+        problem = check(parsed) if callable(check) else None
+        if problem:
+            self.error(problem)
         return parsed, extras
 
     def _suggestion(self, extras: Sequence[str]) -> str:

@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from backend.domain.names import object_name, user_key
 from backend.errors import InvalidName, InvalidRadiusClient
+from radius_vocabulary.certs import format_fingerprint, parse_fingerprint
 from radius_vocabulary.dictionary import Attribute, default_dictionary
 from radius_vocabulary.settings import (
     DEFAULT_PROMPT,
@@ -45,9 +46,14 @@ BRIDGE_AUDIT_ACTIONS = (
     "radius.failsafe_accept",
     "radius.invalid_attribute",
     "radius.relay_refused",
+    "radius.radsec_refused",
 )
 #: Of those, the refusals (the rest record a sign-in the bridge let through).
-BRIDGE_AUDIT_REFUSALS = ("radius.invalid_attribute", "radius.relay_refused")
+BRIDGE_AUDIT_REFUSALS = (
+    "radius.invalid_attribute",
+    "radius.relay_refused",
+    "radius.radsec_refused",
+)
 
 MAX_SECRET_BYTES = 128  # RFC 2865 puts no limit; 128 is what gateways accept in practice
 SHORT_SECRET_CHARS = 16  # below this an offline guess of a captured packet is realistic
@@ -59,6 +65,10 @@ MAX_NETWORKS = 64
 MAX_EXEMPT_USERS = 256
 MAX_REALMS = 32
 MAX_REPLY_ATTRIBUTES = 32
+MAX_CERT_FINGERPRINTS = 16
+#: Where a RadSec client may connect from when no address is given: anywhere (the
+#: certificate identifies it; give --address to restrict it as well).
+RADSEC_ANY_ADDRESS = ("0.0.0.0/0", "::/0")
 
 _HOSTNAME = re.compile(
     r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -323,6 +333,10 @@ class ClientSettings:
     number_matching: str = "policy"
     #: The directory (by name) whose password is the primary factor; only for primary ldap.
     directory: str | None = None
+    #: RadSec: the SHA-256 fingerprints (``SHA256:AB:...``) of the client certificates bound
+    #: to this client. Empty: UDP only. A RadSec client may have no secret (``""``): then it
+    #: speaks RadSec only.
+    radsec_fingerprints: tuple[str, ...] = ()
 
     def __repr__(self) -> str:  # keep secrets out of tracebacks and debug output
         return f"ClientSettings(mode={self.mode!r}, primary={self.primary!r}, ...)"
@@ -356,6 +370,7 @@ class ClientChanges:
     reply_attributes: Sequence[str] | None = None
     number_matching: str | None = None
     directory: str | None = None
+    radsec_fingerprints: Sequence[str] | None = None
 
     def __repr__(self) -> str:
         given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
@@ -391,11 +406,12 @@ def merge(current: ClientSettings | None, changes: ClientChanges) -> ClientSetti
     ``map`` drops the realm map. Giving them without that choice is an error.
     """
     if current is None:
-        if not changes.addresses:
+        radsec = bool(changes.radsec_fingerprints)
+        if not changes.addresses and not radsec:
             raise InvalidRadiusClient("a client needs at least one address (--address)")
-        if changes.secret is None:
+        if changes.secret is None and not radsec:
             raise InvalidRadiusClient("a client needs a shared secret (--secret-stdin)")
-        current = ClientSettings(addresses=(), secret="")
+        current = ClientSettings(addresses=RADSEC_ANY_ADDRESS if radsec else (), secret="")
     primary = _pick(changes.primary, current.primary)
     upstream: UpstreamSettings | None = None
     if primary == "radius":
@@ -458,6 +474,7 @@ def merge(current: ClientSettings | None, changes: ClientChanges) -> ClientSetti
         ),
         number_matching=_pick(changes.number_matching, current.number_matching),
         directory=directory,
+        radsec_fingerprints=tuple(_pick(changes.radsec_fingerprints, current.radsec_fingerprints)),
     )
 
 
@@ -467,6 +484,19 @@ def check_directory(name: str) -> str:
         return object_name(name, "directory")
     except InvalidName as exc:
         raise InvalidRadiusClient(f"directory {name!r}: {exc.detail}") from None
+
+
+def check_fingerprints(texts: Sequence[str]) -> tuple[str, ...]:
+    """SHA-256 certificate fingerprints, deduplicated, in the canonical ``SHA256:AB:...``."""
+    seen: dict[str, None] = {}
+    for text in texts:
+        try:
+            seen.setdefault(format_fingerprint(parse_fingerprint(text)), None)
+        except ValueError as exc:
+            raise InvalidRadiusClient(f"certificate fingerprint: {exc}") from None
+    if len(seen) > MAX_CERT_FINGERPRINTS:
+        raise InvalidRadiusClient(f"at most {MAX_CERT_FINGERPRINTS} certificate fingerprints")
+    return tuple(seen)
 
 
 def _networks(texts: Sequence[str], what: str, limit: int) -> tuple[str, ...]:
@@ -519,9 +549,15 @@ def normalise(settings: ClientSettings) -> ClientSettings:
     replies = tuple(parse_reply_attribute(f"{n}={v}") for n, v in settings.reply_attributes)
     if len(replies) > MAX_REPLY_ATTRIBUTES:
         raise InvalidRadiusClient(f"at most {MAX_REPLY_ATTRIBUTES} reply attributes")
+    radsec = check_fingerprints(settings.radsec_fingerprints)
+    if not settings.secret and not radsec:
+        raise InvalidRadiusClient(
+            "a client without a shared secret must be a RadSec client (--cert-fingerprint)"
+        )
     return ClientSettings(
         addresses=addresses,
-        secret=check_secret(settings.secret),
+        # RadSec uses the fixed secret "radsec" (RFC 6614): a secret is for UDP only.
+        secret=check_secret(settings.secret) if settings.secret or not radsec else "",
         mode=check_choice(settings.mode, MODES, "mode"),
         primary=primary,
         upstream=upstream,
@@ -538,6 +574,7 @@ def normalise(settings: ClientSettings) -> ClientSettings:
         reply_attributes=replies,
         number_matching=check_choice(settings.number_matching, NUMBER_MATCHING, "number-matching"),
         directory=directory,
+        radsec_fingerprints=radsec,
     )
 
 

@@ -89,6 +89,7 @@ class RadiusClientRecord:
     directory: str | None  # primary ldap: the directory whose passwords it checks
     created_at: datetime
     updated_at: datetime
+    radsec_fingerprints: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,11 +134,20 @@ def _record(row: Any, s: ClientSettings) -> RadiusClientRecord:
         directory=s.directory,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        radsec_fingerprints=s.radsec_fingerprints,
     )
 
 
 def _document_entry(name: str, s: ClientSettings) -> dict[str, Any]:
     """One CLIENT of the bridge contract (docs/radius-clients.md)."""
+    entry = _udp_entry(name, s)
+    entry["radsec_fingerprints"] = list(s.radsec_fingerprints)
+    if not s.secret:
+        entry["secret"] = None  # RadSec only: the bridge matches no datagram to it
+    return entry
+
+
+def _udp_entry(name: str, s: ClientSettings) -> dict[str, Any]:
     return {
         "name": name,
         "addresses": list(s.addresses),
@@ -242,6 +252,7 @@ class RadiusClientService:
             reply_attributes=tuple((n, v) for n, v in json.loads(row.reply_attributes)),
             number_matching=row.number_matching,
             directory=row.directory_name,
+            radsec_fingerprints=tuple(json.loads(row.radsec_fingerprints or "[]")),
         )
 
     async def _row(self, conn: AsyncConnection, name: str) -> Any:
@@ -430,6 +441,7 @@ class RadiusClientService:
             "password_separator": s.password_separator,
             "reply_attributes": json.dumps([list(p) for p in s.reply_attributes]),
             "number_matching": s.number_matching,
+            "radsec_fingerprints": json.dumps(list(s.radsec_fingerprints)),
         }
         if client_id is not None:
             values.update(self._sealed(client_id, s))
@@ -454,13 +466,30 @@ class RadiusClientService:
         specific one (longest prefix), as FreeRADIUS does.
         """
         mine = {parse_network(a): a for a in s.addresses}
+        certificates = set(s.radsec_fingerprints)
         rows = (
             await conn.execute(
-                select(radius_clients_t.c.id, radius_clients_t.c.name, radius_clients_t.c.addresses)
+                select(
+                    radius_clients_t.c.id,
+                    radius_clients_t.c.name,
+                    radius_clients_t.c.addresses,
+                    radius_clients_t.c.secret_enc,
+                    radius_clients_t.c.radsec_fingerprints,
+                )
             )
         ).all()
         for row in rows:
             if row.id == exclude_id:
+                continue
+            taken_certificates = certificates & set(json.loads(row.radsec_fingerprints or "[]"))
+            if taken_certificates:
+                raise Conflict(
+                    f"certificate {min(taken_certificates)} is already bound to the client "
+                    f"{row.name!r}; a RadSec certificate must identify one client"
+                )
+            # A RadSec-only client (no secret) is found by its certificate, never by the
+            # source address of a datagram: its addresses only restrict where it connects.
+            if not s.secret or not self._box.open(bytes(row.secret_enc), secret_purpose(row.id)):
                 continue
             for text in json.loads(row.addresses):
                 taken = parse_network(text)

@@ -226,6 +226,10 @@ class RadiusClient(SQLModel, table=True):
     number_matching: str = Field(
         default="policy", max_length=16, sa_column_kwargs={"server_default": "policy"}
     )
+    # RadSec: SHA-256 fingerprints of the client certificates bound to this client (JSON list).
+    radsec_fingerprints: str = Field(
+        default="[]", sa_column=Column(Text(), nullable=False, server_default="[]")
+    )
     # The directory whose password is the primary factor when primary_auth is "ldap".
     directory_id: int | None = Field(
         default=None, foreign_key="directories.id", ondelete="RESTRICT"

@@ -124,10 +124,24 @@ class BridgeCore:
         """Classify one datagram from ``source`` (the address tuple as the socket gives it,
         IPv4 or IPv6) at time ``now`` (the runner's monotonic clock)."""
         self._count("received")
-        host, port = source[0], source[1]
+        host = source[0]
         client = self.clients.match(host)
         if client is None:
             return self._drop("unknown-client", host, now, f"datagram from unknown client {host}")
+        return self.receive_for(client, datagram, source, now)
+
+    def receive_for(
+        self,
+        client: ClientConfig,
+        datagram: bytes,
+        source: tuple[str, int] | tuple[str, int, int, int],
+        now: float,
+    ) -> Received:
+        """:meth:`receive` for a packet whose client is already known: RadSec, where the
+        connection's certificate chose it (and ``client.secret`` is the fixed ``radsec``).
+        ``source`` is the connection's peer address, so each connection has its own
+        Identifier space for duplicates (RFC 6614 section 2.5)."""
+        host, port = source[0], source[1]
         try:
             packet = codec.decode_request(datagram)
         except codec.MalformedPacket as exc:

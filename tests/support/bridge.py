@@ -173,7 +173,12 @@ class RadiusLab:
     sending from a loopback address of the test's choosing.
     """
 
-    def __init__(self, home: Path, listen: tuple[str, ...] = ("127.0.0.1",)) -> None:
+    def __init__(
+        self,
+        home: Path,
+        listen: tuple[str, ...] = ("127.0.0.1",),
+        bridge_options: Mapping[str, Any] | None = None,
+    ) -> None:
         from backend.config import load_settings
         from tests.support.api import ApiHarness
         from tests.support.clock import FakeClock
@@ -185,6 +190,7 @@ class RadiusLab:
             FakeClock(),
         )
         self._listen = listen
+        self._bridge_options = dict(bridge_options or {})
         self._clients: set[str] = set()
         self._pyrad: list[Any] = []
         self.bridge: BridgeThread
@@ -196,7 +202,9 @@ class RadiusLab:
         self.api.__enter__()
         try:
             self.token = self.api.run(self.api.services.tokens.create(ADMIN, "lab", scope="bridge"))
-            self.bridge = BridgeThread(bridge_settings(self.api.url, self.token, self._listen))
+            self.bridge = BridgeThread(
+                bridge_settings(self.api.url, self.token, self._listen, **self._bridge_options)
+            )
             self.bridge.__enter__()
         except BaseException:
             self.api.__exit__(None, None, None)
@@ -218,14 +226,18 @@ class RadiusLab:
     def port(self) -> int:
         return self.bridge.port()
 
-    def client(self, name: str, addresses: Sequence[str], secret: str, **changes: Any) -> None:
+    def client(
+        self, name: str, addresses: Sequence[str] | None, secret: str | None, **changes: Any
+    ) -> None:
         """Add client ``name`` or change it to these settings; return once the bridge uses
         the resulting client list (bounded wait on its revision)."""
         from backend.domain.radius import ClientChanges
         from tests.support.api import ADMIN
 
         service = self.api.services.radius_clients
-        wanted = ClientChanges(addresses=list(addresses), secret=secret, **changes)
+        wanted = ClientChanges(
+            addresses=None if addresses is None else list(addresses), secret=secret, **changes
+        )
         if name in self._clients:
             self.api.run(service.update(ADMIN, name, wanted))
         else:

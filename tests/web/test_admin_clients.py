@@ -494,3 +494,35 @@ def test_unknown_client_is_404(web: WebHarness) -> None:
     page = admin.get("/admin/clients").text
     response = admin.post("/admin/clients/nope/test", data={"csrf_token": csrf_from(page)})
     assert response.status_code == 404
+
+
+# -- RadSec ---------------------------------------------------------------------------------------
+
+
+def test_a_radsec_client_shows_its_certificates_and_keeps_them_on_edit(web: WebHarness) -> None:
+    from backend.domain.radius import ClientChanges
+
+    fingerprint = "SHA256:" + ":".join(["4E"] * 32)
+    web.run(
+        web.services.radius_clients.add(
+            ADMIN, "branch1", ClientChanges(radsec_fingerprints=[fingerprint])
+        )
+    )
+    admin = web.admin_browser()
+    assert "RadSec" in admin.get("/admin/clients").text
+    page = admin.get("/admin/clients/branch1/edit").text
+    assert fingerprint in page
+    assert "RadSec only" in page
+    # The form knows nothing of certificates: changing the mode there keeps them.
+    response = edit(
+        admin,
+        "branch1",
+        secret_choice="keep",
+        addresses="0.0.0.0/0\r\n::/0",
+        mode="challenge",
+    )
+    assert response.status_code == 303, response.text
+    record = web.run(web.services.radius_clients.get("branch1"))
+    assert record.mode == "challenge"
+    assert record.radsec_fingerprints == (fingerprint,)
+    assert record.secret_bytes == 0
