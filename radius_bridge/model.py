@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Literal, get_args
 
+from radius_vocabulary.audit import BridgeAuditAction
 from radius_vocabulary.dictionary import Attribute
 from radius_vocabulary.settings import (
     DEFAULT_PROMPT,
@@ -222,15 +223,7 @@ class CancelAuthentication:
 class Audit:
     """A decision the backend must record because the bridge made it alone."""
 
-    action: Literal[
-        "radius.exempt_user",
-        "radius.exempt_network",
-        "radius.unenrolled_allowed",
-        "radius.failsafe_accept",
-        "radius.invalid_attribute",
-        "radius.relay_refused",
-        "radius.radsec_refused",
-    ]
+    action: BridgeAuditAction
     user: str
     detail: str
 

@@ -36,6 +36,7 @@ from backend.store import migrations
 from backend.store.tables import api_tokens_t, audit_t, meta_t, metadata, radius_clients_t
 from radius_bridge.clients import parse_clients
 from radius_bridge.model import Upstream
+from radius_vocabulary.audit import BRIDGE_AUDIT_ACTIONS
 from radius_vocabulary.settings import (
     DEFAULT_PROMPT,
     FAILMODES,
@@ -313,7 +314,7 @@ def test_api_schemas_agree_with_the_rules() -> None:
     def literal(model: type[Any], field: str) -> tuple[str, ...]:
         return typing.get_args(model.model_fields[field].annotation)
 
-    assert literal(schemas.BridgeAuditRequest, "action") == radius.BRIDGE_AUDIT_ACTIONS
+    assert literal(schemas.BridgeAuditRequest, "action") == BRIDGE_AUDIT_ACTIONS
     assert literal(schemas.RadiusClient, "mode") == MODES
     assert literal(schemas.RadiusClient, "primary") == PRIMARIES
     assert literal(schemas.RadiusClient, "failmode") == FAILMODES

@@ -38,23 +38,6 @@ from radius_vocabulary.settings import (
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-#: What a bridge may record through ``POST /gateway/v1/audit``: decisions it takes alone.
-BRIDGE_AUDIT_ACTIONS = (
-    "radius.exempt_user",
-    "radius.exempt_network",
-    "radius.unenrolled_allowed",
-    "radius.failsafe_accept",
-    "radius.invalid_attribute",
-    "radius.relay_refused",
-    "radius.radsec_refused",
-)
-#: Of those, the refusals (the rest record a sign-in the bridge let through).
-BRIDGE_AUDIT_REFUSALS = (
-    "radius.invalid_attribute",
-    "radius.relay_refused",
-    "radius.radsec_refused",
-)
-
 MAX_SECRET_BYTES = 128  # RFC 2865 puts no limit; 128 is what gateways accept in practice
 SHORT_SECRET_CHARS = 16  # below this an offline guess of a captured packet is realistic
 UPSTREAM_TIMEOUT = (1.0, 60.0)
