@@ -104,7 +104,8 @@ class BridgeMetrics:
         self.radsec_connections = Counter(
             "openmfa_radius_radsec_connections",
             "RadSec (RADIUS over TLS) connection events: accepted, refused (handshake failed "
-            "or certificate bound to no client), over-limit, bad-length, idle-closed, closed",
+            "or certificate bound to no client), over-limit, bad-length, idle-closed, unbound, "
+            "closed",
             ["event"],
             registry=r,
         )

@@ -103,6 +103,9 @@ def server_context(cert_file: Path, key_file: Path, client_ca_file: Path) -> ssl
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError):
         return str(exc.reason or exc.strerror or "TLS error").lower().replace("_", " ")
+    if isinstance(exc, TimeoutError) or "longer than" in str(exc):
+        # asyncio and uvloop abort a slow handshake with ConnectionAbortedError
+        return "timeout: no handshake within the handshake timeout"
     return type(exc).__name__
 
 
@@ -126,6 +129,7 @@ class RadsecConnection(asyncio.Protocol):
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
         self.client: ClientConfig | None = None
+        self.digest = b""  # the peer certificate's SHA-256, once the handshake is done
         self.peer = peer
         self.in_flight = 0
         self._queue: deque[bytes] = deque()
@@ -148,6 +152,7 @@ class RadsecConnection(asyncio.Protocol):
             server.handler.radsec_refused(self.peer, "no client certificate")
             return
         digest = certificate_fingerprint(der)
+        self.digest = digest
         client = server.handler.radsec_client(digest, self.peer, _subject(ssl_object.getpeercert()))
         if client is None:
             self.transport.abort()  # before reading any packet
@@ -325,8 +330,7 @@ class RadsecServer:
         except (ssl.SSLError, OSError, TimeoutError) as exc:
             self.slots -= 1
             conn.close()
-            why = "timeout" if isinstance(exc, TimeoutError) else _reason(exc)
-            self.handler.radsec_refused(peer, why)
+            self.handler.radsec_refused(peer, _reason(exc))
 
     @property
     def bound(self) -> ListenAddress:

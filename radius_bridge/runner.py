@@ -786,6 +786,7 @@ class Bridge:
 
     def _install(self, loaded: ClientList) -> None:
         self.core.clients = loaded.table
+        self._rebind_radsec(loaded.table)
         self.revision = loaded.revision
         self.metrics.clients.set(len(loaded.clients))
         if loaded.errors != self.client_errors:
@@ -806,6 +807,34 @@ class Bridge:
             extra={"clients": len(loaded.clients), "revision": loaded.revision},
         )
         self.table_loaded.set()
+
+    def _rebind_radsec(self, table: ClientTable) -> None:
+        """A new client list: each RadSec connection takes its client's new settings, or is
+        closed when its certificate is no longer bound to that client (removed, unbound,
+        moved to another client) or its address left the client's networks. Requests in
+        progress on a closed connection finish, but their answers are not sent."""
+        for server in self.radsec:
+            for connection in list(server.connections):
+                current = connection.client
+                if current is None:
+                    continue
+                client = table.by_certificate(connection.digest)
+                if (
+                    client is None
+                    or client.name != current.name
+                    or not _address_allowed(client, connection.peer[0])
+                ):
+                    log.warning(
+                        "closing the RadSec connection of client %s from %s: its certificate "
+                        "is no longer bound to it",
+                        current.name,
+                        connection.peer[0],
+                        extra={"client": current.name, "peer": connection.peer[0]},
+                    )
+                    self.metrics.radsec_connections.labels("unbound").inc()
+                    connection.close()
+                else:
+                    connection.client = dataclasses.replace(client, secret=RADSEC_SECRET)
 
     async def _refresh_loop(self) -> None:
         while True:

@@ -316,6 +316,31 @@ def test_a_held_push_is_answered_on_its_connection(
         assert answer_of(held, gateway.receive()).code == pyrad_packet.AccessAccept
 
 
+def test_unbinding_a_certificate_closes_its_open_connection(
+    lab: RadiusLab, pki: Pki, request: pytest.FixtureRequest
+) -> None:
+    """Removing a client (or its certificate) must not leave an established connection
+    serving it with the settings it had."""
+    from tests.support.api import ADMIN
+
+    name = name_of(request)
+    certificate = pki.gateway()
+    radsec_client(lab, name, certificate)
+    status = pyrad_packet.AuthPacket(
+        code=pyrad_packet.StatusServer, id=9, secret=b"radsec", dict=pyrad_dictionary()
+    )
+    status.add_message_authenticator()
+    with RadsecSocket(radsec_port(lab), pki.ca, certificate) as gateway:
+        gateway.send(status.RequestPacket())
+        assert answer_of(status, gateway.receive()).id == 9
+        service = lab.api.services.radius_clients
+        lab.api.run(service.remove(ADMIN, name))
+        revision = lab.api.run(service.revision())
+        wait_for(lambda: lab.bridge.revision == revision, 10, "the bridge to drop the client")
+        assert gateway.closed_by_peer()
+    lab._clients.discard(name)
+
+
 def test_a_certificate_bound_to_no_client_is_closed_unread_and_audited(
     lab: RadiusLab, pki: Pki
 ) -> None:
@@ -449,3 +474,17 @@ def test_openmfa_run_binds_radsec_beside_udp(tmp_path: Path, pki: Pki) -> None:
     with pytest.raises(ConfigurationError, match="RadSec certificate"):
         _Radius(broken)
     _Radius(settings).close_sockets()  # the UDP port was released
+
+
+def test_a_stalled_handshake_is_dropped_after_the_handshake_timeout(lab: RadiusLab) -> None:
+    """A peer that connects and never says hello holds a slot for the handshake timeout
+    (5 s in this lab), not for ever; the refusal is counted and audited."""
+    refused = metric(lab, "refused")
+    with socket.create_connection(("127.0.0.1", radsec_port(lab)), timeout=30) as raw:
+        assert raw.recv(1) == b""  # closed by the bridge
+    assert metric(lab, "refused") == refused + 1
+    wait_for(
+        lambda: any("timeout" in row.detail for row in refusals(lab)),
+        10,
+        "the stalled handshake to be audited",
+    )
