@@ -29,11 +29,12 @@ sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _B
 sys.path.insert(0, str(_BENCH.parent))
 
 from radius_bridge.clients import ClientTable  # noqa: E402 - after the sys.path fix
-from radius_bridge.model import Attribute, Checked, ClientConfig  # noqa: E402 - after the sys.path fix
+from radius_bridge.model import Checked, ClientConfig  # noqa: E402 - after the sys.path fix
 from radius_bridge.protocol import packet as codec  # noqa: E402 - after the sys.path fix
 from radius_bridge.protocol.core import Begin, BridgeCore  # noqa: E402 - after the sys.path fix
-from radius_bridge.protocol.dictionary import (  # noqa: E402 - after the sys.path fix
+from radius_vocabulary.dictionary import (  # noqa: E402 - after the sys.path fix
     DICTIONARY_FILE,
+    Attribute,
     default_dictionary,
 )
 

@@ -46,7 +46,6 @@ import httpx
 from radius_bridge.cache import CachedDocument
 from radius_bridge.http11 import LeanTransport
 from radius_bridge.model import (
-    MAX_CODE_CHARS,
     REFUSED_KINDS,
     Audit,
     CancelAuthentication,
@@ -65,6 +64,7 @@ from radius_bridge.model import (
     VerifyPassword,
     WaitOutcome,
 )
+from radius_vocabulary.settings import MAX_CODE_CHARS
 
 log = logging.getLogger("openmfa.radius.backend")
 

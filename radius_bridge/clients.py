@@ -16,28 +16,23 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, cast, get_args
 
-from radius_bridge.certs import DIGEST_SIZE, parse_fingerprint
-from radius_bridge.model import (
+from radius_bridge.model import Address, ClientConfig, NameRule, Network, Upstream
+from radius_bridge.names import normalise
+from radius_vocabulary.certs import DIGEST_SIZE, parse_fingerprint
+from radius_vocabulary.dictionary import Attribute, Dictionary, default_dictionary
+from radius_vocabulary.settings import (
     DEFAULT_PROMPT,
-    Address,
-    Attribute,
-    ClientConfig,
+    DEFAULT_PUSH_TIMEOUT,
+    MAX_PROMPT_BYTES,
+    PUSH_TIMEOUT,
     FailMode,
     Mode,
     NameFormat,
-    NameRule,
-    Network,
     NumberMatching,
     Primary,
     Unenrolled,
-    Upstream,
 )
-from radius_bridge.names import normalise
-from radius_bridge.protocol.dictionary import Dictionary, default_dictionary
-from radius_bridge.protocol.flow import MAX_REPLY_MESSAGE
 
-MIN_PUSH_TIMEOUT: Final = 5.0
-MAX_PUSH_TIMEOUT: Final = 600.0
 MAX_UPSTREAM_TIMEOUT: Final = 120.0
 _MAPPED_V4 = ipaddress.IPv6Network("::ffff:0:0/96")
 
@@ -143,10 +138,10 @@ def parse_client(entry: object, *, dictionary: Dictionary | None = None) -> Clie
     require_ma = _flag(fields, "require_message_authenticator", True)
     failmode = cast(FailMode, _choice(fields, "failmode", get_args(FailMode), "secure"))
     unenrolled = cast(Unenrolled, _choice(fields, "unenrolled", get_args(Unenrolled), "reject"))
-    push_timeout = _number(fields, "push_timeout", 55.0, MIN_PUSH_TIMEOUT, MAX_PUSH_TIMEOUT)
+    push_timeout = _number(fields, "push_timeout", DEFAULT_PUSH_TIMEOUT, *PUSH_TIMEOUT)
     prompt = _text(fields, "prompt", default=DEFAULT_PROMPT)
-    if len(prompt.encode("utf-8")) > MAX_REPLY_MESSAGE:
-        raise ClientError(f"prompt: longer than {MAX_REPLY_MESSAGE} bytes in UTF-8")
+    if len(prompt.encode("utf-8")) > MAX_PROMPT_BYTES:
+        raise ClientError(f"prompt: longer than {MAX_PROMPT_BYTES} bytes in UTF-8")
     rule = _name_rule(fields.get("user_names"))
     exempt_users = frozenset(
         normalise(user, rule).lower() for user in _text_list(fields, "exempt_users")

@@ -1,4 +1,5 @@
-"""The bridge's vocabulary: RADIUS client settings, and the effects, results and decisions
+"""The bridge's vocabulary: RADIUS client settings (their choices and limits, shared with the
+backend, are :mod:`radius_vocabulary.settings`'s), and the effects, results and decisions
 that pass between the sans-IO flow (:mod:`radius_bridge.protocol.flow`) and the asyncio
 layer that carries them out.
 
@@ -14,20 +15,21 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Literal, get_args
 
+from radius_vocabulary.audit import BridgeAuditAction
+from radius_vocabulary.dictionary import Attribute
+from radius_vocabulary.settings import (
+    DEFAULT_PROMPT,
+    FailMode,
+    Mode,
+    NameFormat,
+    NumberMatching,
+    Primary,
+    Unenrolled,
+)
+
 Network = IPv4Network | IPv6Network
 Address = IPv4Address | IPv6Address
-Mode = Literal["push", "challenge", "otp"]
-Primary = Literal["none", "local", "radius", "ldap"]
-FailMode = Literal["secure", "safe"]
-Unenrolled = Literal["reject", "allow"]
-NameFormat = Literal["strip", "keep", "map"]
-NumberMatching = Literal["policy", "on", "off"]
 RelayKind = Literal["eap", "mschapv2", "mschapv1", "chap"]
-
-DEFAULT_PROMPT = "Approve the sign-in on your phone, or type the code from the app"
-#: The longest code the gateway API takes: a longer challenge answer is not sent as a code,
-#: and the backend client refuses longer input itself.
-MAX_CODE_CHARS = 16
 
 
 # -- per-client settings (fetched from the backend, or read from a file) ----------------------
@@ -94,14 +96,6 @@ class ClientConfig:
 
 
 # -- what the flow sees of an Access-Request ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Attribute:
-    """One reply attribute by dictionary name, value as the dictionary types it."""
-
-    name: str
-    value: str | int | bytes
 
 
 @dataclass(frozen=True)
@@ -229,15 +223,7 @@ class CancelAuthentication:
 class Audit:
     """A decision the backend must record because the bridge made it alone."""
 
-    action: Literal[
-        "radius.exempt_user",
-        "radius.exempt_network",
-        "radius.unenrolled_allowed",
-        "radius.failsafe_accept",
-        "radius.invalid_attribute",
-        "radius.relay_refused",
-        "radius.radsec_refused",
-    ]
+    action: BridgeAuditAction
     user: str
     detail: str
 

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, cast
 
-from radius_bridge.certs import certificate_fingerprint, format_fingerprint
 from radius_bridge.config import ListenAddress
 from radius_bridge.model import ClientConfig
 from radius_bridge.protocol.stream import FramingError, StreamFramer
+from radius_vocabulary.certs import certificate_fingerprint, format_fingerprint
 
 log = logging.getLogger("openmfa.radius")
 

@@ -34,8 +34,8 @@ from typing import cast
 from radius_bridge.model import RelayAnswer, Unavailable, Upstream, UpstreamAnswer
 from radius_bridge.protocol import packet as codec
 from radius_bridge.protocol import relay
-from radius_bridge.protocol.dictionary import Dictionary, default_dictionary
 from radius_bridge.protocol.salt import SaltError
+from radius_vocabulary.dictionary import Dictionary, default_dictionary
 
 log = logging.getLogger("openmfa.radius.upstream")
 

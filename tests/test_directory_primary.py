@@ -21,6 +21,7 @@ from backend.services import Services
 from backend.services.context import Actor
 from backend.store.tables import radius_clients_t, users_t
 from radius_bridge.clients import parse_clients
+from radius_vocabulary.settings import PRIMARIES
 from tests.support.clock import FakeClock
 from tests.support.directory_binds import (
     FakeDirectories,
@@ -70,7 +71,7 @@ def test_switching_away_from_ldap_drops_the_directory() -> None:
     local = normalise(merge(current, ClientChanges(primary="local")))
     assert (local.primary, local.directory) == ("local", None)
     assert radius.changed_settings(current, local) == ["primary", "directory"]
-    assert "ldap" in radius.PRIMARIES
+    assert "ldap" in PRIMARIES
 
 
 # -- a fake directory --------------------------------------------------------------------------

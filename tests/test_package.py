@@ -76,7 +76,7 @@ def test_both_artefacts_carry_the_migrations(artefacts: dict[str, Path]) -> None
         assert f"backend/migrations/{name}" in names
     # Every file of the packages, not only modules: a template or data file added later
     # without its package-data pattern would otherwise be missing from installs alone.
-    for package in ("backend", "webportal", "radius_bridge"):
+    for package in ("backend", "webportal", "radius_bridge", "radius_vocabulary"):
         for path in (ROOT / package).rglob("*"):
             if path.is_file() and "__pycache__" not in path.parts:
                 assert path.relative_to(ROOT).as_posix() in names, path

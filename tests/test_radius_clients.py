@@ -35,7 +35,16 @@ from backend.services.radius_clients import REVISION_KEY
 from backend.store import migrations
 from backend.store.tables import api_tokens_t, audit_t, meta_t, metadata, radius_clients_t
 from radius_bridge.clients import parse_clients
-from radius_bridge.model import DEFAULT_PROMPT, Upstream
+from radius_bridge.model import Upstream
+from radius_vocabulary.audit import BRIDGE_AUDIT_ACTIONS
+from radius_vocabulary.settings import (
+    DEFAULT_PROMPT,
+    FAILMODES,
+    MODES,
+    NAME_FORMATS,
+    PRIMARIES,
+    UNENROLLED,
+)
 from tests.support.clock import FakeClock
 
 ADMIN = Actor("test:admin")
@@ -305,12 +314,12 @@ def test_api_schemas_agree_with_the_rules() -> None:
     def literal(model: type[Any], field: str) -> tuple[str, ...]:
         return typing.get_args(model.model_fields[field].annotation)
 
-    assert literal(schemas.BridgeAuditRequest, "action") == radius.BRIDGE_AUDIT_ACTIONS
-    assert literal(schemas.RadiusClient, "mode") == radius.MODES
-    assert literal(schemas.RadiusClient, "primary") == radius.PRIMARIES
-    assert literal(schemas.RadiusClient, "failmode") == radius.FAILMODES
-    assert literal(schemas.RadiusClient, "unenrolled") == radius.UNENROLLED
-    assert literal(schemas.RadiusUserNames, "format") == radius.NAME_FORMATS
+    assert literal(schemas.BridgeAuditRequest, "action") == BRIDGE_AUDIT_ACTIONS
+    assert literal(schemas.RadiusClient, "mode") == MODES
+    assert literal(schemas.RadiusClient, "primary") == PRIMARIES
+    assert literal(schemas.RadiusClient, "failmode") == FAILMODES
+    assert literal(schemas.RadiusClient, "unenrolled") == UNENROLLED
+    assert literal(schemas.RadiusUserNames, "format") == NAME_FORMATS
 
 
 # -- the service, on SQLite and PostgreSQL --------------------------------------------------------

@@ -17,8 +17,9 @@ from radius_bridge.clients import (
     parse_clients,
     parse_clients_json,
 )
-from radius_bridge.model import DEFAULT_PROMPT, ClientConfig, NameRule, Upstream
+from radius_bridge.model import ClientConfig, NameRule, Upstream
 from radius_bridge.names import normalise, split_name
+from radius_vocabulary.settings import DEFAULT_PROMPT
 
 FULL: dict[str, Any] = {
     "name": "asa1",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from radius_bridge.certs import format_fingerprint, parse_fingerprint
 from radius_bridge.clients import parse_clients
+from radius_vocabulary.certs import format_fingerprint, parse_fingerprint
 from tests.support.process import Cli
 
 ENV = {"OPENMFA_LOG_FORMAT": "json", "OPENMFA_RADIUS_PORT": "0"}

@@ -13,7 +13,6 @@ import pytest
 from radius_bridge.model import (
     Accept,
     AccessRequest,
-    Attribute,
     Audit,
     CancelAuthentication,
     Challenge,
@@ -50,6 +49,7 @@ from radius_bridge.protocol.flow import (
 )
 from radius_bridge.protocol.pending import PendingPushes, SignIn
 from radius_bridge.protocol.state import StateTable
+from radius_vocabulary.dictionary import Attribute
 
 T0 = 1000.0
 

@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from radius_bridge.model import (
     Accept,
-    Attribute,
     Audit,
     Challenge,
     ChallengeRound,
@@ -38,6 +37,7 @@ from radius_bridge.model import (
 from radius_bridge.protocol.flow import FlowLimits
 from radius_bridge.protocol.pending import PendingPushes, SignIn
 from radius_bridge.protocol.state import new_state
+from radius_vocabulary.dictionary import Attribute
 from tests.test_radius_flow import Env, make_client, make_request
 
 PASSWORD_TEXT = "Sup3r-s3cret"

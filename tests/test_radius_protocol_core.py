@@ -14,7 +14,6 @@ from radius_bridge.clients import ClientTable
 from radius_bridge.model import (
     Accept,
     AccessRequest,
-    Attribute,
     Audit,
     Challenge,
     ChallengeRound,
@@ -29,7 +28,7 @@ from radius_bridge.model import (
 from radius_bridge.protocol import packet as codec
 from radius_bridge.protocol.core import ABSORBED, Begin, BridgeCore, Drop, Send
 from radius_bridge.protocol.dedup import DuplicateCache
-from radius_bridge.protocol.dictionary import DICTIONARY_FILE
+from radius_vocabulary.dictionary import DICTIONARY_FILE, Attribute
 
 SECRET = b"gateway shared secret"
 SOURCE = ("10.0.0.7", 51812)

@@ -7,10 +7,10 @@ import pytest
 from pyrad import packet as pyrad_packet
 from pyrad.dictionary import Dictionary as PyradDictionary
 
-from radius_bridge.model import Attribute
 from radius_bridge.protocol import packet as codec
-from radius_bridge.protocol.dictionary import (
+from radius_vocabulary.dictionary import (
     DICTIONARY_FILE,
+    Attribute,
     AttributeDef,
     Dictionary,
     DictionaryError,

@@ -13,10 +13,9 @@ from hypothesis import strategies as st
 from pyrad import packet as pyrad_packet
 from pyrad.dictionary import Dictionary as PyradDictionary
 
-from radius_bridge.model import Attribute
 from radius_bridge.protocol import packet as codec
-from radius_bridge.protocol.dictionary import default_dictionary
 from radius_bridge.protocol.packet import MalformedPacket
+from radius_vocabulary.dictionary import Attribute, default_dictionary
 
 # RFC 2865 section 7.1: "nemo" / "arctangent", secret "xyzzy5461".
 RFC2865_SECRET = b"xyzzy5461"
@@ -38,10 +37,9 @@ SECRET = b"a shared secret of decent length"
 
 @pytest.fixture(scope="module")
 def pyrad_dict() -> PyradDictionary:
-    from radius_bridge.protocol import dictionary
+    from radius_vocabulary.dictionary import DICTIONARY_FILE
 
-    path = dictionary.__file__.replace("protocol/dictionary.py", "dictionary")
-    return PyradDictionary(path)
+    return PyradDictionary(str(DICTIONARY_FILE))
 
 
 def attrs(*pairs: tuple[int, bytes]) -> bytes:
@@ -523,7 +521,7 @@ def test_verify_without_message_authenticator_is_false() -> None:
 
 
 def test_upstream_answer_with_a_dictionary_lacking_or_hiding_attributes() -> None:
-    from radius_bridge.protocol.dictionary import Dictionary
+    from radius_vocabulary.dictionary import Dictionary
 
     sparse = Dictionary.parse(
         "ATTRIBUTE Class 25 octets\nATTRIBUTE Filter-Id 11 string encrypt=1\n"

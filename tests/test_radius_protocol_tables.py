@@ -7,11 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from radius_bridge.model import Attribute, ChallengeRound
+from radius_bridge.model import ChallengeRound
 from radius_bridge.protocol.dedup import IN_PROGRESS, DuplicateCache
 from radius_bridge.protocol.pending import PendingPushes
 from radius_bridge.protocol.shares import GroupIndex, HeldShares
 from radius_bridge.protocol.state import STATE_BYTES, StateTable, new_state
+from radius_vocabulary.dictionary import Attribute
 
 KEY = ("10.0.0.1", 40000, 7, b"A" * 16)
 

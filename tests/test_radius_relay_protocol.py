@@ -43,7 +43,7 @@ from radius_bridge.model import (
 from radius_bridge.protocol import packet as codec
 from radius_bridge.protocol import relay, salt
 from radius_bridge.protocol.core import Begin, BridgeCore
-from radius_bridge.protocol.dictionary import DICTIONARY_FILE, default_dictionary
+from radius_vocabulary.dictionary import DICTIONARY_FILE, default_dictionary
 
 SECRET = b"gateway-secret"
 UPSTREAM_SECRET = b"upstream-secret"

@@ -16,6 +16,16 @@ from backend.cli.admin import read_secret
 from backend.cli.output import as_json, clean, table, when
 from backend.domain import radius
 from backend.errors import BadRequest
+from radius_vocabulary.settings import (
+    DEFAULT_PUSH_TIMEOUT,
+    FAILMODES,
+    MODES,
+    NAME_FORMATS,
+    NUMBER_MATCHING,
+    PRIMARIES,
+    PUSH_TIMEOUT,
+    UNENROLLED,
+)
 
 if TYPE_CHECKING:  # loaded when a command runs, not for ``--help``
     from backend.services import Services
@@ -127,14 +137,14 @@ def _setting_options(cmd: argparse.ArgumentParser, new: bool) -> None:
     )
     cmd.add_argument(
         "--mode",
-        choices=radius.MODES,
+        choices=MODES,
         help="push: hold the request until the phone answers; challenge: ask "
         "'approve or type the code'; otp: always ask for the code"
         + (" (default push)" if new else keep),
     )
     cmd.add_argument(
         "--primary",
-        choices=radius.PRIMARIES,
+        choices=PRIMARIES,
         help="who checks the password: none (the gateway did), local (OpenMFA), radius "
         "(an upstream server), ldap (a bind to --directory)" + (" (default none)" if new else keep),
     )
@@ -170,13 +180,13 @@ def _setting_options(cmd: argparse.ArgumentParser, new: bool) -> None:
     )
     cmd.add_argument(
         "--failmode",
-        choices=radius.FAILMODES,
+        choices=FAILMODES,
         help="backend unreachable: secure rejects, safe accepts on the primary "
         "authentication alone" + (" (default secure)" if new else keep),
     )
     cmd.add_argument(
         "--unenrolled",
-        choices=radius.UNENROLLED,
+        choices=UNENROLLED,
         help="users with no device or token: reject, or allow in on the primary "
         "authentication" + (" (default reject)" if new else keep),
     )
@@ -184,15 +194,15 @@ def _setting_options(cmd: argparse.ArgumentParser, new: bool) -> None:
         "--push-timeout",
         type=float,
         metavar="S",
-        help=f"seconds to wait for the phone, {radius.PUSH_TIMEOUT[0]:g}-"
-        f"{radius.PUSH_TIMEOUT[1]:g} (default {radius.DEFAULT_PUSH_TIMEOUT:g}); keep it "
+        help=f"seconds to wait for the phone, {PUSH_TIMEOUT[0]:g}-"
+        f"{PUSH_TIMEOUT[1]:g} (default {DEFAULT_PUSH_TIMEOUT:g}); keep it "
         "below the gateway's own RADIUS timeout",
     )
     cmd.add_argument("--prompt", metavar="TEXT", help="Reply-Message of a challenge (<= 253 bytes)")
     cmd.add_argument(
         "--user-names",
         dest="name_format",
-        choices=radius.NAME_FORMATS,
+        choices=NAME_FORMATS,
         help="CONTOSO\\alice and alice@contoso.com: strip the domain, keep the name as sent, "
         "or map realms with --realm-map" + (" (default strip)" if new else keep),
     )
@@ -226,7 +236,7 @@ def _setting_options(cmd: argparse.ArgumentParser, new: bool) -> None:
     )
     cmd.add_argument(
         "--number-matching",
-        choices=radius.NUMBER_MATCHING,
+        choices=NUMBER_MATCHING,
         help="number matching for this gateway: policy (the user's policy decides), on, or off "
         "(e.g. RD Gateway in push mode, which cannot show the number)"
         + (" (default policy)" if new else keep),

@@ -5,7 +5,9 @@ changes a client, so that the clients document the bridges fetch never holds a v
 would have to second-guess. :func:`merge` applies a partial change to the current settings
 (with the rules for settings that only make sense together), :func:`normalise` checks the
 result as a whole and returns it in canonical form. No I/O, except that reply attributes are
-checked against the bridge's own RADIUS dictionary, a package file read once.
+checked against the RADIUS dictionary the bridge encodes them with (radius_vocabulary's,
+a package file read once). The choices and limits the bridge also enforces are
+:mod:`radius_vocabulary.settings`'s: one list for both.
 """
 
 from __future__ import annotations
@@ -15,56 +17,30 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import TypeVar, get_args
+from typing import TypeVar
 
 from backend.domain.names import object_name, user_key
 from backend.errors import InvalidName, InvalidRadiusClient
-from radius_bridge.certs import format_fingerprint, parse_fingerprint
-from radius_bridge.model import (
+from radius_vocabulary.certs import format_fingerprint, parse_fingerprint
+from radius_vocabulary.dictionary import Attribute, default_dictionary
+from radius_vocabulary.settings import (
     DEFAULT_PROMPT,
-    Attribute,
-    FailMode,
-    Mode,
-    NameFormat,
-    NumberMatching,
-    Primary,
-    Unenrolled,
+    DEFAULT_PUSH_TIMEOUT,
+    FAILMODES,
+    MAX_PROMPT_BYTES,
+    MODES,
+    NAME_FORMATS,
+    NUMBER_MATCHING,
+    PRIMARIES,
+    PUSH_TIMEOUT,
+    UNENROLLED,
 )
-from radius_bridge.protocol.dictionary import default_dictionary
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# The choices are the bridge's own (it reads what is stored here): one list for both.
-MODES: tuple[str, ...] = get_args(Mode)
-PRIMARIES: tuple[str, ...] = get_args(Primary)
-FAILMODES: tuple[str, ...] = get_args(FailMode)
-UNENROLLED: tuple[str, ...] = get_args(Unenrolled)
-NAME_FORMATS: tuple[str, ...] = get_args(NameFormat)
-#: Number matching per client: the user's policy decides, or this gateway forces it on / off.
-NUMBER_MATCHING: tuple[str, ...] = get_args(NumberMatching)
-#: What a bridge may record through ``POST /gateway/v1/audit``: decisions it takes alone.
-BRIDGE_AUDIT_ACTIONS = (
-    "radius.exempt_user",
-    "radius.exempt_network",
-    "radius.unenrolled_allowed",
-    "radius.failsafe_accept",
-    "radius.invalid_attribute",
-    "radius.relay_refused",
-    "radius.radsec_refused",
-)
-#: Of those, the refusals (the rest record a sign-in the bridge let through).
-BRIDGE_AUDIT_REFUSALS = (
-    "radius.invalid_attribute",
-    "radius.relay_refused",
-    "radius.radsec_refused",
-)
-
 MAX_SECRET_BYTES = 128  # RFC 2865 puts no limit; 128 is what gateways accept in practice
 SHORT_SECRET_CHARS = 16  # below this an offline guess of a captured packet is realistic
-MAX_PROMPT_BYTES = 253  # one Reply-Message attribute
-PUSH_TIMEOUT = (5.0, 600.0)
 UPSTREAM_TIMEOUT = (1.0, 60.0)
-DEFAULT_PUSH_TIMEOUT = 55.0
 DEFAULT_UPSTREAM_PORT = 1812
 DEFAULT_UPSTREAM_TIMEOUT = 10.0
 DEFAULT_SEPARATOR = ","
@@ -107,7 +83,7 @@ RESERVED_ATTRIBUTES = frozenset(
 def parse_reply_attribute(text: str) -> tuple[str, str]:
     """``Name=value`` (``Name:tag=value`` for tagged attributes) -> ``(name, value)``.
 
-    The name is looked up in the bridge's own RADIUS dictionary (``radius_bridge/dictionary``,
+    The name is looked up in the RADIUS dictionary (``radius_vocabulary/dictionary``,
     read once), which is what will encode it: a name or value the bridge could not send is
     refused here, when the operator types it, not at a user's sign-in. The name comes back
     spelled as the dictionary spells it; the value as given.

@@ -23,8 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from backend.crypto import SecretBox
 from backend.domain.names import object_name
 from backend.domain.radius import (
-    BRIDGE_AUDIT_ACTIONS,
-    BRIDGE_AUDIT_REFUSALS,
     ClientChanges,
     ClientSettings,
     UpstreamSettings,
@@ -39,6 +37,7 @@ from backend.services.audit import AuditLog
 from backend.services.context import Actor, Clock
 from backend.store.database import Database
 from backend.store.tables import directories_t, meta_t, radius_clients_t
+from radius_vocabulary.audit import BRIDGE_AUDIT_ACTIONS, BRIDGE_AUDIT_REFUSALS
 
 REVISION_KEY = "radius_clients_revision"
 

@@ -25,21 +25,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from radius_bridge.clients import ClientTable
-from radius_bridge.model import (
-    Accept,
-    AccessRequest,
-    Challenge,
-    ClientConfig,
-    Decision,
-    Reject,
-)
+from radius_bridge.model import Accept, AccessRequest, Challenge, ClientConfig, Decision, Reject
 from radius_bridge.names import has_control, normalise
 from radius_bridge.protocol import dedup, relay, relay_flow
 from radius_bridge.protocol import packet as codec
-from radius_bridge.protocol.dictionary import Dictionary, default_dictionary
 from radius_bridge.protocol.flow import Flow, FlowLimits, authenticate, truncate_message
 from radius_bridge.protocol.pending import PendingPushes
 from radius_bridge.protocol.state import StateTable
+from radius_vocabulary.dictionary import Dictionary, default_dictionary
 
 #: Drop reasons (the keys of :attr:`BridgeCore.drops`).
 DROP_REASONS: Final = (

@@ -65,11 +65,8 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from radius_bridge.model import (
-    DEFAULT_PROMPT,
-    MAX_CODE_CHARS,
     Accept,
     AccessRequest,
-    Attribute,
     Audit,
     CancelAuthentication,
     Challenge,
@@ -94,6 +91,8 @@ from radius_bridge.model import (
 from radius_bridge.names import printable
 from radius_bridge.protocol.pending import PendingPush, PendingPushes, SignIn
 from radius_bridge.protocol.state import StateTable, new_state
+from radius_vocabulary.dictionary import Attribute
+from radius_vocabulary.settings import DEFAULT_PROMPT, MAX_CODE_CHARS
 
 Flow = Generator[Effect, Result, Decision]
 

@@ -24,8 +24,8 @@ import secrets
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from radius_bridge.model import Attribute, UpstreamAnswer
-from radius_bridge.protocol.dictionary import MAX_VALUE, VENDOR_SPECIFIC, Dictionary
+from radius_bridge.model import UpstreamAnswer
+from radius_vocabulary.dictionary import MAX_VALUE, VENDOR_SPECIFIC, Attribute, Dictionary
 
 ACCESS_REQUEST = 1
 ACCESS_ACCEPT = 2

@@ -29,10 +29,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from radius_bridge.model import Attribute, RelayAnswer, Relayed, RelayKind
+from radius_bridge.model import RelayAnswer, Relayed, RelayKind
 from radius_bridge.protocol import packet as codec
 from radius_bridge.protocol import salt
-from radius_bridge.protocol.dictionary import VENDOR_SPECIFIC, Dictionary
+from radius_vocabulary.dictionary import VENDOR_SPECIFIC, Attribute, Dictionary
 
 CHAP_PASSWORD: Final = 3
 TUNNEL_PASSWORD: Final = 69

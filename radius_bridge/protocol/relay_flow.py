@@ -39,7 +39,6 @@ from typing import Final
 from radius_bridge.model import (
     Accept,
     AccessRequest,
-    Attribute,
     Audit,
     Challenge,
     Reject,
@@ -51,10 +50,10 @@ from radius_bridge.model import (
 from radius_bridge.names import has_control, normalise, printable, split_name
 from radius_bridge.protocol import packet as codec
 from radius_bridge.protocol import relay
-from radius_bridge.protocol.dictionary import Dictionary
 from radius_bridge.protocol.flow import MESSAGES, Flow, FlowLimits, second_factor
 from radius_bridge.protocol.pending import PendingPushes
 from radius_bridge.protocol.state import StateTable
+from radius_vocabulary.dictionary import Attribute, Dictionary
 
 DEFAULT_LIMITS: Final = FlowLimits()
 

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 
 from radius_bridge.config import BridgeSettings, ListenAddress
-from radius_bridge.protocol.dictionary import DICTIONARY_FILE
 from radius_bridge.runner import Bridge
 from radius_bridge.server import loop_factory
+from radius_vocabulary.dictionary import DICTIONARY_FILE
 from tests.support.process import wait_for
 
 if TYPE_CHECKING:

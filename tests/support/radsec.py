@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from radius_bridge.certs import format_fingerprint
 from radius_bridge.protocol.stream import StreamFramer
+from radius_vocabulary.certs import format_fingerprint
 from tests.fakes.tls import alt_names, ca_certificate, validity, write_private_key
 from tests.support.freeradius import free_udp_port
 from tests.support.process import system_program, wait_for

@@ -28,7 +28,18 @@ from backend.domain.names import object_name
 from backend.errors import Conflict, InvalidName, InvalidRadiusClient
 from backend.services.radius_clients import RadiusClientRecord
 from backend.services.radius_status import probe_client
-from radius_bridge.model import DEFAULT_PROMPT
+from radius_vocabulary.settings import (
+    DEFAULT_PROMPT,
+    DEFAULT_PUSH_TIMEOUT,
+    FAILMODES,
+    MAX_PROMPT_BYTES,
+    MODES,
+    NAME_FORMATS,
+    NUMBER_MATCHING,
+    PRIMARIES,
+    PUSH_TIMEOUT,
+    UNENROLLED,
+)
 from webportal.auth import SignedIn, require_admin
 from webportal.csrf import read_form
 from webportal.forms import field as form_field
@@ -155,7 +166,7 @@ def default_values() -> dict[str, str]:
         "require_message_authenticator": "on",
         "failmode": "secure",
         "unenrolled": "reject",
-        "push_timeout": f"{radius.DEFAULT_PUSH_TIMEOUT:g}",
+        "push_timeout": f"{DEFAULT_PUSH_TIMEOUT:g}",
         "prompt": DEFAULT_PROMPT,
         "name_format": "strip",
         "realm_map": "",
@@ -235,12 +246,12 @@ def build_changes(
     if new:
         _check(form, "name", lambda: object_name(values["name"], "client"))
     for key, choices in (
-        ("mode", radius.MODES),
-        ("primary", radius.PRIMARIES),
-        ("failmode", radius.FAILMODES),
-        ("unenrolled", radius.UNENROLLED),
-        ("name_format", radius.NAME_FORMATS),
-        ("number_matching", radius.NUMBER_MATCHING),
+        ("mode", MODES),
+        ("primary", PRIMARIES),
+        ("failmode", FAILMODES),
+        ("unenrolled", UNENROLLED),
+        ("name_format", NAME_FORMATS),
+        ("number_matching", NUMBER_MATCHING),
     ):
         _check(form, key, partial(radius.check_choice, values[key], choices, key))
 
@@ -267,7 +278,7 @@ def build_changes(
     push_timeout = _check(
         form,
         "push_timeout",
-        lambda: _seconds(values["push_timeout"], radius.PUSH_TIMEOUT, "the push timeout"),
+        lambda: _seconds(values["push_timeout"], PUSH_TIMEOUT, "the push timeout"),
     )
     prompt = _text(values["prompt"])
     _check(form, "prompt", lambda: radius.check_prompt(prompt))
@@ -396,17 +407,17 @@ def _context(form: ClientForm, record: RadiusClientRecord | None, **extra: Any) 
         "errors": form.errors,
         "error": form.error_summary,
         "choices": {
-            "mode": radius.MODES,
-            "primary": radius.PRIMARIES,
-            "failmode": radius.FAILMODES,
-            "unenrolled": radius.UNENROLLED,
-            "name_format": radius.NAME_FORMATS,
-            "number_matching": radius.NUMBER_MATCHING,
+            "mode": MODES,
+            "primary": PRIMARIES,
+            "failmode": FAILMODES,
+            "unenrolled": UNENROLLED,
+            "name_format": NAME_FORMATS,
+            "number_matching": NUMBER_MATCHING,
         },
         "limits": {
-            "push": radius.PUSH_TIMEOUT,
+            "push": PUSH_TIMEOUT,
             "upstream": radius.UPSTREAM_TIMEOUT,
-            "prompt": radius.MAX_PROMPT_BYTES,
+            "prompt": MAX_PROMPT_BYTES,
         },
         "test": None,
         **extra,

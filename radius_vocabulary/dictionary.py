@@ -2,10 +2,10 @@
 
 The file is in the FreeRADIUS / pyrad format (``ATTRIBUTE``, ``VALUE``, ``VENDOR``,
 ``BEGIN-VENDOR`` / ``END-VENDOR``), so the same file loads in pyrad for interop tests. We
-read it ourselves because the bridge needs only two things from it: turn an operator's
-``["Filter-Id", "vpn-users"]`` into wire bytes (checked when the client list is loaded, so a
-typo is reported per client instead of failing a sign-in), and name attributes copied back
-from an upstream server.
+read it ourselves because only two things are needed from it: turn an operator's
+``["Filter-Id", "vpn-users"]`` into wire bytes (checked by the backend when the operator
+types it, and by the bridge when the client list is loaded, so a typo is reported per client
+instead of failing a sign-in), and name attributes copied back from an upstream server.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radius_bridge.model import Attribute
-
 #: Attribute types this dictionary understands (a subset of FreeRADIUS's).
 TYPES = frozenset(
     {"string", "octets", "integer", "ipaddr", "ipv6addr", "ipv6prefix", "ifid", "date"}
@@ -27,9 +25,17 @@ VENDOR_SPECIFIC = 26
 MAX_VALUE = 253
 #: Largest value of a vendor sub-attribute: 253 minus vendor id (4) and sub-header (2).
 MAX_VENDOR_VALUE = 247
-#: The dictionary file shipped with the bridge (radius_bridge/dictionary): a path rather
-#: than importlib.resources, which cannot address a namespace package's files.
-DICTIONARY_FILE = Path(__file__).resolve().parent.parent / "dictionary"
+#: The dictionary file shipped beside this module (radius_vocabulary/dictionary), read by
+#: path: pyrad loads the same file in the interop tests.
+DICTIONARY_FILE = Path(__file__).resolve().parent / "dictionary"
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One reply attribute by dictionary name, value as the dictionary types it."""
+
+    name: str
+    value: str | int | bytes
 
 
 class DictionaryError(ValueError):
