@@ -203,6 +203,9 @@ class Settings(BaseModel):
                 "radius_radsec_listen needs radius_radsec_cert_file, radius_radsec_key_file "
                 "and radius_radsec_client_ca_file"
             )
+        if self.radius_radsec_listen and not self.radius_port:
+            # RadSec runs in the built-in bridge, which radius_port = 0 turns off.
+            raise ValueError("radius_radsec_listen needs the built-in bridge (radius_port not 0)")
         return self
 
     @field_validator("metrics_listen")

@@ -37,6 +37,7 @@ from typing import Any, Final, Protocol, cast
 
 from radius_bridge.config import ListenAddress
 from radius_bridge.model import ClientConfig
+from radius_bridge.protocol.stream import FramingError, StreamFramer
 from radius_vocabulary.certs import certificate_fingerprint, format_fingerprint
 
 log = logging.getLogger("openmfa.radius")
@@ -123,8 +124,6 @@ class RadsecConnection(asyncio.Protocol):
     """One accepted TLS connection, bound to one RADIUS client."""
 
     def __init__(self, server: RadsecServer, peer: tuple[str, int]) -> None:
-        from radius_bridge.protocol.stream import StreamFramer
-
         self.server = server
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
@@ -164,8 +163,6 @@ class RadsecConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.client is None or self.transport is None:
             return  # refused: nothing it sends is read
-        from radius_bridge.protocol.stream import FramingError
-
         self._touch()
         try:
             packets = self.framer.feed(data)
