@@ -69,6 +69,8 @@ def _demo_data(app: WebHarness) -> AppClient:
     app.add_user("alice", display_name="Alice Liddell", push_limit=0)
     app.add_user("bob", display_name="Bob Builder")
     app.add_user("carol", display_name="Carol Chen")
+    # Carol enrols her first app on the phone screenshot: an administrator opened the window.
+    app.run(app.services.factors.allow_enrolment(ADMIN, "carol", 1))
     app.add_user("dave", display_name="Dave Diaz")
     app.run(app.services.users.set_disabled(ADMIN, "dave", True))
     alice = app.device("alice")
