@@ -108,9 +108,13 @@ def test_planner_refuses_bad_input() -> None:
         ("retention_interval_minutes", "-1"),
     ],
 )
-def test_settings_are_validated(tmp_path: Path, name: str, value: str) -> None:
+def test_settings_are_validated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    # Through the environment, as an operator would give them (text to be parsed).
+    monkeypatch.setenv("OPENMFA_" + name.upper(), value)
     with pytest.raises(ConfigurationError, match=name):
-        load_settings(home=tmp_path, **{name: value})
+        load_settings(home=tmp_path)
 
 
 def test_defaults_are_what_the_docs_say(tmp_path: Path) -> None:
