@@ -213,28 +213,29 @@ class Pruner:
         total = 0
         while True:
             async with self._db.write() as conn:
-                n = await self._delete_batch(conn, keys, chosen())
-            total += n
-            self.largest_batch = max(self.largest_batch, n)
-            if n < self._batch:
+                selected, removed = await self._delete_batch(conn, keys, chosen())
+            total += removed  # fewer than selected when another node pruned them first
+            self.largest_batch = max(self.largest_batch, selected)
+            if selected < self._batch:
                 return total
             await self._sleep(self._pause)  # let the hot paths in between batches
 
     async def _delete_batch(
         self, conn: AsyncConnection, keys: tuple[ColumnElement[Any], ...], chosen: Select[Any]
-    ) -> int:
+    ) -> tuple[int, int]:
+        """Delete one batch: (rows selected, rows deleted)."""
         # The keys first, then a delete by primary key: the cheapest plan on both databases,
         # and the batch's size is exactly what was selected.
         rows = (await conn.execute(chosen)).all()
         if not rows:
-            return 0
+            return 0, 0
         target = keys[0].table
         if len(keys) == 1:
             stmt = delete(target).where(keys[0].in_([r[0] for r in rows]))
         else:
             stmt = delete(target).where(tuple_(*keys).in_([tuple(r) for r in rows]))
-        await conn.execute(stmt)
-        return len(rows)
+        removed = (await conn.execute(stmt)).rowcount
+        return len(rows), int(removed if removed is not None and removed >= 0 else len(rows))
 
 
 class PruneDuty:
