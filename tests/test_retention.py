@@ -391,17 +391,10 @@ async def test_the_duty_prunes_in_the_background_and_stops(
     duty = PruneDuty(_pruner(services, settings), interval=3600, first_delay=0)
     await duty.start()
     try:
-        for _ in range(200):  # polls the database for the duty's audit row, not a fixed sleep
-            async with services.db.read() as conn:
-                done = await conn.scalar(
-                    select(func.count()).where(audit_t.c.action == "retention.prune")
-                )
-            if done:
-                break
-            await asyncio.sleep(0.05)
-        assert done == 1
+        counts = await asyncio.wait_for(duty.wait_pass(), timeout=30)
     finally:
         await duty.close()
+    assert counts["audit_events"] == 1
     assert await _count(services, audit_t) == 1
 
 

@@ -250,6 +250,16 @@ class PruneDuty:
         self._first_delay = first_delay
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._passed = asyncio.Event()
+        #: Rows removed per table by the last pass that finished (None: none has yet).
+        self.last_pass: dict[str, int] | None = None
+
+    async def wait_pass(self) -> dict[str, int]:
+        """Wait for the next pass to finish (or the last one, if one finished since the
+        previous call): its counts. For ``openmfa nodes``-style reports and for tests."""
+        await self._passed.wait()
+        self._passed.clear()
+        return self.last_pass or {}  # set before the event, so never empty here
 
     async def start(self) -> None:
         """Start the background task (none when the interval is 0)."""
@@ -279,4 +289,6 @@ class PruneDuty:
             else:
                 if any(counts.values()):
                     log.info("retention: pruned %s", counts)
+                self.last_pass = counts
+                self._passed.set()
             wait = self._interval
