@@ -165,11 +165,11 @@ class Settings(BaseModel):
 
     # -- retention (docs/operations.md, "Retention"): what `openmfa run` prunes, and when --
     # Days to keep finished sign-ins (challenges: the sign-in history) with their
-    # privacyIDEA push nonces; a pending challenge is never pruned. 0: keep for ever.
+    # privacyIDEA push nonces; one still open is kept until it expired as long ago. 0: for ever.
     retention_challenge_days: int = Field(default=180, ge=0, le=36500)
     # Days to keep audit events. 0: keep for ever.
     retention_audit_days: int = Field(default=400, ge=0, le=36500)
-    # Days after they expired (or were used) that replay nonces, activation codes,
+    # Days after they expired that replay nonces, activation codes,
     # invitations and web sessions are removed; a nonce always stays until it expires.
     retention_expired_days: int = Field(default=7, ge=0, le=36500)
     # Days to keep account notices that were sent or given up. 0: keep for ever.
