@@ -20,6 +20,7 @@ from backend.metrics import BackendMetrics
 from backend.services import Services
 from backend.services.context import Clock
 from backend.services.directory_sync import SyncSchedule
+from backend.services.retention import PruneDuty, Pruner
 from backend.store.tables import now
 from webportal.app import routes as web_routes
 
@@ -51,10 +52,14 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
         metrics.attach(services)
         schedule = SyncSchedule(services.directory_sync)
         await schedule.start()
+        pruner = Pruner.from_settings(services.db, services.audit, clock, settings)
+        pruning = PruneDuty(pruner, settings.retention_interval_minutes * 60.0)
+        await pruning.start()
         try:
             yield
         finally:
-            await schedule.close()  # before the services it uses
+            await pruning.close()  # both before the services they use
+            await schedule.close()
             metrics.detach()
             await services.close()
 

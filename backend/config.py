@@ -163,6 +163,26 @@ class Settings(BaseModel):
     web_sign_in_address_limit: int = Field(default=20, ge=1, le=1000)
     web_sign_in_address_window_seconds: int = Field(default=900, ge=10, le=86400)
 
+    # -- retention (docs/operations.md, "Retention"): what `openmfa run` prunes, and when --
+    # Days to keep finished sign-ins (challenges: the sign-in history) with their
+    # privacyIDEA push nonces; one still open is kept until it expired as long ago. 0: for ever.
+    retention_challenge_days: int = Field(default=180, ge=0, le=36500)
+    # Days to keep audit events. 0: keep for ever.
+    retention_audit_days: int = Field(default=400, ge=0, le=36500)
+    # Days after they expired that replay nonces, activation codes,
+    # invitations and web sessions are removed; a nonce always stays until it expires.
+    retention_expired_days: int = Field(default=7, ge=0, le=36500)
+    # Days to keep account notices that were sent or given up. 0: keep for ever.
+    retention_notice_days: int = Field(default=90, ge=0, le=36500)
+    # Directory sync reports kept per directory (the newest). 0: keep all.
+    retention_directory_syncs: int = Field(default=100, ge=0, le=100000)
+    # Minutes between pruning passes in `openmfa run`; 0: only `openmfa prune` prunes.
+    retention_interval_minutes: int = Field(default=60, ge=0, le=10080)
+    # Rows deleted per statement, each in a short transaction of its own.
+    retention_batch_size: int = Field(default=1000, ge=10, le=100000)
+    # Seconds of pause between two batches, so the hot paths get the database in between.
+    retention_batch_pause_seconds: float = Field(default=0.05, ge=0, le=10)
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:

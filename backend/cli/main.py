@@ -26,6 +26,7 @@ from backend.cli import (
     doctor,
     fraud,
     imports,
+    prune,
 )
 from backend.cli.output import clean
 from backend.errors import OpenMFAError
@@ -328,6 +329,7 @@ def _parser() -> argparse.ArgumentParser:
     fraud.add_parser(groups)
     doctor.add_parser(groups)
     backup.add_parser(groups)
+    prune.add_parser(groups)
 
     aud = groups.add_parser(
         "audit",
