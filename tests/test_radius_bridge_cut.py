@@ -154,7 +154,6 @@ def test_a_backend_killed_under_twenty_held_pushes_is_answered_by_the_failmode_a
             earliest = min(at for _, at in answers) - killed
             assert earliest >= grace - 0.1, earliest
             assert latest <= grace + ANSWER_BOUND, latest
-            print(f"\nkill -9 -> 20 answers: first {earliest:.2f} s, last {latest:.2f} s")
         log = bridge.log_path.read_text()
         assert "re-attaching" in log
         assert "Traceback" not in log
