@@ -64,6 +64,7 @@ from radius_bridge.model import (
     VerifyPassword,
     WaitOutcome,
 )
+from radius_bridge.protocol.reattach import DEFAULT_GRACE, Reattach
 from radius_vocabulary.settings import MAX_CODE_CHARS
 
 log = logging.getLogger("openmfa.radius.backend")
@@ -80,9 +81,8 @@ LONG_POLL_GRACE = 5.0
 #: "server disconnected" (a known race between client and server keep-alive timers).
 KEEPALIVE_EXPIRY = 2.0
 #: Idempotent calls (start with its idempotency key, long-poll, cancel) are retried after a
-#: connection failure, with these pauses, while the deadline allows. A long-poll keeps
-#: retrying until the deadline, so a backend restarted while pushes are held still answers
-#: them.
+#: connection failure, with these pauses, while the deadline allows. A cut long-poll is
+#: re-attached for ``cut_grace`` seconds only (:mod:`radius_bridge.protocol.reattach`).
 RETRY_PAUSES = (0.1, 0.25, 0.5, 1.0, 2.0)
 START_RETRY_WINDOW = 3.0
 #: A long-poll that comes back this close to the end of the wait ends it.
@@ -175,12 +175,14 @@ class BackendClient:
         long_poll_seconds: float = 50.0,
         backend_connections: int = 64,
         max_long_polls: int = 20_000,
+        cut_grace: float = DEFAULT_GRACE,
         on_unavailable: Callable[[str], None] | None = None,
         on_credential_refused: Callable[[str], None] | None = None,
     ) -> None:
         headers = {"authorization": f"Bearer {token}", "user-agent": USER_AGENT}
         self.http_timeout = http_timeout
         self.long_poll_seconds = long_poll_seconds
+        self.cut_grace = cut_grace
         self._on_unavailable = on_unavailable
         self._on_credential_refused = on_credential_refused
         # pool=None: waiting for a pooled connection is bounded by the request's deadline
@@ -344,15 +346,18 @@ class BackendClient:
         ``LONG_POLL_GRACE`` later with the last state seen: a backend that answered before
         and is merely slow is "not answered yet", not an outage. Only a backend that never
         answered during this wait is :class:`Unavailable` (and the failmode applies).
-        Connection failures are retried until the end, so a backend restarted while pushes
-        are held still answers them.
+        A *cut* poll (connection refused, reset or closed under it, a 5xx from a proxy whose
+        backend is gone) is re-attached to the same authentication id for ``cut_grace``
+        seconds (:class:`~radius_bridge.protocol.reattach.Reattach`), so a backend restarted
+        within the grace still answers; after that the wait is :class:`Unavailable` at once
+        and the flow answers by the client's failmode, instead of at the end of the slice.
         """
         loop = asyncio.get_running_loop()
         end = loop.time() + max(0.0, effect.seconds)
         path = f"/gateway/v1/authentications/{effect.authentication_id}"
         state = "pending"
         reached = False
-        attempt = 0
+        retry = Reattach(self.cut_grace)
         try:
             # Strictly inside perform()'s bound on the deadline, so this one fires first
             # and the last state seen is returned.
@@ -362,18 +367,23 @@ class BackendClient:
                     asked = loop.time()
                     try:
                         state = await self._poll(path, wait)
-                    except _RETRYABLE:
-                        pause = RETRY_PAUSES[min(attempt, len(RETRY_PAUSES) - 1)]
-                        if loop.time() + pause >= end:
+                    except (*_RETRYABLE, _Down) as exc:
+                        pause = retry.cut(loop.time(), end)
+                        if pause is None:
                             raise
-                        attempt += 1
+                        if retry.attempts == 1:
+                            log.info(
+                                "long-poll cut (%s), re-attaching for up to %.1f s",
+                                type(exc).__name__,
+                                self.cut_grace,
+                            )
                         await asyncio.sleep(pause)
                         continue
                     except _Refusal as exc:
                         if exc.status == 404:  # gone (a backend whose data was reset)
                             return Outcome("expired")
                         return self._refused(exc, "wait")
-                    attempt = 0
+                    retry.reached()
                     reached = True
                     if state != "pending" or loop.time() >= end - WAIT_SLACK:
                         return Outcome(state)

@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-timeout", type=float, metavar="S", help="longest backend call (default 10)"
     )
     parser.add_argument(
+        "--cut-grace-seconds",
+        type=float,
+        metavar="S",
+        help="when the backend connection of a held push is cut, re-attach for this long "
+        "before the client's failmode answers (default 5)",
+    )
+    parser.add_argument(
         "--max-held",
         type=int,
         metavar="N",
@@ -121,6 +128,7 @@ def settings_from(args: argparse.Namespace) -> BridgeSettings:
         clients_cache=args.clients_cache,
         refresh_seconds=args.refresh_seconds,
         http_timeout=args.http_timeout,
+        cut_grace_seconds=args.cut_grace_seconds,
         metrics_listen=args.metrics_listen,
         max_held=args.max_held,
         log_level=args.log_level,

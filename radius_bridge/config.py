@@ -119,6 +119,10 @@ class BridgeSettings:
     * ``long_poll_seconds``: the slice of one long-poll; must not exceed the backend's
       ``long_poll_max_seconds`` (60 by default) nor the idle timeout of a proxy in between
       (60 s is common). Each held push re-polls once per slice, so longer is cheaper.
+    * ``cut_grace_seconds``: when a held push's long-poll is cut (the backend gone, the
+      connection reset), re-attach to the same authentication for this long; then the
+      client's failmode answers at once. Long enough for a backend restart to pass unnoticed,
+      short enough to answer before the gateway gives up (:mod:`.protocol.reattach`).
     * ``metrics_listen``: serve ``/metrics`` here (standalone only).
     * ``max_held``: requests in progress at once, shared between clients and users
       (:mod:`radius_bridge.protocol.shares`); beyond a share, new requests are dropped (the
@@ -140,6 +144,7 @@ class BridgeSettings:
     refresh_seconds: float = 5.0
     http_timeout: float = 10.0
     long_poll_seconds: float = 50.0
+    cut_grace_seconds: float = 5.0
     metrics_listen: ListenAddress | None = None
     max_held: int = 20_000
     backend_connections: int = 64
@@ -175,6 +180,7 @@ class BridgeSettings:
         _number(self.refresh_seconds, "refresh seconds", 0.1, 3600)
         _number(self.http_timeout, "HTTP timeout", 0.5, 120)
         _number(self.long_poll_seconds, "long-poll seconds", 1, 600)
+        _number(self.cut_grace_seconds, "cut grace seconds", 0, 120)
         _number(self.max_held, "max held requests", 1, 1_000_000, integer=True)
         _number(self.backend_connections, "backend connections", 1, 10_000, integer=True)
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -237,6 +243,7 @@ def load_bridge_settings(
     refresh_seconds: float | None = None,
     http_timeout: float | None = None,
     long_poll_seconds: float | None = None,
+    cut_grace_seconds: float | None = None,
     metrics_listen: str | None = None,
     max_held: int | None = None,
     log_level: str | None = None,
@@ -308,6 +315,7 @@ def load_bridge_settings(
         refresh_seconds=number(refresh_seconds, "REFRESH_SECONDS", 5.0),
         http_timeout=number(http_timeout, "HTTP_TIMEOUT", 10.0),
         long_poll_seconds=number(long_poll_seconds, "LONG_POLL_SECONDS", 50.0),
+        cut_grace_seconds=number(cut_grace_seconds, "CUT_GRACE_SECONDS", 5.0),
         metrics_listen=parse_host_port(metrics_text, "metrics address") if metrics_text else None,
         max_held=20_000
         if held is None

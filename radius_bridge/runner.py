@@ -156,6 +156,7 @@ class Bridge:
             long_poll_seconds=settings.long_poll_seconds,
             backend_connections=settings.backend_connections,
             max_long_polls=settings.max_held,
+            cut_grace=settings.cut_grace_seconds,
             on_unavailable=self._count_unavailable,
             on_credential_refused=self._credential_refused,
         )

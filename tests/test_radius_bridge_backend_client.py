@@ -403,3 +403,66 @@ async def test_clients_document_errors_raise() -> None:
     with pytest.raises(BackendError, match="404 not-found"):
         await backend.fetch_clients(None)
     await backend.aclose()
+
+
+async def test_a_cut_long_poll_is_unavailable_after_the_grace_not_at_the_end_of_the_wait() -> None:
+    """Issue 18: a backend killed under a held push is noticed at once, retried for the
+    grace, then the failmode answers -- not when the push's own time runs out."""
+    polls = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal polls
+        polls += 1
+        if polls == 1:
+            raise httpx.RemoteProtocolError("server disconnected without a response")
+        raise httpx.ConnectError("connection refused")
+
+    grace = 0.6
+    backend = client(handler, cut_grace=grace)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    result = await backend.perform(WaitOutcome("ch_1", 30.0), deadline(30))
+    took = loop.time() - began
+    await backend.aclose()
+    assert isinstance(result, Unavailable)
+    assert grace <= took < grace + 0.5
+    assert polls >= 4  # re-attached several times within the grace
+
+
+async def test_a_proxy_answering_bad_gateway_is_a_cut_and_a_restart_within_the_grace_passes() -> (
+    None
+):
+    answers = [problem(502, "bad-gateway"), problem(503, "unavailable")]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if answers:
+            return answers.pop(0)
+        return httpx.Response(200, json={"id": "ch_1", "state": "approved"})
+
+    backend = client(handler, cut_grace=2.0)
+    result = await backend.perform(WaitOutcome("ch_1", 30.0), deadline(30))
+    await backend.aclose()
+    assert result == Outcome("approved")
+
+
+async def test_each_run_of_cuts_gets_a_fresh_grace() -> None:
+    """Cut, back, cut again: the second outage is not charged the first one's time."""
+    script = ["cut", "cut", "pending", "cut", "cut", "approved"]
+    loop = asyncio.get_running_loop()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        step = script.pop(0)
+        if step == "cut":
+            await asyncio.sleep(0.15)  # each failed attempt takes a while
+            raise httpx.ReadError("connection reset by peer")
+        if step == "pending":
+            return httpx.Response(200, json={"id": "ch_1", "state": "pending"})
+        return httpx.Response(200, json={"id": "ch_1", "state": "approved"})
+
+    backend = client(handler, cut_grace=0.5, long_poll_seconds=0.1)
+    began = loop.time()
+    result = await backend.perform(WaitOutcome("ch_1", 30.0), deadline(30))
+    await backend.aclose()
+    assert result == Outcome("approved")
+    assert script == []
+    assert loop.time() - began > 0.5  # more than one grace in all, yet no give-up

@@ -94,6 +94,15 @@ def test_defaults(tmp_path: Path) -> None:
     )
     assert settings.clients_file is None
     assert settings.metrics_listen is None
+    assert settings.cut_grace_seconds == 5.0
+
+
+def test_cut_grace_from_the_environment_and_arguments(tmp_path: Path) -> None:
+    env = {"OPENMFA_BRIDGE_CUT_GRACE_SECONDS": "2.5"}
+    common: dict[str, object] = {"backend_url": "http://x", "token_file": token_file(tmp_path)}
+    assert load_bridge_settings(environ=env, **common).cut_grace_seconds == 2.5  # type: ignore[arg-type]
+    argued = load_bridge_settings(environ=env, cut_grace_seconds=0, **common)  # type: ignore[arg-type]
+    assert argued.cut_grace_seconds == 0  # 0: the failmode answers at the first cut
 
 
 @pytest.mark.parametrize(
@@ -126,6 +135,11 @@ def test_defaults(tmp_path: Path) -> None:
             {"backend_url": "http://x", "clients_file": Path("c.json")},
             {"OPENMFA_BRIDGE_TOKEN": "t", "OPENMFA_BRIDGE_CLIENTS_CACHE": "c.cache"},
             "nothing to cache",
+        ),
+        (
+            {"backend_url": "http://x"},
+            {"OPENMFA_BRIDGE_TOKEN": "t", "OPENMFA_BRIDGE_CUT_GRACE_SECONDS": "300"},
+            "cut grace seconds",
         ),
         (
             {"backend_url": "http://x", "log_format": "xml"},
