@@ -156,6 +156,17 @@ class PostgresJobs:
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
+        # Set before the pool opens (tests): every statement a pool connection sends is
+        # appended here, BEGIN and COMMIT included (asyncpg's query logger).
+        self.query_log: list[str] | None = None
+
+    def _log_query(self, record: Any) -> None:
+        if self.query_log is not None:
+            self.query_log.append(str(record.query))
+
+    async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        if self.query_log is not None:
+            conn.add_query_logger(self._log_query)
 
     async def _get_pool(self) -> asyncpg.Pool:
         import asyncpg
@@ -163,7 +174,7 @@ class PostgresJobs:
         async with self._opening:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
-                    self._dsn, min_size=1, max_size=self._pool_size
+                    self._dsn, min_size=1, max_size=self._pool_size, init=self._init_connection
                 )
         return self._pool
 
@@ -185,6 +196,19 @@ class PostgresJobs:
                         result: T = await greenlet_spawn(job, AsyncpgTx(conn))
                         return result
                 return await self._run_locked(conn, job, lock)
+        except (asyncpg.PostgresError, OSError) as exc:
+            raise DatabaseError(f"database error: {exc}") from exc
+
+    async def statement(self, sql: str, *params: Any) -> list[Row]:
+        """Run one statement (``?`` placeholders) in a transaction of its own: one round trip.
+
+        No BEGIN/COMMIT: PostgreSQL runs a lone statement as its own transaction."""
+        import asyncpg  # loaded by _get_pool
+
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn:
+                return [tuple(row) for row in await conn.fetch(numbered(sql), *params)]
         except (asyncpg.PostgresError, OSError) as exc:
             raise DatabaseError(f"database error: {exc}") from exc
 
