@@ -148,6 +148,16 @@ class AsyncpgTx:
         return value.astimezone(UTC)
 
 
+async def _no_session_reset(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release, without asyncpg's default reset query.
+
+    That query (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``) is a round
+    trip of its own on every release: a third of a code check's. These connections never
+    hold session state (advisory locks are transaction-scoped, nothing LISTENs, SETs or
+    opens cursors), and asyncpg still rolls back a transaction left open before calling this.
+    """
+
+
 class PostgresJobs:
     """Runs jobs on a plain asyncpg pool, one transaction each."""
 
@@ -174,7 +184,11 @@ class PostgresJobs:
         async with self._opening:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
-                    self._dsn, min_size=1, max_size=self._pool_size, init=self._init_connection
+                    self._dsn,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    init=self._init_connection,
+                    reset=_no_session_reset,
                 )
         return self._pool
 
