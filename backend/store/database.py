@@ -27,8 +27,8 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from backend.errors import DatabaseError
 from backend.store.fastpath import (
     Job,
-    Row,
     PostgresJobs,
+    Row,
     SqliteCheckpointer,
     SqliteReader,
     SqliteWriter,
