@@ -41,9 +41,7 @@ async def _at_once(url: str, token: str, bodies: list[dict[str, Any]]) -> list[h
         return list(await asyncio.gather(*sent))
 
 
-def test_one_code_sent_40_times_at_once_is_accepted_once(
-    api: ApiHarness, clock: FakeClock
-) -> None:
+def test_one_code_sent_40_times_at_once_is_accepted_once(api: ApiHarness, clock: FakeClock) -> None:
     seed = _oath_user(api, "olga")
     code = totp.current_code(seed, clock())
     answers = asyncio.run(_at_once(api.url, api.token, [{"user": "olga", "code": code}] * COPIES))
@@ -95,7 +93,9 @@ def test_a_code_check_is_two_round_trips(api: ApiHarness, clock: FakeClock) -> N
     assert api.run(count()) == {"accept": 2, "replayed": 2, "wrong-code": 2, "locked": 2}
     # The lockout the second wrong code set refuses the right code under the lock.
     clock.advance(30)
-    locked = api.gateway.post(VERIFY, json={"user": "olga", "code": totp.current_code(seed, clock())})
+    locked = api.gateway.post(
+        VERIFY, json={"user": "olga", "code": totp.current_code(seed, clock())}
+    )
     assert_problem(locked, 429, "otp-locked")
     rows = api.run(api.services.audit.query(action="otp.verify", limit=100))
     details = sorted(row.detail.split(" ")[0] for row in rows if row.result in {"accept", "reject"})
