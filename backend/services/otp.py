@@ -5,6 +5,11 @@ token, read the user and their seeds, compare, then either claim the time step w
 conditional UPDATE (``last_step < step``: atomic on SQLite and PostgreSQL, so two concurrent
 requests with the same code cannot both win) or count the failure. The audit row goes into the
 same commit, so no answer is given before its record is durable.
+
+On PostgreSQL, where each statement is a network round trip, the same rules run in two:
+one read, the comparison here, then one call of the ``openmfa_otp_record`` function
+(migration 0013) that decides again under the user's lock and writes (see
+:meth:`OtpService._verify_postgres`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,9 @@ of a :class:`Tx` that reads, decides and writes, and is run in one transaction.
 * PostgreSQL: the job runs in a transaction on a connection of a plain asyncpg pool (SQLAlchemy's
   adapter doubled the cost per statement here); the job's synchronous calls are bridged to
   asyncpg with SQLAlchemy's greenlet helpers, the same way its own asyncio dialects work. The
-  server handles concurrency; asyncpg caches the prepared statements per connection.
+  server handles concurrency; asyncpg caches the prepared statements per connection. The code
+  check does not use a job there: :meth:`PostgresJobs.statement` runs its two single
+  statements, each its own transaction (see :mod:`backend.services.otp`).
 
 SQL is written once with ``?`` placeholders; :class:`AsyncpgTx` renumbers them for asyncpg.
 """
