@@ -20,6 +20,8 @@ down_revision: str | None = '0012'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# The audit INSERTs repeat AuditLog.add_job's columns: a change to audit_events needs a
+# migration that replaces this function too.
 # Statements run in a fixed order under the advisory lock: the device row before the user
 # row, the order a push answer takes them, so the two never deadlock.
 RECORD = """
