@@ -5,10 +5,16 @@ token, read the user and their seeds, compare, then either claim the time step w
 conditional UPDATE (``last_step < step``: atomic on SQLite and PostgreSQL, so two concurrent
 requests with the same code cannot both win) or count the failure. The audit row goes into the
 same commit, so no answer is given before its record is durable.
+
+On PostgreSQL, where each statement is a network round trip, the same rules run in two:
+one read, the comparison here, then one call of the ``openmfa_otp_record`` function
+(migration 0013) that decides again under the user's lock and writes (see
+:meth:`OtpService._verify_postgres`).
 """
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections import Counter
 from dataclasses import dataclass
@@ -114,12 +120,96 @@ class OtpService:
         # row and then the user's, and taking the user's row first could deadlock with it.
         lock = (OTP_LOCK, zlib.crc32(key.encode()) - 2**31)
         try:
-            result = await self._db.run_job(lambda tx: self._verify(tx, attempt), lock=lock)
+            if self._db.postgres_jobs is not None:
+                result = await self._verify_postgres(attempt, lock)
+            else:
+                result = await self._db.run_job(lambda tx: self._verify(tx, attempt), lock=lock)
         except OpenMFAError as exc:
             self.outcomes[exc.type] += 1
             raise
         self.outcomes["accept" if result.accepted else result.reason] += 1
         return result
+
+    async def _verify_postgres(self, attempt: _Attempt, lock: tuple[int, int]) -> OtpResult:
+        """The same check in two round trips on PostgreSQL (the job takes six).
+
+        1. One read: the gateway token, the user, their seeds and their lockout policy.
+        2. The comparison here (the seeds are opened with the server key, which never goes to
+           the database), then one call of ``openmfa_otp_record`` (migration 0013): under the
+           user's advisory lock it re-checks the user (disabled, blocked, locked by a
+           concurrent failure since the read), claims the step (``last_step < step``) or
+           counts the failure, and writes the audit row, in one transaction.
+
+        The read takes no lock: everything it decides is decided again under the lock, so a
+        lockout reached by a concurrent check refuses this one too, and a step can be
+        claimed once.
+        """
+        actor = attempt.actor
+        try:
+            rows = await self._db.run_statement(
+                _PG_READ,
+                _bearer_digest(attempt.bearer),
+                attempt.user_name,
+                int(attempt.live_only),
+                attempt.confirm or "",
+            )
+            if attempt.bearer is not None:
+                if rows[0][0] is None:
+                    raise AuthenticationRequired("unknown or revoked API token")
+                actor = Actor(f"gateway:{rows[0][0]}", actor.source, actor.request_id)
+            return await self._record_postgres(attempt, actor, rows, lock)
+        except OpenMFAError as exc:
+            exc.extra.setdefault("actor", actor)
+            raise
+
+    async def _record_postgres(
+        self, attempt: _Attempt, actor: Actor, rows: list[tuple[Any, ...]], lock: tuple[int, int]
+    ) -> OtpResult:
+        _, user_id, name, disabled, blocked, blocked_reason, locked_until = rows[0][:7]
+        if user_id is None:
+            raise UnknownUser(f"no user named {attempt.user_name!r}")
+        _check_user(attempt, disabled, blocked, blocked_reason, locked_until)
+        devices = [(row[7], row[8], int(row[9] or 30)) for row in rows if row[7] is not None]
+        if not devices:
+            raise UserNotEnrolled()
+        matched: tuple[str, int] | None = None
+        for device_id, seed_enc, period in devices:
+            seed = self._box.open(bytes(seed_enc), f"seed:{device_id}").decode()
+            step = totp.matching_step(seed, attempt.code, attempt.now, period=period)
+            if step is not None:
+                matched = (device_id, step)
+                break
+        reason = "wrong-code" if totp.is_well_formed(attempt.code) else "malformed-code"
+        layers: dict[str, dict[str, str]] = {GLOBAL_SCOPE: {}, user_scope(user_id): {}}
+        for scope, policy_key, value in json.loads(rows[0][10] or "[]"):
+            layers[scope][policy_key] = value
+        policy = policy_rules.resolve(*layers.values())
+        where = f"{attempt.context.client_name} {attempt.context.client_ip}".strip()
+        recorded = await self._db.run_statement(
+            "SELECT outcome, locked_until, blocked_reason FROM openmfa_otp_record("
+            "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            lock[0],
+            lock[1],
+            user_id,
+            matched[0] if matched else None,
+            matched[1] if matched else None,
+            attempt.now,
+            reason,
+            policy.otp_max_failures,
+            policy.otp_lockout_seconds,
+            _clip(actor.name, 128),
+            _clip(attempt.user_name, 128),
+            _clip(actor.source, 64),
+            actor.request_id[:64],
+            where,
+        )
+        outcome, locked_at, reason_blocked = recorded[0]
+        if outcome == "gone":
+            raise UnknownUser(f"no user named {attempt.user_name!r}")
+        _check_user(attempt, outcome == "disabled", outcome == "blocked", reason_blocked, locked_at)
+        if outcome == "accept" and matched is not None:
+            return OtpResult(True, "ok", name, matched[0])
+        return OtpResult(False, str(outcome), name)
 
     def _verify(self, tx: Tx, attempt: _Attempt) -> OtpResult:
         actor = attempt.actor
@@ -256,6 +346,39 @@ def count_failure(tx: Tx, now: datetime, user_id: int) -> tuple[int, bool]:
         user_id,
     )
     return failures, True
+
+
+def _check_user(
+    attempt: _Attempt, disabled: Any, blocked: Any, blocked_reason: Any, locked_until: Any
+) -> None:
+    """Disabled, blocked and locked users are refused, each with its own error."""
+    if disabled:
+        raise UserDisabled()
+    if blocked:
+        raise UserBlocked(blocked_reason or None)
+    if locked_until is not None and locked_until > attempt.now:
+        raise OtpLocked(f"codes are locked until {locked_until.isoformat(timespec='seconds')}")
+
+
+def _clip(value: str, limit: int) -> str:
+    """As the audit log clips its columns."""
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+# The job's read, plus the user's lockout policy rows (json: one round trip for all).
+_PG_READ = (
+    "SELECT (SELECT name FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL),"
+    " u.id, u.name, u.disabled, u.blocked, u.blocked_reason, u.otp_locked_until,"
+    " d.id, d.seed_enc, d.period,"
+    " (SELECT json_agg(json_build_array(p.scope, p.key, p.value)) FROM policies AS p"
+    " WHERE p.scope IN ('global', 'user:' || u.id))"
+    " FROM (SELECT 1 AS one) AS base"
+    " LEFT JOIN users AS u ON u.name_key = ?"
+    " LEFT JOIN devices AS d ON d.user_id = u.id AND (d.state = 'active'"
+    " OR (d.state = 'pending' AND d.kind = 'app' AND ? = 0)"
+    " OR (d.state = 'pending' AND d.id = ?))"
+    " AND d.kind <> 'pipush'"
+)
 
 
 def _bearer_digest(bearer: str | None) -> str | None:

@@ -28,6 +28,7 @@ from backend.errors import DatabaseError
 from backend.store.fastpath import (
     Job,
     PostgresJobs,
+    Row,
     SqliteCheckpointer,
     SqliteReader,
     SqliteWriter,
@@ -179,6 +180,23 @@ class Database:
         if self._pg_jobs is not None:
             return await self._pg_jobs.run(job, lock=lock)
         raise DatabaseError("raw-SQL jobs need a file database (SQLite) or PostgreSQL")
+
+    @property
+    def postgres_jobs(self) -> PostgresJobs | None:
+        """The raw-SQL pool on PostgreSQL (single statements, one round trip each); else None."""
+        return self._pg_jobs
+
+    async def run_statement(self, sql: str, *params: Any) -> list[Row]:
+        """One statement in a transaction of its own, one round trip (PostgreSQL only)."""
+        if self._pg_jobs is None:
+            raise DatabaseError("single-statement transactions need PostgreSQL")
+        if self.job_timers is None:
+            return await self._pg_jobs.statement(sql, *params)
+        started = time.perf_counter()
+        try:
+            return await self._pg_jobs.statement(sql, *params)
+        finally:
+            self.job_timers[0].observe(time.perf_counter() - started)
 
     async def run_read(self, job: Job[T]) -> T:
         """Run a raw-SQL job that only reads, beside the writes (a snapshot on SQLite)."""

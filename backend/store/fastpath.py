@@ -19,7 +19,9 @@ of a :class:`Tx` that reads, decides and writes, and is run in one transaction.
 * PostgreSQL: the job runs in a transaction on a connection of a plain asyncpg pool (SQLAlchemy's
   adapter doubled the cost per statement here); the job's synchronous calls are bridged to
   asyncpg with SQLAlchemy's greenlet helpers, the same way its own asyncio dialects work. The
-  server handles concurrency; asyncpg caches the prepared statements per connection.
+  server handles concurrency; asyncpg caches the prepared statements per connection. The code
+  check does not use a job there: :meth:`PostgresJobs.statement` runs its two single
+  statements, each its own transaction (see :mod:`backend.services.otp`).
 
 SQL is written once with ``?`` placeholders; :class:`AsyncpgTx` renumbers them for asyncpg.
 """
@@ -148,6 +150,16 @@ class AsyncpgTx:
         return value.astimezone(UTC)
 
 
+async def _no_session_reset(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release, without asyncpg's default reset query.
+
+    That query (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``) is a round
+    trip of its own on every release: a third of a code check's. These connections never
+    hold session state (advisory locks are transaction-scoped, nothing LISTENs, SETs or
+    opens cursors), and asyncpg still rolls back a transaction left open before calling this.
+    """
+
+
 class PostgresJobs:
     """Runs jobs on a plain asyncpg pool, one transaction each."""
 
@@ -156,6 +168,17 @@ class PostgresJobs:
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
+        # Set before the pool opens (tests): every statement a pool connection sends is
+        # appended here, BEGIN and COMMIT included (asyncpg's query logger).
+        self.query_log: list[str] | None = None
+
+    def _log_query(self, record: Any) -> None:
+        if self.query_log is not None:
+            self.query_log.append(str(record.query))
+
+    async def _init_connection(self, conn: asyncpg.Connection) -> None:
+        if self.query_log is not None:
+            conn.add_query_logger(self._log_query)
 
     async def _get_pool(self) -> asyncpg.Pool:
         import asyncpg
@@ -163,7 +186,11 @@ class PostgresJobs:
         async with self._opening:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
-                    self._dsn, min_size=1, max_size=self._pool_size
+                    self._dsn,
+                    min_size=1,
+                    max_size=self._pool_size,
+                    init=self._init_connection,
+                    reset=_no_session_reset,
                 )
         return self._pool
 
@@ -185,6 +212,19 @@ class PostgresJobs:
                         result: T = await greenlet_spawn(job, AsyncpgTx(conn))
                         return result
                 return await self._run_locked(conn, job, lock)
+        except (asyncpg.PostgresError, OSError) as exc:
+            raise DatabaseError(f"database error: {exc}") from exc
+
+    async def statement(self, sql: str, *params: Any) -> list[Row]:
+        """Run one statement (``?`` placeholders) in a transaction of its own: one round trip.
+
+        No BEGIN/COMMIT: PostgreSQL runs a lone statement as its own transaction."""
+        import asyncpg  # loaded by _get_pool
+
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire() as conn:
+                return [tuple(row) for row in await conn.fetch(numbered(sql), *params)]
         except (asyncpg.PostgresError, OSError) as exc:
             raise DatabaseError(f"database error: {exc}") from exc
 
