@@ -8,6 +8,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.directory.reader import PasswordReason
+from radius_vocabulary.audit import BridgeAuditAction
+from radius_vocabulary.settings import (
+    FailMode,
+    Mode,
+    NameFormat,
+    NumberMatching,
+    Primary,
+    Unenrolled,
+)
 
 
 class Body(BaseModel):
@@ -179,7 +188,7 @@ class RadiusUpstream(Body):
 
 
 class RadiusUserNames(Body):
-    format: Literal["strip", "keep", "map"]
+    format: NameFormat
     realm_map: dict[str, str] = Field(
         description="lower-case realm -> template holding {user}, for format map"
     )
@@ -193,12 +202,12 @@ class RadiusClient(Body):
         description="the shared secret, UTF-8; absent for a RadSec-only client (RadSec uses "
         "the fixed secret radsec, RFC 6614)",
     )
-    mode: Literal["push", "challenge", "otp"]
-    primary: Literal["none", "local", "radius", "ldap"]
+    mode: Mode
+    primary: Primary
     upstream: RadiusUpstream | None = Field(description="set for, and only for, primary radius")
     require_message_authenticator: bool
-    failmode: Literal["secure", "safe"]
-    unenrolled: Literal["reject", "allow"]
+    failmode: FailMode
+    unenrolled: Unenrolled
     push_timeout: float = Field(description="seconds, 5 to 600")
     prompt: str = Field(description="Reply-Message of a challenge, at most 253 bytes of UTF-8")
     user_names: RadiusUserNames
@@ -208,7 +217,7 @@ class RadiusClient(Body):
     reply_attributes: list[tuple[str, str]] = Field(
         description="[dictionary name, value as text] pairs added to every Access-Accept"
     )
-    number_matching: Literal["policy", "on", "off"] = Field(
+    number_matching: NumberMatching = Field(
         description="policy: the user's policy decides; on / off: this gateway overrides it"
     )
     directory: str | None = Field(
@@ -244,15 +253,7 @@ class PasswordVerifyResponse(Body):
 
 
 class BridgeAuditRequest(Body):
-    action: Literal[
-        "radius.exempt_user",
-        "radius.exempt_network",
-        "radius.unenrolled_allowed",
-        "radius.failsafe_accept",
-        "radius.invalid_attribute",
-        "radius.relay_refused",
-        "radius.radsec_refused",
-    ]
+    action: BridgeAuditAction
     user: str = Field(default="", max_length=128)
     detail: str = Field(default="", max_length=1024)
 
