@@ -40,7 +40,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -881,34 +881,36 @@ def radsec_limits(settings: BridgeSettings) -> RadsecLimits:
     )
 
 
+def _bind_all(
+    addresses: Iterable[ListenAddress], make: Callable[[ListenAddress], socket.socket], what: str
+) -> dict[ListenAddress, socket.socket]:
+    """``make`` a socket for every address; on the first failure close those made and raise
+    StartupError naming the address (``what``: "RADIUS on UDP", "RadSec on TCP")."""
+    bound: dict[ListenAddress, socket.socket] = {}
+    for address in addresses:
+        try:
+            bound[address] = make(address)
+        except OSError as exc:
+            for sock in bound.values():
+                sock.close()
+            raise StartupError(
+                f"cannot listen for {what} {address}: {exc.strerror or exc}"
+            ) from exc
+    return bound
+
+
 def bind_radsec_sockets(settings: BridgeSettings) -> dict[ListenAddress, socket.socket]:
     """Bind every RadSec address now (see :func:`bind_sockets`). Raises StartupError."""
     from radius_bridge.radsec import make_socket as make_tcp_socket
 
-    bound: dict[ListenAddress, socket.socket] = {}
-    for address in settings.radsec_listen:
-        try:
-            bound[address] = make_tcp_socket(address)
-        except OSError as exc:
-            for sock in bound.values():
-                sock.close()
-            raise StartupError(
-                f"cannot listen for RadSec on TCP {address}: {exc.strerror or exc}"
-            ) from exc
-    return bound
+    return _bind_all(settings.radsec_listen, make_tcp_socket, "RadSec on TCP")
 
 
-def bind_sockets(settings: BridgeSettings) -> dict[ListenAddress, Any]:
+def bind_sockets(settings: BridgeSettings) -> dict[ListenAddress, socket.socket]:
     """Bind every listen address now (before an event loop runs), so ``openmfa run`` can
     refuse to start with one clear message when a port is taken. Raises StartupError."""
-    bound: dict[ListenAddress, Any] = {}
-    for address in settings.listen:
-        try:
-            bound[address] = make_socket(address, settings.receive_buffer_bytes)
-        except OSError as exc:
-            for sock in bound.values():
-                sock.close()
-            raise StartupError(
-                f"cannot listen for RADIUS on UDP {address}: {exc.strerror or exc}"
-            ) from exc
-    return bound
+    return _bind_all(
+        settings.listen,
+        lambda address: make_socket(address, settings.receive_buffer_bytes),
+        "RADIUS on UDP",
+    )
