@@ -84,7 +84,6 @@ async def _page(
         "rows": rows,
         "tested": tested,
         "test_error": test_error,
-        "can_sync": True,
     }
     return await render(request, "admin/directories.html", context, status=status)
 
