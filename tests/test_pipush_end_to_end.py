@@ -17,13 +17,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pyrad import packet as pyrad_packet
 
-from backend.config import Settings, load_settings
+from backend.config import Settings
 from backend.domain.stepup import ADMINISTRATOR
 from tests.fakes.tls import make_tls
-from tests.support.api import ADMIN, ApiHarness
+from tests.support.api import ADMIN
 from tests.support.bridge import RadiusLab
 from tests.support.clock import FakeClock
-from tests.support.database import migrated_sqlite
 from tests.support.piapp import PiApp, PiLab, PushRequest, TlsFront
 from tests.support.process import wait_for
 
@@ -76,17 +75,9 @@ class PiRadiusLab(RadiusLab):
     the bridge talks plain HTTP to the backend (its own network, as in production)."""
 
     def __init__(self, home: Path) -> None:
-        migrated_sqlite(home)
         self.tls = make_tls(home / "tls")
         self.front = TlsFront(self.tls)
-        self.api = ApiHarness(
-            load_settings(config_file=None, home=home, public_url=self.front.url), FakeClock()
-        )
-        self._listen = ("127.0.0.1",)
-        self._bridge_options: dict[str, Any] = {}
-        self._clients: set[str] = set()
-        self._pyrad: list[Any] = []
-        self.token = ""
+        super().__init__(home, public_url=self.front.url)
         self._phones: list[PiApp] = []
 
     def __enter__(self) -> PiRadiusLab:

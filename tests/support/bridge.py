@@ -178,6 +178,7 @@ class RadiusLab:
         home: Path,
         listen: tuple[str, ...] = ("127.0.0.1",),
         bridge_options: Mapping[str, Any] | None = None,
+        public_url: str = "http://127.0.0.1:8080",
     ) -> None:
         from backend.config import load_settings
         from tests.support.api import ApiHarness
@@ -186,7 +187,7 @@ class RadiusLab:
 
         migrated_sqlite(home)
         self.api = ApiHarness(
-            load_settings(config_file=None, home=home, public_url="http://127.0.0.1:8080"),
+            load_settings(config_file=None, home=home, public_url=public_url),
             FakeClock(),
         )
         self._listen = listen
