@@ -23,6 +23,8 @@ from ldap3.core.exceptions import (
     LDAPSocketSendError,
 )
 
+from tests.support.process import wait_for
+
 Scope = Literal["BASE", "LEVEL", "SUBTREE"]
 
 
@@ -116,19 +118,25 @@ def wait_for_bind(
     """Poll with a real bind until it succeeds; fail with the server's log when the process
     has died or ``deadline`` (a :func:`time.monotonic` value) has passed."""
     last = ""
-    while True:
+
+    def bound() -> bool:
+        nonlocal last
         if not alive():
             raise RuntimeError(f"the directory server at {url} exited while starting:\n{log()}")
         try:
             connect(url, ca_file, user, password).unbind()
-            return
+            return True
         except (LDAPException, OSError) as exc:
             last = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"the directory server at {url} did not accept a bind in time ({last}):\n{log()}"
-            )
-        time.sleep(0.2)
+            return False
+
+    wait_for(
+        bound,
+        deadline - time.monotonic(),
+        f"the directory server at {url} to accept a bind",
+        every=0.2,
+        detail=lambda: f"{last}\n{log()}",
+    )
 
 
 class Admin:
