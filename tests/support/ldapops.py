@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import ldap3
 from ldap3.core.exceptions import (
@@ -26,6 +26,40 @@ from ldap3.core.exceptions import (
 from tests.support.process import wait_for
 
 Scope = Literal["BASE", "LEVEL", "SUBTREE"]
+
+
+class DirectoryServer(Protocol):
+    """What :func:`directory_add_args` reads of a test directory server (slapd, Samba DC)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def ca_file(self) -> Path: ...
+    @property
+    def bind_dn(self) -> str: ...
+    @property
+    def base_dn(self) -> str: ...
+
+
+def directory_add_args(
+    server: DirectoryServer, name: str = "corp", *, base_dn: str | None = None
+) -> list[str]:
+    """``openmfa directory add NAME`` towards ``server`` (its URL, CA and service account,
+    the password read from stdin) with base ``base_dn`` or the server's."""
+    return [
+        "directory",
+        "add",
+        name,
+        "--url",
+        server.url,
+        "--ca-file",
+        str(server.ca_file),
+        "--bind-dn",
+        server.bind_dn,
+        "--bind-password-stdin",
+        "--base-dn",
+        base_dn or server.base_dn,
+    ]
 
 
 @dataclass(frozen=True, slots=True)
