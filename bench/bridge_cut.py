@@ -97,10 +97,11 @@ def _send(port: int, user: str) -> tuple[int, float]:
     return int(reply.code), time.monotonic()
 
 
-def _held(metrics_port: int) -> float:
+def _gauge(metrics_port: int, name: str) -> float:
+    """The gauge ``name`` on the ``/metrics`` served at ``metrics_port`` (0 when absent)."""
     text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
     for line in text.splitlines():
-        if line.startswith("openmfa_radius_held_requests "):
+        if line.startswith(f"{name} "):
             return float(line.split()[1])
     return 0.0
 
@@ -116,8 +117,13 @@ def main() -> None:
 
         migrations.upgrade(f"sqlite+aiosqlite:///{home / 'openmfa.db'}")
         token = asyncio.run(_populate(home, args.held))
-        port = free_port()
-        server = start_server(home, port, log=home / "backend.log")
+        port, backend_metrics = free_port(), free_port()
+        server = start_server(
+            home,
+            port,
+            {"OPENMFA_METRICS_LISTEN": f"127.0.0.1:{backend_metrics}"},
+            log=home / "backend.log",
+        )
         token_file = home / "bridge.token"
         token_file.write_text(token)
         token_file.chmod(0o600)
@@ -151,8 +157,16 @@ def main() -> None:
             )
             with ThreadPoolExecutor(max_workers=args.held) as pool:
                 futures = [pool.submit(_send, udp, f"u{i:03d}") for i in range(args.held)]
-                wait_until(lambda: _held(metrics) >= args.held, 60, "every request held")
-                time.sleep(0.5)  # let the last long-polls reach the backend
+                wait_until(
+                    lambda: _gauge(metrics, "openmfa_radius_held_requests") >= args.held,
+                    60,
+                    "every request held",
+                )
+                wait_until(
+                    lambda: _gauge(backend_metrics, "openmfa_long_polls_held") >= args.held,
+                    60,
+                    "every held request's long-poll to reach the backend",
+                )
                 server.send_signal(signal.SIGKILL)
                 killed = time.monotonic()
                 server.wait()

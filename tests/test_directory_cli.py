@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ldapops import directory_add_args
 from tests.support.process import Cli
 from tests.support.samba_dc import SambaDC
 from tests.support.slapd import Slapd
@@ -180,18 +181,7 @@ def test_the_operator_walk_against_the_samba_dc(cli: Cli, samba_dc: SambaDC) -> 
     dc.add_members(vpn, *(u.name for u in users))
     dc.add_members(admins, users[0].name)
     added = cli(
-        "directory",
-        "add",
-        "corp",
-        "--url",
-        dc.url,
-        "--ca-file",
-        str(dc.ca_file),
-        "--bind-dn",
-        dc.bind_dn,
-        "--bind-password-stdin",
-        "--base-dn",
-        dc.base_dn,
+        *directory_add_args(dc),
         "--group",
         vpn_dn,
         "--admin-group",

@@ -27,7 +27,7 @@ from backend.directory.entries import DirectoryEntry
 from backend.directory.ldap import LdapDirectory, bind_refusal_outcome, tls_context
 from backend.errors import DirectoryError, DirectoryUnavailable
 from tests.fakes.tls import make_tls
-from tests.support.ldapops import connect
+from tests.support.ldapops import DirectoryServer, connect
 from tests.support.process import free_port
 from tests.support.samba_dc import SambaDC
 from tests.support.slapd import Slapd, running_slapd
@@ -36,38 +36,31 @@ from tests.test_directory_settings import a_ca_pem
 PASSWORD = "Corr3ct-Horse-Battery!"
 
 
-def ad_config(dc: SambaDC, **values: Any) -> DirectoryConfig:
+def _config(
+    server: DirectoryServer, ident: int, name: str, kind: str, values: dict[str, Any]
+) -> DirectoryConfig:
     base: dict[str, Any] = {
-        "id": 1,
-        "name": "corp",
-        "kind": "ad",
-        "urls": (dc.url,),
-        "ca_pem": Path(dc.ca_file).read_text(encoding="ascii"),
-        "bind_dn": dc.bind_dn,
-        "base_dn": dc.base_dn,
-        "attributes": DEFAULT_ATTRIBUTES["ad"],
-        "connect_timeout": 3.0,
-        "search_timeout": 10.0,
-    }
-    base.update(values)
-    return DirectoryConfig(**base)
-
-
-def ldap_config(server: Slapd, **values: Any) -> DirectoryConfig:
-    base: dict[str, Any] = {
-        "id": 2,
-        "name": "people",
-        "kind": "ldap",
+        "id": ident,
+        "name": name,
+        "kind": kind,
         "urls": (server.url,),
         "ca_pem": Path(server.ca_file).read_text(encoding="ascii"),
         "bind_dn": server.bind_dn,
         "base_dn": server.base_dn,
-        "attributes": DEFAULT_ATTRIBUTES["ldap"],
+        "attributes": DEFAULT_ATTRIBUTES[kind],
         "connect_timeout": 3.0,
         "search_timeout": 10.0,
     }
     base.update(values)
     return DirectoryConfig(**base)
+
+
+def ad_config(dc: SambaDC, **values: Any) -> DirectoryConfig:
+    return _config(dc, 1, "corp", "ad", values)
+
+
+def ldap_config(server: Slapd, **values: Any) -> DirectoryConfig:
+    return _config(server, 2, "people", "ldap", values)
 
 
 async def everyone(reader: LdapDirectory) -> tuple[list[list[DirectoryEntry]], dict[str, Any]]:

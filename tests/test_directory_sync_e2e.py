@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.ldapops import directory_add_args
 from tests.support.process import Cli
 from tests.support.samba_dc import SambaDC
 from tests.support.slapd import Slapd
@@ -46,18 +47,7 @@ def test_the_operator_walk_against_the_samba_dc(cli: Cli, samba_dc: SambaDC) -> 
     dc.add_members(vpn, ann, ben, cat)
     dc.add_members(admins, ann)
     cli(
-        "directory",
-        "add",
-        "corp",
-        "--url",
-        dc.url,
-        "--ca-file",
-        str(dc.ca_file),
-        "--bind-dn",
-        dc.bind_dn,
-        "--bind-password-stdin",
-        "--base-dn",
-        dc.base_dn,
+        *directory_add_args(dc),
         "--group",
         vpn_dn,
         "--admin-group",
@@ -113,21 +103,7 @@ def test_a_sync_from_slapd_follows_renames_and_deletions(cli: Cli, slapd: Slapd)
     names = [slapd.new_name("p") for _ in range(3)]
     for name in names:
         slapd.add_user(name, "Slapd-Passw0rd!", email=f"{name}@example.org", parent=ou)
-    cli(
-        "directory",
-        "add",
-        "corp",
-        "--url",
-        slapd.url,
-        "--ca-file",
-        str(slapd.ca_file),
-        "--bind-dn",
-        slapd.bind_dn,
-        "--bind-password-stdin",
-        "--base-dn",
-        ou,
-        stdin=slapd.bind_password + "\n",
-    )
+    cli(*directory_add_args(slapd, base_dn=ou), stdin=slapd.bind_password + "\n")
     assert sync(cli)["created"] == 3
     renamed = slapd.new_name("p")
     slapd.rename(names[0], renamed)

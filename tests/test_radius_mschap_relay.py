@@ -117,17 +117,9 @@ def _close_clients(lab: RadiusLab) -> Iterator[None]:
 
 
 def gateway(lab: RadiusLab, upstream: FreeRadius, name: str, **changes: Any) -> str:
+    """A bridge client with primary radius towards ``upstream``; its source address."""
     source = f"127.0.0.{next(_sources)}"
-    settings: dict[str, Any] = {
-        "mode": "push",
-        "primary": "radius",
-        "upstream_host": upstream.host,
-        "upstream_port": upstream.port,
-        "upstream_secret": UPSTREAM_SECRET,
-        "upstream_timeout": 5.0,
-    }
-    settings.update(changes)
-    lab.client(name, [source], GATEWAY_SECRET, **settings)
+    lab.upstream_client(name, source, GATEWAY_SECRET, upstream, UPSTREAM_SECRET, **changes)
     return source
 
 

@@ -28,6 +28,7 @@ from tests.support.process import wait_for
 
 if TYPE_CHECKING:
     from backend.authenticator.client import AppClient
+    from tests.support.freeradius import FreeRadius
 
 T = TypeVar("T")
 
@@ -248,6 +249,28 @@ class RadiusLab:
         wait_for(
             lambda: self.bridge.revision == revision, 10, f"the bridge to load revision {revision}"
         )
+
+    def upstream_client(
+        self,
+        name: str,
+        source: str,
+        secret: str,
+        upstream: FreeRadius,
+        upstream_secret: str,
+        **changes: Any,
+    ) -> None:
+        """Client ``name`` at ``source``: push mode with primary RADIUS towards ``upstream``
+        (5 s upstream timeout), ``changes`` on top; as :meth:`client`."""
+        settings: dict[str, Any] = {
+            "mode": "push",
+            "primary": "radius",
+            "upstream_host": upstream.host,
+            "upstream_port": upstream.port,
+            "upstream_secret": upstream_secret,
+            "upstream_timeout": 5.0,
+        }
+        settings.update(changes)
+        self.client(name, [source], secret, **settings)
 
     def user(self, name: str, password: str | None = None) -> AppClient:
         """A user (with a local password when given) with an activated reference

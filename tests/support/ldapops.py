@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import ldap3
 from ldap3.core.exceptions import (
@@ -23,7 +23,43 @@ from ldap3.core.exceptions import (
     LDAPSocketSendError,
 )
 
+from tests.support.process import wait_for
+
 Scope = Literal["BASE", "LEVEL", "SUBTREE"]
+
+
+class DirectoryServer(Protocol):
+    """What :func:`directory_add_args` reads of a test directory server (slapd, Samba DC)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def ca_file(self) -> Path: ...
+    @property
+    def bind_dn(self) -> str: ...
+    @property
+    def base_dn(self) -> str: ...
+
+
+def directory_add_args(
+    server: DirectoryServer, name: str = "corp", *, base_dn: str | None = None
+) -> list[str]:
+    """``openmfa directory add NAME`` towards ``server`` (its URL, CA and service account,
+    the password read from stdin) with base ``base_dn`` or the server's."""
+    return [
+        "directory",
+        "add",
+        name,
+        "--url",
+        server.url,
+        "--ca-file",
+        str(server.ca_file),
+        "--bind-dn",
+        server.bind_dn,
+        "--bind-password-stdin",
+        "--base-dn",
+        base_dn or server.base_dn,
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,19 +152,25 @@ def wait_for_bind(
     """Poll with a real bind until it succeeds; fail with the server's log when the process
     has died or ``deadline`` (a :func:`time.monotonic` value) has passed."""
     last = ""
-    while True:
+
+    def bound() -> bool:
+        nonlocal last
         if not alive():
             raise RuntimeError(f"the directory server at {url} exited while starting:\n{log()}")
         try:
             connect(url, ca_file, user, password).unbind()
-            return
+            return True
         except (LDAPException, OSError) as exc:
             last = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"the directory server at {url} did not accept a bind in time ({last}):\n{log()}"
-            )
-        time.sleep(0.2)
+            return False
+
+    wait_for(
+        bound,
+        deadline - time.monotonic(),
+        f"the directory server at {url} to accept a bind",
+        every=0.2,
+        detail=lambda: f"{last}\n{log()}",
+    )
 
 
 class Admin:

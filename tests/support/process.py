@@ -46,12 +46,22 @@ def free_port() -> int:
         return port
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.05) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+def wait_for(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    every: float = 0.05,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``condition`` until it holds; fail with ``what`` (and ``detail()``, when given,
+    e.g. the last error seen or a server's log) after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            message = f"timed out after {timeout} s waiting for {what}"
+            if detail is not None:
+                message = f"{message}: {detail()}"
+            raise AssertionError(message)
         time.sleep(every)
 
 

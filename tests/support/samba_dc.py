@@ -49,7 +49,6 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -68,7 +67,8 @@ from ldap3.utils.dn import escape_rdn
 from tests.fakes.tls import make_tls
 from tests.support.ldapops import Admin, DirectoryUser, connect, unique_name, wait_for_bind
 from tests.support.process import require_program
-from tests.support.watchdog import start_watchdog
+from tests.support.watchdog import alive as _alive
+from tests.support.watchdog import start_watchdog, stop
 
 REALM = "CORP.OPENMFA.TEST"
 DOMAIN = "OPENMFATEST"
@@ -373,15 +373,6 @@ def _free_loopback_address() -> str:
     )
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, dead but not yet reaped by its parent, does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _log_tail(directory: Path) -> str:
     try:
         return (directory / "samba.out").read_text(errors="replace")[-4000:]
@@ -545,22 +536,13 @@ _STARTED: dict[int, subprocess.Popen[bytes]] = {}
 
 
 def _stop(pid: int) -> None:
-    """SIGTERM to the DC's process group, SIGKILL after :data:`STOP_TIMEOUT` seconds."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline:
-            own = _STARTED.get(pid)
-            if own is not None and own.poll() is not None:
-                break
-            if own is None and not _alive(pid):
-                break
-            time.sleep(0.05)
-        else:
-            continue
-        break
-    _STARTED.pop(pid, None)
+    """Stop the DC's process group as the watchdog does (SIGTERM, SIGKILL after a bounded
+    wait), then reap it when this process started it."""
+    stop(pid)
+    own = _STARTED.pop(pid, None)
+    if own is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            own.wait(timeout=STOP_TIMEOUT)
 
 
 @contextlib.contextmanager

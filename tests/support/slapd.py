@@ -47,7 +47,7 @@ from backend.directory.config import DEFAULT_ATTRIBUTES, DirectoryConfig
 from backend.directory.settings import DirectorySettings
 from tests.fakes.tls import make_tls
 from tests.support.ldapops import Admin, DirectoryUser, connect, unique_name, wait_for_bind
-from tests.support.process import free_port, require_program
+from tests.support.process import free_port, require_program, wait_for
 from tests.support.watchdog import start_watchdog
 
 BASE_DN = "dc=openmfa,dc=test"
@@ -360,12 +360,13 @@ access to *
         """refint rewrites the groups in a background thread after the operation has
         returned: poll (bounded) until no group's ``member`` names ``dn`` any more, so a test
         sees the directory as a client would a moment later."""
-        deadline = time.monotonic() + 10
         query = f"(member={escape_filter_chars(dn)})"
-        while self._admin.search(self.groups_dn, query, ["cn"]):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"refint left {dn} in a group's member for 10 s")
-            time.sleep(0.02)
+        wait_for(
+            lambda: not self._admin.search(self.groups_dn, query, ["cn"]),
+            10,
+            f"refint to drop {dn} from every group's member",
+            every=0.02,
+        )
 
     delete_user = remove = delete
 
