@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend.cli.admin import read_secret
-from backend.cli.output import as_json, clean, table, when
+from backend.cli.output import as_json, clean, print_listing, when
 from backend.domain import radius
 from backend.errors import BadRequest
 from radius_vocabulary.settings import (
@@ -441,33 +441,22 @@ def describe(record: RadiusClientRecord) -> dict[str, Any]:
 
 async def client_list(services: Services, args: argparse.Namespace, actor: Actor) -> int:
     records = await services.radius_clients.list()
-    if args.json:
-        print(as_json([describe(r) for r in records]))
-        return 0
-    if not records:
-        print(
-            "no RADIUS clients; add one with "
-            "`openmfa client add NAME --address CIDR --secret-stdin`"
-        )
-        return 0
-    print(
-        table(
-            ["NAME", "ADDRESSES", "MODE", "PRIMARY", "FAILMODE", "UNENROLLED", "MSG-AUTH"],
-            [
-                [
-                    r.name,
-                    ",".join(r.addresses),
-                    r.mode,
-                    f"{r.primary} ({r.directory})" if r.directory else r.primary,
-                    r.failmode,
-                    r.unenrolled,
-                    "required" if r.require_message_authenticator else "OFF",
-                ]
-                for r in records
-            ],
-        )
+    return print_listing(
+        args.json,
+        records,
+        describe,
+        "no RADIUS clients; add one with `openmfa client add NAME --address CIDR --secret-stdin`",
+        ["NAME", "ADDRESSES", "MODE", "PRIMARY", "FAILMODE", "UNENROLLED", "MSG-AUTH"],
+        lambda r: [
+            r.name,
+            ",".join(r.addresses),
+            r.mode,
+            f"{r.primary} ({r.directory})" if r.directory else r.primary,
+            r.failmode,
+            r.unenrolled,
+            "required" if r.require_message_authenticator else "OFF",
+        ],
     )
-    return 0
 
 
 def _number_matching_text(record: RadiusClientRecord) -> str:

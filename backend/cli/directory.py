@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backend.cli.admin import read_secret
-from backend.cli.output import as_json, clean, table, when
+from backend.cli.output import as_json, clean, print_listing, when
 from backend.directory.config import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISABLE_MINIMUM,
@@ -346,33 +346,23 @@ def _interval_text(seconds: int) -> str:
 
 async def directory_list(services: Services, args: argparse.Namespace, actor: Actor) -> int:
     views = await services.directories.list()
-    if args.json:
-        print(as_json([describe(v) for v in views]))
-        return 0
-    if not views:
-        print(
-            "no directories; add one with `openmfa directory add NAME --url ldaps://HOST "
-            "--bind-dn DN --bind-password-stdin --base-dn DN`"
-        )
-        return 0
-    print(
-        table(
-            ["NAME", "KIND", "URLS", "BASE DN", "GROUP", "USERS", "SYNC"],
-            [
-                [
-                    v.name,
-                    v.kind,
-                    ",".join(v.urls),
-                    v.base_dn,
-                    v.group_dn or "-",
-                    v.users,
-                    _interval_text(v.sync_interval),
-                ]
-                for v in views
-            ],
-        )
+    return print_listing(
+        args.json,
+        views,
+        describe,
+        "no directories; add one with `openmfa directory add NAME --url ldaps://HOST "
+        "--bind-dn DN --bind-password-stdin --base-dn DN`",
+        ["NAME", "KIND", "URLS", "BASE DN", "GROUP", "USERS", "SYNC"],
+        lambda v: [
+            v.name,
+            v.kind,
+            ",".join(v.urls),
+            v.base_dn,
+            v.group_dn or "-",
+            v.users,
+            _interval_text(v.sync_interval),
+        ],
     )
-    return 0
 
 
 async def directory_show(services: Services, args: argparse.Namespace, actor: Actor) -> int:

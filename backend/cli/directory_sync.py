@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from backend.cli.output import as_json, clean, table, when
+from backend.cli.output import as_json, clean, print_listing, when
 
 if TYPE_CHECKING:  # loaded when a command runs, not for ``--help``
     from backend.services import Services
@@ -180,45 +180,37 @@ def _total(report: SyncReport, kind: str) -> int:
 async def directory_syncs(services: Services, args: argparse.Namespace, actor: Actor) -> int:
     """``openmfa directory syncs NAME``: the history."""
     reports = await services.directory_sync.history(args.name, args.limit)
-    if args.json:
-        print(as_json([{**asdict(r), "duration": r.duration} for r in reports]))
-        return 0
-    if not reports:
-        print(f"{clean(args.name)} has not been synced yet")
-        return 0
-    print(
-        table(
-            [
-                "STARTED",
-                "BY",
-                "KIND",
-                "STATE",
-                "SECONDS",
-                "NEW",
-                "UPD",
-                "REN",
-                "DIS",
-                "ENA",
-                "SAME",
-                "ERR",
-            ],
-            [
-                [
-                    when(r.started_at),
-                    r.actor,
-                    "dry run" if r.dry_run else "sync",
-                    r.state,
-                    "-" if r.duration is None else f"{r.duration:.1f}",
-                    r.created,
-                    r.updated,
-                    r.renamed,
-                    r.disabled,
-                    r.enabled,
-                    r.unchanged,
-                    r.errors,
-                ]
-                for r in reports
-            ],
-        )
+    return print_listing(
+        args.json,
+        reports,
+        lambda r: {**asdict(r), "duration": r.duration},
+        f"{clean(args.name)} has not been synced yet",
+        [
+            "STARTED",
+            "BY",
+            "KIND",
+            "STATE",
+            "SECONDS",
+            "NEW",
+            "UPD",
+            "REN",
+            "DIS",
+            "ENA",
+            "SAME",
+            "ERR",
+        ],
+        lambda r: [
+            when(r.started_at),
+            r.actor,
+            "dry run" if r.dry_run else "sync",
+            r.state,
+            "-" if r.duration is None else f"{r.duration:.1f}",
+            r.created,
+            r.updated,
+            r.renamed,
+            r.disabled,
+            r.enabled,
+            r.unchanged,
+            r.errors,
+        ],
     )
-    return 0

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 # C0 and C1 controls, DEL, line and paragraph separators, and the bidirectional overrides and
 # isolates (they reorder what the terminal shows: "Trojan Source").
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+T = TypeVar("T")
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -52,3 +54,22 @@ def as_json(value: Any) -> str:
     return json.dumps(
         value, indent=2, default=lambda v: v.isoformat() if isinstance(v, datetime) else str(v)
     )
+
+
+def print_listing(
+    json_wanted: bool,
+    items: Sequence[T],
+    describe: Callable[[T], Any],
+    empty: str,
+    headers: Sequence[str],
+    row: Callable[[T], Sequence[Any]],
+) -> int:
+    """A ``list`` command's output: JSON (``describe`` of each item), ``empty`` when there is
+    nothing (a hint, text the caller made safe), else a table of ``row`` of each; status 0."""
+    if json_wanted:
+        print(as_json([describe(item) for item in items]))
+    elif not items:
+        print(empty)
+    else:
+        print(table(headers, [row(item) for item in items]))
+    return 0

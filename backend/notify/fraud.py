@@ -36,6 +36,7 @@ from backend.services.fraud import FraudReportView, load_report
 from backend.services.geoip import GeoIp
 from backend.store.database import Database
 from backend.store.tables import fraud_reports_t
+from backend.tasks import finish_within
 
 log = logging.getLogger("openmfa.notify")
 
@@ -168,13 +169,12 @@ class FraudMailer:
         for report_id, task in tasks.items():
             if report_id not in self._busy:
                 task.cancel()
-        running = [task for task in tasks.values() if not task.done()]
-        if running:
-            _, late = await asyncio.wait(running, timeout=self._close_grace)
-            for task in late:
-                log.warning("fraud report e-mail cut short at shutdown; resent at the next start")
-                task.cancel()
-        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        await finish_within(
+            tasks.values(),
+            self._close_grace,
+            log,
+            "fraud report e-mail cut short at shutdown; resent at the next start",
+        )
 
     # -- one report -------------------------------------------------------------------------
 

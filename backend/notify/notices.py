@@ -33,6 +33,7 @@ from backend.services.context import Actor, Clock
 from backend.store.database import Database
 from backend.store.queries import user_name_of
 from backend.store.tables import account_notices_t, users_t
+from backend.tasks import finish_within
 
 log = logging.getLogger("openmfa.notify")
 
@@ -91,11 +92,12 @@ class NoticeMailer:
         self._wake.set()
         if self._task is None:
             return
-        _, late = await asyncio.wait([self._task], timeout=self._close_grace)
-        for task in late:
-            log.warning("account notice e-mail cut short at shutdown; sent at the next start")
-            task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await finish_within(
+            [self._task],
+            self._close_grace,
+            log,
+            "account notice e-mail cut short at shutdown; sent at the next start",
+        )
 
     async def _run(self) -> None:
         while True:

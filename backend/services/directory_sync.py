@@ -68,6 +68,7 @@ from backend.services.users import UserService
 from backend.store.database import Database
 from backend.store.queries import effective_policy
 from backend.store.tables import directories_t, directory_syncs_t, radius_clients_t, users_t
+from backend.tasks import stop_task
 
 log = logging.getLogger("openmfa.directory")
 
@@ -932,11 +933,8 @@ class SyncSchedule:
     async def close(self) -> None:
         """Stop: a sync in progress is interrupted (its report says so)."""
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         started = time.monotonic()

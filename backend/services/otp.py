@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -146,17 +147,8 @@ class OtpService:
         """
         actor = attempt.actor
         try:
-            rows = await self._db.run_statement(
-                _PG_READ,
-                _bearer_digest(attempt.bearer),
-                attempt.user_name,
-                int(attempt.live_only),
-                attempt.confirm or "",
-            )
-            if attempt.bearer is not None:
-                if rows[0][0] is None:
-                    raise AuthenticationRequired("unknown or revoked API token")
-                actor = Actor(f"gateway:{rows[0][0]}", actor.source, actor.request_id)
+            rows = await self._db.run_statement(_PG_READ, *_read_params(attempt))
+            actor = _gateway_actor(attempt, actor, rows)
             return await self._record_postgres(attempt, actor, rows, lock)
         except OpenMFAError as exc:
             exc.extra.setdefault("actor", actor)
@@ -214,29 +206,8 @@ class OtpService:
     def _verify(self, tx: Tx, attempt: _Attempt) -> OtpResult:
         actor = attempt.actor
         try:
-            # One round trip for the gateway token, the user and their seeds: on PostgreSQL
-            # each statement is a network round trip, and this is the hot path.
-            rows = tx.all(
-                "SELECT (SELECT name FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL),"
-                " u.id, u.name, u.disabled, u.blocked, u.blocked_reason, u.otp_locked_until,"
-                " d.id, d.seed_enc, d.period"
-                " FROM (SELECT 1 AS one) AS base"
-                " LEFT JOIN users AS u ON u.name_key = ?"
-                " LEFT JOIN devices AS d ON d.user_id = u.id AND (d.state = 'active'"
-                " OR (d.state = 'pending' AND d.kind = 'app' AND ? = 0)"
-                " OR (d.state = 'pending' AND d.id = ?))"
-                # privacyIDEA Authenticator push tokens have no TOTP seed of their own.
-                " AND d.kind <> 'pipush'",
-                _bearer_digest(attempt.bearer),
-                attempt.user_name,
-                int(attempt.live_only),
-                # No device id is empty: without confirm= the clause matches nothing.
-                attempt.confirm or "",
-            )
-            if attempt.bearer is not None:
-                if rows[0][0] is None:
-                    raise AuthenticationRequired("unknown or revoked API token")
-                actor = Actor(f"gateway:{rows[0][0]}", actor.source, actor.request_id)
+            rows = tx.all(_READ, *_read_params(attempt))
+            actor = _gateway_actor(attempt, actor, rows)
             return self._verify_user(tx, attempt, actor, rows)
         except OpenMFAError as exc:
             exc.extra.setdefault("actor", actor)
@@ -365,20 +336,49 @@ def _clip(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[: limit - 1] + "…"
 
 
-# The job's read, plus the user's lockout policy rows (json: one round trip for all).
-_PG_READ = (
+# One round trip for the gateway token, the user and their seeds: on PostgreSQL each
+# statement is a network round trip, and this is the hot path. Parameters: _read_params.
+_READ_COLUMNS = (
     "SELECT (SELECT name FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL),"
     " u.id, u.name, u.disabled, u.blocked, u.blocked_reason, u.otp_locked_until,"
-    " d.id, d.seed_enc, d.period,"
-    " (SELECT json_agg(json_build_array(p.scope, p.key, p.value)) FROM policies AS p"
-    " WHERE p.scope IN ('global', 'user:' || u.id))"
+    " d.id, d.seed_enc, d.period"
+)
+_READ_FROM = (
     " FROM (SELECT 1 AS one) AS base"
     " LEFT JOIN users AS u ON u.name_key = ?"
     " LEFT JOIN devices AS d ON d.user_id = u.id AND (d.state = 'active'"
     " OR (d.state = 'pending' AND d.kind = 'app' AND ? = 0)"
     " OR (d.state = 'pending' AND d.id = ?))"
+    # privacyIDEA Authenticator push tokens have no TOTP seed of their own.
     " AND d.kind <> 'pipush'"
 )
+_READ = _READ_COLUMNS + _READ_FROM
+# The same read plus the user's lockout policy rows (json: one round trip for all).
+_PG_POLICIES = (
+    ", (SELECT json_agg(json_build_array(p.scope, p.key, p.value)) FROM policies AS p"
+    " WHERE p.scope IN ('global', 'user:' || u.id))"
+)
+_PG_READ = _READ_COLUMNS + _PG_POLICIES + _READ_FROM
+
+
+def _read_params(attempt: _Attempt) -> tuple[str | None, str, int, str]:
+    """The parameters of :data:`_READ` / :data:`_PG_READ`, in order."""
+    return (
+        _bearer_digest(attempt.bearer),
+        attempt.user_name,
+        int(attempt.live_only),
+        # No device id is empty: without confirm= the clause matches nothing.
+        attempt.confirm or "",
+    )
+
+
+def _gateway_actor(attempt: _Attempt, actor: Actor, rows: Sequence[Any]) -> Actor:
+    """The actor a gateway token's name makes of ``actor``; refused if the token is unknown."""
+    if attempt.bearer is None:
+        return actor
+    if rows[0][0] is None:
+        raise AuthenticationRequired("unknown or revoked API token")
+    return Actor(f"gateway:{rows[0][0]}", actor.source, actor.request_id)
 
 
 def _bearer_digest(bearer: str | None) -> str | None:

@@ -36,6 +36,7 @@ from backend.store.tables import (
     used_nonces_t,
     web_sessions_t,
 )
+from backend.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -269,11 +270,8 @@ class PruneDuty:
     async def close(self) -> None:
         """Stop; a batch in progress is rolled back (the next pass does it again)."""
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         wait = self._first_delay
