@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -34,6 +35,11 @@ class OutcomeBus(Protocol):
     async def wait(self, challenge_id: str, within: float) -> Outcome | None:
         """The outcome, or ``None`` if none arrived within ``within`` seconds."""
 
+    def watch(self, challenge_id: str, on_outcome: Callable[[Outcome], None]) -> Callable[[], None]:
+        """Call ``on_outcome`` once when the challenge is decided (at once if it already
+        was, as far as the bus remembers); returns the function that stops watching. For
+        callers that hold many challenges (a bridge's wait channel): no task per challenge."""
+
     async def close(self) -> None:
         """Wake every waiter with ``None`` and stop."""
 
@@ -43,6 +49,7 @@ class InProcessOutcomeBus:
 
     def __init__(self, remember: int = 10_000, remember_seconds: float = 600.0) -> None:
         self._waiters: dict[str, set[asyncio.Future[Outcome | None]]] = {}
+        self._watchers: dict[str, list[Callable[[Outcome], None]]] = {}
         self._recent: OrderedDict[str, tuple[Outcome, float]] = OrderedDict()
         self._remember = remember
         self._remember_seconds = remember_seconds
@@ -56,6 +63,30 @@ class InProcessOutcomeBus:
         for future in self._waiters.pop(outcome.challenge_id, set()):
             if not future.done():
                 future.set_result(outcome)
+        for on_outcome in self._watchers.pop(outcome.challenge_id, []):
+            on_outcome(outcome)
+
+    def watch(self, challenge_id: str, on_outcome: Callable[[Outcome], None]) -> Callable[[], None]:
+        known = self._remembered(challenge_id)
+        if known is not None:
+            on_outcome(known)
+            return _nothing
+        watchers = self._watchers.setdefault(challenge_id, [])
+        watchers.append(on_outcome)
+
+        def unwatch() -> None:
+            current = self._watchers.get(challenge_id)
+            if current is not None and on_outcome in current:
+                current.remove(on_outcome)
+                if not current:
+                    del self._watchers[challenge_id]
+
+        return unwatch
+
+    def held(self) -> set[str]:
+        """The challenge ids someone waits on or watches here (a bus that lost its feed
+        re-reads these, so no wake-up is lost in the gap)."""
+        return {*self._waiters, *self._watchers}
 
     def _remembered(self, challenge_id: str) -> Outcome | None:
         entry = self._recent.get(challenge_id)
@@ -86,8 +117,10 @@ class InProcessOutcomeBus:
 
     @property
     def waiting(self) -> int:
-        """How many waiters are parked (for metrics and tests)."""
-        return sum(len(w) for w in self._waiters.values())
+        """How many waiters and watchers are parked (for metrics and tests)."""
+        return sum(len(w) for w in self._waiters.values()) + sum(
+            len(w) for w in self._watchers.values()
+        )
 
     async def close(self) -> None:
         self._closed = True
@@ -96,3 +129,8 @@ class InProcessOutcomeBus:
                 if not future.done():
                     future.set_result(None)
         self._waiters.clear()
+        self._watchers.clear()
+
+
+def _nothing() -> None:
+    """The unwatch of a watch that fired at once."""

@@ -118,6 +118,14 @@ def _view(row: Any, user_name: str) -> ChallengeView:
     )
 
 
+def idempotency_scope(token_id: int | None, key: str | None) -> str | None:
+    """Whose copies of a request count as one: the gateway token that sent it, or every
+    bridge alike (the in-process bridge has no token row)."""
+    if key is None:
+        return None
+    return "bridge" if token_id is None else f"token:{token_id}"
+
+
 def _check_context(context: SignInContext) -> None:
     for field, value, limit in (
         ("client_name", context.client_name, 128),
@@ -220,8 +228,9 @@ class ChallengeService:
         _check_context(context)
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 128:
             raise BadRequest("idempotency_key has 1 to 128 characters")
-        if idempotency_key is not None:
-            existing = await self._find_idempotent(token_id, idempotency_key, user_name)
+        scope = idempotency_scope(token_id, idempotency_key)
+        if scope is not None and idempotency_key is not None:
+            existing = await self._find_idempotent(scope, idempotency_key, user_name)
             if existing is not None:
                 return existing
         now = self._clock()
@@ -282,6 +291,7 @@ class ChallengeService:
                             display=_display(context),
                             token_id=token_id,
                             idempotency_key=idempotency_key,
+                            idempotency_scope=scope,
                             started_by=started_by,
                         )
                     )
@@ -291,8 +301,8 @@ class ChallengeService:
                     )
         except IntegrityError:
             # Two copies of the same request raced; the other one created it.
-            if idempotency_key is not None:
-                existing = await self._find_idempotent(token_id, idempotency_key, user_name)
+            if scope is not None and idempotency_key is not None:
+                existing = await self._find_idempotent(scope, idempotency_key, user_name)
                 if existing is not None:
                     return existing
             raise
@@ -375,15 +385,14 @@ class ChallengeService:
             policy = await effective_policy(conn, user.id)
             return await _guard(conn, user.id, policy, now, always=True)
 
-    async def _find_idempotent(
-        self, token_id: int | None, key: str, user_name: str
-    ) -> ChallengeView | None:
+    async def _find_idempotent(self, scope: str, key: str, user_name: str) -> ChallengeView | None:
         """The authentication this gateway started with ``key``; the key must name the same user."""
         async with self._db.read() as conn:
             row = (
                 await conn.execute(
                     select(challenges_t.c.id).where(
-                        challenges_t.c.token_id == token_id, challenges_t.c.idempotency_key == key
+                        challenges_t.c.idempotency_scope == scope,
+                        challenges_t.c.idempotency_key == key,
                     )
                 )
             ).first()

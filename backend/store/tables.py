@@ -153,7 +153,9 @@ class Challenge(SQLModel, table=True):
 
     __tablename__ = "challenges"
     __table_args__ = (
-        UniqueConstraint("token_id", "idempotency_key", name="uq_challenges_idempotency"),
+        # Bridges share one scope ("bridge"), so a gateway that fails over to a second bridge
+        # with the same request finds the sign-in the first one started (issue 18).
+        UniqueConstraint("idempotency_scope", "idempotency_key", name="uq_challenges_idempotency"),
         Index("ix_challenges_user_state", "user_id", "state"),
         Index("ix_challenges_user_created", "user_id", "created_at"),
         Index("ix_challenges_state_expires", "state", "expires_at"),
@@ -177,6 +179,14 @@ class Challenge(SQLModel, table=True):
     # in-process bridge): only it and bridge tokens may read, wait on, answer or cancel it.
     # NULL for challenges the web portal and console start, which no gateway token sees.
     started_by: str | None = Field(default=None, max_length=64)
+    # Whose copies of a request count as one: "bridge" for every bridge token (standalone or
+    # in-process, on any node), "token:<id>" for a gateway token; NULL without a key.
+    idempotency_scope: str | None = Field(default=None, max_length=80)
+    # The node that delivers its pushes (``nodes.id``) and when delivery finished. A push
+    # challenge still pending with ``push_sent_at`` NULL whose node stopped beating is taken
+    # over by a live node (backend/push/handover.py), so each push goes out once.
+    push_node: str | None = Field(default=None, max_length=64)
+    push_sent_at: datetime | None = utc_column(nullable=True)
 
 
 class ApiToken(SQLModel, table=True):
@@ -467,3 +477,35 @@ class AccountNotice(SQLModel, table=True):
 
 
 account_notices_t = _table(AccountNotice)
+
+
+class Node(SQLModel, table=True):
+    """One ``openmfa run`` process serving this database (``openmfa nodes``). Alive while
+    ``seen_at`` (its heartbeat) is recent; ``stopped_at`` is set by a clean shutdown."""
+
+    __tablename__ = "nodes"
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=128)
+    host: str = Field(default="", max_length=255)
+    pid: int = 0
+    version: str = Field(default="", max_length=32)
+    started_at: datetime = utc_column()
+    seen_at: datetime = utc_column()
+    stopped_at: datetime | None = utc_column(nullable=True)
+
+
+nodes_t = _table(Node)
+
+
+class Lease(SQLModel, table=True):
+    """A duty that must run on one node at a time (fraud-mail resend, directory sync,
+    retention...), held by ``node_id`` until ``expires_at`` unless renewed."""
+
+    __tablename__ = "leases"
+    name: str = Field(primary_key=True, max_length=64)
+    node_id: str = Field(max_length=64)
+    acquired_at: datetime = utc_column()
+    expires_at: datetime = utc_column()
+
+
+leases_t = _table(Lease)
