@@ -183,6 +183,14 @@ class Settings(BaseModel):
     # Seconds of pause between two batches, so the hot paths get the database in between.
     retention_batch_pause_seconds: float = Field(default=0.05, ge=0, le=10)
 
+    # -- several nodes on one database (docs/operations.md, "Several nodes") --
+    # How this node names itself in `openmfa nodes`; empty: the host name.
+    node_name: str = Field(default="", max_length=128)
+    # Seconds between a node's heartbeats; a node silent for node_timeout_seconds is dead:
+    # its leases and the pushes it was sending are taken over by a live node.
+    node_heartbeat_seconds: float = Field(default=5.0, ge=0.5, le=60)
+    node_timeout_seconds: float = Field(default=20.0, ge=2, le=600)
+
     @field_validator("public_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
@@ -243,6 +251,13 @@ class Settings(BaseModel):
         if not isinstance(items, list | tuple):
             raise ValueError('trusted_proxies is a list of CIDRs, e.g. ["10.0.0.0/8"]')
         return tuple(_network(item) for item in items)
+
+    @model_validator(mode="after")
+    def _node_timeout(self) -> Settings:
+        if self.node_timeout_seconds < 2 * self.node_heartbeat_seconds:
+            # One late heartbeat must not make a live node look dead.
+            raise ValueError("node_timeout_seconds must be at least twice node_heartbeat_seconds")
+        return self
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

@@ -7,8 +7,9 @@ work on the same database with the same rules.
 from __future__ import annotations
 
 import logging
+import secrets
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -58,6 +59,11 @@ KEY_ID = "server_key_id"
 log = logging.getLogger("openmfa.services")
 
 
+def new_node_id() -> str:
+    """A fresh id for this process's row in ``nodes``: a restarted node is a new node."""
+    return "n_" + secrets.token_urlsafe(9)
+
+
 @dataclass(slots=True)
 class Services:
     settings: Settings
@@ -96,6 +102,8 @@ class Services:
     notice_mailer: notice_mail.NoticeMailer | None = None
     # The VAPID key the web app subscribes with; None where Web Push is off or push is off.
     webpush_key: VapidKey | None = None
+    # This process among the nodes serving the database (``nodes.id``; ``openmfa nodes``).
+    node_id: str = field(default_factory=new_node_id)
 
     @classmethod
     async def open(
