@@ -25,7 +25,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -316,9 +316,11 @@ class NodeCluster:
             "--failmode",
             "secure",
             "--push-timeout",
-            "120",
+            "300",
             stdin=RADIUS_SECRET + "\n",
         )
+        # Pushes wait long enough for the slowest scenario (1,000 held, then answered).
+        self.cli("policy", "set", "challenge_ttl_seconds", "300")
         for index in range(self.nodes_wanted):
             node = Node(
                 f"node-{chr(ord('a') + index)}",
@@ -603,13 +605,48 @@ class Gateway:
         """Send (or resend: the same bytes) ``sent`` to the server on UDP ``port``."""
         self.socks[sent.sock].sendto(sent.data, ("127.0.0.1", port))
 
-    def send_all(self, requests: Iterable[Sent], port: int, burst: int = 64) -> None:
-        """Send ``requests``, reading replies between bursts so no buffer overflows."""
+    def send_all(
+        self, requests: Iterable[Sent], port: int, burst: int = 64, rate: float = 0
+    ) -> None:
+        """Send ``requests``, reading replies between bursts so no buffer overflows; with
+        ``rate``, no more than that many a second (sign-ins arriving, not one burst)."""
+        began = time.monotonic()
         for count, sent in enumerate(requests, 1):
             self.send(sent, port)
-            if count % burst == 0:
+            if rate:
+                # Pacing, not synchronisation: sign-ins arrive over time at a gateway.
+                ahead = began + count / rate - time.monotonic()
+                if ahead > 0:
+                    self.collect()
+                    time.sleep(ahead)
+            elif count % burst == 0:
                 self.collect()
-                time.sleep(0.002)  # pacing, not synchronisation: a server reads ~200 queued
+                time.sleep(0.002)  # pacing: a server's socket queues only ~200 datagrams
+
+    def send_windowed(
+        self,
+        requests: Sequence[Sent],
+        port: int,
+        absorbed: Callable[[], int],
+        window: int,
+        timeout: float,
+    ) -> None:
+        """Send ``requests`` keeping at most ``window`` of them not yet ``absorbed()`` (e.g.
+        pushes seen at the push service): sign-ins arrive as fast as the nodes take them, on
+        a quiet machine or a busy one, never so fast that the bridge's start timeout fails
+        them."""
+        deadline = time.monotonic() + timeout
+        done = 0
+        while done < len(requests):
+            room = window - (done - absorbed())
+            if room > 0:
+                for sent in requests[done : done + room]:
+                    self.send(sent, port)
+                done = min(len(requests), done + room)
+            elif time.monotonic() > deadline:
+                raise AssertionError(f"only {absorbed()} of {done} requests taken in {timeout} s")
+            self.collect()
+            time.sleep(0.01)  # polling interval of the loop above
 
     def resend_unanswered(self, port: int) -> int:
         """Retransmit every request without a reply to ``port``, as a gateway does after its
