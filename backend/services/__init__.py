@@ -149,6 +149,7 @@ class Services:
                 nice=settings.hash_nice,
             )
             bus = bus or InProcessOutcomeBus()
+            node_id = new_node_id()
             audit = AuditLog(db, clock)
             notices = AccountNotices(
                 db, audit, clock, mail=sender is not None and settings.notify_users
@@ -218,6 +219,7 @@ class Services:
                 push=dispatcher,
                 fraud_notifier=mailer,
                 notices=notices,
+                node_id=node_id,
             )
             fraud = FraudService(db, audit, clock, challenges)
             invitations = InvitationService(
@@ -302,6 +304,7 @@ class Services:
                 geoip=geoip,
                 notice_mailer=notice_mailer,
                 webpush_key=webpush_key,
+                node_id=node_id,
             )
             users.directories = services.directories  # directory users' passwords
             on_error.pop_all()  # from here on, services.close() releases all of it
