@@ -25,11 +25,13 @@ from sqlalchemy import insert, select, update
 from backend.config import Settings
 from backend.domain.stepup import ADMINISTRATOR
 from backend.errors import Conflict
+from backend.metrics import BackendMetrics
 from backend.push.dispatcher import Backoff, PushDispatcher
 from backend.push.handover import PushHandover
 from backend.services import Services
 from backend.services.challenges import ChallengeService
 from backend.services.context import Actor, SignInContext
+from backend.services.leases import Leases
 from backend.store.tables import challenges_t, nodes_t
 from tests.support.clock import FakeClock
 from tests.test_push_dispatcher import FakeTransport
@@ -86,7 +88,8 @@ async def open_node(settings: Settings, clock: FakeClock, name: str) -> Node:
     challenges = ChallengeService(
         s.db, s.bus, s.users, s.otp, s.audit, clock, push=dispatcher, node_id=name
     )
-    handover = PushHandover(s.db, dispatcher, s.audit, clock, PUSH, name, TIMEOUT)
+    handover = PushHandover(s.db, dispatcher, s.audit, clock, PUSH, name, TIMEOUT, interval=0.02)
+    services.push, services.handover = dispatcher, handover  # closed with the services
     node = Node(name, services, apns, dispatcher, challenges, handover, clock)
     await node.beat()
     return node
@@ -103,10 +106,8 @@ async def nodes(settings: Settings, clock: FakeClock) -> AsyncIterator[tuple[Nod
             await first.services.policies.set(ADMIN, "push_max_unanswered", "0")
             yield first, second
         finally:
-            await second.dispatcher.close()
             await second.services.close()
     finally:
-        await first.dispatcher.close()
         await first.services.close()
 
 
@@ -246,7 +247,9 @@ async def test_a_dead_nodes_unsent_push_is_taken_over_and_sent_once(
     assert [m.challenge_id for m in b.apns.sent] == [challenge]
     assert await delivery(b.services, challenge) == ("n_b", b.clock())
     assert await audit_rows(b.services, "push.handover") == [("ok", "1 from n_a to n_b")]
-    assert b.dispatcher.handed_over == 1
+    metrics = BackendMetrics()
+    metrics.attach(b.services)
+    assert b"openmfa_push_handover_total 1.0" in metrics.render()
     # Sent now: no further pass takes it, on either node.
     assert await b.handover.run_once() == []
     assert len(a.apns.sent) + len(b.apns.sent) == 2  # A's cut attempt and B's
@@ -367,3 +370,43 @@ async def test_a_pass_where_nothing_can_be_sent_claims_nothing(
     silent = PushDispatcher(s.db, s.audit, clock, PUSH, {})
     idle = PushHandover(s.db, silent, s.audit, clock, PUSH, "n_c", TIMEOUT)
     assert await idle.run_once() == []
+
+
+async def test_the_leased_duty_sweeps_on_one_node_and_moves_when_it_goes(
+    nodes: tuple[Node, Node], clock: FakeClock
+) -> None:
+    a, b = nodes
+    s = a.services
+    duties = {
+        node.id: node.handover.leased(
+            Leases(node.services.db, clock, node.id), ttl=TIMEOUT, retry=0.02
+        )
+        for node in (a, b)
+    }
+    try:
+        await duties["n_a"].start()
+        await duties["n_a"].wait_held()
+        await duties["n_b"].start()
+        await device(s, "alice", "ios", "tok")
+        command = ChallengeService(s.db, s.bus, s.users, s.otp, s.audit, clock)  # no dispatcher
+        first = (await command.start(ADMIN, "alice", "push", SignInContext())).id
+        await a.apns.wait_for(1)  # A holds the lease: A's sweeper sends it
+        assert [m.challenge_id for m in a.apns.sent] == [first]
+        a.apns.hold("tok")
+        second = await a.start("alice")
+        await a.apns.wait_for(2)
+        # A goes: its sends, its sweeper and its heartbeat stop (the lease running out instead
+        # of being released is tests/test_leases.py's); its node row turns dead.
+        await a.die()
+        await duties["n_a"].close()
+        clock.advance(TIMEOUT + 1)
+        await b.beat()
+        await b.apns.wait_for(1)
+        await duties["n_b"].wait_held()
+        assert [m.challenge_id for m in b.apns.sent] == [second]
+        await b.dispatcher.wait_idle()
+        assert await delivery(s, second) == ("n_b", clock())
+        assert len(a.apns.sent) + len(b.apns.sent) == 3  # the first, A's cut one, B's
+    finally:
+        for duty in duties.values():
+            await duty.close()

@@ -16,8 +16,8 @@ UPDATE, so two sweepers never both take a challenge: on PostgreSQL the candidate
 serialises the passes. A node never takes its own challenges back: they are being delivered
 here already.
 
-Run it as the ``push-handover`` leased duty (:meth:`PushHandover.run_forever`): one node
-sweeps at a time; the claim stays safe without the lease.
+Run it as the ``push-handover`` leased duty (:meth:`PushHandover.leased`): one node sweeps
+at a time, every :data:`INTERVAL` seconds; the claim itself stays safe without the lease.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from backend.store.database import Database
 from backend.store.fastpath import Tx
+from backend.tasks import LeaseClaims, LeasedDuty
 
 if TYPE_CHECKING:  # push sits below the services; they hand it what it needs
     from backend.push.dispatcher import PushDispatcher
@@ -41,6 +42,7 @@ log = logging.getLogger("openmfa.push")
 
 BATCH = 500  # challenges per claim (the dispatcher loads them in batches of the same size)
 INTERVAL = 2.0  # seconds between passes
+LEASE = "push-handover"  # the leased duty's name (``openmfa nodes`` shows its holder)
 
 # A challenge nobody is delivering: pending, unexpired, push, not recorded sent, and its node
 # is not this one and not alive (stopped, silent too long, or without a row). Parameters:
@@ -116,6 +118,12 @@ class PushHandover:
             except Exception:  # the database away for a moment: try at the next pass
                 log.exception("push: the handover pass failed")
             await asyncio.sleep(self._interval)
+
+    def leased(self, leases: LeaseClaims, ttl: float, retry: float | None = None) -> LeasedDuty:
+        """The ``push-handover`` duty: :meth:`run_forever` on the one node holding the lease.
+        ``ttl``: the node timeout fits (a sweeper that dies is replaced about when the
+        pushes it was sending become claimable); ``retry``: how often the others try."""
+        return LeasedDuty(LEASE, leases, self.run_forever, ttl=ttl, retry=retry, log=log)
 
     def _claim(self, tx: Tx, now: datetime, alive_since: datetime) -> list[tuple[str, str]]:
         condition = (tx.time(now), self._node_id, tx.time(alive_since))
