@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import insert, select, update
 
+from backend.app import _duties
 from backend.config import Settings
 from backend.domain.stepup import ADMINISTRATOR
 from backend.errors import Conflict
@@ -410,3 +411,18 @@ async def test_the_leased_duty_sweeps_on_one_node_and_moves_when_it_goes(
     finally:
         for duty in duties.values():
             await duty.close()
+
+
+async def test_the_app_runs_the_handover_as_a_leased_duty(
+    settings: Settings, clock: FakeClock
+) -> None:
+    services = await Services.open(settings, clock=clock, node=True, notify=False)
+    try:
+        assert services.handover is not None
+        names = [d.name for d in _duties(services, clock)]
+        assert "push-handover" in names
+        # The challenges this node starts carry the id its heartbeat row has.
+        assert services.nodes is not None
+        assert services.nodes.node_id == services.node_id
+    finally:
+        await services.close()

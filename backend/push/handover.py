@@ -29,6 +29,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from backend.domain.leases import PUSH_HANDOVER
 from backend.store.database import Database
 from backend.store.fastpath import Tx
 from backend.tasks import LeaseClaims, LeasedDuty
@@ -42,7 +43,7 @@ log = logging.getLogger("openmfa.push")
 
 BATCH = 500  # challenges per claim (the dispatcher loads them in batches of the same size)
 INTERVAL = 2.0  # seconds between passes
-LEASE = "push-handover"  # the leased duty's name (``openmfa nodes`` shows its holder)
+LEASE = PUSH_HANDOVER  # the leased duty's name (``openmfa nodes`` shows its holder)
 
 # A challenge nobody is delivering: pending, unexpired, push, not recorded sent, and its node
 # is not this one and not alive (stopped, silent too long, or without a row). Parameters:

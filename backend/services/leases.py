@@ -27,6 +27,7 @@ from datetime import timedelta
 
 from sqlalchemy import case, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend.domain.leases import LeaseState
 from backend.services.context import Clock
@@ -56,14 +57,19 @@ class Leases:
 
     async def claim(self, name: str, ttl: float) -> bool:
         """Take lease ``name`` for ``ttl`` seconds if it is free, expired or already ours."""
+        async with self._db.write() as conn:
+            return await self.claim_in(conn, name, ttl)
+
+    async def claim_in(self, conn: AsyncConnection, name: str, ttl: float) -> bool:
+        """:meth:`claim` inside the caller's write transaction ``conn`` (the lease then
+        commits, or rolls back, with what the caller writes beside it)."""
         now = self._clock()
-        expires = now + timedelta(seconds=ttl)
         t = leases_t
         values = {
             "name": name,
             "node_id": self.holder_id,
             "acquired_at": now,
-            "expires_at": expires,
+            "expires_at": now + timedelta(seconds=ttl),
         }
         dialect = postgresql if not self._db.is_sqlite else sqlite
         stmt = dialect.insert(t).values(**values)
@@ -78,8 +84,7 @@ class Leases:
             },
             where=or_(t.c.expires_at <= now, mine),
         ).returning(t.c.node_id)
-        async with self._db.write() as conn:
-            got = (await conn.execute(upsert)).first() is not None
+        got = (await conn.execute(upsert)).first() is not None
         if got:
             self.held.add(name)
         else:
@@ -125,13 +130,15 @@ class Leases:
 
     async def holder(self, name: str) -> LeaseState | None:
         """Who holds lease ``name`` now (None: free or expired)."""
-        t = leases_t
         async with self._db.read() as conn:
-            row = (
-                await conn.execute(
-                    select(t).where(t.c.name == name, t.c.expires_at > self._clock())
-                )
-            ).first()
+            return await self.holder_in(conn, name)
+
+    async def holder_in(self, conn: AsyncConnection, name: str) -> LeaseState | None:
+        """:meth:`holder` inside the caller's transaction ``conn``."""
+        t = leases_t
+        row = (
+            await conn.execute(select(t).where(t.c.name == name, t.c.expires_at > self._clock()))
+        ).first()
         if row is None:
             return None
         return LeaseState(row.name, row.node_id, row.acquired_at, row.expires_at)
