@@ -263,9 +263,16 @@ class PruneDuty:
         return self.last_pass or {}  # set before the event, so never empty here
 
     async def start(self) -> None:
-        """Start the background task (none when the interval is 0)."""
+        """Start the background task (none when the interval is 0). ``openmfa run`` runs
+        :meth:`run` as the leased duty "retention" instead, on one node at a time."""
         if self._interval > 0:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="retention")
+
+    async def run(self) -> None:
+        """The schedule as a duty (:class:`~backend.tasks.LeasedDuty`): passes until
+        cancelled; returns at once when the interval is 0 (pruning off)."""
+        if self._interval > 0:
+            await self._loop()
 
     async def close(self) -> None:
         """Stop; a batch in progress is rolled back (the next pass does it again)."""
