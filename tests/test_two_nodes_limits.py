@@ -205,3 +205,55 @@ def test_a_signed_app_request_replayed_to_the_other_node_is_refused_and_audited(
     problem = assert_problem(again, 401, "replayed-request")
     rows = [row for row in b.refusals() if row.request_id == problem["request_id"]]
     assert [row.result for row in rows] == ["replayed-request"]
+
+
+def test_wrong_codes_through_two_nodes_lock_the_user_after_the_same_total(
+    nodes: tuple[WebHarness, WebHarness], clock: FakeClock
+) -> None:
+    a, _ = nodes
+    a.add_user("olga")
+    seed = a.run(a.services.activation.enrol_oath(ADMIN, ADMINISTRATOR, "olga")).seed
+    a.set_policy("otp_max_failures", LIMIT, user="olga")
+    right = totp.current_code(seed, clock())
+    wrong = {f"{(int(right) + n) % 1_000_000:06d}" for n in range(1000, 1000 + COPIES)}
+    guesses = [
+        (url, "/gateway/v1/otp/verify", *_json(a.token, {"user": "olga", "code": code}))
+        for url, code in zip(_split(nodes, COPIES), sorted(wrong), strict=True)
+    ]
+
+    answers = asyncio.run(_at_once(guesses))
+
+    checked = [r.json()["reason"] for r in answers if r.status_code == 200]
+    assert sorted(checked) == ["locked"] + ["wrong-code"] * (LIMIT - 1)  # the 5th locks
+    for refused in (r for r in answers if r.status_code != 200):
+        assert_problem(refused, 429, "otp-locked")
+    for node in nodes:  # the right code too, on either node, while locked
+        body, headers = _json(a.token, {"user": "olga", "code": right})
+        after = asyncio.run(_at_once([(node.url, "/gateway/v1/otp/verify", body, headers)]))[0]
+        assert_problem(after, 429, "otp-locked")
+
+
+def test_wrong_pins_through_two_nodes_check_at_most_the_limit(
+    nodes: tuple[WebHarness, WebHarness], clock: FakeClock
+) -> None:
+    a, _ = nodes
+    a.add_user("alice", require_pin=True, pin_max_failures=LIMIT, pin_lockout_seconds=300)
+    phone = a.device("alice", pin="4711")
+    assert phone.device is not None
+    push = a.start("alice")["id"]
+    path = f"/app/v1/challenges/{push}/answer"
+    checked_before = _verify_count(nodes)
+    guesses: list[Request] = []
+    for n, url in enumerate(_split(nodes, COPIES)):
+        body = json.dumps({"answer": "approve", "pin": f"{1000 + n:04d}"}).encode()
+        signed = signing.sign_request(
+            phone.device.key(), phone.device.device_id, "POST", path, body, int(clock().timestamp())
+        )
+        guesses.append((url, path, body, {**signed, "content-type": "application/json"}))
+
+    answers = asyncio.run(_at_once(guesses))
+
+    kinds = {(r.status_code, r.json()["type"].rsplit("/", 1)[-1]) for r in answers}
+    assert kinds <= {(403, "wrong-pin"), (429, "pin-locked"), (409, "challenge-closed")}
+    assert _verify_count(nodes) - checked_before == LIMIT  # argon2 checks on both nodes
+    assert a.status(push)["state"] == "denied"
