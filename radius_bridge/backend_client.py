@@ -47,6 +47,8 @@ from typing import Any, Literal, cast
 import httpx
 
 from radius_bridge.backends import (
+    CHECK_SECONDS,
+    CHECK_TIMEOUT,
     CONNECT_TIMEOUT,
     DOWN_STATUSES,
     Backend,
@@ -193,6 +195,8 @@ class BackendClient:
         on_credential_refused: Callable[[str], None] | None = None,
         on_health: HealthListener | None = None,
         on_failover: FailoverListener | None = None,
+        check_seconds: float = CHECK_SECONDS,
+        check_timeout: float = CHECK_TIMEOUT,
     ) -> None:
         self.http_timeout = http_timeout
         self.long_poll_seconds = long_poll_seconds
@@ -208,6 +212,8 @@ class BackendClient:
             max_long_polls=max_long_polls,
             on_health=on_health,
             on_failover=on_failover,
+            check_seconds=check_seconds,
+            check_timeout=check_timeout,
         )
 
     def start(self) -> None:

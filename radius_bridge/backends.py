@@ -11,6 +11,10 @@ pools, and a health mark per backend that comes from two sources:
   skipped within a check period even when no call noticed, and a restarted node is used
   again within one (a single backend needs no check: there is nothing to choose).
 
+When a backend is marked down while another is up, the long-polls held on it are cut (their
+connections aborted) and re-attach on the other: a node whose host went silent (no reset)
+would otherwise hold them until the slice ends.
+
 The choice: **preferred first**, not round robin. :meth:`BackendSet.ordered` lists the
 backends that are up in the configured order, then those marked down (a mark is a hint,
 not a verdict: with every backend marked down a call still tries each, so a bridge whose
@@ -208,12 +212,18 @@ class BackendSet:
             return
         backend.up, backend.reason, backend.since = False, why, time.monotonic()
         others = sum(1 for b in self.backends if b.up)
+        # Long-polls held on it are cut now, so they re-attach on a node that is up: a node
+        # whose host vanished (no reset, just silence) or that lost its database would
+        # otherwise keep them until their slice ends, long after the gateway gave up. With
+        # one backend, or none other up, there is nowhere better to go.
+        cut = backend.lean.abort_in_use() if backend.lean is not None and others else 0
         log.warning(
-            "backend %s is down (%s); %s",
+            "backend %s is down (%s); %s%s",
             backend.url,
             why,
             f"{others} other backend(s) up" if others else "no backend is up",
-            extra={"backend": backend.url, "backends_up": others},
+            f"; {cut} long-poll(s) re-attach elsewhere" if cut else "",
+            extra={"backend": backend.url, "backends_up": others, "long_polls_cut": cut},
         )
         if self._on_health is not None:
             self._on_health(backend.url, False)

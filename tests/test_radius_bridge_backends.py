@@ -6,6 +6,8 @@ held pushes, are in tests/test_radius_bridge_nodes.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +16,9 @@ from typing import Any
 import pytest
 from pyrad import packet as pyrad_packet
 
+from radius_bridge.backend_client import BackendClient
+from radius_bridge.model import Outcome, Result, WaitOutcome
+from tests.support.api import ADMIN, ApiHarness
 from tests.support.bridge import RadiusLab
 from tests.support.process import free_port, wait_for
 
@@ -75,3 +80,94 @@ def test_with_every_backend_down_the_failmode_answers(
             "the stopped backend to be marked down",
         )
         lab.close_pyrad_clients()
+
+
+# -- a node that goes silent under a held long-poll ---------------------------------------------
+
+
+class SilentNode:
+    """A backend node on real TCP that answers ``/readyz`` while ``healthy`` and otherwise
+    nothing at all: it takes every request and never answers, as a node whose host froze or
+    whose network path died (no reset, no close) does."""
+
+    def __init__(self) -> None:
+        self.healthy = True
+        self.held = 0  # gateway requests taken (and never answered)
+        self.polled = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                if head.startswith(b"GET /readyz ") and self.healthy:
+                    body = b'{"status":"ok"}'
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                        b"content-length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+                    continue
+                if not head.startswith(b"GET /readyz "):
+                    self.held += 1
+                    self.polled.set()
+                await reader.read()  # silence until the caller gives up
+
+    async def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_long_poll_on_a_node_gone_silent_moves_to_another_node(api: ApiHarness) -> None:
+    """No reset, no close: only the health check can tell. Once it marks the silent node
+    down, the long-poll held there is cut and re-attached on the other node by its id, and
+    the approval reaches it -- not at the end of the long-poll slice (here 25 s)."""
+    api.add_user("alice")
+    phone = api.device("alice")
+    token = api.run(api.services.tokens.create(ADMIN, "bridge", scope="bridge"))
+    started = api.client(headers={"Authorization": f"Bearer {token}"}).post(
+        "/gateway/v1/authentications", json={"user": "alice", "method": "push"}
+    )
+    challenge_id = started.json()["id"]
+
+    async def scenario() -> tuple[Result, float, int]:
+        silent = SilentNode()
+        marked_down = asyncio.Event()
+        client = BackendClient(
+            [await silent.start(), api.url],
+            token,
+            long_poll_seconds=25,
+            cut_grace=5,
+            check_seconds=0.2,
+            check_timeout=0.5,
+            on_health=lambda url, up: None if up else marked_down.set(),
+        )
+        try:
+            client.start()
+            loop = asyncio.get_running_loop()
+            wait = loop.create_task(client.perform(WaitOutcome(challenge_id, 40), loop.time() + 60))
+            await asyncio.wait_for(silent.polled.wait(), 10)  # on the preferred node
+            silent.healthy = False
+            went_silent = loop.time()
+            await asyncio.wait_for(marked_down.wait(), 10)
+            await asyncio.to_thread(phone.answer, challenge_id, "approve")
+            result = await asyncio.wait_for(wait, 10)
+            return result, loop.time() - went_silent, silent.held
+        finally:
+            await client.aclose()
+            await silent.close()
+
+    result, took, held = asyncio.run(scenario())
+    assert result == Outcome("approved")
+    assert took < 5, took
+    assert held == 1  # re-attached on the live node, not on the silent one again
