@@ -302,7 +302,12 @@ class BackendClient:
                 self.backends.failed(backend, f"{type(exc).__name__}: {exc}")
                 if last:
                     raise
-            except (TimeoutError, *_RETRYABLE, httpx.TimeoutException) as exc:
+            except (TimeoutError, httpx.TimeoutException):
+                # Slow is not dead (a burst of password checks, a long query): the health
+                # check decides whether the node is down; a repeatable call goes on.
+                if last or not idempotent:
+                    raise
+            except _RETRYABLE as exc:
                 self.backends.failed(backend, f"{type(exc).__name__} after the request was sent")
                 if last or not idempotent:
                     raise
