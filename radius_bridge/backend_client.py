@@ -57,6 +57,7 @@ from radius_bridge.backends import (
     HealthListener,
 )
 from radius_bridge.cache import CachedDocument
+from radius_bridge.channel import BackendChannel, wait_on_channel
 from radius_bridge.model import (
     REFUSED_KINDS,
     Audit,
@@ -201,6 +202,9 @@ class BackendClient:
         self.http_timeout = http_timeout
         self.long_poll_seconds = long_poll_seconds
         self.cut_grace = cut_grace
+        #: The wait channel (radius_bridge.channel), set by the runner with ``--channel
+        #: auto``: while it is open, waits and code / password checks go over it.
+        self.channel: BackendChannel | None = None
         self._on_unavailable = on_unavailable
         self._on_credential_refused = on_credential_refused
         self.backends = BackendSet(
@@ -396,6 +400,13 @@ class BackendClient:
         and the flow answers by the client's failmode, instead of at the end of the slice.
         """
         loop = asyncio.get_running_loop()
+        if self.channel is not None and self.channel.connected:
+            seconds = min(effect.seconds, deadline - 0.05 - loop.time())
+            state = await wait_on_channel(
+                self.channel, effect.authentication_id, seconds, self.cut_grace
+            )
+            if state is not None:
+                return Outcome(state)
         end = loop.time() + max(0.0, effect.seconds)
         path = f"/gateway/v1/authentications/{effect.authentication_id}"
         state = "pending"
@@ -511,11 +522,22 @@ class BackendClient:
     async def _checked(self, path: str, body: dict[str, Any], where: str) -> Result:
         """A code or password check: the backend's verdict, or what its refusal means."""
         try:
-            response = await self._short("POST", path, body)
+            data = await self._checked_call(path, body)
         except _Refusal as exc:
             return self._refused(exc, where)
-        data = _json(response)
         return Checked(data.get("result") == "accept", str(data.get("reason", "")))
+
+    async def _checked_call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST path``: over the wait channel while it is open (batched with the other
+        calls of the same moment), else over HTTP."""
+        channel = self.channel
+        if channel is None or not channel.connected:
+            return _json(await self._short("POST", path, body))
+        async with asyncio.timeout(self.http_timeout):
+            status, data = await channel.post(path, body)
+        if status >= 400:  # the refusal mapping of HTTP answers, for the rare error
+            _check(httpx.Response(status, json=data))
+        return data
 
     async def _cancel(self, effect: CancelAuthentication, deadline: float) -> Result:
         path = f"/gateway/v1/authentications/{effect.authentication_id}/cancel"

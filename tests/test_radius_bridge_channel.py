@@ -1,0 +1,92 @@
+"""A bridge on the wait channel (``--channel auto``, the default) over real UDP and a live
+backend: code checks, ``password,code`` and held pushes go over the one WebSocket.
+
+The cut of the channel under held pushes (re-attach within the grace, then the failmode) is
+tested with real processes and ``kill -9`` in tests/test_radius_bridge_cut.py, whose
+standalone bridge runs with the channel on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from pyrad import packet as pyrad_packet
+
+from radius_bridge.channel import BackendChannel
+from tests.support.bridge import BridgeThread, RadiusLab, bridge_settings
+from tests.support.process import wait_for
+from tests.test_radius_bridge import PASSWORD, SECRET, access_request, first
+
+ACCEPT, REJECT, CHALLENGE = (
+    pyrad_packet.AccessAccept,
+    pyrad_packet.AccessReject,
+    pyrad_packet.AccessChallenge,
+)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadiusLab]:
+    with RadiusLab(tmp_path_factory.mktemp("channel-lab")) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _close_clients(lab: RadiusLab) -> Iterator[None]:
+    yield
+    lab.close_pyrad_clients()
+
+
+def channel_of(bridge: BridgeThread) -> BackendChannel:
+    channel = bridge.bridge.backend.channel
+    assert channel is not None, "the bridge has no wait channel"
+    wait_for(lambda: channel.connected, 10, "the wait channel to open")
+    return channel
+
+
+def test_code_checks_and_password_code_go_over_the_channel(lab: RadiusLab) -> None:
+    channel = channel_of(lab.bridge)
+    lab.client("otp-gw", ["127.0.0.2"], SECRET, mode="otp", primary="local")
+    device = lab.user("olga", password=PASSWORD)
+    client = lab.pyrad("127.0.0.2", SECRET)
+    before = channel.calls
+    answer = client.SendPacket(access_request(client, "olga", f"{PASSWORD},{device.code()}"))
+    assert answer.code == ACCEPT
+    assert channel.calls - before == 2  # the password, then the code
+    wrong = client.SendPacket(access_request(client, "olga", f"nope,{device.code()}"))
+    assert wrong.code == REJECT
+    asked = client.SendPacket(access_request(client, "olga", PASSWORD))
+    assert asked.code == CHALLENGE
+    replayed = client.SendPacket(
+        access_request(client, "olga", device.code(), state=first(asked, "State"))
+    )
+    # The code was spent by the first sign-in: "wrong code, try again".
+    assert replayed.code == CHALLENGE
+    assert first(replayed, "Reply-Message").startswith("Wrong code")
+    assert channel.opened == 1
+
+
+def test_a_held_push_waits_on_the_channel_and_is_approved(lab: RadiusLab) -> None:
+    channel = channel_of(lab.bridge)
+    lab.client("push-gw", ["127.0.0.3"], SECRET, mode="push", primary="none")
+    device = lab.user("paul")
+    client = lab.pyrad("127.0.0.3", SECRET, timeout=30)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        reply = pool.submit(client.SendPacket, access_request(client, "paul"))
+        wait_for(lambda: channel.watching == 1, 10, "the push to be watched on the channel")
+        pending = device.pending()
+        assert len(pending) == 1
+        held = lab.api.server_services.bus.held()  # type: ignore[attr-defined]
+        assert pending[0]["id"] in held
+        device.answer(str(pending[0]["id"]), "approve")
+        answer: Any = reply.result(timeout=30)
+    assert answer.code == ACCEPT
+    assert channel.watching == 0
+
+
+def test_channel_off_keeps_http(lab: RadiusLab) -> None:
+    settings = bridge_settings(lab.api.url, lab.token, channel="off")
+    with BridgeThread(settings) as bridge:
+        assert bridge.bridge.backend.channel is None
