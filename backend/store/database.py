@@ -35,6 +35,7 @@ from backend.store.fastpath import (
     T,
 )
 from backend.store.tables import meta_t
+from backend.store.urls import asyncpg_dsn
 
 _WRITE = "openmfa_write"
 
@@ -51,11 +52,6 @@ def _sqlite_path(url: str) -> Path | None:
     if not database or database == ":memory:":
         return None
     return Path(database)
-
-
-def display_url(url: str) -> str:
-    """``url`` with any password masked, for output and logs."""
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def create_engine(
@@ -122,8 +118,7 @@ class Database:
             )
             self._fast_reads = SqliteReader(path, busy_timeout_ms)
         elif not self.is_sqlite:
-            dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-            self._pg_jobs = PostgresJobs(dsn, pool_size)
+            self._pg_jobs = PostgresJobs(asyncpg_dsn(url), pool_size)
         # Set by backend.metrics for ``openmfa run``: (write jobs, read jobs). Commands leave
         # it unset and pay nothing.
         self.job_timers: tuple[Observer, Observer] | None = None
