@@ -11,6 +11,7 @@ printed (run with ``-s``) and kept as a user property of the test.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -63,8 +64,9 @@ class Outcome:
 
 @dataclass
 class Load:
-    """Requests sent one after another from a thread until stopped: a push start (a write
-    through SQLAlchemy; "otp", as the push limit would refuse a stream of pushes) and a code check (the raw asyncpg path), alternately."""
+    """Requests sent one after another from a thread until stopped, alternately: a start
+    (a write through SQLAlchemy; method "otp", as the push limit would refuse a stream of
+    pushes) and a code check (the raw asyncpg path)."""
 
     api: ApiHarness
     code: str
@@ -83,7 +85,9 @@ class Load:
                     try:
                         response = send()
                     except httpx.HTTPError as exc:  # the node itself must never fail this way
-                        self.outcomes.append(Outcome(time.monotonic(), what, 0, {"error": str(exc)}))
+                        self.outcomes.append(
+                            Outcome(time.monotonic(), what, 0, {"error": str(exc)})
+                        )
                         continue
                     self.outcomes.append(
                         Outcome(time.monotonic(), what, response.status_code, response.json())
@@ -159,16 +163,16 @@ def test_requests_fail_cleanly_and_resume_after_promotion(
         worker.join(timeout=30)
     first = min(o.at for o in load.outcomes if o.at > promoted and o.status in (200, 201))
     failed = [o for o in load.outcomes if o.status == 503]
-    print(
+    sys.stderr.write(
         f"\nfailover ({how}): primary down -> promoted {promoted - down:.2f} s, "
         f"promoted -> first request served {first - promoted:.3f} s, "
-        f"{len(failed)} requests answered 503 of {len(load.outcomes)}"
+        f"{len(failed)} requests answered 503 of {len(load.outcomes)}\n"
     )
     record_property("promotion_seconds", round(promoted - down, 3))
     record_property("recovery_seconds", round(first - promoted, 3))
     statuses: dict[tuple[str, int], int] = {}
     for o in load.outcomes:
         statuses[(o.what, o.status)] = statuses.get((o.what, o.status), 0) + 1
-    print(f"answers by kind: {statuses}")
+    sys.stderr.write(f"answers by kind: {statuses}\n")
     check_outcomes(load)
     assert failed, "no request saw the outage: the test did not test a failover"

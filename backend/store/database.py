@@ -19,8 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import event, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
