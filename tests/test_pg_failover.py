@@ -176,3 +176,97 @@ def test_requests_fail_cleanly_and_resume_after_promotion(
     sys.stderr.write(f"answers by kind: {statuses}\n")
     check_outcomes(load)
     assert failed, "no request saw the outage: the test did not test a failover"
+
+
+def test_a_fenced_primarys_sessions_are_not_used_for_writes(
+    failover_node: tuple[PgCluster, ApiHarness, str],
+) -> None:
+    """The old primary turned read-only while the node's pooled sessions sit on it: writes
+    there fail cleanly, those sessions are dropped, new ones go to the promoted replica."""
+    cluster, api, code = failover_node
+    replica = cluster.replica
+    assert replica is not None
+    load = Load(api, code)
+    worker = threading.Thread(target=load.run, daemon=True)
+    worker.start()
+    try:
+        wait_for(lambda: load.served_since(0) >= 20, 30, "the load to run")
+        cluster.fence_primary()
+        fenced = time.monotonic()
+        wait_for(
+            lambda: any(o.status == 503 for o in load.outcomes if o.at > fenced),
+            10,
+            "a write refused by the fenced primary",
+        )
+        replica.promote()
+        promoted = time.monotonic()
+        wait_for(
+            lambda: load.served_since(promoted) >= 20,
+            RECOVERY_LIMIT,
+            "requests to be served by the promoted replica",
+            detail=lambda: str(load.outcomes[-3:]),
+        )
+    finally:
+        load.stop.set()
+        worker.join(timeout=30)
+    check_outcomes(load)
+    # The fenced primary still runs and answers reads: every success after the promotion
+    # wrote to the promoted replica.
+    assert cluster.primary.running
+    assert replica.sql("SELECT count(*) FROM challenges", "openmfa") != "0"
+
+
+def state_after_failover(cluster: PgCluster, api: ApiHarness, auth_id: str) -> tuple[str, str]:
+    """Kill the primary, promote the replica: the state the gateway's long-poll through the
+    node then sees, and the state stored on the promoted server. They can differ: the node
+    that took the answer remembers recent outcomes in its bus (backend/events.py), every
+    other node reads the database."""
+    replica = cluster.replica
+    assert replica is not None
+    cluster.primary.kill()
+    replica.promote()
+    seen: dict[str, Any] = {}
+
+    def gateway_sees_it() -> bool:
+        response = api.gateway.get(f"{START}/{auth_id}", params={"wait": "1"})
+        if response.status_code == 503:
+            return False
+        assert response.status_code == 200, response.text
+        seen.update(response.json())
+        return True
+
+    wait_for(gateway_sees_it, RECOVERY_LIMIT, "the gateway's long-poll on the promoted server")
+    query = f"SELECT state FROM challenges WHERE id = '{auth_id}'"  # noqa: S608 - server's id
+    stored = replica.sql(query, "openmfa")
+    return str(seen["state"]), stored
+
+
+def test_with_a_synchronous_standby_an_acknowledged_answer_survives_the_primary(
+    failover_node: tuple[PgCluster, ApiHarness, str],
+) -> None:
+    cluster, api, _ = failover_node
+    api.add_user("bob")
+    phone = api.device("bob")
+    auth_id = api.start("bob")["id"]
+    assert phone.answer(auth_id, "approve") == "approved"  # 200 to the device
+    assert state_after_failover(cluster, api, auth_id) == ("approved", "approved")
+
+
+def test_with_asynchronous_replication_an_acknowledged_answer_can_be_lost(
+    tmp_path: Path,
+) -> None:
+    """What docs/operations.md warns about: without a synchronous standby the primary
+    acknowledges before the replica has the answer; a replica that lagged (here: cut off)
+    and is promoted has never heard of it: the push is pending again in the database."""
+    with (
+        running_pg_cluster(synchronous=None) as cluster,
+        ApiHarness(node_settings(cluster, tmp_path), FakeClock()) as api,
+    ):
+        api.add_user("bob")
+        phone = api.device("bob")
+        auth_id = api.start("bob")["id"]  # replicated before the link breaks
+        cluster.detach_replica()
+        assert phone.answer(auth_id, "approve") == "approved"  # 200 to the device
+        gateway_sees, stored = state_after_failover(cluster, api, auth_id)
+    assert stored == "pending"  # lost: any other node's gateway long-poll sees a pending push
+    assert gateway_sees == "approved"  # only this node's memory of the outcome still knows

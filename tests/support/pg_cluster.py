@@ -288,6 +288,28 @@ class PgCluster:
             )
         return replica
 
+    def detach_replica(self) -> None:
+        """Stop the replica's streaming (``primary_conninfo`` emptied): it keeps what it has
+        and falls behind, as a replica on a lagging or broken link does."""
+        replica = self.replica
+        assert replica is not None, "add_replica first"
+        # pg_basebackup -R wrote primary_conninfo to postgresql.auto.conf, which wins over
+        # postgresql.conf: change it there.
+        replica.sql("ALTER SYSTEM SET primary_conninfo = ''")
+        replica.sql("SELECT pg_reload_conf()")
+        wait_for(
+            lambda: self.primary.sql("SELECT count(*) FROM pg_stat_replication") == "0",
+            30,
+            "the replica to stop streaming",
+            every=0.1,
+        )
+
+    def fence_primary(self) -> None:
+        """Make the primary refuse writes without stopping it (``default_transaction_read_only``,
+        as failover tools fence an old primary): open sessions turn read-only too."""
+        self.primary.sql("ALTER SYSTEM SET default_transaction_read_only = on")
+        self.primary.sql("SELECT pg_reload_conf()")
+
     def create_database(self, name: str) -> None:
         """A database on the primary (a replica receives it by streaming)."""
         self.primary.sql(f'CREATE DATABASE "{name}"')
