@@ -35,10 +35,10 @@ USER = "postgres"  # the database superuser (trust authentication)
 def server_binaries() -> Path:
     """The directory with initdb, pg_ctl, pg_basebackup and postgres (the newest installed),
     or a RuntimeError saying which Debian package brings them."""
-    override = os.environ.get("OPENMFA_TEST_PG_BIN")
+    override = os.environ.get("OPENMFA_TEST_PG_BIN")  # only these, when set
     candidates = [Path(override)] if override else []
     root = Path("/usr/lib/postgresql")
-    if root.is_dir():
+    if root.is_dir() and not override:
         versions = sorted(
             (p for p in root.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
         )
@@ -46,9 +46,10 @@ def server_binaries() -> Path:
     for candidate in candidates:
         if all((candidate / name).is_file() for name in ("initdb", "pg_ctl", "pg_basebackup")):
             return candidate
+    where = override or "/usr/lib/postgresql/*/bin"
     raise RuntimeError(
-        "no PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) under "
-        "/usr/lib/postgresql/*/bin: install the Debian package `postgresql`"
+        f"no PostgreSQL server binaries (initdb, pg_ctl, pg_basebackup) in {where}: "
+        "install the Debian package `postgresql` (.ci/install-tools does)"
     )
 
 
