@@ -656,8 +656,9 @@ class Gateway:
         return len(waiting)
 
     def collect(self) -> int:
-        """Read every reply queued now; the number of requests answered so far."""
-        while True:
+        """Read every reply queued now; the number of requests answered so far (after
+        :meth:`close`, what was read before)."""
+        while self.socks[0].fileno() >= 0:
             readable, _, _ = select.select(self.socks, [], [], 0)
             if not readable:
                 return len(self.replies)
@@ -669,6 +670,7 @@ class Gateway:
                     except BlockingIOError:
                         break
                     self.replies.setdefault((index, data[1]), data[0])
+        return len(self.replies)
 
     def reply(self, sent: Sent) -> int | None:
         """The reply code for ``sent`` (codec.ACCESS_ACCEPT ...), None while unanswered."""
