@@ -166,8 +166,9 @@ class Bridge:
         if settings.channel == "auto" and transport is None:
             # Real sockets: waits and checks over the wait channel while it is open
             # (an injected transport -- in-process ASGI, a mock -- keeps plain HTTP).
+            backends = self.backend.backends
             self.backend.channel = BackendChannel(
-                settings.base_url,
+                lambda: [backend.url for backend in backends.ordered()],
                 settings.token,
                 open_timeout=settings.http_timeout,
                 on_credential_refused=self._credential_refused,
