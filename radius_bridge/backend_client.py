@@ -400,14 +400,14 @@ class BackendClient:
         and the flow answers by the client's failmode, instead of at the end of the slice.
         """
         loop = asyncio.get_running_loop()
+        end = loop.time() + max(0.0, effect.seconds)
         if self.channel is not None and self.channel.connected:
-            seconds = min(effect.seconds, deadline - 0.05 - loop.time())
-            state = await wait_on_channel(
-                self.channel, effect.authentication_id, seconds, self.cut_grace
-            )
+            until = min(end, deadline - 0.05)
+            state = await wait_on_channel(self.channel, effect.authentication_id, until)
             if state is not None:
                 return Outcome(state)
-        end = loop.time() + max(0.0, effect.seconds)
+            # The channel was cut (or would not watch this one): the long-poll below
+            # re-attaches by the id, with the cut grace of a cut long-poll.
         path = f"/gateway/v1/authentications/{effect.authentication_id}"
         state = "pending"
         reached = False

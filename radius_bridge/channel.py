@@ -9,9 +9,9 @@ loop tick go out in one frame and their answers come back batched.
 
 :class:`BackendChannel` connects, reconnects with a short backoff (so a restarted backend is
 found within about a second, inside the cut grace), and cuts every watch and call in flight
-when the connection drops: the caller treats a cut like a cut long-poll
-(:func:`wait_on_channel` applies :class:`~radius_bridge.protocol.reattach.Reattach`, then the
-failmode). A backend that does not serve the channel (an older one, a proxy without
+when the connection drops: the caller then re-attaches the wait over an HTTP long-poll by
+the authentication id, with the cut grace of any cut long-poll, then the failmode
+(:func:`wait_on_channel`). A backend that does not serve the channel (an older one, a proxy without
 WebSocket) answers the upgrade with a plain HTTP status: the bridge then stays on HTTP and
 tries again every :data:`UNSUPPORTED_RETRY` seconds. A refused token (401/403) is reported
 like a refused HTTP call: the bridge shuts.
@@ -29,8 +29,6 @@ from typing import Any, Final
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-
-from radius_bridge.protocol.reattach import Reattach
 
 log = logging.getLogger("openmfa.radius.channel")
 
@@ -338,42 +336,35 @@ class BackendChannel:
 
 
 async def wait_on_channel(
-    channel: BackendChannel, authentication_id: str, seconds: float, grace: float
+    channel: BackendChannel, authentication_id: str, until: float
 ) -> str | None:
-    """The authentication's final state, ``"pending"`` when ``seconds`` pass first, or
-    ``None`` when the backend would not watch it (over its limit: use HTTP instead).
+    """The authentication's final state, ``"pending"`` when the loop's clock reaches
+    ``until`` first, or ``None`` when the channel cannot carry this wait: it was cut (or
+    is not open), or the backend would not watch the id (over its limit).
 
-    A cut channel is re-attached (the id watched again once the channel is back) for
-    ``grace`` seconds (:class:`Reattach`); then :class:`ChannelCut` is raised and the
-    failmode answers.
+    On ``None`` the caller falls back to the HTTP long-poll, which re-attaches by the id with
+    the cut grace (:class:`~radius_bridge.protocol.reattach.Reattach`) and then the
+    failmode -- on whichever backend answers. Why not wait for the channel to come back
+    instead: a restarting backend binds its socket seconds before it serves, and a long-poll
+    parked in its listen queue is answered as soon as it does, where a WebSocket handshake
+    would time out; the cut rule is then exactly that of a cut long-poll.
     """
     loop = asyncio.get_running_loop()
-    end = loop.time() + max(0.0, seconds)
-    retry = Reattach(grace)
-    while True:
-        if not channel.connected:
-            pause = retry.cut(loop.time(), end)
-            if pause is None:
-                raise ChannelCut("the wait channel stayed down for the cut grace")
-            if retry.attempts == 1:
-                log.info("wait channel cut, re-attaching for up to %.1f s", grace)
-            await channel.wait_connected(pause)
-            continue
-        future = channel.watch(authentication_id)
-        try:
-            item = await asyncio.wait_for(future, max(0.0, end - loop.time()))
-        except TimeoutError:
-            channel.unwatch(authentication_id, future)
-            return "pending"
-        except ChannelCut:
-            continue  # the top of the loop counts the cut against the grace
-        except asyncio.CancelledError:
-            channel.unwatch(authentication_id, future)
-            raise
-        retry.reached()
-        problem = item.get("problem")
-        if isinstance(problem, dict):
-            if problem.get("status") == 404:
-                return "expired"  # gone, as a 404 on the long-poll
-            return None
-        return str(item.get("state", "pending"))
+    future = channel.watch(authentication_id)
+    try:
+        item = await asyncio.wait_for(future, max(0.0, until - loop.time()))
+    except TimeoutError:
+        channel.unwatch(authentication_id, future)
+        return "pending"
+    except ChannelCut:
+        log.info("wait channel cut under a held push; re-attaching over HTTP")
+        return None
+    except asyncio.CancelledError:
+        channel.unwatch(authentication_id, future)
+        raise
+    problem = item.get("problem")
+    if isinstance(problem, dict):
+        if problem.get("status") == 404:
+            return "expired"  # gone, as a 404 on the long-poll
+        return None
+    return str(item.get("state", "pending"))
