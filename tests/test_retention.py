@@ -319,6 +319,7 @@ async def test_old_rows_go_new_and_pending_ones_stay(
         "web_sessions": 1,
         "account_notices": 2,
         "directory_syncs": 5,
+        "nodes": 0,  # tests/test_node_duties.py
     }
     assert await _ids(services, challenges_t.c.id) == {"old-live", "new-done"}
     assert await _ids(services, pipush_nonces_t.c.nonce) == {"n-live"}
