@@ -132,6 +132,39 @@ async def run(database_url: str, home: Path, held: int, orphans: int, passes: in
             f"{cpu * 1000 / max(1, claimed):.2f} ms CPU each); "
             f"sent {service.sent}"
         )
+
+        # (c) what recording push_sent_at adds to ordinary delivery: rounds of `orphans`
+        # challenges dispatched as their own node does, with and without the mark, alternated
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        rest = ids[orphans:]
+        async with services.db.write() as conn:  # as they are while being delivered
+            await conn.execute(
+                update(challenges_t)
+                .where(challenges_t.c.push_node == "n_live")
+                .values(push_sent_at=None, push_node=me)
+            )
+        for round_ in range(4):
+            marking = round_ % 2 == 0
+            batch, rest = rest[:orphans], rest[orphans:]
+            if len(batch) < orphans:
+                break
+            timed = PushDispatcher(
+                services.db, services.audit, now, PUSH, {"apns": service}, settings.push_concurrency
+            )
+            if not marking:
+                timed._mark_sent = lambda *args: None  # type: ignore[method-assign]
+            t0 = time.perf_counter()
+            for challenge_id in batch:
+                timed.challenge_started(challenge_id)
+            await timed.wait_idle()
+            rates[marking].append(len(batch) / (time.perf_counter() - t0))
+            await timed.close()
+        print(
+            "(c) ordinary delivery, pushes/s: with push_sent_at "
+            + ", ".join(f"{r:.0f}" for r in rates[True])
+            + "; without "
+            + ", ".join(f"{r:.0f}" for r in rates[False])
+        )
         await dispatcher.close()
     finally:
         await services.close()
