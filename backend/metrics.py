@@ -248,6 +248,12 @@ class _ServicesCollector(Collector):
             ["transport", "outcome"],
             pushes,
         )
+        yield _counter(
+            "openmfa_push_handover",
+            "Push challenges this node took over from a dead node (or a command) and sent",
+            [],
+            [((), services.push.handed_over)] if services.push is not None else [],
+        )
         mails = [
             *(
                 _single(services.notice_mailer.counts, "notice")

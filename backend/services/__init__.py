@@ -26,6 +26,7 @@ from backend.notify.mail import MailSender
 from backend.passwords import PasswordHasher
 from backend.push.dispatcher import PushDispatcher, close_transports
 from backend.push.factory import build_transports
+from backend.push.handover import PushHandover
 from backend.push.vapid import VapidKey, load_or_create_vapid_key
 from backend.services.access import AccessService
 from backend.services.accounts import AccountService
@@ -97,6 +98,9 @@ class Services:
     imports: ImportService
     # None where push is off (CLI commands): see Services.open's ``push``.
     push: PushDispatcher | None = None
+    # Takes over the pushes dead nodes left unsent (run as the "push-handover" leased duty by
+    # ``openmfa run``); None where push is off.
+    handover: PushHandover | None = None
     # None where fraud mail is off (CLI commands, see Services.open's ``notify``) or not set up.
     fraud_mailer: fraud_mail.FraudMailer | None = None
     geoip: GeoIp | None = None  # None without settings.geoip_database
@@ -248,6 +252,7 @@ class Services:
                 push=dispatcher,
                 fraud_notifier=mailer,
                 notices=notices,
+                node_id=node_id,
             )
             fraud = FraudService(db, audit, clock, challenges)
             invitations = InvitationService(
@@ -330,6 +335,19 @@ class Services:
                 clock=clock,
                 imports=ImportService(db, box, audit, clock, factors, notices=notices),
                 push=dispatcher,
+                handover=(
+                    PushHandover(
+                        db,
+                        dispatcher,
+                        audit,
+                        clock,
+                        Actor("system:push"),
+                        node_id,
+                        settings.node_timeout_seconds,
+                    )
+                    if dispatcher is not None
+                    else None
+                ),
                 fraud_mailer=mailer,
                 geoip=geoip,
                 notice_mailer=notice_mailer,
