@@ -20,6 +20,7 @@ from backend.crypto import SecretBox, key_fingerprint, load_or_create_key
 from backend.domain.webpush import OriginAllowList
 from backend.errors import DatabaseError, ServerKeyError
 from backend.events import InProcessOutcomeBus, OutcomeBus
+from backend.events_postgres import PostgresOutcomeBus
 from backend.notify import fraud as fraud_mail
 from backend.notify import notices as notice_mail
 from backend.notify.mail import MailSender
@@ -182,7 +183,10 @@ class Services:
                 unknown_per_second=settings.unknown_user_checks_per_second,
                 nice=settings.hash_nice,
             )
-            bus = bus or InProcessOutcomeBus()
+            node_id = new_node_id()
+            if bus is None:
+                bus = await _open_bus(db, node_id)
+                on_error.push_async_callback(bus.close)
             audit = AuditLog(db, clock)
             notices = AccountNotices(
                 db, audit, clock, mail=sender is not None and settings.notify_users
@@ -385,6 +389,15 @@ class Services:
         if self.geoip is not None:
             self.geoip.close()
         await self.db.dispose()
+
+
+async def _open_bus(db: Database, node_id: str) -> OutcomeBus:
+    """The in-process bus on SQLite (one node); on PostgreSQL the LISTEN/NOTIFY bus, so an
+    answer arriving at any node wakes the waiter parked on any other."""
+    jobs = db.postgres_jobs
+    if jobs is None:
+        return InProcessOutcomeBus()
+    return await PostgresOutcomeBus.open(jobs.dsn, node_id)
 
 
 async def open_database(settings: Settings) -> Database:
