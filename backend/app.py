@@ -53,10 +53,9 @@ def _duties(services: Services, clock: Clock) -> list[LeasedDuty]:
     schedule = SyncSchedule(services.directory_sync)
     pruner = Pruner.from_settings(services.db, services.audit, clock, settings)
     pruning = PruneDuty(pruner, settings.retention_interval_minutes * 60.0)
-    duties = [
-        LeasedDuty(DIRECTORY_SYNC, leases, schedule.run, ttl=ttl, retry=retry),
-        LeasedDuty(RETENTION, leases, pruning.run, ttl=ttl, retry=retry),
-    ]
+    duties = [LeasedDuty(DIRECTORY_SYNC, leases, schedule.run, ttl=ttl, retry=retry)]
+    if settings.retention_interval_minutes > 0:  # 0: only `openmfa prune` prunes
+        duties.append(LeasedDuty(RETENTION, leases, pruning.run, ttl=ttl, retry=retry))
     mailer = services.fraud_mailer
     if mailer is not None:
 

@@ -5,25 +5,29 @@ no longer blocks the next sync, and the duties of a node that stops move to the 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import insert, select, update
 
 from backend.app import _duties
-from backend.config import Settings
+from backend.config import Settings, load_settings
 from backend.domain.challenge import Answer
-from backend.domain.leases import DIRECTORY_SYNC, FRAUD_MAIL
+from backend.domain.leases import DIRECTORY_SYNC, FRAUD_MAIL, RETENTION
 from backend.errors import Conflict
 from backend.services import Services
 from backend.services.context import Actor, SignInContext
 from backend.services.directory_sync import ORPHANED, run_lease
 from backend.services.leases import Leases
-from backend.store.tables import directory_syncs_t, fraud_reports_t
+from backend.services.retention import Pruner
+from backend.store.tables import directory_syncs_t, fraud_reports_t, nodes_t
 from backend.tasks import LeasedDuty
 from tests.fakes.directory import FakeDirectories, FakeDirectory
+from tests.support.cli import run_in_process
 from tests.support.clock import FakeClock
 from tests.support.directories import add_directory_row
 from tests.support.smtp import SmtpServer
@@ -226,3 +230,73 @@ async def test_a_fresh_running_row_without_a_lease_still_blocks_for_one_ttl(
     await _running_row(services, age=1)
     with pytest.raises(Conflict):
         await services.directory_sync.run(ADMIN, "corp")
+
+
+# -- node rows: pruned after a week; `openmfa nodes` ---------------------------------------------
+
+
+async def _node_row(services: Services, node_id: str, seen_days: float, stopped: bool) -> None:
+    seen = services.clock() - timedelta(days=seen_days)
+    async with services.db.write() as conn:
+        await conn.execute(
+            insert(nodes_t).values(
+                id=node_id,
+                name=node_id,
+                host="h",
+                pid=1,
+                version="0",
+                started_at=seen - timedelta(hours=1),
+                seen_at=seen,
+                stopped_at=seen if stopped else None,
+            )
+        )
+
+
+async def test_stopped_and_dead_node_rows_are_pruned_after_seven_days(
+    services: Services, settings: Settings
+) -> None:
+    await _node_row(services, "n_old_stopped", 8, stopped=True)
+    await _node_row(services, "n_old_dead", 7.5, stopped=False)
+    await _node_row(services, "n_recent_stopped", 6, stopped=True)
+    await _node_row(services, "n_alive", 0, stopped=False)
+    pruner = Pruner.from_settings(services.db, services.audit, services.clock, settings)
+    counts = await pruner.run(Actor("retention", "test"))
+    assert counts["nodes"] == 2
+    async with services.db.read() as conn:
+        left = set((await conn.scalars(select(nodes_t.c.id))).all())
+    assert left == {"n_recent_stopped", "n_alive"}
+
+
+def test_openmfa_nodes_lists_nodes_with_state_and_duties(tmp_path: Path) -> None:
+    env = {"OPENMFA_HOME": str(tmp_path)}
+    assert run_in_process(["db", "upgrade"], env).returncode == 0
+    empty = run_in_process(["nodes"], env)
+    assert empty.returncode == 0, empty.stderr
+    assert "no node has registered" in empty.stdout
+
+    async def two_nodes() -> tuple[str, str]:
+        settings = load_settings(home=tmp_path, node_name="mfa-1")
+        alive = await Services.open(settings, push=False, notify=False, node=True)
+        gone = await Services.open(settings, push=False, notify=False, node=True)
+        assert alive.leases is not None
+        assert gone.nodes is not None
+        await alive.leases.claim(RETENTION, 60)
+        await gone.nodes.close()
+        await gone.close()
+        # Left open: a node that is alive (its heartbeat task is not needed for "alive").
+        await alive.db.dispose()
+        return alive.node_id, gone.node_id
+
+    alive_id, gone_id = asyncio.run(two_nodes())
+    listed = run_in_process(["nodes", "--json"], env)
+    assert listed.returncode == 0, listed.stderr
+    nodes = {n["id"]: n for n in json.loads(listed.stdout)["nodes"]}
+    assert nodes[alive_id]["state"] == "alive"
+    assert nodes[alive_id]["duties"] == [RETENTION]
+    assert nodes[alive_id]["name"] == "mfa-1"
+    assert nodes[gone_id]["state"] == "stopped"
+    assert nodes[gone_id]["duties"] == []
+    table = run_in_process(["nodes"], env)
+    assert "LAST SEEN" in table.stdout
+    assert alive_id in table.stdout
+    assert "retention" in table.stdout

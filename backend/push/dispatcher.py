@@ -474,14 +474,9 @@ class PushDispatcher:
                 log.exception("push: could not record %d push attempt(s)", len(batch))
 
     def _record(self, tx: Tx, batch: list[_Attempt | _Sent]) -> None:
+        sent = [item for item in batch if isinstance(item, _Sent)]
         for item in batch:
             if isinstance(item, _Sent):
-                # After the attempts before it, in their transaction: sent means recorded.
-                tx.run(
-                    "UPDATE challenges SET push_sent_at = ? WHERE id = ? AND push_sent_at IS NULL",
-                    tx.time(item.at),
-                    item.challenge_id,
-                )
                 continue
             target, result = item.target, item.result
             reason = result.reason or (str(result.status) if result.status else "-")
@@ -524,6 +519,30 @@ class PushDispatcher:
                     target.device_id,
                     target.token,
                 )
+
+        if sent:
+            # In the attempts' transaction: "sent" always means "recorded". One statement per
+            # batch (a round trip each on PostgreSQL), stamped with its last finish.
+            self._mark_sent(tx, [item.challenge_id for item in sent], max(i.at for i in sent))
+
+    def _mark_sent(self, tx: Tx, challenge_ids: list[str], at: datetime) -> None:
+        if not self._db.is_sqlite:
+            tx.run(
+                "UPDATE challenges SET push_sent_at = ? WHERE id = ANY(?::varchar[]) "
+                "AND push_sent_at IS NULL",
+                tx.time(at),
+                challenge_ids,
+            )
+            return
+        for start in range(0, len(challenge_ids), MAX_BATCH):
+            chunk = challenge_ids[start : start + MAX_BATCH]
+            marks = ", ".join(["?"] * len(chunk))
+            tx.run(
+                f"UPDATE challenges SET push_sent_at = ? WHERE id IN ({marks}) "  # noqa: S608 - only ? marks
+                "AND push_sent_at IS NULL",
+                tx.time(at),
+                *chunk,
+            )
 
 
 def _broken(transport: PushTransport, target: _Target) -> PushResult:
