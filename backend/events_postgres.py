@@ -250,6 +250,7 @@ class PostgresOutcomeBus:
                 raise
             except Exception as exc:  # any failure: log once per outage, retry bounded
                 self._last_error = exc
+                self.counts["connect-failures"] += 1
                 reason = f"{type(exc).__name__}: {exc}"
             # (close() cancels this task: no check of _closed needed before logging)
             if self.counts["listens"] != listened:
