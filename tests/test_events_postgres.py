@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -21,6 +22,7 @@ from backend.errors import DatabaseError
 from backend.events import Outcome, OutcomeBus
 from backend.events_postgres import CHANNEL, PostgresOutcomeBus
 from tests.support.process import free_port
+from tests.support.tcp_proxy import tcp_proxy
 
 pytestmark = [
     pytest.mark.anyio,
@@ -260,6 +262,35 @@ async def test_a_lost_listen_connection_re_reads_what_it_holds(
     await b.publish(Outcome(still[0], "denied"))
     assert await asyncio.wait_for(waiters[still[0]], BOUND) == Outcome(still[0], "denied")
     assert a.counts["outcomes-received"] == 1
+
+
+async def test_a_connection_gone_silent_is_noticed_by_the_ping(
+    nodes: Nodes, admin: asyncpg.Connection, dsn: str
+) -> None:
+    """A cut that closes nothing (a partition, a firewall dropping the idle flow): the ping
+    fails, A reconnects and re-reads; its waiter wakes with the answer decided meanwhile."""
+    at = urlsplit(dsn)
+    async with tcp_proxy((at.hostname or "127.0.0.1", at.port or 5432)) as proxy:
+        via_proxy = dsn.replace(f"{at.hostname}:{at.port}", f"127.0.0.1:{proxy.port}")
+        a = await PostgresOutcomeBus.open(
+            via_proxy, "n_a", ping_seconds=0.2, connect_timeout=1.0, first_backoff=0.02
+        )
+        try:
+            b = await nodes("b")
+            await pending_challenge(admin, "ch_silent")
+            waiter = asyncio.create_task(a.wait("ch_silent", within=60))
+            await until(lambda: a.waiting == 1, "the waiter to park")
+
+            assert proxy.silence() == 1
+            await admin.execute("UPDATE challenges SET state = 'denied' WHERE id = 'ch_silent'")
+            await b.publish(Outcome("ch_silent", "denied"))
+
+            assert await asyncio.wait_for(waiter, BOUND) == Outcome("ch_silent", "denied")
+            assert a.counts["reconnects"] == 1
+            assert a.counts["outcomes-reread"] == 1
+            assert a.counts["outcomes-received"] == 0
+        finally:
+            await a.close()
 
 
 async def test_outcomes_published_while_down_go_out_after_the_reconnect(
