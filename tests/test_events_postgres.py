@@ -18,9 +18,12 @@ import asyncpg
 import pytest
 
 from backend import events_postgres
+from backend.config import Settings
 from backend.errors import DatabaseError
 from backend.events import Outcome, OutcomeBus
 from backend.events_postgres import CHANNEL, PostgresOutcomeBus
+from backend.services import Services
+from backend.services.context import Actor
 from tests.support.process import free_port
 from tests.support.tcp_proxy import tcp_proxy
 
@@ -334,3 +337,31 @@ async def test_start_fails_cleanly_when_postgres_does_not_answer(database_url: s
             f"postgresql://postgres@127.0.0.1:{free_port()}/none", "n_x", connect_timeout=1.0
         )
     assert time.monotonic() - started < BOUND
+
+
+async def test_services_on_postgres_announce_to_other_nodes_even_when_closing_at_once(
+    nodes: Nodes, admin: asyncpg.Connection, settings: Settings
+) -> None:
+    """What `openmfa user disable` does: open services (no push, no mail), end a user's
+    pending challenges, close. The servers' waiters wake: the close sends what is queued."""
+    other = await nodes("server")
+    await pending_challenge(admin, "ch_cli")
+    waiter = asyncio.create_task(other.wait("ch_cli", within=60))
+    await until(lambda: other.waiting == 1, "the waiter to park")
+
+    services = await Services.open(settings, push=False, notify=False)
+    try:
+        assert isinstance(services.bus, PostgresOutcomeBus)
+        assert services.bus.node_id == services.node_id
+        assert (
+            await services.challenges.cancel_pending_for_user(
+                Actor("cli:test"), "alice", "disabled"
+            )
+            == 1
+        )
+    finally:
+        await services.close()
+
+    outcome = await asyncio.wait_for(waiter, BOUND)
+    assert outcome is not None
+    assert (outcome.challenge_id, outcome.state) == ("ch_cli", "cancelled")
