@@ -296,6 +296,31 @@ async def test_a_connection_gone_silent_is_noticed_by_the_ping(
             await a.close()
 
 
+async def test_a_notify_stuck_on_a_silent_connection_is_resent_after_a_reconnect(
+    nodes: Nodes, dsn: str
+) -> None:
+    at = urlsplit(dsn)
+    async with tcp_proxy((at.hostname or "127.0.0.1", at.port or 5432)) as proxy:
+        via_proxy = dsn.replace(f"{at.hostname}:{at.port}", f"127.0.0.1:{proxy.port}")
+        # No ping within the test: only the NOTIFY's own timeout can notice the cut.
+        a = await PostgresOutcomeBus.open(
+            via_proxy, "n_a", ping_seconds=600, connect_timeout=1.0, first_backoff=0.02
+        )
+        try:
+            b = await nodes("b")
+            waiter = asyncio.create_task(b.wait("ch_1", within=60))
+            await until(lambda: b.waiting == 1, "the waiter to park")
+
+            assert proxy.silence() == 1
+            await a.publish(Outcome("ch_1", "approved"))
+
+            assert await asyncio.wait_for(waiter, BOUND) == Outcome("ch_1", "approved")
+            assert a.counts["reconnects"] == 1
+            assert a.counts["send-errors"] == 0
+        finally:
+            await a.close()
+
+
 async def test_outcomes_published_while_down_go_out_after_the_reconnect(
     nodes: Nodes, admin: asyncpg.Connection, dsn: str
 ) -> None:
