@@ -36,6 +36,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.routing import Mount
 from starlette.types import Scope
 
+from backend.domain.leases import LEASE_NAMES
 from backend.events_postgres import PostgresOutcomeBus
 
 if TYPE_CHECKING:
@@ -248,6 +249,12 @@ class _ServicesCollector(Collector):
             ["transport", "outcome"],
             pushes,
         )
+        yield _counter(
+            "openmfa_push_handover",
+            "Push challenges this node took over from a dead node (or a command) and sent",
+            [],
+            [((), services.push.handed_over)] if services.push is not None else [],
+        )
         mails = [
             *(
                 _single(services.notice_mailer.counts, "notice")
@@ -284,6 +291,17 @@ class _ServicesCollector(Collector):
             "Password and PIN checks admitted at most (workers + queue)",
             value=hasher.capacity,
         )
+        if services.nodes is not None:
+            held = services.nodes.leases.held
+            leases = GaugeMetricFamily(
+                "openmfa_node_leases_held",
+                "1 for each duty's lease this node holds now (fraud-mail, directory-sync, "
+                "retention, push-handover), else 0; summed over nodes, each is 1",
+                labels=["lease"],
+            )
+            for name in LEASE_NAMES:
+                leases.add_metric([name], 1 if name in held else 0)
+            yield leases
         if isinstance(services.bus, PostgresOutcomeBus):
             yield from _bus_metrics(services.bus)
         waiting = getattr(services.bus, "waiting", None)
