@@ -26,6 +26,7 @@ from backend.cli import (
     doctor,
     fraud,
     imports,
+    nodes,
     prune,
 )
 from backend.cli.output import clean
@@ -330,6 +331,7 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_parser(groups)
     backup.add_parser(groups)
     prune.add_parser(groups)
+    nodes.add_parser(groups)
 
     aud = groups.add_parser(
         "audit",

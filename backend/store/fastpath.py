@@ -173,6 +173,11 @@ class PostgresJobs:
         # appended here, BEGIN and COMMIT included (asyncpg's query logger).
         self.query_log: list[str] | None = None
 
+    @property
+    def dsn(self) -> str:
+        """The asyncpg URL of the database (the outcome bus opens its LISTEN connection on it)."""
+        return self._dsn
+
     def _log_query(self, record: Any) -> None:
         if self.query_log is not None:
             self.query_log.append(str(record.query))
