@@ -4,6 +4,8 @@ take (backend/store/urls.py), and a node connects through them to whichever host
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,29 @@ async def test_upgrade_and_doctor_show_every_host_and_no_password(
     assert database.level == "ok", database
     assert hosts in database.message
     assert "s3cret" not in " ".join(f.message + f.fix for f in findings)
+
+
+@pytest.mark.postgres
+async def test_a_hung_first_host_costs_its_timeout_not_the_connection(postgres_url: str) -> None:
+    """A first host that accepts and never answers (a frozen server): asyncpg alone spends
+    its whole timeout there and never tries the next host; here each host gets
+    ``connect_timeout`` of its own and the node ends on the server that answers."""
+    real = urls.parse(postgres_url)
+    [server] = real.hosts
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel completes handshakes; nobody ever speaks
+        hung = urls.Host("127.0.0.1", silent.getsockname()[1])
+        url = urls.sqlalchemy_url(
+            f"postgresql://{real.userinfo(hide_password=False)}{hung.netloc()},"
+            f"{server.netloc()}/{real.database}"
+        )
+        db = Database(url, connect_timeout=1.0)
+        try:
+            started = time.monotonic()
+            async with db.read() as conn:
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+            assert await db.run_statement("SELECT 1") == [(1,)]
+            assert time.monotonic() - started < 5  # two connections, ~1 s each on the hung host
+        finally:
+            await db.dispose()
