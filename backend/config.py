@@ -87,6 +87,9 @@ class Settings(BaseModel):
     # commit, per batch on the hot path), at a measured ~35% of the OTP throughput.
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     db_pool_size: int = Field(default=10, ge=1)
+    # PostgreSQL: seconds to wait for each host of database_url to connect before trying the
+    # next (libpq's connect_timeout); a hung first host must not keep the replica unused.
+    db_connect_timeout_seconds: float = Field(default=5.0, ge=0.5, le=120)
 
     # -- the HTTP server's limits (docs/configuration.md, "HTTP limits") --
     # Request line and headers together; beyond, 431 and the connection is closed.
