@@ -307,3 +307,26 @@ async def test_a_failing_duty_releases_and_runs_again(db: Database) -> None:
         assert duty.holding
     finally:
         await duty.close()
+
+
+@pytest.mark.parametrize("holder", ["n_a", "n_b"])
+async def test_the_sql_claim_follows_the_domain_rule(db: Database, holder: str) -> None:
+    clock = FakeClock(T0)
+    for offset in (-5, 0, 5):  # expired, expiring this instant, still running
+        async with db.write() as conn:
+            await conn.execute(leases_t.delete())
+            await conn.execute(
+                leases_t.insert().values(
+                    name="x",
+                    node_id="n_a",
+                    acquired_at=T0 - timedelta(seconds=60),
+                    expires_at=T0 + timedelta(seconds=offset),
+                )
+            )
+        row = LeaseState("x", "n_a", T0 - timedelta(seconds=60), T0 + timedelta(seconds=offset))
+        expected = claimed(row, "x", holder, T0, timedelta(seconds=20))
+        got = await Leases(db, clock, holder).claim("x", 20)
+        assert got is (expected is not None), offset
+        now_held = await Leases(db, clock, holder).holder("x")
+        if expected is not None:
+            assert now_held == expected
