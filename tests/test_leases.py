@@ -330,3 +330,56 @@ async def test_the_sql_claim_follows_the_domain_rule(db: Database, holder: str) 
         now_held = await Leases(db, clock, holder).holder("x")
         if expected is not None:
             assert now_held == expected
+
+
+class _CutOff:
+    """Real leases whose renewals fail from a point on, as when the database goes away."""
+
+    def __init__(self, leases: Leases) -> None:
+        self.leases = leases
+        self.cut = False
+
+    async def claim(self, name: str, ttl: float) -> bool:
+        if self.cut:
+            raise ConnectionError("database unreachable")
+        return await self.leases.claim(name, ttl)
+
+    async def renew(self, name: str, ttl: float) -> bool:
+        if self.cut:
+            raise ConnectionError("database unreachable")
+        return await self.leases.renew(name, ttl)
+
+    async def release(self, name: str) -> bool:
+        if self.cut:
+            raise ConnectionError("database unreachable")
+        return await self.leases.release(name)
+
+
+async def test_a_duty_cut_off_from_the_database_stops_before_its_lease_runs_out(
+    db: Database,
+) -> None:
+    from backend.store.tables import now
+
+    stopped = asyncio.Event()
+
+    async def loop() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    leases = _CutOff(Leases(db, now, "n_a"))
+    duty = LeasedDuty("retention", leases, loop, ttl=0.9, retry=0.05)
+    await duty.start()
+    try:
+        async with asyncio.timeout(10):
+            await duty.wait_held()
+        leases.cut = True
+        cut_at = asyncio.get_running_loop().time()
+        async with asyncio.timeout(5):
+            await stopped.wait()
+        # Stopped while the row (expiring 0.9 s after the last renewal) still guards it.
+        assert asyncio.get_running_loop().time() - cut_at < 0.9
+        assert duty.lost == 1
+    finally:
+        await duty.close()
