@@ -64,6 +64,9 @@ def _duties(services: Services, clock: Clock) -> list[LeasedDuty]:
 
         # Resends what an earlier or a dead node left pending, once per lease taken.
         duties.append(LeasedDuty(FRAUD_MAIL, leases, resend, ttl=ttl, retry=retry))
+    if services.handover is not None:
+        # Sends the pushes a dead node (or a command) left unsent (docs/push.md).
+        duties.append(services.handover.leased(leases, ttl=ttl, retry=retry))
     return duties
 
 

@@ -456,7 +456,7 @@ async def _run_admin(settings: Settings, handler: AdminCommand, args: argparse.N
 
 def _db_upgrade(settings: Settings) -> int:
     from backend.store import migrations
-    from backend.store.database import display_url
+    from backend.store.urls import display_url
 
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     url = settings.resolved_database_url

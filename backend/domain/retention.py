@@ -26,6 +26,7 @@ TABLES: Final = (
     "account_notices",
     "directory_syncs",
     "nodes",
+    "address_limits",
 )
 
 
@@ -40,6 +41,8 @@ class RetentionPolicy:
     notice_days: int
     directory_syncs: int
     web_session_max_hours: int
+    #: The web sign-in address window: an address row whose window ended says nothing.
+    address_window_seconds: int = 900
 
     def __post_init__(self) -> None:
         for name in ("challenge_days", "audit_days", "expired_days", "notice_days"):
@@ -47,6 +50,8 @@ class RetentionPolicy:
                 raise ValueError(f"{name} must be from 0 to 36500")
         if self.directory_syncs < 0 or self.web_session_max_hours < 1:
             raise ValueError("directory_syncs must be 0 or more, web_session_max_hours 1 or more")
+        if self.address_window_seconds < 1:
+            raise ValueError("address_window_seconds must be 1 or more")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,5 +100,9 @@ def plan(policy: RetentionPolicy, now: datetime) -> tuple[Cutoff, ...]:
         "directory_syncs": Cutoff("directory_syncs", keep_last=policy.directory_syncs),
         # Stopped or dead nodes (no heartbeat since): kept a week for `openmfa nodes`.
         "nodes": Cutoff("nodes", now - NODE_ROWS_KEPT),
+        # Whatever the settings keep: a row whose window ended is reset by the next failure.
+        "address_limits": Cutoff(
+            "address_limits", now - timedelta(seconds=policy.address_window_seconds)
+        ),
     }
     return tuple(rules[name] for name in TABLES)

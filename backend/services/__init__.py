@@ -20,12 +20,14 @@ from backend.crypto import SecretBox, key_fingerprint, load_or_create_key
 from backend.domain.webpush import OriginAllowList
 from backend.errors import DatabaseError, ServerKeyError
 from backend.events import InProcessOutcomeBus, OutcomeBus
+from backend.events_postgres import PostgresOutcomeBus
 from backend.notify import fraud as fraud_mail
 from backend.notify import notices as notice_mail
 from backend.notify.mail import MailSender
 from backend.passwords import PasswordHasher
 from backend.push.dispatcher import PushDispatcher, close_transports
 from backend.push.factory import build_transports
+from backend.push.handover import PushHandover
 from backend.push.vapid import VapidKey, load_or_create_vapid_key
 from backend.services.access import AccessService
 from backend.services.accounts import AccountService
@@ -97,6 +99,9 @@ class Services:
     imports: ImportService
     # None where push is off (CLI commands): see Services.open's ``push``.
     push: PushDispatcher | None = None
+    # Takes over the pushes dead nodes left unsent (run as the "push-handover" leased duty by
+    # ``openmfa run``); None where push is off.
+    handover: PushHandover | None = None
     # None where fraud mail is off (CLI commands, see Services.open's ``notify``) or not set up.
     fraud_mailer: fraud_mail.FraudMailer | None = None
     geoip: GeoIp | None = None  # None without settings.geoip_database
@@ -178,7 +183,10 @@ class Services:
                 unknown_per_second=settings.unknown_user_checks_per_second,
                 nice=settings.hash_nice,
             )
-            bus = bus or InProcessOutcomeBus()
+            node_id = new_node_id()
+            if bus is None:
+                bus = await _open_bus(db, node_id)
+                on_error.push_async_callback(bus.close)
             audit = AuditLog(db, clock)
             notices = AccountNotices(
                 db, audit, clock, mail=sender is not None and settings.notify_users
@@ -248,6 +256,7 @@ class Services:
                 push=dispatcher,
                 fraud_notifier=mailer,
                 notices=notices,
+                node_id=node_id,
             )
             fraud = FraudService(db, audit, clock, challenges)
             invitations = InvitationService(
@@ -330,6 +339,19 @@ class Services:
                 clock=clock,
                 imports=ImportService(db, box, audit, clock, factors, notices=notices),
                 push=dispatcher,
+                handover=(
+                    PushHandover(
+                        db,
+                        dispatcher,
+                        audit,
+                        clock,
+                        Actor("system:push"),
+                        node_id,
+                        settings.node_timeout_seconds,
+                    )
+                    if dispatcher is not None
+                    else None
+                ),
                 fraud_mailer=mailer,
                 geoip=geoip,
                 notice_mailer=notice_mailer,
@@ -367,6 +389,15 @@ class Services:
         if self.geoip is not None:
             self.geoip.close()
         await self.db.dispose()
+
+
+async def _open_bus(db: Database, node_id: str) -> OutcomeBus:
+    """The in-process bus on SQLite (one node); on PostgreSQL the LISTEN/NOTIFY bus, so an
+    answer arriving at any node wakes the waiter parked on any other."""
+    jobs = db.postgres_jobs
+    if jobs is None:
+        return InProcessOutcomeBus()
+    return await PostgresOutcomeBus.open(jobs.dsn, node_id)
 
 
 async def open_database(settings: Settings) -> Database:
