@@ -383,3 +383,19 @@ async def test_a_duty_cut_off_from_the_database_stops_before_its_lease_runs_out(
         assert duty.lost == 1
     finally:
         await duty.close()
+
+
+async def test_one_node_id_for_the_registry_the_bus_and_the_challenges(settings: object) -> None:
+    from backend.config import Settings
+    from backend.services import Services
+
+    assert isinstance(settings, Settings)
+    services = await Services.open(settings, push=False, notify=False, node=True)
+    try:
+        assert services.nodes is not None
+        assert services.leases is not None
+        # A push stamped with another id than the registry's would look like a dead node's.
+        assert services.nodes.node_id == services.node_id == services.leases.holder_id
+        assert services.challenges._node_id == services.node_id  # push_node of its pushes
+    finally:
+        await services.close()
