@@ -171,8 +171,12 @@ class ChallengeService:
         push: PushNotifier | None = None,
         fraud_notifier: FraudNotifier | None = None,
         notices: AccountNotices | None = None,
+        node_id: str | None = None,
     ) -> None:
         self._notices = notices
+        # This node (``nodes.id``), recorded as ``push_node`` on the push challenges its
+        # dispatcher sends; None (tests, commands without a node) leaves push_node NULL.
+        self._node_id = node_id
         self._db = db
         self._push = push
         self._fraud_notifier = fraud_notifier
@@ -295,6 +299,7 @@ class ChallengeService:
                         else:
                             note = " number-matching-skipped(gateway cannot show it)"
                 if refusal is None:
+                    push_node, push_sent_at = self._push_delivery(method, now)
                     await conn.execute(
                         insert(challenges_t).values(
                             id=challenge_id,
@@ -312,6 +317,8 @@ class ChallengeService:
                             idempotency_key=idempotency_key,
                             idempotency_scope=scope,
                             started_by=started_by,
+                            push_node=push_node,
+                            push_sent_at=push_sent_at,
                         )
                     )
                     detail = f"{challenge_id} {method} {context.client_name} {context.client_ip}"
@@ -361,6 +368,16 @@ class ChallengeService:
         ).first()
         if found is not None:
             raise _CopyStarted()
+
+    def _push_delivery(self, method: str, now: datetime) -> tuple[str | None, datetime | None]:
+        """``push_node`` and ``push_sent_at`` for a new challenge (docs/push.md, "Several
+        nodes"). Our dispatcher sends it: this node. No dispatcher here (a command): both NULL,
+        so a live node's handover sends it. A dispatcher without transports: sent already."""
+        if method != "push" or self._push is None:
+            return None, None
+        if not self._push.can_send:
+            return None, now
+        return self._node_id, None
 
     async def _push_stop(
         self,
