@@ -11,6 +11,8 @@ is down, and A is used again once its health check passes after a restart.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from tests.support.cluster import (
 from tests.support.process import wait_for
 
 pytestmark = pytest.mark.postgres
+log = logging.getLogger(__name__)
 
 
 def sample(url: str, name: str, labels: dict[str, str]) -> float | None:
@@ -59,6 +62,16 @@ def starts_on(node: Node) -> float:
     url = f"http://127.0.0.1:{node.metrics_port}/metrics"
     labels = {"route": "/gateway/v1/authentications", "method": "POST", "status": "201"}
     return sample(url, "openmfa_http_requests_total", labels) or 0.0
+
+
+def long_polls_on(node: Node) -> float:
+    """Gateway long-polls waiting on ``node`` now."""
+    url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+    text = httpx.get(url, timeout=5).text
+    for line in text.splitlines():
+        if line.startswith("openmfa_long_polls_held "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def challenges_of(cluster: NodeCluster, user: str) -> list[dict[str, object]]:
@@ -123,7 +136,21 @@ def test_a_node_killed_under_a_held_push_and_a_gateway_failing_over_to_another_b
         assert len(challenges_of(cluster, held_phone.user)) == 1
 
         # -- node A dies; bridge one re-attaches its long-poll on node B ----------------------
+        wait_for(lambda: long_polls_on(node_b) == 1, 10, "bridge two's long-poll on node B")
         node_a.kill9()
+        killed = time.monotonic()
+        wait_for(
+            lambda: long_polls_on(node_b) == 2,
+            # Generous for a loaded machine; re-attached later than the cut grace (5 s),
+            # the failmode would have answered, which the reply checks below would catch.
+            15,
+            "bridge one's long-poll to be re-attached on node B",
+            every=0.01,
+            detail=lambda: (
+                f"{long_polls_on(node_b)} long-polls on B; bridge one: {one.log[-2000:]}"
+            ),
+        )
+        reattached = time.monotonic() - killed
         wait_for(
             lambda: backend_up(one, node_a) == 0,
             10,
@@ -163,6 +190,7 @@ def test_a_node_killed_under_a_held_push_and_a_gateway_failing_over_to_another_b
         assert gateway.reply(back) == codec.ACCESS_ACCEPT
         assert starts_on(node_a) == 1  # the restarted process started it
 
+    log.info("kill -9 of node A -> held push re-attached on node B: %.0f ms", reattached * 1000)
     for bridge in (one, two):
         assert "Traceback" not in bridge.log
     assert "re-attaching" in one.log
