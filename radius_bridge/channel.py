@@ -145,6 +145,18 @@ class BackendChannel:
                 await self._connected.wait()
         return self.connected
 
+    def cut(self, why: str) -> None:
+        """Drop the connection now: what waits on it is cut at once (and goes elsewhere);
+        the channel reconnects with its usual backoff."""
+        ws = self._ws
+        if ws is None:
+            return
+        log.info("cutting the wait channel to %s: %s", self.url, why)
+        self._ws = None
+        self._connected.clear()
+        self._cut_all(why)
+        ws.transport.abort()
+
     # -- the connection ------------------------------------------------------------------------
 
     async def _run(self) -> None:

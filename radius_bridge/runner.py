@@ -48,7 +48,6 @@ import httpx
 
 from radius_bridge.backend_client import BackendClient, BackendError, CredentialRefused
 from radius_bridge.cache import CachedDocument, CacheError, ClientsCache
-from radius_bridge.channel import BackendChannel
 from radius_bridge.clients import (
     ClientList,
     ClientsError,
@@ -150,7 +149,7 @@ class Bridge:
         self._clock_override = clock
         self.stop_grace = stop_grace
         self.backend = BackendClient(
-            settings.base_url,
+            settings.base_urls,
             settings.token,
             transport=transport,
             http_timeout=settings.http_timeout,
@@ -160,16 +159,12 @@ class Bridge:
             cut_grace=settings.cut_grace_seconds,
             on_unavailable=self._count_unavailable,
             on_credential_refused=self._credential_refused,
+            on_health=self._backend_health,
+            on_failover=self._backend_failover,
+            # Real sockets: waits and checks over the wait channel while it is open (an
+            # injected transport -- in-process ASGI, a mock -- keeps plain HTTP).
+            channels=settings.channel == "auto" and transport is None,
         )
-        if settings.channel == "auto" and transport is None:
-            # Real sockets: waits and checks over the wait channel while it is open
-            # (an injected transport -- in-process ASGI, a mock -- keeps plain HTTP).
-            self.backend.channel = BackendChannel(
-                settings.base_url,
-                settings.token,
-                open_timeout=settings.http_timeout,
-                on_credential_refused=self._credential_refused,
-            )
         self.upstream = UpstreamClient(dictionary=self.core.dictionary)
         self.cache = (
             None
@@ -221,6 +216,7 @@ class Bridge:
         self._loop = asyncio.get_running_loop()
         await self._bind(sockets or {})
         await self._bind_radsec(radsec_sockets or {})
+        self.backend.start()
         if not await self.refresh_clients() and not self.table_loaded.is_set():
             if self.core.credential_refused is not None:
                 # A revoked token: the cache sealed with it was deleted; serving it would
@@ -233,8 +229,6 @@ class Bridge:
                     "Create a new token (openmfa token create NAME --scope bridge)"
                 )
             self._load_cache()
-        if self.backend.channel is not None:
-            self.backend.channel.start()
         self._background.append(asyncio.create_task(self._refresh_loop(), name="radius-refresh"))
         self._background.append(
             asyncio.create_task(self._housekeeping_loop(), name="radius-housekeeping")
@@ -333,8 +327,6 @@ class Bridge:
         if self._audits:
             await asyncio.wait(self._audits, timeout=self.stop_grace)
         await asyncio.gather(*self._background, return_exceptions=True)
-        if self.backend.channel is not None:
-            await self.backend.channel.aclose()
         await self.backend.aclose()
         await self.upstream.aclose()
         log.info("RADIUS bridge stopped")
@@ -676,6 +668,12 @@ class Bridge:
                 "latency_ms": round(took * 1000, 1),
             },
         )
+
+    def _backend_health(self, url: str, up: bool) -> None:
+        self.metrics.backend_up.labels(url).set(1 if up else 0)
+
+    def _backend_failover(self, url: str) -> None:
+        self.metrics.backend_failovers.labels(url).inc()
 
     def _count_unavailable(self, effect: str) -> None:
         self.metrics.backend_errors.labels(effect).inc()

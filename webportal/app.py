@@ -51,8 +51,7 @@ class _WebAppMount(Mount):
 
 def routes() -> list[BaseRoute]:
     """Mounts for ``/portal``, ``/admin``, ``/static`` and ``/app`` (the web app); one
-    :class:`WebState` shared by both areas of this application (its template cache and
-    sign-in rate limiter)."""
+    :class:`WebState` shared by both areas of this application (its template cache)."""
     web = WebState(templates=make_environment())
     return [
         Mount(

@@ -2,11 +2,12 @@
 
 Per user: the users' failure counters and lockout (policy ``otp_max_failures`` /
 ``otp_lockout_seconds``), the same ones codes and RADIUS passwords count toward, through
-:meth:`UserService.verify_password`. Per source address: :class:`~webportal.ratelimit.
-AddressLimiter`. Both count the attempt *before* the argon2id check and give it back when the
-password was right, so concurrent guesses cannot all slip past either limit. Every failure
-leaves a ``web.sign_in`` audit row saying why; the page only says what the person can act on
-(an unknown name and a wrong password read the same).
+:meth:`UserService.verify_password`. Per source address: :mod:`backend.services.
+address_limits`. Both live in the database, shared by every node. Both count the attempt
+*before* the argon2id check and give it back when the password was right, so concurrent
+guesses cannot all slip past either limit. Every failure leaves a ``web.sign_in`` audit
+row saying why; the page only says what the person can act on (an unknown name and a wrong
+password read the same).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from backend.errors import (
     UserBlocked,
     UserDisabled,
 )
+from backend.services import address_limits
 from backend.services.context import Actor
 from backend.store.queries import UserRecord
-from webportal.state import area_of, client_address, services_of, web_actor, web_of
+from webportal.state import area_of, client_address, services_of, web_actor
 
 WRONG = "The user name or password is wrong."
 MAX_FIELD = 1024
@@ -80,12 +82,16 @@ def _window(request: Request) -> timedelta:
     return timedelta(seconds=services_of(request).settings.web_sign_in_address_window_seconds)
 
 
-def address_refusal(request: Request) -> Refusal | None:
+async def address_refusal(request: Request) -> Refusal | None:
     """A refusal while this address has failed too often, else ``None``."""
     services = services_of(request)
     now = services.clock()
-    until = web_of(request).limiter.blocked_until(
-        client_address(request), now, services.settings.web_sign_in_address_limit, _window(request)
+    until = await address_limits.blocked_until(
+        services.db,
+        client_address(request),
+        now,
+        services.settings.web_sign_in_address_limit,
+        _window(request),
     )
     return None if until is None else _address_limited(until, now)
 
@@ -102,7 +108,9 @@ def _address_limited(until: datetime, now: datetime) -> Refusal:
 async def record_failure(request: Request, user_name: str, reason: str) -> None:
     """Count a failed step against the address and audit it (``web.sign_in`` / ``reject``)."""
     services = services_of(request)
-    web_of(request).limiter.failure(client_address(request), services.clock(), _window(request))
+    await address_limits.count_failure(
+        services.db, client_address(request), services.clock(), _window(request)
+    )
     await audit(request, user_name, "reject", reason)
 
 
@@ -117,20 +125,24 @@ async def audit(request: Request, user_name: str, result: str, detail: str) -> N
     )
 
 
-def claim_address(request: Request) -> Refusal | datetime:
+async def claim_address(request: Request) -> Refusal | datetime:
     """Count this attempt against the address before it is checked: the time it was counted
     at (for :func:`release_address` if it succeeds), or the refusal while the address waits."""
     services = services_of(request)
     now = services.clock()
-    until = web_of(request).limiter.claim(
-        client_address(request), now, services.settings.web_sign_in_address_limit, _window(request)
+    until = await address_limits.claim(
+        services.db,
+        client_address(request),
+        now,
+        services.settings.web_sign_in_address_limit,
+        _window(request),
     )
     return now if until is None else _address_limited(until, now)
 
 
-def release_address(request: Request, claimed: datetime) -> None:
+async def release_address(request: Request, claimed: datetime) -> None:
     """Give back an attempt :func:`claim_address` counted: it succeeded."""
-    web_of(request).limiter.release(client_address(request), claimed)
+    await address_limits.release(services_of(request).db, client_address(request), claimed)
 
 
 async def check_password(request: Request, name: str, password: str) -> UserRecord | Refusal:
@@ -144,7 +156,7 @@ async def check_password(request: Request, name: str, password: str) -> UserReco
     if not name or not password:
         await audit(request, name, "reject", "missing-field")
         return Refusal("Enter your user name and password.", 400)
-    claimed = claim_address(request)
+    claimed = await claim_address(request)
     if isinstance(claimed, Refusal):
         await audit(request, name, "reject", "address-limited")
         return claimed
@@ -155,7 +167,7 @@ async def check_password(request: Request, name: str, password: str) -> UserReco
     try:
         result = await services.users.verify_password(anonymous_actor(request), name, password)
     except HashingBusy:  # not the person's failure: their attempt is not spent
-        release_address(request, claimed)
+        await release_address(request, claimed)
         await audit(request, name, "reject", "busy")
         raise
     except (UnknownUser, InvalidName):
@@ -173,8 +185,8 @@ async def check_password(request: Request, name: str, password: str) -> UserReco
         )
     if not result.accepted:
         if result.reason == "directory-unavailable":  # not the person's failure
-            release_address(request, claimed)
+            await release_address(request, claimed)
         await audit(request, name, "reject", result.reason)
         return _DIRECTORY_REFUSALS.get(result.reason, Refusal(WRONG, 401))
-    release_address(request, claimed)
+    await release_address(request, claimed)
     return await services.users.get(result.user_name)

@@ -7,7 +7,7 @@ here is global.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import jinja2
@@ -16,7 +16,6 @@ from starlette.requests import Request
 from backend.api.client_address import client_address as client_address  # for the pages
 from backend.logs import request_id_var
 from backend.services.context import Actor
-from webportal.ratelimit import AddressLimiter
 
 if TYPE_CHECKING:
     from backend.services import Services
@@ -29,7 +28,6 @@ class WebState:
     """One per application (made by :func:`webportal.app.routes`)."""
 
     templates: jinja2.Environment
-    limiter: AddressLimiter = field(default_factory=AddressLimiter)
 
 
 def services_of(request: Request) -> Services:

@@ -88,6 +88,7 @@ async def start_op(
         number_matching=payload.number_matching,
         can_show_number=payload.can_show_number,
         started_by=token.starter,
+        token_scope=token.scope,
     )
     return _authentication(view)
 

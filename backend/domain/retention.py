@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
+from backend.domain.leases import NODE_ROWS_KEPT
+
 #: The pruned tables, in the order a pass visits them (nonces before their challenges).
 TABLES: Final = (
     "pipush_nonces",
@@ -23,6 +25,8 @@ TABLES: Final = (
     "web_sessions",
     "account_notices",
     "directory_syncs",
+    "nodes",
+    "address_limits",
 )
 
 
@@ -37,6 +41,8 @@ class RetentionPolicy:
     notice_days: int
     directory_syncs: int
     web_session_max_hours: int
+    #: The web sign-in address window: an address row whose window ended says nothing.
+    address_window_seconds: int = 900
 
     def __post_init__(self) -> None:
         for name in ("challenge_days", "audit_days", "expired_days", "notice_days"):
@@ -44,6 +50,8 @@ class RetentionPolicy:
                 raise ValueError(f"{name} must be from 0 to 36500")
         if self.directory_syncs < 0 or self.web_session_max_hours < 1:
             raise ValueError("directory_syncs must be 0 or more, web_session_max_hours 1 or more")
+        if self.address_window_seconds < 1:
+            raise ValueError("address_window_seconds must be 1 or more")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +79,7 @@ def plan(policy: RetentionPolicy, now: datetime) -> tuple[Cutoff, ...]:
     Finished challenges go by ``created_at``; expired things by ``expires_at`` (a replay
     nonce is kept at least until it expires, whatever ``expired_days`` says, since it is
     what refuses the replay); web sessions by ``last_seen_at``, past the longest a session
-    can live, so a live one is never cut.
+    can live, so a live one is never cut; node rows by their last heartbeat, a week on.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -90,5 +98,11 @@ def plan(policy: RetentionPolicy, now: datetime) -> tuple[Cutoff, ...]:
         ),
         "account_notices": Cutoff("account_notices", _days_ago(now, policy.notice_days)),
         "directory_syncs": Cutoff("directory_syncs", keep_last=policy.directory_syncs),
+        # Stopped or dead nodes (no heartbeat since): kept a week for `openmfa nodes`.
+        "nodes": Cutoff("nodes", now - NODE_ROWS_KEPT),
+        # Whatever the settings keep: a row whose window ended is reset by the next failure.
+        "address_limits": Cutoff(
+            "address_limits", now - timedelta(seconds=policy.address_window_seconds)
+        ),
     }
     return tuple(rules[name] for name in TABLES)

@@ -28,10 +28,12 @@ from backend.store.database import Database
 from backend.store.tables import (
     account_notices_t,
     activation_codes_t,
+    address_limits_t,
     audit_t,
     challenges_t,
     directory_syncs_t,
     invitations_t,
+    nodes_t,
     pipush_nonces_t,
     used_nonces_t,
     web_sessions_t,
@@ -53,6 +55,7 @@ def policy_from(settings: Settings) -> RetentionPolicy:
         notice_days=settings.retention_notice_days,
         directory_syncs=settings.retention_directory_syncs,
         web_session_max_hours=settings.web_session_max_hours,
+        address_window_seconds=settings.web_sign_in_address_window_seconds,
     )
 
 
@@ -84,11 +87,16 @@ def _condition(cutoff: Cutoff) -> ColumnElement[bool] | None:
             return invitations_t.c.expires_at < before
         case "web_sessions":
             return web_sessions_t.c.last_seen_at < before
+        case "nodes":
+            # A live node beats every few seconds: only stopped or dead ones get this old.
+            return nodes_t.c.seen_at < before
         case "account_notices":
             return and_(
                 account_notices_t.c.created_at < before,
                 account_notices_t.c.state != "pending",  # still to be sent: never pruned
             )
+        case "address_limits":
+            return address_limits_t.c.window_started_at < before
     raise ValueError(f"no rule for table {cutoff.table!r}")
 
 
@@ -104,6 +112,8 @@ def _keys(table: str) -> tuple[ColumnElement[Any], ...]:
         "web_sessions": web_sessions_t,
         "account_notices": account_notices_t,
         "directory_syncs": directory_syncs_t,
+        "nodes": nodes_t,
+        "address_limits": address_limits_t,
     }[table]
     return tuple(t.primary_key.columns)
 
@@ -180,7 +190,7 @@ class Pruner:
                     (await conn.scalar(select(func.count()).select_from(table).where(where))) or 0
                 )
         chosen = select(*keys).where(where).limit(self._batch)
-        return await self._batches(keys, lambda: chosen)
+        return await self._batches(keys, lambda: chosen, where)
 
     async def _directory_syncs(self, keep_last: int, dry_run: bool) -> int:
         t = directory_syncs_t
@@ -209,12 +219,15 @@ class Pruner:
         return total
 
     async def _batches(
-        self, keys: tuple[ColumnElement[Any], ...], chosen: Callable[[], Select[Any]]
+        self,
+        keys: tuple[ColumnElement[Any], ...],
+        chosen: Callable[[], Select[Any]],
+        where: ColumnElement[bool] | None = None,
     ) -> int:
         total = 0
         while True:
             async with self._db.write() as conn:
-                selected, removed = await self._delete_batch(conn, keys, chosen())
+                selected, removed = await self._delete_batch(conn, keys, chosen(), where)
             total += removed  # fewer than selected when another node pruned them first
             self.largest_batch = max(self.largest_batch, selected)
             if selected < self._batch:
@@ -222,9 +235,15 @@ class Pruner:
             await self._sleep(self._pause)  # let the hot paths in between batches
 
     async def _delete_batch(
-        self, conn: AsyncConnection, keys: tuple[ColumnElement[Any], ...], chosen: Select[Any]
+        self,
+        conn: AsyncConnection,
+        keys: tuple[ColumnElement[Any], ...],
+        chosen: Select[Any],
+        where: ColumnElement[bool] | None = None,
     ) -> tuple[int, int]:
-        """Delete one batch: (rows selected, rows deleted)."""
+        """Delete one batch: (rows selected, rows deleted). ``where`` is checked again by
+        the delete: a row written since it was selected (an address that failed again and
+        started a new window) no longer matches and stays."""
         # The keys first, then a delete by primary key: the cheapest plan on both databases,
         # and the batch's size is exactly what was selected.
         rows = (await conn.execute(chosen)).all()
@@ -235,6 +254,8 @@ class Pruner:
             stmt = delete(target).where(keys[0].in_([r[0] for r in rows]))
         else:
             stmt = delete(target).where(tuple_(*keys).in_([tuple(r) for r in rows]))
+        if where is not None:
+            stmt = stmt.where(where)
         removed = (await conn.execute(stmt)).rowcount
         return len(rows), int(removed if removed is not None and removed >= 0 else len(rows))
 
@@ -263,9 +284,16 @@ class PruneDuty:
         return self.last_pass or {}  # set before the event, so never empty here
 
     async def start(self) -> None:
-        """Start the background task (none when the interval is 0)."""
+        """Start the background task (none when the interval is 0). ``openmfa run`` runs
+        :meth:`run` as the leased duty "retention" instead, on one node at a time."""
         if self._interval > 0:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="retention")
+
+    async def run(self) -> None:
+        """The schedule as a duty (:class:`~backend.tasks.LeasedDuty`): passes until
+        cancelled; returns at once when the interval is 0 (pruning off)."""
+        if self._interval > 0:
+            await self._loop()
 
     async def close(self) -> None:
         """Stop; a batch in progress is rolled back (the next pass does it again)."""

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # named the installed Alembic library itself.
 SCRIPT_LOCATION = Path(__file__).resolve().parent.parent / "migrations"
 #: The newest migration, the schema this code works with (see the module docstring).
-SCHEMA_REVISION = "0014"
+SCHEMA_REVISION = "0015"
 
 
 def alembic_config(url: str, script_location: Path = SCRIPT_LOCATION) -> Config:

@@ -509,3 +509,16 @@ class Lease(SQLModel, table=True):
 
 
 leases_t = _table(Lease)
+
+
+class AddressLimit(SQLModel, table=True):
+    """Failed web sign-in steps from one source address in its current window (see
+    backend/services/address_limits.py): shared by every node, pruned once the window ends."""
+
+    __tablename__ = "address_limits"
+    address: str = Field(primary_key=True, max_length=64)
+    failures: int = 0
+    window_started_at: datetime = utc_column(index=True)
+
+
+address_limits_t = _table(AddressLimit)

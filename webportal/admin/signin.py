@@ -157,7 +157,7 @@ async def push(request: Request) -> Response:
     target = safe_next(await field(request, "next"), "admin")
     if not await has_second_factor(request, user):  # a pending app's first answer is no proof
         return RedirectResponse(ENROL, status_code=303)
-    refusal = address_refusal(request)
+    refusal = await address_refusal(request)
     if refusal is not None:
         await audit(request, user.name, "reject", "address-limited")
         return await _verify_page(request, session, user, target, refusal.message, 429)
@@ -200,7 +200,7 @@ async def code(request: Request) -> Response:
     """Finish the second step with a code from the admin's app."""
     session, user = await _half_signed_in(request)
     target = safe_next(await field(request, "next"), "admin")
-    claimed = claim_address(request)  # counted before the check: concurrent guesses too
+    claimed = await claim_address(request)  # counted before the check: concurrent guesses too
     if isinstance(claimed, Refusal):
         await audit(request, user.name, "reject", "address-limited")
         return await _verify_page(request, session, user, target, claimed.message, 429)
@@ -222,7 +222,7 @@ async def code(request: Request) -> Response:
         await audit(request, user.name, "reject", f"code: {exc.type}")
         return await _verify_page(request, session, user, target, exc.detail, exc.status)
     if result.accepted:
-        release_address(request, claimed)
+        await release_address(request, claimed)
         return await _complete(request, user, "code", target)
     await audit(request, user.name, "reject", f"code: {result.reason}")
     message = "That code is not right. Type the current code from your app."

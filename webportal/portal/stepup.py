@@ -115,7 +115,7 @@ async def push(request: Request) -> Response:
     """Send a push to the user's phone; the page then waits for the answer."""
     me = await require_user(request)
     target = safe_next(await field(request, "next"), "portal")
-    refusal = address_refusal(request)
+    refusal = await address_refusal(request)
     if refusal is not None:
         await audit(request, me.user.name, "reject", "step-up: address-limited")
         return await _page(request, me, target, refusal.message, 429)
@@ -162,7 +162,7 @@ async def code(request: Request) -> Response:
     """Finish the step-up with a code from an active authenticator."""
     me = await require_user(request)
     target = safe_next(await field(request, "next"), "portal")
-    claimed = claim_address(request)  # counted before the check: concurrent guesses too
+    claimed = await claim_address(request)  # counted before the check: concurrent guesses too
     if isinstance(claimed, Refusal):
         await audit(request, me.user.name, "reject", "step-up: address-limited")
         return await _page(request, me, target, claimed.message, 429)
@@ -180,7 +180,7 @@ async def code(request: Request) -> Response:
         await audit(request, me.user.name, "reject", f"step-up: code {exc.type}")
         return await _page(request, me, target, exc.detail, exc.status)
     if result.accepted:
-        release_address(request, claimed)
+        await release_address(request, claimed)
         return await _done(request, me, "code", target)
     await audit(request, me.user.name, "reject", f"step-up: code {result.reason}")
     message = "That code is not right. Type the current code from your app."
