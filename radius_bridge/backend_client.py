@@ -198,15 +198,15 @@ class BackendClient:
         on_failover: FailoverListener | None = None,
         check_seconds: float = CHECK_SECONDS,
         check_timeout: float = CHECK_TIMEOUT,
+        channels: bool = False,
     ) -> None:
         self.http_timeout = http_timeout
         self.long_poll_seconds = long_poll_seconds
         self.cut_grace = cut_grace
-        #: The wait channel (radius_bridge.channel), set by the runner with ``--channel
-        #: auto``: while it is open, waits and code / password checks go over it.
-        self.channel: BackendChannel | None = None
         self._on_unavailable = on_unavailable
         self._on_credential_refused = on_credential_refused
+        self._on_health = on_health
+        self.channels: dict[str, BackendChannel] = {}  # filled below with ``channels``
         self.backends = BackendSet(
             (base_url,) if isinstance(base_url, str) else tuple(base_url),
             token,
@@ -214,18 +214,52 @@ class BackendClient:
             http_timeout=http_timeout,
             backend_connections=backend_connections,
             max_long_polls=max_long_polls,
-            on_health=on_health,
+            on_health=self._health,
             on_failover=on_failover,
             check_seconds=check_seconds,
             check_timeout=check_timeout,
         )
+        #: With ``channels`` (``--channel auto``) one wait channel per backend
+        #: (:mod:`radius_bridge.channel`): while the preferred backend's is open, waits and
+        #: code / password checks go over it; HTTP otherwise.
+        if channels:
+            self.channels = {
+                backend.url: BackendChannel(
+                    backend.url,
+                    token,
+                    open_timeout=http_timeout,
+                    on_credential_refused=on_credential_refused,
+                )
+                for backend in self.backends.backends
+            }
+
+    @property
+    def channel(self) -> BackendChannel | None:
+        """The preferred backend's wait channel when it is open, else ``None`` (use HTTP)."""
+        if not self.channels:
+            return None
+        channel = self.channels.get(self.backends.preferred.url)
+        return channel if channel is not None and channel.connected else None
+
+    def _health(self, url: str, up: bool) -> None:
+        # A node marked down while another is up: the waits held on its channel are cut
+        # now, so they re-attach on a node that is up (as its long-polls are).
+        channel = self.channels.get(url)
+        if not up and channel is not None and any(b.up for b in self.backends.backends):
+            channel.cut("its backend was marked down")
+        if self._on_health is not None:
+            self._on_health(url, up)
 
     def start(self) -> None:
-        """Start the backends' health checks (call on the running loop)."""
+        """Start the backends' health checks and wait channels (on the running loop)."""
         self.backends.start()
+        for channel in self.channels.values():
+            channel.start()
 
     async def aclose(self) -> None:
-        """Stop the health checks and close every pool."""
+        """Stop the health checks, close the wait channels and every pool."""
+        for channel in self.channels.values():
+            await channel.aclose()
         await self.backends.aclose()
 
     # -- effects ----------------------------------------------------------------------------
@@ -401,9 +435,10 @@ class BackendClient:
         """
         loop = asyncio.get_running_loop()
         end = loop.time() + max(0.0, effect.seconds)
-        if self.channel is not None and self.channel.connected:
+        channel = self.channel
+        if channel is not None:
             until = min(end, deadline - 0.05)
-            state = await wait_on_channel(self.channel, effect.authentication_id, until)
+            state = await wait_on_channel(channel, effect.authentication_id, until)
             if state is not None:
                 return Outcome(state)
             # The channel was cut (or would not watch this one): the long-poll below
@@ -531,7 +566,7 @@ class BackendClient:
         """``POST path``: over the wait channel while it is open (batched with the other
         calls of the same moment), else over HTTP."""
         channel = self.channel
-        if channel is None or not channel.connected:
+        if channel is None:
             return _json(await self._short("POST", path, body))
         async with asyncio.timeout(self.http_timeout):
             status, data = await channel.post(path, body)

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Final
 
 import httpx
@@ -81,27 +81,17 @@ def call_for(path: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 class BackendChannel:
-    """One WebSocket to one backend at a time; see the module docstring.
-
-    ``base_url`` is one backend, or a callable giving the backends in order of preference
-    (the :class:`~radius_bridge.backends.BackendSet`'s healthy ones first). Each attempt to
-    connect asks it again and, after failed attempts in a row, tries the next one: when the
-    node under the channel dies, the channel reopens on another node within the cut grace,
-    and :func:`wait_on_channel` re-attaches every held push there by its id.
-    """
+    """One WebSocket to one backend; see the module docstring."""
 
     def __init__(
         self,
-        base_url: str | Callable[[], Sequence[str]],
+        base_url: str,
         token: str,
         *,
         open_timeout: float = 5.0,
         on_credential_refused: Callable[[str], None] | None = None,
     ) -> None:
-        self._candidates: Callable[[], Sequence[str]] = (
-            (lambda: (base_url,)) if isinstance(base_url, str) else base_url
-        )
-        self.url = channel_url(self._candidates()[0])
+        self.url = channel_url(base_url)
         self._headers = {"Authorization": f"Bearer {token}"}
         self._open_timeout = open_timeout
         self._on_credential_refused = on_credential_refused
@@ -155,15 +145,24 @@ class BackendChannel:
                 await self._connected.wait()
         return self.connected
 
+    def cut(self, why: str) -> None:
+        """Drop the connection now: what waits on it is cut at once (and goes elsewhere);
+        the channel reconnects with its usual backoff."""
+        ws = self._ws
+        if ws is None:
+            return
+        log.info("cutting the wait channel to %s: %s", self.url, why)
+        self._ws = None
+        self._connected.clear()
+        self._cut_all(why)
+        ws.transport.abort()
+
     # -- the connection ------------------------------------------------------------------------
 
     async def _run(self) -> None:
         attempt = 0
         while not self._closing:
             pause = BACKOFF[min(attempt, len(BACKOFF) - 1)]
-            candidates = self._candidates()
-            # The preferred backend first; after failures in a row, the next ones in turn.
-            self.url = channel_url(candidates[attempt % len(candidates)])
             try:
                 async with connect(
                     self.url,

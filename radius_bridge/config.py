@@ -26,10 +26,10 @@ DEFAULT_PORT = 1812
 DEFAULT_LISTEN = ("0.0.0.0:1812", "[::]:1812")
 #: RadSec (RFC 6614) listens on TCP 2083 when asked to; off unless an address is given.
 DEFAULT_RADSEC_PORT = 2083
-#: Backend URLs a bridge may be given: a few nodes, not a fleet (each one is health-checked).
-MAX_BACKENDS = 16
 #: ``--channel``: the wait channel when the backend serves it, or never.
 CHANNEL_MODES = ("auto", "off")
+#: Backend URLs a bridge may be given: a few nodes, not a fleet (each one is health-checked).
+MAX_BACKENDS = 16
 
 
 class BridgeConfigError(Exception):

@@ -48,7 +48,6 @@ import httpx
 
 from radius_bridge.backend_client import BackendClient, BackendError, CredentialRefused
 from radius_bridge.cache import CachedDocument, CacheError, ClientsCache
-from radius_bridge.channel import BackendChannel
 from radius_bridge.clients import (
     ClientList,
     ClientsError,
@@ -162,17 +161,10 @@ class Bridge:
             on_credential_refused=self._credential_refused,
             on_health=self._backend_health,
             on_failover=self._backend_failover,
+            # Real sockets: waits and checks over the wait channel while it is open (an
+            # injected transport -- in-process ASGI, a mock -- keeps plain HTTP).
+            channels=settings.channel == "auto" and transport is None,
         )
-        if settings.channel == "auto" and transport is None:
-            # Real sockets: waits and checks over the wait channel while it is open
-            # (an injected transport -- in-process ASGI, a mock -- keeps plain HTTP).
-            backends = self.backend.backends
-            self.backend.channel = BackendChannel(
-                lambda: [backend.url for backend in backends.ordered()],
-                settings.token,
-                open_timeout=settings.http_timeout,
-                on_credential_refused=self._credential_refused,
-            )
         self.upstream = UpstreamClient(dictionary=self.core.dictionary)
         self.cache = (
             None
@@ -237,8 +229,6 @@ class Bridge:
                     "Create a new token (openmfa token create NAME --scope bridge)"
                 )
             self._load_cache()
-        if self.backend.channel is not None:
-            self.backend.channel.start()
         self._background.append(asyncio.create_task(self._refresh_loop(), name="radius-refresh"))
         self._background.append(
             asyncio.create_task(self._housekeeping_loop(), name="radius-housekeeping")
@@ -337,8 +327,6 @@ class Bridge:
         if self._audits:
             await asyncio.wait(self._audits, timeout=self.stop_grace)
         await asyncio.gather(*self._background, return_exceptions=True)
-        if self.backend.channel is not None:
-            await self.backend.channel.aclose()
         await self.backend.aclose()
         await self.upstream.aclose()
         log.info("RADIUS bridge stopped")

@@ -40,8 +40,9 @@ def _close_clients(lab: RadiusLab) -> Iterator[None]:
 
 
 def channel_of(bridge: BridgeThread) -> BackendChannel:
-    channel = bridge.bridge.backend.channel
-    assert channel is not None, "the bridge has no wait channel"
+    channels = bridge.bridge.backend.channels
+    assert len(channels) == 1, "the bridge has no wait channel"
+    channel = next(iter(channels.values()))
     wait_for(lambda: channel.connected, 10, "the wait channel to open")
     return channel
 
@@ -89,4 +90,4 @@ def test_a_held_push_waits_on_the_channel_and_is_approved(lab: RadiusLab) -> Non
 def test_channel_off_keeps_http(lab: RadiusLab) -> None:
     settings = bridge_settings(lab.api.url, lab.token, channel="off")
     with BridgeThread(settings) as bridge:
-        assert bridge.bridge.backend.channel is None
+        assert bridge.bridge.backend.channels == {}
