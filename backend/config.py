@@ -163,7 +163,7 @@ class Settings(BaseModel):
     step_up_minutes: int = Field(default=5, ge=1, le=60)
     first_enrolment_minutes: int = Field(default=60, ge=5, le=7 * 24 * 60)
     # Failed sign-ins from one address within the window before that address must wait; counted
-    # in each process's memory (several nodes each count their own).
+    # in the database (address_limits), shared by every node.
     web_sign_in_address_limit: int = Field(default=20, ge=1, le=1000)
     web_sign_in_address_window_seconds: int = Field(default=900, ge=10, le=86400)
 
