@@ -23,8 +23,10 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NodeCluster]:
-    with NodeCluster(tmp_path, nodes_wanted=2, radius_on=(0,)) as running:
+def cluster(tmp_path: Path, postgres_admin_url: str) -> Iterator[NodeCluster]:
+    with NodeCluster(
+        tmp_path, nodes_wanted=2, radius_on=(0,), admin_url=postgres_admin_url
+    ) as running:
         yield running
 
 

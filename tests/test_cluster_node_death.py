@@ -41,8 +41,10 @@ def apns(tmp_path: Path) -> Iterator[ApnsService]:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, apns: ApnsService) -> Iterator[NodeCluster]:
-    with NodeCluster(tmp_path / "cluster", nodes_wanted=2, env=apns.env) as running:
+def cluster(tmp_path: Path, apns: ApnsService, postgres_admin_url: str) -> Iterator[NodeCluster]:
+    with NodeCluster(
+        tmp_path / "cluster", nodes_wanted=2, env=apns.env, admin_url=postgres_admin_url
+    ) as running:
         yield running
 
 

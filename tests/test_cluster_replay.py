@@ -28,8 +28,8 @@ USERS = 8
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NodeCluster]:
-    with NodeCluster(tmp_path, nodes_wanted=2) as running:
+def cluster(tmp_path: Path, postgres_admin_url: str) -> Iterator[NodeCluster]:
+    with NodeCluster(tmp_path, nodes_wanted=2, admin_url=postgres_admin_url) as running:
         yield running
 
 
