@@ -38,6 +38,7 @@ from backend.store.fastpath import (
 from backend.store.tables import meta_t
 from backend.store.unavailable import is_unavailable
 from backend.store.urls import asyncpg_dsn
+from backend.store.urls import connect_timeout as url_connect_timeout
 
 _WRITE = "openmfa_write"
 
@@ -95,8 +96,9 @@ def postgres_engine(
 ) -> AsyncEngine:
     """The engine on PostgreSQL, with connections dropped as soon as they are known dead.
 
-    Connections are opened host by host, ``connect_timeout`` seconds each
-    (backend/store/connect.py), not by the dialect, which hands asyncpg the whole host list.
+    Connections are opened host by host, ``connect_timeout`` seconds each (libpq's
+    ``connect_timeout`` in the URL wins; backend/store/connect.py), not by the dialect,
+    which hands asyncpg the whole host list at once.
 
     No ``pool_pre_ping``: its ``SELECT 1`` per checkout measured ~0.3 ms CPU and 1.6-2.3 ms
     wall here, about doubling a short request. Instead a checkout first asks asyncpg whether
@@ -105,6 +107,7 @@ def postgres_engine(
     disconnect, which makes SQLAlchemy drop that connection and every other one opened
     before it: after a failover, only requests already in flight fail (with a 503)."""
     dsn = asyncpg_dsn(url)
+    connect_timeout = url_connect_timeout(url) or connect_timeout
 
     async def connect_to_a_host() -> Any:
         return await connect(dsn, host_timeout=connect_timeout)
@@ -161,7 +164,9 @@ class Database:
             )
             self._fast_reads = SqliteReader(path, busy_timeout_ms)
         elif not self.is_sqlite:
-            self._pg_jobs = PostgresJobs(asyncpg_dsn(url), pool_size, connect_timeout)
+            self._pg_jobs = PostgresJobs(
+                asyncpg_dsn(url), pool_size, url_connect_timeout(url) or connect_timeout
+            )
         # Set by backend.metrics for ``openmfa run``: (write jobs, read jobs). Commands leave
         # it unset and pay nothing.
         self.job_timers: tuple[Observer, Observer] | None = None
