@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import event, select
 from sqlalchemy.engine import ExceptionContext, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -179,13 +179,15 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only transaction (rolled back at the end)."""
+        body = _Body()
         try:
             async with self.engine.connect() as conn:
-                yield conn
+                with body:
+                    yield conn
         except (OperationalError, sqlite3.OperationalError) as exc:
             raise _database_error(exc) from exc
         except Exception as exc:
-            if is_unavailable(exc):
+            if body.unavailable(exc):
                 raise _unavailable(exc) from exc
             raise
 
@@ -201,13 +203,15 @@ class Database:
 
     @asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        body = _Body()
         try:
             async with self._writer.begin() as conn:
-                yield conn
+                with body:
+                    yield conn
         except (OperationalError, sqlite3.OperationalError) as exc:
             raise _database_error(exc) from exc
         except Exception as exc:
-            if is_unavailable(exc):
+            if body.unavailable(exc):
                 raise _unavailable(exc) from exc
             raise
 
@@ -283,6 +287,32 @@ class Database:
         if self._pg_jobs is not None:
             await self._pg_jobs.close()
         await self.engine.dispose()
+
+
+class _Body:
+    """Tells a lost database apart from the caller's own errors inside a transaction block.
+
+    Connecting, committing and rolling back are the database's doing: any sign of a server
+    gone (an ``OSError`` from connecting included) is a 503. Inside the block only the
+    driver's errors count: an ``OSError`` from, say, a mail server the caller talks to while
+    the transaction is open stays what it is."""
+
+    def __init__(self) -> None:
+        self.raised: BaseException | None = None
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        self.raised = exc
+
+    def unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc``, escaping the transaction, means the database is unavailable."""
+        if not is_unavailable(exc):
+            return False
+        if exc is not self.raised:
+            return True  # from connecting, or from the COMMIT / ROLLBACK after the block
+        return isinstance(exc, SQLAlchemyError) or type(exc).__module__.startswith("asyncpg")
 
 
 def _synchronous(level: str) -> str:
