@@ -183,7 +183,6 @@ class Services:
                 unknown_per_second=settings.unknown_user_checks_per_second,
                 nice=settings.hash_nice,
             )
-            node_id = new_node_id()
             if bus is None:
                 bus = await _open_bus(db, node_id)
                 on_error.push_async_callback(bus.close)
