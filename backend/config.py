@@ -25,7 +25,7 @@ from pydantic import (
 
 from backend.domain.webpush import DEFAULT_ALLOWED_ORIGINS, check_subject, parse_origin_rule
 from backend.errors import ConfigurationError
-from backend.store.urls import sqlalchemy_url
+from backend.store.urls import connect_timeout, sqlalchemy_url
 
 ENV_PREFIX = "OPENMFA_"
 CONFIG_FILE_NAME = "openmfa.toml"
@@ -292,7 +292,7 @@ class Settings(BaseModel):
     def _known_database_url(cls, value: str) -> str:
         # Parse now, so a malformed host list fails at start with the reason, not on first use.
         if value.lower().startswith("postgres"):
-            sqlalchemy_url(value)  # ValueError for other drivers and malformed host lists
+            connect_timeout(sqlalchemy_url(value))  # ValueError: other drivers, malformed
         return value
 
     @field_validator("issuer")

@@ -76,6 +76,16 @@ def test_one_host_is_left_as_written() -> None:
     )
 
 
+def test_libpqs_connect_timeout_is_the_per_host_timeout_not_a_server_setting() -> None:
+    url = urls.sqlalchemy_url("postgresql://u@pg1,pg2/db?connect_timeout=3&application_name=x")
+    assert urls.connect_timeout(url) == 3.0
+    assert urls.asyncpg_dsn(url) == (
+        "postgresql://u@pg1:5432,pg2:5432/db?target_session_attrs=read-write&application_name=x"
+    )
+    assert urls.connect_timeout("postgresql://u@pg1/db?connect_timeout=0") is None  # libpq: none
+    assert urls.connect_timeout("postgresql://u@pg1/db") is None
+
+
 def test_the_display_lists_every_host_and_never_the_password() -> None:
     shown = urls.display_url(urls.sqlalchemy_url(MULTI))
     assert shown == (
@@ -92,6 +102,7 @@ def test_the_display_lists_every_host_and_never_the_password() -> None:
         "postgresql://u@pg1,,pg2/db",
         "postgresql://u@[::1]:5432,[::2]:5432/db",
         "postgresql+psycopg://u@pg1/db",
+        "postgresql://u@pg1/db?connect_timeout=soon",
     ],
 )
 def test_malformed_urls_are_refused_at_start_without_the_password(bad: str, tmp_path: Path) -> None:
@@ -152,10 +163,14 @@ async def test_upgrade_and_doctor_show_every_host_and_no_password(
 
 
 @pytest.mark.postgres
-async def test_a_hung_first_host_costs_its_timeout_not_the_connection(postgres_url: str) -> None:
+@pytest.mark.parametrize("given", ["setting", "url"])
+async def test_a_hung_first_host_costs_its_timeout_not_the_connection(
+    postgres_url: str, given: str
+) -> None:
     """A first host that accepts and never answers (a frozen server): asyncpg alone spends
     its whole timeout there and never tries the next host; here each host gets
-    ``connect_timeout`` of its own and the node ends on the server that answers."""
+    ``connect_timeout`` of its own (the setting, or libpq's parameter in the URL) and the
+    node ends on the server that answers."""
     real = urls.parse(postgres_url)
     [server] = real.hosts
     with socket.socket() as silent:
@@ -164,9 +179,9 @@ async def test_a_hung_first_host_costs_its_timeout_not_the_connection(postgres_u
         hung = urls.Host("127.0.0.1", silent.getsockname()[1])
         url = urls.sqlalchemy_url(
             f"postgresql://{real.userinfo(hide_password=False)}{hung.netloc()},"
-            f"{server.netloc()}/{real.database}"
+            f"{server.netloc()}/{real.database}" + ("?connect_timeout=1" if given == "url" else "")
         )
-        db = Database(url, connect_timeout=1.0)
+        db = Database(url, connect_timeout=1.0 if given == "setting" else 30.0)
         try:
             started = time.monotonic()
             async with db.read() as conn:

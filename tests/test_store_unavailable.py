@@ -3,10 +3,14 @@ connection) and which are a statement's own fault (backend/store/unavailable.py)
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from backend.store.database import Database
 from backend.store.unavailable import is_read_only, is_unavailable
 
 
@@ -59,3 +63,23 @@ def test_a_statements_own_fault_is_not(error: BaseException) -> None:
 def test_read_only_is_told_apart() -> None:
     assert is_read_only(wrapped(asyncpg.exceptions.ReadOnlySQLTransactionError("no")))
     assert not is_read_only(wrapped(asyncpg.exceptions.AdminShutdownError("bye")))
+
+
+@pytest.mark.anyio
+async def test_the_callers_own_os_error_inside_a_transaction_stays_itself(
+    database_url: str,
+) -> None:
+    """A mail server refusing while a transaction is open is not the database's outage."""
+    db = Database(database_url)
+
+    async def send_mail_inside(block: Any) -> None:
+        async with block() as conn:
+            await conn.execute(text("SELECT 1"))
+            raise ConnectionRefusedError(111, "the SMTP server refused")
+
+    try:
+        for block in (db.read, db.write):
+            with pytest.raises(ConnectionRefusedError):
+                await send_mail_inside(block)
+    finally:
+        await db.dispose()

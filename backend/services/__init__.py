@@ -396,7 +396,7 @@ async def _open_bus(db: Database, node_id: str) -> OutcomeBus:
     jobs = db.postgres_jobs
     if jobs is None:
         return InProcessOutcomeBus()
-    return await PostgresOutcomeBus.open(jobs.dsn, node_id)
+    return await PostgresOutcomeBus.open(jobs.dsn, node_id, connect_timeout=jobs.connect_timeout)
 
 
 async def open_database(settings: Settings) -> Database:

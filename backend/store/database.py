@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from sqlalchemy import event, select
 from sqlalchemy.engine import ExceptionContext, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -38,6 +38,7 @@ from backend.store.fastpath import (
 from backend.store.tables import meta_t
 from backend.store.unavailable import is_unavailable
 from backend.store.urls import asyncpg_dsn
+from backend.store.urls import connect_timeout as url_connect_timeout
 
 _WRITE = "openmfa_write"
 
@@ -95,8 +96,9 @@ def postgres_engine(
 ) -> AsyncEngine:
     """The engine on PostgreSQL, with connections dropped as soon as they are known dead.
 
-    Connections are opened host by host, ``connect_timeout`` seconds each
-    (backend/store/connect.py), not by the dialect, which hands asyncpg the whole host list.
+    Connections are opened host by host, ``connect_timeout`` seconds each (libpq's
+    ``connect_timeout`` in the URL wins; backend/store/connect.py), not by the dialect,
+    which hands asyncpg the whole host list at once.
 
     No ``pool_pre_ping``: its ``SELECT 1`` per checkout measured ~0.3 ms CPU and 1.6-2.3 ms
     wall here, about doubling a short request. Instead a checkout first asks asyncpg whether
@@ -105,6 +107,7 @@ def postgres_engine(
     disconnect, which makes SQLAlchemy drop that connection and every other one opened
     before it: after a failover, only requests already in flight fail (with a 503)."""
     dsn = asyncpg_dsn(url)
+    connect_timeout = url_connect_timeout(url) or connect_timeout
 
     async def connect_to_a_host() -> Any:
         return await connect(dsn, host_timeout=connect_timeout)
@@ -161,7 +164,9 @@ class Database:
             )
             self._fast_reads = SqliteReader(path, busy_timeout_ms)
         elif not self.is_sqlite:
-            self._pg_jobs = PostgresJobs(asyncpg_dsn(url), pool_size, connect_timeout)
+            self._pg_jobs = PostgresJobs(
+                asyncpg_dsn(url), pool_size, url_connect_timeout(url) or connect_timeout
+            )
         # Set by backend.metrics for ``openmfa run``: (write jobs, read jobs). Commands leave
         # it unset and pay nothing.
         self.job_timers: tuple[Observer, Observer] | None = None
@@ -174,13 +179,15 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only transaction (rolled back at the end)."""
+        body = _Body()
         try:
             async with self.engine.connect() as conn:
-                yield conn
+                with body:
+                    yield conn
         except (OperationalError, sqlite3.OperationalError) as exc:
             raise _database_error(exc) from exc
         except Exception as exc:
-            if is_unavailable(exc):
+            if body.unavailable(exc):
                 raise _unavailable(exc) from exc
             raise
 
@@ -196,13 +203,15 @@ class Database:
 
     @asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        body = _Body()
         try:
             async with self._writer.begin() as conn:
-                yield conn
+                with body:
+                    yield conn
         except (OperationalError, sqlite3.OperationalError) as exc:
             raise _database_error(exc) from exc
         except Exception as exc:
-            if is_unavailable(exc):
+            if body.unavailable(exc):
                 raise _unavailable(exc) from exc
             raise
 
@@ -278,6 +287,32 @@ class Database:
         if self._pg_jobs is not None:
             await self._pg_jobs.close()
         await self.engine.dispose()
+
+
+class _Body:
+    """Tells a lost database apart from the caller's own errors inside a transaction block.
+
+    Connecting, committing and rolling back are the database's doing: any sign of a server
+    gone (an ``OSError`` from connecting included) is a 503. Inside the block only the
+    driver's errors count: an ``OSError`` from, say, a mail server the caller talks to while
+    the transaction is open stays what it is."""
+
+    def __init__(self) -> None:
+        self.raised: BaseException | None = None
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        self.raised = exc
+
+    def unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc``, escaping the transaction, means the database is unavailable."""
+        if not is_unavailable(exc):
+            return False
+        if exc is not self.raised:
+            return True  # from connecting, or from the COMMIT / ROLLBACK after the block
+        return isinstance(exc, SQLAlchemyError) or type(exc).__module__.startswith("asyncpg")
 
 
 def _synchronous(level: str) -> str:
