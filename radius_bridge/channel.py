@@ -52,7 +52,7 @@ _OPS: Final = {
 _AUTHENTICATIONS: Final = "/gateway/v1/authentications/"
 
 
-def _problem_kind(body: bytes | None) -> str:
+def _problem_kind(body: bytes | bytearray | None) -> str:
     """The last segment of a problem document's ``type`` ("" when the body is not one)."""
     try:
         problem = json.loads(body or b"")
