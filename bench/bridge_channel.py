@@ -166,7 +166,7 @@ def codes(
         f"{bridge_cpu / sent * 1e6:.0f} µs, backend {backend_cpu / sent * 1e6:.0f} µs "
         f"(CPU busy: bridge {bridge_cpu / run.seconds:.0%}, backend "
         f"{backend_cpu / run.seconds:.0%}); backend GC longest {gc_report['longest_ms']} ms "
-        f"by generation",
+        f"by generation (wall)",
         flush=True,
     )
 
@@ -223,8 +223,10 @@ async def held_pushes(
             f"KiB, backend {grown_backend / 1024:.2f} KiB; backend objects tracked by the "
             f"collector: {baseline['objects']} -> {taking_on['objects']} = {objects:.1f} per "
             f"held request; backend GC while taking them on: {taking_on['collections']} "
-            f"collections by generation, longest {taking_on['longest_ms']} ms, "
-            f"{taking_on['over_50ms']} over 50 ms",
+            f"collections by generation, longest {taking_on['longest_ms']} ms wall / "
+            f"{taking_on['longest_cpu_ms']} ms CPU, {taking_on['over_50ms']} over 50 ms; a "
+            f"full collection with them held: {taking_on['full_collect_ms']} ms wall / "
+            f"{taking_on['full_collect_cpu_ms']} ms CPU",
             flush=True,
         )
 
@@ -255,8 +257,8 @@ async def held_pushes(
             f"accepted; p50 {_ms(latencies, 0.5)}, p99 {_ms(latencies, 0.99)}, max "
             f"{max(latencies) * 1000:.1f} ms (the phone's answer request alone: p50 "
             f"{_ms(answer_http, 0.5)}, p99 {_ms(answer_http, 0.99)}); backend GC meanwhile: "
-            f"{answering['collections']} collections, longest {answering['longest_ms']} ms, "
-            f"{answering['over_50ms']} over 50 ms",
+            f"{answering['collections']} collections, longest {answering['longest_ms']} ms "
+            f"wall / {answering['longest_cpu_ms']} ms CPU, {answering['over_50ms']} over 50 ms",
             flush=True,
         )
     finally:
@@ -273,6 +275,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="push requests/s for (b)")
     parser.add_argument("--answers", type=int, default=300, help="answers timed for (c)")
     parser.add_argument("--only-codes", action="store_true")
+    parser.add_argument("--skip-codes", action="store_true", help="run (b) and (c) only")
     args = parser.parse_args()
 
     home = args.home or Path(tempfile.mkdtemp(prefix="openmfa-channel-bench-"))
@@ -291,6 +294,8 @@ def main() -> None:
         names = list(devices)
         half = len(names) // 2
         for channel, users in (("off", names[:half]), ("auto", names[half:])):
+            if args.skip_codes:
+                break
             codes(
                 procs, data["token"], channel, {n: devices[n] for n in users}, args.window, factory
             )

@@ -52,6 +52,16 @@ _OPS: Final = {
 _AUTHENTICATIONS: Final = "/gateway/v1/authentications/"
 
 
+def _problem_kind(body: bytes | bytearray | None) -> str:
+    """The last segment of a problem document's ``type`` ("" when the body is not one)."""
+    try:
+        problem = json.loads(body or b"")
+    except ValueError:
+        return ""
+    kind = problem.get("type") if isinstance(problem, dict) else None
+    return kind.rsplit("/", 1)[-1] if isinstance(kind, str) else ""
+
+
 class ChannelCut(httpx.ReadError):
     """The channel dropped under a watch or a call (handled like a cut HTTP connection)."""
 
@@ -180,10 +190,13 @@ class BackendChannel:
                     self._closed_by(ws)
             except InvalidStatus as exc:
                 status = exc.response.status_code
-                if status in (401, 403):
+                kind = _problem_kind(exc.response.body)
+                if status in (401, 403) and kind in ("unauthorized", "forbidden"):
                     pause = REFUSED_RETRY
-                    self._refused(f"the backend refused the channel's token ({status})")
+                    self._refused(f"the backend refused the channel's token ({status} {kind})")
                 elif status < 500:
+                    # Without our problem document a 403 is a server or proxy that has no
+                    # such WebSocket route, not a verdict on the token: stay on HTTP.
                     pause = UNSUPPORTED_RETRY
                     log.info("the backend does not serve the wait channel (%s); using HTTP", status)
             except ConnectionClosed as exc:

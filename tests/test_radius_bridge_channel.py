@@ -8,8 +8,10 @@ standalone bridge runs with the channel on.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,6 +87,40 @@ def test_a_held_push_waits_on_the_channel_and_is_approved(lab: RadiusLab) -> Non
         answer: Any = reply.result(timeout=30)
     assert answer.code == ACCEPT
     assert channel.watching == 0
+
+
+def test_a_backend_without_the_channel_is_used_over_http(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that answers the upgrade with a bare 403 (no such WebSocket route: an older
+    backend behind a WebSocket-capable server) is not a refused token: HTTP serves."""
+    old = RadiusLab(tmp_path)
+    routes = old.api.app.router.routes
+    routes[:] = [r for r in routes if getattr(r, "path", "") != "/gateway/v1/channel"]
+    caplog.set_level(logging.INFO, "openmfa.radius")
+    with old:
+        (channel,) = old.bridge.bridge.backend.channels.values()
+        wait_for(
+            lambda: any(
+                "does not serve the wait channel" in r.getMessage() for r in caplog.records
+            ),
+            10,
+            "the bridge to find no channel",
+        )
+        old.client("old-gw", ["127.0.0.4"], SECRET, mode="otp", primary="local")
+        device = old.user("vera", password=PASSWORD)
+        client = old.pyrad("127.0.0.4", SECRET)
+        try:
+            answer = client.SendPacket(
+                access_request(client, "vera", f"{PASSWORD},{device.code()}")
+            )
+        finally:
+            old.close_pyrad_clients()
+        assert answer.code == ACCEPT
+        assert not channel.connected
+        assert channel.calls == 0
+        assert old.bridge.bridge.core.credential_refused is None
+    assert not [r for r in caplog.records if "refused the channel's token" in r.getMessage()]
 
 
 def test_channel_off_keeps_http(lab: RadiusLab) -> None:
