@@ -15,6 +15,7 @@ from backend.api.client_address import ForwardedClientMiddleware
 from backend.api.middleware import RequestIdMiddleware
 from backend.api.problems import client_gone, http_error, openmfa_error, unexpected_error
 from backend.config import Settings
+from backend.domain.leases import DIRECTORY_SYNC, FRAUD_MAIL, RETENTION
 from backend.errors import OpenMFAError
 from backend.metrics import BackendMetrics
 from backend.services import Services
@@ -22,6 +23,7 @@ from backend.services.context import Clock
 from backend.services.directory_sync import SyncSchedule
 from backend.services.retention import PruneDuty, Pruner
 from backend.store.tables import now
+from backend.tasks import LeasedDuty
 from webportal.app import routes as web_routes
 
 
@@ -38,6 +40,36 @@ def _proxies(settings: Settings) -> list[Middleware]:
     ]
 
 
+def _duties(services: Services, clock: Clock) -> list[LeasedDuty]:
+    """What runs on one node at a time, each under its lease (docs/operations.md, "Several
+    nodes"): a node holds a lease while it is alive and renews it, another node takes over
+    once it stops renewing (at once when it stops cleanly)."""
+    settings = services.settings
+    leases = services.leases
+    if leases is None:
+        raise RuntimeError("the app's services hold leases (Services.open(node=True))")
+    ttl = settings.node_timeout_seconds
+    retry = settings.node_heartbeat_seconds
+    schedule = SyncSchedule(services.directory_sync)
+    pruner = Pruner.from_settings(services.db, services.audit, clock, settings)
+    pruning = PruneDuty(pruner, settings.retention_interval_minutes * 60.0)
+    duties = [LeasedDuty(DIRECTORY_SYNC, leases, schedule.run, ttl=ttl, retry=retry)]
+    if settings.retention_interval_minutes > 0:  # 0: only `openmfa prune` prunes
+        duties.append(LeasedDuty(RETENTION, leases, pruning.run, ttl=ttl, retry=retry))
+    mailer = services.fraud_mailer
+    if mailer is not None:
+
+        async def resend() -> None:
+            await mailer.resend_pending()
+
+        # Resends what an earlier or a dead node left pending, once per lease taken.
+        duties.append(LeasedDuty(FRAUD_MAIL, leases, resend, ttl=ttl, retry=retry))
+    if services.handover is not None:
+        # Sends the pushes a dead node (or a command) left unsent (docs/push.md).
+        duties.append(services.handover.leased(leases, ttl=ttl, retry=retry))
+    return duties
+
+
 def create_app(settings: Settings, clock: Clock = now) -> Starlette:
     """The backend's ASGI application. Resources open in the lifespan, not at import.
 
@@ -47,21 +79,20 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services = await Services.open(settings, clock=clock)
+        services = await Services.open(settings, clock=clock, node=True)
         app.state.services = services
         metrics.attach(services)
-        schedule = SyncSchedule(services.directory_sync)
-        await schedule.start()
-        pruner = Pruner.from_settings(services.db, services.audit, clock, settings)
-        pruning = PruneDuty(pruner, settings.retention_interval_minutes * 60.0)
-        await pruning.start()
+        duties = _duties(services, clock)
+        app.state.duties = duties
+        for duty in duties:
+            await duty.start()
         try:
             yield
         finally:
-            await pruning.close()  # both before the services they use
-            await schedule.close()
+            for duty in duties:  # before the services they use
+                await duty.close()
             metrics.detach()
-            await services.close()
+            await services.close()  # the node stops: its leases are released
 
     app = Starlette(
         routes=[

@@ -25,6 +25,7 @@ from pydantic import (
 
 from backend.domain.webpush import DEFAULT_ALLOWED_ORIGINS, check_subject, parse_origin_rule
 from backend.errors import ConfigurationError
+from backend.store.urls import sqlalchemy_url
 
 ENV_PREFIX = "OPENMFA_"
 CONFIG_FILE_NAME = "openmfa.toml"
@@ -283,6 +284,14 @@ class Settings(BaseModel):
             parse_origin_rule(item)
         return tuple(item.strip() for item in items)
 
+    @field_validator("database_url")
+    @classmethod
+    def _known_database_url(cls, value: str) -> str:
+        # Parse now, so a malformed host list fails at start with the reason, not on first use.
+        if value.lower().startswith("postgres"):
+            sqlalchemy_url(value)  # ValueError for other drivers and malformed host lists
+        return value
+
     @field_validator("issuer")
     @classmethod
     def _plain_issuer(cls, value: str) -> str:
@@ -324,8 +333,11 @@ class Settings(BaseModel):
 
     @property
     def resolved_database_url(self) -> str:
-        """The configured URL, or the SQLite file inside the data directory."""
-        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'openmfa.db'}"
+        """The SQLAlchemy URL of the database: the configured one (libpq's multi-host form
+        converted, see backend/store/urls.py), or the SQLite file inside the data directory."""
+        if not self.database_url:
+            return f"sqlite+aiosqlite:///{self.home / 'openmfa.db'}"
+        return sqlalchemy_url(self.database_url)
 
     @property
     def resolved_key_file(self) -> Path:

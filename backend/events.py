@@ -56,6 +56,11 @@ class InProcessOutcomeBus:
         self._closed = False
 
     async def publish(self, outcome: Outcome) -> None:
+        self.deliver(outcome)
+
+    def deliver(self, outcome: Outcome) -> None:
+        """:meth:`publish` without the coroutine: for a feed that hands outcomes over from a
+        plain callback (the PostgreSQL bus's notifications), so no task per notification."""
         self._recent[outcome.challenge_id] = (outcome, time.monotonic())
         self._recent.move_to_end(outcome.challenge_id)
         while len(self._recent) > self._remember:

@@ -36,6 +36,9 @@ from prometheus_client.utils import floatToGoString
 from starlette.routing import Mount
 from starlette.types import Scope
 
+from backend.domain.leases import LEASE_NAMES
+from backend.events_postgres import PostgresOutcomeBus
+
 if TYPE_CHECKING:
     from backend.services import Services
 
@@ -246,6 +249,12 @@ class _ServicesCollector(Collector):
             ["transport", "outcome"],
             pushes,
         )
+        yield _counter(
+            "openmfa_push_handover",
+            "Push challenges this node took over from a dead node (or a command) and sent",
+            [],
+            [((), services.push.handed_over)] if services.push is not None else [],
+        )
         mails = [
             *(
                 _single(services.notice_mailer.counts, "notice")
@@ -282,6 +291,19 @@ class _ServicesCollector(Collector):
             "Password and PIN checks admitted at most (workers + queue)",
             value=hasher.capacity,
         )
+        if services.nodes is not None:
+            held = services.nodes.leases.held
+            leases = GaugeMetricFamily(
+                "openmfa_node_leases_held",
+                "1 for each duty's lease this node holds now (fraud-mail, directory-sync, "
+                "retention, push-handover), else 0; summed over nodes, each is 1",
+                labels=["lease"],
+            )
+            for name in LEASE_NAMES:
+                leases.add_metric([name], 1 if name in held else 0)
+            yield leases
+        if isinstance(services.bus, PostgresOutcomeBus):
+            yield from _bus_metrics(services.bus)
         waiting = getattr(services.bus, "waiting", None)
         if isinstance(waiting, int):
             yield GaugeMetricFamily(
@@ -289,3 +311,47 @@ class _ServicesCollector(Collector):
                 "Requests waiting on a challenge's outcome now (gateway and portal long-polls)",
                 value=waiting,
             )
+
+
+def _bus_metrics(bus: PostgresOutcomeBus) -> Iterator[Metric]:
+    """The cross-node outcome bus (PostgreSQL LISTEN/NOTIFY): is it listening, what went
+    through it, and how often it had to reconnect."""
+    counts = bus.counts
+    yield GaugeMetricFamily(
+        "openmfa_bus_connected",
+        "1 while this node's LISTEN connection to PostgreSQL is up, else 0",
+        value=1 if bus.connected else 0,
+    )
+    yield GaugeMetricFamily(
+        "openmfa_bus_pending",
+        "Outcomes published here and not yet sent to the other nodes (queued while down)",
+        value=bus.pending,
+    )
+    yield _counter(
+        "openmfa_bus_reconnects",
+        "Times the LISTEN connection was re-established after a loss (each followed by a "
+        "re-read of the challenges waited on here)",
+        [],
+        [((), counts["reconnects"])],
+    )
+    yield _counter(
+        "openmfa_bus_notifications",
+        "NOTIFY payloads by direction: sent, received (from other nodes and this one), "
+        "own (this node's, skipped)",
+        ["direction"],
+        [((d,), counts[f"notifications-{d}"]) for d in ("sent", "received", "own")],
+    )
+    yield _counter(
+        "openmfa_bus_outcomes",
+        "Challenge outcomes by direction: sent, received (from other nodes), reread (found "
+        "decided in the database after a reconnect)",
+        ["direction"],
+        [((d,), counts[f"outcomes-{d}"]) for d in ("sent", "received", "reread")],
+    )
+    yield _counter(
+        "openmfa_bus_problems",
+        "Bus trouble by kind: rejected (malformed payload lines), send-errors (a NOTIFY "
+        "failed), dropped (outcomes never sent: queue full, or after close)",
+        ["kind"],
+        [((k,), counts[k]) for k in ("rejected", "send-errors", "dropped")],
+    )

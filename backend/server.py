@@ -215,7 +215,9 @@ class _Radius:
         from radius_bridge.config import BridgeSettings
 
         return BridgeSettings(
-            backend_url="http://openmfa.internal",  # never resolved: the app is called in-process
+            # Never resolved: the app is called in-process, on this node only (its own node
+            # is the one backend an in-process bridge needs).
+            backend_urls=("http://openmfa.internal",),
             token=token,
             listen=self.addresses,
             long_poll_seconds=float(min(50, self.settings.long_poll_max_seconds)),

@@ -1,6 +1,9 @@
 """The gateway API as the bridge uses it: performs the flow's effects over HTTP.
 
-One :class:`BackendClient` per bridge, on two :class:`httpx.AsyncClient` pools:
+One :class:`BackendClient` per bridge, over a :class:`~radius_bridge.backends.BackendSet`
+(one or several backend nodes, preferred first, with health marks; which calls may move to
+another node after a failure is decided here, per call). Each backend has two
+:class:`httpx.AsyncClient` pools:
 
 * **short calls** (start, verify, submit, cancel, audit, the clients document) share a small
   keep-alive pool (``backend_connections``, 64 by default), so the hot OTP path reuses warm
@@ -38,13 +41,22 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, cast
 
 import httpx
 
+from radius_bridge.backends import (
+    CHECK_SECONDS,
+    CHECK_TIMEOUT,
+    CONNECT_TIMEOUT,
+    DOWN_STATUSES,
+    Backend,
+    BackendSet,
+    FailoverListener,
+    HealthListener,
+)
 from radius_bridge.cache import CachedDocument
-from radius_bridge.http11 import LeanTransport
 from radius_bridge.model import (
     REFUSED_KINDS,
     Audit,
@@ -69,17 +81,12 @@ from radius_vocabulary.settings import MAX_CODE_CHARS
 
 log = logging.getLogger("openmfa.radius.backend")
 
-USER_AGENT = "openmfa-radius-bridge"
 #: The backend refusing the *bridge* (revoked token, wrong scope): never "unavailable" (the
 #: failmode would then accept), never a verdict on one user either.
 CREDENTIAL_KINDS = frozenset({"unauthorized", "forbidden"})
 #: Extra time on a long-poll beyond the wait the backend was asked for: the backend answers
 #: at ``wait`` seconds, so this only runs out when it is truly stuck or overloaded.
 LONG_POLL_GRACE = 5.0
-#: Idle keep-alive connections are dropped after this long, well below uvicorn's default of
-#: 5 s: when the server closes an idle connection first, the next request on it fails with
-#: "server disconnected" (a known race between client and server keep-alive timers).
-KEEPALIVE_EXPIRY = 2.0
 #: Idempotent calls (start with its idempotency key, long-poll, cancel) are retried after a
 #: connection failure, with these pauses, while the deadline allows. A cut long-poll is
 #: re-attached for ``cut_grace`` seconds only (:mod:`radius_bridge.protocol.reattach`).
@@ -115,8 +122,14 @@ class _Refusal(Exception):
 class _Down(Exception):
     """The backend failed (5xx, bad body)."""
 
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 _RETRYABLE = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+#: Failures that mean the request never reached the backend: any call may go to the next.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 
 
 def _problem(response: httpx.Response) -> tuple[str, str]:
@@ -142,7 +155,9 @@ def _refuses_token(status: int, kind: str) -> bool:
 def _check(response: httpx.Response) -> None:
     if response.status_code >= 500:
         kind, detail = _problem(response)
-        raise _Down(f"backend answered {response.status_code} {kind}: {detail}")
+        raise _Down(
+            f"backend answered {response.status_code} {kind}: {detail}", response.status_code
+        )
     if response.status_code >= 400:
         kind, detail = _problem(response)
         if _refuses_token(response.status_code, kind):
@@ -167,7 +182,7 @@ class BackendClient:
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         token: str,
         *,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -178,49 +193,36 @@ class BackendClient:
         cut_grace: float = DEFAULT_GRACE,
         on_unavailable: Callable[[str], None] | None = None,
         on_credential_refused: Callable[[str], None] | None = None,
+        on_health: HealthListener | None = None,
+        on_failover: FailoverListener | None = None,
+        check_seconds: float = CHECK_SECONDS,
+        check_timeout: float = CHECK_TIMEOUT,
     ) -> None:
-        headers = {"authorization": f"Bearer {token}", "user-agent": USER_AGENT}
         self.http_timeout = http_timeout
         self.long_poll_seconds = long_poll_seconds
         self.cut_grace = cut_grace
         self._on_unavailable = on_unavailable
         self._on_credential_refused = on_credential_refused
-        # pool=None: waiting for a pooled connection is bounded by the request's deadline
-        # (asyncio.timeout_at below), not by a fixed few seconds that would turn a burst of
-        # 10,000 pushes into spurious failures.
-        timeout = httpx.Timeout(http_timeout, pool=None)
-        # Real sockets go through the lean transport (see radius_bridge.http11 for why);
-        # an injected transport (ASGI in-process, a mock) serves both clients.
-        short = transport or LeanTransport(backend_connections, KEEPALIVE_EXPIRY)
-        polls = transport or LeanTransport(max_long_polls, KEEPALIVE_EXPIRY)
-        self._http, self._polls = (
-            httpx.AsyncClient(
-                base_url=base_url,
-                headers=headers,
-                timeout=timeout,
-                transport=pool,
-                follow_redirects=False,
-            )
-            for pool in (short, polls)
+        self.backends = BackendSet(
+            (base_url,) if isinstance(base_url, str) else tuple(base_url),
+            token,
+            transport=transport,
+            http_timeout=http_timeout,
+            backend_connections=backend_connections,
+            max_long_polls=max_long_polls,
+            on_health=on_health,
+            on_failover=on_failover,
+            check_seconds=check_seconds,
+            check_timeout=check_timeout,
         )
-        # Long-polls on real sockets skip httpx altogether: a held push then costs a
-        # coroutine, a connection and a few hundred bytes instead of httpx's request and
-        # response objects and a dozen more frames (measured: ~4 KB per held request).
-        self._lean = polls if isinstance(polls, LeanTransport) else None
-        url = httpx.URL(base_url)
-        default_port = 443 if url.scheme == "https" else 80
-        self._origin = (url.scheme, url.host, url.port or default_port)
-        self._prefix = url.raw_path.split(b"?", 1)[0].rstrip(b"/")
-        self._poll_head = (
-            f"host: {url.netloc.decode('ascii')}\r\nauthorization: Bearer {token}\r\n"
-            f"user-agent: {USER_AGENT}\r\naccept: application/json\r\n"
-            "accept-encoding: identity\r\n\r\n"
-        ).encode()
+
+    def start(self) -> None:
+        """Start the backends' health checks (call on the running loop)."""
+        self.backends.start()
 
     async def aclose(self) -> None:
-        """Close both pools."""
-        await self._http.aclose()
-        await self._polls.aclose()
+        """Stop the health checks and close every pool."""
+        await self.backends.aclose()
 
     # -- effects ----------------------------------------------------------------------------
 
@@ -274,13 +276,51 @@ class BackendClient:
         raise TypeError(f"the backend client does not perform {type(effect).__name__}")
 
     async def _short(
-        self, method: str, path: str, body: dict[str, Any] | None = None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        idempotent: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        """One short call, bounded by ``http_timeout`` as a whole."""
-        async with asyncio.timeout(self.http_timeout):
-            response = await self._http.request(method, path, json=body)
-        _check(response)
-        return response
+        """One short call, each attempt bounded by ``http_timeout``, on the first backend
+        that takes it (:meth:`BackendSet.ordered`).
+
+        A backend that cannot be connected to, or answers 502/503/504, is marked down (a
+        failure after sending is not enough, see below); the call moves on to the next at
+        once when nothing was sent (a connection failure) or when ``idempotent`` (the same
+        request twice has one effect). A code check that
+        reached a backend is never sent to another: the code may be spent there.
+        """
+        candidates = self.backends.ordered()
+        for index, backend in enumerate(candidates):
+            last = index == len(candidates) - 1
+            try:
+                async with asyncio.timeout(self.http_timeout):
+                    response = await backend.http.request(method, path, json=body, headers=headers)
+            except _NOT_SENT as exc:
+                self.backends.failed(backend, f"{type(exc).__name__}: {exc}")
+                if last:
+                    raise
+            except (TimeoutError, httpx.TimeoutException, *_RETRYABLE):
+                # After sending: slow is not dead (a burst of password checks), and a closed
+                # connection may be a keep-alive race, not a death (marking the node down
+                # would also cut every long-poll held there). A node that did die refuses
+                # the next connection, and its health check fails; a repeatable call goes on.
+                if last or not idempotent:
+                    raise
+            else:
+                if response.status_code not in DOWN_STATUSES:
+                    self.backends.answered(backend)
+                    _check(response)
+                    return response
+                self.backends.failed(backend, f"answered {response.status_code}")
+                if last or not idempotent:
+                    _check(response)
+                    return response
+            self.backends.moved_on(backend)
+        raise AssertionError("unreachable: the last backend returns or raises")  # pragma: no cover
 
     async def _retrying(
         self,
@@ -288,7 +328,9 @@ class BackendClient:
         deadline: float,
         window: float | None,
     ) -> httpx.Response:
-        """``call()`` again after a connection failure (idempotent calls only)."""
+        """``call()`` again after a connection failure (idempotent calls only): each call
+        already tried every backend, so this is for all of them being down at once (a
+        restart of the only one)."""
         loop = asyncio.get_running_loop()
         stop = deadline if window is None else min(deadline, loop.time() + window)
         attempt = 0
@@ -320,7 +362,7 @@ class BackendClient:
             # The idempotency key makes a repeat of a start that did reach the backend
             # return the same authentication: retrying cannot push twice.
             response = await self._retrying(
-                lambda: self._short("POST", "/gateway/v1/authentications", body),
+                lambda: self._short("POST", "/gateway/v1/authentications", body, idempotent=True),
                 deadline,
                 START_RETRY_WINDOW,
             )
@@ -397,17 +439,45 @@ class BackendClient:
             raise
 
     async def _poll(self, path: str, wait: float) -> str:
-        """One ``GET ...?wait=`` (bounded by the caller): the state it reports."""
+        """One ``GET ...?wait=`` (bounded by the caller): the state it reports.
+
+        Goes to the first backend that takes the connection; a cut after that is the
+        caller's to re-attach (on whichever backend is then first).
+        """
+        candidates = self.backends.ordered()
+        for index, backend in enumerate(candidates):
+            try:
+                state = await self._poll_on(backend, path, wait)
+            except _NOT_SENT as exc:
+                self.backends.failed(backend, f"{type(exc).__name__}: {exc}")
+                if index == len(candidates) - 1:
+                    raise
+                self.backends.moved_on(backend)
+                continue
+            except _Down as exc:
+                if exc.status in DOWN_STATUSES:
+                    self.backends.failed(backend, f"answered {exc.status}")
+                raise
+            self.backends.answered(backend)
+            return state
+        raise AssertionError("unreachable: the last backend returns or raises")  # pragma: no cover
+
+    async def _poll_on(self, backend: Backend, path: str, wait: float) -> str:
         target = f"{path}?wait={wait:.3f}"
-        if self._lean is None:
-            response = await self._polls.get(
+        if backend.lean is None:
+            response = await backend.polls.get(
                 target, timeout=httpx.Timeout(self.http_timeout, read=None, pool=None)
             )
             _check(response)
             return str(_json(response).get("state", "pending"))
-        request = b"GET " + self._prefix + target.encode() + b" HTTP/1.1\r\n" + self._poll_head
-        status, headers, body = await self._lean.exchange(
-            self._origin, request, "GET", self.http_timeout, None, self.http_timeout
+        request = b"GET " + backend.prefix + target.encode() + b" HTTP/1.1\r\n" + backend.poll_head
+        status, headers, body = await backend.lean.exchange(
+            backend.origin,
+            request,
+            "GET",
+            min(self.http_timeout, CONNECT_TIMEOUT),
+            None,
+            self.http_timeout,
         )
         if status != 200:
             _check(httpx.Response(status, headers=headers, content=body))
@@ -450,7 +520,9 @@ class BackendClient:
         path = f"/gateway/v1/authentications/{effect.authentication_id}/cancel"
         # A refusal means it was answered or expired already: nothing left to cancel.
         with contextlib.suppress(_Refusal):
-            await self._retrying(lambda: self._short("POST", path), deadline, START_RETRY_WINDOW)
+            await self._retrying(
+                lambda: self._short("POST", path, idempotent=True), deadline, START_RETRY_WINDOW
+            )
         return Done()
 
     async def _audit(self, effect: Audit) -> Result:
@@ -484,22 +556,23 @@ class BackendClient:
         """
         headers = {"if-none-match": f'"{etag}"'} if etag else {}
         try:
-            async with asyncio.timeout(self.http_timeout):
-                response = await self._http.get("/gateway/v1/radius/clients", headers=headers)
+            response = await self._short(
+                "GET", "/gateway/v1/radius/clients", idempotent=True, headers=headers
+            )
         except (TimeoutError, httpx.HTTPError) as exc:
             raise BackendError(f"cannot fetch the RADIUS clients: {type(exc).__name__}") from exc
+        except _Unauthorized as exc:
+            raise CredentialRefused(str(exc)) from None
+        except _Refusal as exc:
+            raise BackendError(
+                f"fetching the RADIUS clients: {exc.status} {exc.kind}: {exc.detail}"
+            ) from None
+        except _Down as exc:
+            raise BackendError(f"fetching the RADIUS clients: {exc}") from None
         if response.status_code == 304:
             return None
         if response.status_code != 200:
-            kind, detail = _problem(response)
-            if _refuses_token(response.status_code, kind):
-                raise CredentialRefused(
-                    f"the backend refused this bridge's token ({response.status_code} {kind}):"
-                    f" {detail}"
-                )
-            raise BackendError(
-                f"fetching the RADIUS clients: {response.status_code} {kind}: {detail}"
-            )
+            raise BackendError(f"fetching the RADIUS clients: answered {response.status_code}")
         try:
             data = response.json()
         except json.JSONDecodeError as exc:

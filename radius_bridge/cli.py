@@ -1,7 +1,8 @@
 """``openmfa radius``: the bridge on its own host.
 
-    openmfa radius --backend https://mfa.example.com --token-file bridge.token \\
-        [--listen HOST:PORT ...] [--clients-file FILE] [--metrics-listen HOST:PORT]
+    openmfa radius --backend https://mfa1.example.com [--backend https://mfa2.example.com]
+        --token-file bridge.token [--listen HOST:PORT ...] [--clients-file FILE]
+        [--metrics-listen HOST:PORT]
 
 Needs only its own settings; gets the RADIUS clients from the backend (or a file) and
 imports nothing from the backend package. SIGTERM or Ctrl-C stop it cleanly (exit status 0).
@@ -30,7 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
         "sign-in to the OpenMFA backend's gateway API. Every option can also be set as "
         "OPENMFA_BRIDGE_<OPTION> (e.g. OPENMFA_BRIDGE_BACKEND, OPENMFA_BRIDGE_TOKEN).",
     )
-    parser.add_argument("--backend", metavar="URL", help="the OpenMFA server, https://...")
+    parser.add_argument(
+        "--backend",
+        action="append",
+        metavar="URL",
+        help="an OpenMFA server node, https://...; repeat for several nodes (or list them "
+        "comma-separated in OPENMFA_BRIDGE_BACKEND), the preferred one first: calls go to "
+        "the first node that is up (GET /readyz every 2 s) and move to the next when it "
+        "fails; a held push whose node dies is re-attached on another",
+    )
     parser.add_argument(
         "--token-file",
         type=Path,

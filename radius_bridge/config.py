@@ -26,6 +26,8 @@ DEFAULT_PORT = 1812
 DEFAULT_LISTEN = ("0.0.0.0:1812", "[::]:1812")
 #: RadSec (RFC 6614) listens on TCP 2083 when asked to; off unless an address is given.
 DEFAULT_RADSEC_PORT = 2083
+#: Backend URLs a bridge may be given: a few nodes, not a fleet (each one is health-checked).
+MAX_BACKENDS = 16
 
 
 class BridgeConfigError(Exception):
@@ -104,7 +106,9 @@ def _number(
 class BridgeSettings:
     """Everything a bridge is told. ``token`` is kept out of ``repr``.
 
-    * ``backend_url``: where the gateway API lives (``https://mfa.example.com``).
+    * ``backend_urls``: where the gateway API lives (``https://mfa.example.com``), one URL
+      per backend node, the preferred one first (:mod:`radius_bridge.backends` says how
+      calls move between them); ``backend_url`` is the first.
     * ``token``: a bearer token with scope ``bridge``.
     * ``listen``: UDP addresses (IPv4 and IPv6; several allowed).
     * ``clients_file``: read the RADIUS clients from this JSON file (the clients document)
@@ -135,7 +139,7 @@ class BridgeSettings:
       timeouts and bounds are described in :mod:`radius_bridge.radsec`.
     """
 
-    backend_url: str
+    backend_urls: tuple[str, ...]
     token: str = field(repr=False)
     listen: tuple[ListenAddress, ...] = ()
     listen_is_default: bool = False
@@ -161,11 +165,16 @@ class BridgeSettings:
     radsec_max_in_flight: int = 256
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.backend_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise BridgeConfigError(
-                f"backend URL {self.backend_url!r} must start with http:// or https://"
-            )
+        if not isinstance(self.backend_urls, tuple):  # a str would be taken letter by letter
+            raise BridgeConfigError("backend_urls is a tuple of URLs")
+        if not self.backend_urls:
+            raise BridgeConfigError("at least one backend URL is needed")
+        if len(self.backend_urls) > MAX_BACKENDS:
+            raise BridgeConfigError(f"at most {MAX_BACKENDS} backend URLs")
+        for url in self.backend_urls:
+            check_backend_url(url)
+        if len({normal_url(u) for u in self.backend_urls}) != len(self.backend_urls):
+            raise BridgeConfigError("a backend URL is given twice")
         if not self.token or any(c.isspace() for c in self.token) or len(self.token) > 512:
             raise BridgeConfigError("the bridge token is empty or malformed")
         if not self.listen:
@@ -207,9 +216,60 @@ class BridgeSettings:
         _number(self.radsec_max_in_flight, "RadSec max in flight", 1, 100_000, integer=True)
 
     @property
+    def backend_url(self) -> str:
+        """The first (preferred) backend URL."""
+        return self.backend_urls[0]
+
+    @property
     def base_url(self) -> str:
-        """The backend URL without a trailing slash."""
-        return self.backend_url.rstrip("/")
+        """The first backend URL without a trailing slash."""
+        return normal_url(self.backend_url)
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """Every backend URL without a trailing slash, in order of preference."""
+        return tuple(normal_url(u) for u in self.backend_urls)
+
+
+def normal_url(url: str) -> str:
+    """``url`` without a trailing slash (how calls are built on it)."""
+    return url.rstrip("/")
+
+
+def check_backend_url(url: str) -> None:
+    """Raise :class:`BridgeConfigError` unless ``url`` is a plain http(s) base URL.
+
+    No user name or password in it (they would show in logs and ``ps``; the token is the
+    credential), no query or fragment (calls are appended to the path), no commas or spaces
+    (lists of URLs are split on them).
+    """
+    shown = url if len(url) <= 200 else url[:200] + "..."
+    if not url or any(c.isspace() or c == "," for c in url):
+        raise BridgeConfigError(f"backend URL {shown!r} is empty or holds a space or comma")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise BridgeConfigError(f"backend URL {shown!r} is malformed") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise BridgeConfigError(f"backend URL {shown!r} must start with http:// or https://")
+    if parts.username is not None or parts.password is not None:
+        # Never echo it: the part before @ may be a password.
+        raise BridgeConfigError(
+            "a backend URL holds a user name or password; the bridge token is the only "
+            "credential (--token-file)"
+        )
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise BridgeConfigError(f"backend URL {shown!r} must not have a query or fragment")
+    if port == 0:
+        raise BridgeConfigError(f"backend URL {shown!r}: port 0")
+
+
+def split_backend_urls(values: str | Sequence[str]) -> tuple[str, ...]:
+    """The URLs in ``values``: each item may list several, separated by commas or spaces
+    (``OPENMFA_BRIDGE_BACKEND="https://mfa1.example,https://mfa2.example"``)."""
+    items = [values] if isinstance(values, str) else list(values)
+    return tuple(u for item in items for u in item.replace(",", " ").split() if u)
 
 
 def read_token_file(path: Path) -> str:
@@ -235,7 +295,7 @@ def read_token_file(path: Path) -> str:
 
 def load_bridge_settings(
     *,
-    backend_url: str | None = None,
+    backend_url: str | Sequence[str] | None = None,
     token_file: Path | None = None,
     listen: Sequence[str] = (),
     clients_file: Path | None = None,
@@ -257,6 +317,8 @@ def load_bridge_settings(
 ) -> BridgeSettings:
     """Arguments win over ``OPENMFA_BRIDGE_*`` variables, which win over the defaults.
 
+    ``backend_url``: one URL or several (``--backend`` repeated); each item, like
+    ``OPENMFA_BRIDGE_BACKEND``, may also list several separated by commas.
     The token comes from ``token_file`` (``--token-file`` / ``OPENMFA_BRIDGE_TOKEN_FILE``)
     or from ``OPENMFA_BRIDGE_TOKEN``; never from the command line, where ``ps`` shows it.
     """
@@ -267,8 +329,10 @@ def load_bridge_settings(
             return str(value)
         return env.get(ENV_PREFIX + name) or None
 
-    url = pick(backend_url, "BACKEND")
-    if not url:
+    urls = split_backend_urls(backend_url) if backend_url else ()
+    if not urls:
+        urls = split_backend_urls(env.get(ENV_PREFIX + "BACKEND", ""))
+    if not urls:
         raise BridgeConfigError("the backend URL is required (--backend or OPENMFA_BRIDGE_BACKEND)")
     token_path = pick(token_file, "TOKEN_FILE")
     if token_path:
@@ -306,7 +370,7 @@ def load_bridge_settings(
         return Path(text) if text else None
 
     return BridgeSettings(
-        backend_url=url,
+        backend_urls=urls,
         token=token,
         listen=addresses,
         listen_is_default=is_default,

@@ -343,6 +343,16 @@ class LeanTransport(httpx.AsyncBaseTransport):
             if await reader.readexactly(2) != b"\r\n":
                 raise httpx.RemoteProtocolError("malformed chunk")
 
+    def abort_in_use(self) -> int:
+        """Abort every connection carrying a request now: each request fails at once as if
+        the server had closed the connection (``RemoteProtocolError``), so its caller can
+        go elsewhere. The pool stays open. How many were aborted."""
+        connections = list(self._pool.in_use)
+        for connection in connections:
+            with contextlib.suppress(Exception):
+                connection.writer.transport.abort()
+        return len(connections)
+
     async def aclose(self) -> None:
         """Close every connection; requests waiting for one fail."""
         self._closed = True

@@ -3,7 +3,8 @@
 Two bridges in one process (tests, or a backend hosting a bridge next to a test's) never mix
 their figures, and ``openmfa run`` exposes the registry of the bridge it started at
 ``/metrics`` on its HTTP server. Label values are bounded: client names come from the
-operator's client list, codes and reasons from fixed sets; never a user name.
+operator's client list, backends from its settings, codes and reasons from fixed sets;
+never a user name.
 """
 
 from __future__ import annotations
@@ -85,6 +86,19 @@ class BridgeMetrics:
             "openmfa_radius_backend_unavailable",
             "Backend or upstream calls that failed or timed out (the failmode applied)",
             ["effect"],
+            registry=r,
+        )
+        self.backend_up = Gauge(
+            "openmfa_radius_backend_up",
+            "1 while a backend node is taken to be up (its health check passes, its last "
+            "call connected), 0 while it is skipped",
+            ["backend"],
+            registry=r,
+        )
+        self.backend_failovers = Counter(
+            "openmfa_radius_backend_failovers",
+            "Calls that failed on a backend and moved on to the next one, by the backend left",
+            ["backend"],
             registry=r,
         )
         self.clients = Gauge(

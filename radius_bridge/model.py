@@ -11,6 +11,7 @@ their choosing, no sockets needed.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Literal, get_args
@@ -26,6 +27,10 @@ from radius_vocabulary.settings import (
     Primary,
     Unenrolled,
 )
+
+#: Changes if what goes into :attr:`AccessRequest.idempotency_key` ever changes, so an old
+#: and a new bridge never take each other's keys for the same sign-in by accident.
+IDEMPOTENCY_KEY_VERSION = b"openmfa-radius-1"
 
 Network = IPv4Network | IPv6Network
 Address = IPv4Address | IPv6Address
@@ -135,9 +140,28 @@ class AccessRequest:
 
     @property
     def idempotency_key(self) -> str:
-        """Same for every retransmission of this request, different for every new one."""
-        nas = self.nas_identifier or self.nas_ip_address or self.source[0]
-        return f"{self.client.name}/{nas}/{self.authenticator.hex()}"
+        """Same for every copy of this sign-in, whichever bridge it reaches; different for
+        every new one.
+
+        SHA-256 (hex) over the client's name, the user, the Calling-Station-Id and the
+        Request Authenticator, each length-prefixed so no two tuples share an encoding.
+        Neither the bridge nor the address the packet came from is in it: a gateway that
+        fails over to a second bridge (a RADIUS server group) resends the same packet,
+        perhaps from another interface, and must join the first bridge's authentication
+        instead of sending the user a second push. The Request Authenticator (16 random
+        bytes per new request, RFC 2865) is what tells two sign-ins of one user apart; the
+        backend keys it for every bridge alike (scope "bridge") and refuses it for another
+        user.
+        """
+        fields = (
+            IDEMPOTENCY_KEY_VERSION,
+            self.client.name.encode(),
+            self.user.encode(),
+            (self.calling_station_id or "").encode(),
+            self.authenticator,
+        )
+        encoded = b"".join(len(f).to_bytes(4, "big") + f for f in fields)
+        return hashlib.sha256(encoded).hexdigest()
 
 
 # -- effects the flow yields, and their results ------------------------------------------------

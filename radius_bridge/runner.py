@@ -149,7 +149,7 @@ class Bridge:
         self._clock_override = clock
         self.stop_grace = stop_grace
         self.backend = BackendClient(
-            settings.base_url,
+            settings.base_urls,
             settings.token,
             transport=transport,
             http_timeout=settings.http_timeout,
@@ -159,6 +159,8 @@ class Bridge:
             cut_grace=settings.cut_grace_seconds,
             on_unavailable=self._count_unavailable,
             on_credential_refused=self._credential_refused,
+            on_health=self._backend_health,
+            on_failover=self._backend_failover,
         )
         self.upstream = UpstreamClient(dictionary=self.core.dictionary)
         self.cache = (
@@ -211,6 +213,7 @@ class Bridge:
         self._loop = asyncio.get_running_loop()
         await self._bind(sockets or {})
         await self._bind_radsec(radsec_sockets or {})
+        self.backend.start()
         if not await self.refresh_clients() and not self.table_loaded.is_set():
             if self.core.credential_refused is not None:
                 # A revoked token: the cache sealed with it was deleted; serving it would
@@ -662,6 +665,12 @@ class Bridge:
                 "latency_ms": round(took * 1000, 1),
             },
         )
+
+    def _backend_health(self, url: str, up: bool) -> None:
+        self.metrics.backend_up.labels(url).set(1 if up else 0)
+
+    def _backend_failover(self, url: str) -> None:
+        self.metrics.backend_failovers.labels(url).inc()
 
     def _count_unavailable(self, effect: str) -> None:
         self.metrics.backend_errors.labels(effect).inc()

@@ -1,12 +1,15 @@
-"""Shared fixtures: a migrated database (SQLite, and PostgreSQL where one answers), services
-on a fake clock, a live server over real HTTP, and the ``openmfa`` command."""
+"""Shared fixtures: a migrated database (SQLite, and PostgreSQL: this machine's, or a
+throw-away server where none answers), services on a fake clock, a live server over real
+HTTP, and the ``openmfa`` command."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from tests.support.api import ApiHarness, harness
 from tests.support.cli import run_in_process
 from tests.support.clock import FakeClock
 from tests.support.database import migrated_sqlite
+from tests.support.pg_cluster import running_pg_cluster
 from tests.support.samba_dc import SambaDC, running_samba_dc
 from tests.support.slapd import Slapd, running_slapd
 
@@ -30,7 +34,7 @@ _pg_checked = False
 
 
 def _postgres_unavailable() -> str | None:
-    """Why PostgreSQL tests cannot run here, or ``None`` when they can."""
+    """Why the server at PG_ADMIN_URL cannot be used, or ``None`` when it can."""
     global _pg_checked, _pg_reason
     if _pg_checked:
         return _pg_reason
@@ -54,32 +58,54 @@ def _plain(url: str) -> str:
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    """Say up front whether the PostgreSQL variants run, and why not."""
+    """Say up front which PostgreSQL server the PostgreSQL variants use."""
     reason = _postgres_unavailable()
     if reason is None:
         return f"PostgreSQL variants: on ({PG_ADMIN_URL})"
-    return f"PostgreSQL variants: SKIPPED - {reason}"
+    return (
+        f"PostgreSQL variants: on a throw-away server from Debian's binaries, started per "
+        f"worker when first needed - {reason}"
+    )
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
+def postgres_admin_url() -> Iterator[str]:
+    """The PostgreSQL server of this session: OPENMFA_TEST_PG_URL (by default this machine's
+    on 127.0.0.1:5432) or, where none answers, a throw-away one (tests/support/pg_cluster.py)
+    for this session (one per xdist worker), removed at its end. Where neither can be had
+    the PostgreSQL tests fail with both reasons: they are never skipped."""
     reason = _postgres_unavailable()
-    if reason is not None:
-        pytest.skip(reason)
+    if reason is None:
+        yield PG_ADMIN_URL
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(running_pg_cluster(replica=False))
+        except Exception as exc:  # no binaries, initdb failed, ...: say so, never skip
+            pytest.fail(
+                f"{reason}, and no throw-away server could be started: {exc}", pytrace=False
+            )
+        url = cluster.url("postgres")
+        sys.stderr.write(f"throw-away PostgreSQL {url} in {cluster.directory}\n")
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped afterwards."""
     import asyncpg
 
     name = f"openmfa_test_{secrets.token_hex(4)}"
 
     async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(_plain(PG_ADMIN_URL), timeout=5)
+        conn = await asyncpg.connect(_plain(postgres_admin_url), timeout=5)
         try:
             await conn.execute(sql)
         finally:
             await conn.close()
 
     asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
+    base = postgres_admin_url.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
     finally:

@@ -170,3 +170,15 @@ def test_metrics_listen_as_a_bare_port_means_this_host_only(tmp_path: Path) -> N
     assert load_settings(home=tmp_path).metrics_address is None  # off unless asked for
     with pytest.raises(ConfigurationError, match="metrics_listen"):
         load_settings(home=tmp_path, metrics_listen="0")
+
+
+def test_the_leases_this_node_holds_are_a_gauge(api: ApiHarness) -> None:
+    # One node alone on its database: it takes every duty's lease at start.
+    wait_for(
+        lambda: value(api, "openmfa_node_leases_held", lease="retention") == 1,
+        10,
+        "the retention lease",
+    )
+    assert value(api, "openmfa_node_leases_held", lease="directory-sync") == 1
+    # A fixed set of labels: a duty not running here (yet) is 0, not missing.
+    assert ("openmfa_node_leases_held", frozenset({("lease", "push-handover")})) in samples(api)

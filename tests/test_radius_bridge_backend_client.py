@@ -466,3 +466,143 @@ async def test_each_run_of_cuts_gets_a_fresh_grace() -> None:
     assert result == Outcome("approved")
     assert script == []
     assert loop.time() - began > 0.5  # more than one grace in all, yet no give-up
+
+
+# -- several backends (issue 18): which calls move on, and when -----------------------------------
+
+
+def two_backends(handler: Handler) -> BackendClient:
+    """Backends ``a.test`` (preferred) and ``b.test`` on one fake transport; ``handler``
+    tells them apart by ``request.url.host``."""
+    return BackendClient(
+        ["http://a.test", "http://b.test"],
+        "omfa_test-token",
+        transport=httpx.MockTransport(handler),
+    )
+
+
+def fails_on_a(failure: Exception | httpx.Response, answer: httpx.Response) -> Handler:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "a.test":
+            if isinstance(failure, Exception):
+                raise failure
+            return failure
+        return answer
+
+    return handler
+
+
+STARTED = httpx.Response(201, json={"id": "ch_1", "method": "push", "state": "pending"})
+ACCEPTED = httpx.Response(200, json={"result": "accept", "reason": "ok"})
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.ConnectError("refused"),
+        httpx.ConnectTimeout("no answer to SYN"),
+        httpx.ReadError("reset after the request"),
+        httpx.RemoteProtocolError("closed after the request"),
+        problem(503, "database-unavailable"),
+        httpx.Response(502, text="bad gateway"),
+    ],
+    ids=["refused", "connect-timeout", "reset", "closed", "503", "502"],
+)
+async def test_a_start_moves_on_to_the_next_backend_whatever_failed(
+    failure: Exception | httpx.Response,
+) -> None:
+    """Start is idempotent by its key: even after the request was sent, B may be asked."""
+    backend = two_backends(fails_on_a(failure, STARTED))
+    assert await backend.perform(START, deadline(5)) == Started("ch_1", "push", "pending", None)
+    a, b = backend.backends.backends
+    if isinstance(failure, httpx.ReadError | httpx.RemoteProtocolError):
+        # Failed after sending: maybe a keep-alive race, not a death; nothing is marked.
+        assert (a.up, b.up) == (True, True)
+    else:
+        assert (a.up, b.up) == (False, True)
+        assert backend.backends.ordered() == [b, a]  # A is now tried last
+    await backend.aclose()
+
+
+async def test_a_code_check_moves_on_only_when_nothing_was_sent() -> None:
+    # Refused at connect: the code never reached A, so B checks it.
+    backend = two_backends(fails_on_a(httpx.ConnectError("refused"), ACCEPTED))
+    assert await backend.perform(VerifyCode("alice", "123456"), deadline(5)) == Checked(True, "ok")
+    await backend.aclose()
+    # A 503 (or a reset after sending, below): A may have spent the code; sending it to B
+    # could turn an accept into "replayed". The failmode decides instead.
+    effects = (VerifyCode("alice", "123456"), SubmitCode("ch_1", "123456"))
+    for effect in effects:
+        seen_reset: list[str] = []
+        on_a_reset = fails_on_a(httpx.ReadError("reset"), ACCEPTED)
+
+        async def reset(
+            request: httpx.Request, seen: list[str] = seen_reset, on_a: Handler = on_a_reset
+        ) -> httpx.Response:
+            seen.append(request.url.host)
+            return await on_a(request)
+
+        backend = two_backends(reset)
+        assert isinstance(await backend.perform(effect, deadline(5)), Unavailable)
+        assert seen_reset == ["a.test"]
+        await backend.aclose()
+    for failure in (problem(503, "database-unavailable"),):
+        for effect in effects:
+            seen: list[str] = []
+            on_a = fails_on_a(failure, ACCEPTED)
+
+            async def handler(
+                request: httpx.Request, seen: list[str] = seen, on_a: Handler = on_a
+            ) -> httpx.Response:
+                seen.append(request.url.host)
+                return await on_a(request)
+
+            backend = two_backends(handler)
+            assert isinstance(await backend.perform(effect, deadline(5)), Unavailable)
+            assert seen == ["a.test"]
+            # ... and A is marked down: the next call goes to B first.
+            assert await backend.perform(effect, deadline(5)) == Checked(True, "ok")
+            assert seen == ["a.test", "b.test"]
+            await backend.aclose()
+
+
+async def test_a_slow_backend_is_not_marked_down_by_a_timeout() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow")
+
+    backend = two_backends(handler)
+    assert isinstance(await backend.perform(VerifyCode("alice", "1"), deadline(5)), Unavailable)
+    assert all(b.up for b in backend.backends.backends)  # the health check decides
+    await backend.aclose()
+
+
+async def test_a_cut_long_poll_re_attaches_on_the_next_backend() -> None:
+    polls: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        polls.append(request.url.host)
+        if request.url.host == "a.test":
+            if polls.count("a.test") == 1:
+                raise httpx.RemoteProtocolError("A died under the poll")
+            raise httpx.ConnectError("A is gone")
+        return httpx.Response(200, json={"state": "approved"})
+
+    backend = two_backends(handler)
+    result = await backend.perform(WaitOutcome("ch_1", 30), deadline(40))
+    assert result == Outcome("approved")
+    assert polls == ["a.test", "a.test", "b.test"]  # cut, refused (marked down), B
+    await backend.aclose()
+
+
+async def test_every_backend_down_is_still_tried_then_unavailable() -> None:
+    tried: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        tried.append(request.url.host)
+        raise httpx.ConnectError("refused")
+
+    backend = two_backends(handler)
+    assert isinstance(await backend.perform(VerifyCode("alice", "1"), deadline(5)), Unavailable)
+    assert isinstance(await backend.perform(VerifyCode("alice", "1"), deadline(5)), Unavailable)
+    assert tried == ["a.test", "b.test", "a.test", "b.test"]  # down marks are hints only
+    await backend.aclose()

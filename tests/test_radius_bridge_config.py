@@ -167,3 +167,56 @@ def test_token_files_must_be_private_and_not_empty(tmp_path: Path) -> None:
         )
     with pytest.raises(BridgeConfigError, match="does not exist"):
         load_bridge_settings(backend_url="http://x", token_file=tmp_path / "nope", environ={})
+
+
+# -- several backends (issue 18) -----------------------------------------------------------------
+
+
+def test_several_backends_from_arguments_and_from_the_environment(tmp_path: Path) -> None:
+    env = {
+        "OPENMFA_BRIDGE_BACKEND": "https://mfa1.example, https://mfa2.example/",
+        "OPENMFA_BRIDGE_TOKEN": "t",
+    }
+    from_env = load_bridge_settings(environ=env)
+    assert from_env.backend_urls == ("https://mfa1.example", "https://mfa2.example/")
+    assert from_env.base_urls == ("https://mfa1.example", "https://mfa2.example")
+    assert from_env.backend_url == "https://mfa1.example"  # the preferred one
+
+    # --backend repeated wins over the environment, in the order given.
+    argued = load_bridge_settings(
+        backend_url=["http://10.0.0.2:8080", "http://10.0.0.1:8080/openmfa"],
+        token_file=token_file(tmp_path),
+        environ=env,
+    )
+    assert argued.base_urls == ("http://10.0.0.2:8080", "http://10.0.0.1:8080/openmfa")
+
+
+@pytest.mark.parametrize(
+    ("urls", "message"),
+    [
+        (["http://a.example", "http://a.example/"], "given twice"),
+        (["http://a.example", "ftp://b.example"], "must start with http"),
+        (["https://bridge:hunter2@a.example"], "user name or password"),
+        (["https://a.example/?x=1"], "query or fragment"),
+        (["https://a.example#top"], "query or fragment"),
+        (["https://a.example:99999"], "malformed"),
+        (["http://"], "must start with http"),
+        ([f"http://n{i}.example" for i in range(17)], "at most 16"),
+    ],
+)
+def test_bad_backend_urls_are_named_without_their_credentials(
+    urls: list[str], message: str
+) -> None:
+    with pytest.raises(BridgeConfigError, match=message) as refused:
+        load_bridge_settings(backend_url=urls, environ={"OPENMFA_BRIDGE_TOKEN": "t"})
+    assert "hunter2" not in str(refused.value)
+
+
+def test_the_help_tells_how_to_give_several_backends() -> None:
+    from radius_bridge.cli import build_parser
+
+    text = build_parser().format_help()
+    assert "repeat" in text
+    assert "--backend" in text
+    args = build_parser().parse_args(["--backend", "http://a", "--backend", "http://b"])
+    assert args.backend == ["http://a", "http://b"]

@@ -1165,3 +1165,27 @@ def test_same_station_and_nas_still_joins() -> None:
     assert env.pushes.holders == 2
     first.close()
     second.close()
+
+
+def test_the_idempotency_key_names_the_sign_in_not_the_bridge_or_the_path() -> None:
+    """Issue 18: the same packet reaching a second bridge (perhaps from another NAS address
+    of the gateway) must give the same key, so the backend joins the first authentication;
+    anything that makes it another sign-in gives another key."""
+    client = make_client()
+    request = make_request(client, calling="203.0.113.7")
+    key = request.idempotency_key
+    assert len(key) == 64
+    assert int(key, 16) >= 0
+    via_other_bridge = replace(
+        request, source=("10.9.9.9", 1812), nas_identifier="other", nas_ip_address="10.9.9.9"
+    )
+    assert via_other_bridge.idempotency_key == key
+    assert replace(request, identifier=(request.identifier + 1) % 256).idempotency_key == key
+    others = [
+        replace(request, authenticator=bytes(16)),
+        replace(request, user="bob"),
+        replace(request, calling_station_id="198.51.100.1"),
+        replace(request, calling_station_id=None),
+        replace(request, client=replace(client, name="other-gateway")),
+    ]
+    assert len({key, *(r.idempotency_key for r in others)}) == len(others) + 1

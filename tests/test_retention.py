@@ -319,6 +319,7 @@ async def test_old_rows_go_new_and_pending_ones_stay(
         "web_sessions": 1,
         "account_notices": 2,
         "directory_syncs": 5,
+        "nodes": 0,  # tests/test_node_duties.py
         "address_limits": 0,  # tests/test_address_limits.py prunes those
     }
     assert await _ids(services, challenges_t.c.id) == {"old-live", "new-done"}

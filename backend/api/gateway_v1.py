@@ -79,6 +79,7 @@ async def start_authentication(request: Request) -> Response:
         number_matching=payload.number_matching,
         can_show_number=payload.can_show_number,
         started_by=token.starter,
+        token_scope=token.scope,
     )
     return json_response(_authentication(view), status_code=201)
 

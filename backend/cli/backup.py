@@ -399,11 +399,11 @@ def _sqlite_path(settings: Settings) -> Path:
 
 
 def _pg_url(settings: Settings) -> str:
-    from sqlalchemy.engine import make_url
+    from backend.store.urls import libpq_url
 
-    # libpq's own scheme: pg_dump does not know SQLAlchemy's "+asyncpg" driver suffix.
-    url = make_url(settings.resolved_database_url).set(drivername="postgresql")
-    return url.render_as_string(hide_password=True)
+    # libpq's own form: pg_dump knows neither SQLAlchemy's "+asyncpg" suffix nor its
+    # host=h:p query hosts; with several hosts, target_session_attrs picks the primary.
+    return libpq_url(settings.resolved_database_url, hide_password=True)
 
 
 def _pg_key_text(settings: Settings) -> str:

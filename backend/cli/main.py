@@ -26,6 +26,7 @@ from backend.cli import (
     doctor,
     fraud,
     imports,
+    nodes,
     prune,
 )
 from backend.cli.output import clean
@@ -330,6 +331,7 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_parser(groups)
     backup.add_parser(groups)
     prune.add_parser(groups)
+    nodes.add_parser(groups)
 
     aud = groups.add_parser(
         "audit",
@@ -454,7 +456,7 @@ async def _run_admin(settings: Settings, handler: AdminCommand, args: argparse.N
 
 def _db_upgrade(settings: Settings) -> int:
     from backend.store import migrations
-    from backend.store.database import display_url
+    from backend.store.urls import display_url
 
     settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
     url = settings.resolved_database_url

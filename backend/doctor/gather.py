@@ -83,7 +83,8 @@ async def data_dir(ctx: Context) -> list[Finding]:
 async def database(ctx: Context) -> list[Finding]:
     """The database answers and its schema is current; keeps it open for the next steps."""
     from backend.store import migrations
-    from backend.store.database import Database, display_url
+    from backend.store.database import Database
+    from backend.store.urls import display_url
 
     settings = ctx.settings
     url = settings.resolved_database_url

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final
 
+from backend.domain.leases import NODE_ROWS_KEPT
+
 #: The pruned tables, in the order a pass visits them (nonces before their challenges).
 TABLES: Final = (
     "pipush_nonces",
@@ -23,6 +25,7 @@ TABLES: Final = (
     "web_sessions",
     "account_notices",
     "directory_syncs",
+    "nodes",
     "address_limits",
 )
 
@@ -76,7 +79,7 @@ def plan(policy: RetentionPolicy, now: datetime) -> tuple[Cutoff, ...]:
     Finished challenges go by ``created_at``; expired things by ``expires_at`` (a replay
     nonce is kept at least until it expires, whatever ``expired_days`` says, since it is
     what refuses the replay); web sessions by ``last_seen_at``, past the longest a session
-    can live, so a live one is never cut.
+    can live, so a live one is never cut; node rows by their last heartbeat, a week on.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -95,6 +98,8 @@ def plan(policy: RetentionPolicy, now: datetime) -> tuple[Cutoff, ...]:
         ),
         "account_notices": Cutoff("account_notices", _days_ago(now, policy.notice_days)),
         "directory_syncs": Cutoff("directory_syncs", keep_last=policy.directory_syncs),
+        # Stopped or dead nodes (no heartbeat since): kept a week for `openmfa nodes`.
+        "nodes": Cutoff("nodes", now - NODE_ROWS_KEPT),
         # Whatever the settings keep: a row whose window ended is reset by the next failure.
         "address_limits": Cutoff(
             "address_limits", now - timedelta(seconds=policy.address_window_seconds)

@@ -122,8 +122,18 @@ class FraudMailer:
         """How many times one report is tried at most."""
         return len(self._delays) + 1
 
-    async def start(self) -> int:
-        """Resend the reports an earlier process left ``pending``; how many there were."""
+    async def start(self, resend: bool = True) -> int:
+        """Start; with ``resend``, resend the reports an earlier process left ``pending``:
+        how many there were. On several nodes only the holder of the "fraud-mail" lease
+        resends (:meth:`resend_pending`, run by ``openmfa run`` as a leased duty)."""
+        return await self.resend_pending() if resend else 0
+
+    async def resend_pending(self) -> int:
+        """Schedule the e-mail of every report still ``pending``: how many there were.
+
+        Reports are not claimed row by row (no ``next_attempt_at`` like account notices have):
+        a report that another live node is still retrying is mailed once more by the resender.
+        Hence the lease: only one node resends, once when it takes the lease over."""
         async with self._db.read() as conn:
             ids = [
                 int(row.id)

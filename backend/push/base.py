@@ -91,3 +91,9 @@ class PushNotifier(Protocol):
     def challenge_started(self, challenge_id: str) -> None:
         """Deliver the challenge to the user's devices in the background."""
         ...
+
+    @property
+    def can_send(self) -> bool:
+        """False when no push service is configured: nothing is ever sent, every device
+        polls (a new push challenge is then recorded as sent at once)."""
+        ...

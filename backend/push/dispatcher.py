@@ -19,6 +19,12 @@ returns; everything else happens in tracked background tasks:
 * Every attempt is audited (``push.send``). Audit rows and device updates are written by a
   *journal* task as raw-SQL jobs (:meth:`backend.store.database.Database.run_job`), many
   attempts per transaction, so recording never slows a send down.
+* Once every target of a challenge has *finished* (delivered, invalid token, failed, given
+  up, or the challenge is no longer pending) the journal records ``challenges.push_sent_at``
+  in the same transaction as the attempts' audit rows. A challenge whose sends were cut by a
+  shutdown or a crash keeps ``push_sent_at`` NULL, so a live node's handover
+  (:mod:`backend.push.handover`) takes it over; :meth:`PushDispatcher.take_over` then skips
+  the devices the earlier node recorded as delivered.
 
 Eligible devices (docs/push.md): ``kind = 'app'``, state pending or active, a push token, a
 push status other than ``invalid``, and a platform with a configured transport (``ios`` →
@@ -46,7 +52,7 @@ from backend.domain.devices import LIVE_STATES
 from backend.push.base import PushMessage, PushOutcome, PushResult, PushTransport
 from backend.store.database import Database
 from backend.store.fastpath import Tx
-from backend.store.tables import challenges_t, devices_t, users_t
+from backend.store.tables import audit_t, challenges_t, devices_t, users_t
 
 if TYPE_CHECKING:  # push sits below the services; they hand it what it needs
     from backend.services.audit import AuditLog
@@ -79,6 +85,7 @@ class _Target:
 
     challenge_id: str
     display: str
+    created_at: datetime
     expires_at: datetime
     user_key: str
     user_name: str
@@ -86,6 +93,14 @@ class _Target:
     token: str
     transport: str
     push_status: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A challenge whose every target finished: ``push_sent_at`` is recorded with the journal."""
+
+    challenge_id: str
+    at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +141,18 @@ class PushDispatcher:
         self._send_timeout = send_timeout
         self._drain_seconds = drain_seconds
         self._queue: list[str] = []
+        self._taken_over: set[str] = set()  # queued by take_over: skip recorded deliveries
         self._loader: asyncio.Task[None] | None = None
-        self._journal: list[_Attempt] = []
+        # Targets not yet finished per challenge being delivered here; at 0 it is sent.
+        self._open: dict[str, int] = {}
+        self._cut: set[str] = set()  # challenges with a target the shutdown cut short
+        self._journal: list[_Attempt | _Sent] = []
         self._writer: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = asyncio.Event()  # set once close() has begun
         self.counts: Counter[str] = Counter()  # attempts per outcome, for metrics and tests
         self.by_transport: Counter[tuple[str, str]] = Counter()  # (transport, outcome), metrics
+        self.handed_over = 0  # challenges taken over from dead nodes (metrics)
 
     @property
     def transports(self) -> dict[str, PushTransport]:
@@ -153,6 +173,22 @@ class PushDispatcher:
         self._queue.append(challenge_id)
         if self._loader is None or self._loader.done():
             self._loader = self._spawn(self._load_queued())
+
+    def take_over(self, challenge_ids: list[str]) -> None:
+        """Deliver challenges another node began and did not finish (it died): like
+        :meth:`challenge_started`, except that devices the audit shows that node delivered to
+        are skipped. The caller has already made this node their ``push_node``."""
+        if self.closing or not self._transports:
+            return
+        self.handed_over += len(challenge_ids)
+        self._taken_over.update(challenge_ids)
+        for challenge_id in challenge_ids:
+            self.challenge_started(challenge_id)
+
+    @property
+    def can_send(self) -> bool:
+        """False without a configured transport: every device is then served by polling."""
+        return bool(self._transports)
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -191,14 +227,27 @@ class PushDispatcher:
     async def _load_queued(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            # Already being delivered here (a repeated start): never twice from one node.
+            batch = [cid for cid in dict.fromkeys(batch) if cid not in self._open]
+            taken_over = self._taken_over.intersection(batch)
+            self._taken_over.difference_update(batch)
             try:
                 targets = await self._load(batch)
+                if taken_over:
+                    targets = await self._without_recorded(targets, taken_over)
             except Exception:
                 # The challenges stay pending and reachable by polling; say so and go on.
                 log.exception("push: could not load %d challenge(s) to deliver", len(batch))
                 continue
+            per_challenge = Counter(target.challenge_id for target in targets)
+            self._open.update(per_challenge)
+            now = self._clock()
+            # Nothing to send (no eligible device, answered, expired): delivery is over.
+            for challenge_id in batch:
+                if challenge_id not in per_challenge:
+                    self._finished(challenge_id, now)
             for target in targets:
-                self._spawn(self._deliver(target))
+                self._spawn(self._deliver_one(target))
 
     async def _load(self, challenge_ids: list[str]) -> list[_Target]:
         """The challenges that are still pending, each with its user's eligible devices."""
@@ -207,6 +256,7 @@ class PushDispatcher:
             select(
                 c.id,
                 c.display,
+                c.created_at,
                 c.expires_at,
                 c.state,
                 u.name_key,
@@ -237,6 +287,7 @@ class PushDispatcher:
             _Target(
                 challenge_id=row.id,
                 display=row.display,
+                created_at=row.created_at,
                 expires_at=row.expires_at,
                 user_key=row.name_key,
                 user_name=row.user_name,
@@ -249,15 +300,74 @@ class PushDispatcher:
             if row.expires_at > now and row.push_token
         ]
 
+    async def _without_recorded(
+        self, targets: list[_Target], taken_over: set[str]
+    ) -> list[_Target]:
+        """``targets`` less the devices a dead node's audit rows show it delivered the same
+        challenge to (``push.send`` rows name the challenge and the device first)."""
+        users = {t.user_key for t in targets if t.challenge_id in taken_over}
+        if not users:
+            return targets
+        a = audit_t.c
+        since = min(t.created_at for t in targets if t.challenge_id in taken_over)
+        stmt = select(a.detail).where(
+            a.user_name.in_(users),
+            a.at >= since,
+            a.action == "push.send",
+            a.result == PushOutcome.DELIVERED.value,
+        )
+        async with self._db.read() as conn:
+            rows = (await conn.execute(stmt)).all()
+        delivered = {tuple(row.detail.split(" ", 2)[:2]) for row in rows}
+        kept = [
+            t
+            for t in targets
+            if t.challenge_id not in taken_over or (t.challenge_id, t.device_id) not in delivered
+        ]
+        if len(kept) < len(targets):
+            log.info(
+                "push: %d device(s) of taken-over challenges were already delivered to",
+                len(targets) - len(kept),
+            )
+        return kept
+
     # -- sending ----------------------------------------------------------------------------
 
-    async def _deliver(self, target: _Target) -> None:
-        """Send to one device, retrying while it is worth it; record every attempt."""
+    async def _deliver_one(self, target: _Target) -> None:
+        """Deliver to one device; once the challenge's last target finished, record it sent.
+        A target cut short by the shutdown (or an error) has not finished: its challenge then
+        stays unsent, for a live node's handover."""
+        finished = False
+        try:
+            finished = await self._deliver(target)
+        finally:
+            self._target_ended(target.challenge_id, finished)
+
+    def _target_ended(self, challenge_id: str, finished: bool) -> None:
+        if not finished:
+            self._cut.add(challenge_id)
+        remaining = self._open.get(challenge_id, 1) - 1
+        if remaining > 0:
+            self._open[challenge_id] = remaining
+            return
+        self._open.pop(challenge_id, None)
+        if challenge_id in self._cut:
+            self._cut.discard(challenge_id)
+        else:
+            self._finished(challenge_id, self._clock())
+
+    def _finished(self, challenge_id: str, at: datetime) -> None:
+        self._journal.append(_Sent(challenge_id, at))
+        self._ensure_writer()
+
+    async def _deliver(self, target: _Target) -> bool:
+        """Send to one device, retrying while it is worth it; record every attempt. True
+        when this target is finished, False when the shutdown cut it short."""
         attempt = 0
         while True:
             result = await self._attempt(target)
             if result is None or result.outcome is not PushOutcome.RETRY:
-                return
+                return True
             delay = self._backoff.delay(attempt, result.retry_after)
             attempt += 1
             remaining = (target.expires_at - self._clock()).total_seconds()
@@ -268,11 +378,11 @@ class PushDispatcher:
                     target.challenge_id,
                     target.device_id,
                 )
-                return
+                return True
             if await self._closing_within(delay):
-                return
+                return False  # the device got nothing yet: the challenge is not finished
             if not await self._still_pending(target.challenge_id):
-                return
+                return True
 
     async def _attempt(self, target: _Target) -> PushResult | None:
         """One send, recorded; None when the challenge expired while waiting for a slot."""
@@ -309,6 +419,9 @@ class PushDispatcher:
         self.counts[result.outcome.value] += 1
         self.by_transport[target.transport, result.outcome.value] += 1
         self._journal.append(_Attempt(target, result, elapsed, self._clock()))
+        self._ensure_writer()
+
+    def _ensure_writer(self) -> None:
         if self._writer is None or self._writer.done():
             # Not one of the tracked tasks: close() cancels late sends, never the recording.
             self._writer = asyncio.get_running_loop().create_task(self._write_journal())
@@ -360,8 +473,11 @@ class PushDispatcher:
             except Exception:
                 log.exception("push: could not record %d push attempt(s)", len(batch))
 
-    def _record(self, tx: Tx, batch: list[_Attempt]) -> None:
+    def _record(self, tx: Tx, batch: list[_Attempt | _Sent]) -> None:
+        sent = [item for item in batch if isinstance(item, _Sent)]
         for item in batch:
+            if isinstance(item, _Sent):
+                continue
             target, result = item.target, item.result
             reason = result.reason or (str(result.status) if result.status else "-")
             self._audit.add_job(
@@ -403,6 +519,30 @@ class PushDispatcher:
                     target.device_id,
                     target.token,
                 )
+
+        if sent:
+            # In the attempts' transaction: "sent" always means "recorded". One statement per
+            # batch (a round trip each on PostgreSQL), stamped with its last finish.
+            self._mark_sent(tx, [item.challenge_id for item in sent], max(i.at for i in sent))
+
+    def _mark_sent(self, tx: Tx, challenge_ids: list[str], at: datetime) -> None:
+        if not self._db.is_sqlite:
+            tx.run(
+                "UPDATE challenges SET push_sent_at = ? WHERE id = ANY(?::varchar[]) "
+                "AND push_sent_at IS NULL",
+                tx.time(at),
+                challenge_ids,
+            )
+            return
+        for start in range(0, len(challenge_ids), MAX_BATCH):
+            chunk = challenge_ids[start : start + MAX_BATCH]
+            marks = ", ".join(["?"] * len(chunk))
+            tx.run(
+                f"UPDATE challenges SET push_sent_at = ? WHERE id IN ({marks}) "  # noqa: S608 - only ? marks
+                "AND push_sent_at IS NULL",
+                tx.time(at),
+                *chunk,
+            )
 
 
 def _broken(transport: PushTransport, target: _Target) -> PushResult:

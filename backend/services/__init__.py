@@ -20,12 +20,14 @@ from backend.crypto import SecretBox, key_fingerprint, load_or_create_key
 from backend.domain.webpush import OriginAllowList
 from backend.errors import DatabaseError, ServerKeyError
 from backend.events import InProcessOutcomeBus, OutcomeBus
+from backend.events_postgres import PostgresOutcomeBus
 from backend.notify import fraud as fraud_mail
 from backend.notify import notices as notice_mail
 from backend.notify.mail import MailSender
 from backend.passwords import PasswordHasher
 from backend.push.dispatcher import PushDispatcher, close_transports
 from backend.push.factory import build_transports
+from backend.push.handover import PushHandover
 from backend.push.vapid import VapidKey, load_or_create_vapid_key
 from backend.services.access import AccessService
 from backend.services.accounts import AccountService
@@ -41,6 +43,8 @@ from backend.services.fraud import FraudService
 from backend.services.geoip import GeoIp
 from backend.services.imports import ImportService
 from backend.services.invitations import InvitationService
+from backend.services.leases import Leases, command_holder
+from backend.services.nodes import NodeRegistry
 from backend.services.notices import AccountNotices
 from backend.services.otp import OtpService
 from backend.services.pipush import PiPushService
@@ -95,6 +99,9 @@ class Services:
     imports: ImportService
     # None where push is off (CLI commands): see Services.open's ``push``.
     push: PushDispatcher | None = None
+    # Takes over the pushes dead nodes left unsent (run as the "push-handover" leased duty by
+    # ``openmfa run``); None where push is off.
+    handover: PushHandover | None = None
     # None where fraud mail is off (CLI commands, see Services.open's ``notify``) or not set up.
     fraud_mailer: fraud_mail.FraudMailer | None = None
     geoip: GeoIp | None = None  # None without settings.geoip_database
@@ -104,6 +111,10 @@ class Services:
     webpush_key: VapidKey | None = None
     # This process among the nodes serving the database (``nodes.id``; ``openmfa nodes``).
     node_id: str = field(default_factory=new_node_id)
+    # This process's row in ``nodes`` and its heartbeat: ``openmfa run`` only (``node``).
+    nodes: NodeRegistry | None = None
+    # Lease handle of this process: as the node (``openmfa run``) or as ``cli:<host>:<pid>``.
+    leases: Leases | None = None
 
     @classmethod
     async def open(
@@ -113,6 +124,7 @@ class Services:
         bus: OutcomeBus | None = None,
         push: bool = True,
         notify: bool = True,
+        node: bool = False,
     ) -> Services:
         """Connect, check the schema and the server key, and build every service.
 
@@ -123,6 +135,13 @@ class Services:
         ``notify``: run the fraud-mail worker, which also resends the reports an earlier
         process left pending; ``openmfa`` commands other than ``run`` pass False. The mail and
         GeoIP settings are checked either way (:class:`~backend.errors.ConfigurationError`).
+        With ``node`` the resend is left to whoever holds the "fraud-mail" lease (the app's
+        lifespan runs it as a :class:`~backend.tasks.LeasedDuty`), so several nodes on one
+        database do not all resend.
+
+        ``node``: register this process in ``nodes`` and keep its heartbeat (``openmfa run``
+        only; :class:`~backend.services.nodes.NodeRegistry`). Without it, the process holds
+        leases as ``cli:<host>:<pid>``.
         """
         mail = fraud_mail.configure(settings)
         sender = MailSender.from_settings(settings)
@@ -139,6 +158,22 @@ class Services:
                 else None
             )
             transports = await build_transports(settings, webpush_key) if push else None
+            node_id = new_node_id()
+            registry = (
+                NodeRegistry(
+                    db,
+                    clock,
+                    node_id,
+                    settings.node_name,
+                    heartbeat=settings.node_heartbeat_seconds,
+                    timeout=settings.node_timeout_seconds,
+                )
+                if node
+                else None
+            )
+            leases = (
+                registry.leases if registry is not None else Leases(db, clock, command_holder())
+            )
             hasher = PasswordHasher(
                 settings.argon2_memory_kib,
                 settings.argon2_time_cost,
@@ -148,7 +183,9 @@ class Services:
                 unknown_per_second=settings.unknown_user_checks_per_second,
                 nice=settings.hash_nice,
             )
-            bus = bus or InProcessOutcomeBus()
+            if bus is None:
+                bus = await _open_bus(db, node_id)
+                on_error.push_async_callback(bus.close)
             audit = AuditLog(db, clock)
             notices = AccountNotices(
                 db, audit, clock, mail=sender is not None and settings.notify_users
@@ -218,6 +255,7 @@ class Services:
                 push=dispatcher,
                 fraud_notifier=mailer,
                 notices=notices,
+                node_id=node_id,
             )
             fraud = FraudService(db, audit, clock, challenges)
             invitations = InvitationService(
@@ -294,20 +332,40 @@ class Services:
                     None
                     if sender is None
                     else MailInviter(users, invitations, audit, sender, settings.issuer),
+                    leases=leases,
+                    lease_ttl=settings.node_timeout_seconds,
                 ),
                 clock=clock,
                 imports=ImportService(db, box, audit, clock, factors, notices=notices),
                 push=dispatcher,
+                handover=(
+                    PushHandover(
+                        db,
+                        dispatcher,
+                        audit,
+                        clock,
+                        Actor("system:push"),
+                        node_id,
+                        settings.node_timeout_seconds,
+                    )
+                    if dispatcher is not None
+                    else None
+                ),
                 fraud_mailer=mailer,
                 geoip=geoip,
                 notice_mailer=notice_mailer,
                 webpush_key=webpush_key,
+                node_id=node_id,
+                nodes=registry,
+                leases=leases,
             )
             users.directories = services.directories  # directory users' passwords
             on_error.pop_all()  # from here on, services.close() releases all of it
             on_error.push_async_callback(services.close)
+            if registry is not None:
+                await registry.start()
             if mailer is not None:
-                await mailer.start()
+                await mailer.start(resend=registry is None)
             if notice_mailer is not None:
                 await notice_mailer.start()
             on_error.pop_all()
@@ -323,11 +381,22 @@ class Services:
         if self.notice_mailer is not None:
             await self.notice_mailer.close()  # bounded; unsent notices stay due
         await self.directories.close()  # unbinds pooled LDAP connections, stops their threads
+        if self.nodes is not None:
+            await self.nodes.close()  # stopped, leases released: the other nodes take over
         await self.bus.close()
         self.hasher.close()
         if self.geoip is not None:
             self.geoip.close()
         await self.db.dispose()
+
+
+async def _open_bus(db: Database, node_id: str) -> OutcomeBus:
+    """The in-process bus on SQLite (one node); on PostgreSQL the LISTEN/NOTIFY bus, so an
+    answer arriving at any node wakes the waiter parked on any other."""
+    jobs = db.postgres_jobs
+    if jobs is None:
+        return InProcessOutcomeBus()
+    return await PostgresOutcomeBus.open(jobs.dsn, node_id)
 
 
 async def open_database(settings: Settings) -> Database:

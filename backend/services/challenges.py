@@ -7,11 +7,9 @@ answers exactly one wins and the other is judged again against what was stored.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import secrets
-import weakref
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -118,12 +116,27 @@ def _view(row: Any, user_name: str) -> ChallengeView:
     )
 
 
-def idempotency_scope(token_id: int | None, key: str | None) -> str | None:
-    """Whose copies of a request count as one: the gateway token that sent it, or every
-    bridge alike (the in-process bridge has no token row)."""
+class _CopyStarted(Exception):
+    """A copy of the request being started committed its authentication first."""
+
+
+def idempotency_scope(
+    token_id: int | None, key: str | None, token_scope: str | None = None
+) -> str | None:
+    """Whose copies of a request count as one: every bridge alike (any token of scope
+    ``bridge``, and the in-process bridge, which has no token row), or else the gateway
+    token that sent it.
+
+    One scope for all bridges is what makes a start idempotent *across* bridges: a gateway
+    that fails over to a second bridge resends the same packet, the bridge derives the same
+    key from it (client, user, Calling-Station-Id, Request Authenticator), and the second
+    bridge joins the first one's authentication instead of pushing again. A gateway token's
+    keys are its own: another caller's key must never return its challenge."""
     if key is None:
         return None
-    return "bridge" if token_id is None else f"token:{token_id}"
+    if token_id is None or token_scope == "bridge":  # noqa: S105 - a scope, not a secret
+        return "bridge"
+    return f"token:{token_id}"
 
 
 def _check_context(context: SignInContext) -> None:
@@ -158,8 +171,12 @@ class ChallengeService:
         push: PushNotifier | None = None,
         fraud_notifier: FraudNotifier | None = None,
         notices: AccountNotices | None = None,
+        node_id: str | None = None,
     ) -> None:
         self._notices = notices
+        # This node (``nodes.id``), recorded as ``push_node`` on the push challenges its
+        # dispatcher sends; None (tests, commands without a node) leaves push_node NULL.
+        self._node_id = node_id
         self._db = db
         self._push = push
         self._fraud_notifier = fraud_notifier
@@ -168,9 +185,6 @@ class ChallengeService:
         self._otp = otp
         self._audit = audit
         self._clock = clock
-        self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
-            weakref.WeakValueDictionary()
-        )
         # Push sign-ins by how they ended (``accept``, denied, fraud, expired), counted where
         # the state is decided and read by backend.metrics at scrape time. A challenge closed
         # by a code is counted by OtpService, which checked the code.
@@ -190,8 +204,10 @@ class ChallengeService:
         number_matching: bool | None = None,
         can_show_number: bool = True,
         started_by: str | None = None,
+        token_scope: str | None = None,
     ) -> ChallengeView:
-        """Begin an authentication. A repeated ``idempotency_key`` returns the first one.
+        """Begin an authentication. A repeated ``idempotency_key`` returns the first one
+        (per :func:`idempotency_scope`: ``token_scope`` "bridge" shares keys between bridges).
 
         ``started_by`` names the gateway token that starts it (:attr:`ApiTokenRecord.starter`):
         only that token and bridge tokens may see it afterwards; ``None`` (the web) none.
@@ -200,17 +216,22 @@ class ChallengeService:
         policy decides); ``can_show_number`` is false for a gateway that cannot display the
         number (RADIUS push mode), where ``number_matching_fallback`` decides.
         """
-        matching = _NumberMatching(number_matching, can_show_number)
-        serialise: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
-        if token_id is None and idempotency_key is not None:
-            # A caller without a token row (the in-process bridge's ephemeral token) is not
-            # covered by the unique (token_id, idempotency_key) constraint: NULLs never clash.
-            # Its token lives in this process only, so a lock here serialises its copies.
-            serialise = self._key_locks.setdefault(idempotency_key, asyncio.Lock())
-        async with serialise:
-            return await self._start(
-                actor, user_name, method, context, token_id, idempotency_key, matching, started_by
-            )
+        # Copies racing each other (a retransmission, the same packet through two bridges)
+        # are settled by the unique (idempotency_scope, idempotency_key) constraint: every
+        # keyed start has a non-NULL scope, so the loser's insert fails and it returns the
+        # winner's authentication (see the IntegrityError below), on every node alike.
+        scope = idempotency_scope(token_id, idempotency_key, token_scope)
+        return await self._start(
+            actor,
+            user_name,
+            method,
+            context,
+            token_id,
+            idempotency_key,
+            scope,
+            _NumberMatching(number_matching, can_show_number),
+            started_by,
+        )
 
     async def _start(
         self,
@@ -220,6 +241,7 @@ class ChallengeService:
         context: SignInContext,
         token_id: int | None,
         idempotency_key: str | None,
+        scope: str | None,
         matching: _NumberMatching,
         started_by: str | None,
     ) -> ChallengeView:
@@ -228,7 +250,6 @@ class ChallengeService:
         _check_context(context)
         if idempotency_key is not None and not 1 <= len(idempotency_key) <= 128:
             raise BadRequest("idempotency_key has 1 to 128 characters")
-        scope = idempotency_scope(token_id, idempotency_key)
         if scope is not None and idempotency_key is not None:
             existing = await self._find_idempotent(scope, idempotency_key, user_name)
             if existing is not None:
@@ -239,6 +260,8 @@ class ChallengeService:
         try:
             async with self._db.write() as conn:
                 user = await load_user(conn, user_name)
+                if scope is not None and idempotency_key is not None:
+                    await self._join_racing_copy(conn, user.id, scope, idempotency_key)
                 check_may_sign_in(user)
                 devices = (
                     await conn.execute(
@@ -276,6 +299,7 @@ class ChallengeService:
                         else:
                             note = " number-matching-skipped(gateway cannot show it)"
                 if refusal is None:
+                    push_node, push_sent_at = self._push_delivery(method, now)
                     await conn.execute(
                         insert(challenges_t).values(
                             id=challenge_id,
@@ -293,12 +317,19 @@ class ChallengeService:
                             idempotency_key=idempotency_key,
                             idempotency_scope=scope,
                             started_by=started_by,
+                            push_node=push_node,
+                            push_sent_at=push_sent_at,
                         )
                     )
                     detail = f"{challenge_id} {method} {context.client_name} {context.client_ip}"
                     await self._audit.add(
                         conn, actor, "auth.start", "ok", user.name_key, detail.strip() + note
                     )
+        except _CopyStarted:
+            existing = await self._find_idempotent(scope or "", idempotency_key or "", user_name)
+            if existing is None:  # pragma: no cover - seen in this very transaction
+                raise Conflict("the authentication for this idempotency_key vanished") from None
+            return existing
         except IntegrityError:
             # Two copies of the same request raced; the other one created it.
             if scope is not None and idempotency_key is not None:
@@ -311,6 +342,42 @@ class ChallengeService:
         if method == "push" and self._push is not None:
             self._push.challenge_started(challenge_id)
         return await self.get(challenge_id)
+
+    @staticmethod
+    async def _join_racing_copy(conn: AsyncConnection, user_id: int, scope: str, key: str) -> None:
+        """Raise :class:`_CopyStarted` when a copy of this request (same scope and key) has
+        committed its authentication since the check before this transaction.
+
+        Two copies racing (the same packet through two bridges, on two nodes) must not both
+        run the fatigue guard: the second would count the first one's push and refuse with
+        "push limited" instead of joining it. On PostgreSQL the user's row lock (taken again
+        by the guard, at no extra cost) makes the second copy wait for the first to commit,
+        and this read -- a fresh snapshot under READ COMMITTED -- then finds it. SQLite's
+        writers are serialised already."""
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                select(users_t.c.id).where(users_t.c.id == user_id).with_for_update()
+            )
+        found = (
+            await conn.execute(
+                select(challenges_t.c.id).where(
+                    challenges_t.c.idempotency_scope == scope,
+                    challenges_t.c.idempotency_key == key,
+                )
+            )
+        ).first()
+        if found is not None:
+            raise _CopyStarted()
+
+    def _push_delivery(self, method: str, now: datetime) -> tuple[str | None, datetime | None]:
+        """``push_node`` and ``push_sent_at`` for a new challenge (docs/push.md, "Several
+        nodes"). Our dispatcher sends it: this node. No dispatcher here (a command): both NULL,
+        so a live node's handover sends it. A dispatcher without transports: sent already."""
+        if method != "push" or self._push is None:
+            return None, None
+        if not self._push.can_send:
+            return None, now
+        return self._node_id, None
 
     async def _push_stop(
         self,

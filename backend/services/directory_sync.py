@@ -48,6 +48,7 @@ from backend.directory.planner import (
     Update,
 )
 from backend.directory.reader import DirectoryReader
+from backend.domain.leases import DIRECTORY_SYNC
 from backend.domain.names import object_name
 from backend.domain.notices import AccountChange
 from backend.errors import (
@@ -63,6 +64,7 @@ from backend.services.audit import AuditLog
 from backend.services.challenges import ChallengeService
 from backend.services.context import Actor, Clock
 from backend.services.invitations import InvitationService
+from backend.services.leases import Leases
 from backend.services.notices import AccountNotices
 from backend.services.users import UserService
 from backend.store.database import Database
@@ -78,8 +80,19 @@ REPORT_NAMES: Final = 200
 DISABLE_BATCH: Final = 200
 #: Tied users read per query in the final "gone" step.
 GONE_BATCH: Final = 1000
-#: A run still marked running after this long died with its process; it no longer blocks.
+#: Without leases (a service built bare, in tests): a run still marked running after this
+#: long died with its process; it no longer blocks.
 STALE_RUN: Final = timedelta(hours=1)
+#: What an orphaned run's report says: its process died and nobody renews its lease.
+ORPHANED: Final = "failed: interrupted: the node running it stopped"
+
+
+def run_lease(directory_id: int) -> str:
+    """The lease a real sync of one directory holds while it runs (``directory-sync:<id>``),
+    held by the node, or by ``cli:<host>:<pid>`` for ``openmfa directory sync``."""
+    return f"{DIRECTORY_SYNC}:{directory_id}"
+
+
 _KINDS: Final = ("created", "updated", "renamed", "disabled", "enabled", "clashes", "errors")
 
 
@@ -196,6 +209,8 @@ class DirectorySyncService:
         notices: AccountNotices,
         readers: ReaderSource,
         inviter: Inviter | None = None,
+        leases: Leases | None = None,
+        lease_ttl: float = 20.0,
     ) -> None:
         self._db = db
         self._audit = audit
@@ -204,6 +219,10 @@ class DirectorySyncService:
         self._notices = notices
         self.readers = readers  # replaced by the directory service once it is built
         self._inviter = inviter
+        # A real run holds run_lease(directory) and renews it; a running row whose lease
+        # nobody holds any more is an orphan of a dead process (see _running).
+        self._leases = leases
+        self._lease_ttl = lease_ttl
 
     # -- reading reports ------------------------------------------------------------------------
 
@@ -264,73 +283,102 @@ class DirectorySyncService:
         except Conflict as exc:  # audited after the claim's rollback
             await self._audit.record(actor, "directory.sync", "refused", detail=exc.detail)
             raise
-        tally = _Tally()
-        clock_start = time.monotonic()
+        lease = None if dry_run or self._leases is None else run_lease(directory.id)
+        renewal = (
+            None
+            if lease is None
+            else asyncio.get_running_loop().create_task(self._renew(lease), name="sync-lease")
+        )
         try:
-            # Counted before the read: users this run creates do not raise its own limit.
-            tied = await self._count_tied(directory.id)
-            reader = await self.readers.reader(directory.id)
-            exempt = await self._exempt_names()
-            disables = await self._read_and_apply(
-                actor, directory, reader, dry_run, exempt, tally, progress
-            )
-            limit = planner.disable_limit(
-                tied, directory.disable_percent, directory.disable_minimum
-            )
-            extra: dict[str, Any] = {"tied": tied, "disable_limit": limit, "forced": force}
-            if len(disables) > limit and not force:
-                for change in disables[:REPORT_NAMES]:
-                    tally.names["disabled"].append(f"{change.name} ({change.reason})")
-                message = (
-                    f"stopped: would disable {len(disables)} of {tied} users, more than the "
-                    f"limit of {limit} ({directory.disable_percent}% and at least "
-                    f"{directory.disable_minimum}); nobody was disabled. Check the directory "
-                    "(filter, group, a DC answering empty) or run again with --force"
+            tally = _Tally()
+            clock_start = time.monotonic()
+            try:
+                # Counted before the read: users this run creates do not raise its own limit.
+                tied = await self._count_tied(directory.id)
+                reader = await self.readers.reader(directory.id)
+                exempt = await self._exempt_names()
+                disables = await self._read_and_apply(
+                    actor, directory, reader, dry_run, exempt, tally, progress
                 )
-                extra["would_disable"] = len(disables)
+                limit = planner.disable_limit(
+                    tied, directory.disable_percent, directory.disable_minimum
+                )
+                extra: dict[str, Any] = {"tied": tied, "disable_limit": limit, "forced": force}
+                if len(disables) > limit and not force:
+                    for change in disables[:REPORT_NAMES]:
+                        tally.names["disabled"].append(f"{change.name} ({change.reason})")
+                    message = (
+                        f"stopped: would disable {len(disables)} of {tied} users, more than the "
+                        f"limit of {limit} ({directory.disable_percent}% and at least "
+                        f"{directory.disable_minimum}); nobody was disabled. Check the directory "
+                        "(filter, group, a DC answering empty) or run again with --force"
+                    )
+                    extra["would_disable"] = len(disables)
+                    report = await self._finish(
+                        sync_id, directory, "stopped", message, tally, extra, clock_start
+                    )
+                    if not dry_run:
+                        await self._audit.record(
+                            actor,
+                            "directory.sync",
+                            "stopped",
+                            detail=f"{directory.name}: {message}",
+                        )
+                        raise SyncStopped(message, report=report)
+                    return report
+                if dry_run:
+                    for change in disables:
+                        tally.add("disabled", f"{change.name} ({change.reason})")
+                else:
+                    await self._disable(actor, directory, disables, tally)
+                    await self._invite(actor, tally)
+                message = _summary_line(tally, dry_run)
                 report = await self._finish(
-                    sync_id, directory, "stopped", message, tally, extra, clock_start
+                    sync_id, directory, "done", message, tally, extra, clock_start
                 )
                 if not dry_run:
                     await self._audit.record(
-                        actor, "directory.sync", "stopped", detail=f"{directory.name}: {message}"
+                        actor, "directory.sync", "ok", detail=f"{directory.name}: {message}"
                     )
-                    raise SyncStopped(message, report=report)
                 return report
-            if dry_run:
-                for change in disables:
-                    tally.add("disabled", f"{change.name} ({change.reason})")
-            else:
-                await self._disable(actor, directory, disables, tally)
-                await self._invite(actor, tally)
-            message = _summary_line(tally, dry_run)
-            report = await self._finish(
-                sync_id, directory, "done", message, tally, extra, clock_start
-            )
-            if not dry_run:
-                await self._audit.record(
-                    actor, "directory.sync", "ok", detail=f"{directory.name}: {message}"
+            except SyncStopped:
+                raise
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    message = "interrupted (the server stopped)"
+                elif isinstance(exc, OpenMFAError):
+                    message = exc.detail
+                else:
+                    message = type(exc).__name__
+                if not isinstance(exc, OpenMFAError | asyncio.CancelledError):
+                    log.exception("directory sync of %s failed", directory.name)
+                report = await self._finish(
+                    sync_id, directory, "failed", f"failed: {message}", tally, {}, clock_start
                 )
-            return report
-        except SyncStopped:
-            raise
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                message = "interrupted (the server stopped)"
-            elif isinstance(exc, OpenMFAError):
-                message = exc.detail
-            else:
-                message = type(exc).__name__
-            if not isinstance(exc, OpenMFAError | asyncio.CancelledError):
-                log.exception("directory sync of %s failed", directory.name)
-            report = await self._finish(
-                sync_id, directory, "failed", f"failed: {message}", tally, {}, clock_start
-            )
-            if not dry_run:
-                await self._audit.record(
-                    actor, "directory.sync", "failed", detail=f"{directory.name}: {message}"
-                )
-            raise
+                if not dry_run:
+                    await self._audit.record(
+                        actor, "directory.sync", "failed", detail=f"{directory.name}: {message}"
+                    )
+                raise
+        finally:
+            await stop_task(renewal)
+            if lease is not None and self._leases is not None:
+                try:
+                    await self._leases.release(lease)
+                except Exception:  # it runs out on its own
+                    log.warning("directory sync: could not release %s", lease, exc_info=True)
+
+    async def _renew(self, lease: str) -> None:
+        """Keep a run's lease while it runs: every third of the lease's time."""
+        if self._leases is None:
+            return
+        while True:
+            await asyncio.sleep(self._lease_ttl / 3)  # the renewal's period
+            try:
+                if not await self._leases.renew(lease, self._lease_ttl):
+                    log.warning("directory sync: lease %s lost while the sync runs", lease)
+            except Exception:
+                log.warning("directory sync: could not renew %s", lease, exc_info=True)
 
     async def _claim(
         self, actor: Actor, name: str, dry_run: bool, started: datetime
@@ -341,22 +389,19 @@ class DirectorySyncService:
             # running check and the insert below cannot interleave with another claim.
             directory = await _directory(conn, name, lock=True)
             if not dry_run:
-                running = (
-                    await conn.execute(
-                        select(directory_syncs_t.c.actor, directory_syncs_t.c.started_at)
-                        .where(
-                            directory_syncs_t.c.directory_id == directory.id,
-                            directory_syncs_t.c.state == "running",
-                            directory_syncs_t.c.dry_run.is_(False),
-                            directory_syncs_t.c.started_at > started - STALE_RUN,
-                        )
-                        .limit(1)
-                    )
-                ).first()
+                running = await self._running(conn, directory, started)
+                lease = run_lease(directory.id)
+                if (
+                    running is None
+                    and self._leases is not None
+                    and not await self._leases.claim_in(conn, lease, self._lease_ttl)
+                ):
+                    running = ("another process", started)  # between its claim and its row
                 if running is not None:
+                    by, since = running
                     raise Conflict(
                         f"a sync of {directory.name} is already running (started "
-                        f"{running.started_at:%Y-%m-%d %H:%M:%S} UTC by {running.actor}); "
+                        f"{since:%Y-%m-%d %H:%M:%S} UTC by {by}); "
                         "wait for it to finish"
                     )
             inserted = await conn.execute(
@@ -372,6 +417,86 @@ class DirectorySyncService:
                 .returning(directory_syncs_t.c.id)
             )
             return directory, int(inserted.scalar_one())
+
+    async def _running(
+        self, conn: AsyncConnection, directory: _Directory, now: datetime
+    ) -> tuple[str, datetime] | None:
+        """The real run of ``directory`` still going (actor, start), if any. Runs left
+        ``running`` by a process that died (nobody holds their lease, and they are older
+        than the lease's ttl) are marked failed here, so they block nothing."""
+        t = directory_syncs_t
+        rows = (
+            await conn.execute(
+                select(t.c.id, t.c.actor, t.c.started_at).where(
+                    t.c.directory_id == directory.id,
+                    t.c.state == "running",
+                    t.c.dry_run.is_(False),
+                )
+            )
+        ).all()
+        if not rows:
+            return None
+        if self._leases is None:
+            live = [r for r in rows if r.started_at > now - STALE_RUN]
+            return (str(live[0].actor), live[0].started_at) if live else None
+        if await self._leases.holder_in(conn, run_lease(directory.id)) is not None:
+            return str(rows[0].actor), rows[0].started_at
+        too_young = now - timedelta(seconds=self._lease_ttl)
+        orphans = [r for r in rows if r.started_at <= too_young]
+        if orphans:
+            await conn.execute(
+                update(t)
+                .where(t.c.id.in_([r.id for r in orphans]))
+                .values(state="failed", finished_at=now, message=ORPHANED)
+            )
+            for row in orphans:
+                await self._audit.add(
+                    conn,
+                    Actor("system:directory-sync"),
+                    "directory.sync",
+                    "failed",
+                    detail=f"{directory.name}: run {row.id} by {row.actor} {ORPHANED}",
+                )
+            log.warning(
+                "directory %s: %d orphaned run(s) marked failed", directory.name, len(orphans)
+            )
+        young = [r for r in rows if r.started_at > too_young]
+        return (str(young[0].actor), young[0].started_at) if young else None
+
+    async def fail_orphaned(self) -> int:
+        """Mark failed every run left ``running`` by a dead process, in every directory (the
+        holder of the scheduling lease does it when it takes over): how many."""
+        t = directory_syncs_t
+        async with self._db.read() as conn:
+            names = (
+                await conn.execute(
+                    select(directories_t.c.name)
+                    .join(t, t.c.directory_id == directories_t.c.id)
+                    .where(t.c.state == "running", t.c.dry_run.is_(False))
+                    .distinct()
+                )
+            ).all()
+        failed = 0
+        for (name,) in names:
+            async with self._db.write() as conn:
+                directory = await _directory(conn, str(name), lock=True)
+                before = await self._count_running(conn, directory.id)
+                await self._running(conn, directory, self._clock())
+                failed += before - await self._count_running(conn, directory.id)
+        return failed
+
+    async def _count_running(self, conn: AsyncConnection, directory_id: int) -> int:
+        t = directory_syncs_t
+        return int(
+            await conn.scalar(
+                select(func.count()).where(
+                    t.c.directory_id == directory_id,
+                    t.c.state == "running",
+                    t.c.dry_run.is_(False),
+                )
+            )
+            or 0
+        )
 
     async def _read_and_apply(
         self,
@@ -927,8 +1052,23 @@ class SyncSchedule:
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
-        """Start the background task."""
+        """Start the background task (one node alone; ``openmfa run`` uses :meth:`run` as
+        the leased duty "directory-sync" instead)."""
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="directory-sync")
+
+    async def run(self) -> None:
+        """The schedule as a duty (:class:`~backend.tasks.LeasedDuty`, lease
+        "directory-sync"): first mark failed the runs a dead node left ``running``, then sync
+        on schedule until cancelled (the lease lost or the server stopping)."""
+        try:
+            failed = await self._sync.fail_orphaned()
+        except Exception:  # the database away for a moment: _running does it at the claim
+            log.exception("scheduled directory syncs: cannot check for orphaned runs")
+        else:
+            if failed:
+                log.warning("scheduled directory syncs: %d orphaned run(s) marked failed", failed)
+        self._due.clear()  # a new holder starts its own schedule, the first run shortly after
+        await self._loop()
 
     async def close(self) -> None:
         """Stop: a sync in progress is interrupted (its report says so)."""

@@ -33,6 +33,7 @@ from backend.store.tables import (
     challenges_t,
     directory_syncs_t,
     invitations_t,
+    nodes_t,
     pipush_nonces_t,
     used_nonces_t,
     web_sessions_t,
@@ -86,6 +87,9 @@ def _condition(cutoff: Cutoff) -> ColumnElement[bool] | None:
             return invitations_t.c.expires_at < before
         case "web_sessions":
             return web_sessions_t.c.last_seen_at < before
+        case "nodes":
+            # A live node beats every few seconds: only stopped or dead ones get this old.
+            return nodes_t.c.seen_at < before
         case "account_notices":
             return and_(
                 account_notices_t.c.created_at < before,
@@ -108,6 +112,7 @@ def _keys(table: str) -> tuple[ColumnElement[Any], ...]:
         "web_sessions": web_sessions_t,
         "account_notices": account_notices_t,
         "directory_syncs": directory_syncs_t,
+        "nodes": nodes_t,
         "address_limits": address_limits_t,
     }[table]
     return tuple(t.primary_key.columns)
@@ -279,9 +284,16 @@ class PruneDuty:
         return self.last_pass or {}  # set before the event, so never empty here
 
     async def start(self) -> None:
-        """Start the background task (none when the interval is 0)."""
+        """Start the background task (none when the interval is 0). ``openmfa run`` runs
+        :meth:`run` as the leased duty "retention" instead, on one node at a time."""
         if self._interval > 0:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="retention")
+
+    async def run(self) -> None:
+        """The schedule as a duty (:class:`~backend.tasks.LeasedDuty`): passes until
+        cancelled; returns at once when the interval is 0 (pruning off)."""
+        if self._interval > 0:
+            await self._loop()
 
     async def close(self) -> None:
         """Stop; a batch in progress is rolled back (the next pass does it again)."""

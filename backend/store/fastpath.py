@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from backend.errors import DatabaseError
+from backend.store.unavailable import is_read_only, is_unavailable
 
 if TYPE_CHECKING:  # loaded by PostgresJobs only: SQLite set-ups and commands never need it
     import asyncpg
@@ -172,6 +173,11 @@ class PostgresJobs:
         # appended here, BEGIN and COMMIT included (asyncpg's query logger).
         self.query_log: list[str] | None = None
 
+    @property
+    def dsn(self) -> str:
+        """The asyncpg URL of the database (the outcome bus opens its LISTEN connection on it)."""
+        return self._dsn
+
     def _log_query(self, record: Any) -> None:
         if self.query_log is not None:
             self.query_log.append(str(record.query))
@@ -187,7 +193,9 @@ class PostgresJobs:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
                     self._dsn,
-                    min_size=1,
+                    # No floor: with one, asyncpg reconnects in the background after a
+                    # failover and logs a traceback per attempt; acquire connects anyway.
+                    min_size=0,
                     max_size=self._pool_size,
                     init=self._init_connection,
                     reset=_no_session_reset,
@@ -204,16 +212,24 @@ class PostgresJobs:
         """
         import asyncpg  # loaded by _get_pool
 
-        pool = await self._get_pool()
         try:
+            pool = await self._get_pool()
             async with pool.acquire() as conn:
-                if lock is None:
-                    async with conn.transaction(readonly=readonly):
-                        result: T = await greenlet_spawn(job, AsyncpgTx(conn))
-                        return result
-                return await self._run_locked(conn, job, lock)
-        except (asyncpg.PostgresError, OSError) as exc:
-            raise DatabaseError(f"database error: {exc}") from exc
+                try:
+                    if lock is None:
+                        async with conn.transaction(readonly=readonly):
+                            result: T = await greenlet_spawn(job, AsyncpgTx(conn))
+                            return result
+                    return await self._run_locked(conn, job, lock)
+                except BaseException as exc:
+                    _drop_if_read_only(conn, exc)
+                    raise
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise _job_error(exc) from exc
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise _job_error(exc) from exc
+            raise
 
     async def statement(self, sql: str, *params: Any) -> list[Row]:
         """Run one statement (``?`` placeholders) in a transaction of its own: one round trip.
@@ -221,12 +237,20 @@ class PostgresJobs:
         No BEGIN/COMMIT: PostgreSQL runs a lone statement as its own transaction."""
         import asyncpg  # loaded by _get_pool
 
-        pool = await self._get_pool()
         try:
+            pool = await self._get_pool()
             async with pool.acquire() as conn:
-                return [tuple(row) for row in await conn.fetch(numbered(sql), *params)]
-        except (asyncpg.PostgresError, OSError) as exc:
-            raise DatabaseError(f"database error: {exc}") from exc
+                try:
+                    return [tuple(row) for row in await conn.fetch(numbered(sql), *params)]
+                except BaseException as exc:
+                    _drop_if_read_only(conn, exc)
+                    raise
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            raise _job_error(exc) from exc
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise _job_error(exc) from exc
+            raise
 
     async def _run_locked(self, conn: asyncpg.Connection, job: Job[T], lock: tuple[int, int]) -> T:
         first, second = (int(key) for key in lock)  # integers only: the script is not bound
@@ -244,6 +268,23 @@ class PostgresJobs:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+
+def _drop_if_read_only(conn: asyncpg.Connection, exc: BaseException) -> None:
+    """Close a connection whose server refused a write as read-only (a standby, or an old
+    primary fenced with default_transaction_read_only): the pool then opens a new one, which
+    target_session_attrs=read-write sends to the primary. Dead connections need nothing:
+    asyncpg's pool replaces a closed connection on the next acquire."""
+    if is_read_only(exc):
+        conn.terminate()
+
+
+def _job_error(exc: BaseException) -> DatabaseError:
+    """The error callers see: 503 in every case, worded for the two kinds."""
+    if is_unavailable(exc):
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return DatabaseError(f"the database is unavailable: {first}")
+    return DatabaseError(f"database error: {exc}")
 
 
 class _SqliteBatches:

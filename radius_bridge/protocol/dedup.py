@@ -9,8 +9,8 @@ different answer (a single-use State already spent, a push already used).
 
 Both maps are bounded. When full, the oldest entry goes: for an answered one the client
 at worst gets a fresh decision; for one in progress, a retransmission would start a second
-flow, and the backend's idempotency key (client, NAS and Request Authenticator) still
-keeps that from sending a second push.
+flow, and the backend's idempotency key (client, user, Calling-Station-Id and Request
+Authenticator) still keeps that from sending a second push.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import socket
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -139,12 +139,13 @@ class BridgeThread:
 
 
 def bridge_settings(
-    backend_url: str,
+    backend_url: str | tuple[str, ...],
     token: str,
     listen: tuple[str, ...] = ("127.0.0.1",),
     **extra: Any,
 ) -> BridgeSettings:
-    """Settings for a test bridge: ephemeral ports, a fast client refresh."""
+    """Settings for a test bridge: ephemeral ports, a fast client refresh; one backend URL
+    or several."""
     values: dict[str, Any] = {
         "refresh_seconds": 0.2,
         "http_timeout": 5.0,
@@ -154,7 +155,7 @@ def bridge_settings(
     }
     values.update(extra)
     return BridgeSettings(
-        backend_url=backend_url,
+        backend_urls=(backend_url,) if isinstance(backend_url, str) else backend_url,
         token=token,
         listen=tuple(ListenAddress(host, 0) for host in listen),
         **values,
@@ -180,6 +181,7 @@ class RadiusLab:
         listen: tuple[str, ...] = ("127.0.0.1",),
         bridge_options: Mapping[str, Any] | None = None,
         public_url: str = "http://127.0.0.1:8080",
+        backends: Callable[[str], tuple[str, ...]] | None = None,
     ) -> None:
         from backend.config import load_settings
         from tests.support.api import ApiHarness
@@ -193,6 +195,8 @@ class RadiusLab:
         )
         self._listen = listen
         self._bridge_options = dict(bridge_options or {})
+        # The bridge's backend URLs given the live backend's (default: that one alone).
+        self._backends = backends or (lambda url: (url,))
         self._clients: set[str] = set()
         self._pyrad: list[Any] = []
         self.bridge: BridgeThread
@@ -205,7 +209,12 @@ class RadiusLab:
         try:
             self.token = self.api.run(self.api.services.tokens.create(ADMIN, "lab", scope="bridge"))
             self.bridge = BridgeThread(
-                bridge_settings(self.api.url, self.token, self._listen, **self._bridge_options)
+                bridge_settings(
+                    self._backends(self.api.url),
+                    self.token,
+                    self._listen,
+                    **self._bridge_options,
+                )
             )
             self.bridge.__enter__()
         except BaseException:

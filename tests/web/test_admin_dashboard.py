@@ -12,6 +12,7 @@ from backend.services.context import SignInContext
 from backend.services.reports import HOURS, hour_floor
 from backend.store.tables import devices_t
 from tests.support.api import ADMIN
+from tests.support.process import wait_for
 from tests.support.web import WebHarness, sign_in
 
 
@@ -111,3 +112,36 @@ def test_the_dashboard_needs_an_admin_session(web: WebHarness) -> None:
     response = forged.get("/admin/")
     assert response.status_code == 303
     assert response.headers["location"] == "/admin/sign-in"
+
+
+def test_the_dashboard_lists_the_nodes_and_their_duties(web: WebHarness) -> None:
+    from backend.store.tables import nodes_t
+
+    async def a_dead_node() -> None:
+        async with web.services.db.write() as conn:
+            seen = web.clock.now - timedelta(minutes=5)
+            await conn.execute(
+                nodes_t.insert().values(
+                    id="n_dead",
+                    name="mfa-<2>",
+                    host="h2",
+                    pid=7,
+                    version="0.1.0",
+                    started_at=seen,
+                    seen_at=seen,
+                )
+            )
+
+    web.run(a_dead_node())
+    server = web.server_services  # the node the HTTP app registered
+    me = server.node_id
+    assert server.leases is not None
+    held = server.leases.held
+    wait_for(lambda: "retention" in held, 10, "the node to take the retention duty")
+    html = web.admin_browser("root").get("/admin/").text
+    assert re.search(rf'data-node="{me}" data-state="alive"', html)
+    assert "this node" in html
+    row = html.split(f'data-node="{me}"', 1)[1].split("</tr>", 1)[0]
+    assert "retention" in row
+    assert 'data-node="n_dead" data-state="dead"' in html
+    assert "mfa-&lt;2&gt;" in html  # names are escaped

@@ -1,12 +1,15 @@
-"""The admin console's dashboard: the last 24 hours of sign-ins and what needs attention."""
+"""The admin console's dashboard: the last 24 hours of sign-ins, what needs attention, and
+the nodes serving the database with the duties each holds (as ``openmfa nodes`` shows)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from backend.services.nodes import list_nodes
 from backend.services.reports import Dashboard
 from webportal.auth import require_admin
 from webportal.routing import page
@@ -60,8 +63,12 @@ def chart_bars(dashboard: Dashboard) -> tuple[list[Bar], int]:
 async def home(request: Request) -> Response:
     """The dashboard."""
     me = await require_admin(request)
-    dashboard = await services_of(request).reports.dashboard()
+    services = services_of(request)
+    dashboard = await services.reports.dashboard()
     bars, top = chart_bars(dashboard)
+    nodes = await list_nodes(
+        services.db, services.clock(), timedelta(seconds=services.settings.node_timeout_seconds)
+    )
     return await render(
         request,
         "admin/home.html",
@@ -70,6 +77,9 @@ async def home(request: Request) -> Response:
             "d": dashboard,
             "bars": bars,
             "top": top,
+            "nodes": nodes,
+            "this_node": services.node_id,
+            "timeout": f"{services.settings.node_timeout_seconds:g}",
             "chart": {
                 "width": CHART_WIDTH,
                 "height": CHART_HEIGHT,
