@@ -5,7 +5,8 @@ one release (backend/services/address_limits.py). This runs those calls against 
 SQLite file and, with ``--postgres``, a fresh PostgreSQL database, one after another (the
 latency a sign-in pays) and from ``--tasks`` coroutines at once, spread over many addresses
 (what the database sustains), and reports wall time and this process's CPU per call. On
-PostgreSQL the server's CPU is not in that figure (it runs in other processes).
+PostgreSQL it adds the CPU of the server processes serving the benchmark's connections (read
+from /proc, so the database must run on this machine).
 
     python bench/address_limits.py [--count 2000] [--tasks 32] [--postgres ADMIN_URL]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +30,35 @@ from backend.store.database import Database
 
 WINDOW = timedelta(minutes=15)
 LIMIT = 20
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (0 for one that is gone)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / _TICK
+    return total
+
+
+async def _backends(url: str) -> list[int]:
+    """The server processes of every connection to ``url``'s database (PostgreSQL)."""
+    import asyncpg
+
+    plain = url.replace("+asyncpg", "")
+    conn = await asyncpg.connect(plain)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return [int(row[0]) for row in rows]
 
 
 def _fresh_postgres(admin_url: str) -> str:
@@ -55,27 +86,42 @@ async def _pair(db: Database, address: str) -> None:
 
 async def _measure(url: str, count: int, tasks: int) -> None:
     db = Database(url)
+    postgres = not url.startswith("sqlite")
+
+    async def warm() -> list[int]:
+        # Opens the pool (every connection the concurrent run will use) or the writer thread.
+        await asyncio.gather(*(_pair(db, f"198.51.100.{n}") for n in range(tasks)))
+        return await _backends(url) if postgres else []
+
+    def report(label: str, wall: float, used: float, server: float) -> None:
+        line = f"  {label}: {wall / count * 1e6:6.0f} µs wall, {used / count * 1e6:5.0f} µs CPU"
+        if postgres:
+            line += f" + {server / count * 1e6:5.0f} µs PostgreSQL CPU"
+        print(line + f" per claim+release ({count / wall:6.0f}/s)")
+
     try:
-        await _pair(db, "198.51.100.1")  # opens the pool / writer thread
-        began, cpu = time.perf_counter(), time.process_time()
+        pids = await warm()
+        began, cpu, server = time.perf_counter(), time.process_time(), _cpu_of(pids)
         for n in range(count):
             await _pair(db, f"192.0.2.{n % 200}")
-        wall, used = time.perf_counter() - began, time.process_time() - cpu
-        print(
-            f"  one at a time: {wall / count * 1e6:7.0f} µs wall, "
-            f"{used / count * 1e6:6.0f} µs CPU per claim+release"
+        report(
+            "one at a time",
+            time.perf_counter() - began,
+            time.process_time() - cpu,
+            _cpu_of(pids) - server,
         )
-        began, cpu = time.perf_counter(), time.process_time()
 
         async def worker(offset: int) -> None:
             for n in range(offset, count, tasks):
                 await _pair(db, f"10.{n % 50}.{offset}.1")
 
+        began, cpu, server = time.perf_counter(), time.process_time(), _cpu_of(pids)
         await asyncio.gather(*(worker(t) for t in range(tasks)))
-        wall, used = time.perf_counter() - began, time.process_time() - cpu
-        print(
-            f"  {tasks} at once:    {count / wall:7.0f} claim+release/s, "
-            f"{used / count * 1e6:6.0f} µs CPU each"
+        report(
+            f"{tasks:2} at once    ",
+            time.perf_counter() - began,
+            time.process_time() - cpu,
+            _cpu_of(pids) - server,
         )
     finally:
         await db.dispose()
