@@ -188,3 +188,41 @@ def test_a_node_killed_before_its_pushes_went_out_hands_them_over(
     assert len(sent) == count
     assert [cid for cid, n in sent.items() if n > 1] == []
     print(f"node A's {count} unsent pushes were sent by B {handed_over:.1f} s after kill -9")  # noqa: T201
+
+
+def test_a_node_drained_with_sigterm_hands_its_held_pushes_over(
+    cluster: NodeCluster, apns: ApnsService
+) -> None:
+    """Maintenance as docs/operations.md describes it: SIGTERM to the node holding pushes.
+    It exits cleanly and at once; the bridge re-attaches the held requests on the other
+    node, nothing is pushed again, and the approvals given there reach the gateway."""
+    count = 20
+    node_a, node_b = cluster.nodes
+    phones = cluster.phones(count, prefix="m")
+    bridge = cluster.bridge("one", backends=[node_a, node_b])
+    with Gateway(sockets=1) as gateway:
+        requests = [gateway.request(phone.user) for phone in phones]
+        gateway.send_all(requests, bridge.udp)
+        wait_for(lambda: len(apns.sent()) >= count, 30, "node A's pushes")
+        wait_for(lambda: bridge.held() >= count, 15, "every request to be held")
+        assert pushes_of(cluster, node_id(cluster, "node-a")) == count
+        began = time.monotonic()
+        assert node_a.terminate() == 0
+        assert time.monotonic() - began < 10, "SIGTERM took longer than the shutdown grace"
+        assert "Traceback" not in node_a.log
+        answer_all(node_b.url, phones, apns.challenge_of())
+        wait_for(
+            lambda: gateway.collect() >= count,
+            30,
+            "every held request to be answered through node B",
+            detail=lambda: f"{gateway.codes()}; bridge log: {bridge.log[-2000:]}",
+        )
+    assert gateway.codes() == {codec.ACCESS_ACCEPT: count}
+    assert sorted(apns.received().values()) == [1] * count
+    # Stopped, not dead: its row says so and it holds no duty any more.
+    [row] = query(cluster.database_url, "SELECT stopped_at FROM nodes WHERE name = 'node-a'")
+    assert row["stopped_at"] is not None
+    assert not query(
+        cluster.database_url,
+        "SELECT l.name FROM leases l JOIN nodes n ON n.id = l.node_id WHERE n.name = 'node-a'",
+    )
