@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 
 from backend.config import Settings
 from backend.crypto import SecretBox, key_fingerprint, load_or_create_key
@@ -429,9 +430,14 @@ async def _server_key(db: Database, path: Path) -> bytes:
     key = load_or_create_key(path, create=recorded is None)
     fingerprint = key_fingerprint(key)
     if recorded is None:
-        async with db.write() as conn:
-            await conn.execute(insert(meta_t).values(key=KEY_ID, value=fingerprint))
-    elif recorded != fingerprint:
+        try:
+            async with db.write() as conn:
+                await conn.execute(insert(meta_t).values(key=KEY_ID, value=fingerprint))
+        except IntegrityError:
+            # Another node recorded its key in between (several nodes started at once on a
+            # new database): ours is the wrong one; say so as for any wrong key.
+            recorded = await db.get_meta(KEY_ID)
+    if recorded is not None and recorded != fingerprint:
         raise ServerKeyError(
             f"the server key {path} is not the key this database was encrypted with; "
             "restore the right key file (see docs/operations.md)"
