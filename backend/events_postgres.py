@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from backend import events_payload as wire
 from backend.errors import DatabaseError
 from backend.events import InProcessOutcomeBus, Outcome
+from backend.store.connect import connect
 
 if TYPE_CHECKING:  # loaded when a bus starts: SQLite set-ups never need it
     import asyncpg
@@ -209,8 +210,8 @@ class PostgresOutcomeBus:
             temporary = conn is None and self._closed
             if temporary:
                 try:
-                    conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
-                except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                    conn = await connect(self._dsn, host_timeout=self._connect_timeout)
+                except Exception as exc:  # refused, hung, no read-write host among several
                     self.counts["dropped"] += len(self._pending)
                     self._pending.clear()
                     log.warning("outcome bus: could not send after close (%s)", exc)
@@ -270,9 +271,8 @@ class PostgresOutcomeBus:
     async def _listen_once(self) -> None:
         """Connect, LISTEN, re-read what is held, then hold the connection until it is lost
         (returns) or fails a ping (raises)."""
-        import asyncpg
 
-        conn: asyncpg.Connection = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
+        conn: asyncpg.Connection = await connect(self._dsn, host_timeout=self._connect_timeout)
         lost = asyncio.Event()
         try:
             conn.add_termination_listener(lambda _conn: lost.set())

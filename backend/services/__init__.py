@@ -396,7 +396,7 @@ async def _open_bus(db: Database, node_id: str) -> OutcomeBus:
     jobs = db.postgres_jobs
     if jobs is None:
         return InProcessOutcomeBus()
-    return await PostgresOutcomeBus.open(jobs.dsn, node_id)
+    return await PostgresOutcomeBus.open(jobs.dsn, node_id, connect_timeout=jobs.connect_timeout)
 
 
 async def open_database(settings: Settings) -> Database:
@@ -407,7 +407,11 @@ async def open_database(settings: Settings) -> Database:
         if path is not None and not path.exists():
             raise DatabaseError(f"the database {path} does not exist; run `openmfa db upgrade`")
     db = Database(
-        url, settings.sqlite_busy_timeout_ms, settings.db_pool_size, settings.sqlite_synchronous
+        url,
+        settings.sqlite_busy_timeout_ms,
+        settings.db_pool_size,
+        settings.sqlite_synchronous,
+        settings.db_connect_timeout_seconds,
     )
     try:
         async with db.read() as conn:
