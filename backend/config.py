@@ -25,7 +25,7 @@ from pydantic import (
 
 from backend.domain.webpush import DEFAULT_ALLOWED_ORIGINS, check_subject, parse_origin_rule
 from backend.errors import ConfigurationError
-from backend.store.urls import sqlalchemy_url
+from backend.store.urls import connect_timeout, sqlalchemy_url
 
 ENV_PREFIX = "OPENMFA_"
 CONFIG_FILE_NAME = "openmfa.toml"
@@ -87,6 +87,9 @@ class Settings(BaseModel):
     # commit, per batch on the hot path), at a measured ~35% of the OTP throughput.
     sqlite_synchronous: Literal["normal", "full"] = "normal"
     db_pool_size: int = Field(default=10, ge=1)
+    # PostgreSQL: seconds to wait for each host of database_url to connect before trying the
+    # next (libpq's connect_timeout); a hung first host must not keep the replica unused.
+    db_connect_timeout_seconds: float = Field(default=5.0, ge=0.5, le=120)
 
     # -- the HTTP server's limits (docs/configuration.md, "HTTP limits") --
     # Request line and headers together; beyond, 431 and the connection is closed.
@@ -160,7 +163,7 @@ class Settings(BaseModel):
     step_up_minutes: int = Field(default=5, ge=1, le=60)
     first_enrolment_minutes: int = Field(default=60, ge=5, le=7 * 24 * 60)
     # Failed sign-ins from one address within the window before that address must wait; counted
-    # in each process's memory (several nodes each count their own).
+    # in the database (address_limits), shared by every node.
     web_sign_in_address_limit: int = Field(default=20, ge=1, le=1000)
     web_sign_in_address_window_seconds: int = Field(default=900, ge=10, le=86400)
 
@@ -289,7 +292,7 @@ class Settings(BaseModel):
     def _known_database_url(cls, value: str) -> str:
         # Parse now, so a malformed host list fails at start with the reason, not on first use.
         if value.lower().startswith("postgres"):
-            sqlalchemy_url(value)  # ValueError for other drivers and malformed host lists
+            connect_timeout(sqlalchemy_url(value))  # ValueError: other drivers, malformed
         return value
 
     @field_validator("issuer")

@@ -25,7 +25,7 @@ from backend.events import Outcome
 MAX_PAYLOAD_BYTES = 7_900
 _ID = r"[A-Za-z0-9_-]{1,64}"
 _FINAL = "|".join(state.value for state in ChallengeState if state.is_final)
-_NODE = re.compile(_ID)
+_NODE = re.compile(_ID, re.ASCII)
 _LINE = re.compile(
     rf"(?P<id>{_ID}) (?P<state>{_FINAL}) "
     r"(?P<at>-|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?(?:[+-]\d\d:\d\d|Z)?)",
@@ -40,6 +40,12 @@ class Parsed:
     node_id: str | None
     outcomes: list[Outcome] = field(default_factory=list)
     rejected: int = 0
+
+
+def valid_node_id(node_id: str) -> bool:
+    """Whether ``node_id`` can head a payload (receivers refuse payloads whose first line
+    is not one)."""
+    return _NODE.fullmatch(node_id) is not None
 
 
 def line(outcome: Outcome) -> str:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from backend import events_payload as wire
 from backend.errors import DatabaseError
 from backend.events import InProcessOutcomeBus, Outcome
+from backend.store.connect import connect
 
 if TYPE_CHECKING:  # loaded when a bus starts: SQLite set-ups never need it
     import asyncpg
@@ -75,6 +76,8 @@ class PostgresOutcomeBus:
         max_pending: int = 100_000,
         close_grace: float = 2.0,
     ) -> None:
+        if not wire.valid_node_id(node_id):
+            raise ValueError(f"a node id is 1-64 of A-Z a-z 0-9 _ -, not {node_id!r}")
         self._dsn = dsn
         self.node_id = node_id
         self._local = local if local is not None else InProcessOutcomeBus()
@@ -207,8 +210,8 @@ class PostgresOutcomeBus:
             temporary = conn is None and self._closed
             if temporary:
                 try:
-                    conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
-                except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+                    conn = await connect(self._dsn, host_timeout=self._connect_timeout)
+                except Exception as exc:  # refused, hung, no read-write host among several
                     self.counts["dropped"] += len(self._pending)
                     self._pending.clear()
                     log.warning("outcome bus: could not send after close (%s)", exc)
@@ -220,8 +223,10 @@ class PostgresOutcomeBus:
             payloads = wire.pack(self.node_id, batch)
             try:
                 async with self._lock:
-                    await conn.execute(_NOTIFY, CHANNEL, payloads)
+                    await conn.execute(_NOTIFY, CHANNEL, payloads, timeout=self._connect_timeout)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if isinstance(exc, TimeoutError) and not temporary:
+                    conn.terminate()  # silent: let the supervisor reconnect and resend
                 if conn.is_closed() and not temporary and not self._closed:
                     self._pending.extendleft(reversed(batch))  # resent after the reconnect
                     return
@@ -250,6 +255,7 @@ class PostgresOutcomeBus:
                 raise
             except Exception as exc:  # any failure: log once per outage, retry bounded
                 self._last_error = exc
+                self.counts["connect-failures"] += 1
                 reason = f"{type(exc).__name__}: {exc}"
             # (close() cancels this task: no check of _closed needed before logging)
             if self.counts["listens"] != listened:
@@ -265,9 +271,8 @@ class PostgresOutcomeBus:
     async def _listen_once(self) -> None:
         """Connect, LISTEN, re-read what is held, then hold the connection until it is lost
         (returns) or fails a ping (raises)."""
-        import asyncpg
 
-        conn: asyncpg.Connection = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
+        conn: asyncpg.Connection = await connect(self._dsn, host_timeout=self._connect_timeout)
         lost = asyncio.Event()
         try:
             conn.add_termination_listener(lambda _conn: lost.set())
@@ -316,7 +321,9 @@ class PostgresOutcomeBus:
         decided = 0
         for start in range(0, len(held), REREAD_CHUNK):
             async with self._lock:
-                rows = await conn.fetch(_REREAD, held[start : start + REREAD_CHUNK])
+                rows = await conn.fetch(
+                    _REREAD, held[start : start + REREAD_CHUNK], timeout=self._connect_timeout
+                )
             for row in rows:
                 self._deliver(Outcome(row["id"], row["state"], _utc(row["answered_at"])))
             decided += len(rows)

@@ -325,9 +325,10 @@ class BackendClient:
         """One short call, each attempt bounded by ``http_timeout``, on the first backend
         that takes it (:meth:`BackendSet.ordered`).
 
-        A backend that cannot be connected to, or answers 502/503/504, is marked down; the
-        call moves on to the next at once when nothing was sent (a connection failure) or
-        when ``idempotent`` (the same request twice has one effect). A code check that
+        A backend that cannot be connected to, or answers 502/503/504, is marked down (a
+        failure after sending is not enough, see below); the call moves on to the next at
+        once when nothing was sent (a connection failure) or when ``idempotent`` (the same
+        request twice has one effect). A code check that
         reached a backend is never sent to another: the code may be spent there.
         """
         candidates = self.backends.ordered()
@@ -340,13 +341,11 @@ class BackendClient:
                 self.backends.failed(backend, f"{type(exc).__name__}: {exc}")
                 if last:
                     raise
-            except (TimeoutError, httpx.TimeoutException):
-                # Slow is not dead (a burst of password checks, a long query): the health
-                # check decides whether the node is down; a repeatable call goes on.
-                if last or not idempotent:
-                    raise
-            except _RETRYABLE as exc:
-                self.backends.failed(backend, f"{type(exc).__name__} after the request was sent")
+            except (TimeoutError, httpx.TimeoutException, *_RETRYABLE):
+                # After sending: slow is not dead (a burst of password checks), and a closed
+                # connection may be a keep-alive race, not a death (marking the node down
+                # would also cut every long-poll held there). A node that did die refuses
+                # the next connection, and its health check fails; a repeatable call goes on.
                 if last or not idempotent:
                     raise
             else:

@@ -5,7 +5,9 @@ bridge a :class:`BackendSet`: one :class:`Backend` per URL, each with its own co
 pools, and a health mark per backend that comes from two sources:
 
 * **calls**: a connection that cannot be made (refused, unreachable, connect timeout), or a
-  502/503/504 answer, marks the backend down at once; any other answer marks it up;
+  502/503/504 answer, marks the backend down at once; any other answer marks it up. A call
+  that fails *after* its request was sent (reset, closed, timed out) marks nothing: that may
+  be a keep-alive race or a slow node, and a node that did die refuses the next connection;
 * **checks**: with more than one backend, ``GET /readyz`` on each every ``check_seconds``
   (2 s) with a short timeout; 200 marks it up, anything else down. So a node that died is
   skipped within a check period even when no call noticed, and a restarted node is used

@@ -113,3 +113,30 @@ async def test_rows_of_ended_windows_are_pruned(services: Services, clock: FakeC
     assert counts["address_limits"] == 1
     assert await address_limits.claim(db, HERE, clock(), 2, WINDOW) is None
     assert await address_limits.claim(db, HERE, clock(), 2, WINDOW) is not None  # kept
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_each_call_is_one_statement_on_postgresql(
+    services: Services, clock: FakeClock
+) -> None:
+    other = await Services.open(services.settings, clock=clock, push=False, notify=False)
+    jobs = other.db.postgres_jobs
+    assert jobs is not None
+    log: list[str] = []
+    jobs.query_log = log  # before the pool opens: every statement it sends is logged
+    db, now = other.db, clock()
+    try:
+        trips = []
+        for call in (
+            address_limits.claim(db, HERE, now, 1, WINDOW),
+            address_limits.claim(db, HERE, now, 1, WINDOW),  # refused, with its wait
+            address_limits.release(db, HERE, now),
+            address_limits.count_failure(db, HERE, now, WINDOW),
+            address_limits.blocked_until(db, HERE, now, 1, WINDOW),
+        ):
+            log.clear()
+            await call
+            trips.append(len(log))
+    finally:
+        await other.close()
+    assert trips == [1, 1, 1, 1, 1], log

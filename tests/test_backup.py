@@ -445,3 +445,17 @@ def test_postgresql_gets_the_pg_dump_command_with_the_password_masked(
     assert "pg_restore --clean --if-exists --no-owner" in out
     assert "openmfa db upgrade" in out
     assert "s3cret" not in out + err
+
+
+def test_pg_dump_gets_every_host_of_a_multi_host_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENMFA_HOME", str(tmp_path))
+    monkeypatch.setenv("OPENMFA_DATABASE_URL", "postgresql://openmfa:s3cret@pg1,pg2:5433/openmfa")
+    load_or_create_key(tmp_path / "server.key", create=True)
+    status, out, err = run(capsys, "backup", str(tmp_path / "dump"))
+    assert status == 1
+    # libpq's form, which pg_dump takes; read-write: the dump is taken from the primary.
+    hosts = "pg1:5432,pg2:5433"
+    assert f"'postgresql://openmfa:***@{hosts}/openmfa?target_session_attrs=read-write'" in out
+    assert "s3cret" not in out + err

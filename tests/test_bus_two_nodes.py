@@ -57,6 +57,11 @@ def test_each_node_runs_the_postgres_bus(two_nodes: tuple[ApiHarness, ApiHarness
     a, b = two_nodes
     assert isinstance(a.server_services.bus, PostgresOutcomeBus)
     assert a.server_services.bus.node_id == a.server_services.node_id
+    # One id for the node everywhere: its row in `nodes` (heartbeat, leases), the bus's
+    # payloads, and push_node on the challenges it sends (a mismatch would hand its
+    # pushes over to another node as if it were dead).
+    assert a.server_services.nodes is not None
+    assert a.server_services.nodes.node_id == a.server_services.node_id
     assert a.server_services.node_id != b.server_services.node_id
 
 

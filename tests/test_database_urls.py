@@ -3,6 +3,9 @@ take (backend/store/urls.py), and a node connects through them to whichever host
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -10,10 +13,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from backend.config import load_settings
+from backend.doctor.gather import run_checks
 from backend.errors import ConfigurationError
 from backend.store import urls
 from backend.store.database import Database
-from tests.support.process import free_port
+from tests.support.process import Cli, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -72,6 +76,16 @@ def test_one_host_is_left_as_written() -> None:
     )
 
 
+def test_libpqs_connect_timeout_is_the_per_host_timeout_not_a_server_setting() -> None:
+    url = urls.sqlalchemy_url("postgresql://u@pg1,pg2/db?connect_timeout=3&application_name=x")
+    assert urls.connect_timeout(url) == 3.0
+    assert urls.asyncpg_dsn(url) == (
+        "postgresql://u@pg1:5432,pg2:5432/db?target_session_attrs=read-write&application_name=x"
+    )
+    assert urls.connect_timeout("postgresql://u@pg1/db?connect_timeout=0") is None  # libpq: none
+    assert urls.connect_timeout("postgresql://u@pg1/db") is None
+
+
 def test_the_display_lists_every_host_and_never_the_password() -> None:
     shown = urls.display_url(urls.sqlalchemy_url(MULTI))
     assert shown == (
@@ -88,6 +102,7 @@ def test_the_display_lists_every_host_and_never_the_password() -> None:
         "postgresql://u@pg1,,pg2/db",
         "postgresql://u@[::1]:5432,[::2]:5432/db",
         "postgresql+psycopg://u@pg1/db",
+        "postgresql://u@pg1/db?connect_timeout=soon",
     ],
 )
 def test_malformed_urls_are_refused_at_start_without_the_password(bad: str, tmp_path: Path) -> None:
@@ -104,21 +119,74 @@ def test_settings_resolve_the_operators_form(tmp_path: Path) -> None:
     assert not settings.uses_sqlite
 
 
+def behind_a_dead_host(postgres_url: str, password: str = "") -> str:
+    """libpq's multi-host form of ``postgres_url``: a closed port first, then the server."""
+    real = urls.parse(postgres_url)
+    [server] = real.hosts
+    dead = urls.Host("127.0.0.1", free_port())
+    userinfo = f"{real.user}:{password}@" if password else real.userinfo(hide_password=False)
+    return f"postgresql://{userinfo}{dead.netloc()},{server.netloc()}/{real.database}"
+
+
 @pytest.mark.postgres
 async def test_a_node_connects_past_a_dead_first_host(postgres_url: str) -> None:
     """Host list "closed port, then the real server": the ORM engine and the raw asyncpg pool
     both end on the server that answers."""
-    real = urls.parse(postgres_url)
-    [server] = real.hosts
-    dead = urls.Host("127.0.0.1", free_port())
-    url = urls.sqlalchemy_url(
-        f"postgresql://{real.userinfo(hide_password=False)}{dead.netloc()},{server.netloc()}"
-        f"/{real.database}"
-    )
-    db = Database(url)
+    db = Database(urls.sqlalchemy_url(behind_a_dead_host(postgres_url)))
     try:
         async with db.read() as conn:
             assert (await conn.execute(text("SELECT NOT pg_is_in_recovery()"))).scalar() is True
         assert await db.run_statement("SELECT 1") == [(1,)]
     finally:
         await db.dispose()
+
+
+@pytest.mark.postgres
+async def test_upgrade_and_doctor_show_every_host_and_no_password(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """`openmfa db upgrade` (Alembic) migrates through the multi-host URL; it and the doctor
+    name every host, never the password (the test server trusts, ignoring it)."""
+    url = behind_a_dead_host(postgres_url, password="s3cret-Pa55")
+    hosts = ",".join(urls.host_list(url))
+    cli = Cli(tmp_path, OPENMFA_DATABASE_URL=url)
+    upgraded = await asyncio.to_thread(cli, "db", "upgrade")
+    assert "s3cret-Pa55" not in upgraded.stdout + upgraded.stderr
+    assert f"postgres:***@{hosts}/" in upgraded.stdout
+    assert "target_session_attrs=read-write" in upgraded.stdout
+    settings = load_settings(config_file=None, home=tmp_path, database_url=url, radius_port=0)
+    findings = await run_checks(settings, "test")
+    [database] = [f for f in findings if f.check == "database"]
+    assert database.level == "ok", database
+    assert hosts in database.message
+    assert "s3cret" not in " ".join(f.message + f.fix for f in findings)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("given", ["setting", "url"])
+async def test_a_hung_first_host_costs_its_timeout_not_the_connection(
+    postgres_url: str, given: str
+) -> None:
+    """A first host that accepts and never answers (a frozen server): asyncpg alone spends
+    its whole timeout there and never tries the next host; here each host gets
+    ``connect_timeout`` of its own (the setting, or libpq's parameter in the URL) and the
+    node ends on the server that answers."""
+    real = urls.parse(postgres_url)
+    [server] = real.hosts
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # the kernel completes handshakes; nobody ever speaks
+        hung = urls.Host("127.0.0.1", silent.getsockname()[1])
+        url = urls.sqlalchemy_url(
+            f"postgresql://{real.userinfo(hide_password=False)}{hung.netloc()},"
+            f"{server.netloc()}/{real.database}" + ("?connect_timeout=1" if given == "url" else "")
+        )
+        db = Database(url, connect_timeout=1.0 if given == "setting" else 30.0)
+        try:
+            started = time.monotonic()
+            async with db.read() as conn:
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+            assert await db.run_statement("SELECT 1") == [(1,)]
+            assert time.monotonic() - started < 5  # two connections, ~1 s each on the hung host
+        finally:
+            await db.dispose()

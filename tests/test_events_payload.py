@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from backend.events import Outcome
-from backend.events_payload import MAX_PAYLOAD_BYTES, pack, parse, sender
+from backend.events_payload import MAX_PAYLOAD_BYTES, pack, parse, sender, valid_node_id
+from backend.events_postgres import PostgresOutcomeBus
 
 NODE = "n_Zx3k9aQ2bT1c"
 AT = datetime(2026, 12, 6, 15, 44, 54, 123456, tzinfo=UTC)
@@ -102,3 +103,12 @@ def test_parse_never_raises(payload: str) -> None:
     parsed = parse(payload)
     for outcome in parsed.outcomes:
         assert outcome.state in {"approved", "denied", "fraud", "expired", "cancelled"}
+
+
+def test_node_ids_are_checked_as_receivers_check_them() -> None:
+    assert valid_node_id(NODE)
+    assert not valid_node_id("")
+    assert not valid_node_id("n 1")
+    assert not valid_node_id("n_\u00e9")
+    with pytest.raises(ValueError, match="node id"):
+        PostgresOutcomeBus("postgresql://127.0.0.1/none", "bad node")

@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
 
+from backend import events_postgres
+from backend.config import Settings
 from backend.errors import DatabaseError
 from backend.events import Outcome, OutcomeBus
 from backend.events_postgres import CHANNEL, PostgresOutcomeBus
+from backend.services import Services
+from backend.services.context import Actor
 from tests.support.process import free_port
+from tests.support.tcp_proxy import tcp_proxy
 
 pytestmark = [
     pytest.mark.anyio,
@@ -199,51 +206,119 @@ async def test_garbage_on_the_channel_is_refused_and_the_listener_goes_on(
 
 
 async def test_a_lost_listen_connection_re_reads_what_it_holds(
-    nodes: Nodes, admin: asyncpg.Connection, dsn: str
+    nodes: Nodes,
+    admin: asyncpg.Connection,
+    dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The answer is committed and published while A cannot listen: A's waiter still wakes,
-    from the re-read after the reconnect."""
-    a = await nodes("a", first_backoff=0.05, max_backoff=0.2)
+    """Answers committed and published while A cannot listen: A's waiters still wake, from
+    the re-read after the reconnect (in chunks); one log line for the outage, not one per
+    retry."""
+    monkeypatch.setattr(events_postgres, "REREAD_CHUNK", 2)
+    a = await nodes("a", first_backoff=0.02, max_backoff=0.1)
     b = await nodes("b")
-    await pending_challenge(admin, "ch_gap")
-    await pending_challenge(admin, "ch_still_pending")
-    waiter = asyncio.create_task(a.wait("ch_gap", within=60))
-    other = asyncio.create_task(a.wait("ch_still_pending", within=60))
-    await until(lambda: a.waiting == 2, "the waiters to park")
+    ids = [f"ch_gap{i}" for i in range(5)]
+    for challenge_id in ids:
+        await pending_challenge(admin, challenge_id)
+    waiters = {i: asyncio.create_task(a.wait(i, within=60)) for i in ids}
+    await until(lambda: a.waiting == 5, "the waiters to park")
+    decided = ids[0::2]  # three of five, in different chunks
 
     # Keep A out: no new connections to the database, then kill A's LISTEN connection.
-    async with connections_refused(dsn):
-        pid = a.listen_pid
-        assert pid is not None
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-        await until(lambda: not a.connected, "A to notice the lost connection")
+    with caplog.at_level(logging.WARNING, logger="openmfa.bus"):
+        async with connections_refused(dsn):
+            pid = a.listen_pid
+            assert pid is not None
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+            await until(lambda: not a.connected, "A to notice the lost connection")
 
-        # Decided while A is away: committed, then published on B.
-        answered = datetime.now(UTC)
-        await admin.execute(
-            "UPDATE challenges SET state = 'approved', answered_at = $2 WHERE id = $1",
-            "ch_gap",
-            answered,
-        )
-        await b.publish(Outcome("ch_gap", "approved", answered))
-        await until(lambda: b.counts["notifications-sent"] == 1, "B's notification")
-        assert not waiter.done()
-        assert a.counts["notifications-received"] == 0
-        assert a.counts["reconnects"] == 0
+            # Decided while A is away: committed, then published on B.
+            answered = datetime.now(UTC)
+            for challenge_id in decided:
+                await admin.execute(
+                    "UPDATE challenges SET state = 'approved', answered_at = $2 WHERE id = $1",
+                    challenge_id,
+                    answered,
+                )
+                await b.publish(Outcome(challenge_id, "approved", answered))
+            await until(lambda: b.counts["outcomes-sent"] == 3, "B's notifications")
+            # A keeps trying, with backoff, while the database refuses it.
+            await until(lambda: a.counts["connect-failures"] >= 3, "A's retries")
+            assert not any(w.done() for w in waiters.values())
+            assert a.counts["notifications-received"] == 0
+            assert a.counts["reconnects"] == 0
 
-    outcome = await asyncio.wait_for(waiter, BOUND)
-    assert outcome is not None
-    assert (outcome.challenge_id, outcome.state) == ("ch_gap", "approved")
-    assert outcome.answered_at == answered
+        for challenge_id in decided:
+            outcome = await asyncio.wait_for(waiters[challenge_id], BOUND)
+            assert outcome == Outcome(challenge_id, "approved", answered)
     assert a.counts["reconnects"] == 1
-    assert a.counts["outcomes-reread"] == 1  # from the row, not from a notification
+    assert a.counts["outcomes-reread"] == 3  # from the rows, not from notifications
     assert a.counts["outcomes-received"] == 0
-    assert not other.done()  # still pending in the database: still waiting
+    still = [i for i in ids if i not in decided]
+    assert not any(waiters[i].done() for i in still)  # pending in the database: waiting
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("lost its PostgreSQL connection" in m for m in messages) == 1, messages
+    assert sum("reconnected after" in m for m in messages) == 1, messages
 
     # Listening again: the next answer arrives as a notification.
-    await b.publish(Outcome("ch_still_pending", "denied"))
-    assert await asyncio.wait_for(other, BOUND) == Outcome("ch_still_pending", "denied")
+    await b.publish(Outcome(still[0], "denied"))
+    assert await asyncio.wait_for(waiters[still[0]], BOUND) == Outcome(still[0], "denied")
     assert a.counts["outcomes-received"] == 1
+
+
+async def test_a_connection_gone_silent_is_noticed_by_the_ping(
+    nodes: Nodes, admin: asyncpg.Connection, dsn: str
+) -> None:
+    """A cut that closes nothing (a partition, a firewall dropping the idle flow): the ping
+    fails, A reconnects and re-reads; its waiter wakes with the answer decided meanwhile."""
+    at = urlsplit(dsn)
+    async with tcp_proxy((at.hostname or "127.0.0.1", at.port or 5432)) as proxy:
+        via_proxy = dsn.replace(f"{at.hostname}:{at.port}", f"127.0.0.1:{proxy.port}")
+        a = await PostgresOutcomeBus.open(
+            via_proxy, "n_a", ping_seconds=0.2, connect_timeout=1.0, first_backoff=0.02
+        )
+        try:
+            b = await nodes("b")
+            await pending_challenge(admin, "ch_silent")
+            waiter = asyncio.create_task(a.wait("ch_silent", within=60))
+            await until(lambda: a.waiting == 1, "the waiter to park")
+
+            assert proxy.silence() == 1
+            await admin.execute("UPDATE challenges SET state = 'denied' WHERE id = 'ch_silent'")
+            await b.publish(Outcome("ch_silent", "denied"))
+
+            assert await asyncio.wait_for(waiter, BOUND) == Outcome("ch_silent", "denied")
+            assert a.counts["reconnects"] == 1
+            assert a.counts["outcomes-reread"] == 1
+            assert a.counts["outcomes-received"] == 0
+        finally:
+            await a.close()
+
+
+async def test_a_notify_stuck_on_a_silent_connection_is_resent_after_a_reconnect(
+    nodes: Nodes, dsn: str
+) -> None:
+    at = urlsplit(dsn)
+    async with tcp_proxy((at.hostname or "127.0.0.1", at.port or 5432)) as proxy:
+        via_proxy = dsn.replace(f"{at.hostname}:{at.port}", f"127.0.0.1:{proxy.port}")
+        # No ping within the test: only the NOTIFY's own timeout can notice the cut.
+        a = await PostgresOutcomeBus.open(
+            via_proxy, "n_a", ping_seconds=600, connect_timeout=1.0, first_backoff=0.02
+        )
+        try:
+            b = await nodes("b")
+            waiter = asyncio.create_task(b.wait("ch_1", within=60))
+            await until(lambda: b.waiting == 1, "the waiter to park")
+
+            assert proxy.silence() == 1
+            await a.publish(Outcome("ch_1", "approved"))
+
+            assert await asyncio.wait_for(waiter, BOUND) == Outcome("ch_1", "approved")
+            assert a.counts["reconnects"] == 1
+            assert a.counts["send-errors"] == 0
+        finally:
+            await a.close()
 
 
 async def test_outcomes_published_while_down_go_out_after_the_reconnect(
@@ -287,3 +362,31 @@ async def test_start_fails_cleanly_when_postgres_does_not_answer(database_url: s
             f"postgresql://postgres@127.0.0.1:{free_port()}/none", "n_x", connect_timeout=1.0
         )
     assert time.monotonic() - started < BOUND
+
+
+async def test_services_on_postgres_announce_to_other_nodes_even_when_closing_at_once(
+    nodes: Nodes, admin: asyncpg.Connection, settings: Settings
+) -> None:
+    """What `openmfa user disable` does: open services (no push, no mail), end a user's
+    pending challenges, close. The servers' waiters wake: the close sends what is queued."""
+    other = await nodes("server")
+    await pending_challenge(admin, "ch_cli")
+    waiter = asyncio.create_task(other.wait("ch_cli", within=60))
+    await until(lambda: other.waiting == 1, "the waiter to park")
+
+    services = await Services.open(settings, push=False, notify=False)
+    try:
+        assert isinstance(services.bus, PostgresOutcomeBus)
+        assert services.bus.node_id == services.node_id
+        assert (
+            await services.challenges.cancel_pending_for_user(
+                Actor("cli:test"), "alice", "disabled"
+            )
+            == 1
+        )
+    finally:
+        await services.close()
+
+    outcome = await asyncio.wait_for(waiter, BOUND)
+    assert outcome is not None
+    assert (outcome.challenge_id, outcome.state) == ("ch_cli", "cancelled")

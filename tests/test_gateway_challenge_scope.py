@@ -9,6 +9,7 @@ admin console's sign-in) belong to no token at all.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -179,7 +180,9 @@ def test_copies_through_two_bridges_at_once_make_one_push_even_at_the_push_limit
 
     def start(client: httpx.Client) -> None:
         barrier.wait(timeout=10)
-        response = client.post(START, json={"user": "alice", "idempotency_key": "race-1"})
+        response = client.post(
+            START, json={"user": "alice", "method": "push", "idempotency_key": "race-1"}
+        )
         results.append((response.status_code, response.json().get("id", response.text)))
 
     threads = [threading.Thread(target=start, args=(client,)) for client in clients]
@@ -188,6 +191,65 @@ def test_copies_through_two_bridges_at_once_make_one_push_even_at_the_push_limit
     for thread in threads:
         thread.join(timeout=30)
     assert not any(thread.is_alive() for thread in threads)
+    assert [status for status, _ in results] == [201] * copies, results
+    assert len({auth_id for _, auth_id in results}) == 1
+    assert [c["id"] for c in phone.pending()] == [results[0][1]]
+    assert len(api.run(api.services.audit.query(action="push.limited"))) == 0
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_copies_held_behind_the_users_row_lock_join_the_first_instead_of_being_limited(
+    api: ApiHarness, database_url: str
+) -> None:
+    """The race made certain: the user's row is locked from outside while copies of one
+    start (one per bridge) arrive, so every copy has looked for the key, found nothing, and
+    waits for the lock. Released, the first inserts; each next one must find it under the
+    lock and join it -- not run the fatigue guard, count the first push and refuse."""
+    import asyncpg
+
+    api.add_user("alice", push_limit=1, push_limit_window_seconds=600)
+    phone = api.device("alice")
+    copies = 3
+    clients = [token_client(api, f"bridge-{n}", "bridge") for n in range(copies)]
+    plain = database_url.replace("postgresql+asyncpg://", "postgresql://")
+    results: list[tuple[int, str]] = []
+
+    async def waiting_for_locks(conn: asyncpg.Connection) -> int:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock'"
+            )
+        )
+
+    async def scenario() -> None:
+        holder = await asyncpg.connect(plain)
+        watcher = await asyncpg.connect(plain)
+        try:
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute("SELECT id FROM users WHERE name_key = 'alice' FOR UPDATE")
+
+            def start(client: httpx.Client) -> None:
+                response = client.post(
+                    START, json={"user": "alice", "method": "push", "idempotency_key": "held"}
+                )
+                results.append((response.status_code, response.json().get("id", response.text)))
+
+            threads = [threading.Thread(target=start, args=(c,)) for c in clients]
+            for thread in threads:
+                thread.start()
+            deadline = asyncio.get_running_loop().time() + 20
+            while await waiting_for_locks(watcher) < copies:
+                assert asyncio.get_running_loop().time() < deadline, "copies never queued"
+                await asyncio.sleep(0.02)
+            await transaction.rollback()
+            await asyncio.to_thread(lambda: [t.join(timeout=30) for t in threads])
+        finally:
+            await holder.close()
+            await watcher.close()
+
+    asyncio.run(scenario())
     assert [status for status, _ in results] == [201] * copies, results
     assert len({auth_id for _, auth_id in results}) == 1
     assert [c["id"] for c in phone.pending()] == [results[0][1]]

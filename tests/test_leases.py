@@ -307,3 +307,95 @@ async def test_a_failing_duty_releases_and_runs_again(db: Database) -> None:
         assert duty.holding
     finally:
         await duty.close()
+
+
+@pytest.mark.parametrize("holder", ["n_a", "n_b"])
+async def test_the_sql_claim_follows_the_domain_rule(db: Database, holder: str) -> None:
+    clock = FakeClock(T0)
+    for offset in (-5, 0, 5):  # expired, expiring this instant, still running
+        async with db.write() as conn:
+            await conn.execute(leases_t.delete())
+            await conn.execute(
+                leases_t.insert().values(
+                    name="x",
+                    node_id="n_a",
+                    acquired_at=T0 - timedelta(seconds=60),
+                    expires_at=T0 + timedelta(seconds=offset),
+                )
+            )
+        row = LeaseState("x", "n_a", T0 - timedelta(seconds=60), T0 + timedelta(seconds=offset))
+        expected = claimed(row, "x", holder, T0, timedelta(seconds=20))
+        got = await Leases(db, clock, holder).claim("x", 20)
+        assert got is (expected is not None), offset
+        now_held = await Leases(db, clock, holder).holder("x")
+        if expected is not None:
+            assert now_held == expected
+
+
+class _CutOff:
+    """Real leases whose renewals fail from a point on, as when the database goes away."""
+
+    def __init__(self, leases: Leases) -> None:
+        self.leases = leases
+        self.cut = False
+
+    async def claim(self, name: str, ttl: float) -> bool:
+        if self.cut:
+            raise ConnectionError("database unreachable")
+        return await self.leases.claim(name, ttl)
+
+    async def renew(self, name: str, ttl: float) -> bool:
+        if self.cut:
+            raise ConnectionError("database unreachable")
+        return await self.leases.renew(name, ttl)
+
+    async def release(self, name: str) -> bool:
+        if self.cut:
+            raise ConnectionError("database unreachable")
+        return await self.leases.release(name)
+
+
+async def test_a_duty_cut_off_from_the_database_stops_before_its_lease_runs_out(
+    db: Database,
+) -> None:
+    from backend.store.tables import now
+
+    stopped = asyncio.Event()
+
+    async def loop() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    leases = _CutOff(Leases(db, now, "n_a"))
+    duty = LeasedDuty("retention", leases, loop, ttl=0.9, retry=0.05)
+    await duty.start()
+    try:
+        async with asyncio.timeout(10):
+            await duty.wait_held()
+        leases.cut = True
+        cut_at = asyncio.get_running_loop().time()
+        async with asyncio.timeout(5):
+            await stopped.wait()
+        # Stopped while the row (expiring 0.9 s after the last renewal) still guards it.
+        assert asyncio.get_running_loop().time() - cut_at < 0.9
+        assert duty.lost == 1
+    finally:
+        await duty.close()
+
+
+async def test_one_node_id_for_the_registry_the_bus_and_the_challenges(settings: object) -> None:
+    from backend.config import Settings
+    from backend.services import Services
+
+    assert isinstance(settings, Settings)
+    services = await Services.open(settings, push=False, notify=False, node=True)
+    try:
+        assert services.nodes is not None
+        assert services.leases is not None
+        # A push stamped with another id than the registry's would look like a dead node's.
+        assert services.nodes.node_id == services.node_id == services.leases.holder_id
+        assert services.challenges._node_id == services.node_id  # push_node of its pushes
+    finally:
+        await services.close()

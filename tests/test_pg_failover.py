@@ -270,3 +270,59 @@ def test_with_asynchronous_replication_an_acknowledged_answer_can_be_lost(
         gateway_sees, stored = state_after_failover(cluster, api, auth_id)
     assert stored == "pending"  # lost: any other node's gateway long-poll sees a pending push
     assert gateway_sees == "approved"  # only this node's memory of the outcome still knows
+
+
+def test_a_long_poll_parked_across_the_failover_wakes_on_an_answer_through_another_node(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
+    """Two nodes on the multi-host URL. A gateway long-poll parked on node A outlives the
+    primary's death; the phone's answer arrives through node B on the promoted server; A's
+    outcome bus (LISTEN) has reconnected to the promoted server too and wakes the long-poll."""
+    with running_pg_cluster(synchronous="on") as cluster:
+        replica = cluster.replica
+        assert replica is not None
+        settings = node_settings(cluster, tmp_path)
+        clock = FakeClock()
+        with ApiHarness(settings, clock) as a, ApiHarness(settings, clock) as b:
+            a.add_user("alice")
+            phone = a.device("alice")
+            auth_id = a.start("alice")["id"]
+            result: dict[str, Any] = {}
+
+            def poll() -> None:
+                response = a.gateway.get(f"{START}/{auth_id}", params={"wait": "50"})
+                result["response"], result["returned"] = response, time.monotonic()
+
+            thread = threading.Thread(target=poll, daemon=True)
+            thread.start()
+            try:
+                wait_for(lambda: a.server_services.bus.waiting == 1, 10, "the long-poll to park")
+                cluster.primary.kill()
+                replica.promote()
+                promoted = time.monotonic()
+                assert phone.device is not None
+                phone.device.url = b.url  # the load balancer sends the phone to node B
+                answered: list[float] = []
+
+                def answer_through_b() -> bool:
+                    try:
+                        state = phone.answer(auth_id, "approve")
+                    except Exception:  # 503 while node B reconnects: the app retries
+                        return False
+                    answered.append(time.monotonic())
+                    return state == "approved"
+
+                wait_for(answer_through_b, RECOVERY_LIMIT, "node B to take the answer", every=0.1)
+            finally:
+                thread.join(timeout=RECOVERY_LIMIT)
+            assert not thread.is_alive(), "the long-poll on node A was never woken"
+            assert result["response"].status_code == 200, result["response"].text
+            assert result["response"].json()["state"] == "approved"
+            woke = result["returned"] - answered[0]
+            sys.stderr.write(
+                f"\nlong-poll across failover: answer taken {answered[0] - promoted:.3f} s "
+                f"after promotion, node A's long-poll woken {woke:.3f} s after the answer\n"
+            )
+            record_property("answer_after_promotion_seconds", round(answered[0] - promoted, 3))
+            record_property("wake_after_answer_seconds", round(woke, 3))
+            assert woke < 6, "not woken by the bus (reconnect backoff is at most 5 s)"

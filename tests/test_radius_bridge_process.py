@@ -337,7 +337,10 @@ def test_failmode_and_a_backend_restart(
         add_client(cli, "safe-gw", "127.0.0.3", "--mode", "push", "--failmode", "safe")
         device = enrol(cli, "erin")
         token = bridge_token(cli, "outage-bridge")
-        with BridgeThread(bridge_settings(server.url, token)) as bridge:
+        # A grace with room for a cold start of `openmfa run` on a busy machine (the default
+        # 5 s was not enough on a two-core machine shared by nine test runs).
+        settings = bridge_settings(server.url, token, cut_grace_seconds=25.0)
+        with BridgeThread(settings) as bridge:
             udp = bridge.port()
             assert len(bridge.bridge.core.clients) == 2
 

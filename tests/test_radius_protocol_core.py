@@ -130,6 +130,25 @@ def test_abandon_lets_retransmission_start_over(pyrad_dict: PyradDictionary) -> 
     assert isinstance(core.receive(raw, SOURCE, 1.0), Begin)
 
 
+@pytest.mark.parametrize(
+    "decision",
+    [Reject("backend-unavailable", "down"), Accept((), reason="failsafe")],
+    ids=["failmode-reject", "failsafe-accept"],
+)
+def test_a_failmode_answer_is_not_replayed_to_a_retransmission(
+    pyrad_dict: PyradDictionary, decision: Reject | Accept
+) -> None:
+    # The backend was unreachable (a database failover, a node restarting): the gateway's
+    # retransmission must be decided afresh, so it succeeds once the backend is back.
+    core = make_core()
+    _, raw = pyrad_request(pyrad_dict)
+    begin = core.receive(raw, SOURCE, 0.0)
+    assert isinstance(begin, Begin)
+    core.finish(begin.request, decision, 1.0)
+    assert isinstance(core.receive(raw, SOURCE, 2.0), Begin)
+    assert "duplicate" not in core.counters
+
+
 def test_unknown_client_dropped_with_rate_limited_log(pyrad_dict: PyradDictionary) -> None:
     core = make_core()
     _, raw = pyrad_request(pyrad_dict)

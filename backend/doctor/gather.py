@@ -94,7 +94,11 @@ async def database(ctx: Context) -> list[Finding]:
     if sqlite_file is not None and not sqlite_file.exists():
         return [checks.check_database(checks.DatabaseFacts(shown, head, missing_file=True))]
     db = Database(
-        url, settings.sqlite_busy_timeout_ms, settings.db_pool_size, settings.sqlite_synchronous
+        url,
+        settings.sqlite_busy_timeout_ms,
+        settings.db_pool_size,
+        settings.sqlite_synchronous,
+        settings.db_connect_timeout_seconds,
     )
     try:
         async with asyncio.timeout(NETWORK_TIMEOUT * 2):

@@ -10,7 +10,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from backend.store.database import postgres_engine
 from backend.store.tables import metadata
+from backend.store.urls import is_postgres
 
 config = context.config
 url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
@@ -46,7 +48,9 @@ def _transactional_sqlite_ddl(engine: AsyncEngine) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(url)
+    # PostgreSQL: the node's own engine factory, which opens connections host by host with
+    # a timeout each (a multi-host URL whose first host hangs must still migrate).
+    engine = postgres_engine(url) if is_postgres(url) else create_async_engine(url)
     if engine.dialect.name == "sqlite":
         _transactional_sqlite_ddl(engine)
     try:

@@ -183,7 +183,6 @@ class Services:
                 unknown_per_second=settings.unknown_user_checks_per_second,
                 nice=settings.hash_nice,
             )
-            node_id = new_node_id()
             if bus is None:
                 bus = await _open_bus(db, node_id)
                 on_error.push_async_callback(bus.close)
@@ -397,7 +396,7 @@ async def _open_bus(db: Database, node_id: str) -> OutcomeBus:
     jobs = db.postgres_jobs
     if jobs is None:
         return InProcessOutcomeBus()
-    return await PostgresOutcomeBus.open(jobs.dsn, node_id)
+    return await PostgresOutcomeBus.open(jobs.dsn, node_id, connect_timeout=jobs.connect_timeout)
 
 
 async def open_database(settings: Settings) -> Database:
@@ -408,7 +407,11 @@ async def open_database(settings: Settings) -> Database:
         if path is not None and not path.exists():
             raise DatabaseError(f"the database {path} does not exist; run `openmfa db upgrade`")
     db = Database(
-        url, settings.sqlite_busy_timeout_ms, settings.db_pool_size, settings.sqlite_synchronous
+        url,
+        settings.sqlite_busy_timeout_ms,
+        settings.db_pool_size,
+        settings.sqlite_synchronous,
+        settings.db_connect_timeout_seconds,
     )
     try:
         async with db.read() as conn:

@@ -20,11 +20,12 @@ from typing import Any, Protocol
 
 from sqlalchemy import event, select
 from sqlalchemy.engine import ExceptionContext, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from backend.errors import DatabaseError
+from backend.store.connect import DEFAULT_CONNECT_TIMEOUT, connect
 from backend.store.fastpath import (
     Job,
     PostgresJobs,
@@ -37,6 +38,7 @@ from backend.store.fastpath import (
 from backend.store.tables import meta_t
 from backend.store.unavailable import is_unavailable
 from backend.store.urls import asyncpg_dsn
+from backend.store.urls import connect_timeout as url_connect_timeout
 
 _WRITE = "openmfa_write"
 
@@ -56,11 +58,15 @@ def _sqlite_path(url: str) -> Path | None:
 
 
 def create_engine(
-    url: str, busy_timeout_ms: int = 5000, pool_size: int = 10, synchronous: str = "normal"
+    url: str,
+    busy_timeout_ms: int = 5000,
+    pool_size: int = 10,
+    synchronous: str = "normal",
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> AsyncEngine:
     """An async engine with the settings each backend needs."""
     if not url.startswith("sqlite"):
-        return _postgres_engine(url, pool_size)
+        return postgres_engine(url, pool_size, connect_timeout)
     path = _sqlite_path(url)
     if path is not None and not path.parent.is_dir():
         raise DatabaseError(f"the database directory {path.parent} does not exist")
@@ -85,8 +91,14 @@ def create_engine(
     return engine
 
 
-def _postgres_engine(url: str, pool_size: int) -> AsyncEngine:
+def postgres_engine(
+    url: str, pool_size: int = 5, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+) -> AsyncEngine:
     """The engine on PostgreSQL, with connections dropped as soon as they are known dead.
+
+    Connections are opened host by host, ``connect_timeout`` seconds each (libpq's
+    ``connect_timeout`` in the URL wins; backend/store/connect.py), not by the dialect,
+    which hands asyncpg the whole host list at once.
 
     No ``pool_pre_ping``: its ``SELECT 1`` per checkout measured ~0.3 ms CPU and 1.6-2.3 ms
     wall here, about doubling a short request. Instead a checkout first asks asyncpg whether
@@ -94,7 +106,15 @@ def _postgres_engine(url: str, pool_size: int) -> AsyncEngine:
     and any error saying the server is gone (backend/store/unavailable.py) counts as a
     disconnect, which makes SQLAlchemy drop that connection and every other one opened
     before it: after a failover, only requests already in flight fail (with a 503)."""
-    engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+    dsn = asyncpg_dsn(url)
+    connect_timeout = url_connect_timeout(url) or connect_timeout
+
+    async def connect_to_a_host() -> Any:
+        return await connect(dsn, host_timeout=connect_timeout)
+
+    engine = create_async_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, async_creator=connect_to_a_host
+    )
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -120,9 +140,10 @@ class Database:
         busy_timeout_ms: int = 5000,
         pool_size: int = 10,
         synchronous: str = "normal",
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self.url = url
-        self.engine = create_engine(url, busy_timeout_ms, pool_size, synchronous)
+        self.engine = create_engine(url, busy_timeout_ms, pool_size, synchronous, connect_timeout)
         self._writer = self.engine.execution_options(**{_WRITE: True})
         # One writer at a time inside this process: SQLite allows one anyway, and waiting on
         # an asyncio lock is far cheaper than SQLite's busy handler, which sleeps in ms steps.
@@ -143,7 +164,9 @@ class Database:
             )
             self._fast_reads = SqliteReader(path, busy_timeout_ms)
         elif not self.is_sqlite:
-            self._pg_jobs = PostgresJobs(asyncpg_dsn(url), pool_size)
+            self._pg_jobs = PostgresJobs(
+                asyncpg_dsn(url), pool_size, url_connect_timeout(url) or connect_timeout
+            )
         # Set by backend.metrics for ``openmfa run``: (write jobs, read jobs). Commands leave
         # it unset and pay nothing.
         self.job_timers: tuple[Observer, Observer] | None = None
@@ -156,13 +179,15 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         """A read-only transaction (rolled back at the end)."""
+        body = _Body()
         try:
             async with self.engine.connect() as conn:
-                yield conn
+                with body:
+                    yield conn
         except (OperationalError, sqlite3.OperationalError) as exc:
             raise _database_error(exc) from exc
         except Exception as exc:
-            if is_unavailable(exc):
+            if body.unavailable(exc):
                 raise _unavailable(exc) from exc
             raise
 
@@ -178,13 +203,15 @@ class Database:
 
     @asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        body = _Body()
         try:
             async with self._writer.begin() as conn:
-                yield conn
+                with body:
+                    yield conn
         except (OperationalError, sqlite3.OperationalError) as exc:
             raise _database_error(exc) from exc
         except Exception as exc:
-            if is_unavailable(exc):
+            if body.unavailable(exc):
                 raise _unavailable(exc) from exc
             raise
 
@@ -260,6 +287,32 @@ class Database:
         if self._pg_jobs is not None:
             await self._pg_jobs.close()
         await self.engine.dispose()
+
+
+class _Body:
+    """Tells a lost database apart from the caller's own errors inside a transaction block.
+
+    Connecting, committing and rolling back are the database's doing: any sign of a server
+    gone (an ``OSError`` from connecting included) is a 503. Inside the block only the
+    driver's errors count: an ``OSError`` from, say, a mail server the caller talks to while
+    the transaction is open stays what it is."""
+
+    def __init__(self) -> None:
+        self.raised: BaseException | None = None
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        self.raised = exc
+
+    def unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc``, escaping the transaction, means the database is unavailable."""
+        if not is_unavailable(exc):
+            return False
+        if exc is not self.raised:
+            return True  # from connecting, or from the COMMIT / ROLLBACK after the block
+        return isinstance(exc, SQLAlchemyError) or type(exc).__module__.startswith("asyncpg")
 
 
 def _synchronous(level: str) -> str:

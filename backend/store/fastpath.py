@@ -29,6 +29,7 @@ SQL is written once with ``?`` placeholders; :class:`AsyncpgTx` renumbers them f
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import sqlite3
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from backend.errors import DatabaseError
+from backend.store.connect import DEFAULT_CONNECT_TIMEOUT, connect
 from backend.store.unavailable import is_read_only, is_unavailable
 
 if TYPE_CHECKING:  # loaded by PostgresJobs only: SQLite set-ups and commands never need it
@@ -164,9 +166,12 @@ async def _no_session_reset(conn: asyncpg.Connection) -> None:
 class PostgresJobs:
     """Runs jobs on a plain asyncpg pool, one transaction each."""
 
-    def __init__(self, dsn: str, pool_size: int) -> None:
+    def __init__(
+        self, dsn: str, pool_size: int, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ) -> None:
         self._dsn = dsn
         self._pool_size = pool_size
+        self.connect_timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
         # Set before the pool opens (tests): every statement a pool connection sends is
@@ -198,6 +203,8 @@ class PostgresJobs:
                     min_size=0,
                     max_size=self._pool_size,
                     init=self._init_connection,
+                    # Host by host, each with its own timeout (backend/store/connect.py).
+                    connect=functools.partial(connect, host_timeout=self.connect_timeout),
                     reset=_no_session_reset,
                 )
         return self._pool

@@ -30,6 +30,7 @@ DEFAULT_PORT = 5432
 DRIVER_SCHEME = "postgresql+asyncpg"
 _POSTGRES_SCHEMES = ("postgresql", "postgres", DRIVER_SCHEME)
 MASK = "***"
+CONNECT_TIMEOUT = "connect_timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +180,7 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def libpq_url(url: str, hide_password: bool = True) -> str:
-    """libpq's form (``postgresql://user@h1:p1,h2:p2/db?...``): for asyncpg, psql, pg_dump."""
+    """libpq's form (``postgresql://user@h1:p1,h2:p2/db?...``): for psql, pg_dump, people."""
     parsed = parse(url)
     hosts = ",".join(host.netloc() for host in parsed.hosts)
     return (
@@ -189,8 +190,33 @@ def libpq_url(url: str, hide_password: bool = True) -> str:
 
 
 def asyncpg_dsn(url: str) -> str:
-    """The DSN for ``asyncpg.connect`` / ``create_pool`` (password included: never log it)."""
-    return libpq_url(url, hide_password=False)
+    """The DSN for ``asyncpg.connect`` (password included: never log it). Without libpq's
+    ``connect_timeout``, which asyncpg would send the server as a setting (and fail): it is
+    the per-host timeout of backend/store/connect.py instead (:func:`connect_timeout`)."""
+    parsed = parse(url)
+    kept = tuple((k, v) for k, v in parsed.query if k != CONNECT_TIMEOUT)
+    return libpq_url(url if kept == parsed.query else _rebuilt(parsed, kept), hide_password=False)
+
+
+def _rebuilt(parsed: PostgresUrl, query: tuple[tuple[str, str], ...]) -> str:
+    hosts = ",".join(host.netloc() for host in parsed.hosts)
+    without = PostgresUrl(parsed.user, parsed.password, parsed.hosts, parsed.database, query)
+    return (
+        f"postgresql://{without.userinfo(hide_password=False)}{hosts}/{parsed.database}"
+        + without.query_string()
+    )
+
+
+def connect_timeout(url: str) -> float | None:
+    """libpq's ``connect_timeout`` (seconds per host) when the URL gives one, else None."""
+    for key, value in parse(url).query:
+        if key == CONNECT_TIMEOUT:
+            try:
+                seconds = float(value)
+            except ValueError:
+                raise ValueError(f"connect_timeout={value!r} in the database URL") from None
+            return seconds if seconds > 0 else None  # libpq: 0 means wait forever
+    return None
 
 
 def display_url(url: str) -> str:

@@ -82,6 +82,11 @@ Received = Drop | Send | Absorbed | Begin
 ABSORBED: Final = Absorbed()
 
 
+#: Decisions taken because the backend could not be reached (the client's failmode): never
+#: replayed to a retransmission.
+UNAVAILABLE_REASONS: Final = frozenset({"backend-unavailable", "failsafe"})
+
+
 class BridgeCore:
     """Holds the client table, duplicate cache, State table and pending pushes.
 
@@ -296,7 +301,12 @@ class BridgeCore:
                 decision.state, request.client.name, request.user, decision.next_round, now
             )
         self._count(type(decision).__name__.lower())
-        self.duplicates.answer(self._key(request), data, now)
+        if decision.reason in UNAVAILABLE_REASONS:
+            # Decided without the backend (a node restarting, a database failover): the
+            # gateway's retransmission is decided afresh and succeeds once it is back.
+            self.duplicates.forget(self._key(request))
+        else:
+            self.duplicates.answer(self._key(request), data, now)
         return data
 
     def _encode(self, request: AccessRequest, decision: Decision) -> bytes:

@@ -352,9 +352,10 @@ def running_pg_cluster(
 ) -> Iterator[PgCluster]:
     """A started :class:`PgCluster` (primary, and replica unless ``replica`` is False) in a
     fresh temporary directory, stopped and removed afterwards whatever happens."""
+    bin_dir = server_binaries()  # before the directory: no binaries, nothing left behind
     # Not under pytest's tmp_path: its parents are root's (mode 0700), closed to `postgres`.
     directory = Path(tempfile.mkdtemp(prefix="openmfa-pg-"))
-    cluster = PgCluster(directory)
+    cluster = PgCluster(directory, bin_dir)
     try:
         cluster.start_primary()
         if replica:
