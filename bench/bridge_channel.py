@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,20 +105,58 @@ class ProbedProcesses(Processes):
         self.started.append(process)
         wait_until(lambda: http_ok(self.backend_url + "/readyz"), 60, "the backend to be ready")
 
+    def start_bridge(
+        self, token: str, udp: int, metrics: int, radsec: Sequence[str] = ()
+    ) -> subprocess.Popen[bytes]:
+        """As :meth:`Processes.start_bridge`, under the GC probe too (``bridge_probe``)."""
+        token_file = self.home / "bridge.token"
+        token_file.write_text(token)
+        token_file.chmod(0o600)
+        log_path = self.home / f"bridge-{udp}.log"
+        command = [
+            *("taskset", "-c", "1", sys.executable, "-m", "bench._gc_probe", "radius"),
+            *("--backend", self.backend_url, "--token-file", str(token_file)),
+            *("--listen", f"127.0.0.1:{udp}", "--metrics-listen", f"127.0.0.1:{metrics}"),
+            *("--max-held", "20000", *radsec),
+        ]
+        environ = {
+            **os.environ,
+            "OPENMFA_BRIDGE_LONG_POLL_SECONDS": str(self.long_poll),
+            "OPENMFA_BENCH_PROBE": str(self.bridge_probe),
+        }
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=environ, cwd=_HERE.parent
+            )
+        self.started.append(process)
+        wait_until(
+            lambda: "RADIUS client list loaded: 1" in log_path.read_text(),
+            30,
+            "the bridge to load its clients",
+        )
+        return process
+
+    @property
+    def bridge_probe(self) -> Path:
+        return self.home / "gc-probe-bridge.jsonl"
+
     @property
     def backend_pid(self) -> int:
         return self.started[0].pid
 
-    def read_probe(self) -> dict[str, Any]:
-        """The backend's GC figures since the last read (and a fresh start for the next)."""
-        lines = self.probe.read_text().splitlines() if self.probe.exists() else []
-        os.kill(self.backend_pid, signal.SIGUSR1)
+    def read_probe(self, pid: int | None = None, probe: Path | None = None) -> dict[str, Any]:
+        """GC figures of the backend (or of ``pid`` writing to ``probe``) since the last
+        read, and a fresh start for the next."""
+        pid = self.backend_pid if pid is None else pid
+        path = self.probe if probe is None else probe
+        lines = path.read_text().splitlines() if path.exists() else []
+        os.kill(pid, signal.SIGUSR1)
         wait_until(
-            lambda: self.probe.exists() and len(self.probe.read_text().splitlines()) > len(lines),
+            lambda: path.exists() and len(path.read_text().splitlines()) > len(lines),
             30,
-            "the backend's GC probe",
+            "the GC probe",
         )
-        report: dict[str, Any] = json.loads(self.probe.read_text().splitlines()[-1])
+        report: dict[str, Any] = json.loads(path.read_text().splitlines()[-1])
         return report
 
 
@@ -230,6 +269,7 @@ async def held_pushes(
             flush=True,
         )
 
+        await loop.run_in_executor(None, procs.read_probe, bridge.pid, procs.bridge_probe)
         latencies: list[float] = []
         answer_http: list[float] = []
         accepted = 0
@@ -252,13 +292,20 @@ async def held_pushes(
                 latencies.append(at - sent)
                 answer_http.append(done - sent)
         answering = await loop.run_in_executor(None, procs.read_probe)
+        bridge_gc = await loop.run_in_executor(
+            None, procs.read_probe, bridge.pid, procs.bridge_probe
+        )
         print(
             f"(c) answer -> Access-Accept with {held_now} held: {accepted}/{len(latencies)} "
             f"accepted; p50 {_ms(latencies, 0.5)}, p99 {_ms(latencies, 0.99)}, max "
             f"{max(latencies) * 1000:.1f} ms (the phone's answer request alone: p50 "
             f"{_ms(answer_http, 0.5)}, p99 {_ms(answer_http, 0.99)}); backend GC meanwhile: "
             f"{answering['collections']} collections, longest {answering['longest_ms']} ms "
-            f"wall / {answering['longest_cpu_ms']} ms CPU, {answering['over_50ms']} over 50 ms",
+            f"wall / {answering['longest_cpu_ms']} ms CPU, {answering['over_50ms']} over 50 ms; "
+            f"the bridge's GC meanwhile: {bridge_gc['collections']} collections, longest "
+            f"{bridge_gc['longest_ms']} ms wall / {bridge_gc['longest_cpu_ms']} ms CPU, "
+            f"{bridge_gc['objects']} objects tracked, a full collection "
+            f"{bridge_gc['full_collect_cpu_ms']} ms CPU",
             flush=True,
         )
     finally:
