@@ -165,6 +165,14 @@ def test_a_node_killed_before_its_pushes_went_out_hands_them_over(
         assert pushes_of(cluster, node_id(cluster, "node-a")) == count
         node_a.kill9()
         killed = time.monotonic()
+        # Released only once the fake has seen A's connections close: an answer written to
+        # a connection it still took for open would count as sent though nobody got it.
+        a_connections = apns.connections_of(apns.received())
+        wait_for(
+            lambda: not (apns.open_connections() & a_connections),
+            10,
+            "the APNs fake to see node A's connections close",
+        )
         apns.release()
         wait_for(
             lambda: len(apns.sent()) >= count,

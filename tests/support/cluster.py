@@ -529,6 +529,19 @@ class ApnsService:
         """Device token -> the challenge id of its latest push."""
         return {r.token: str(r.payload.get("challenge_id")) for r in self._requests() if r.payload}
 
+    def open_connections(self) -> set[int]:
+        """Numbers of the connections the fake has open now (ApnsRequest.connection)."""
+        return {connection.number for connection in list(self.fake._connections)}
+
+    def connections_of(self, challenge_ids: Iterable[str]) -> set[int]:
+        """The connections the pushes of ``challenge_ids`` came in on."""
+        wanted = set(challenge_ids)
+        return {
+            r.connection
+            for r in self._requests()
+            if r.payload and str(r.payload.get("challenge_id")) in wanted
+        }
+
     def hold(self) -> None:
         """Keep answers back from now on (on the fake's loop)."""
         self.loop.loop.call_soon_threadsafe(self.fake.hold)
