@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 
-from backend.api import app_v1, bridge_v1, gateway_v1, health, openapi, pipush_v1
+from backend.api import app_v1, bridge_v1, channel_v1, gateway_v1, health, openapi, pipush_v1
 from backend.api.client_address import ForwardedClientMiddleware
 from backend.api.middleware import RequestIdMiddleware
 from backend.api.problems import client_gone, http_error, openmfa_error, unexpected_error
@@ -101,6 +101,7 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
             *app_v1.routes,
             *gateway_v1.routes,
             *bridge_v1.routes,
+            *channel_v1.routes,  # the bridges' wait channel (WebSocket)
             *pipush_v1.routes,  # the privacyIDEA Authenticator (docs/apps.md)
             *web_routes(),  # /portal, /admin, /static (docs/portal.md)
         ],

@@ -185,6 +185,14 @@ class WrongPin(OpenMFAError):
     status = 403
 
 
+class TooManyWatched(OpenMFAError):
+    """A bridge's wait channel watches as many challenges as it may (per id, in the channel)."""
+
+    type = "too-many-watched"
+    title = "This channel watches as many challenges as it may"
+    status = 429
+
+
 class PinLocked(OpenMFAError):
     type = "pin-locked"
     title = "Too many wrong PINs; approvals are locked for a while"

@@ -214,6 +214,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_deadline()
         super().on_message_complete()
 
+    def handle_websocket_upgrade(self) -> None:
+        # The connection now belongs to the WebSocket protocol (the bridges' wait channel):
+        # this request deadline must not hang it up later; the WebSocket pings instead.
+        self._pending_since = None
+        self._cancel_deadline()
+        super().handle_websocket_upgrade()
+
     def _grow_head(self, size: int) -> None:
         self._head_size += size
         if self._head_size > self.limits.max_header_bytes:

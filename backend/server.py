@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from backend.api import channel_v1
 from backend.app import create_app
 from backend.config import Settings
 from backend.errors import ConfigurationError
@@ -487,7 +488,10 @@ def serve(settings: Settings, listeners: Listeners | None = None) -> None:
             host=settings.host,
             port=settings.port,
             http=protocol_class(limits, http_metrics),
-            ws="none",  # no WebSocket routes: an Upgrade must not reach another protocol
+            # The one WebSocket route is the bridges' wait channel (backend.api.channel_v1);
+            # its frames are bounded there, and here a little above that.
+            ws="websockets-sansio",
+            ws_max_size=channel_v1.MAX_FRAME + 4096,
             lifespan="on",
             log_config=None,
             access_log=False,

@@ -57,6 +57,7 @@ from radius_bridge.backends import (
     HealthListener,
 )
 from radius_bridge.cache import CachedDocument
+from radius_bridge.channel import BackendChannel, wait_on_channel
 from radius_bridge.model import (
     REFUSED_KINDS,
     Audit,
@@ -197,12 +198,16 @@ class BackendClient:
         on_failover: FailoverListener | None = None,
         check_seconds: float = CHECK_SECONDS,
         check_timeout: float = CHECK_TIMEOUT,
+        channels: bool = False,
+        on_channel: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.http_timeout = http_timeout
         self.long_poll_seconds = long_poll_seconds
         self.cut_grace = cut_grace
         self._on_unavailable = on_unavailable
         self._on_credential_refused = on_credential_refused
+        self._on_health = on_health
+        self.channels: dict[str, BackendChannel] = {}  # filled below with ``channels``
         self.backends = BackendSet(
             (base_url,) if isinstance(base_url, str) else tuple(base_url),
             token,
@@ -210,18 +215,53 @@ class BackendClient:
             http_timeout=http_timeout,
             backend_connections=backend_connections,
             max_long_polls=max_long_polls,
-            on_health=on_health,
+            on_health=self._health,
             on_failover=on_failover,
             check_seconds=check_seconds,
             check_timeout=check_timeout,
         )
+        #: With ``channels`` (``--channel auto``) one wait channel per backend
+        #: (:mod:`radius_bridge.channel`): while the preferred backend's is open, waits and
+        #: code / password checks go over it; HTTP otherwise.
+        if channels:
+            self.channels = {
+                backend.url: BackendChannel(
+                    backend.url,
+                    token,
+                    open_timeout=http_timeout,
+                    on_credential_refused=on_credential_refused,
+                    on_state=on_channel,
+                )
+                for backend in self.backends.backends
+            }
+
+    @property
+    def channel(self) -> BackendChannel | None:
+        """The preferred backend's wait channel when it is open, else ``None`` (use HTTP)."""
+        if not self.channels:
+            return None
+        channel = self.channels.get(self.backends.preferred.url)
+        return channel if channel is not None and channel.connected else None
+
+    def _health(self, url: str, up: bool) -> None:
+        # A node marked down while another is up: the waits held on its channel are cut
+        # now, so they re-attach on a node that is up (as its long-polls are).
+        channel = self.channels.get(url)
+        if not up and channel is not None and any(b.up for b in self.backends.backends):
+            channel.cut("its backend was marked down")
+        if self._on_health is not None:
+            self._on_health(url, up)
 
     def start(self) -> None:
-        """Start the backends' health checks (call on the running loop)."""
+        """Start the backends' health checks and wait channels (on the running loop)."""
         self.backends.start()
+        for channel in self.channels.values():
+            channel.start()
 
     async def aclose(self) -> None:
-        """Stop the health checks and close every pool."""
+        """Stop the health checks, close the wait channels and every pool."""
+        for channel in self.channels.values():
+            await channel.aclose()
         await self.backends.aclose()
 
     # -- effects ----------------------------------------------------------------------------
@@ -396,6 +436,14 @@ class BackendClient:
         """
         loop = asyncio.get_running_loop()
         end = loop.time() + max(0.0, effect.seconds)
+        channel = self.channel
+        if channel is not None:
+            until = min(end, deadline - 0.05)
+            state = await wait_on_channel(channel, effect.authentication_id, until)
+            if state is not None:
+                return Outcome(state)
+            # The channel was cut (or would not watch this one): the long-poll below
+            # re-attaches by the id, with the cut grace of a cut long-poll.
         path = f"/gateway/v1/authentications/{effect.authentication_id}"
         state = "pending"
         reached = False
@@ -510,11 +558,22 @@ class BackendClient:
     async def _checked(self, path: str, body: dict[str, Any], where: str) -> Result:
         """A code or password check: the backend's verdict, or what its refusal means."""
         try:
-            response = await self._short("POST", path, body)
+            data = await self._checked_call(path, body)
         except _Refusal as exc:
             return self._refused(exc, where)
-        data = _json(response)
         return Checked(data.get("result") == "accept", str(data.get("reason", "")))
+
+    async def _checked_call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST path``: over the wait channel while it is open (batched with the other
+        calls of the same moment), else over HTTP."""
+        channel = self.channel
+        if channel is None:
+            return _json(await self._short("POST", path, body))
+        async with asyncio.timeout(self.http_timeout):
+            status, data = await channel.post(path, body)
+        if status >= 400:  # the refusal mapping of HTTP answers, for the rare error
+            _check(httpx.Response(status, json=data))
+        return data
 
     async def _cancel(self, effect: CancelAuthentication, deadline: float) -> Result:
         path = f"/gateway/v1/authentications/{effect.authentication_id}/cancel"

@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         "before the client's failmode answers (default 5)",
     )
     parser.add_argument(
+        "--channel",
+        choices=["auto", "off"],
+        help="auto (default): held pushes and code checks over one WebSocket to the backend "
+        "(the wait channel) while it is open, HTTP otherwise; off: always HTTP",
+    )
+    parser.add_argument(
         "--max-held",
         type=int,
         metavar="N",
@@ -138,6 +144,7 @@ def settings_from(args: argparse.Namespace) -> BridgeSettings:
         refresh_seconds=args.refresh_seconds,
         http_timeout=args.http_timeout,
         cut_grace_seconds=args.cut_grace_seconds,
+        channel=args.channel,
         metrics_listen=args.metrics_listen,
         max_held=args.max_held,
         log_level=args.log_level,

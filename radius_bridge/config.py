@@ -26,6 +26,8 @@ DEFAULT_PORT = 1812
 DEFAULT_LISTEN = ("0.0.0.0:1812", "[::]:1812")
 #: RadSec (RFC 6614) listens on TCP 2083 when asked to; off unless an address is given.
 DEFAULT_RADSEC_PORT = 2083
+#: ``--channel``: the wait channel when the backend serves it, or never.
+CHANNEL_MODES = ("auto", "off")
 #: Backend URLs a bridge may be given: a few nodes, not a fleet (each one is health-checked).
 MAX_BACKENDS = 16
 
@@ -127,6 +129,10 @@ class BridgeSettings:
       connection reset), re-attach to the same authentication for this long; then the
       client's failmode answers at once. Long enough for a backend restart to pass unnoticed,
       short enough to answer before the gateway gives up (:mod:`.protocol.reattach`).
+    * ``channel``: ``auto`` (default): held pushes and code / password checks go over one
+      WebSocket to the backend (the wait channel, :mod:`radius_bridge.channel`) while it is
+      open, plain HTTP otherwise (an older backend, a proxy without WebSocket); ``off``:
+      always HTTP.
     * ``metrics_listen``: serve ``/metrics`` here (standalone only).
     * ``max_held``: requests in progress at once, shared between clients and users
       (:mod:`radius_bridge.protocol.shares`); beyond a share, new requests are dropped (the
@@ -149,6 +155,7 @@ class BridgeSettings:
     http_timeout: float = 10.0
     long_poll_seconds: float = 50.0
     cut_grace_seconds: float = 5.0
+    channel: str = "auto"
     metrics_listen: ListenAddress | None = None
     max_held: int = 20_000
     backend_connections: int = 64
@@ -192,6 +199,8 @@ class BridgeSettings:
         _number(self.cut_grace_seconds, "cut grace seconds", 0, 120)
         _number(self.max_held, "max held requests", 1, 1_000_000, integer=True)
         _number(self.backend_connections, "backend connections", 1, 10_000, integer=True)
+        if self.channel not in CHANNEL_MODES:
+            raise BridgeConfigError(f"channel {self.channel!r}: auto or off")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise BridgeConfigError(f"log level {self.log_level!r}: debug, info, warning, error")
         if self.log_format not in ("json", "text"):
@@ -304,6 +313,7 @@ def load_bridge_settings(
     http_timeout: float | None = None,
     long_poll_seconds: float | None = None,
     cut_grace_seconds: float | None = None,
+    channel: str | None = None,
     metrics_listen: str | None = None,
     max_held: int | None = None,
     log_level: str | None = None,
@@ -380,6 +390,7 @@ def load_bridge_settings(
         http_timeout=number(http_timeout, "HTTP_TIMEOUT", 10.0),
         long_poll_seconds=number(long_poll_seconds, "LONG_POLL_SECONDS", 50.0),
         cut_grace_seconds=number(cut_grace_seconds, "CUT_GRACE_SECONDS", 5.0),
+        channel=(pick(channel, "CHANNEL") or "auto").lower(),
         metrics_listen=parse_host_port(metrics_text, "metrics address") if metrics_text else None,
         max_held=20_000
         if held is None

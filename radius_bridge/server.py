@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import resource
 import signal
@@ -122,6 +123,12 @@ async def serve(settings: BridgeSettings, stop: asyncio.Event | None = None) -> 
             )
             metrics_server = _MetricsServer(config)
             metrics_task = asyncio.create_task(metrics_server.serve(sockets=[metrics_socket]))
+        # The start-up heap (modules, the client table: ~50,000 objects) lives as long as the
+        # process: keep it out of every later full collection, which otherwise walks it
+        # again in the middle of held requests' answers (as `openmfa run` does, see
+        # backend/server.py freeze_startup_heap; measured in bench/bridge_channel.py).
+        gc.collect()
+        gc.freeze()
         await stop.wait()
         log.info("stopping the RADIUS bridge")
     finally:

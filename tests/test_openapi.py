@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 
 import backend
 from backend import errors
@@ -78,6 +78,9 @@ def test_documented_operations_are_exactly_the_routes(
     served: set[tuple[str, str]] = set()
     for route in api.app.routes:
         if isinstance(route, Mount) and route.path in WEB_MOUNTS:
+            continue
+        if isinstance(route, WebSocketRoute):  # OpenAPI cannot describe it: docs/api.md does
+            assert route.path == "/gateway/v1/channel"
             continue
         assert isinstance(route, Route), f"{route!r}: only plain routes are checked here"
         assert route.methods, f"{route.path} accepts every method"

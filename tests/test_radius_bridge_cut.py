@@ -169,6 +169,7 @@ def test_a_backend_killed_under_held_pushes_is_answered_by_each_failmode_at_once
             assert earliest >= grace - 0.5, earliest
             assert latest <= grace + ANSWER_BOUND, latest
         log = bridge.log_path.read_text()
+        assert "wait channel to" in log  # the held pushes waited on the channel (--channel auto)
         assert "re-attaching" in log
         assert "Traceback" not in log
 

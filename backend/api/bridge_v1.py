@@ -7,6 +7,8 @@ alone. A bridge token can also call everything in :mod:`backend.api.gateway_v1`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -19,6 +21,10 @@ from backend.api.schemas import (
     PasswordVerifyResponse,
     RadiusClients,
 )
+from backend.services.context import Actor
+
+if TYPE_CHECKING:
+    from backend.services import Services
 
 BRIDGE = "bridge"
 
@@ -52,6 +58,22 @@ async def radius_clients(request: Request) -> Response:
     return response
 
 
+async def password_op(
+    services: Services, actor: Actor, payload: PasswordVerifyRequest
+) -> PasswordVerifyResponse:
+    """Check a user's password (HTTP and the wait channel share this)."""
+    result = await services.users.verify_password(
+        actor,
+        payload.user,
+        payload.password,
+        sign_in_context(payload.context),
+        client=payload.client,
+    )
+    return PasswordVerifyResponse(
+        result="accept" if result.accepted else "reject", reason=result.reason
+    )
+
+
 async def verify_password(request: Request) -> Response:
     """Check a user's password: the local one (argon2id), or for a user from a directory (and
     any user of a client with primary ldap) a bind to the directory. Wrong ones count toward
@@ -59,19 +81,7 @@ async def verify_password(request: Request) -> Response:
     await authenticate_gateway(request, BRIDGE)
     payload = parse_json(await read_body(request), PasswordVerifyRequest)
     request.state.user_name = payload.user.casefold()
-    result = await services_of(request).users.verify_password(
-        request.state.actor,
-        payload.user,
-        payload.password,
-        sign_in_context(payload.context),
-        client=payload.client,
-    )
-    return json_response(
-        PasswordVerifyResponse(
-            result="accept" if result.accepted else "reject",
-            reason=result.reason,
-        )
-    )
+    return json_response(await password_op(services_of(request), request.state.actor, payload))
 
 
 async def bridge_audit(request: Request) -> Response:

@@ -6,6 +6,8 @@ RADIUS bridge may call (scope ``bridge``) are in :mod:`backend.api.bridge_v1`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -27,10 +29,18 @@ from backend.services.challenges import ChallengeView
 from backend.services.context import Actor, SignInContext
 from backend.services.tokens import ApiTokenRecord
 
+if TYPE_CHECKING:
+    from backend.services import Services
+
 
 def _bearer(request: Request) -> str:
     """The token of the ``Authorization: Bearer`` header (401 without one)."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return bearer_of(request.headers.get("authorization", ""))
+
+
+def bearer_of(authorization: str) -> str:
+    """The token of an ``Authorization: Bearer`` header value (401 without one)."""
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise AuthenticationRequired("send the API token as 'Authorization: Bearer <token>'")
     return token.strip()
@@ -64,13 +74,12 @@ def _authentication(view: ChallengeView) -> Authentication:
     )
 
 
-async def start_authentication(request: Request) -> Response:
-    """Start a push (or code) authentication; idempotent per ``idempotency_key``."""
-    token = await authenticate_gateway(request)
-    payload = parse_json(await read_body(request), StartRequest)
-    request.state.user_name = payload.user.casefold()
-    view = await services_of(request).challenges.start(
-        request.state.actor,
+async def start_op(
+    services: Services, actor: Actor, token: ApiTokenRecord, payload: StartRequest
+) -> Authentication:
+    """Start an authentication (HTTP and the wait channel share this)."""
+    view = await services.challenges.start(
+        actor,
         payload.user,
         payload.method,
         sign_in_context(payload.context),
@@ -81,7 +90,16 @@ async def start_authentication(request: Request) -> Response:
         started_by=token.starter,
         token_scope=token.scope,
     )
-    return json_response(_authentication(view), status_code=201)
+    return _authentication(view)
+
+
+async def start_authentication(request: Request) -> Response:
+    """Start a push (or code) authentication; idempotent per ``idempotency_key``."""
+    token = await authenticate_gateway(request)
+    payload = parse_json(await read_body(request), StartRequest)
+    request.state.user_name = payload.user.casefold()
+    started = await start_op(services_of(request), request.state.actor, token, payload)
+    return json_response(started, status_code=201)
 
 
 async def get_authentication(request: Request) -> Response:
@@ -100,29 +118,57 @@ async def get_authentication(request: Request) -> Response:
     return json_response(_authentication(view))
 
 
+async def submit_op(
+    services: Services, actor: Actor, token: ApiTokenRecord, auth_id: str, payload: CodeRequest
+) -> CodeResponse:
+    """Answer a pending authentication with a code (HTTP and the wait channel share this)."""
+    view, result = await services.challenges.verify_code(actor, auth_id, payload.code, token)
+    return CodeResponse(
+        result="accept" if result.accepted else "reject",
+        reason=result.reason,
+        authentication=_authentication(view),
+    )
+
+
 async def submit_code(request: Request) -> Response:
     """Answer a pending authentication with a code from the app (challenge mode)."""
     token = await authenticate_gateway(request)
     payload = parse_json(await read_body(request), CodeRequest)
-    view, result = await services_of(request).challenges.verify_code(
-        request.state.actor, request.path_params["auth_id"], payload.code, token
+    answer = await submit_op(
+        services_of(request), request.state.actor, token, request.path_params["auth_id"], payload
     )
-    return json_response(
-        CodeResponse(
-            result="accept" if result.accepted else "reject",
-            reason=result.reason,
-            authentication=_authentication(view),
-        )
-    )
+    return json_response(answer)
+
+
+async def cancel_op(
+    services: Services, actor: Actor, token: ApiTokenRecord, auth_id: str
+) -> Authentication:
+    """The gateway gave up waiting (HTTP and the wait channel share this)."""
+    return _authentication(await services.challenges.cancel(actor, auth_id, token))
 
 
 async def cancel_authentication(request: Request) -> Response:
     """The gateway gave up waiting."""
     token = await authenticate_gateway(request)
-    view = await services_of(request).challenges.cancel(
-        request.state.actor, request.path_params["auth_id"], token
+    cancelled = await cancel_op(
+        services_of(request), request.state.actor, token, request.path_params["auth_id"]
     )
-    return json_response(_authentication(view))
+    return json_response(cancelled)
+
+
+async def verify_op(
+    services: Services, actor: Actor, bearer: str | None, payload: VerifyRequest
+) -> VerifyResponse:
+    """Check a code for a user; ``bearer`` (None for the in-process bridge's token) is
+    checked inside the verification's own transaction (HTTP and the wait channel share this)."""
+    result = await services.otp.verify(
+        actor, payload.user, payload.code, sign_in_context(payload.context), bearer=bearer
+    )
+    return VerifyResponse(
+        result="accept" if result.accepted else "reject",
+        reason=result.reason,
+        user=result.user_name,
+    )
 
 
 async def verify_otp(request: Request) -> Response:
@@ -141,20 +187,8 @@ async def verify_otp(request: Request) -> Response:
     name = "unverified"
     if ephemeral is not None:
         bearer, name = None, ephemeral.name
-    result = await services.otp.verify(
-        Actor(f"gateway:{name}", client, request_id_var.get()),
-        payload.user,
-        payload.code,
-        sign_in_context(payload.context),
-        bearer=bearer,
-    )
-    return json_response(
-        VerifyResponse(
-            result="accept" if result.accepted else "reject",
-            reason=result.reason,
-            user=result.user_name,
-        )
-    )
+    actor = Actor(f"gateway:{name}", client, request_id_var.get())
+    return json_response(await verify_op(services, actor, bearer, payload))
 
 
 routes = [

@@ -49,8 +49,21 @@ def parse_json(body: bytes, model: type[ModelT]) -> ModelT:
     """
     if not body:
         raise BadRequest("a JSON body is required")
+    return _validated(model, body, json=True)
+
+
+def parse_data(data: object, model: type[ModelT]) -> ModelT:
+    """:func:`parse_json` for JSON already decoded (a call in a wait-channel frame)."""
+    return _validated(model, data, json=False)
+
+
+def _validated(model: type[ModelT], data: object, json: bool) -> ModelT:
     try:
-        parsed = model.model_validate_json(body)
+        parsed = (
+            model.model_validate_json(data)  # type: ignore[arg-type]
+            if json
+            else model.model_validate(data)
+        )
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"

@@ -204,6 +204,7 @@ PROBLEM_TYPES = (
     "pin-locked",
     "wrong-number",
     "push-limited",
+    "too-many-watched",
     "busy",
     "number-matching-unavailable",
     "challenge-expired",
@@ -273,7 +274,8 @@ def build_document() -> dict[str, Any]:
         "info": {
             "title": "OpenMFA app and gateway APIs",
             "version": __version__,
-            "description": "Problem types: "
+            "description": "The RADIUS bridges' wait channel, a WebSocket at /gateway/v1/channel, "
+            "is described in docs/api.md (OpenAPI cannot describe it). Problem types: "
             + ", ".join(f"https://openmfa.org/problems/{t}" for t in PROBLEM_TYPES),
         },
         "paths": paths,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -20,6 +21,9 @@ from backend.api.client_address import client_address
 from backend.errors import DatabaseError, OpenMFAError
 from backend.logs import request_id_var
 from backend.services.context import Actor
+
+if TYPE_CHECKING:
+    from backend.services import Services
 
 PROBLEM_BASE = "https://openmfa.org/problems/"
 log = logging.getLogger("openmfa.api")
@@ -34,6 +38,40 @@ def html_error_page(request: Request) -> HtmlErrorPage | None:
     return page if callable(page) else None
 
 
+def problem_body(status: int, type_: str, title: str, detail: str) -> dict[str, Any]:
+    """A problem document (RFC 9457) with the current request id."""
+    return {
+        "type": PROBLEM_BASE + type_,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "request_id": request_id_var.get(),
+    }
+
+
+def problem_of(exc: OpenMFAError) -> tuple[int, dict[str, Any]]:
+    """(status, problem document) for one of our errors: what HTTP answers and what the
+    bridges' wait channel (:mod:`backend.api.channel_v1`) puts in a call's result."""
+    return exc.status, problem_body(exc.status, exc.type, exc.title, exc.detail)
+
+
+async def audit_refusal(
+    services: Services, actor: Actor, exc: OpenMFAError, user_name: str, detail: str
+) -> None:
+    """The ``request.refused`` audit row of a refusal (a failing database is only logged:
+    the row could not be written either)."""
+    if exc.status >= 500:
+        log.error("request failed: %s", exc.detail, extra={"problem": exc.type})
+    if isinstance(exc, DatabaseError):
+        return
+    try:
+        await services.audit.record(
+            actor, "request.refused", exc.type, user_name=user_name, detail=detail
+        )
+    except OpenMFAError:
+        log.warning("could not audit a refused request", exc_info=True)
+
+
 def problem_response(
     status: int,
     type_: str,
@@ -42,13 +80,7 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """A problem document with the current request id (and any headers the status needs)."""
-    body = {
-        "type": PROBLEM_BASE + type_,
-        "title": title,
-        "status": status,
-        "detail": detail,
-        "request_id": request_id_var.get(),
-    }
+    body = problem_body(status, type_, title, detail)
     extra = dict(headers or {})
     return JSONResponse(
         body, status_code=status, media_type="application/problem+json", headers=extra or None
@@ -69,20 +101,17 @@ def request_actor(request: Request, error: OpenMFAError | None = None) -> Actor:
 async def openmfa_error(request: Request, exc: Exception) -> Response:
     """Map our errors to their status and type; audit the refusal."""
     assert isinstance(exc, OpenMFAError)  # noqa: S101 - registered for this class only
-    if exc.status >= 500:
-        log.error("request failed: %s", exc.detail, extra={"problem": exc.type})
     services = getattr(request.app.state, "services", None)
-    if services is not None and not isinstance(exc, DatabaseError):
-        try:
-            await services.audit.record(
-                request_actor(request, exc),
-                "request.refused",
-                exc.type,
-                user_name=str(getattr(request.state, "user_name", "")),
-                detail=f"{request.method} {request.url.path}: {exc.detail}",
-            )
-        except OpenMFAError:
-            log.warning("could not audit a refused request", exc_info=True)
+    if services is not None:
+        await audit_refusal(
+            services,
+            request_actor(request, exc),
+            exc,
+            str(getattr(request.state, "user_name", "")),
+            f"{request.method} {request.url.path}: {exc.detail}",
+        )
+    elif exc.status >= 500:
+        log.error("request failed: %s", exc.detail, extra={"problem": exc.type})
     headers: dict[str, str] = {}
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
