@@ -35,6 +35,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 from backend import events_payload as wire
 from backend.errors import DatabaseError
@@ -79,6 +80,9 @@ class PostgresOutcomeBus:
         if not wire.valid_node_id(node_id):
             raise ValueError(f"a node id is 1-64 of A-Z a-z 0-9 _ -, not {node_id!r}")
         self._dsn = dsn
+        # The URL asks for a writable server (several hosts: backend/store/urls.py): the
+        # LISTEN must be on the server the nodes write to.
+        self._wants_primary = _asks_for_primary(dsn)
         self.node_id = node_id
         self._local = local if local is not None else InProcessOutcomeBus()
         self._first_backoff = first_backoff
@@ -312,7 +316,11 @@ class PostgresOutcomeBus:
             except TimeoutError:
                 pass
             async with self._lock:
-                await conn.fetchval("SELECT 1", timeout=self._connect_timeout)
+                read_only = await conn.fetchval(_READ_ONLY, timeout=self._connect_timeout)
+            if read_only and self._wants_primary:
+                # A fenced old primary keeps its sessions; the nodes' writes went to the
+                # promoted server, and so do their NOTIFYs: follow them there.
+                raise NotPrimary("the server turned read-only (a failover?); reconnecting")
 
     async def _reread(self, conn: asyncpg.Connection) -> tuple[int, int]:
         """Publish locally every held challenge that is final in the database; (held,
@@ -355,3 +363,16 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class NotPrimary(Exception):
+    """The LISTEN connection's server no longer takes writes."""
+
+
+#: The ping: does this session's server still take writes?
+_READ_ONLY = "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'"
+
+
+def _asks_for_primary(dsn: str) -> bool:
+    query = parse_qs(urlsplit(dsn).query)
+    return bool({"read-write", "primary"} & set(query.get("target_session_attrs", [])))

@@ -199,6 +199,7 @@ class BackendClient:
         check_seconds: float = CHECK_SECONDS,
         check_timeout: float = CHECK_TIMEOUT,
         channels: bool = False,
+        on_channel: Callable[[str, bool], None] | None = None,
     ) -> None:
         self.http_timeout = http_timeout
         self.long_poll_seconds = long_poll_seconds
@@ -229,6 +230,7 @@ class BackendClient:
                     token,
                     open_timeout=http_timeout,
                     on_credential_refused=on_credential_refused,
+                    on_state=on_channel,
                 )
                 for backend in self.backends.backends
             }

@@ -100,8 +100,11 @@ class BackendChannel:
         *,
         open_timeout: float = 5.0,
         on_credential_refused: Callable[[str], None] | None = None,
+        on_state: Callable[[str, bool], None] | None = None,
     ) -> None:
+        self.base_url = base_url
         self.url = channel_url(base_url)
+        self._on_state = on_state
         self._headers = {"Authorization": f"Bearer {token}"}
         self._open_timeout = open_timeout
         self._on_credential_refused = on_credential_refused
@@ -162,6 +165,7 @@ class BackendChannel:
         if ws is None:
             return
         log.info("cutting the wait channel to %s: %s", self.url, why)
+        self._state(False)
         self._ws = None
         self._connected.clear()
         self._cut_all(why)
@@ -206,6 +210,7 @@ class BackendChannel:
             finally:
                 if self._ws is not None:
                     log.info("wait channel to %s closed", self.url)
+                    self._state(False)
                 self._ws = None
                 self._connected.clear()
                 self._cut_all("the wait channel was cut")
@@ -217,6 +222,11 @@ class BackendChannel:
         self.opened += 1
         self._connected.set()
         log.info("wait channel to %s open", self.url)
+        self._state(True)
+
+    def _state(self, is_open: bool) -> None:
+        if self._on_state is not None:
+            self._on_state(self.base_url, is_open)
 
     def _closed_by(self, ws: ClientConnection) -> None:
         if ws.close_code in CREDENTIAL_CLOSE_CODES:

@@ -95,6 +95,13 @@ class BridgeMetrics:
             ["backend"],
             registry=r,
         )
+        self.channel_open = Gauge(
+            "openmfa_radius_wait_channel_open",
+            "1 while the wait channel (one WebSocket for held pushes and code checks) to a "
+            "backend node is open, 0 while that node is used over HTTP",
+            ["backend"],
+            registry=r,
+        )
         self.backend_failovers = Counter(
             "openmfa_radius_backend_failovers",
             "Calls that failed on a backend and moved on to the next one, by the backend left",

@@ -164,6 +164,7 @@ class Bridge:
             # Real sockets: waits and checks over the wait channel while it is open (an
             # injected transport -- in-process ASGI, a mock -- keeps plain HTTP).
             channels=settings.channel == "auto" and transport is None,
+            on_channel=self._channel_state,
         )
         self.upstream = UpstreamClient(dictionary=self.core.dictionary)
         self.cache = (
@@ -671,6 +672,9 @@ class Bridge:
 
     def _backend_health(self, url: str, up: bool) -> None:
         self.metrics.backend_up.labels(url).set(1 if up else 0)
+
+    def _channel_state(self, url: str, is_open: bool) -> None:
+        self.metrics.channel_open.labels(url).set(1 if is_open else 0)
 
     def _backend_failover(self, url: str) -> None:
         self.metrics.backend_failovers.labels(url).inc()

@@ -34,6 +34,7 @@ from backend.services.challenges import ChallengeService
 from backend.services.context import Actor, SignInContext
 from backend.services.leases import Leases
 from backend.store.tables import challenges_t, nodes_t
+from backend.store.urls import asyncpg_dsn
 from tests.support.clock import FakeClock
 from tests.test_push_dispatcher import FakeTransport
 
@@ -426,3 +427,48 @@ async def test_the_app_runs_the_handover_as_a_leased_duty(
         assert services.nodes.node_id == services.node_id
     finally:
         await services.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # row locks: PG only
+async def test_recording_a_delivery_never_deadlocks_with_an_answer(
+    nodes: tuple[Node, Node], database_url: str
+) -> None:
+    """The journal takes the challenge row before the device row, the order an answer takes
+    them in. The other way round, an answer arriving while the first push to a device is
+    recorded deadlocked on PostgreSQL (seen with two real nodes: the answer got a 503)."""
+    import asyncpg
+
+    a, _ = nodes
+    device_id = await device(a.services, "alice", "ios", "tok-fresh")  # push_status "": written
+    release = a.apns.hold("tok-fresh")
+    challenge = await a.start("alice")
+    await a.apns.wait_for(1)
+    answer = await asyncpg.connect(asyncpg_dsn(database_url))
+    watcher = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        tx = answer.transaction()
+        await tx.start()
+        # What an answer does first: the challenge row, locked until it commits.
+        await answer.execute(
+            "UPDATE challenges SET answered_by = answered_by WHERE id = $1", challenge
+        )
+        release.set()  # the delivery is recorded now, and waits for the challenge row
+
+        async def journal_waits() -> None:
+            while not await watcher.fetchval(  # noqa: ASYNC110 - polling the database itself
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            ):
+                await asyncio.sleep(0.01)
+
+        async with asyncio.timeout(10):
+            await journal_waits()
+        # ... then the device row, which the journal must not be holding meanwhile.
+        await answer.execute("UPDATE devices SET last_used_at = now() WHERE id = $1", device_id)
+        await tx.commit()
+    finally:
+        await answer.close()
+        await watcher.close()
+    await a.dispatcher.wait_idle()
+    assert (await delivery(a.services, challenge))[1] is not None

@@ -69,6 +69,7 @@ def test_code_checks_and_password_code_go_over_the_channel(lab: RadiusLab) -> No
     assert replayed.code == CHALLENGE
     assert first(replayed, "Reply-Message").startswith("Wrong code")
     assert channel.opened == 1
+    assert lab.bridge.metric("openmfa_radius_wait_channel_open", {"backend": lab.api.url}) == 1
 
 
 def test_a_held_push_waits_on_the_channel_and_is_approved(lab: RadiusLab) -> None:
@@ -119,6 +120,7 @@ def test_a_backend_without_the_channel_is_used_over_http(
         assert answer.code == ACCEPT
         assert not channel.connected
         assert channel.calls == 0
+        assert old.bridge.metric("openmfa_radius_wait_channel_open", {"backend": old.api.url}) == 0
         assert old.bridge.bridge.core.credential_refused is None
     assert not [r for r in caplog.records if "refused the channel's token" in r.getMessage()]
 

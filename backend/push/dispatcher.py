@@ -475,6 +475,12 @@ class PushDispatcher:
 
     def _record(self, tx: Tx, batch: list[_Attempt | _Sent]) -> None:
         sent = [item for item in batch if isinstance(item, _Sent)]
+        if sent:
+            # In the attempts' transaction: "sent" always means "recorded". One statement per
+            # batch (a round trip each on PostgreSQL), stamped with its last finish. First,
+            # before any device row: an answer locks the challenge row, then the device's,
+            # and the other order deadlocks with it on PostgreSQL.
+            self._mark_sent(tx, [item.challenge_id for item in sent], max(i.at for i in sent))
         for item in batch:
             if isinstance(item, _Sent):
                 continue
@@ -519,11 +525,6 @@ class PushDispatcher:
                     target.device_id,
                     target.token,
                 )
-
-        if sent:
-            # In the attempts' transaction: "sent" always means "recorded". One statement per
-            # batch (a round trip each on PostgreSQL), stamped with its last finish.
-            self._mark_sent(tx, [item.challenge_id for item in sent], max(i.at for i in sent))
 
     def _mark_sent(self, tx: Tx, challenge_ids: list[str], at: datetime) -> None:
         if not self._db.is_sqlite:
