@@ -29,11 +29,12 @@ SQL is written once with ``?`` placeholders; :class:`AsyncpgTx` renumbers them f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -217,38 +218,33 @@ class PostgresJobs:
         ``lock``: a transaction-scoped advisory lock (two int4 keys) taken before the job
         runs, sent with the BEGIN in one round trip: jobs with the same key run one at a time.
         """
-        import asyncpg  # loaded by _get_pool
-
-        try:
-            pool = await self._get_pool()
-            async with pool.acquire() as conn:
-                try:
-                    if lock is None:
-                        async with conn.transaction(readonly=readonly):
-                            result: T = await greenlet_spawn(job, AsyncpgTx(conn))
-                            return result
-                    return await self._run_locked(conn, job, lock)
-                except BaseException as exc:
-                    _drop_if_read_only(conn, exc)
-                    raise
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            raise _job_error(exc) from exc
-        except Exception as exc:
-            if is_unavailable(exc):
-                raise _job_error(exc) from exc
-            raise
+        async with self._connection() as conn:
+            if lock is None:
+                async with conn.transaction(readonly=readonly):
+                    result: T = await greenlet_spawn(job, AsyncpgTx(conn))
+                    return result
+            return await self._run_locked(conn, job, lock)
 
     async def statement(self, sql: str, *params: Any) -> list[Row]:
         """Run one statement (``?`` placeholders) in a transaction of its own: one round trip.
 
         No BEGIN/COMMIT: PostgreSQL runs a lone statement as its own transaction."""
+        async with self._connection() as conn:
+            return [tuple(row) for row in await conn.fetch(numbered(sql), *params)]
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; database failures in the block come out as ``_job_error``.
+
+        A connection whose server refused a write as read-only is dropped
+        (:func:`_drop_if_read_only`)."""
         import asyncpg  # loaded by _get_pool
 
         try:
             pool = await self._get_pool()
             async with pool.acquire() as conn:
                 try:
-                    return [tuple(row) for row in await conn.fetch(numbered(sql), *params)]
+                    yield conn
                 except BaseException as exc:
                     _drop_if_read_only(conn, exc)
                     raise
