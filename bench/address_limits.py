@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.services import address_limits
 from backend.store import migrations
 from backend.store.database import Database
+from bench._setup import fresh_postgres
 
 WINDOW = timedelta(minutes=15)
 LIMIT = 20
@@ -59,22 +60,6 @@ async def _backends(url: str) -> list[int]:
     finally:
         await conn.close()
     return [int(row[0]) for row in rows]
-
-
-def _fresh_postgres(admin_url: str) -> str:
-    """Create (or re-create) the database ``openmfa_bench_limits`` beside ``admin_url``'s."""
-    import asyncpg
-
-    async def recreate() -> None:
-        conn = await asyncpg.connect(admin_url.replace("+asyncpg", ""))
-        try:
-            await conn.execute('DROP DATABASE IF EXISTS "openmfa_bench_limits" WITH (FORCE)')
-            await conn.execute('CREATE DATABASE "openmfa_bench_limits"')
-        finally:
-            await conn.close()
-
-    asyncio.run(recreate())
-    return admin_url.rsplit("/", 1)[0] + "/openmfa_bench_limits"
 
 
 async def _pair(db: Database, address: str) -> None:
@@ -136,7 +121,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="openmfa-bench-limits-"))
     urls = {"SQLite": f"sqlite+aiosqlite:///{home / 'openmfa.db'}"}
     if args.postgres:
-        urls["PostgreSQL"] = _fresh_postgres(args.postgres)
+        urls["PostgreSQL"] = fresh_postgres(args.postgres, "openmfa_bench_limits")
     for name, url in urls.items():
         migrations.upgrade(url)
         print(f"{name}:")

@@ -33,6 +33,7 @@ from backend.services.context import Actor
 from backend.store import migrations
 from bench._http import build_post, percentile, run_load
 from bench._process import free_port, serving
+from bench._setup import fresh_postgres
 
 ADMIN = Actor("bench")
 
@@ -52,22 +53,6 @@ async def _populate(home: Path, database_url: str, users: int) -> tuple[str, dic
     return token, seeds
 
 
-def _fresh_postgres(admin_url: str) -> str:
-    """Create (or re-create) the database ``openmfa_bench`` next to ``admin_url``'s."""
-    import asyncpg
-
-    async def recreate() -> None:
-        conn = await asyncpg.connect(admin_url.replace("+asyncpg", ""))
-        try:
-            await conn.execute('DROP DATABASE IF EXISTS "openmfa_bench" WITH (FORCE)')
-            await conn.execute('CREATE DATABASE "openmfa_bench"')
-        finally:
-            await conn.close()
-
-    asyncio.run(recreate())
-    return admin_url.rsplit("/", 1)[0] + "/openmfa_bench"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=5000)
@@ -81,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="openmfa-bench-"))
-    database_url = _fresh_postgres(args.postgres) if args.postgres else ""
+    database_url = fresh_postgres(args.postgres, "openmfa_bench") if args.postgres else ""
     migrations.upgrade(database_url or f"sqlite+aiosqlite:///{home / 'openmfa.db'}")
     started = time.perf_counter()
     token, seeds = asyncio.run(_populate(home, database_url, args.users))

@@ -20,7 +20,6 @@ measures another checkout: ``/other/checkout/.venv/bin/python bench/web_sign_in.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import statistics
@@ -35,6 +34,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._process import EXE, free_port, serving
+from bench._setup import fresh_postgres
 
 PASSWORD = "correct horse battery staple"  # noqa: S105 - a benchmark user's
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -51,22 +51,6 @@ def _openmfa(env: dict[str, str], *args: str, stdin: str | None = None) -> None:
     subprocess.run(
         [str(EXE), *args], env=env, input=stdin, text=True, check=True, stdout=subprocess.DEVNULL
     )
-
-
-def _fresh_postgres(admin_url: str) -> str:
-    """Create (or re-create) the database ``openmfa_bench_limits`` beside ``admin_url``'s."""
-    import asyncpg
-
-    async def recreate() -> None:
-        conn = await asyncpg.connect(admin_url.replace("+asyncpg", ""))
-        try:
-            await conn.execute('DROP DATABASE IF EXISTS "openmfa_bench_limits" WITH (FORCE)')
-            await conn.execute('CREATE DATABASE "openmfa_bench_limits"')
-        finally:
-            await conn.close()
-
-    asyncio.run(recreate())
-    return admin_url.rsplit("/", 1)[0] + "/openmfa_bench_limits"
 
 
 def _sign_ins(
@@ -98,7 +82,7 @@ def main() -> None:
     parser.add_argument("--postgres", help="admin URL; a database beside it is re-created")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="openmfa-bench-signin-"))
-    database_url = _fresh_postgres(args.postgres) if args.postgres else ""
+    database_url = fresh_postgres(args.postgres, "openmfa_bench_limits") if args.postgres else ""
     env = {
         **os.environ,
         "OPENMFA_HOME": str(home),
