@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -25,6 +26,9 @@ from tests.support.database import migrated_sqlite
 from tests.support.pg_cluster import running_pg_cluster
 from tests.support.samba_dc import SambaDC, running_samba_dc
 from tests.support.slapd import Slapd, running_slapd
+
+if TYPE_CHECKING:
+    from tests.support.cluster import ApnsService, NodeCluster
 
 PG_ADMIN_URL = os.environ.get(
     "OPENMFA_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
@@ -88,6 +92,30 @@ def postgres_admin_url() -> Iterator[str]:
         url = cluster.url("postgres")
         sys.stderr.write(f"throw-away PostgreSQL {url} in {cluster.directory}\n")
         yield url
+
+
+@pytest.fixture
+def apns(tmp_path: Path) -> Iterator[ApnsService]:
+    """The APNs fake of the several-node scenarios (tests/support/cluster.py), closed after."""
+    from tests.support.cluster import ApnsService
+
+    service = ApnsService(tmp_path / "apns")
+    try:
+        yield service
+    finally:
+        service.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, apns: ApnsService, postgres_admin_url: str) -> Iterator[NodeCluster]:
+    """Two running ``openmfa run`` nodes on a fresh database of the session's PostgreSQL
+    server, pushing to ``apns`` (tests/support/cluster.py)."""
+    from tests.support.cluster import NodeCluster
+
+    with NodeCluster(
+        tmp_path / "cluster", nodes_wanted=2, env=apns.env, admin_url=postgres_admin_url
+    ) as running:
+        yield running
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,6 @@ second bridge.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 
@@ -25,23 +22,6 @@ from tests.support.process import wait_for
 pytestmark = pytest.mark.postgres
 
 COUNT = 20
-
-
-@pytest.fixture
-def apns(tmp_path: Path) -> Iterator[ApnsService]:
-    service = ApnsService(tmp_path / "apns")
-    try:
-        yield service
-    finally:
-        service.close()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, apns: ApnsService, postgres_admin_url: str) -> Iterator[NodeCluster]:
-    with NodeCluster(
-        tmp_path / "cluster", nodes_wanted=2, env=apns.env, admin_url=postgres_admin_url
-    ) as running:
-        yield running
 
 
 def test_the_gateway_retry_at_the_other_bridge_sends_no_second_push(

@@ -12,7 +12,6 @@ and every approval acknowledged before the failover is on the promoted server.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,15 +27,6 @@ pytestmark = pytest.mark.postgres
 COUNT = 10
 #: Seconds from the promotion until both nodes serve again (docs/operations.md states it).
 RESUME_LIMIT = 30.0
-
-
-@pytest.fixture
-def apns(tmp_path: Path) -> Iterator[ApnsService]:
-    service = ApnsService(tmp_path / "apns")
-    try:
-        yield service
-    finally:
-        service.close()
 
 
 def approve(url: str, phone: Phone, challenge_id: str, within: float) -> None:

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -29,23 +28,6 @@ pytestmark = pytest.mark.postgres
 # would overrun the bridge's 10-s start timeout and be answered by the failmode, which is
 # not what this test is about.
 WINDOW = 16
-
-
-@pytest.fixture
-def apns(tmp_path: Path) -> Iterator[ApnsService]:
-    service = ApnsService(tmp_path / "apns")
-    try:
-        yield service
-    finally:
-        service.close()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, apns: ApnsService, postgres_admin_url: str) -> Iterator[NodeCluster]:
-    with NodeCluster(
-        tmp_path / "cluster", nodes_wanted=2, env=apns.env, admin_url=postgres_admin_url
-    ) as running:
-        yield running
 
 
 def node_id(cluster: NodeCluster, name: str) -> str:

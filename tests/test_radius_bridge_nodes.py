@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -81,22 +79,6 @@ def challenges_of(cluster: NodeCluster, user: str) -> list[dict[str, object]]:
         " JOIN users u ON u.id = c.user_id WHERE u.name_key = $1 ORDER BY c.created_at",
         user,
     )
-
-
-@pytest.fixture
-def apns(tmp_path: Path) -> Iterator[ApnsService]:
-    (tmp_path / "apns").mkdir()
-    service = ApnsService(tmp_path / "apns")
-    try:
-        yield service
-    finally:
-        service.close()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, apns: ApnsService) -> Iterator[NodeCluster]:
-    with NodeCluster(tmp_path / "cluster", nodes_wanted=2, env=apns.env) as running:
-        yield running
 
 
 def approve_through(via: httpx.Client, phone: Phone) -> str:
