@@ -163,3 +163,26 @@ def test_batched_calls_answer_like_http(api: ApiHarness) -> None:
     http = api.gateway.post("/gateway/v1/authentications", json={"user": "nobody-here"})
     assert results[5]["status"] == http.status_code
     assert results[5]["body"]["type"] == http.json()["type"]
+
+
+@sqlite_only
+def test_a_token_revoked_while_the_channel_is_open_ends_it(
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The upgrade was authenticated once; a stolen bridge token that is revoked must stop
+    # working on a channel already open, not only on new connections.
+    monkeypatch.setattr(channel_v1, "RECHECK_TOKEN_SECONDS", 0.0)
+    api.add_user("frank")
+    token = bridge_token(api, "bridge-to-revoke")
+    call = {"n": 1, "op": "verify_password", "body": {"user": "frank", "password": "p"}}
+    with channel(api, token) as ws:
+        send(ws, calls=[call])
+        assert receive(ws, "results")[0]["status"] == 200
+        api.run(api.services.tokens.revoke(ADMIN, "bridge-to-revoke"))
+        before = len(api.refusals())
+        send(ws, calls=[{**call, "n": 2}])
+        with pytest.raises(ConnectionClosed) as closed:
+            receive(ws, "results")
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == channel_v1.CLOSE_UNAUTHORIZED
+    assert len(api.refusals()) == before + 1
