@@ -11,6 +11,7 @@ printed (run with ``-s``) and kept as a user property of the test.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -28,7 +29,7 @@ from backend.domain.stepup import ADMINISTRATOR
 from backend.store import migrations
 from tests.support.api import ADMIN, PROBLEM_BASE, ApiHarness
 from tests.support.clock import FakeClock
-from tests.support.pg_cluster import PgCluster, running_pg_cluster
+from tests.support.pg_cluster import PgCluster, PgServer, running_pg_cluster
 from tests.support.process import wait_for
 
 pytestmark = pytest.mark.postgres
@@ -104,6 +105,35 @@ class Load:
         return sum(1 for o in self.outcomes if o.at > since and o.status in (200, 201))
 
 
+@contextlib.contextmanager
+def running_load(api: ApiHarness, code: str) -> Iterator[Load]:
+    """The load on a thread of its own, already served (20 requests) when the block starts;
+    stopped when it ends."""
+    load = Load(api, code)
+    worker = threading.Thread(target=load.run, daemon=True)
+    worker.start()
+    try:
+        wait_for(lambda: load.served_since(0) >= 20, 30, "the load to run")
+        yield load
+    finally:
+        load.stop.set()
+        worker.join(timeout=30)
+
+
+def promote_and_recover(replica: PgServer, load: Load) -> float:
+    """Promote ``replica`` and wait until the load is served again (20 requests): the
+    ``time.monotonic()`` of the promotion."""
+    replica.promote()
+    promoted = time.monotonic()
+    wait_for(
+        lambda: load.served_since(promoted) >= 20,
+        RECOVERY_LIMIT,
+        "requests to be served by the promoted replica",
+        detail=lambda: str(load.outcomes[-3:]),
+    )
+    return promoted
+
+
 @pytest.fixture
 def failover_node(tmp_path: Path) -> Iterator[tuple[PgCluster, ApiHarness, str]]:
     """A synchronous primary + replica, a node on both, users alice (app) and olga (OATH,
@@ -140,27 +170,13 @@ def test_requests_fail_cleanly_and_resume_after_promotion(
     cluster, api, code = failover_node
     replica = cluster.replica
     assert replica is not None
-    load = Load(api, code)
-    worker = threading.Thread(target=load.run, daemon=True)
-    worker.start()
-    try:
-        wait_for(lambda: load.served_since(0) >= 20, 30, "the load to run")
+    with running_load(api, code) as load:
         if how == "kill":
             cluster.primary.kill()
         else:
             cluster.primary.stop(how)  # type: ignore[arg-type]
         down = time.monotonic()
-        replica.promote()
-        promoted = time.monotonic()
-        wait_for(
-            lambda: load.served_since(promoted) >= 20,
-            RECOVERY_LIMIT,
-            "requests to be served by the promoted replica",
-            detail=lambda: str(load.outcomes[-3:]),
-        )
-    finally:
-        load.stop.set()
-        worker.join(timeout=30)
+        promoted = promote_and_recover(replica, load)
     first = min(o.at for o in load.outcomes if o.at > promoted and o.status in (200, 201))
     failed = [o for o in load.outcomes if o.status == 503]
     sys.stderr.write(
@@ -186,11 +202,7 @@ def test_a_fenced_primarys_sessions_are_not_used_for_writes(
     cluster, api, code = failover_node
     replica = cluster.replica
     assert replica is not None
-    load = Load(api, code)
-    worker = threading.Thread(target=load.run, daemon=True)
-    worker.start()
-    try:
-        wait_for(lambda: load.served_since(0) >= 20, 30, "the load to run")
+    with running_load(api, code) as load:
         cluster.fence_primary()
         fenced = time.monotonic()
         wait_for(
@@ -198,17 +210,7 @@ def test_a_fenced_primarys_sessions_are_not_used_for_writes(
             10,
             "a write refused by the fenced primary",
         )
-        replica.promote()
-        promoted = time.monotonic()
-        wait_for(
-            lambda: load.served_since(promoted) >= 20,
-            RECOVERY_LIMIT,
-            "requests to be served by the promoted replica",
-            detail=lambda: str(load.outcomes[-3:]),
-        )
-    finally:
-        load.stop.set()
-        worker.join(timeout=30)
+        promote_and_recover(replica, load)
     check_outcomes(load)
     # The fenced primary still runs and answers reads: every success after the promotion
     # wrote to the promoted replica.
