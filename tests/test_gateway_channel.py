@@ -166,8 +166,9 @@ def test_batched_calls_answer_like_http(api: ApiHarness) -> None:
 
 
 @sqlite_only
+@pytest.mark.parametrize("then", ["calls", "watch"])
 def test_a_token_revoked_while_the_channel_is_open_ends_it(
-    api: ApiHarness, monkeypatch: pytest.MonkeyPatch
+    api: ApiHarness, monkeypatch: pytest.MonkeyPatch, then: str
 ) -> None:
     # The upgrade was authenticated once; a stolen bridge token that is revoked must stop
     # working on a channel already open, not only on new connections.
@@ -180,9 +181,12 @@ def test_a_token_revoked_while_the_channel_is_open_ends_it(
         assert receive(ws, "results")[0]["status"] == 200
         api.run(api.services.tokens.revoke(ADMIN, "bridge-to-revoke"))
         before = len(api.refusals())
-        send(ws, calls=[{**call, "n": 2}])
+        if then == "calls":
+            send(ws, calls=[{**call, "n": 2}])
+        else:
+            send(ws, watch=["ch_anyoneelses"])  # watching needs a valid token too
         with pytest.raises(ConnectionClosed) as closed:
-            receive(ws, "results")
+            receive(ws, "results" if then == "calls" else "outcomes")
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == channel_v1.CLOSE_UNAUTHORIZED
     assert len(api.refusals()) == before + 1

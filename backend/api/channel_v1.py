@@ -249,11 +249,11 @@ class Channel:
         calls = _list(frame.get("calls", []), "calls")
         if len(calls) > MAX_CALLS:
             raise _Closed(CLOSE_POLICY, f"a frame carries at most {MAX_CALLS} calls")
-        if calls:
-            await self._recheck_token()
-            for call in calls:
-                self._start_call(call)
         watch = _list(frame.get("watch", []), "watch")
+        if calls or watch:
+            await self._recheck_token()
+        for call in calls:
+            self._start_call(call)
         if watch:
             await self._watch(watch)
 
