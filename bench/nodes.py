@@ -37,37 +37,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.config import load_settings
 from backend.domain import totp
-from backend.domain.stepup import ADMINISTRATOR
-from backend.services import Services
-from backend.services.context import Actor
 from backend.store import migrations
 from bench._http import LoadResult, build_post, percentile, run_load
 from bench._process import free_port, start_server, stop
+from bench._setup import populate_oath
 
-ADMIN = Actor("bench")
 PG_ADMIN = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 TEMPLATE = "openmfa_bench_nodes_template"
 COPY = "openmfa_bench_nodes_run"
 
 
 # -- set-up ---------------------------------------------------------------------------------------
-
-
-async def _populate(home: Path, database_url: str, users: int) -> tuple[str, dict[str, str]]:
-    settings = load_settings(home=home, database_url=database_url)
-    services = await Services.open(settings, push=False)
-    seeds: dict[str, str] = {}
-    try:
-        token = await services.tokens.create(ADMIN, "bench")
-        for i in range(users):
-            name = f"user{i:06d}"
-            await services.users.add(ADMIN, name)
-            seeds[name] = (await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, name)).seed
-    finally:
-        await services.close()
-    return token, seeds
 
 
 async def _pg(admin_url: str, *statements: str) -> None:
@@ -239,7 +220,7 @@ def bench_codes(users: int, connections: int, admin_url: str, rounds: int) -> No
         sqlite_home.mkdir()
         migrations.upgrade(f"sqlite+aiosqlite:///{sqlite_home / 'openmfa.db'}")
         began = time.perf_counter()
-        token, seeds = asyncio.run(_populate(sqlite_home, "", users))
+        token, seeds = asyncio.run(populate_oath(sqlite_home, "", users, push=False))
         took = time.perf_counter() - began
         print(f"set up {users} users with OATH tokens on SQLite in {took:.0f} s")
         sqlite = run_codes("SQLite, 1 node", [sqlite_home], "", token, seeds, connections, None)
@@ -254,7 +235,7 @@ def bench_codes(users: int, connections: int, admin_url: str, rounds: int) -> No
         template_url = _pg_database(admin_url, TEMPLATE)
         migrations.upgrade(template_url)
         began = time.perf_counter()
-        token, seeds = asyncio.run(_populate(pg_home, template_url, users))
+        token, seeds = asyncio.run(populate_oath(pg_home, template_url, users, push=False))
         print(f"set up {users} users on PostgreSQL in {time.perf_counter() - began:.0f} s")
         homes = [work / "pg-a", work / "pg-b"]
         for home in homes:

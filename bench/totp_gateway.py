@@ -25,32 +25,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.config import load_settings
 from backend.domain import totp
-from backend.domain.stepup import ADMINISTRATOR
-from backend.services import Services
-from backend.services.context import Actor
 from backend.store import migrations
 from bench._http import build_post, percentile, run_load
 from bench._process import free_port, serving
-from bench._setup import fresh_postgres
-
-ADMIN = Actor("bench")
-
-
-async def _populate(home: Path, database_url: str, users: int) -> tuple[str, dict[str, str]]:
-    settings = load_settings(home=home, database_url=database_url)
-    services = await Services.open(settings)
-    seeds: dict[str, str] = {}
-    try:
-        token = await services.tokens.create(ADMIN, "bench")
-        for i in range(users):
-            name = f"user{i:06d}"
-            await services.users.add(ADMIN, name)
-            seeds[name] = (await services.activation.enrol_oath(ADMIN, ADMINISTRATOR, name)).seed
-    finally:
-        await services.close()
-    return token, seeds
+from bench._setup import fresh_postgres, populate_oath
 
 
 def main() -> None:
@@ -69,7 +48,7 @@ def main() -> None:
     database_url = fresh_postgres(args.postgres, "openmfa_bench") if args.postgres else ""
     migrations.upgrade(database_url or f"sqlite+aiosqlite:///{home / 'openmfa.db'}")
     started = time.perf_counter()
-    token, seeds = asyncio.run(_populate(home, database_url, args.users))
+    token, seeds = asyncio.run(populate_oath(home, database_url, args.users))
     print(f"set up {args.users} users with OATH tokens in {time.perf_counter() - started:.1f} s")
 
     port = free_port()
