@@ -25,7 +25,7 @@ from backend.events_postgres import CHANNEL, PostgresOutcomeBus
 from backend.services import Services
 from backend.services.context import Actor
 from tests.support.process import free_port
-from tests.support.tcp_proxy import tcp_proxy
+from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
 pytestmark = [
     pytest.mark.anyio,
@@ -80,6 +80,24 @@ async def nodes(dsn: str) -> AsyncIterator[Nodes]:
         yield start
     finally:
         for bus in started:
+            await bus.close()
+
+
+@contextlib.asynccontextmanager
+async def bus_behind_proxy(
+    dsn: str, ping_seconds: float
+) -> AsyncIterator[tuple[TcpProxy, PostgresOutcomeBus]]:
+    """Node A's bus, connected through a TCP proxy in front of the server (so that the test
+    can silence the connection), and the proxy; both closed at the end."""
+    at = urlsplit(dsn)
+    async with tcp_proxy((at.hostname or "127.0.0.1", at.port or 5432)) as proxy:
+        via_proxy = dsn.replace(f"{at.hostname}:{at.port}", f"127.0.0.1:{proxy.port}")
+        bus = await PostgresOutcomeBus.open(
+            via_proxy, "n_a", ping_seconds=ping_seconds, connect_timeout=1.0, first_backoff=0.02
+        )
+        try:
+            yield proxy, bus
+        finally:
             await bus.close()
 
 
@@ -272,53 +290,37 @@ async def test_a_connection_gone_silent_is_noticed_by_the_ping(
 ) -> None:
     """A cut that closes nothing (a partition, a firewall dropping the idle flow): the ping
     fails, A reconnects and re-reads; its waiter wakes with the answer decided meanwhile."""
-    at = urlsplit(dsn)
-    async with tcp_proxy((at.hostname or "127.0.0.1", at.port or 5432)) as proxy:
-        via_proxy = dsn.replace(f"{at.hostname}:{at.port}", f"127.0.0.1:{proxy.port}")
-        a = await PostgresOutcomeBus.open(
-            via_proxy, "n_a", ping_seconds=0.2, connect_timeout=1.0, first_backoff=0.02
-        )
-        try:
-            b = await nodes("b")
-            await pending_challenge(admin, "ch_silent")
-            waiter = asyncio.create_task(a.wait("ch_silent", within=60))
-            await until(lambda: a.waiting == 1, "the waiter to park")
+    async with bus_behind_proxy(dsn, ping_seconds=0.2) as (proxy, a):
+        b = await nodes("b")
+        await pending_challenge(admin, "ch_silent")
+        waiter = asyncio.create_task(a.wait("ch_silent", within=60))
+        await until(lambda: a.waiting == 1, "the waiter to park")
 
-            assert proxy.silence() == 1
-            await admin.execute("UPDATE challenges SET state = 'denied' WHERE id = 'ch_silent'")
-            await b.publish(Outcome("ch_silent", "denied"))
+        assert proxy.silence() == 1
+        await admin.execute("UPDATE challenges SET state = 'denied' WHERE id = 'ch_silent'")
+        await b.publish(Outcome("ch_silent", "denied"))
 
-            assert await asyncio.wait_for(waiter, BOUND) == Outcome("ch_silent", "denied")
-            assert a.counts["reconnects"] == 1
-            assert a.counts["outcomes-reread"] == 1
-            assert a.counts["outcomes-received"] == 0
-        finally:
-            await a.close()
+        assert await asyncio.wait_for(waiter, BOUND) == Outcome("ch_silent", "denied")
+        assert a.counts["reconnects"] == 1
+        assert a.counts["outcomes-reread"] == 1
+        assert a.counts["outcomes-received"] == 0
 
 
 async def test_a_notify_stuck_on_a_silent_connection_is_resent_after_a_reconnect(
     nodes: Nodes, dsn: str
 ) -> None:
-    at = urlsplit(dsn)
-    async with tcp_proxy((at.hostname or "127.0.0.1", at.port or 5432)) as proxy:
-        via_proxy = dsn.replace(f"{at.hostname}:{at.port}", f"127.0.0.1:{proxy.port}")
-        # No ping within the test: only the NOTIFY's own timeout can notice the cut.
-        a = await PostgresOutcomeBus.open(
-            via_proxy, "n_a", ping_seconds=600, connect_timeout=1.0, first_backoff=0.02
-        )
-        try:
-            b = await nodes("b")
-            waiter = asyncio.create_task(b.wait("ch_1", within=60))
-            await until(lambda: b.waiting == 1, "the waiter to park")
+    # No ping within the test: only the NOTIFY's own timeout can notice the cut.
+    async with bus_behind_proxy(dsn, ping_seconds=600) as (proxy, a):
+        b = await nodes("b")
+        waiter = asyncio.create_task(b.wait("ch_1", within=60))
+        await until(lambda: b.waiting == 1, "the waiter to park")
 
-            assert proxy.silence() == 1
-            await a.publish(Outcome("ch_1", "approved"))
+        assert proxy.silence() == 1
+        await a.publish(Outcome("ch_1", "approved"))
 
-            assert await asyncio.wait_for(waiter, BOUND) == Outcome("ch_1", "approved")
-            assert a.counts["reconnects"] == 1
-            assert a.counts["send-errors"] == 0
-        finally:
-            await a.close()
+        assert await asyncio.wait_for(waiter, BOUND) == Outcome("ch_1", "approved")
+        assert a.counts["reconnects"] == 1
+        assert a.counts["send-errors"] == 0
 
 
 async def test_outcomes_published_while_down_go_out_after_the_reconnect(
