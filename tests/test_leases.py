@@ -6,7 +6,7 @@ through two connection pools), node registries heart-beating, dying and stopping
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -258,15 +258,22 @@ async def test_a_leased_duty_runs_on_one_node_and_moves_when_it_closes(db: Datab
     assert await Leases(db, now, "x").holder("retention") is None
 
 
-async def test_a_leased_duty_stops_when_its_lease_is_taken(db: Database) -> None:
-    clock = FakeClock(T0)
-    stopped = asyncio.Event()
+def parked_until_stopped(stopped: asyncio.Event) -> Callable[[], Awaitable[None]]:
+    """A duty's loop that waits until it is cancelled, then sets ``stopped``."""
 
     async def loop() -> None:
         try:
             await asyncio.Event().wait()
         finally:
             stopped.set()
+
+    return loop
+
+
+async def test_a_leased_duty_stops_when_its_lease_is_taken(db: Database) -> None:
+    clock = FakeClock(T0)
+    stopped = asyncio.Event()
+    loop = parked_until_stopped(stopped)
 
     duty = LeasedDuty("retention", Leases(db, clock, "n_a"), loop, ttl=0.3, retry=0.05)
     await duty.start()
@@ -361,12 +368,7 @@ async def test_a_duty_cut_off_from_the_database_stops_before_its_lease_runs_out(
     from backend.store.tables import now
 
     stopped = asyncio.Event()
-
-    async def loop() -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            stopped.set()
+    loop = parked_until_stopped(stopped)
 
     leases = _CutOff(Leases(db, now, "n_a"))
     duty = LeasedDuty("retention", leases, loop, ttl=0.9, retry=0.05)
