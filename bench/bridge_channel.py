@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -44,8 +43,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
@@ -54,16 +51,14 @@ from bench._process import free_port, http_ok, wait_until  # noqa: E402
 from bench.radius_bridge import (  # noqa: E402
     LoadGenerator,
     Processes,
-    _answer,
     _ms,
-    _pending,
-    access_request,
+    answer_held,
     bench_codes,
     cpu_seconds,
-    identifier,
     metric,
     prepare,
     rss_kib,
+    send_paced,
     slots,
     sockets_for,
 )
@@ -223,7 +218,6 @@ async def held_pushes(
     rate: float,
     answers: int,
 ) -> None:
-    from backend.domain.signing import sign_request
 
     names = list(devices)[:count]
     numbers = slots(count)
@@ -234,13 +228,7 @@ async def held_pushes(
         await asyncio.sleep(1)
         baseline = await loop.run_in_executor(None, procs.read_probe)
         rss_bridge, rss_backend = rss_kib(bridge.pid), rss_kib(procs.backend_pid)
-        began = time.perf_counter()
-        for index, name in enumerate(names):
-            slot = numbers[index]
-            generator.send(slot, access_request(identifier(slot, 0), name, None))
-            pause = began + (index + 1) / rate - time.perf_counter()
-            if pause > 0:
-                await asyncio.sleep(pause)
+        began = await send_paced(generator, names, numbers, rate)
         deadline = time.monotonic() + 600
         while metric(metrics_url, "openmfa_radius_held_requests") + len(generator.replies) < count:
             procs.check_alive()
@@ -270,27 +258,14 @@ async def held_pushes(
         )
 
         await loop.run_in_executor(None, procs.read_probe, bridge.pid, procs.bridge_probe)
-        latencies: list[float] = []
-        answer_http: list[float] = []
-        accepted = 0
-        waiting = [i for i in range(count) if numbers[i] not in generator.replies]
-        picked = random.Random(7).sample(waiting, min(answers, len(waiting)))
-        with httpx.Client(base_url=procs.backend_url, timeout=30) as http:
-            for index in picked:
-                name, slot = names[index], numbers[index]
-                challenge_id = await loop.run_in_executor(
-                    None, _pending, http, devices[name], sign_request
-                )
-                arrived = asyncio.Event()
-                generator.waiters[slot] = arrived
-                sent, done = await loop.run_in_executor(
-                    None, _answer, http, devices[name], challenge_id, sign_request
-                )
-                await asyncio.wait_for(arrived.wait(), 30)
-                code, at = generator.replies[slot]
-                accepted += code == codec.ACCESS_ACCEPT
-                latencies.append(at - sent)
-                answer_http.append(done - sent)
+        answered = await answer_held(
+            generator, procs.backend_url, devices, names, numbers, count, answers
+        )
+        latencies, answer_http, accepted = (
+            answered.latencies,
+            answered.answer_http,
+            answered.accepted,
+        )
         answering = await loop.run_in_executor(None, procs.read_probe)
         bridge_gc = await loop.run_in_executor(
             None, procs.read_probe, bridge.pid, procs.bridge_probe

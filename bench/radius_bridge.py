@@ -642,6 +642,69 @@ def _pending(http: httpx.Client, device: list[str], sign: Callable[..., Any]) ->
     return str(max(challenges, key=lambda c: c["created_at"])["id"])
 
 
+async def send_paced(
+    generator: LoadGenerator, names: Sequence[str], numbers: Sequence[int], rate: float
+) -> float:
+    """A push request (no password) per name, slot ``numbers[i]`` for ``names[i]``, paced at
+    ``rate`` a second like gateways reconnecting users, not one burst (the backend starts
+    ~100-200 pushes a second through its ORM path). The ``time.perf_counter()`` it began."""
+    began = time.perf_counter()
+    for index, name in enumerate(names):
+        slot = numbers[index]
+        generator.send(slot, access_request(identifier(slot, 0), name, None))
+        pause = began + (index + 1) / rate - time.perf_counter()
+        if pause > 0:
+            await asyncio.sleep(pause)
+    return began
+
+
+@dataclass
+class Answered:
+    """Held push requests answered one at a time (:func:`answer_held`)."""
+
+    latencies: list[float] = field(default_factory=list)  # the answer sent -> Access-Accept
+    answer_http: list[float] = field(default_factory=list)  # the phone's answer request alone
+    after_commit: list[float] = field(default_factory=list)  # its response -> Access-Accept
+    accepted: int = 0
+
+
+async def answer_held(
+    generator: LoadGenerator,
+    backend_url: str,
+    devices: dict[str, list[str]],
+    names: Sequence[str],
+    numbers: Sequence[int],
+    count: int,
+    answers: int,
+) -> Answered:
+    """Approve ``answers`` of the ``count`` held requests not answered yet (picked at random,
+    seed 7), one at a time, timing each answer to its Access-Accept."""
+    from backend.domain.signing import sign_request
+
+    loop = asyncio.get_running_loop()
+    answered = Answered()
+    waiting = [i for i in range(count) if numbers[i] not in generator.replies]
+    picked = random.Random(7).sample(waiting, min(answers, len(waiting)))
+    with httpx.Client(base_url=backend_url, timeout=30) as http:
+        for index in picked:
+            name, slot = names[index], numbers[index]
+            challenge_id = await loop.run_in_executor(
+                None, _pending, http, devices[name], sign_request
+            )
+            arrived = asyncio.Event()
+            generator.waiters[slot] = arrived
+            sent, done = await loop.run_in_executor(
+                None, _answer, http, devices[name], challenge_id, sign_request
+            )
+            await asyncio.wait_for(arrived.wait(), 30)
+            code, at = generator.replies[slot]
+            answered.accepted += code == codec.ACCESS_ACCEPT
+            answered.latencies.append(at - sent)
+            answered.answer_http.append(done - sent)
+            answered.after_commit.append(at - done)
+    return answered
+
+
 async def bench_held(
     procs: Processes,
     bridge: subprocess.Popen[bytes],
@@ -652,24 +715,13 @@ async def bench_held(
     rate: float,
     answers: int,
 ) -> Held:
-    from backend.domain.signing import sign_request
-
     names = list(devices)[:held]
     numbers = slots(held)
     generator = LoadGenerator(port, sockets_for(held))
     await generator.open()
-    loop = asyncio.get_running_loop()
     try:
         rss_before = rss_kib(bridge.pid)
-        began = time.perf_counter()
-        for index, name in enumerate(names):
-            slot = numbers[index]
-            generator.send(slot, access_request(identifier(slot, 0), name, None))
-            # Paced like gateways reconnecting users, not one burst: the backend starts
-            # ~100-200 pushes a second through its ORM path.
-            pause = began + (index + 1) / rate - time.perf_counter()
-            if pause > 0:
-                await asyncio.sleep(pause)
+        began = await send_paced(generator, names, numbers, rate)
         print(f"  sent {held} push requests in {time.perf_counter() - began:.0f} s", flush=True)
 
         def settled() -> bool:
@@ -698,29 +750,9 @@ async def bench_held(
         print(f"  {held_now} requests held after {run_seconds:.0f} s", flush=True)
 
         # (c) answer some of them, one at a time, timing answer -> Access-Accept.
-        latencies: list[float] = []
-        answer_http: list[float] = []
-        after_commit: list[float] = []
-        accepted = 0
-        waiting = [i for i in range(held) if numbers[i] not in generator.replies]
-        picked = random.Random(7).sample(waiting, min(answers, len(waiting)))
-        with httpx.Client(base_url=procs.backend_url, timeout=30) as http:
-            for index in picked:
-                name, slot = names[index], numbers[index]
-                challenge_id = await loop.run_in_executor(
-                    None, _pending, http, devices[name], sign_request
-                )
-                arrived = asyncio.Event()
-                generator.waiters[slot] = arrived
-                sent, done = await loop.run_in_executor(
-                    None, _answer, http, devices[name], challenge_id, sign_request
-                )
-                await asyncio.wait_for(arrived.wait(), 30)
-                code, at = generator.replies[slot]
-                accepted += code == codec.ACCESS_ACCEPT
-                latencies.append(at - sent)
-                answer_http.append(done - sent)
-                after_commit.append(at - done)
+        answered = await answer_held(
+            generator, procs.backend_url, devices, names, numbers, held, answers
+        )
     finally:
         generator.close()
     return Held(
@@ -729,10 +761,10 @@ async def bench_held(
         rss_held,
         held_now,
         connections,
-        latencies,
-        answer_http,
-        after_commit,
-        accepted,
+        answered.latencies,
+        answered.answer_http,
+        answered.after_commit,
+        answered.accepted,
     )
 
 
