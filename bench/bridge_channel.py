@@ -218,7 +218,6 @@ async def held_pushes(
     rate: float,
     answers: int,
 ) -> None:
-
     names = list(devices)[:count]
     numbers = slots(count)
     generator = LoadGenerator(udp, sockets_for(count))
