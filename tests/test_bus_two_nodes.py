@@ -3,10 +3,8 @@ node A returns the moment the device's answer arrives at node B (the cross-node 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,7 +20,6 @@ pytestmark = [
     pytest.mark.postgres,
     pytest.mark.parametrize("database_url", ["postgres"], indirect=True),
 ]
-START = "/gateway/v1/authentications"
 
 
 @pytest.fixture
@@ -72,14 +69,7 @@ def test_a_long_poll_on_node_a_returns_when_the_device_answers_on_node_b(
     a.add_user("alice")
     phone = a.device("alice")
     auth_id = a.start("alice")["id"]
-    result: dict[str, Any] = {}
-
-    def poll() -> None:
-        response = a.gateway.get(f"{START}/{auth_id}", params={"wait": "30"})
-        result["response"], result["returned"] = response, time.monotonic()
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
+    thread, result = a.long_poll_in_background(auth_id, wait="30")
     try:
         wait_for(lambda: waiting(a) == 1, 10, "the long-poll to park on node A", every=0.002)
         assert phone.device is not None

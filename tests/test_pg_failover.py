@@ -289,14 +289,7 @@ def test_a_long_poll_parked_across_the_failover_wakes_on_an_answer_through_anoth
             a.add_user("alice")
             phone = a.device("alice")
             auth_id = a.start("alice")["id"]
-            result: dict[str, Any] = {}
-
-            def poll() -> None:
-                response = a.gateway.get(f"{START}/{auth_id}", params={"wait": "50"})
-                result["response"], result["returned"] = response, time.monotonic()
-
-            thread = threading.Thread(target=poll, daemon=True)
-            thread.start()
+            thread, result = a.long_poll_in_background(auth_id, wait="50")
             try:
                 wait_for(lambda: a.server_services.bus.waiting == 1, 10, "the long-poll to park")
                 cluster.primary.kill()

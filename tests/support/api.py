@@ -207,6 +207,24 @@ class ApiHarness:
         data: dict[str, Any] = response.json()
         return data
 
+    def long_poll_in_background(
+        self, auth_id: str, wait: str
+    ) -> tuple[threading.Thread, dict[str, Any]]:
+        """The gateway's long-poll on ``auth_id`` (``wait`` seconds) on a thread of its own,
+        started: the thread, and the dict that gets the ``response`` and the
+        ``time.monotonic()`` it ``returned``."""
+        result: dict[str, Any] = {}
+
+        def poll() -> None:
+            response = self.gateway.get(
+                f"/gateway/v1/authentications/{auth_id}", params={"wait": wait}
+            )
+            result["response"], result["returned"] = response, time.monotonic()
+
+        thread = threading.Thread(target=poll, daemon=True)
+        thread.start()
+        return thread, result
+
     def status(self, auth_id: str, wait: float | None = None) -> dict[str, Any]:
         params = {} if wait is None else {"wait": str(wait)}
         response = self.gateway.get(f"/gateway/v1/authentications/{auth_id}", params=params)
