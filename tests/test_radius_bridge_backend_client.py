@@ -524,6 +524,16 @@ async def test_a_start_moves_on_to_the_next_backend_whatever_failed(
     await backend.aclose()
 
 
+def recording(handler: Handler, seen: list[str]) -> Handler:
+    """``handler``, noting in ``seen`` the host of every request it gets."""
+
+    async def noting(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        return await handler(request)
+
+    return noting
+
+
 async def test_a_code_check_moves_on_only_when_nothing_was_sent() -> None:
     # Refused at connect: the code never reached A, so B checks it.
     backend = two_backends(fails_on_a(httpx.ConnectError("refused"), ACCEPTED))
@@ -534,30 +544,16 @@ async def test_a_code_check_moves_on_only_when_nothing_was_sent() -> None:
     effects = (VerifyCode("alice", "123456"), SubmitCode("ch_1", "123456"))
     for effect in effects:
         seen_reset: list[str] = []
-        on_a_reset = fails_on_a(httpx.ReadError("reset"), ACCEPTED)
-
-        async def reset(
-            request: httpx.Request, seen: list[str] = seen_reset, on_a: Handler = on_a_reset
-        ) -> httpx.Response:
-            seen.append(request.url.host)
-            return await on_a(request)
-
-        backend = two_backends(reset)
+        backend = two_backends(
+            recording(fails_on_a(httpx.ReadError("reset"), ACCEPTED), seen_reset)
+        )
         assert isinstance(await backend.perform(effect, deadline(5)), Unavailable)
         assert seen_reset == ["a.test"]
         await backend.aclose()
     for failure in (problem(503, "database-unavailable"),):
         for effect in effects:
             seen: list[str] = []
-            on_a = fails_on_a(failure, ACCEPTED)
-
-            async def handler(
-                request: httpx.Request, seen: list[str] = seen, on_a: Handler = on_a
-            ) -> httpx.Response:
-                seen.append(request.url.host)
-                return await on_a(request)
-
-            backend = two_backends(handler)
+            backend = two_backends(recording(fails_on_a(failure, ACCEPTED), seen))
             assert isinstance(await backend.perform(effect, deadline(5)), Unavailable)
             assert seen == ["a.test"]
             # ... and A is marked down: the next call goes to B first.
