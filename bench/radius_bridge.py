@@ -190,6 +190,10 @@ class Processes:
                 f"127.0.0.1:{metrics}",
                 "--max-held",
                 "20000",
+                # This bench measures the HTTP path (one long-poll per held push, one round
+                # trip per check); bench/bridge_channel.py measures the wait channel.
+                "--channel",
+                "off",
                 *radsec,
             ],
             stdout=log,

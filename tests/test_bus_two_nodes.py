@@ -84,7 +84,8 @@ def test_a_long_poll_on_node_a_returns_when_the_device_answers_on_node_b(
     body = result["response"].json()
     assert body["state"] == "approved"
     assert body["answered_at"] is not None
-    assert result["returned"] - answered < 2, "woken by the bus, not by the wait's end"
+    # Well below the 30 s wait, with room for a loaded machine.
+    assert result["returned"] - answered < 10, "woken by the bus, not by the wait's end"
     assert waiting(a) == 0
 
     seen = bus_metrics(a)
