@@ -180,6 +180,7 @@ async def held_through_two(
 
         latencies: list[float] = []
         answer_http: list[float] = []
+        after_response: list[float] = []
         accepted = 0
         waiting = [i for i in range(count) if numbers[i] not in generator.replies]
         picked = random.Random(7).sample(waiting, min(answers, len(waiting)))
@@ -199,6 +200,7 @@ async def held_through_two(
                 accepted += code == codec.ACCESS_ACCEPT
                 latencies.append(at - sent)
                 answer_http.append(done - sent)
+                after_response.append(at - done)
         answering = {name: await probe(procs) for name, procs in nodes.items()}
         bridge_answering = await probe_bridge()
         print(
@@ -206,7 +208,9 @@ async def held_through_two(
             f"{held} held: {accepted}/{len(latencies)} accepted; p50 {_ms(latencies, 0.5)}, "
             f"p99 {_ms(latencies, 0.99)}, max {max(latencies) * 1000:.1f} ms (the phone's "
             f"answer request to B alone: p50 {_ms(answer_http, 0.5)}, p99 "
-            f"{_ms(answer_http, 0.99)}); GC meanwhile: {_gc('node A', answering['A'])}; "
+            f"{_ms(answer_http, 0.99)}; the Access-Accept after B's response to it: p50 "
+            f"{_ms(after_response, 0.5)}, p99 {_ms(after_response, 0.99)}, negative when the "
+            f"Accept came first); GC meanwhile: {_gc('node A', answering['A'])}; "
             f"{_gc('node B', answering['B'])}; {_gc('bridge', bridge_answering)}",
             flush=True,
         )
