@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import random
 import shutil
 import socket
 import sys
@@ -37,8 +36,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
@@ -49,18 +46,16 @@ from bench.bridge_channel import ProbedProcesses  # noqa: E402
 from bench.nodes import PG_ADMIN, _pg, _pg_database  # noqa: E402
 from bench.radius_bridge import (  # noqa: E402
     LoadGenerator,
-    _answer,
     _ms,
-    _pending,
     _populate,
     access_request,
+    answer_held,
     identifier,
     metric,
     rss_kib,
     slots,
     sockets_for,
 )
-from radius_bridge.protocol import packet as codec  # noqa: E402
 
 DATABASE = "openmfa_bench_nodes_held"
 
@@ -106,7 +101,6 @@ async def held_through_two(
     answers: int,
 ) -> None:
     """Phases (b) and (c): hold every device's push through the bridge, answer some via B."""
-    from backend.domain.signing import sign_request
 
     names = list(devices)
     count = len(names)
@@ -178,29 +172,11 @@ async def held_through_two(
             flush=True,
         )
 
-        latencies: list[float] = []
-        answer_http: list[float] = []
-        after_response: list[float] = []
-        accepted = 0
-        waiting = [i for i in range(count) if numbers[i] not in generator.replies]
-        picked = random.Random(7).sample(waiting, min(answers, len(waiting)))
-        with httpx.Client(base_url=node_b.backend_url, timeout=30) as via_b:
-            for index in picked:
-                name, slot = names[index], numbers[index]
-                challenge_id = await loop.run_in_executor(
-                    None, _pending, via_b, devices[name], sign_request
-                )
-                arrived = asyncio.Event()
-                generator.waiters[slot] = arrived
-                sent, done = await loop.run_in_executor(
-                    None, _answer, via_b, devices[name], challenge_id, sign_request
-                )
-                await asyncio.wait_for(arrived.wait(), 30)
-                code, at = generator.replies[slot]
-                accepted += code == codec.ACCESS_ACCEPT
-                latencies.append(at - sent)
-                answer_http.append(done - sent)
-                after_response.append(at - done)
+        answered = await answer_held(
+            generator, node_b.backend_url, devices, names, numbers, count, answers
+        )
+        latencies, answer_http = answered.latencies, answered.answer_http
+        after_response, accepted = answered.after_commit, answered.accepted
         answering = {name: await probe(procs) for name, procs in nodes.items()}
         bridge_answering = await probe_bridge()
         print(
