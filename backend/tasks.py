@@ -88,6 +88,8 @@ class LeasedDuty:
         self.runs = 0
         #: How many times the lease was lost while held (a renewal refused or too late).
         self.lost = 0
+        #: How many claims this node has made (taken or refused).
+        self.claims = 0
         self._held = asyncio.Event()
         self._free = asyncio.Event()
         self._free.set()
@@ -112,6 +114,7 @@ class LeasedDuty:
 
     async def _loop(self) -> None:
         while not self._stop.is_set():
+            self.claims += 1
             try:
                 got = await self._leases.claim(self.name, self._ttl)
             except Exception:  # the database away for a moment: try again at the next retry

@@ -36,6 +36,37 @@ HOLDERS = st.sampled_from(["n_a", "n_b", "cli:h:1"])
 OFFSETS = st.integers(min_value=-100, max_value=100)
 
 
+class CountedLeases(Leases):
+    """The real :class:`Leases`, counting the claims and renewals a duty makes, so a test
+    can wait for "b tried again while a renewed" instead of sleeping through it."""
+
+    def __init__(self, db: Database, clock: Callable[[], datetime], holder: str) -> None:
+        super().__init__(db, clock, holder)
+        self.claims = 0
+        self.renewals = 0
+        self._changed = asyncio.Condition()
+
+    async def claim(self, name: str, ttl: float) -> bool:
+        got = await super().claim(name, ttl)
+        await self._count("claims")
+        return got
+
+    async def renew(self, name: str, ttl: float) -> bool:
+        kept = await super().renew(name, ttl)
+        await self._count("renewals")
+        return kept
+
+    async def _count(self, what: str) -> None:
+        async with self._changed:
+            setattr(self, what, getattr(self, what) + 1)
+            self._changed.notify_all()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Until ``condition`` holds (checked after every claim and renewal), 10 s at most."""
+        async with asyncio.timeout(10), self._changed:
+            await self._changed.wait_for(condition)
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
@@ -233,15 +264,18 @@ async def test_a_leased_duty_runs_on_one_node_and_moves_when_it_closes(db: Datab
                 cancelled.append(node)
                 raise
 
-        return LeasedDuty("retention", Leases(db, now, node), loop, ttl=3, retry=0.05)
+        return LeasedDuty("retention", leases[node], loop, ttl=3, retry=0.05)
 
+    leases = {node: CountedLeases(db, now, node) for node in running}
     a, b = duty_of("n_a"), duty_of("n_b")
     await a.start()
     async with asyncio.timeout(10):
         await running["n_a"].wait()
     await b.start()
     try:
-        await asyncio.sleep(1.2)  # a's renewals (every 1 s) keep b out
+        # a's renewals (every 1 s) keep b out: b tries again and again meanwhile.
+        await leases["n_a"].until(lambda: leases["n_a"].renewals >= 2)
+        await leases["n_b"].until(lambda: leases["n_b"].claims >= 3)
         assert started == ["n_a"]
         assert not b.holding
         assert a.runs == 1
@@ -304,12 +338,15 @@ async def test_a_failing_duty_releases_and_runs_again(db: Database) -> None:
             raise RuntimeError("boom")
         second.set()
 
-    duty = LeasedDuty("fraud-mail", Leases(db, now, "n_a"), flaky, ttl=0.6, retry=0.05)
+    leases = CountedLeases(db, now, "n_a")
+    duty = LeasedDuty("fraud-mail", leases, flaky, ttl=0.6, retry=0.05)
     await duty.start()
     try:
         async with asyncio.timeout(10):
             await second.wait()  # released after the failure, claimed again
-        await asyncio.sleep(0.5)  # a pass that returned: held, not repeated
+        # A pass that returned: the lease is held and renewed, the pass not repeated.
+        renewed = leases.renewals
+        await leases.until(lambda: leases.renewals >= renewed + 2)
         assert calls == 2
         assert duty.holding
     finally:

@@ -106,8 +106,12 @@ async def test_fraud_mail_left_pending_is_resent_by_one_of_two_nodes(
                     )
             assert a.fraud_mailer is not None
             assert b.fraud_mailer is not None
-            # Both duties have had their first claim (retry 0.5 s): one holds, one does not.
-            await asyncio.sleep(1.2)  # > 2 retries of the other node, which must not resend
+            # The other node tries again (retry 0.5 s) and must not resend meanwhile.
+            [waiting] = [d for d in resenders if not d.holding]
+            tried = waiting.claims
+            async with asyncio.timeout(20):
+                while waiting.claims < tried + 2:  # noqa: ASYNC110 - a counter, bounded
+                    await asyncio.sleep(0.01)
             await a.fraud_mailer.wait_idle()
             await b.fraud_mailer.wait_idle()
             assert sorted(d.holding for d in resenders) == [False, True]
