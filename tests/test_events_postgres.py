@@ -24,7 +24,7 @@ from backend.events import Outcome, OutcomeBus
 from backend.events_postgres import CHANNEL, PostgresOutcomeBus
 from backend.services import Services
 from backend.services.context import Actor
-from tests.support.process import free_port
+from tests.support.process import free_port, until
 from tests.support.tcp_proxy import TcpProxy, tcp_proxy
 
 pytestmark = [
@@ -40,15 +40,6 @@ BOUND = 10.0  # generous upper bound for things that should happen "at once"
 def plain(url: str) -> str:
     """The SQLAlchemy URL as asyncpg takes it."""
     return url.replace("postgresql+asyncpg://", "postgresql://")
-
-
-async def until(condition: Callable[[], bool], what: str, limit: float = BOUND) -> None:
-    """Poll ``condition`` on the loop (bounded) until it holds."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 @pytest.fixture

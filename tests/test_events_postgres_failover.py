@@ -8,8 +8,6 @@ the waiters of this one."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -19,18 +17,10 @@ from backend.events_postgres import PostgresOutcomeBus
 from backend.store import migrations
 from backend.store.urls import asyncpg_dsn
 from tests.support.pg_cluster import running_pg_cluster
+from tests.support.process import until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 BOUND = 20.0
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` on the loop (bounded) until it holds."""
-    deadline = time.monotonic() + BOUND
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {BOUND} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_the_bus_leaves_a_fenced_primary_for_the_promoted_replica() -> None:
@@ -50,11 +40,12 @@ async def test_the_bus_leaves_a_fenced_primary_for_the_promoted_replica() -> Non
             await until(
                 lambda: node_a.counts["reconnects"] >= 1 and node_a.connected,
                 "node A's LISTEN to move to the promoted server",
+                BOUND,
             )
             node_b = await PostgresOutcomeBus.open(asyncpg_dsn(cluster.url("bus", replica)), "n_b")
             try:
                 waiting = asyncio.create_task(node_a.wait("ch_failover", BOUND))
-                await until(lambda: "ch_failover" in node_a.held(), "node A to wait")
+                await until(lambda: "ch_failover" in node_a.held(), "node A to wait", BOUND)
                 await node_b.publish(Outcome("ch_failover", "approved"))
                 outcome = await waiting
             finally:

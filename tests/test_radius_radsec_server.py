@@ -20,6 +20,7 @@ from radius_bridge.radsec import (
     RadsecServer,
     server_context,
 )
+from tests.support.process import until
 from tests.support.radsec import Issued, TestCa
 
 CLIENT = ClientConfig(name="gw", networks=(), secret=b"radsec")
@@ -81,16 +82,6 @@ async def serve(
     client = ssl.create_default_context(cafile=str(ca.ca_file))
     client.load_cert_chain(gateway.cert_file, gateway.key_file)
     return server, handler, client
-
-
-async def until(condition: Any, what: str, limit: float = 10) -> None:
-    """Poll state the server owns (it offers no event for it) until ``condition`` holds."""
-    try:
-        async with asyncio.timeout(limit):
-            while not condition():  # noqa: ASYNC110 - polling, bounded by the timeout
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def test_in_flight_is_bounded_and_answers_go_out_in_decision_order(

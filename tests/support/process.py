@@ -4,6 +4,7 @@ whatever happens."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -63,6 +64,18 @@ def wait_for(
                 message = f"{message}: {detail()}"
             raise AssertionError(message)
         time.sleep(every)
+
+
+async def until(
+    condition: Callable[[], bool], what: str, limit: float = 10.0, every: float = 0.005
+) -> None:
+    """:func:`wait_for` on the event loop: poll ``condition`` (state that offers no event of
+    its own) until it holds; fail with ``what`` after ``limit`` seconds."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit} s waiting for {what}")
+        await asyncio.sleep(every)
 
 
 def stop_process(process: subprocess.Popen[Any], timeout: float) -> int:
