@@ -91,16 +91,10 @@ class LeasedDuty:
         #: How many claims this node has made (taken or refused).
         self.claims = 0
         self._held = asyncio.Event()
-        self._free = asyncio.Event()
-        self._free.set()
 
     async def wait_held(self) -> None:
         """Until this node holds the lease (tests; a caller that needs the duty running)."""
         await self._held.wait()
-
-    async def wait_free(self) -> None:
-        """Until this node does not hold the lease (lost, released or never claimed)."""
-        await self._free.wait()
 
     async def start(self) -> None:
         """Start trying to claim the lease in the background."""
@@ -137,7 +131,6 @@ class LeasedDuty:
         expires = loop.time() + self._ttl  # our own view of the expiry: measured from before
         self.holding = True
         self.runs += 1
-        self._free.clear()
         self._held.set()
         self._log.info("lease %s: held; starting the duty", self.name)
         duty = loop.create_task(self._duty(), name=f"duty-{self.name}")
@@ -174,7 +167,6 @@ class LeasedDuty:
         finally:
             self.holding = False
             self._held.clear()
-            self._free.set()
             stopping.cancel()
             duty.cancel()
             # Its failure, if any, was logged above; its cancellation is ours.

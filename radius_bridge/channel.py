@@ -118,7 +118,6 @@ class BackendChannel:
         self._flush_soon = False
         self._sends: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
         self._closing = False
         #: How many times the channel was (re)opened, and calls sent over it (tests, bench).
         self.opened = 0
@@ -149,15 +148,6 @@ class BackendChannel:
             self._task = None
         self._cut_all("the bridge is stopping")
 
-    async def wait_connected(self, within: float) -> bool:
-        """Wait up to ``within`` seconds for the channel to be open."""
-        if self.connected:
-            return True
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(within):
-                await self._connected.wait()
-        return self.connected
-
     def cut(self, why: str) -> None:
         """Drop the connection now: what waits on it is cut at once (and goes elsewhere);
         the channel reconnects with its usual backoff."""
@@ -167,7 +157,6 @@ class BackendChannel:
         log.info("cutting the wait channel to %s: %s", self.url, why)
         self._state(False)
         self._ws = None
-        self._connected.clear()
         self._cut_all(why)
         ws.transport.abort()
 
@@ -212,7 +201,6 @@ class BackendChannel:
                     log.info("wait channel to %s closed", self.url)
                     self._state(False)
                 self._ws = None
-                self._connected.clear()
                 self._cut_all("the wait channel was cut")
             attempt += 1
             await asyncio.sleep(pause)
@@ -220,7 +208,6 @@ class BackendChannel:
     def _opened(self, ws: ClientConnection) -> None:
         self._ws = ws
         self.opened += 1
-        self._connected.set()
         log.info("wait channel to %s open", self.url)
         self._state(True)
 

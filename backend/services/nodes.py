@@ -21,11 +21,11 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Select, and_, delete, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from backend import __version__
-from backend.domain.leases import NODE_ROWS_KEPT, NodeState, alive_since, node_state
+from backend.domain.leases import NodeState, alive_since, node_state
 from backend.services.context import Clock
 from backend.services.leases import Leases
 from backend.store.database import Database
@@ -44,12 +44,6 @@ def alive_node_clause(now: datetime, timeout: timedelta) -> ColumnElement[bool]:
 def alive_node_ids(now: datetime, timeout: timedelta) -> Select[tuple[str]]:
     """``SELECT id FROM nodes WHERE alive``: use as ``column.not_in(alive_node_ids(...))``."""
     return select(nodes_t.c.id).where(alive_node_clause(now, timeout))
-
-
-def prunable_node_clause(now: datetime, kept: timedelta = NODE_ROWS_KEPT) -> ColumnElement[bool]:
-    """Rows of nodes stopped, or silent, for longer than ``kept``: pruned by retention."""
-    before = now - kept
-    return or_(nodes_t.c.stopped_at < before, nodes_t.c.seen_at < before)
 
 
 @dataclass(frozen=True, slots=True)
