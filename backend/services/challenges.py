@@ -284,7 +284,9 @@ class ChallengeService:
                 number: int | None = None
                 note = ""
                 if method == "push":
-                    stop = await self._push_stop(conn, user.id, policy, now, matching)
+                    # A keyed start took the user's row lock already (_join_racing_copy).
+                    locked = scope is not None and idempotency_key is not None
+                    stop = await self._push_stop(conn, user.id, policy, now, matching, locked)
                     if stop is not None:
                         # The guard or the number-matching fallback stops the push: "auto"
                         # asks for a code instead; "push" is refused (after this commits the
@@ -360,8 +362,8 @@ class ChallengeService:
 
         Two copies racing (the same packet through two bridges, on two nodes) must not both
         run the fatigue guard: the second would count the first one's push and refuse with
-        "push limited" instead of joining it. On PostgreSQL the user's row lock (taken again
-        by the guard, at no extra cost) makes the second copy wait for the first to commit,
+        "push limited" instead of joining it. On PostgreSQL the user's row lock taken here
+        (which the guard then relies on) makes the second copy wait for the first to commit,
         and this read -- a fresh snapshot under READ COMMITTED -- then finds it. SQLite's
         writers are serialised already."""
         if conn.dialect.name == "postgresql":
@@ -386,16 +388,18 @@ class ChallengeService:
         policy: Policy,
         now: datetime,
         matching: _NumberMatching,
+        locked: bool = False,
     ) -> Stop | None:
         """Why this push may not go out (number matching impossible, or the fatigue guard),
-        or ``None``. Runs inside the start's write transaction."""
+        or ``None``. Runs inside the start's write transaction; ``locked``: it holds the
+        user's row lock already."""
         if (
             matching.wanted(policy)
             and not matching.can_show
             and policy.number_matching_fallback == "refuse"
         ):
             return Stop(Reason.NUMBER_MATCHING_UNAVAILABLE, None)
-        if conn.dialect.name == "postgresql":
+        if conn.dialect.name == "postgresql" and not locked:
             # Concurrent starts for one user (two nodes, or a burst) must not both read a
             # history below the limit and both push: the user's row lock serialises them.
             # SQLite needs nothing: its writers are serialised already.
