@@ -176,6 +176,13 @@ def test_requests_fail_cleanly_and_resume_after_promotion(
         else:
             cluster.primary.stop(how)  # type: ignore[arg-type]
         down = time.monotonic()
+        # Promote only once the node has seen the outage: a promotion quicker than the next
+        # request would leave nothing to fail over from, and the test would test nothing.
+        wait_for(
+            lambda: any(o.status == 503 for o in load.outcomes if o.at > down),
+            10,
+            "a request refused while no server takes writes",
+        )
         promoted = promote_and_recover(replica, load)
     first = min(o.at for o in load.outcomes if o.at > promoted and o.status in (200, 201))
     failed = [o for o in load.outcomes if o.status == 503]
